@@ -1,0 +1,1 @@
+"""RadSentry monitoring: event contract, DICOM features, ingestion, API."""

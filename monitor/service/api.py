@@ -1,0 +1,139 @@
+"""The HTTP API: an app factory; engines and clients are built in the lifespan, not at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from monitor.events import Identifier
+from monitor.service import store
+from monitor.service.db import make_engine
+from monitor.service.kafka import broker_reachable
+from monitor.service.settings import Settings
+
+
+class EventCountsPublic(BaseModel):
+    count: int
+    latest_occurred_at: datetime | None
+
+
+class SitePublic(BaseModel):
+    site_id: str
+    inference_events: int
+    label_events: int
+    latest_occurred_at: datetime | None
+
+
+class SiteEventsPublic(BaseModel):
+    site_id: str
+    inference: EventCountsPublic
+    labels: EventCountsPublic
+
+
+class Readiness(BaseModel):
+    status: str
+    database: bool
+    broker: bool
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+BootstrapResolver = Callable[[], list[str] | None]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    bootstrap: BootstrapResolver | None = None,
+) -> FastAPI:
+    """Build the API. ``bootstrap`` says where the broker is (it may move with the embedded
+    broker); without it the configured bootstrap servers are used."""
+
+    def resolve_bootstrap() -> list[str] | None:
+        return bootstrap() if bootstrap else settings.kafka.bootstrap_servers or None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = engine is None
+        app.state.engine = engine or make_engine(settings.database_url)
+        yield
+        if owned:
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="RadSentry",
+        version="0.1.0",
+        summary="Post-market monitoring and change control for medical-imaging AI.",
+        lifespan=lifespan,
+    )
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Checks no dependency."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"model": Readiness}})
+    def readyz(engine: EngineDep, response: Response) -> Readiness:
+        """Readiness: the database answers a query and a broker answers a metadata request."""
+        try:
+            store.ping(engine)
+            database = True
+        except SQLAlchemyError:
+            database = False
+        servers = resolve_bootstrap()
+        broker = bool(servers) and broker_reachable(servers or [])
+        ready = database and broker
+        if not ready:
+            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        return Readiness(status="ready" if ready else "not ready", database=database, broker=broker)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus exposition of this process's metrics."""
+        body = await run_in_threadpool(generate_latest)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/sites", tags=["sites"])
+    def list_sites(engine: EngineDep) -> list[SitePublic]:
+        """Every site that has sent events, with counts and the latest event time."""
+        return [
+            SitePublic(
+                site_id=s.site_id,
+                inference_events=s.inference.count,
+                label_events=s.labels.count,
+                latest_occurred_at=max(
+                    (t for t in (s.inference.latest_occurred_at, s.labels.latest_occurred_at) if t),
+                    default=None,
+                ),
+            )
+            for s in store.list_sites(engine)
+        ]
+
+    @app.get("/sites/{site_id}/events", tags=["sites"], responses={404: {}})
+    def site_events(site_id: Identifier, engine: EngineDep) -> SiteEventsPublic:
+        """Counts and latest event time per event type for one site."""
+        summary = store.site_summary(engine, site_id)
+        if summary is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events from site {site_id!r}")
+        return SiteEventsPublic(
+            site_id=summary.site_id,
+            inference=EventCountsPublic.model_validate(summary.inference, from_attributes=True),
+            labels=EventCountsPublic.model_validate(summary.labels, from_attributes=True),
+        )
+
+    return app
+

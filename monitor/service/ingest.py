@@ -1,0 +1,237 @@
+"""The ingestion loop: Kafka records -> validated events -> database, exactly once.
+
+At-least-once delivery plus an idempotent store gives exactly-once effects:
+
+1. poll a batch; validate each record (``monitor.events.parse_event``);
+2. send refused records to ``<topic>.dlq`` and wait for the broker's acknowledgement;
+3. store accepted events and dead-letter ledger rows in one database transaction, keyed by
+   ``event_id`` and by source coordinates, so a redelivered batch changes nothing;
+4. only then commit the Kafka offsets.
+
+A crash anywhere before step 4 redelivers the batch, and step 3 absorbs the repeat. A failure in
+steps 2-3 rewinds the consumer to the batch start and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError
+from kafka.structs import OffsetAndMetadata
+from sqlalchemy import Engine
+
+from monitor.events import INFERENCE_SCHEMA, LABEL_SCHEMA, InvalidEvent, parse_event
+from monitor.service import metrics
+from monitor.service.settings import KafkaSettings
+from monitor.service.store import BatchOutcome, Delivered, Rejected, store_batch
+
+log = structlog.get_logger(__name__)
+
+Records = Mapping[TopicPartition, Sequence[ConsumerRecord]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    record: ConsumerRecord
+    error: InvalidEvent
+
+    def ledger_row(self) -> Rejected:
+        raw: bytes = self.record.value or b""
+        return Rejected(
+            topic=self.record.topic,
+            partition=self.record.partition,
+            offset=self.record.offset,
+            code=self.error.code.value,
+            reason=self.error.reason,
+            payload_sha256=hashlib.sha256(raw).hexdigest(),
+            payload_bytes=len(raw),
+        )
+_SAFE_KEY = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class IngestStats:
+    """Running totals of one ingestor, for logs, tests and benchmarks."""
+
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    failures: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+
+class Ingestor:
+    """Consumes both event topics into the database; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        settings: KafkaSettings,
+    ) -> None:
+        self.engine = engine
+        self.consumer = consumer
+        self.producer = producer
+        self.settings = settings
+        self.stats = IngestStats()
+        self._expected = {
+            settings.inference_topic: INFERENCE_SCHEMA.split("/")[0],
+            settings.labels_topic: LABEL_SCHEMA.split("/")[0],
+        }
+
+    def run(self, stop: threading.Event, max_backoff_s: float = 30.0) -> IngestStats:
+        """Poll and process until ``stop`` is set; the batch in hand is finished first."""
+        backoff = 0.5
+        log.info("ingestion started", topics=sorted(self._expected))
+        while not stop.is_set():
+            records = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+            if not records:
+                continue
+            try:
+                self.process(records)
+                backoff = 0.5
+            except Exception:
+                # Boundary: whatever failed (broker, database), nothing was committed. Rewind so
+                # the same records come again, and back off.
+                self.stats.failures += 1
+                metrics.INGEST_FAILURES.inc()
+                log.exception("batch failed; rewinding and retrying", backoff_s=backoff)
+                self._rewind(records)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+        log.info("ingestion stopped", **self._summary())
+        return self.stats
+
+    def process(self, records: Records) -> BatchOutcome:
+        """Validate, dead-letter, store and commit one polled batch."""
+        started = time.monotonic()
+        delivered, refused = self._validate(records)
+        if refused:
+            self._dead_letter(refused)
+        rejected = [item.ledger_row() for item in refused]
+        outcome = store_batch(self.engine, delivered, rejected)
+        self._commit(records)
+        committed = time.time()
+        self._observe(outcome, delivered, rejected, records, committed)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        return outcome
+
+    def _validate(self, records: Records) -> tuple[list[Delivered], list[_Refused]]:
+        delivered: list[Delivered] = []
+        refused: list[_Refused] = []
+        for tp, batch in records.items():
+            expected = self._expected.get(tp.topic)
+            for record in batch:
+                raw: bytes = record.value or b""
+                try:
+                    event = parse_event(raw, expected)
+                except InvalidEvent as exc:
+                    refused.append(_Refused(record, exc))
+                    continue
+                delivered.append(Delivered(event, record.topic, record.partition, record.offset))
+        return delivered, refused
+
+    def _dead_letter(self, refused: list[_Refused]) -> None:
+        futures = []
+        for item in refused:
+            record, error = item.record, item.error
+            futures.append(
+                self.producer.send(
+                    self.settings.dlq_topic(record.topic),
+                    key=record.key if record.key and _SAFE_KEY.match(record.key) else None,
+                    value=_dead_letter_value(error),
+                    headers=_dead_letter_headers(item.ledger_row()),
+                )
+            )
+            log.warning(
+                "record dead-lettered",
+                source=f"{record.topic}[{record.partition}]@{record.offset}",
+                code=error.code.value,
+                reason=error.reason,
+            )
+        self.producer.flush()
+        for future in futures:
+            future.get(timeout=self.settings.request_timeout_ms / 1000)
+
+    def _commit(self, records: Records) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1)
+            for tp, batch in records.items()
+            if batch
+        }
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced: the new owner redelivers this batch and the inbox skips it.
+            log.warning("offset commit refused after a rebalance; batch will be redelivered")
+
+    def _rewind(self, records: Records) -> None:
+        for tp, batch in records.items():
+            if batch and tp in self.consumer.assignment():
+                self.consumer.seek(tp, batch[0].offset)
+
+    def _observe(
+        self,
+        outcome: BatchOutcome,
+        delivered: list[Delivered],
+        rejected: list[Rejected],
+        records: Records,
+        committed: float,
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.stored += len(outcome.stored)
+        self.stats.duplicates += outcome.duplicates
+        self.stats.dead_lettered += outcome.dead_lettered
+        for item in outcome.stored:
+            metrics.EVENTS_CONSUMED.labels(item.topic, item.event.site_id).inc()
+            self.stats.by_topic[item.topic] = self.stats.by_topic.get(item.topic, 0) + 1
+        for item in rejected:
+            metrics.EVENTS_DEAD_LETTERED.labels(item.topic, item.code).inc()
+        if outcome.duplicates:
+            metrics.EVENTS_DUPLICATE.labels(delivered[0].topic).inc(outcome.duplicates)
+        for batch in records.values():
+            for record in batch:
+                if record.timestamp and record.timestamp > 0:
+                    metrics.PROCESSING_SECONDS.observe(max(0.0, committed - record.timestamp / 1e3))
+
+    def _summary(self) -> dict[str, int]:
+        s = self.stats
+        return {
+            "batches": s.batches,
+            "stored": s.stored,
+            "duplicates": s.duplicates,
+            "dead_lettered": s.dead_lettered,
+            "failures": s.failures,
+        }
+
+
+def _dead_letter_headers(item: Rejected) -> list[tuple[str, bytes]]:
+    return [
+        ("radsentry-reason", item.reason.encode()),
+        ("radsentry-code", item.code.encode()),
+        ("radsentry-source-topic", item.topic.encode()),
+        ("radsentry-source-partition", str(item.partition).encode()),
+        ("radsentry-source-offset", str(item.offset).encode()),
+        ("radsentry-payload-sha256", item.payload_sha256.encode()),
+    ]
+
+
+def _dead_letter_value(error: InvalidEvent) -> bytes:
+    """The redacted record when it parsed as a known schema, else nothing.
+
+    Undecodable, oversize or unknown-schema payloads could hold anything (a raw DICOM file, a
+    report with names), so they are not copied: the original stays at its source coordinates
+    until topic retention, and the header fingerprint identifies it.
+    """
+    return orjson.dumps(error.redacted) if error.redacted is not None else b""

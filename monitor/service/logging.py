@@ -1,0 +1,36 @@
+"""structlog configuration: console in development, JSON lines in production.
+
+Log calls pass identifiers that are safe by construction (site ids, topic[partition]@offset,
+reject codes); payloads and DICOM values are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from monitor.service.settings import LoggingSettings
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    level = logging.getLevelName(settings.level)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if settings.json_output
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)

