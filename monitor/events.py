@@ -44,8 +44,12 @@ Number = Annotated[float, Field(allow_inf_nan=False)]
 Text = Annotated[str, StringConstraints(max_length=64)]
 """DICOM LO/SH/CS values are at most 64 characters; longer strings are free text, not metadata."""
 
-NumberOrList = Number | Annotated[list[Number], Field(max_length=16)]
-TextOrList = Text | Annotated[list[Text], Field(max_length=16)]
+NumberOrList = Annotated[
+    Number | Annotated[list[Number], Field(max_length=16)], Field(union_mode="left_to_right")
+]
+TextOrList = Annotated[
+    Text | Annotated[list[Text], Field(max_length=16)], Field(union_mode="left_to_right")
+]
 
 AGE_BANDS: Final = tuple(f"{lo}-{lo + 9}" for lo in range(0, 90, 10)) + ("90+",)
 """Ten-year bands; ages over 89 are pooled as HIPAA Safe Harbor requires."""

@@ -37,7 +37,7 @@ class KafkaSettings(BaseModel):
     # kafka-python's 45 s default makes the first group join stall for ~45 s (ENVIRONMENT.md).
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
-    max_poll_records: int = 2_000
+    max_poll_records: int = 5_000
     poll_timeout_ms: int = 500
     request_timeout_ms: int = 30_000
 
