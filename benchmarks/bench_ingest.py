@@ -30,15 +30,37 @@ from monitor.service.publish import publish
 from monitor.service.settings import KafkaSettings
 
 STAT_NAMES = [
-    "mean", "std", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "entropy",
-    "frac_at_min", "frac_at_max", *[f"hist_{i}" for i in range(8)],
+    "mean",
+    "std",
+    "p01",
+    "p05",
+    "p25",
+    "p50",
+    "p75",
+    "p95",
+    "p99",
+    "entropy",
+    "frac_at_min",
+    "frac_at_max",
+    *[f"hist_{i}" for i in range(8)],
 ]
 
 
 TYPICAL_DX_HEADER = (
-    "Modality", "Manufacturer", "ManufacturerModelName", "KVP", "Exposure", "ImagerPixelSpacing",
-    "Rows", "Columns", "BitsStored", "PhotometricInterpretation", "ViewPosition",
-    "BodyPartExamined", "PatientSex", "PatientAgeBand",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "KVP",
+    "Exposure",
+    "ImagerPixelSpacing",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PhotometricInterpretation",
+    "ViewPosition",
+    "BodyPartExamined",
+    "PatientSex",
+    "PatientAgeBand",
 )
 
 
@@ -61,15 +83,32 @@ def _full_event(n: int, sites: int) -> InferenceEvent:
         study_key=uuid.uuid4().hex * 2,
         modality="DX",
         metadata=DicomMetadata(
-            Modality="DX", Manufacturer="Carestream Health", ManufacturerModelName="DRX-Evolution",
-            SoftwareVersions="5.7.412.7005", KVP=110.0, XRayTubeCurrent=250.0, Exposure=4.0,
-            ExposureTime=16.0, ImagerPixelSpacing=[0.139, 0.139], PixelSpacing=[0.139, 0.139],
-            Rows=2874.0, Columns=2840.0, BitsStored=12.0, PhotometricInterpretation="MONOCHROME2",
-            ViewPosition="PA", BodyPartExamined="CHEST", WindowCenter=2048.0, WindowWidth=4096.0,
-            RescaleSlope=1.0, RescaleIntercept=0.0, PatientSex="F", PatientAgeBand="60-69",
+            Modality="DX",
+            Manufacturer="Carestream Health",
+            ManufacturerModelName="DRX-Evolution",
+            SoftwareVersions="5.7.412.7005",
+            KVP=110.0,
+            XRayTubeCurrent=250.0,
+            Exposure=4.0,
+            ExposureTime=16.0,
+            ImagerPixelSpacing=[0.139, 0.139],
+            PixelSpacing=[0.139, 0.139],
+            Rows=2874.0,
+            Columns=2840.0,
+            BitsStored=12.0,
+            PhotometricInterpretation="MONOCHROME2",
+            ViewPosition="PA",
+            BodyPartExamined="CHEST",
+            WindowCenter=2048.0,
+            WindowWidth=4096.0,
+            RescaleSlope=1.0,
+            RescaleIntercept=0.0,
+            PatientSex="F",
+            PatientAgeBand="60-69",
         ),
-        pixel_stats={name: 1000.0 + (n * 7919 + i) % 997 / 3.0 for i, name in
-                     enumerate(STAT_NAMES)},
+        pixel_stats={
+            name: 1000.0 + (n * 7919 + i) % 997 / 3.0 for i, name in enumerate(STAT_NAMES)
+        },
         dicom_uri=f"file:///data/dicom/site-{n % sites:03d}/{uuid.uuid4().hex}.dcm",
         prediction=Prediction(scores={"lesion": (n % 100) / 100, "effusion": 0.2}, threshold=0.5),
     )
@@ -79,10 +118,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--sites", type=int, default=100)
-    parser.add_argument("--full-header", action="store_true",
-                        help="every allowlisted keyword and a dicom_uri (~1.5 KB events)")
     parser.add_argument(
-        "--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        "--full-header",
+        action="store_true",
+        help="every allowlisted keyword and a dicom_uri (~1.5 KB events)",
+    )
+    parser.add_argument(
+        "--database",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
         help="server URL; a scratch database is created in it and dropped afterwards",
     )
     args = parser.parse_args()
@@ -99,8 +142,9 @@ def main() -> None:
     size = sum(len(to_json(e)) for e in events[:1000]) / 1000
     try:
         with EmbeddedBroker() as broker:
-            settings = KafkaSettings(bootstrap_servers=[broker.bootstrap], group_id="bench",
-                                     session_timeout_ms=6_000)
+            settings = KafkaSettings(
+                bootstrap_servers=[broker.bootstrap], group_id="bench", session_timeout_ms=6_000
+            )
             ensure_topics([broker.bootstrap], all_topics(settings), partitions=6)
             producer = make_producer([broker.bootstrap], settings)
             started = time.perf_counter()
@@ -133,12 +177,15 @@ def main() -> None:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
-    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"events: {args.events:,} from {args.sites} sites, mean size {size:.0f} bytes")
     print(f"produce: {args.events / produce_s:,.0f} events/s")
-    print(f"consume -> validate -> store (PostgreSQL): {steady:,.0f} events/s "
-          f"over {batches} batches")
+    print(
+        f"consume -> validate -> store (PostgreSQL): {steady:,.0f} events/s over {batches} batches"
+    )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ TextOrList = Annotated[
     Text | Annotated[list[Text], Field(max_length=16)], Field(union_mode="left_to_right")
 ]
 
-AGE_BANDS: Final = tuple(f"{lo}-{lo + 9}" for lo in range(0, 90, 10)) + ("90+",)
+AGE_BANDS: Final = (*(f"{lo}-{lo + 9}" for lo in range(0, 90, 10)), "90+")
 """Ten-year bands; ages over 89 are pooled as HIPAA Safe Harbor requires."""
 
 _NON_FINITE = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity)\b")
@@ -236,7 +236,7 @@ def parse_event(raw: bytes, expected_schema: str | None = None) -> Event:
         raise InvalidEvent(RejectCode.NOT_JSON, "record is JSON but not an object")
     schema = document.get("schema")
     model = EVENT_MODELS.get(schema) if isinstance(schema, str) else None
-    if model is None:
+    if model is None or not isinstance(schema, str):
         shown = repr(schema) if isinstance(schema, str) and len(schema) <= 40 else "missing/invalid"
         raise InvalidEvent(
             RejectCode.UNKNOWN_SCHEMA,
@@ -244,7 +244,8 @@ def parse_event(raw: bytes, expected_schema: str | None = None) -> Event:
         )
     if expected_schema is not None and not schema.startswith(expected_schema + "/"):
         raise InvalidEvent(
-            RejectCode.WRONG_TOPIC, f"schema {schema} is not accepted on a topic of {expected_schema} records"
+            RejectCode.WRONG_TOPIC,
+            f"schema {schema} is not accepted on a topic of {expected_schema} records",
         )
     try:
         return model.model_validate(document)
@@ -297,17 +298,19 @@ def redact(document: dict[str, Any], exc: ValidationError) -> dict[str, Any]:
 
 
 def _replace(node: Any, loc: list[int | str]) -> None:
-    for depth, part in enumerate(loc):
-        last = depth == len(loc) - 1
-        if isinstance(node, dict) and part in node:
-            if last:
-                node[part] = REDACTED
-                return
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            if last:
-                node[part] = REDACTED
-                return
-            node = node[part]
-        else:
+    """Replace the value at ``loc`` (a pydantic error location) when the path exists."""
+    if not loc:
+        return
+    *parents, last = loc
+    for part in parents:
+        if not _holds(node, part):
             return
+        node = node[part]
+    if _holds(node, last):
+        node[last] = REDACTED
+
+
+def _holds(node: Any, part: int | str) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)

@@ -136,4 +136,3 @@ def create_app(
         )
 
     return app
-

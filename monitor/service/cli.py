@@ -136,7 +136,9 @@ def schemas(
 
 @app.command()
 def broker(
-    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
 ) -> None:
     """Run the bundled Kafka-protocol broker in the foreground (development and tests)."""
     from monitor.service.broker import EmbeddedBroker
@@ -151,5 +153,3 @@ def broker(
     with EmbeddedBroker(port, state_dir=settings.data_dir) as running:
         console.print(f"bundled broker on {running.bootstrap}; Ctrl-C stops it")
         stop.wait()
-
-

@@ -55,6 +55,8 @@ class _Refused:
             payload_sha256=hashlib.sha256(raw).hexdigest(),
             payload_bytes=len(raw),
         )
+
+
 _SAFE_KEY = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -196,8 +198,8 @@ class Ingestor:
         for item in outcome.stored:
             metrics.EVENTS_CONSUMED.labels(item.topic, item.event.site_id).inc()
             self.stats.by_topic[item.topic] = self.stats.by_topic.get(item.topic, 0) + 1
-        for item in rejected:
-            metrics.EVENTS_DEAD_LETTERED.labels(item.topic, item.code).inc()
+        for refused in rejected:
+            metrics.EVENTS_DEAD_LETTERED.labels(refused.topic, refused.code).inc()
         if outcome.duplicates:
             metrics.EVENTS_DUPLICATE.labels(delivered[0].topic).inc(outcome.duplicates)
         for batch in records.values():

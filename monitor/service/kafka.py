@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import structlog
@@ -59,10 +60,8 @@ def ensure_topics(
             NewTopic(name, partitions, replication) for name in names if name not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
             log.info("topics created", topics=[t.name for t in missing])
     finally:
         admin.close()

@@ -62,7 +62,9 @@ def edge_key(settings: Settings) -> bytes:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32))
-        log.warning("created a demo pseudonymisation key; set RADSENTRY_EDGE__HMAC_KEY in production")
+        log.warning(
+            "created a demo pseudonymisation key; set RADSENTRY_EDGE__HMAC_KEY in production"
+        )
     return path.read_text().strip().encode()
 
 

@@ -11,14 +11,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import Connection, Engine, Insert, Table, func, select, text
+from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.events import Event, InferenceEvent, LabelEvent
 from monitor.service.models import (
+    Base,
     DeadLetter,
     InferenceEventRow,
     LabelEventRow,
@@ -69,7 +70,11 @@ class SiteSummary:
     labels: EventCounts
 
 
-def _insert(connection: Connection, table: Table) -> Insert:
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     dialect = connection.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -124,7 +129,7 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
             "processed_at": now,
         }
         return set(connection.scalars(_CLAIM_POSTGRESQL, parameters))
-    table = ProcessedEvent.__table__
+    table = _table(ProcessedEvent)
     rows = [
         {
             "event_id": item.event.event_id,
@@ -137,7 +142,7 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
         for item in items
     ]
     statement = (
-        _insert(connection, table)  # type: ignore[arg-type]
+        _insert(connection, table)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(table.c.event_id)
     )
@@ -145,13 +150,15 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
 
 
 def _write_events(connection: Connection, stored: list[Delivered], now: datetime) -> None:
-    inference = [_inference_row(i.event, now) for i in stored if isinstance(i.event, InferenceEvent)]
+    inference = [
+        _inference_row(i.event, now) for i in stored if isinstance(i.event, InferenceEvent)
+    ]
     labels = [_label_row(i.event, now) for i in stored if isinstance(i.event, LabelEvent)]
-    for table, rows in ((InferenceEventRow.__table__, inference), (LabelEventRow.__table__, labels)):
+    for table, rows in ((_table(InferenceEventRow), inference), (_table(LabelEventRow), labels)):
         if not rows:
             continue
         if connection.dialect.name == "postgresql":
-            _copy(connection, table, rows)  # type: ignore[arg-type]
+            _copy(connection, table, rows)
         else:
             connection.execute(table.insert(), rows)
 
@@ -205,12 +212,10 @@ def _label_row(event: LabelEvent, now: datetime) -> dict[str, Any]:
     }
 
 
-def _write_dead_letters(
-    connection: Connection, rejected: Sequence[Rejected], now: datetime
-) -> int:
+def _write_dead_letters(connection: Connection, rejected: Sequence[Rejected], now: datetime) -> int:
     if not rejected:
         return 0
-    table = DeadLetter.__table__
+    table = _table(DeadLetter)
     rows = [
         {
             "topic": r.topic,
@@ -225,7 +230,7 @@ def _write_dead_letters(
         for r in rejected
     ]
     statement = (
-        _insert(connection, table)  # type: ignore[arg-type]
+        _insert(connection, table)
         .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
         .returning(table.c.id)
     )

@@ -11,7 +11,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import Engine, func, select
 
 from monitor.events import Event, to_json
-from monitor.service.ingest import IngestStats, Ingestor
+from monitor.service.ingest import Ingestor, IngestStats
 from monitor.service.kafka import make_consumer, make_producer
 from monitor.service.models import DeadLetter, InferenceEventRow, LabelEventRow, ProcessedEvent
 from monitor.service.publish import topic_for
@@ -64,13 +64,16 @@ def ingest_until(
     return ingestor.stats
 
 
-def read_all(bootstrap: list[str], topic: str, expected: int, timeout: float = 30.0) -> list[
-    ConsumerRecord
-]:
+def read_all(
+    bootstrap: list[str], topic: str, expected: int, timeout: float = 30.0
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` (reads without a group until ``expected`` have arrived)."""
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=1_000,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1_000,
     )
     records: list[ConsumerRecord] = []
     deadline = time.monotonic() + timeout

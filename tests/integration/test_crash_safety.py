@@ -25,7 +25,9 @@ N_INFERENCE = 4_000
 N_LABELS = 1_000
 
 
-def _start_consumer(pg_url: str, settings: KafkaSettings, tmp_path: Path) -> subprocess.Popen[bytes]:
+def _start_consumer(
+    pg_url: str, settings: KafkaSettings, tmp_path: Path
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "RADSENTRY_DATA_DIR": str(tmp_path),
@@ -48,7 +50,9 @@ def test_kill_9_mid_stream_then_restart_stores_each_event_once(
     pg_engine: Engine, pg_url: str, kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
     producer = make_producer(kafka_settings.bootstrap_servers, kafka_settings)
-    send(producer, kafka_settings, [inference_event(i, f"site-0{i % 4}") for i in range(N_INFERENCE)])
+    send(
+        producer, kafka_settings, [inference_event(i, f"site-0{i % 4}") for i in range(N_INFERENCE)]
+    )
     send(producer, kafka_settings, [label_event(i, f"site-0{i % 4}") for i in range(N_LABELS)])
     producer.close()
 
