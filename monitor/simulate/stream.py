@@ -1,0 +1,232 @@
+"""The simulated event stream: N sites scanning, an edge extracting, a model scoring, labels later.
+
+For every study: draw the truth, render the DICOM file, write it under ``out_dir/<site_id>/``,
+run the real edge extractor on the file, score it with the score model and emit an
+``InferenceEvent``; a share of studies also get a ``LabelEvent`` some event-time hours later.
+Every random draw comes from a generator seeded by (seed, site, study index), so the same config
+gives the same bytes, and a scanner change at one site leaves every other study untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import hmac
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final, Self
+
+import numpy as np
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from monitor.dicom import extract_features
+from monitor.events import (
+    Identifier,
+    InferenceEvent,
+    LabelEvent,
+    LabelSource,
+    Prediction,
+)
+from monitor.simulate.images import FakePatient, StudyIdentity, render_study
+from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile, site_ids
+from monitor.simulate.scores import FINDING, THRESHOLD, lesion_score
+
+DEFAULT_MASTER_KEY: Final = b"radsentry-simulator-master-key"
+"""Not a secret: simulated studies identify nobody. Real sites each hold their own key."""
+
+
+class SimulationConfig(BaseModel):
+    """Everything that determines a simulated stream; equal configs give identical events."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = Field(ge=0)
+    start: AwareDatetime
+    """Event time of the first study (required: the simulator never reads the clock)."""
+    sites: int = Field(3, ge=1, le=99)
+    studies_per_site: int = Field(200, ge=0)
+    prevalence: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of studies with a lesion."""
+    label_rate: float = Field(0.8, ge=0.0, le=1.0)
+    """Share of studies that ever get a label."""
+    label_delay: timedelta = Field(timedelta(hours=72), gt=timedelta(0))
+    """Mean of the exponential delay between a prediction and its label, in event time."""
+    study_interval: timedelta = Field(timedelta(minutes=30), gt=timedelta(0))
+    """Event time between two studies at one site."""
+    image_size: int = Field(256, ge=64, le=2048)
+    model_name: Identifier = "cxr-lesion"
+    model_version: Identifier = "0.1.0-scoremodel"
+    change_site: Identifier | None = None
+    """Site that switches to the degraded scanner (``profiles.DEGRADED``), if any."""
+    change_at_index: int | None = Field(None, ge=0)
+    """First study index at ``change_site`` acquired on the degraded scanner."""
+    master_key: bytes = Field(DEFAULT_MASTER_KEY, min_length=1, repr=False)
+    """From which each site's HMAC key is derived (:func:`site_key_for`)."""
+
+    @model_validator(mode="after")
+    def _check_change(self) -> Self:
+        if (self.change_site is None) != (self.change_at_index is None):
+            raise ValueError("change_site and change_at_index go together")
+        if self.change_site is not None and self.change_site not in self.site_ids():
+            raise ValueError(f"change_site must be one of site-01..site-{self.sites:02d}")
+        return self
+
+    def site_ids(self) -> list[str]:
+        """``site-01`` ... ``site-NN``."""
+        return site_ids(self.sites)
+
+    def profile_for(self, site_id: str, index: int) -> ScannerProfile:
+        """The scanner that acquires study ``index`` at ``site_id``."""
+        changed = (
+            site_id == self.change_site
+            and self.change_at_index is not None
+            and index >= self.change_at_index
+        )
+        return DEGRADED if changed else default_profile(site_id)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical config; the master key enters only as its own hash."""
+        document = self.model_dump_json(exclude={"master_key"})
+        key_digest = hashlib.sha256(self.master_key).hexdigest()
+        return hashlib.sha256(f"{document}|{key_digest}".encode()).hexdigest()
+
+
+def site_key_for(master_key: bytes, site_id: str) -> bytes:
+    """The secret a simulated site keys its study pseudonyms with: HMAC-SHA256(master, site)."""
+    if not master_key:
+        raise ValueError("master_key is empty")
+    return hmac.new(master_key, site_id.encode("ascii"), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """The random draws of one study that do not depend on the image."""
+
+    has_lesion: bool
+    label_delay: timedelta | None
+    score_rng: np.random.Generator
+    inference_id: uuid.UUID
+    label_id: uuid.UUID
+
+
+def simulate(config: SimulationConfig, out_dir: Path) -> Iterator[InferenceEvent | LabelEvent]:
+    """Render, write, extract and score every study; yield events in event-time order.
+
+    Sites take turns (site k's study i happens at ``start + (i + k / sites) * study_interval``).
+    A label is yielded as soon as the simulated clock passes its ``occurred_at``; labels still
+    pending after the last study follow in ``occurred_at`` order. State is bounded apart from
+    the pending-label heap (about label_rate x studies per label delay).
+    """
+    root = out_dir.resolve()
+    sites = config.site_ids()
+    keys = {site_id: site_key_for(config.master_key, site_id) for site_id in sites}
+    for site_id in sites:
+        (root / site_id).mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[datetime, int, LabelEvent]] = []
+    for index in range(config.studies_per_site):
+        for position, site_id in enumerate(sites):
+            acquired_at = _acquired_at(config, position, index)
+            while pending and pending[0][0] <= acquired_at:
+                yield heapq.heappop(pending)[2]
+            inference, label = _study(config, site_id, index, acquired_at, root, keys[site_id])
+            yield inference
+            if label is not None:
+                heapq.heappush(pending, (label.occurred_at, len(sites) * index + position, label))
+    while pending:
+        yield heapq.heappop(pending)[2]
+
+
+def _acquired_at(config: SimulationConfig, position: int, index: int) -> datetime:
+    return config.start + config.study_interval * (index + position / config.sites)
+
+
+def _study(
+    config: SimulationConfig,
+    site_id: str,
+    index: int,
+    acquired_at: datetime,
+    root: Path,
+    site_key: bytes,
+) -> tuple[InferenceEvent, LabelEvent | None]:
+    """One study end to end: its inference event and, if it will be labelled, its label."""
+    outcome_seed, image_seed = np.random.SeedSequence(
+        [config.seed, int(site_id.rpartition("-")[2]), index]
+    ).spawn(2)
+    outcome = _draw_outcome(config, np.random.default_rng(outcome_seed))
+    profile = config.profile_for(site_id, index)
+    image_rng = np.random.default_rng(image_seed)
+    patient = FakePatient.generate(image_rng, acquired_at.date())
+    identity = StudyIdentity.derive(
+        seed=config.seed, site_id=site_id, index=index, acquired_at=acquired_at
+    )
+    ds = render_study(
+        profile,
+        outcome.has_lesion,
+        image_rng,
+        config.image_size,
+        patient=patient,
+        identity=identity,
+    )
+    # Written under a temporary name first: the final name is the study key, which the
+    # extractor derives, and a half-written file must never carry a final name.
+    partial = root / site_id / f".{index:07d}.partial"
+    try:
+        ds.save_as(partial, enforce_file_format=True)
+        features = extract_features(partial, site_key)
+        path = root / site_id / f"{features.study_key}.dcm"
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    inference = InferenceEvent(
+        event_id=outcome.inference_id,
+        site_id=site_id,
+        model_name=config.model_name,
+        model_version=config.model_version,
+        occurred_at=acquired_at,
+        study_key=features.study_key,
+        modality=features.modality,
+        metadata=features.metadata,
+        pixel_stats=features.pixel_stats,
+        dicom_uri=path.as_uri(),
+        prediction=Prediction(
+            scores={FINDING: lesion_score(profile, outcome.has_lesion, outcome.score_rng)},
+            threshold=THRESHOLD,
+        ),
+    )
+    return inference, _label(config, inference, outcome)
+
+
+def _draw_outcome(config: SimulationConfig, rng: np.random.Generator) -> _Outcome:
+    # Every draw is made whatever its outcome, so each study consumes the same stream.
+    has_lesion = bool(rng.random() < config.prevalence)
+    labelled = bool(rng.random() < config.label_rate)
+    delay_seconds = round(float(rng.exponential(config.label_delay.total_seconds())))
+    inference_id = uuid.UUID(bytes=rng.bytes(16), version=4)
+    label_id = uuid.UUID(bytes=rng.bytes(16), version=4)
+    return _Outcome(
+        has_lesion=has_lesion,
+        label_delay=timedelta(seconds=delay_seconds) if labelled else None,
+        score_rng=rng,
+        inference_id=inference_id,
+        label_id=label_id,
+    )
+
+
+def _label(
+    config: SimulationConfig, inference: InferenceEvent, outcome: _Outcome
+) -> LabelEvent | None:
+    if outcome.label_delay is None:
+        return None
+    return LabelEvent(
+        event_id=outcome.label_id,
+        site_id=inference.site_id,
+        model_name=config.model_name,
+        study_key=inference.study_key,
+        occurred_at=inference.occurred_at + outcome.label_delay,
+        labels={FINDING: 1 if outcome.has_lesion else 0},
+        source=LabelSource.RADIOLOGIST,
+    )
