@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 
+from monitor.events import describe_errors
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
 from monitor.service.ingest import Ingestor
@@ -21,10 +25,12 @@ from monitor.service.runtime import (
     BrokerNotFound,
     ConsumerThread,
     configured_bootstrap,
+    edge_key,
     require_bootstrap,
     start_broker_if_needed,
 )
 from monitor.service.settings import Settings
+from monitor.simulate import SimulationConfig
 
 app = typer.Typer(
     name="radsentry",
@@ -153,3 +159,125 @@ def broker(
     with EmbeddedBroker(port, state_dir=settings.data_dir) as running:
         console.print(f"bundled broker on {running.bootstrap}; Ctrl-C stops it")
         stop.wait()
+
+
+@app.command()
+def extract(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or directories (recursive).")],
+) -> None:
+    """Extract the PHI-free features of DICOM files, one JSON line per file on stdout.
+
+    Each line holds the study_key, modality, allowlisted metadata and pixel statistics, or the
+    typed error for a file that cannot be used. The study_key is keyed with the site secret
+    (RADSENTRY_EDGE__HMAC_KEY). Exit status 1 when any file failed.
+    """
+    from monitor.service.edge import extract_paths
+
+    settings = _settings()
+    failures = 0
+    total = 0
+    for line, ok in extract_paths(paths, edge_key(settings)):
+        typer.echo(line)
+        total += 1
+        failures += not ok
+    console.print(f"{total - failures} of {total} files extracted")
+    if failures:
+        raise typer.Exit(1)
+
+
+SitesOption = Annotated[int, typer.Option(min=1, max=99, help="Number of simulated sites.")]
+StudiesOption = Annotated[int, typer.Option(min=1, help="Studies per site.")]
+SeedOption = Annotated[
+    int | None, typer.Option(help="Seed; the same seed and --start give identical events.")
+]
+ChangeSiteOption = Annotated[
+    str | None, typer.Option(help="Site that switches to a degraded scanner, e.g. site-02.")
+]
+ChangeAtOption = Annotated[
+    int | None, typer.Option(help="Study index at that site from which the new scanner is used.")
+]
+
+
+def _simulation_config(
+    sites: int,
+    studies: int,
+    seed: int | None,
+    change_site: str | None,
+    change_at: int | None,
+    start: datetime | None,
+) -> SimulationConfig:
+    try:
+        return SimulationConfig(
+            seed=seed if seed is not None else secrets.randbelow(2**31),
+            sites=sites,
+            studies_per_site=studies,
+            start=_as_utc(start or datetime.now(UTC).replace(microsecond=0)),
+            change_site=change_site,
+            change_at_index=change_at,
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(describe_errors(exc)) from None
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # A time given without an offset on the command line is taken as UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@app.command()
+def simulate(
+    sites: SitesOption = 3,
+    studies: StudiesOption = 200,
+    seed: SeedOption = None,
+    change_site: ChangeSiteOption = None,
+    change_at: ChangeAtOption = None,
+    start: Annotated[
+        datetime | None, typer.Option(help="Event time of the first studies (default: now).")
+    ] = None,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0,
+    jsonl: Annotated[
+        Path | None, typer.Option(help="Write the events to this file instead of Kafka.")
+    ] = None,
+) -> None:
+    """Write synthetic DICOM studies for N sites, extract them at the 'edge' and publish their
+    inference events and delayed label events (see docs/simulate.md)."""
+    from monitor.service.simulation import output_dir, publish_simulation, write_jsonl
+    from monitor.simulate import simulate as simulated_events
+
+    settings = _settings()
+    config = _simulation_config(sites, studies, seed, change_site, change_at, start)
+    console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
+    if jsonl is not None:
+        written = write_jsonl(simulated_events(config, output_dir(settings, config.seed)), jsonl)
+        console.print(f"wrote {written} events to {jsonl}")
+        return
+    try:
+        bootstrap = require_bootstrap(settings)
+    except BrokerNotFound as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    sent = publish_simulation(settings, config, bootstrap, rate=rate or None)
+    console.print(f"published {sent} events to {','.join(bootstrap)}")
+
+
+@app.command()
+def demo(
+    sites: SitesOption = 3,
+    studies: StudiesOption = 300,
+    seed: SeedOption = None,
+    change_site: ChangeSiteOption = "site-02",
+    change_at: ChangeAtOption = 150,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 20,
+    port: Annotated[int | None, typer.Option(help="API port (default from settings).")] = None,
+    exit_when_done: Annotated[
+        bool, typer.Option(help="Exit once every simulated event is stored (headless runs).")
+    ] = False,
+) -> None:
+    """The whole current loop on one machine: bundled broker, SQLite, API, consumer and
+    simulated sites with a scanner change at one of them. Ctrl-C stops everything."""
+    from monitor.service.demo import run_demo
+
+    settings = _settings()
+    config = _simulation_config(sites, studies, seed, change_site, change_at, None)
+    code = run_demo(settings, config, rate=rate or None, port=port, exit_when_done=exit_when_done)
+    raise typer.Exit(code)

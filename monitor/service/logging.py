@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import structlog
 
@@ -34,3 +35,10 @@ def configure_logging(settings: LoggingSettings) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
+    # pydicom reports odd files through its logger and Python warnings, and those messages can
+    # quote DICOM values and file paths (which may be named after patients). They never reach
+    # RadSentry's logs; the extractor raises typed errors that name no values instead.
+    pydicom_log = logging.getLogger("pydicom")
+    pydicom_log.propagate = False
+    pydicom_log.setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")

@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy import Engine
 
 from monitor.service.broker import EmbeddedBroker, running_embedded_broker
-from monitor.service.ingest import Ingestor
+from monitor.service.ingest import Ingestor, IngestStats
 from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
 from monitor.service.settings import Settings
 
@@ -76,6 +76,7 @@ class ConsumerThread:
     engine: Engine
     bootstrap: list[str]
     stop_event: threading.Event = field(default_factory=threading.Event)
+    stats: IngestStats = field(default_factory=IngestStats)
     _thread: threading.Thread | None = None
 
     def start(self) -> ConsumerThread:
@@ -87,7 +88,9 @@ class ConsumerThread:
         consumer = make_consumer(self.bootstrap, self.settings.kafka)
         producer = make_producer(self.bootstrap, self.settings.kafka)
         try:
-            Ingestor(self.engine, consumer, producer, self.settings.kafka).run(self.stop_event)
+            ingestor = Ingestor(self.engine, consumer, producer, self.settings.kafka)
+            ingestor.stats = self.stats
+            ingestor.run(self.stop_event)
         finally:
             consumer.close(autocommit=False)
             producer.close()

@@ -1,0 +1,110 @@
+"""The main job on embedded defaults: no configured servers, a SQLite file, the bundled broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from monitor.service.broker import free_port
+from monitor.service.db import make_engine
+from monitor.service.models import InferenceEventRow, LabelEventRow
+
+pytestmark = pytest.mark.integration
+
+RADSENTRY = str(Path(sys.executable).with_name("radsentry"))
+
+
+def _embedded_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADSENTRY_")}
+    env["RADSENTRY_DATA_DIR"] = str(data_dir)
+    env["RADSENTRY_KAFKA__SESSION_TIMEOUT_MS"] = "6000"
+    return env
+
+
+def _counts(data_dir: Path) -> tuple[int, int]:
+    engine = make_engine(f"sqlite:///{data_dir / 'radsentry.db'}")
+    with engine.connect() as connection:
+        inference = connection.scalar(select(func.count()).select_from(InferenceEventRow))
+        labels = connection.scalar(select(func.count()).select_from(LabelEventRow))
+    engine.dispose()
+    return inference or 0, labels or 0
+
+
+def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            RADSENTRY,
+            "demo",
+            "--sites",
+            "2",
+            "--studies",
+            "15",
+            "--seed",
+            "3",
+            "--rate",
+            "0",
+            "--change-at",
+            "8",
+            "--port",
+            str(free_port()),
+            "--exit-when-done",
+        ],
+        env=_embedded_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stream done" in result.stderr
+    inference, labels = _counts(tmp_path)
+    assert inference == 30
+    assert 0 < labels <= 30
+    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+
+
+def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
+    port = free_port()
+    env = _embedded_env(tmp_path)
+    serve = subprocess.Popen(
+        [RADSENTRY, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.3)
+        simulate = subprocess.run(
+            [RADSENTRY, "simulate", "--sites", "2", "--studies", "5", "--seed", "11"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert simulate.returncode == 0, simulate.stderr[-2000:]
+        deadline = time.monotonic() + 60
+        while sum(s["inference_events"] for s in httpx.get(f"{base}/sites").json()) < 10:
+            assert time.monotonic() < deadline, "events did not arrive"
+            time.sleep(0.3)
+        assert [s["site_id"] for s in httpx.get(f"{base}/sites").json()] == ["site-01", "site-02"]
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(60)
+    assert serve.returncode == 0
+    assert not (tmp_path / "broker.json").exists()
