@@ -15,6 +15,12 @@ import structlog
 from monitor.service.settings import LoggingSettings
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # Resolve sys.stderr when a logger is made, not once at configuration: test runners and
+    # embedding tools swap the stream, and a logger bound to a closed stream raises.
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(settings: LoggingSettings) -> None:
     level = logging.getLevelName(settings.level)
     renderer: structlog.typing.Processor = (
@@ -31,7 +37,7 @@ def configure_logging(settings: LoggingSettings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
