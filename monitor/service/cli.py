@@ -196,6 +196,10 @@ ChangeSiteOption = Annotated[
 ChangeAtOption = Annotated[
     int | None, typer.Option(help="Study index at that site from which the new scanner is used.")
 ]
+ChangeFromOption = Annotated[
+    datetime | None,
+    typer.Option(help="Or: event time (UTC) from which that site uses the new scanner."),
+]
 
 
 def _simulation_config(
@@ -205,18 +209,26 @@ def _simulation_config(
     change_site: str | None,
     change_at: int | None,
     start: datetime | None,
+    change_from: datetime | None = None,
 ) -> SimulationConfig:
+    if change_at is not None and change_from is not None:
+        raise typer.BadParameter("give --change-at or --change-from, not both")
+    schedule = {
+        "seed": seed if seed is not None else secrets.randbelow(2**31),
+        "sites": sites,
+        "studies_per_site": studies,
+        "start": _as_utc(start or datetime.now(UTC).replace(microsecond=0)),
+    }
     try:
-        return SimulationConfig(
-            seed=seed if seed is not None else secrets.randbelow(2**31),
-            sites=sites,
-            studies_per_site=studies,
-            start=_as_utc(start or datetime.now(UTC).replace(microsecond=0)),
-            change_site=change_site,
-            change_at_index=change_at,
-        )
+        config = SimulationConfig.model_validate(schedule)
+        if change_site in config.site_ids() and change_from is not None:
+            change_at = config.first_index_at(change_site, _as_utc(change_from))
+        if change_site is not None or change_at is not None:
+            change = {"change_site": change_site, "change_at_index": change_at}
+            config = SimulationConfig.model_validate(schedule | change)
     except ValidationError as exc:
         raise typer.BadParameter(describe_errors(exc)) from None
+    return config
 
 
 def _as_utc(moment: datetime) -> datetime:
@@ -231,6 +243,7 @@ def simulate(
     seed: SeedOption = None,
     change_site: ChangeSiteOption = None,
     change_at: ChangeAtOption = None,
+    change_from: ChangeFromOption = None,
     start: Annotated[
         datetime | None, typer.Option(help="Event time of the first studies (default: now).")
     ] = None,
@@ -245,7 +258,7 @@ def simulate(
     from monitor.simulate import simulate as simulated_events
 
     settings = _settings()
-    config = _simulation_config(sites, studies, seed, change_site, change_at, start)
+    config = _simulation_config(sites, studies, seed, change_site, change_at, start, change_from)
     console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
     if jsonl is not None:
         written = write_jsonl(simulated_events(config, output_dir(settings, config.seed)), jsonl)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -87,6 +88,15 @@ class SimulationConfig(BaseModel):
             and index >= self.change_at_index
         )
         return DEGRADED if changed else default_profile(site_id)
+
+    def first_index_at(self, site_id: str, moment: datetime) -> int:
+        """Index of the first study at ``site_id`` acquired at or after ``moment``.
+
+        Turns "the scanner changes at 14:00" into ``change_at_index`` for this schedule.
+        """
+        position = self.site_ids().index(site_id)
+        studies = (moment - self.start) / self.study_interval - position / self.sites
+        return max(0, math.ceil(studies))
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical config; the master key enters only as its own hash."""

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import math
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +338,13 @@ def test_stream_is_lazy(tmp_path: Path) -> None:
     assert isinstance(first, InferenceEvent) and first.site_id == "site-01"
     assert len(list(tmp_path.rglob("*.dcm"))) == 1
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_change_time_maps_to_the_first_study_at_or_after_it() -> None:
+    config = SimulationConfig(
+        seed=1, sites=3, start=datetime(2026, 1, 1, tzinfo=UTC), study_interval=timedelta(hours=1)
+    )
+    # site-02 acquires at 00:20, 01:20, 02:20, ...
+    assert config.first_index_at("site-02", datetime(2026, 1, 1, 1, 20, tzinfo=UTC)) == 1
+    assert config.first_index_at("site-02", datetime(2026, 1, 1, 1, 21, tzinfo=UTC)) == 2
+    assert config.first_index_at("site-01", datetime(2025, 12, 31, tzinfo=UTC)) == 0

@@ -1,0 +1,77 @@
+"""The command line without servers: simulate into a file, refuse bad options clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from monitor.service.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RADSENTRY_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_help_explains_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "consume", "simulate", "extract", "demo", "migrate", "schemas"):
+        assert command in result.output
+
+
+def test_simulate_to_jsonl_with_a_scanner_change_at_a_time(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--sites",
+            "2",
+            "--studies",
+            "6",
+            "--seed",
+            "5",
+            "--start",
+            "2026-03-01T00:00:00",
+            "--change-site",
+            "site-02",
+            "--change-from",
+            "2026-03-01T01:30:00",
+            "--jsonl",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    site_02 = [
+        e for e in events if e["schema"] == "inference-event/v1" and e["site_id"] == "site-02"
+    ]
+    assert len(site_02) == 6
+    # 30-minute interval, site-02 at +15 min: studies from 01:45 on use the degraded scanner.
+    before = {
+        e["metadata"]["Manufacturer"] for e in site_02 if e["occurred_at"] < "2026-03-01T01:30"
+    }
+    after = {
+        e["metadata"]["Manufacturer"] for e in site_02 if e["occurred_at"] > "2026-03-01T01:30"
+    }
+    assert len(before) == len(after) == 1 and before != after
+
+
+def test_bad_simulation_options_are_refused_with_a_reason(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["simulate", "--change-site", "site-09", "--change-at", "3", "--jsonl", "x"]
+    )
+    assert result.exit_code == 2
+    assert "change_site" in result.output
+
+
+def test_consume_without_a_broker_says_what_to_do() -> None:
+    result = runner.invoke(app, ["consume"], env={"RADSENTRY_KAFKA__BOOTSTRAP_SERVERS": "[]"})
+    assert result.exit_code == 2
+    assert "no Kafka bootstrap servers configured" in result.output
