@@ -18,8 +18,9 @@ import hashlib
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 import structlog
@@ -69,7 +70,6 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     failures: int = 0
-    by_topic: dict[str, int] = field(default_factory=dict)
 
 
 class Ingestor:
@@ -195,13 +195,16 @@ class Ingestor:
         self.stats.stored += len(outcome.stored)
         self.stats.duplicates += outcome.duplicates
         self.stats.dead_lettered += outcome.dead_lettered
-        for item in outcome.stored:
-            metrics.EVENTS_CONSUMED.labels(item.topic, item.event.site_id).inc()
-            self.stats.by_topic[item.topic] = self.stats.by_topic.get(item.topic, 0) + 1
-        for refused in rejected:
-            metrics.EVENTS_DEAD_LETTERED.labels(refused.topic, refused.code).inc()
-        if outcome.duplicates:
-            metrics.EVENTS_DUPLICATE.labels(delivered[0].topic).inc(outcome.duplicates)
+        stored = Counter((item.topic, item.event.site_id) for item in outcome.stored)
+        for (topic, site_id), count in stored.items():
+            metrics.EVENTS_CONSUMED.labels(topic, site_id).inc(count)
+        duplicates = Counter(item.topic for item in delivered)
+        duplicates.subtract(Counter(item.topic for item in outcome.stored))
+        for topic, count in duplicates.items():
+            if count:
+                metrics.EVENTS_DUPLICATE.labels(topic).inc(count)
+        for (topic, code), count in Counter((r.topic, r.code) for r in rejected).items():
+            metrics.EVENTS_DEAD_LETTERED.labels(topic, code).inc(count)
         for batch in records.values():
             for record in batch:
                 if record.timestamp and record.timestamp > 0:

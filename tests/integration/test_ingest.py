@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, text
 
 from monitor.events import MAX_EVENT_BYTES, to_json
@@ -34,6 +35,15 @@ def test_duplicates_are_stored_once(pg_engine: Engine, kafka_settings: KafkaSett
     assert count_rows(pg_engine)["inference_events"] == n
     assert count_rows(pg_engine)["processed_events"] == n
     assert stats.duplicates == len(resent)
+    topic = kafka_settings.inference_topic
+    assert REGISTRY.get_sample_value("radsentry_events_duplicate_total", {"topic": topic}) == 60
+    consumed = [
+        REGISTRY.get_sample_value(
+            "radsentry_events_consumed_total", {"topic": topic, "site_id": f"site-0{k}"}
+        )
+        for k in (1, 2, 3)
+    ]
+    assert consumed == [200, 200, 200]
     assert committed_lag(kafka_settings.bootstrap_servers, kafka_settings) == 0
 
     # A later redelivery of already stored events (e.g. a replay from offset 0) changes nothing.
@@ -94,6 +104,9 @@ def test_poison_records_go_to_the_dead_letter_topic(
     )
 
     assert stats.dead_lettered == len(poison)
+    assert REGISTRY.get_sample_value(
+        "radsentry_events_dead_lettered_total", {"topic": topic, "reason": "invalid"}
+    ) == sum(code == "invalid" for _, code in poison.values())
     assert count_rows(pg_engine)["inference_events"] == len(poison) + 1
     assert committed_lag(kafka_settings.bootstrap_servers, kafka_settings) == 0
     with pg_engine.connect() as connection:
