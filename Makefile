@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/radsentry demo
 
-## test: everything the tests need (PostgreSQL must be reachable; the broker is started by the tests)
-test: $(STAMP)
+## test: lint, type check, then the whole suite (PostgreSQL must be reachable; the tests start
+## the bundled broker themselves)
+test: lint typecheck
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
