@@ -145,7 +145,7 @@ class ChiSquareDetector:
         skipped: list[FeatureAttribution] = []
         for name, reference_counts in zip(reference.names, reference.counts, strict=True):
             window_counts = _count(window[name])
-            reason = self._too_few(reference_counts.total(), window_counts.total())
+            reason = self.config.too_few(reference_counts.total(), window_counts.total())
             if reason is not None:
                 skipped.append(skipped_feature(name, reason))
                 continue
@@ -157,38 +157,12 @@ class ChiSquareDetector:
                 + "; ".join(item.explanation or item.feature for item in skipped)
             )
         decision = decide(tests, skipped, self.config)
-        return DriftResult(
-            detector=self.name,
-            is_drift=decision.is_drift,
-            statistic=decision.statistic,
-            effect_size=decision.effect_size,
-            effect_size_name=decision.effect_size_name,
-            n_reference=reference.n_rows,
-            n_window=n_rows,
-            config_fingerprint=self.config.fingerprint(),
-            p_value=decision.p_value,
-            threshold=self.config.p_value_threshold,
-            attributions=decision.attributions,
-        )
+        return decision.to_result(self.name, self.config, reference.n_rows, n_rows)
 
     def _fitted(self) -> _FittedReference:
         if self._reference is None:
             raise NotFittedError("call fit(reference) before score(window)")
         return self._reference
-
-    def _too_few(self, n_reference: int, n_window: int) -> str | None:
-        """Why a feature cannot be tested, or None when it can."""
-        if n_reference < self.config.min_reference:
-            return (
-                f"{n_reference} non-missing values in the reference "
-                f"(at least {self.config.min_reference} needed)"
-            )
-        if n_window < self.config.min_window:
-            return (
-                f"{n_window} non-missing values in the window "
-                f"(at least {self.config.min_window} needed)"
-            )
-        return None
 
 
 def _count(values: Sequence[str | None]) -> Counter[str]:

@@ -116,18 +116,12 @@ class MissingnessDetector:
             for name, n_missing in zip(reference.names, reference.n_missing, strict=True)
         ]
         decision = decide(tests, (), self.config)
-        return DriftResult(
-            detector=self.name,
-            is_drift=decision.is_drift,
+        return decision.to_result(
+            self.name,
+            self.config,
+            reference.n_rows,
+            n_rows,
             statistic=max(abs(test.statistic) for test in tests),
-            effect_size=decision.effect_size,
-            effect_size_name=decision.effect_size_name,
-            n_reference=reference.n_rows,
-            n_window=n_rows,
-            config_fingerprint=self.config.fingerprint(),
-            p_value=decision.p_value,
-            threshold=self.config.p_value_threshold,
-            attributions=decision.attributions,
         )
 
     def _fitted(self) -> _FittedReference:

@@ -26,7 +26,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import Field
 from scipy.stats import false_discovery_control
 
-from monitor.drift.base import DetectorConfig, FeatureAttribution
+from monitor.drift.base import DetectorConfig, DriftResult, FeatureAttribution
 
 Correction = Literal["bonferroni", "fdr_bh"]
 
@@ -71,6 +71,19 @@ class FeatureTestConfig(DetectorConfig):
     min_reference: int = Field(default=50, ge=1)
     """Fewest values the reference needs (rows, or per feature non-missing values)."""
 
+    def too_few(self, n_reference: int, n_window: int) -> str | None:
+        """Why a feature with these counts cannot be tested, or None when it can."""
+        if n_reference < self.min_reference:
+            return (
+                f"{n_reference} non-missing values in the reference "
+                f"(at least {self.min_reference} needed)"
+            )
+        if n_window < self.min_window:
+            return (
+                f"{n_window} non-missing values in the window (at least {self.min_window} needed)"
+            )
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureTest:
@@ -99,6 +112,29 @@ class Decision:
     attributions: tuple[FeatureAttribution, ...]
     """Drifting features first, then the other tested ones, each by effect size (largest first);
     then one entry per skipped feature (p-value None, statistic and effect size 0)."""
+
+    def to_result(
+        self,
+        detector: str,
+        config: FeatureTestConfig,
+        n_reference: int,
+        n_window: int,
+        statistic: float | None = None,
+    ) -> DriftResult:
+        """The detector's result; ``statistic`` overrides the largest per-feature statistic."""
+        return DriftResult(
+            detector=detector,
+            is_drift=self.is_drift,
+            statistic=self.statistic if statistic is None else statistic,
+            effect_size=self.effect_size,
+            effect_size_name=self.effect_size_name,
+            n_reference=n_reference,
+            n_window=n_window,
+            config_fingerprint=config.fingerprint(),
+            p_value=self.p_value,
+            threshold=config.p_value_threshold,
+            attributions=self.attributions,
+        )
 
 
 def decide(
