@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# alibi-detect (the cross-check oracle) needs numpy < 2 and is under the BSL, so it gets a venv of
+# its own with only what monitor.drift imports (ADR 0006). Keep ALIBI_REQS in step with the
+# [alibi] extra and with the runtime pins of torch, scipy and pydantic in pyproject.toml.
+ALIBI_VENV  := .venv-alibi
+ALIBI_BIN   := $(ALIBI_VENV)/bin
+ALIBI_STAMP := $(ALIBI_VENV)/.installed
+ALIBI_REQS  := 'alibi-detect[torch]>=0.13,<0.14' 'torch==2.13.0' 'scipy>=1.11' 'pydantic>=2.7' \
+               'pytest>=8'
 
-.PHONY: run test lint typecheck schemas clean
+.PHONY: run test test-alibi lint typecheck schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +20,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(ALIBI_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(ALIBI_VENV)
+	$(ALIBI_BIN)/pip install --quiet $(ALIBI_REQS)
+	$(ALIBI_BIN)/pip install --quiet --no-deps -e .
+	touch $(ALIBI_STAMP)
+
 ## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites)
 run: $(STAMP)
 	$(BIN)/radsentry demo
 
 ## test: lint, type check, then the whole suite (PostgreSQL must be reachable; the tests start
-## the bundled broker themselves)
+## the bundled broker themselves), then the alibi-detect cross-checks in their own venv
 test: lint typecheck
 	$(BIN)/python -m pytest
+	$(MAKE) test-alibi
+
+## test-alibi: our detectors against alibi-detect (tests/alibi, never collected by the main run);
+## --confcutdir keeps tests/conftest.py, which needs the service's dependencies, out of it
+test-alibi: $(ALIBI_STAMP)
+	$(ALIBI_BIN)/python -m pytest tests/alibi --confcutdir=tests/alibi
 
 lint: $(STAMP)
 	$(BIN)/ruff check monitor retrain pccp tests benchmarks
@@ -32,4 +52,4 @@ schemas: $(STAMP)
 	$(BIN)/radsentry schemas --out docs/schemas
 
 clean:
-	rm -rf $(VENV) .radsentry .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(ALIBI_VENV) .radsentry .pytest_cache .mypy_cache .ruff_cache

@@ -84,6 +84,21 @@ class FeatureMatrix:
         return int(self.values.shape[0])
 
 
+_RELATIVE_SPREAD_FLOOR = 1e-9
+
+
+def spread(values: NDArray[np.float64], axis: int | None = None) -> NDArray[np.float64]:
+    """Standard deviation, with rounding noise taken for what it is: zero.
+
+    ``np.std`` of a column holding one repeated value such as 0.148 is about 3e-17, not 0, and
+    dividing by it turns the smallest change into an effect of 1e15 standard deviations. A
+    spread below 1e-9 of the values' magnitude (or of 1) is returned as exactly 0.
+    """
+    std = np.std(values, axis=axis)
+    magnitude = np.maximum(1.0, np.abs(np.mean(values, axis=axis)))
+    return np.asarray(np.where(std <= _RELATIVE_SPREAD_FLOOR * magnitude, 0.0, std))
+
+
 CategoricalColumns = Mapping[str, Sequence[str | None]]
 """Categorical features of a sample: feature name -> one value per event (None = missing)."""
 

@@ -26,6 +26,7 @@ from monitor.drift.base import (
     InsufficientDataError,
     NotFittedError,
     register,
+    spread,
 )
 from monitor.drift.multiple_testing import FeatureTest, FeatureTestConfig, decide, skipped_feature
 
@@ -98,7 +99,7 @@ class KSDetector:
         self._reference = _FittedReference(
             names=reference.names,
             columns=columns,
-            scales=tuple(float(column.std()) if column.size else 0.0 for column in columns),
+            scales=tuple(float(spread(column)) if column.size else 0.0 for column in columns),
             n_rows=len(reference),
         )
         return self
@@ -177,5 +178,5 @@ def _normalised_wasserstein(reference: Column, window: Column, scale: float) -> 
     """
     distance = float(wasserstein_distance(reference, window))
     if scale == 0.0:
-        scale = float(np.concatenate([reference, window]).std())
+        scale = float(spread(np.concatenate([reference, window])))
     return distance / scale if scale > 0.0 else 0.0

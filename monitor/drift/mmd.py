@@ -34,6 +34,7 @@ rounding; and alibi keeps ``sigma`` in float32, which moves MMD^2 by about 1e-8.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -51,6 +52,7 @@ from monitor.drift.base import (
     InsufficientDataError,
     NotFittedError,
     register,
+    spread,
 )
 
 _DISTANCE_FLOOR = 1e-30  # alibi's clip; also keeps sigma > 0 when most reference rows repeat
@@ -92,7 +94,7 @@ _DEFAULT_CONFIG = MMDConfig()
 
 @dataclass(frozen=True, slots=True)
 class _FittedReference:
-    """What ``fit`` keeps: scaling, the standardised reference and its kernel block."""
+    """What ``fit`` keeps: scaling, the standardised reference and the bandwidth."""
 
     names: tuple[str, ...]
     mean: NDArray[np.float64]
@@ -101,7 +103,6 @@ class _FittedReference:
     standardised: NDArray[np.float64]  # every clean reference row, for the attributions
     points: torch.Tensor  # the rows the kernel test uses (subsampled past max_reference)
     sigma: float
-    kernel_xx: torch.Tensor  # diagonal zeroed; cached because it does not change per window
     rows_dropped: int
 
 
@@ -140,7 +141,7 @@ class MMDDetector:
                 f"reference has {len(clean)} complete rows ({dropped} dropped for missing "
                 f"values); at least {self.config.min_reference} are needed"
             )
-        mean, std = clean.mean(axis=0), clean.std(axis=0)
+        mean, std = clean.mean(axis=0), spread(clean, axis=0)
         constant = std == 0.0
         scale = np.where(constant, 1.0, std)
         standardised = (clean - mean) / scale
@@ -156,7 +157,6 @@ class MMDDetector:
             standardised=standardised,
             points=points,
             sigma=sigma,
-            kernel_xx=_zero_diagonal(_gaussian_kernel(distances, sigma)),
             rows_dropped=dropped,
         )
         return self
@@ -259,20 +259,26 @@ def _zero_diagonal(kernel: torch.Tensor) -> torch.Tensor:
 
 def _joint_kernel(reference: _FittedReference, window: torch.Tensor) -> torch.Tensor:
     """The (n + m) x (n + m) kernel matrix, reference rows first, diagonal zeroed."""
-    sigma = reference.sigma
-    cross = _gaussian_kernel(_squared_distances(reference.points, window), sigma)
+    sigma, points = reference.sigma, reference.points
+    # The reference block is recomputed, not cached: at 500 reference rows it is 2 MB per stream
+    # (the largest part of a stream's memory) and costs about a tenth of the permutation product.
+    within_reference = _zero_diagonal(_gaussian_kernel(_squared_distances(points, points), sigma))
+    cross = _gaussian_kernel(_squared_distances(points, window), sigma)
     within = _zero_diagonal(_gaussian_kernel(_squared_distances(window, window), sigma))
-    top = torch.cat([reference.kernel_xx, cross], dim=1)
+    top = torch.cat([within_reference, cross], dim=1)
     bottom = torch.cat([cross.T, within], dim=1)
     return torch.cat([top, bottom], dim=0)
 
 
+@functools.lru_cache(maxsize=16)
 def _reference_masks(n_ref: int, n_window: int, n_permutations: int, seed: int) -> torch.Tensor:
     """0/1 rows marking which pooled rows play the reference: the observed split, then one row
     per permutation.
 
     The loop only draws indices, one ``randperm`` per permutation exactly as alibi-detect does,
     so that both see the same permutations for the same seed; the statistics are batched.
+    Cached: a stream's windows mostly have the same sizes, and drawing the permutations cost
+    about as much as the kernel matrix. Callers must not modify the returned tensor.
     """
     total = n_ref + n_window
     generator = torch.Generator().manual_seed(seed)

@@ -418,6 +418,13 @@ class OnlineDriftDetector:
 
     def update(self, event: NDArray[np.float64]) -> DriftResult | None:
         """Add one event; ``None`` while the window fills, else the window's result."""
+        if self.update_statistic(event) is None:
+            return None
+        return self.result()
+
+    def update_statistic(self, event: NDArray[np.float64]) -> float | None:
+        """:meth:`update` without building the result: the statistic alone (the per-event fast
+        path; call :meth:`result` when the full result is wanted)."""
         fitted = self._require_fitted()
         values = np.asarray(event, dtype=np.float64)
         if values.shape != (len(fitted.names),):
@@ -432,6 +439,13 @@ class OnlineDriftDetector:
         self._n_seen += 1
         if self._n_seen < window_size:
             return None
+        return self._statistic(fitted)[0]
+
+    def result(self) -> DriftResult:
+        """The full result (with per-feature attributions) of the current, full window."""
+        fitted = self._require_fitted()
+        if self._n_seen < self.config.window_size:
+            raise InsufficientDataError("the window is not full yet")
         return self._result(fitted)
 
     def reset(self) -> None:
@@ -483,14 +497,19 @@ class OnlineDriftDetector:
             raise NotFittedError("call fit() or restore() before using the detector")
         return self._fitted
 
-    def _result(self, fitted: _Fitted) -> DriftResult:
+    def _statistic(self, fitted: _Fitted) -> tuple[float, float, NDArray[np.float64], float]:
+        """(statistic, squared distance, score sums, variance) of the current window."""
         window_size = self.config.window_size
         score_sums = self._scores.sum(axis=0)
         whitened = fitted.transform.whitening @ score_sums / window_size
         distance_squared = float(whitened @ whitened)
         # Variance of the window's mean score minus the reference's, per unit covariance.
         variance = 1.0 / window_size + 1.0 / fitted.n_reference
-        statistic = distance_squared / variance
+        return distance_squared / variance, distance_squared, score_sums, variance
+
+    def _result(self, fitted: _Fitted) -> DriftResult:
+        window_size = self.config.window_size
+        statistic, distance_squared, score_sums, variance = self._statistic(fitted)
         to_z = 1.0 / (window_size * math.sqrt(variance))
         attributions = tuple(
             FeatureAttribution(feature=name, statistic=score_sum * to_z, effect_size=shift)

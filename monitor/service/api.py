@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from monitor.drift.base import InsufficientDataError
 from monitor.events import Identifier
 from monitor.service import store
+from monitor.service.alerts_store import AlertNotFound, IllegalTransition, StreamNotFound
+from monitor.service.api_drift import drift_router
 from monitor.service.db import make_engine
 from monitor.service.kafka import broker_reachable
 from monitor.service.settings import Settings
@@ -43,6 +47,22 @@ class Readiness(BaseModel):
     status: str
     database: bool
     broker: bool
+
+
+ERROR_STATUS: dict[type[Exception], int] = {
+    AlertNotFound: status.HTTP_404_NOT_FOUND,
+    StreamNotFound: status.HTTP_404_NOT_FOUND,
+    IllegalTransition: status.HTTP_409_CONFLICT,
+    InsufficientDataError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+"""Our errors and the HTTP status each one means, in one place."""
+
+
+def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    return handle
 
 
 def get_engine(request: Request) -> Engine:
@@ -80,6 +100,10 @@ def create_app(
         summary="Post-market monitoring and change control for medical-imaging AI.",
         lifespan=lifespan,
     )
+
+    app.include_router(drift_router(settings.drift))
+    for error, code in ERROR_STATUS.items():
+        app.add_exception_handler(error, _status_handler(code))
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

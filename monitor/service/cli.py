@@ -18,6 +18,7 @@ from rich.console import Console
 from monitor.events import describe_errors
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
+from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
 from monitor.service.kafka import make_consumer, make_producer
 from monitor.service.logging import configure_logging
@@ -113,10 +114,13 @@ def consume() -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    limit_torch_threads()
     kafka_consumer = make_consumer(bootstrap, settings.kafka)
     producer = make_producer(bootstrap, settings.kafka)
     try:
-        stats = Ingestor(engine, kafka_consumer, producer, settings.kafka).run(stop)
+        stats = Ingestor(
+            engine, kafka_consumer, producer, settings.kafka, DriftMonitor(settings.drift)
+        ).run(stop)
     finally:
         kafka_consumer.close(autocommit=False)
         producer.close()
@@ -294,3 +298,86 @@ def demo(
     config = _simulation_config(sites, studies, seed, change_site, change_at, None)
     code = run_demo(settings, config, rate=rate or None, port=port, exit_when_done=exit_when_done)
     raise typer.Exit(code)
+
+
+@app.command()
+def backtest(
+    events: Annotated[
+        Path,
+        typer.Option(
+            exists=True, dir_okay=False, help="inference-event/v1 lines (JSONL, may be gzipped)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the alerts, one JSON per line.")],
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Events to use as the reference of each (site, model, version) in them; other "
+            "streams start from their first events.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="EngineConfig as JSON or YAML."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Stop with exit status 1 at the first invalid line.")
+    ] = False,
+) -> None:
+    """Replay a file of inference events through the drift engine, in event-time order, and
+    write the alerts it raises (see docs/drift.md#backtest). Invalid lines are reported by line
+    number and skipped; the exit status stays 0 unless --strict."""
+    from monitor.service.backtest import (
+        BacktestError,
+        load_config,
+        print_summary,
+        rich_progress,
+        run_backtest,
+    )
+
+    try:
+        engine_config = load_config(config)
+        console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)
+        with rich_progress(console) as progress:
+            summary = run_backtest(
+                events,
+                out,
+                config=engine_config,
+                reference_path=reference,
+                strict=strict,
+                on_progress=progress,
+            )
+    except (BacktestError, OSError, EOFError) as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    print_summary(console, summary)
+    console.print(f"wrote {summary.alerts} alerts to {out}", soft_wrap=True)
+
+
+@app.command()
+def report(
+    site: Annotated[str, typer.Option(help="Site whose drift report to build.")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the HTML page.")],
+    model_name: Annotated[str | None, typer.Option(help="Model (default: latest updated).")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Model version.")] = None,
+) -> None:
+    """Write a site's Evidently drift report (reference vs its latest window of events), the
+    page `GET /sites/{site_id}/report` serves, from the configured database."""
+    from monitor.service.alerts_store import StreamNotFound
+    from monitor.service.site_report import site_report
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        key, html = site_report(
+            engine, settings.drift, site, model_name=model_name, model_version=model_version
+        )
+    except StreamNotFound as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    out.write_text(html, encoding="utf-8")
+    console.print(f"wrote the drift report of {key} to {out}", soft_wrap=True)

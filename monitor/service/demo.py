@@ -9,7 +9,8 @@ import structlog
 import uvicorn
 from rich.console import Console
 
-from monitor.service import store
+from monitor.drift.config import EngineConfig, WindowConfig
+from monitor.service import alerts_store, store
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
 from monitor.service.runtime import ConsumerThread, start_broker_if_needed
@@ -19,6 +20,10 @@ from monitor.simulate import SimulationConfig
 
 log = structlog.get_logger(__name__)
 console = Console(stderr=True)
+
+DEMO_DRIFT = EngineConfig(reference_size=100, window=WindowConfig(size=50, min_size=25))
+"""Drift settings scaled to the demo's few hundred studies per site (references of 100 events,
+windows of 50); production keeps the defaults or sets ``RADSENTRY_DRIFT__*``."""
 
 
 def run_demo(
@@ -30,6 +35,9 @@ def run_demo(
     exit_when_done: bool,
 ) -> int:
     """Run until Ctrl-C (or, with ``exit_when_done``, until the stream is stored). Exit code."""
+    if settings.drift == EngineConfig():
+        # A few hundred studies per site would never fill the service's 1,000-event references.
+        settings = settings.model_copy(update={"drift": DEMO_DRIFT})
     engine = make_engine(settings.database_url)
     upgrade(engine)
     bootstrap, broker = start_broker_if_needed(settings)
@@ -64,6 +72,10 @@ def run_demo(
             console.print(
                 f"  {site.site_id}: {site.inference.count} inference events, "
                 f"{site.labels.count} label events"
+            )
+        for alert in alerts_store.list_alerts(engine, limit=20).items:
+            console.print(
+                f"  alert [{alert.detector}] {alert.explanation}", soft_wrap=True, markup=False
             )
         console.print(f"stream done: {sent} events published, {ingest.stats.stored} stored")
         if exit_when_done:

@@ -28,10 +28,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from monitor.events import INFERENCE_SCHEMA, LABEL_SCHEMA, InvalidEvent, parse_event
 from monitor.service import metrics
+from monitor.service.alerts_store import publish_pending
+from monitor.service.drift_store import DriftBatch, DriftMonitor
 from monitor.service.settings import KafkaSettings
 from monitor.service.store import BatchOutcome, Delivered, Rejected, store_batch
 
@@ -70,6 +72,7 @@ class IngestStats:
     duplicates: int = 0
     dead_lettered: int = 0
     failures: int = 0
+    alerts_published: int = 0
 
 
 class Ingestor:
@@ -81,12 +84,16 @@ class Ingestor:
         consumer: KafkaConsumer,
         producer: KafkaProducer,
         settings: KafkaSettings,
+        drift: DriftMonitor | None = None,
     ) -> None:
+        """``drift``: run the drift engine in each batch's transaction (None: store only)."""
         self.engine = engine
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
+        self.drift = drift
         self.stats = IngestStats()
+        self._alerts_pending = drift is not None  # an earlier process may have left some
         self._expected = {
             settings.inference_topic: INFERENCE_SCHEMA.split("/")[0],
             settings.labels_topic: LABEL_SCHEMA.split("/")[0],
@@ -108,6 +115,8 @@ class Ingestor:
                 # the same records come again, and back off.
                 self.stats.failures += 1
                 metrics.INGEST_FAILURES.inc()
+                if self.drift is not None:
+                    self.drift.forget()  # its cache may be ahead of the rolled-back database
                 log.exception("batch failed; rewinding and retrying", backoff_s=backoff)
                 self._rewind(records)
                 stop.wait(backoff)
@@ -122,12 +131,41 @@ class Ingestor:
         if refused:
             self._dead_letter(refused)
         rejected = [item.ledger_row() for item in refused]
-        outcome = store_batch(self.engine, delivered, rejected)
+        drift_batch = DriftBatch()
+
+        def detect(connection: Connection, stored: list[Delivered]) -> None:
+            nonlocal drift_batch
+            assert self.drift is not None
+            drift_batch = self.drift.process(connection, stored)
+
+        outcome = store_batch(self.engine, delivered, rejected, detect if self.drift else None)
         self._commit(records)
         committed = time.time()
         self._observe(outcome, delivered, rejected, records, committed)
+        observe_drift(drift_batch)
+        self._alerts_pending |= bool(drift_batch.alerts)
+        self._publish_alerts()
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return outcome
+
+    def _publish_alerts(self) -> None:
+        """Publish stored, unpublished alerts; on failure they wait for the next batch."""
+        if not self._alerts_pending:
+            return
+        try:
+            published = publish_pending(
+                self.engine,
+                self.producer,
+                self.settings.alerts_topic,
+                self.settings.request_timeout_ms / 1000,
+            )
+        except Exception:
+            # Boundary: the alerts are stored; the broker will get them on a later try.
+            log.exception("publishing alerts failed; will retry")
+            return
+        self._alerts_pending = False
+        if published:
+            self.stats.alerts_published += published
 
     def _validate(self, records: Records) -> tuple[list[Delivered], list[_Refused]]:
         delivered: list[Delivered] = []
@@ -219,6 +257,24 @@ class Ingestor:
             "dead_lettered": s.dead_lettered,
             "failures": s.failures,
         }
+
+
+def observe_drift(batch: DriftBatch) -> None:
+    """Prometheus: the latest statistic per (site, model, detector), checks and alerts counted."""
+    for check in batch.checks:
+        labels = (check.key.site_id, check.key.model_name, check.detector)
+        result = check.result
+        if result is None:
+            metrics.DRIFT_CHECKS.labels(*labels, "skipped").inc()
+            continue
+        metrics.DRIFT_CHECKS.labels(*labels, "drift" if result.is_drift else "quiet").inc()
+        metrics.DRIFT_STATISTIC.labels(*labels).set(result.statistic)
+        metrics.DRIFT_EFFECT_SIZE.labels(*labels).set(result.effect_size)
+        metrics.DRIFT_DETECTED.labels(*labels).set(1.0 if result.is_drift else 0.0)
+        if result.p_value is not None:
+            metrics.DRIFT_P_VALUE.labels(*labels).set(result.p_value)
+    for alert in batch.alerts:
+        metrics.ALERTS_OPENED.labels(alert.key.site_id, alert.key.model_name, alert.detector).inc()
 
 
 def _dead_letter_headers(item: Rejected) -> list[tuple[str, bytes]]:

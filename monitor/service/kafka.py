@@ -90,4 +90,4 @@ def broker_reachable(bootstrap: list[str], timeout_ms: int = 2_000) -> bool:
 
 def all_topics(settings: KafkaSettings) -> list[str]:
     topics = [settings.inference_topic, settings.labels_topic]
-    return topics + [settings.dlq_topic(t) for t in topics]
+    return [*topics, *(settings.dlq_topic(t) for t in topics), settings.alerts_topic]

@@ -3,7 +3,7 @@ ids, study keys or free text."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
     "radsentry_events_consumed",
@@ -33,4 +33,28 @@ BATCH_SECONDS = Histogram(
 INGEST_FAILURES = Counter(
     "radsentry_ingest_failures",
     "Batches that could not be stored or committed and were retried.",
+)
+
+_DETECTOR_LABELS = ["site_id", "model_name", "detector"]
+DRIFT_STATISTIC = Gauge(
+    "radsentry_drift_statistic", "Test statistic of the latest check.", _DETECTOR_LABELS
+)
+DRIFT_P_VALUE = Gauge(
+    "radsentry_drift_p_value",
+    "Adjusted p-value of the latest check (detectors that have one).",
+    _DETECTOR_LABELS,
+)
+DRIFT_EFFECT_SIZE = Gauge(
+    "radsentry_drift_effect_size", "Effect size of the latest check.", _DETECTOR_LABELS
+)
+DRIFT_DETECTED = Gauge(
+    "radsentry_drift_detected", "1 when the latest check found drift, else 0.", _DETECTOR_LABELS
+)
+DRIFT_CHECKS = Counter(
+    "radsentry_drift_checks",
+    "Windows (or online blocks) checked, by outcome: drift, quiet or skipped.",
+    [*_DETECTOR_LABELS, "outcome"],
+)
+ALERTS_OPENED = Counter(
+    "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
 )

@@ -11,7 +11,19 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text, Uuid
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -93,3 +105,116 @@ class DeadLetter(Base):
     payload_sha256: Mapped[str] = mapped_column(String(64))
     payload_bytes: Mapped[int] = mapped_column(Integer)
     dead_lettered_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class DriftStreamRow(Base):
+    """One monitored stream's engine state, saved in the transaction that stores its events.
+
+    ``state_version`` grows with every save: a consumer whose cached state has another version
+    (after a partition moved, or a re-baselining through the API) reloads it.
+    """
+
+    __tablename__ = "drift_streams"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+    reference_state: Mapped[bytes] = mapped_column(LargeBinary)
+    """The reference rows, saved apart because they rarely change (monitor.drift.state)."""
+    state_version: Mapped[int] = mapped_column(BigInteger)
+    reference: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    events_seen: Mapped[int] = mapped_column(BigInteger)
+    last_source: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    """``topic[partition]@offset`` of the last event reflected in ``state``."""
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class DriftCheckRow(Base):
+    """One scored window (or online block) of one detector."""
+
+    __tablename__ = "drift_checks"
+    __table_args__ = (
+        Index("ix_drift_checks_stream", "site_id", "model_name", "detector", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(String(32))
+    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    window_end: Mapped[datetime] = mapped_column(Timestamp)
+    n_window: Mapped[int] = mapped_column(Integer)
+    is_drift: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    statistic: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    effect_size: Mapped[float | None] = mapped_column(Float, nullable=True)
+    effect_size_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attributions: Mapped[list[dict[str, Any]]] = mapped_column(JsonDocument)
+    skipped: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reference_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    checked_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class AlertRow(Base):
+    """A drift episode's alert; ``status`` is people's (open -> acknowledged -> resolved),
+    ``drift_active`` is the data's (False once the engine saw enough quiet checks)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_site_status", "site_id", "status", "occurred_at"),
+        Index("ix_alerts_unpublished", "published_at"),
+    )
+
+    alert_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(String(32))
+    features: Mapped[list[str]] = mapped_column(JsonDocument)
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    since: Mapped[datetime] = mapped_column(Timestamp)
+    window_start: Mapped[datetime] = mapped_column(Timestamp)
+    window_end: Mapped[datetime] = mapped_column(Timestamp)
+    statistic: Mapped[float] = mapped_column(Float)
+    p_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    effect_size: Mapped[float] = mapped_column(Float)
+    effect_size_name: Mapped[str] = mapped_column(String(64))
+    explanation: Mapped[str] = mapped_column(Text)
+    config_fingerprint: Mapped[str] = mapped_column(String(64))
+    reference_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    status: Mapped[str] = mapped_column(String(16))
+    drift_active: Mapped[bool] = mapped_column(Boolean)
+    drifting_checks: Mapped[int] = mapped_column(Integer)
+    last_drift_at: Mapped[datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    ended_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    published_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+
+class ReferenceChangeRow(Base):
+    """Every reference a stream has had: automatic, re-baselined (who, why) or uploaded."""
+
+    __tablename__ = "reference_changes"
+    __table_args__ = (Index("ix_reference_changes_stream", "site_id", "model_name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    reference_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    generation: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+    requested_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    n_events: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp)

@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy import Engine
 
 from monitor.service.broker import EmbeddedBroker, running_embedded_broker
+from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor, IngestStats
 from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
 from monitor.service.settings import Settings
@@ -85,10 +86,17 @@ class ConsumerThread:
         return self
 
     def _run(self) -> None:
+        limit_torch_threads()
         consumer = make_consumer(self.bootstrap, self.settings.kafka)
         producer = make_producer(self.bootstrap, self.settings.kafka)
         try:
-            ingestor = Ingestor(self.engine, consumer, producer, self.settings.kafka)
+            ingestor = Ingestor(
+                self.engine,
+                consumer,
+                producer,
+                self.settings.kafka,
+                DriftMonitor(self.settings.drift),
+            )
             ingestor.stats = self.stats
             ingestor.run(self.stop_event)
         finally:

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitor.drift.config import EngineConfig
+
 
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
@@ -31,6 +33,7 @@ class KafkaSettings(BaseModel):
     )
     inference_topic: str = "radsentry.inference"
     labels_topic: str = "radsentry.labels"
+    alerts_topic: str = "radsentry.alerts"
     dlq_suffix: str = ".dlq"
     group_id: str = "radsentry-ingest"
     client_id: str = "radsentry"
@@ -77,6 +80,7 @@ class Settings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
+    drift: EngineConfig = EngineConfig()
 
     @property
     def database_url(self) -> str:

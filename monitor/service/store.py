@@ -8,7 +8,7 @@ keyed by their source coordinates. A redelivered batch therefore changes nothing
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -70,11 +70,11 @@ class SiteSummary:
     labels: EventCounts
 
 
-def _table(model: type[Base]) -> Table:
+def table_of(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
 
-def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+def insert_for(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
     dialect = connection.dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
@@ -83,8 +83,16 @@ def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.
     raise NotImplementedError(f"database dialect {dialect!r} is not supported")
 
 
+AfterStore = Callable[[Connection, list[Delivered]], object]
+"""Called inside the batch's transaction with the events stored for the first time (in batch
+order): the drift engine's state and alerts are saved atomically with the events they reflect."""
+
+
 def store_batch(
-    engine: Engine, delivered: Sequence[Delivered], rejected: Sequence[Rejected]
+    engine: Engine,
+    delivered: Sequence[Delivered],
+    rejected: Sequence[Rejected],
+    after_store: AfterStore | None = None,
 ) -> BatchOutcome:
     """Store a batch exactly once, whatever part of it was stored before."""
     now = datetime.now(UTC)
@@ -95,6 +103,8 @@ def store_batch(
         new_ids = _claim(connection, list(unique.values()), now)
         stored = [item for event_id, item in unique.items() if event_id in new_ids]
         _write_events(connection, stored, now)
+        if after_store is not None:
+            after_store(connection, stored)
         dead_lettered = _write_dead_letters(connection, rejected, now)
     return BatchOutcome(stored, len(delivered) - len(stored), dead_lettered)
 
@@ -129,7 +139,7 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
             "processed_at": now,
         }
         return set(connection.scalars(_CLAIM_POSTGRESQL, parameters))
-    table = _table(ProcessedEvent)
+    table = table_of(ProcessedEvent)
     rows = [
         {
             "event_id": item.event.event_id,
@@ -142,7 +152,7 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
         for item in items
     ]
     statement = (
-        _insert(connection, table)
+        insert_for(connection, table)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(table.c.event_id)
     )
@@ -154,7 +164,10 @@ def _write_events(connection: Connection, stored: list[Delivered], now: datetime
         _inference_row(i.event, now) for i in stored if isinstance(i.event, InferenceEvent)
     ]
     labels = [_label_row(i.event, now) for i in stored if isinstance(i.event, LabelEvent)]
-    for table, rows in ((_table(InferenceEventRow), inference), (_table(LabelEventRow), labels)):
+    for table, rows in (
+        (table_of(InferenceEventRow), inference),
+        (table_of(LabelEventRow), labels),
+    ):
         if not rows:
             continue
         if connection.dialect.name == "postgresql":
@@ -215,7 +228,7 @@ def _label_row(event: LabelEvent, now: datetime) -> dict[str, Any]:
 def _write_dead_letters(connection: Connection, rejected: Sequence[Rejected], now: datetime) -> int:
     if not rejected:
         return 0
-    table = _table(DeadLetter)
+    table = table_of(DeadLetter)
     rows = [
         {
             "topic": r.topic,
@@ -230,7 +243,7 @@ def _write_dead_letters(connection: Connection, rejected: Sequence[Rejected], no
         for r in rejected
     ]
     statement = (
-        _insert(connection, table)
+        insert_for(connection, table)
         .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
         .returning(table.c.id)
     )

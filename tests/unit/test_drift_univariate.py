@@ -337,3 +337,12 @@ def test_score_detector_validates_its_input() -> None:
     unscored["nodule"] = [float("nan")] * 50  # a finding the model did not score is skipped
     result = detector.score(unscored)
     assert [a.feature for a in result.attributions if a.p_value is None] == ["nodule"]
+
+
+def test_a_constant_reference_value_with_rounding_noise_gives_a_finite_effect() -> None:
+    # np.std of 1000 copies of 0.148 is ~3e-17, not 0: the effect must not explode.
+    reference = FeatureMatrix(("PixelSpacing",), np.full((1000, 1), 0.148))
+    window = FeatureMatrix(("PixelSpacing",), np.full((200, 1), 0.175))
+    result = KSDetector().fit(reference).score(window)
+    assert result.is_drift
+    assert 0.0 < result.effect_size < 10.0

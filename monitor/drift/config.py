@@ -1,0 +1,109 @@
+"""The drift engine's configuration: references, windows, detectors, alarms (one frozen model).
+
+Loaded from JSON or YAML by ``radsentry backtest --config`` and by the service, fingerprinted
+like every detector config, so each stored result and alert names the configuration behind it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from monitor.drift.alarms import AlarmConfig
+from monitor.drift.base import DetectorConfig
+from monitor.drift.categorical import ChiSquareConfig
+from monitor.drift.ks import KSConfig
+from monitor.drift.missingness import MissingnessConfig
+from monitor.drift.mmd import MMDConfig
+from monitor.drift.online import OnlineConfig
+from monitor.drift.scores import ScoreKSConfig
+
+BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness"]
+ONLINE_DETECTOR = "online_hotelling"
+
+
+class WindowConfig(DetectorConfig):
+    """Tumbling windows of the batch detectors, by count, by event time, or both.
+
+    A window is scored and emptied when it holds ``size`` events, or when an event arrives at
+    least ``duration_s`` (event time) after the window's first event and the window holds at
+    least ``min_size`` events; a quieter site's window keeps filling until it does. Disjoint
+    windows make consecutive checks independent under no change, which is what the alarm
+    arithmetic in docs/drift.md relies on.
+    """
+
+    size: int | None = Field(default=250, ge=2)
+    duration_s: float | None = Field(default=None, gt=0)
+    min_size: int = Field(default=100, ge=2)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Self:
+        if self.size is None and self.duration_s is None:
+            raise ValueError("a window needs a size, a duration_s, or both")
+        if self.size is not None and self.min_size > self.size:
+            raise ValueError(f"min_size ({self.min_size}) exceeds size ({self.size})")
+        return self
+
+
+class OnlineSettings(DetectorConfig):
+    """The per-event detector: which features it watches and its ERT-calibrated config."""
+
+    features: Literal["pixels", "scores"] = "pixels"
+    detector: OnlineConfig = OnlineConfig(ert=10_000, window_size=50, n_bootstraps=2000)
+
+
+class DetectorSet(DetectorConfig):
+    """Which detectors run (None turns one off) and their settings."""
+
+    mmd: MMDConfig | None = MMDConfig(max_reference=500)
+    ks: KSConfig | None = KSConfig()
+    chi2: ChiSquareConfig | None = ChiSquareConfig()
+    score_ks: ScoreKSConfig | None = ScoreKSConfig()
+    missingness: MissingnessConfig | None = MissingnessConfig()
+    online: OnlineSettings | None = OnlineSettings()
+
+    def batch(self) -> dict[str, DetectorConfig]:
+        """The enabled window detectors by registry name, in a fixed order."""
+        configs: dict[str, DetectorConfig | None] = {
+            "mmd": self.mmd,
+            "ks": self.ks,
+            "chi2": self.chi2,
+            "score_ks": self.score_ks,
+            "missingness": self.missingness,
+        }
+        return {name: config for name, config in configs.items() if config is not None}
+
+
+class EngineConfig(DetectorConfig):
+    """Everything the engine decides with. The defaults are the service's defaults.
+
+    ``family_alpha`` is the per-window false-alarm budget of one (site, model, version) across
+    all its window detectors and features: each enabled window detector tests at
+    ``family_alpha / k`` (Bonferroni over the k detectors; each corrects over its own features),
+    so an unchanged window alarms with probability at most ``family_alpha``. Set it to None to
+    use each detector's own ``p_value_threshold``.
+    """
+
+    reference_size: int = Field(default=1000, ge=50)
+    """Accepted events of a (site, model, version) that form its reference by default."""
+    window: WindowConfig = WindowConfig()
+    detectors: DetectorSet = DetectorSet()
+    family_alpha: float | None = Field(default=0.05, gt=0.0, lt=1.0)
+    alarms: AlarmConfig = AlarmConfig()
+    alarm_overrides: dict[str, AlarmConfig] = Field(default_factory=dict)
+    """Per-detector hysteresis/cooldown, keyed by detector name."""
+
+    def batch_detectors(self) -> dict[str, DetectorConfig]:
+        """Enabled window detectors with the family budget applied to their thresholds."""
+        configs = self.detectors.batch()
+        if self.family_alpha is None or not configs:
+            return configs
+        threshold = self.family_alpha / len(configs)
+        return {
+            name: config.model_copy(update={"p_value_threshold": threshold})
+            for name, config in configs.items()
+        }
+
+    def alarm_config(self, detector: str) -> AlarmConfig:
+        return self.alarm_overrides.get(detector, self.alarms)

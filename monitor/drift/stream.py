@@ -1,0 +1,327 @@
+"""One stream's state: its reference, open window, fitted detectors, online block and alarms."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict
+
+from monitor.drift.alarms import AlarmState
+from monitor.drift.alerts import (
+    Alert,
+    AlertUpdate,
+    Check,
+    StreamKey,
+    alert_id_for,
+    drifting_features,
+    explain,
+    to_datetime,
+)
+from monitor.drift.base import DetectorConfig, DriftResult, FeatureMatrix, InsufficientDataError
+from monitor.drift.categorical import ChiSquareDetector
+from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
+from monitor.drift.features import PIXEL_FIELD, FeatureSchema, RowBuffer, Vocabulary
+from monitor.drift.ks import KSDetector
+from monitor.drift.missingness import MissingnessDetector
+from monitor.drift.mmd import MMDDetector
+from monitor.drift.online import OnlineDriftDetector
+from monitor.drift.scores import ScoreKSDetector
+from monitor.events import InferenceEvent
+
+ReferenceSource = Literal["first_events", "next_events", "uploaded"]
+REFERENCE_NAMESPACE = uuid.UUID("0c7d5d2e-2b1f-4a8e-bb43-8a4f2d6f1c37")
+
+
+class WindowDetector(Protocol):
+    def fit(self, reference: object, /) -> object: ...
+
+    def score(self, window: object, /) -> DriftResult: ...
+
+
+_CLASSES: dict[str, type] = {
+    "mmd": MMDDetector,
+    "ks": KSDetector,
+    "chi2": ChiSquareDetector,
+    "score_ks": ScoreKSDetector,
+    "missingness": MissingnessDetector,
+}
+
+
+class ReferenceInfo(BaseModel):
+    """Where a stream's reference came from; persisted, and shown by the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reference_id: uuid.UUID
+    generation: int
+    source: ReferenceSource
+    requested_by: str | None = None
+    reason: str | None = None
+    requested_at: float | None = None
+    """Wall-clock POSIX time of a re-baselining request (None for the automatic first one)."""
+    frozen: bool = False
+    n_events: int = 0
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+
+
+def reference_id_for(key: StreamKey, generation: int) -> uuid.UUID:
+    return uuid.uuid5(REFERENCE_NAMESPACE, f"{key}|{generation}")
+
+
+@dataclass
+class OnlineBlock:
+    """The online detector's events since its last check (see ``engine._online``)."""
+
+    n_events: int = 0
+    start: float = math.nan
+    end: float = math.nan
+    best: DriftResult | None = None
+    """The result with the largest statistic in the block (an exceedance closes the block)."""
+
+    def add(self, time: float) -> None:
+        if self.n_events == 0:
+            self.start = time
+        self.n_events += 1
+        self.end = time
+
+    def close(self, key: StreamKey) -> Check:
+        check = Check(
+            key=key,
+            detector=ONLINE_DETECTOR,
+            window_start=to_datetime(self.start),
+            window_end=to_datetime(self.end),
+            n_window=self.n_events,
+            result=self.best,
+            skipped=None if self.best is not None else "online window still filling",
+        )
+        self.n_events, self.start, self.end, self.drift, self.best = (
+            0,
+            math.nan,
+            math.nan,
+            False,
+            None,
+        )
+        return check
+
+
+@dataclass
+class StreamState:
+    """Everything the engine keeps for one stream (see :mod:`monitor.drift.state` to persist)."""
+
+    key: StreamKey
+    schema: FeatureSchema
+    vocabulary: Vocabulary
+    reference: RowBuffer
+    reference_info: ReferenceInfo
+    window: RowBuffer
+    alarms: dict[str, AlarmState]
+    open_alerts: dict[str, uuid.UUID] = field(default_factory=dict)
+    online_block: OnlineBlock = field(default_factory=OnlineBlock)
+    detectors: dict[str, WindowDetector] = field(default_factory=dict)
+    detector_configs: dict[str, DetectorConfig] = field(default_factory=dict)
+    disabled: dict[str, str] = field(default_factory=dict)
+    online: OnlineDriftDetector | None = None
+    reference_revision: int = 0
+    """Counts changes to the reference rows in this process (not persisted): a store saves the
+    rows again only when this moved since its last save."""
+    _digest: tuple[int, str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def new(cls, key: StreamKey, first: InferenceEvent, config: EngineConfig) -> StreamState:
+        schema = FeatureSchema.for_event(first)
+        names = [*config.batch_detectors(), ONLINE_DETECTOR]
+        return cls(
+            key=key,
+            schema=schema,
+            vocabulary=Vocabulary.empty(len(schema.categorical)),
+            reference=_buffer(schema),
+            reference_info=ReferenceInfo(
+                reference_id=reference_id_for(key, 0), generation=0, source="first_events"
+            ),
+            window=_buffer(schema),
+            alarms={name: AlarmState() for name in names},
+        )
+
+    def row(self, event: InferenceEvent) -> tuple[NDArray[np.float64], NDArray[np.int32], float]:
+        codes = self.vocabulary.encode(self.schema.categorical_row(event))
+        return self.schema.numeric_row(event), codes, event.occurred_at.timestamp()
+
+    def append_reference(self, event: InferenceEvent) -> None:
+        numeric, codes, time = self.row(event)
+        self.reference.append(numeric, codes, time)
+        self.reference_revision += 1
+
+    def restart_reference(
+        self, source: ReferenceSource, requested_by: str, reason: str, requested_at: float
+    ) -> None:
+        generation = self.reference_info.generation + 1
+        self.reference_info = ReferenceInfo(
+            reference_id=reference_id_for(self.key, generation),
+            generation=generation,
+            source=source,
+            requested_by=requested_by,
+            reason=reason,
+            requested_at=requested_at,
+        )
+        self.reference.clear()
+        self.reference_revision += 1
+        self.window.clear()
+        self.online_block = OnlineBlock()
+        self.detectors, self.disabled, self.online = {}, {}, None
+        for alarm in self.alarms.values():
+            alarm.drifting_streak = alarm.quiet_streak = alarm.cooldown_left = 0
+            alarm.in_episode, alarm.streak_started_at = False, None
+
+    def freeze(self, config: EngineConfig) -> ReferenceInfo:
+        """Fit every detector on the collected reference; the stream starts monitoring."""
+        times = self.reference.times
+        self.reference_info = self.reference_info.model_copy(
+            update={
+                "frozen": True,
+                "n_events": len(self.reference),
+                "first_event_at": float(times.min()),
+                "last_event_at": float(times.max()),
+            }
+        )
+        self.fit(config)
+        return self.reference_info
+
+    def fit(self, config: EngineConfig, online: OnlineDriftDetector | None = None) -> None:
+        """(Re)build the fitted detectors from the reference; ``online`` when already restored."""
+        self.detectors, self.disabled = {}, {}
+        self.detector_configs = dict(config.batch_detectors())
+        for name, detector_config in self.detector_configs.items():
+            detector: WindowDetector = _CLASSES[name](detector_config)
+            try:
+                detector.fit(self.sample_for(name, self.reference))
+            except (InsufficientDataError, ValueError) as exc:
+                self.disabled[name] = f"not run: {exc}"
+                continue
+            self.detectors[name] = detector
+        self.online = online
+        settings = config.detectors.online
+        if online is None and settings is not None:
+            try:
+                self.online = OnlineDriftDetector(settings.detector).fit(
+                    self.online_reference(config)
+                )
+            except (InsufficientDataError, ValueError) as exc:
+                self.disabled[ONLINE_DETECTOR] = f"not run: {exc}"
+
+    def online_columns(self, config: EngineConfig) -> tuple[tuple[str, ...], slice]:
+        settings = config.detectors.online
+        if settings is not None and settings.features == "scores":
+            return self.schema.findings, self.schema.finding_columns()
+        return self.schema.pixels, self.schema.pixel_columns()
+
+    def online_reference(self, config: EngineConfig) -> FeatureMatrix:
+        """The reference rows complete in the online detector's features."""
+        names, columns = self.online_columns(config)
+        values = self.reference.numeric[:, columns]
+        complete = values[np.isfinite(values).all(axis=1)]
+        minimum = max(
+            100, config.detectors.online.detector.window_size if config.detectors.online else 0
+        )
+        if len(complete) < minimum:
+            raise InsufficientDataError(
+                f"{len(complete)} reference events have every {ONLINE_DETECTOR} feature "
+                f"(at least {minimum} needed)"
+            )
+        return FeatureMatrix(names, complete)
+
+    def online_values(
+        self, numeric: NDArray[np.float64], config: EngineConfig
+    ) -> NDArray[np.float64]:
+        return numeric[self.online_columns(config)[1]]
+
+    def sample_for(self, name: str, buffer: RowBuffer) -> object:
+        """The input detector ``name`` takes, cut from ``buffer``."""
+        schema = self.schema
+        if name == "mmd":
+            return buffer.matrix(schema.pixels, schema.pixel_columns())
+        if name == "ks":
+            return buffer.matrix(schema.metadata, schema.metadata_columns())
+        if name == "score_ks":
+            scores = buffer.numeric[:, schema.finding_columns()]
+            return {finding: scores[:, i] for i, finding in enumerate(schema.findings)}
+        if name == "chi2":
+            return buffer.categorical(schema.categorical, self.vocabulary)
+        if name == "missingness":
+            present = np.where(buffer.codes >= 0, buffer.codes, np.nan)
+            values = np.hstack(
+                [
+                    buffer.numeric[:, schema.metadata_columns()],
+                    present,
+                    buffer.numeric[:, :1] if schema.pixels else np.zeros((len(buffer), 0)),
+                ]
+            )
+            names = (
+                *schema.metadata,
+                *schema.categorical,
+                *((PIXEL_FIELD,) if schema.pixels else ()),
+            )
+            return FeatureMatrix(names, values)
+        raise ValueError(f"unknown window detector {name!r}")
+
+    def end_episodes(self, at: float, reason: str) -> list[AlertUpdate]:
+        updates = [
+            AlertUpdate(alert_id=alert_id, kind="ended", at=to_datetime(at), reason=reason)
+            for alert_id in self.open_alerts.values()
+        ]
+        self.open_alerts.clear()
+        return updates
+
+    def reference_digest(self) -> str:
+        """SHA-256 of the reference rows (memoised per ``reference_revision``)."""
+        if self._digest is None or self._digest[0] != self.reference_revision:
+            digest = hashlib.sha256()
+            for array in self.reference.arrays().values():
+                digest.update(array.tobytes())
+            self._digest = (self.reference_revision, digest.hexdigest())
+        return self._digest[1]
+
+    def nbytes(self) -> int:
+        """Approximate memory of the buffers (the bulk of a stream's footprint)."""
+        return self.reference.nbytes() + self.window.nbytes()
+
+
+def open_alert(
+    stream: StreamState,
+    check: Check,
+    result: DriftResult,
+    alarm: AlarmState,
+    config: EngineConfig,
+    event_time: float,
+) -> Alert:
+    """The alert of the episode ``check`` just opened."""
+    since = to_datetime(alarm.streak_started_at or check.window_start.timestamp())
+    detector_config = stream.detector_configs.get(check.detector)
+    floor = float(getattr(detector_config, "min_effect_size", 0.0))
+    return Alert(
+        alert_id=alert_id_for(stream.key, check.detector, alarm.episodes),
+        key=stream.key,
+        detector=check.detector,
+        features=drifting_features(result, floor),
+        occurred_at=to_datetime(event_time),
+        since=since,
+        window_start=check.window_start,
+        window_end=check.window_end,
+        statistic=result.statistic,
+        p_value=result.p_value,
+        effect_size=result.effect_size,
+        effect_size_name=result.effect_size_name,
+        explanation=explain(stream.key, check, result, since),
+        config_fingerprint=result.config_fingerprint,
+        reference_id=stream.reference_info.reference_id,
+    )
+
+
+def _buffer(schema: FeatureSchema) -> RowBuffer:
+    return RowBuffer(len(schema.numeric), len(schema.categorical))

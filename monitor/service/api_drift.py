@@ -1,0 +1,241 @@
+"""Drift and alert endpoints: latest checks per site, the alert lifecycle, re-baselining, reports.
+
+Who acts (``actor``) is taken from the request body until the API gains authentication with the
+PCCP approval work (issue 7); it is recorded with every acknowledgement, resolution and
+re-baselining.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from monitor.drift.alerts import StreamKey
+from monitor.drift.config import EngineConfig
+from monitor.events import Identifier, InferenceEvent
+from monitor.service import alerts_store
+from monitor.service.alerts_store import AlertStatus
+from monitor.service.site_report import site_report
+
+Actor = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class CheckPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    model_name: str
+    model_version: str
+    detector: str
+    window_start: datetime
+    window_end: datetime
+    n_window: int
+    is_drift: bool | None
+    statistic: float | None
+    p_value: float | None
+    threshold: float | None
+    effect_size: float | None
+    effect_size_name: str | None
+    attributions: list[dict[str, Any]]
+    skipped: str | None
+
+
+class StreamPublic(BaseModel):
+    model_name: str
+    model_version: str
+    events_seen: int
+    reference: dict[str, Any]
+    updated_at: datetime
+
+
+class SiteDriftPublic(BaseModel):
+    site_id: str
+    streams: list[StreamPublic]
+    latest_checks: list[CheckPublic]
+
+
+class AlertPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    alert_id: uuid.UUID
+    site_id: str
+    model_name: str
+    model_version: str
+    detector: str
+    features: list[str]
+    occurred_at: datetime
+    since: datetime
+    window_start: datetime
+    window_end: datetime
+    statistic: float
+    p_value: float | None
+    effect_size: float
+    effect_size_name: str
+    explanation: str
+    status: AlertStatus
+    drift_active: bool
+    drifting_checks: int
+    last_drift_at: datetime
+    ended_at: datetime | None
+    ended_reason: str | None
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    note: str | None
+    reference_id: uuid.UUID
+    config_fingerprint: str
+
+
+class AlertPagePublic(BaseModel):
+    items: list[AlertPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class AlertAction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: Actor
+    note: str | None = Field(None, max_length=2000)
+
+
+class ReferenceRequest(BaseModel):
+    """Re-baseline one stream: on its next events, or on the uploaded ``events``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: Identifier
+    model_version: Identifier
+    requested_by: Actor
+    reason: str = Field(min_length=1, max_length=2000)
+    events: list[InferenceEvent] | None = Field(None, max_length=20_000)
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+def drift_router(config: EngineConfig) -> APIRouter:
+    """The endpoints, bound to the engine configuration the consumer runs with."""
+    router = APIRouter()
+
+    @router.get("/sites/{site_id}/drift", tags=["drift"], responses={404: {}})
+    def site_drift(site_id: Identifier, engine: EngineDep) -> SiteDriftPublic:
+        """Each stream's reference and the latest check of every detector at the site."""
+        streams = alerts_store.site_streams(engine, site_id)
+        if not streams:
+            raise alerts_store.StreamNotFound(f"no monitored stream at site {site_id!r}")
+        return SiteDriftPublic(
+            site_id=site_id,
+            streams=[
+                StreamPublic(
+                    model_name=s.model_name,
+                    model_version=s.model_version,
+                    events_seen=s.events_seen,
+                    reference=s.reference,
+                    updated_at=s.updated_at,
+                )
+                for s in streams
+            ],
+            latest_checks=[
+                CheckPublic.model_validate(c) for c in alerts_store.latest_checks(engine, site_id)
+            ],
+        )
+
+    @router.get("/alerts", tags=["alerts"])
+    def list_alerts(
+        engine: EngineDep,
+        site_id: Identifier | None = None,
+        alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
+        detector: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> AlertPagePublic:
+        """Alerts, newest first, filtered by site, status and detector; paginated."""
+        page = alerts_store.list_alerts(
+            engine,
+            site_id=site_id,
+            status=alert_status,
+            detector=detector,
+            limit=limit,
+            offset=offset,
+        )
+        return AlertPagePublic(
+            items=[AlertPublic.model_validate(a) for a in page.items],
+            total=page.total,
+            limit=limit,
+            offset=offset,
+        )
+
+    @router.get("/alerts/{alert_id}", tags=["alerts"], responses={404: {}})
+    def get_alert(alert_id: uuid.UUID, engine: EngineDep) -> AlertPublic:
+        return AlertPublic.model_validate(alerts_store.get_alert(engine, alert_id))
+
+    @router.post("/alerts/{alert_id}/acknowledge", tags=["alerts"], responses={404: {}, 409: {}})
+    def acknowledge(alert_id: uuid.UUID, body: AlertAction, engine: EngineDep) -> AlertPublic:
+        """open -> acknowledged."""
+        row = alerts_store.transition(engine, alert_id, "acknowledge", body.actor, body.note)
+        return AlertPublic.model_validate(row)
+
+    @router.post("/alerts/{alert_id}/resolve", tags=["alerts"], responses={404: {}, 409: {}})
+    def resolve(alert_id: uuid.UUID, body: AlertAction, engine: EngineDep) -> AlertPublic:
+        """open or acknowledged -> resolved."""
+        row = alerts_store.transition(engine, alert_id, "resolve", body.actor, body.note)
+        return AlertPublic.model_validate(row)
+
+    @router.post(
+        "/sites/{site_id}/reference",
+        tags=["drift"],
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={404: {}, 422: {}},
+    )
+    def rebaseline(
+        site_id: Identifier, body: ReferenceRequest, engine: EngineDep
+    ) -> dict[str, Any]:
+        """Record who re-baselines and why; the new reference is the upload or the next events."""
+        if body.events is not None and any(e.site_id != site_id for e in body.events):
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "uploaded events must all belong to the site in the path",
+            )
+        key = StreamKey(site_id, body.model_name, body.model_version)
+        return alerts_store.rebaseline(
+            engine,
+            config,
+            key,
+            requested_by=body.requested_by,
+            reason=body.reason,
+            events=body.events,
+        )
+
+    @router.get(
+        "/sites/{site_id}/report",
+        tags=["drift"],
+        response_class=HTMLResponse,
+        responses={404: {}},
+    )
+    async def report(
+        site_id: Identifier,
+        engine: EngineDep,
+        model_name: Identifier | None = None,
+        model_version: Identifier | None = None,
+    ) -> HTMLResponse:
+        """Evidently report: the stream's reference against its latest window of events."""
+        _, html = await run_in_threadpool(
+            site_report, engine, config, site_id, model_name=model_name, model_version=model_version
+        )
+        return HTMLResponse(html)
+
+    return router

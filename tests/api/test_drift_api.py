@@ -1,0 +1,167 @@
+"""Drift, alert, re-baselining and report endpoints against a real PostgreSQL database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, select
+from typer.testing import CliRunner
+
+from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.events import InferenceEvent
+from monitor.service.api import create_app
+from monitor.service.cli import app
+from monitor.service.drift_store import DriftMonitor
+from monitor.service.ingest import observe_drift
+from monitor.service.models import ReferenceChangeRow
+from monitor.service.settings import Settings
+from monitor.service.store import Delivered, store_batch
+from monitor.simulate.features import FeatureStreamConfig, feature_stream
+
+pytestmark = pytest.mark.integration
+
+CONFIG = EngineConfig(
+    reference_size=200,
+    window=WindowConfig(size=100, min_size=50),
+    detectors=DetectorSet(online=None),
+)
+SITE = "site-02"
+STREAM = {"model_name": "cxr-lesion", "model_version": "1.0.0"}
+
+
+def changed_site(n: int, seed: int = 2) -> list[InferenceEvent]:
+    config = FeatureStreamConfig(
+        site_id=SITE, n_events=n, seed=seed, change_at=300, degraded_scanner=True
+    )
+    return list(feature_stream(config))
+
+
+def ingest(
+    engine: Engine, monitor: DriftMonitor, events: list[InferenceEvent], start: int = 0
+) -> None:
+    for first in range(0, len(events), 100):
+        chunk = events[first : first + 100]
+        delivered = [Delivered(e, "t", 0, start + first + i) for i, e in enumerate(chunk)]
+        batch = None
+
+        def detect(connection: object, stored: list[Delivered]) -> None:
+            nonlocal batch
+            batch = monitor.process(connection, stored)  # type: ignore[arg-type]
+
+        store_batch(engine, delivered, [], detect)
+        assert batch is not None
+        observe_drift(batch)
+
+
+@pytest.fixture
+def client(pg_engine: Engine) -> Iterator[TestClient]:
+    ingest(pg_engine, DriftMonitor(CONFIG), changed_site(700))
+    with TestClient(create_app(Settings(drift=CONFIG), engine=pg_engine)) as test_client:
+        yield test_client
+
+
+def test_site_drift_shows_streams_and_latest_check_per_detector(client: TestClient) -> None:
+    body = client.get(f"/sites/{SITE}/drift").json()
+    assert [s["events_seen"] for s in body["streams"]] == [700]
+    assert body["streams"][0]["reference"]["frozen"] is True
+    detectors = {c["detector"]: c for c in body["latest_checks"]}
+    assert set(detectors) == {"mmd", "ks", "chi2", "score_ks", "missingness"}
+    assert detectors["chi2"]["is_drift"] is True
+    assert detectors["chi2"]["attributions"][0]["explanation"]
+    assert client.get("/sites/nowhere/drift").status_code == 404
+
+
+def test_alerts_filter_paginate_and_follow_their_lifecycle(client: TestClient) -> None:
+    page = client.get("/alerts", params={"site_id": SITE}).json()
+    assert page["total"] >= 2
+    assert {a["detector"] for a in page["items"]} >= {"chi2", "ks"}
+    chi2 = client.get("/alerts", params={"detector": "chi2"}).json()["items"][0]
+    assert "Manufacturer" in chi2["features"] and chi2["status"] == "open"
+    one = client.get("/alerts", params={"limit": 1, "offset": 1}).json()
+    assert len(one["items"]) == 1 and one["total"] == page["total"]
+
+    url = f"/alerts/{chi2['alert_id']}"
+    acked = client.post(f"{url}/acknowledge", json={"actor": "mlops-ann", "note": "looking"})
+    assert acked.status_code == 200
+    assert (acked.json()["status"], acked.json()["acknowledged_by"]) == (
+        "acknowledged",
+        "mlops-ann",
+    )
+    assert client.post(f"{url}/acknowledge", json={"actor": "bob"}).status_code == 409
+    resolved = client.post(f"{url}/resolve", json={"actor": "mlops-bob"}).json()
+    assert (resolved["status"], resolved["resolved_by"]) == ("resolved", "mlops-bob")
+    assert client.get("/alerts", params={"status": "resolved"}).json()["total"] == 1
+    missing = "/alerts/00000000-0000-0000-0000-000000000000/resolve"
+    assert client.post(missing, json={"actor": "x"}).status_code == 404
+
+
+def test_rebaseline_records_who_and_why_and_the_consumer_follows(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    body = {**STREAM, "requested_by": "mlops-ann", "reason": "portable CR reader is the new normal"}
+    response = client.post(f"/sites/{SITE}/reference", json=body)
+    assert response.status_code == 202
+    assert (response.json()["generation"], response.json()["source"]) == (1, "next_events")
+    open_alerts = client.get("/alerts", params={"site_id": SITE}).json()["items"]
+    assert all(not a["drift_active"] for a in open_alerts)
+    assert all(a["ended_reason"].startswith("re-baselined") for a in open_alerts)
+
+    # The running consumer sees the new state version and collects a new reference.
+    later = changed_site(1200)[700:]
+    ingest(pg_engine, DriftMonitor(CONFIG), later, start=700)
+    streams = client.get(f"/sites/{SITE}/drift").json()["streams"]
+    assert streams[0]["reference"]["generation"] == 1 and streams[0]["reference"]["frozen"]
+    assert client.get("/alerts", params={"site_id": SITE}).json()["total"] == len(open_alerts)
+    with pg_engine.connect() as connection:
+        changes = connection.execute(select(ReferenceChangeRow)).all()
+    assert [(c.source, c.requested_by) for c in changes] == [
+        ("first_events", None),
+        ("next_events", "mlops-ann"),
+        ("next_events", "mlops-ann"),
+    ]
+
+
+def test_uploaded_reference_must_be_large_enough_and_from_the_site(client: TestClient) -> None:
+    events = [e.model_dump(mode="json", by_alias=True) for e in changed_site(60, seed=9)]
+    body = {**STREAM, "requested_by": "a", "reason": "validation set"}
+    wrong_site = [{**e, "site_id": "site-99"} for e in events]
+    assert (
+        client.post(f"/sites/{SITE}/reference", json={**body, "events": wrong_site}).status_code
+        == 422
+    )
+    small = client.post(f"/sites/{SITE}/reference", json={**body, "events": events[:10]})
+    assert small.status_code == 422 and "at least 50" in small.json()["detail"]
+    uploaded = client.post(f"/sites/{SITE}/reference", json={**body, "events": events})
+    assert uploaded.status_code == 202
+    assert (uploaded.json()["source"], uploaded.json()["n_events"]) == ("uploaded", 60)
+
+
+def test_report_is_an_html_page_and_metrics_carry_detector_statistics(client: TestClient) -> None:
+    response = client.get(f"/sites/{SITE}/report")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Drift report: site-02, cxr-lesion 1.0.0" in response.text
+    assert client.get("/sites/nowhere/report").status_code == 404
+    metrics = client.get("/metrics").text
+    assert (
+        'radsentry_drift_detected{detector="chi2",model_name="cxr-lesion",site_id="site-02"} 1.0'
+        in metrics
+    )
+    assert 'radsentry_alerts_opened_total{detector="chi2"' in metrics
+
+
+def test_report_command_writes_the_same_page(
+    client: TestClient, pg_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "RADSENTRY_DATABASE__URL", pg_engine.url.render_as_string(hide_password=False)
+    )
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["report", "--site", SITE, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Drift report: site-02, cxr-lesion 1.0.0" in out.read_text()
+    missing = CliRunner().invoke(app, ["report", "--site", "nowhere", "--out", str(out)])
+    assert missing.exit_code == 1 and "no monitored stream" in missing.output
