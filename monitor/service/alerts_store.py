@@ -18,7 +18,7 @@ import orjson
 from kafka import KafkaProducer
 from sqlalchemy import Connection, Engine, func, select, update
 
-from monitor.drift.alerts import StreamKey
+from monitor.drift.alerts import Alert, StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.events import InferenceEvent
@@ -246,30 +246,26 @@ def publish_pending(engine: Engine, producer: KafkaProducer, topic: str, timeout
 
 
 def alert_document(row: AlertRow) -> dict[str, Any]:
-    """The ``drift-alert/v1`` JSON of an alert (the same fields as the backtest writes)."""
-    return {
-        "schema": "drift-alert/v1",
-        "alert_id": str(row.alert_id),
-        "site_id": row.site_id,
-        "model_name": row.model_name,
-        "model_version": row.model_version,
-        "detector": row.detector,
-        "features": list(row.features),
-        "occurred_at": _iso(row.occurred_at),
-        "since": _iso(row.since),
-        "window_start": _iso(row.window_start),
-        "window_end": _iso(row.window_end),
-        "statistic": row.statistic,
-        "p_value": row.p_value,
-        "effect_size": row.effect_size,
-        "effect_size_name": row.effect_size_name,
-        "explanation": row.explanation,
-        "config_fingerprint": row.config_fingerprint,
-        "reference_id": str(row.reference_id),
-    }
+    """The ``drift-alert/v1`` JSON of a stored alert: ``Alert.to_json``, as the backtest writes."""
+    return Alert(
+        alert_id=row.alert_id,
+        key=StreamKey(row.site_id, row.model_name, row.model_version),
+        detector=row.detector,
+        features=tuple(row.features),
+        occurred_at=_utc(row.occurred_at),
+        since=_utc(row.since),
+        window_start=_utc(row.window_start),
+        window_end=_utc(row.window_end),
+        statistic=row.statistic,
+        p_value=row.p_value,
+        effect_size=row.effect_size,
+        effect_size_name=row.effect_size_name,
+        explanation=row.explanation,
+        config_fingerprint=row.config_fingerprint,
+        reference_id=row.reference_id,
+    ).to_json()
 
 
-def _iso(value: datetime) -> str:
-    return (
-        value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    ).isoformat()
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything is stored in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
