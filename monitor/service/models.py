@@ -218,3 +218,45 @@ class ReferenceChangeRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     n_events: Mapped[int] = mapped_column(Integer)
     recorded_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class CurrentLabelRow(Base):
+    """The label in force per (site, model, study, finding): the latest by event time wins."""
+
+    __tablename__ = "labels_current"
+    __table_args__ = (Index("ix_labels_current_expiry", "site_id", "expired_at", "labelled_at"),)
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[int] = mapped_column(Integer)
+    label_event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    source: Mapped[str] = mapped_column(String(16))
+    labelled_at: Mapped[datetime] = mapped_column(Timestamp)
+    """Event time of the label in force."""
+    first_labelled_at: Mapped[datetime] = mapped_column(Timestamp)
+    revisions: Mapped[int] = mapped_column(Integer)
+    """Label events seen for this finding beyond the first (corrections and repeats)."""
+    expired_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    """Set when no prediction had arrived within the horizon; an expired label is not joined."""
+
+
+class LabelChangeRow(Base):
+    """A correction: a later label event changed the label in force."""
+
+    __tablename__ = "label_changes"
+    __table_args__ = (Index("ix_label_changes_study", "site_id", "model_name", "study_key"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    study_key: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    old_label: Mapped[int] = mapped_column(Integer)
+    new_label: Mapped[int] = mapped_column(Integer)
+    old_event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    new_event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    changed_at: Mapped[datetime] = mapped_column(Timestamp)
+    """Event time of the correcting label."""
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp)

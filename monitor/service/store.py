@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.events import Event, InferenceEvent, LabelEvent
+from monitor.service.labels_store import apply_labels
 from monitor.service.models import (
     Base,
     DeadLetter,
@@ -103,6 +104,9 @@ def store_batch(
         new_ids = _claim(connection, list(unique.values()), now)
         stored = [item for event_id, item in unique.items() if event_id in new_ids]
         _write_events(connection, stored, now)
+        labels = [item.event for item in stored if isinstance(item.event, LabelEvent)]
+        if labels:
+            apply_labels(connection, labels, now)
         if after_store is not None:
             after_store(connection, stored)
         dead_lettered = _write_dead_letters(connection, rejected, now)
