@@ -337,6 +337,7 @@ def backtest(
         run_backtest,
     )
 
+    limit_torch_threads()  # as the consumer: small kernels, no thread contention
     try:
         engine_config = load_config(config)
         console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)
