@@ -20,6 +20,7 @@ from monitor.events import Identifier
 from monitor.service import store
 from monitor.service.alerts_store import AlertNotFound, IllegalTransition, StreamNotFound
 from monitor.service.api_drift import drift_router
+from monitor.service.api_performance import performance_router
 from monitor.service.db import make_engine
 from monitor.service.kafka import broker_reachable
 from monitor.service.settings import Settings
@@ -102,6 +103,7 @@ def create_app(
     )
 
     app.include_router(drift_router(settings.drift))
+    app.include_router(performance_router())
     for error, code in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(code))
 

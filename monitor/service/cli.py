@@ -20,6 +20,7 @@ from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
+from monitor.service.jobs import start_jobs
 from monitor.service.kafka import make_consumer, make_producer
 from monitor.service.logging import configure_logging
 from monitor.service.runtime import (
@@ -70,6 +71,10 @@ def serve(
     migrate_db: Annotated[
         bool, typer.Option("--migrate/--no-migrate", help="Upgrade the schema at start.")
     ] = True,
+    jobs: Annotated[
+        bool,
+        typer.Option(help="Run the periodic jobs (performance refresh, label expiry) here."),
+    ] = True,
 ) -> None:
     """Run the API (and by default the consumer). Starts the bundled broker if no cluster is
     configured and none is running."""
@@ -79,6 +84,7 @@ def serve(
         upgrade(engine)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start() if consumer else None
+    scheduler = start_jobs(engine, settings.performance) if jobs else None
     api = create_app(settings, engine=engine, bootstrap=lambda: bootstrap)
     console.print(
         f"RadSentry API on http://{host or settings.api.host}:{port or settings.api.port}/docs "
@@ -89,6 +95,8 @@ def serve(
             api, host=host or settings.api.host, port=port or settings.api.port, log_level="warning"
         )
     finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
         if ingest is not None:
             ingest.stop()
         if broker is not None:

@@ -13,8 +13,10 @@ from monitor.drift.config import EngineConfig, WindowConfig
 from monitor.service import alerts_store, store
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
+from monitor.service.jobs import refresh_performance, start_jobs
+from monitor.service.performance_store import latest_snapshots
 from monitor.service.runtime import ConsumerThread, start_broker_if_needed
-from monitor.service.settings import Settings
+from monitor.service.settings import PerformanceSettings, Settings
 from monitor.service.simulation import publish_simulation
 from monitor.simulate import SimulationConfig
 
@@ -24,6 +26,8 @@ console = Console(stderr=True)
 DEMO_DRIFT = EngineConfig(reference_size=100, window=WindowConfig(size=50, min_size=25))
 """Drift settings scaled to the demo's few hundred studies per site (references of 100 events,
 windows of 50); production keeps the defaults or sets ``RADSENTRY_DRIFT__*``."""
+DEMO_PERFORMANCE = PerformanceSettings(rolling_window=150, refresh_s=15)
+"""Performance refreshed every 15 s on the latest 150 labelled studies, for the demo's pace."""
 
 
 def run_demo(
@@ -38,10 +42,13 @@ def run_demo(
     if settings.drift == EngineConfig():
         # A few hundred studies per site would never fill the service's 1,000-event references.
         settings = settings.model_copy(update={"drift": DEMO_DRIFT})
+    if settings.performance == PerformanceSettings():
+        settings = settings.model_copy(update={"performance": DEMO_PERFORMANCE})
     engine = make_engine(settings.database_url)
     upgrade(engine)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
+    scheduler = start_jobs(engine, settings.performance)
     api_port = port or settings.api.port
     server = uvicorn.Server(
         uvicorn.Config(
@@ -73,6 +80,14 @@ def run_demo(
                 f"  {site.site_id}: {site.inference.count} inference events, "
                 f"{site.labels.count} label events"
             )
+        refresh_performance(engine, settings.performance)
+        for snapshot in latest_snapshots(engine):
+            if snapshot.window == "rolling" and (auroc := snapshot.metrics.get("auroc")):
+                console.print(
+                    f"  {snapshot.site_id} {snapshot.finding}: AUROC {auroc['estimate']:.2f} "
+                    f"({auroc['lower']:.2f}-{auroc['upper']:.2f}) on the latest "
+                    f"{snapshot.metrics['counts']['n']} labelled studies"
+                )
         for alert in alerts_store.list_alerts(engine, limit=20).items:
             console.print(
                 f"  alert [{alert.detector}] {alert.explanation}", soft_wrap=True, markup=False
@@ -89,6 +104,7 @@ def run_demo(
     finally:
         stop.set()
         streamer.join(30)
+        scheduler.shutdown(wait=False)
         ingest.stop()
         if broker is not None:
             broker.stop()

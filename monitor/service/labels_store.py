@@ -230,9 +230,11 @@ def joined_sample(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = None,
+    earliest: bool = False,
 ) -> JoinedSample:
     """Labelled predictions of ``finding`` with prediction time in [since, until); with ``limit``,
-    the latest ``limit`` of them (a rolling window), else all (cumulative)."""
+    the latest ``limit`` of them (a rolling window; with ``earliest``, the first ``limit``: a
+    reference), else all (cumulative). Always returned in prediction-time order."""
     events, labels = InferenceEventRow, CurrentLabelRow
     query = (
         select(
@@ -256,12 +258,14 @@ def joined_sample(
             labels.finding == finding,
             labels.expired_at.is_(None),
         )
-        .order_by(events.occurred_at.desc())
+        .order_by(events.occurred_at if earliest else events.occurred_at.desc())
     )
     if limit is not None:
         query = query.limit(limit)
     with engine.connect() as connection:
-        rows = [row for row in connection.execute(query) if finding in row.scores][::-1]
+        rows = [row for row in connection.execute(query) if finding in row.scores]
+    if not earliest:
+        rows.reverse()
     predicted_at = [_utc(row.occurred_at) for row in rows]
     delays = [
         (_utc(row.labelled_at) - at).total_seconds() / 3600
@@ -277,6 +281,30 @@ def joined_sample(
         delays_h=np.array(delays, dtype=np.float64),
         metadata=[dict(row.metadata) for row in rows],
     )
+
+
+def recent_predictions(
+    engine: Engine,
+    site_id: str,
+    model_name: str,
+    finding: str,
+    *,
+    model_version: str | None,
+    limit: int,
+) -> tuple[NDArray[np.float64], datetime | None]:
+    """Scores of ``finding`` in the latest ``limit`` predictions, labelled or not, and the
+    prediction time of the oldest of them (None when there are none)."""
+    events = InferenceEventRow
+    query = (
+        select(events.occurred_at, events.scores)
+        .where(*_window(site_id, model_name, model_version, None, None))
+        .order_by(events.occurred_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        rows = [row for row in connection.execute(query) if finding in row.scores]
+    scores = np.array([row.scores[finding] for row in rows], dtype=np.float64)
+    return scores, (_utc(rows[-1].occurred_at) if rows else None)
 
 
 def label_completeness(

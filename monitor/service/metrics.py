@@ -55,6 +55,13 @@ DRIFT_CHECKS = Counter(
     "Windows (or online blocks) checked, by outcome: drift, quiet or skipped.",
     [*_DETECTOR_LABELS, "outcome"],
 )
+PERFORMANCE = Gauge(
+    "radsentry_performance",
+    "Latest performance snapshot: metric is auroc, sensitivity, specificity, ece, "
+    "label_completeness, or (rolling window) auroc_estimated, sensitivity_estimated, "
+    "specificity_estimated from the label-free estimate; NaN when too few cases.",
+    ["site_id", "model_name", "model_version", "finding", "window", "metric"],
+)
 ALERTS_OPENED = Counter(
     "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
 )

@@ -260,3 +260,30 @@ class LabelChangeRow(Base):
     changed_at: Mapped[datetime] = mapped_column(Timestamp)
     """Event time of the correcting label."""
     recorded_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PerformanceSnapshotRow(Base):
+    """Metrics of one (site, model version, finding) over one window, as computed at a time."""
+
+    __tablename__ = "performance_snapshots"
+    __table_args__ = (
+        Index("ix_performance_snapshots_stream", "site_id", "model_name", "finding", "computed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    finding: Mapped[str] = mapped_column(String(64))
+    window: Mapped[str] = mapped_column(String(16))
+    """"rolling" (the latest labelled predictions) or "cumulative" (all of the version)."""
+    computed_at: Mapped[datetime] = mapped_column(Timestamp)
+    predicted: Mapped[int] = mapped_column(Integer)
+    labelled: Mapped[int] = mapped_column(Integer)
+    expired_labels: Mapped[int] = mapped_column(Integer)
+    label_delay_hours: Mapped[dict[str, float] | None] = mapped_column(JsonDocument, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    subgroups: Mapped[list[dict[str, Any]]] = mapped_column(JsonDocument)
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    """The label-free estimate (rolling window only): values, trust, comparison with realised."""
+    config_fingerprint: Mapped[str] = mapped_column(String(64))

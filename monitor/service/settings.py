@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.drift.config import EngineConfig
+from monitor.performance.config import EstimateConfig, PerformanceConfig
 
 
 class DatabaseSettings(BaseModel):
@@ -64,6 +65,26 @@ class ApiSettings(BaseModel):
     port: int = 8000
 
 
+class PerformanceSettings(BaseModel):
+    """Performance tracking on labels (docs/performance.md)."""
+
+    rolling_window: int = Field(500, ge=10, description="Latest labelled predictions per window.")
+    refresh_s: float = Field(300.0, gt=0, description="Seconds between recomputations.")
+    label_horizon_days: float = Field(
+        30.0, gt=0, description="A label without prediction this long after its event expires."
+    )
+    subgroup_fields: list[str] = Field(
+        default_factory=lambda: ["PatientSex", "PatientAgeBand", "Manufacturer", "Modality"]
+    )
+    metrics: PerformanceConfig = PerformanceConfig()
+    estimate_reference: int = Field(
+        500,
+        ge=50,
+        description="Earliest labelled predictions the label-free estimate is fitted on.",
+    )
+    estimate: EstimateConfig = EstimateConfig()
+
+
 class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool = Field(False, description="JSON lines (production) instead of console.")
@@ -81,6 +102,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
     drift: EngineConfig = EngineConfig()
+    performance: PerformanceSettings = PerformanceSettings()
 
     @property
     def database_url(self) -> str:

@@ -1,0 +1,67 @@
+"""The performance metrics' configuration, apart from the calculation (imported by settings,
+so it stays light: the metrics themselves pull in statsmodels)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from monitor.drift.base import DetectorConfig
+
+AurocMethod = Literal["delong", "bootstrap"]
+CalibrationMethod = Literal["isotonic", "platt"]
+
+
+class PerformanceConfig(DetectorConfig):
+    """How performance metrics are computed: interval methods, calibration bins, minimum counts.
+
+    Frozen and fingerprinted like the drift detectors' configs (the fingerprint is stored in
+    every :class:`BinaryMetrics`). The minimum counts decide when a metric is reported at all.
+    """
+
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
+    auroc_ci: AurocMethod = "delong"
+    """``"delong"`` (default, analytic, O(n log n)) or ``"bootstrap"`` (stratified percentile)."""
+    n_bootstrap: int = Field(default=1000, ge=100)
+    """Resamples for ``auroc_ci="bootstrap"``."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the bootstrap's generator: the same window always gets the same interval."""
+    ece_bins: int = Field(default=10, ge=2, le=100)
+    """Equal-width bins on [0, 1] for the ECE and the reliability diagram."""
+    min_cases: int = Field(default=30, ge=1)
+    """Fewest cases for the prevalence and the Brier score."""
+    min_positives: int = Field(default=10, ge=2)
+    """Fewest positive cases for AUROC, sensitivity and the calibration slope and intercept."""
+    min_negatives: int = Field(default=10, ge=2)
+    """Fewest negative cases for AUROC, specificity and the calibration slope and intercept."""
+    min_predicted: int = Field(default=10, ge=1)
+    """Fewest predicted positives for PPV, and predicted negatives for NPV."""
+    min_calibration_cases: int = Field(default=100, ge=1)
+    """Fewest cases for the ECE, the reliability bins and the calibration slope and intercept."""
+    min_subgroup_count: int = Field(default=30, ge=1)
+    """Fewest cases for a subgroup to be reported at all (``subgroups.subgroup_metrics``)."""
+
+
+class EstimateConfig(DetectorConfig):
+    """How the calibration map is fitted, and when its estimates are not to be trusted."""
+
+    method: CalibrationMethod = "isotonic"
+    min_reference: int = Field(200, ge=2)
+    min_reference_per_class: int = Field(20, ge=1)
+    """Fewest reference positives, and fewest negatives."""
+    support_radius_logit: float = Field(0.25, gt=0)
+    """Reference cases within this distance (in logits) of a window score support it."""
+    min_support: int = Field(10, ge=1)
+    """A score with fewer supporting reference cases lies where the map is a guess."""
+    max_unsupported_share: float = Field(0.10, ge=0, le=1)
+    max_out_of_range_share: float = Field(0.02, ge=0, le=1)
+    """Share of window scores allowed outside [min, max] of the reference scores."""
+    min_labelled: int = Field(30, ge=1)
+    """Fewest labelled window cases before calibration is checked on them."""
+    calibration_alpha: float = Field(0.01, gt=0, lt=1)
+    """Level of the calibration check, split between its two tests (Bonferroni)."""
+    probability_floor: float = Field(0.01, gt=0, lt=0.5)
+    """The check holds calibrated probabilities this far from 0 and 1. Isotonic regression puts
+    exactly 0 or 1 on its end blocks, fitted on a few dozen cases: that means "rare", not
+    "impossible", and one surprising label there must not count as unbounded evidence."""

@@ -1,0 +1,68 @@
+"""Performance endpoints: the latest snapshots per site, or per model across sites."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine
+
+from monitor.events import Identifier
+
+
+class SnapshotPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    site_id: str
+    model_name: str
+    model_version: str
+    finding: str
+    window: str
+    computed_at: datetime
+    predicted: int
+    labelled: int
+    expired_labels: int
+    label_delay_hours: dict[str, float] | None
+    metrics: dict[str, Any]
+    subgroups: list[dict[str, Any]]
+    estimate: dict[str, Any] | None
+    """Rolling window: the label-free (CBPE) estimate on the latest predictions, labelled or
+    not, whether it can be trusted and why, and its comparison with the realised metrics."""
+    config_fingerprint: str
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+def performance_router() -> APIRouter:
+    router = APIRouter(tags=["performance"])
+
+    @router.get("/sites/{site_id}/performance", responses={404: {}})
+    def site_performance(site_id: Identifier, engine: EngineDep) -> list[SnapshotPublic]:
+        """Per model version, finding and window (rolling, cumulative): realised metrics with
+        confidence intervals, calibration, subgroups and label completeness."""
+        return _snapshots(engine, site_id=site_id)
+
+    @router.get("/models/{model_name}/performance", responses={404: {}})
+    def model_performance(model_name: Identifier, engine: EngineDep) -> list[SnapshotPublic]:
+        """The same for one model at every site."""
+        return _snapshots(engine, model_name=model_name)
+
+    return router
+
+
+def _snapshots(engine: Engine, **where: str) -> list[SnapshotPublic]:
+    from monitor.service.performance_store import latest_snapshots  # statsmodels: on demand
+
+    rows = latest_snapshots(engine, **where)
+    if not rows:
+        what = ", ".join(f"{k}={v!r}" for k, v in where.items())
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no performance computed yet for {what}")
+    return [SnapshotPublic.model_validate(row) for row in rows]

@@ -1,0 +1,117 @@
+"""Performance tracking on the simulator's delayed labels, against a real PostgreSQL database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.service.api import create_app
+from monitor.service.drift_store import DriftMonitor
+from monitor.service.performance_store import latest_snapshots, refresh
+from monitor.service.settings import PerformanceSettings, Settings
+from monitor.service.store import Delivered, store_batch
+from monitor.simulate import SimulationConfig, simulate
+
+pytestmark = pytest.mark.integration
+
+DRIFT = EngineConfig(
+    reference_size=100,
+    window=WindowConfig(size=100, min_size=50),
+    detectors=DetectorSet(online=None),
+)
+# The label-free estimate is calibrated on the earliest 300 labelled studies: all from before
+# site-02's scanner change (study 400, 80% labelled).
+PERFORMANCE = PerformanceSettings(rolling_window=300, estimate_reference=300)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[object]:
+    """Three sites x 900 studies; site-02 moves to the degraded reader at study 400 (AUROC
+    0.90 -> 0.70 in the score model)."""
+    config = SimulationConfig(
+        seed=11,
+        start=datetime(2026, 3, 1, tzinfo=UTC),
+        sites=3,
+        studies_per_site=900,
+        image_size=64,
+        change_site="site-02",
+        change_at_index=400,
+    )
+    return list(simulate(config, Path(tmp_path_factory.mktemp("studies"))))
+
+
+@pytest.fixture
+def tracked(pg_engine: Engine, simulated: list[object]) -> Iterator[Engine]:
+    monitor = DriftMonitor(DRIFT)
+    for start in range(0, len(simulated), 500):
+        chunk = simulated[start : start + 500]
+        delivered = [Delivered(e, "t", 0, start + i) for i, e in enumerate(chunk)]  # type: ignore[arg-type]
+        store_batch(pg_engine, delivered, [], monitor.process)
+    yield pg_engine
+
+
+def test_the_degraded_site_shows_lower_auroc_with_intervals_and_subgroups(tracked: Engine) -> None:
+    snapshots = refresh(tracked, PERFORMANCE)
+    assert {(s.site_id, s.window) for s in snapshots} == {
+        (site, window)
+        for site in ("site-01", "site-02", "site-03")
+        for window in ("rolling", "cumulative")
+    }
+    rolling = {s.site_id: s for s in snapshots if s.window == "rolling"}
+    for snapshot in rolling.values():
+        auroc = snapshot.metrics.auroc
+        assert auroc is not None and auroc.lower < auroc.estimate < auroc.upper
+        assert snapshot.metrics.counts.n == 300
+        assert 0.6 < snapshot.labelled / snapshot.predicted < 0.95  # label_rate 0.8
+        assert snapshot.label_delay_hours is not None and snapshot.label_delay_hours["p50"] > 0
+        assert {g["field"] for g in snapshot.subgroups} >= {"PatientSex", "Manufacturer"}
+    degraded, healthy = rolling["site-02"].metrics.auroc, rolling["site-01"].metrics.auroc
+    assert degraded is not None and healthy is not None
+    assert degraded.upper < healthy.lower  # the intervals separate the sites
+    assert (
+        rolling["site-02"].metrics.auroc.estimate < 0.8 < rolling["site-03"].metrics.auroc.estimate
+    )
+
+
+def test_api_serves_the_latest_snapshots_per_site_and_per_model(tracked: Engine) -> None:
+    settings = Settings(drift=DRIFT, performance=PERFORMANCE)
+    with TestClient(create_app(settings, engine=tracked)) as client:
+        assert client.get("/sites/site-01/performance").status_code == 404
+        refresh(tracked, PERFORMANCE)
+        refresh(tracked, PERFORMANCE)  # history grows; the API shows the newest only
+        site = client.get("/sites/site-01/performance").json()
+        assert [(s["finding"], s["window"]) for s in site] == [
+            ("lesion", "cumulative"),
+            ("lesion", "rolling"),
+        ]
+        assert site[0]["metrics"]["auroc"]["method"] == "delong"
+        model = client.get("/models/cxr-lesion/performance").json()
+        assert len(model) == 6
+        metrics = client.get("/metrics").text
+        assert 'radsentry_performance{finding="lesion",metric="auroc"' in metrics
+    assert len(latest_snapshots(tracked, site_id="site-02")) == 2
+
+
+def test_label_free_estimate_tracks_healthy_sites_and_is_distrusted_after_the_change(
+    tracked: Engine,
+) -> None:
+    rolling = {s.site_id: s for s in refresh(tracked, PERFORMANCE) if s.window == "rolling"}
+    for site in ("site-01", "site-03"):
+        estimate = rolling[site].estimate
+        assert estimate is not None and estimate["trusted"], (
+            estimate["reasons"],
+            estimate["support"],
+        )
+        difference = estimate["comparison"]["auroc"]["difference"]
+        assert abs(difference) < 0.08  # realised minus estimated, 300 cases
+    degraded = rolling["site-02"].estimate
+    assert degraded is not None and not degraded["trusted"]
+    assert any("calibration drift detected" in reason for reason in degraded["reasons"])
+    # What the estimate gets wrong is exactly what the trust check warns about.
+    assert degraded["auroc"] > rolling["site-02"].metrics.auroc.estimate + 0.1
