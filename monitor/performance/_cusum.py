@@ -142,8 +142,13 @@ class ErrorRateCusum(DetectorConfig):
     """A Bernoulli CUSUM for an error rate of ``ratio`` times the reference's."""
 
     ratio: float = Field(default=2.0, gt=1.0)
-    arl0: int = Field(default=2000, ge=10, le=1_000_000)
-    """In-control average run length in labelled cases: one false signal per this many."""
+    arl0: int = Field(default=20_000, ge=10, le=1_000_000)
+    """In-control average run length in labelled cases: one false signal per this many.
+
+    20,000 labelled cases is about three months of one chest X-ray model at a busy site: at
+    2,000 the simulated healthy site of tests/integration/test_performance_tracking.py alarmed
+    within 900 cases, because p0 estimated from a few hundred reference cases is itself off
+    by about a percentage point, which a CUSUM tuned that tightly turns into a false alarm."""
     min_reference_cases: int = Field(default=200, ge=1)
     resolution: int = Field(default=20, ge=5, le=200)
     """Grid units for the smaller log-likelihood-ratio weight (rounding of the larger)."""

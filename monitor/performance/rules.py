@@ -39,10 +39,10 @@ from monitor.drift.base import DetectorConfig
 from monitor.performance._cusum import (
     Advance,
     CusumDesign,
-    CusumState,
     ErrorRateCusum,
     continue_cusum,
 )
+from monitor.performance._cusum import CusumState as CusumState
 from monitor.performance._cusum import case_errors as case_errors
 from monitor.performance._cusum import start_cusum as start_cusum
 from monitor.performance.metrics import BinaryMetrics, Interval, PerformanceError

@@ -10,6 +10,7 @@ import uvicorn
 from rich.console import Console
 
 from monitor.drift.config import EngineConfig, WindowConfig
+from monitor.performance.rules import RulesConfig
 from monitor.service import alerts_store, store
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
@@ -26,8 +27,15 @@ console = Console(stderr=True)
 DEMO_DRIFT = EngineConfig(reference_size=100, window=WindowConfig(size=50, min_size=25))
 """Drift settings scaled to the demo's few hundred studies per site (references of 100 events,
 windows of 50); production keeps the defaults or sets ``RADSENTRY_DRIFT__*``."""
-DEMO_PERFORMANCE = PerformanceSettings(rolling_window=150, refresh_s=15)
-"""Performance refreshed every 15 s on the latest 150 labelled studies, for the demo's pace."""
+DEMO_PERFORMANCE = PerformanceSettings(
+    rolling_window=150,
+    refresh_s=15,
+    estimate_reference=100,
+    min_new_labels=50,
+    rules=RulesConfig(calibration_limit=None),
+)
+"""Performance refreshed every 15 s on the latest 150 labelled studies, for the demo's pace.
+The simulator's scores are not calibrated probabilities, so the calibration rule is off."""
 
 
 def run_demo(

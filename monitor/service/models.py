@@ -287,3 +287,17 @@ class PerformanceSnapshotRow(Base):
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     """The label-free estimate (rolling window only): values, trust, comparison with realised."""
     config_fingerprint: Mapped[str] = mapped_column(String(64))
+
+
+class PerformanceAlarmRow(Base):
+    """Alarm state of the performance rules of one (site, model version, finding): one
+    ``AlarmState`` per rule, the open alerts, the error-rate CUSUM and its label watermark."""
+
+    __tablename__ = "performance_alarms"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)

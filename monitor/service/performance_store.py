@@ -22,8 +22,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
+import structlog
 from sqlalchemy import Engine, func, select
 
+from monitor.drift.alerts import StreamKey
 from monitor.performance.estimate import (
     InsufficientReferenceError,
     compare,
@@ -41,7 +43,10 @@ from monitor.service.labels_store import (
     recent_predictions,
 )
 from monitor.service.models import CurrentLabelRow, DriftStreamRow, PerformanceSnapshotRow
+from monitor.service.performance_alerts import WindowFacts, evaluate
 from monitor.service.settings import PerformanceSettings
+
+log = structlog.get_logger(__name__)
 
 Window = Literal["rolling", "cumulative"]
 DEFAULT_THRESHOLD = 0.5
@@ -64,6 +69,9 @@ class Snapshot:
     subgroups: list[dict[str, Any]]
     threshold_source: str
     estimate: dict[str, Any] | None = None
+    window_start: datetime | None = None
+    """Prediction time of the window's first case (None for an empty window)."""
+    window_end: datetime | None = None
 
 
 def refresh(
@@ -82,10 +90,47 @@ def refresh(
                     engine, settings, (site_id, model_name, version), finding, window, completeness
                 )
             )
+        rolling = snapshots[-2]
+        if rolling.window_start is not None and rolling.window_end is not None:
+            _check_rules(engine, settings, rolling)
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
     return snapshots
+
+
+def _check_rules(engine: Engine, settings: PerformanceSettings, rolling: Snapshot) -> None:
+    """The performance alert rules on the rolling window, against the version's reference
+    (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
+    assert rolling.window_start is not None and rolling.window_end is not None
+    key = StreamKey(rolling.site_id, rolling.model_name, rolling.model_version)
+    reference = joined_sample(
+        engine,
+        key.site_id,
+        key.model_name,
+        rolling.finding,
+        model_version=key.model_version,
+        limit=settings.estimate_reference,
+        earliest=True,
+    )
+    threshold = rolling.metrics.threshold
+    facts = WindowFacts(
+        key=key,
+        finding=rolling.finding,
+        rolling=rolling.metrics,
+        reference=binary_metrics(reference.labels, reference.scores, threshold, settings.metrics)
+        if len(reference)
+        else None,
+        threshold=threshold,
+        labelled=rolling.labelled,
+        window_start=rolling.window_start,
+        window_end=rolling.window_end,
+    )
+    outcome = evaluate(engine, settings, facts)
+    for alert in outcome.alerts:
+        metrics.ALERTS_OPENED.labels(key.site_id, key.model_name, alert.detector).inc()
+    if outcome.alerts:
+        log.info("performance alerts raised", site_id=key.site_id, count=len(outcome.alerts))
 
 
 def _tracked(engine: Engine) -> list[tuple[tuple[str, str, str], str]]:
@@ -153,6 +198,8 @@ def _snapshot(
             for group in subgroups
         ],
         threshold_source=source,
+        window_start=sample.predicted_at[0] if len(sample) else None,
+        window_end=sample.predicted_at[-1] if len(sample) else None,
         estimate=_estimate(engine, settings, stream, finding, threshold, realised)
         if window == "rolling"
         else None,

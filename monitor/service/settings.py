@@ -14,8 +14,10 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig
 from monitor.performance.config import EstimateConfig, PerformanceConfig
+from monitor.performance.rules import RulesConfig
 
 
 class DatabaseSettings(BaseModel):
@@ -83,6 +85,13 @@ class PerformanceSettings(BaseModel):
         description="Earliest labelled predictions the label-free estimate is fitted on.",
     )
     estimate: EstimateConfig = EstimateConfig()
+    rules: RulesConfig = RulesConfig()
+    alarms: AlarmConfig = AlarmConfig(open_after=1, close_after=3, cooldown_checks=2)
+    """Hysteresis and cooldown of performance alerts. One breach opens an episode: each rule
+    already decides on a one-sided 2.5% bound, and checks are ``min_new_labels`` apart."""
+    min_new_labels: int = Field(
+        100, ge=1, description="New labelled predictions before the window rules check again."
+    )
 
 
 class LoggingSettings(BaseModel):
