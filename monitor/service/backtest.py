@@ -33,7 +33,7 @@ from monitor.drift.alerts import StreamKey
 from monitor.drift.base import InsufficientDataError
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine, Outcome
-from monitor.events import INFERENCE_SCHEMA, InferenceEvent, InvalidEvent, describe_errors
+from monitor.events import KNOWN_SCHEMAS, InferenceEvent, InvalidEvent, describe_errors
 from monitor.events import parse_event as parse_record
 
 DEFAULT_CHUNK_LINES = 100_000
@@ -159,13 +159,9 @@ def run_backtest(
         _apply_reference(engine, reference_path, summary, strict)
     partial = out_path.with_name(out_path.name + ".partial")
     with ExitStack() as stack:
-        total = _lines_if_ordered(events_path, on_progress)
-        lines: Iterable[Line] = read_lines(events_path)
-        if total is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=temp_dir)))
-            chunks = _write_chunks(events_path, work, chunk_lines, on_progress)
-            summary.sorted_chunks, total = len(chunks), sum(n for _, n in chunks)
-            lines = _merge_chunks([path for path, _ in chunks], stack)
+        lines, total, summary.sorted_chunks = ordered_lines(
+            events_path, stack, chunk_lines=chunk_lines, temp_dir=temp_dir, on_progress=on_progress
+        )
         sink = stack.enter_context(partial.open("wb"))
         stack.callback(partial.unlink, missing_ok=True)  # a no-op once renamed below
         lines = _reported(lines, on_progress, "replaying", total)
@@ -175,6 +171,28 @@ def run_backtest(
     summary.streams = len(engine.streams)
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def ordered_lines(
+    path: Path,
+    stack: ExitStack,
+    *,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    temp_dir: Path | None = None,
+    on_progress: ProgressHook | None = None,
+) -> tuple[Iterable[Line], int, int]:
+    """The lines of ``path`` in event-time order: (lines, how many, sorted chunks written).
+
+    Streams the file when it is already in order, else external-sorts it into a temporary
+    directory that ``stack`` removes.
+    """
+    total = _lines_if_ordered(path, on_progress)
+    if total is not None:
+        return read_lines(path), total, 0
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=temp_dir)))
+    chunks = _write_chunks(path, work, chunk_lines, on_progress)
+    merged = _merge_chunks([chunk for chunk, _ in chunks], stack)
+    return merged, sum(n for _, n in chunks), len(chunks)
 
 
 def read_lines(path: Path) -> Iterator[Line]:
@@ -188,16 +206,17 @@ def read_lines(path: Path) -> Iterator[Line]:
 
 
 def event_time(raw: bytes) -> float | None:
-    """The ``occurred_at`` of an inference-event line as POSIX seconds; None for other lines.
+    """The ``occurred_at`` of an inference- or label-event line as POSIX seconds; None for
+    other lines.
 
-    Only the time is parsed (full validation comes at replay). Lines without one (label events,
-    invalid lines) take no part in ordering: where they sit does not change what the engine sees.
+    Only the time is parsed (full validation comes at replay). Lines without one (invalid lines,
+    unknown schemas) take no part in ordering.
     """
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(document, dict) or document.get("schema") != INFERENCE_SCHEMA:
+    if not isinstance(document, dict) or document.get("schema") not in KNOWN_SCHEMAS:
         return None
     with suppress(KeyError, TypeError, ValueError):
         moment = datetime.fromisoformat(document["occurred_at"])

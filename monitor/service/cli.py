@@ -333,10 +333,22 @@ def backtest(
     strict: Annotated[
         bool, typer.Option(help="Stop with exit status 1 at the first invalid line.")
     ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="label-event/v1 lines: also track performance (RADSENTRY_PERFORMANCE__*) and "
+            "write performance alerts.",
+        ),
+    ] = None,
 ) -> None:
     """Replay a file of inference events through the drift engine, in event-time order, and
     write the alerts it raises (see docs/drift.md#backtest). Invalid lines are reported by line
     number and skipped; the exit status stays 0 unless --strict."""
+    if labels is not None:
+        _backtest_with_labels(events, labels, out, reference, config, strict)
+        return
     from monitor.service.backtest import (
         BacktestError,
         load_config,
@@ -362,6 +374,39 @@ def backtest(
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     print_summary(console, summary)
+    console.print(f"wrote {summary.alerts} alerts to {out}", soft_wrap=True)
+
+
+def _backtest_with_labels(
+    events: Path, labels: Path, out: Path, reference: Path | None, config: Path | None, strict: bool
+) -> None:
+    from monitor.service.backtest import BacktestError, load_config
+    from monitor.service.backtest_labels import run_backtest_with_labels
+
+    limit_torch_threads()
+    try:
+        engine_config = load_config(config)
+        console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)
+        summary = run_backtest_with_labels(
+            events,
+            labels,
+            out,
+            config=engine_config,
+            performance=_settings().performance,
+            reference_path=reference,
+            strict=strict,
+        )
+    except (BacktestError, OSError, EOFError) as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(
+        f"events {summary.events.accepted:,} (invalid {summary.events.invalid}), labels "
+        f"{summary.labels.accepted:,} (invalid {summary.labels.invalid}), performance refreshed "
+        f"{summary.refreshes} times, {summary.elapsed_s:.1f} s",
+        soft_wrap=True,
+    )
+    for detector, count in sorted(summary.alerts_by_detector.items()):
+        console.print(f"  {detector}: {count} alerts", soft_wrap=True)
     console.print(f"wrote {summary.alerts} alerts to {out}", soft_wrap=True)
 
 

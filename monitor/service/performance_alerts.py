@@ -68,6 +68,8 @@ class WindowFacts:
     reference: BinaryMetrics | None
     threshold: float
     labelled: int
+    """Labelled predictions of the version so far: the window rules re-check after
+    ``min_new_labels`` more."""
     window_start: datetime
     window_end: datetime
 
@@ -115,7 +117,11 @@ def _cusum(
 ) -> RuleResult | None:
     config = settings.rules.error_rate_cusum
     assert config is not None
-    if document.cusum is None or document.cusum.config_fingerprint != config.fingerprint():
+    if (
+        document.cusum is None
+        or document.cusum.not_ready is not None  # the reference may have grown since
+        or document.cusum.config_fingerprint != config.fingerprint()
+    ):
         document.cusum = start_cusum(facts.reference, config)
     rows = _labels_after(connection, facts, document.watermark)
     if not rows:

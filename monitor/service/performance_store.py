@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -60,9 +60,11 @@ class Snapshot:
     finding: str
     window: Window
     predicted: int
-    """Predictions of the model version (all time)."""
+    """Predictions the window covers: all of the version (cumulative), or those made over the
+    time span of the rolling window's labelled cases (rolling)."""
     labelled: int
-    """Of those, how many have a label in force (the window's own size is ``metrics.counts.n``)."""
+    """Of those, how many have a label in force (the rolling window's size is
+    ``metrics.counts.n``: its labelled cases)."""
     expired_labels: int
     label_delay_hours: dict[str, float] | None
     metrics: BinaryMetrics
@@ -92,14 +94,16 @@ def refresh(
             )
         rolling = snapshots[-2]
         if rolling.window_start is not None and rolling.window_end is not None:
-            _check_rules(engine, settings, rolling)
+            _check_rules(engine, settings, rolling, labelled_total=completeness.labelled)
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
     return snapshots
 
 
-def _check_rules(engine: Engine, settings: PerformanceSettings, rolling: Snapshot) -> None:
+def _check_rules(
+    engine: Engine, settings: PerformanceSettings, rolling: Snapshot, labelled_total: int
+) -> None:
     """The performance alert rules on the rolling window, against the version's reference
     (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
     assert rolling.window_start is not None and rolling.window_end is not None
@@ -122,7 +126,7 @@ def _check_rules(engine: Engine, settings: PerformanceSettings, rolling: Snapsho
         if len(reference)
         else None,
         threshold=threshold,
-        labelled=rolling.labelled,
+        labelled=labelled_total,
         window_start=rolling.window_start,
         window_end=rolling.window_end,
     )
@@ -165,6 +169,17 @@ def _snapshot(
     site_id, model_name, version = stream
     limit = settings.rolling_window if window == "rolling" else None
     sample = joined_sample(engine, site_id, model_name, finding, model_version=version, limit=limit)
+    if window == "rolling" and len(sample):
+        # The window's own completeness: predictions made over the span its cases cover.
+        completeness = label_completeness(
+            engine,
+            site_id,
+            model_name,
+            finding,
+            model_version=version,
+            since=sample.predicted_at[0],
+            until=sample.predicted_at[-1] + timedelta(microseconds=1),
+        )
     threshold, source = _threshold(sample)
     config = settings.metrics
     groups = {

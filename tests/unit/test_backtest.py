@@ -278,11 +278,12 @@ def test_invalid_config_is_refused_by_field(events_file: Path, tmp_path: Path) -
     assert not Path("x.jsonl").exists()
 
 
-def test_event_time_reads_only_inference_events() -> None:
+def test_event_time_reads_inference_and_label_events_only() -> None:
     event = site_events("site-01", n_events=1)[0]
     assert event_time(to_json(event)) == event.occurred_at.timestamp()
     record = orjson.loads(to_json(event))
     record["occurred_at"] = event.occurred_at.timestamp()  # a number: the contract decides
     assert event_time(orjson.dumps(record)) == event.occurred_at.timestamp()
-    assert event_time(bad_lines(event)[2]) is None  # a label event
+    assert event_time(bad_lines(event)[2]) == event.occurred_at.timestamp()  # a label event
+    assert event_time(bad_lines(event)[1]) is None  # not JSON
     assert event_time(b"[1, 2]") is None
