@@ -25,7 +25,18 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, Table, and_, exists, func, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    and_,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 
 from monitor.events import LabelEvent
 from monitor.service.models import (
@@ -220,6 +231,25 @@ def expire_unmatched(engine: Engine, horizon: timedelta, now: datetime | None = 
         return connection.execute(statement).rowcount
 
 
+def labelled_predictions(finding: str, *columns: Any) -> Select[Any]:
+    """``SELECT columns`` over predictions joined to their label in force for ``finding``
+    (expired labels left out): the one join every reader of labelled predictions uses."""
+    events, labels = InferenceEventRow, CurrentLabelRow
+    return (
+        select(*columns)
+        .select_from(events)
+        .join(
+            labels,
+            and_(
+                labels.site_id == events.site_id,
+                labels.model_name == events.model_name,
+                labels.study_key == events.study_key,
+            ),
+        )
+        .where(labels.finding == finding, labels.expired_at.is_(None))
+    )
+
+
 def joined_sample(
     engine: Engine,
     site_id: str,
@@ -237,7 +267,8 @@ def joined_sample(
     reference), else all (cumulative). Always returned in prediction-time order."""
     events, labels = InferenceEventRow, CurrentLabelRow
     query = (
-        select(
+        labelled_predictions(
+            finding,
             events.occurred_at,
             events.scores,
             events.threshold,
@@ -245,19 +276,7 @@ def joined_sample(
             labels.label,
             labels.labelled_at,
         )
-        .join(
-            labels,
-            and_(
-                labels.site_id == events.site_id,
-                labels.model_name == events.model_name,
-                labels.study_key == events.study_key,
-            ),
-        )
-        .where(
-            *_window(site_id, model_name, model_version, since, until),
-            labels.finding == finding,
-            labels.expired_at.is_(None),
-        )
+        .where(*_window(site_id, model_name, model_version, since, until))
         .order_by(events.occurred_at if earliest else events.occurred_at.desc())
     )
     if limit is not None:

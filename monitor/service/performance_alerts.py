@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey, alert_id_for
@@ -40,6 +40,7 @@ from monitor.performance.rules import (
     update_cusum,
 )
 from monitor.service.drift_store import apply_updates, write_alerts
+from monitor.service.labels_store import labelled_predictions
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, PerformanceAlarmRow
 from monitor.service.settings import PerformanceSettings
 
@@ -139,21 +140,13 @@ def _labels_after(
 ) -> list[Any]:
     events, labels = InferenceEventRow, CurrentLabelRow
     query = (
-        select(events.scores, labels.label, labels.labelled_at, labels.study_key)
-        .join(
-            labels,
-            and_(
-                labels.site_id == events.site_id,
-                labels.model_name == events.model_name,
-                labels.study_key == events.study_key,
-            ),
+        labelled_predictions(
+            facts.finding, events.scores, labels.label, labels.labelled_at, labels.study_key
         )
         .where(
             events.site_id == facts.key.site_id,
             events.model_name == facts.key.model_name,
             events.model_version == facts.key.model_version,
-            labels.finding == facts.finding,
-            labels.expired_at.is_(None),
         )
         .order_by(labels.labelled_at, labels.study_key)
     )
