@@ -21,8 +21,10 @@ from monitor.service import store
 from monitor.service.alerts_store import AlertNotFound, IllegalTransition, StreamNotFound
 from monitor.service.api_drift import drift_router
 from monitor.service.api_performance import performance_router
+from monitor.service.api_retrain import retrain_router
 from monitor.service.db import make_engine
 from monitor.service.kafka import broker_reachable
+from monitor.service.retrain_store import RequestNotFound
 from monitor.service.settings import Settings
 
 
@@ -53,6 +55,7 @@ class Readiness(BaseModel):
 ERROR_STATUS: dict[type[Exception], int] = {
     AlertNotFound: status.HTTP_404_NOT_FOUND,
     StreamNotFound: status.HTTP_404_NOT_FOUND,
+    RequestNotFound: status.HTTP_404_NOT_FOUND,
     IllegalTransition: status.HTTP_409_CONFLICT,
     InsufficientDataError: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
@@ -104,6 +107,7 @@ def create_app(
 
     app.include_router(drift_router(settings.drift))
     app.include_router(performance_router())
+    app.include_router(retrain_router())
     for error, code in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(code))
 

@@ -84,7 +84,7 @@ def serve(
         upgrade(engine)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start() if consumer else None
-    scheduler = start_jobs(engine, settings.performance) if jobs else None
+    scheduler = start_jobs(engine, settings.performance, settings.retrain) if jobs else None
     api = create_app(settings, engine=engine, bootstrap=lambda: bootstrap)
     console.print(
         f"RadSentry API on http://{host or settings.api.host}:{port or settings.api.port}/docs "
@@ -435,3 +435,23 @@ def report(
         engine.dispose()
     out.write_text(html, encoding="utf-8")
     console.print(f"wrote the drift report of {key} to {out}", soft_wrap=True)
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Option(help="Registered model name, e.g. cxr-lesion.")],
+    requested_by: Annotated[str, typer.Option("--by", help="Who asks (recorded).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+) -> None:
+    """Request a retrain of MODEL (recorded with who and why, like POST /models/{name}/retrain);
+    the retraining job serves pending requests. Which model serves does not change."""
+    from monitor.service.retrain_store import request_manual
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        row = request_manual(engine, model, requested_by, reason)
+    finally:
+        engine.dispose()
+    console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)

@@ -56,7 +56,7 @@ def run_demo(
     upgrade(engine)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
-    scheduler = start_jobs(engine, settings.performance)
+    scheduler = start_jobs(engine, settings.performance, settings.retrain)
     api_port = port or settings.api.port
     server = uvicorn.Server(
         uvicorn.Config(

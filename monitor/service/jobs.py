@@ -13,7 +13,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
-from monitor.service.settings import PerformanceSettings
+from monitor.service.settings import PerformanceSettings, RetrainSettings
 
 log = structlog.get_logger(__name__)
 
@@ -34,8 +34,25 @@ def refresh_performance(engine: Engine, settings: PerformanceSettings) -> None:
     log.info("performance refreshed", snapshots=len(snapshots), labels_expired=expired)
 
 
-def start_jobs(engine: Engine, settings: PerformanceSettings) -> BackgroundScheduler:
-    """Start the scheduler with the refresh job (first run now); the caller shuts it down."""
+def consider_retraining(engine: Engine, settings: RetrainSettings) -> None:
+    """Turn active alerts into retrain requests where the retraining policy says so."""
+    from monitor.service.retrain_store import consider_alerts
+
+    try:
+        created = consider_alerts(engine, settings.policy)
+    except Exception:
+        # Boundary: a failed scan must not stop the scheduler; the next run retries.
+        log.exception("retrain scan failed")
+        return
+    if created:
+        log.info("retrain requests created", count=len(created))
+
+
+def start_jobs(
+    engine: Engine, settings: PerformanceSettings, retrain: RetrainSettings | None = None
+) -> BackgroundScheduler:
+    """Start the scheduler with the refresh job (first run now) and, given ``retrain``, the
+    retrain-trigger scan; the caller shuts it down."""
     scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(
         refresh_performance,
@@ -47,5 +64,15 @@ def start_jobs(engine: Engine, settings: PerformanceSettings) -> BackgroundSched
         coalesce=True,
         next_run_time=datetime.now(UTC),
     )
+    if retrain is not None:
+        scheduler.add_job(
+            consider_retraining,
+            "interval",
+            seconds=retrain.scan_s,
+            args=(engine, retrain),
+            id="retrain-triggers",
+            max_instances=1,
+            coalesce=True,
+        )
     scheduler.start()
     return scheduler

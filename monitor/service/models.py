@@ -301,3 +301,29 @@ class PerformanceAlarmRow(Base):
     finding: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RetrainRequestRow(Base):
+    """A request to train a candidate model, from an alert (unique per model and alert) or
+    from a person (who and why); the job that serves it updates status and details."""
+
+    __tablename__ = "retrain_requests"
+    __table_args__ = (
+        Index("uq_retrain_requests_alert", "model_name", "alert_id", unique=True),
+        Index("ix_retrain_requests_model", "model_name", "created_at"),
+    )
+
+    request_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    site_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    """"alert" or "manual"."""
+    alert_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    """pending -> running -> succeeded | failed."""
+    policy_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)

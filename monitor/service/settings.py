@@ -18,6 +18,7 @@ from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig
 from monitor.performance.config import EstimateConfig, PerformanceConfig
 from monitor.performance.rules import RulesConfig
+from retrain.policy import RetrainPolicy
 
 
 class DatabaseSettings(BaseModel):
@@ -94,6 +95,13 @@ class PerformanceSettings(BaseModel):
     )
 
 
+class RetrainSettings(BaseModel):
+    """When alerts start retraining (retrain/policy.py) and how often alerts are looked at."""
+
+    policy: RetrainPolicy = RetrainPolicy()
+    scan_s: float = Field(300.0, gt=0, description="Seconds between scans of active alerts.")
+
+
 class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool = Field(False, description="JSON lines (production) instead of console.")
@@ -112,6 +120,7 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     drift: EngineConfig = EngineConfig()
     performance: PerformanceSettings = PerformanceSettings()
+    retrain: RetrainSettings = RetrainSettings()
 
     @property
     def database_url(self) -> str:

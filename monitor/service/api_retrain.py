@@ -1,0 +1,90 @@
+"""Retrain endpoints: ask for a retrain (who and why), list and read requests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine
+
+from monitor.events import Identifier
+from monitor.service import retrain_store
+
+RequestStatus = Literal["pending", "running", "succeeded", "failed"]
+
+
+class RetrainRequestPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    request_id: uuid.UUID
+    model_name: str
+    site_id: str | None
+    trigger: str
+    alert_id: uuid.UUID | None
+    requested_by: str
+    reason: str
+    status: str
+    policy_fingerprint: str | None
+    details: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class RetrainRequestPage(BaseModel):
+    items: list[RetrainRequestPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class RetrainAsk(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requested_by: Annotated[str, Field(min_length=1, max_length=128)]
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+def retrain_router() -> APIRouter:
+    router = APIRouter(tags=["retraining"])
+
+    @router.post("/models/{model_name}/retrain", status_code=status.HTTP_202_ACCEPTED)
+    def ask(model_name: Identifier, body: RetrainAsk, engine: EngineDep) -> RetrainRequestPublic:
+        """Request a candidate model: recorded with who and why, served by the retrain job.
+        Nothing here changes which model serves (only a PCCP promotion can)."""
+        row = retrain_store.request_manual(engine, model_name, body.requested_by, body.reason)
+        return RetrainRequestPublic.model_validate(row)
+
+    @router.get("/retrain-requests")
+    def list_requests(
+        engine: EngineDep,
+        model_name: Identifier | None = None,
+        request_status: Annotated[RequestStatus | None, Query(alias="status")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> RetrainRequestPage:
+        page = retrain_store.list_requests(
+            engine, model_name=model_name, status=request_status, limit=limit, offset=offset
+        )
+        return RetrainRequestPage(
+            items=[RetrainRequestPublic.model_validate(r) for r in page.items],
+            total=page.total,
+            limit=limit,
+            offset=offset,
+        )
+
+    @router.get("/retrain-requests/{request_id}", responses={404: {}})
+    def get_request(request_id: uuid.UUID, engine: EngineDep) -> RetrainRequestPublic:
+        return RetrainRequestPublic.model_validate(retrain_store.get_request(engine, request_id))
+
+    return router

@@ -1,0 +1,185 @@
+"""Retrain requests (issue 6 §1): created from alerts under the retraining policy, or by people.
+
+``consider_alerts`` looks at every alert whose drift is still active and asks the policy
+(``retrain.policy.decide``); a positive decision inserts a request unique per (model, alert),
+so scanning again, a repeated alert or two schedulers racing never create a second one. A
+declined alert is looked at again on the next scan (labels accrue, cooldowns pass). Nothing
+here trains or changes which model serves; the retraining job picks up pending requests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, func, select
+
+from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
+from monitor.service.store import insert_for, table_of
+from retrain.policy import AlertFacts, LabelCounts, RetrainPolicy, decide
+
+log = structlog.get_logger(__name__)
+
+
+class RequestNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPage:
+    items: list[RetrainRequestRow]
+    total: int
+
+
+def request_manual(
+    engine: Engine, model_name: str, requested_by: str, reason: str
+) -> RetrainRequestRow:
+    """A person asks for a retrain of ``model_name``; recorded with who and why."""
+    row = _row(model_name, "manual", requested_by, reason, datetime.now(UTC))
+    with engine.begin() as connection:
+        connection.execute(table_of(RetrainRequestRow).insert().values(**row))
+    return get_request(engine, row["request_id"])
+
+
+def consider_alerts(
+    engine: Engine, policy: RetrainPolicy, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Create the requests the policy asks for from active alerts; their ids."""
+    now = now or datetime.now(UTC)
+    created: list[uuid.UUID] = []
+    with engine.begin() as connection:
+        for alert in _candidate_alerts(connection):
+            last = _last_request_at(connection, alert.model_name)
+            since = last or datetime.fromtimestamp(0, UTC)
+            labels = LabelCounts(
+                overall=_labels_since(connection, alert.model_name, None, since),
+                site=_labels_since(connection, alert.model_name, alert.site_id, since),
+            )
+            facts = AlertFacts(alert.detector, alert.effect_size, alert.site_id, alert.model_name)
+            decision = decide(facts, policy, labels, last, now)
+            if not decision.trigger:
+                log.debug(
+                    "alert does not trigger retraining",
+                    alert_id=str(alert.alert_id),
+                    reason=decision.reason,
+                )
+                continue
+            row = _row(alert.model_name, "alert", "retrain-policy", decision.reason, now)
+            row |= {
+                "site_id": alert.site_id,
+                "alert_id": alert.alert_id,
+                "policy_fingerprint": policy.fingerprint(),
+                "details": {
+                    "detector": alert.detector,
+                    "labels": {"overall": labels.overall, "site": labels.site},
+                },
+            }
+            statement = insert_for(connection, table_of(RetrainRequestRow)).on_conflict_do_nothing(
+                index_elements=["model_name", "alert_id"]
+            )
+            if connection.execute(statement, row).rowcount:
+                created.append(row["request_id"])
+                log.info(
+                    "retrain requested", model_name=alert.model_name, alert_id=str(alert.alert_id)
+                )
+    return created
+
+
+def list_requests(
+    engine: Engine,
+    *,
+    model_name: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> RequestPage:
+    conditions = []
+    if model_name is not None:
+        conditions.append(RetrainRequestRow.model_name == model_name)
+    if status is not None:
+        conditions.append(RetrainRequestRow.status == status)
+    query = select(RetrainRequestRow).where(*conditions)
+    with engine.connect() as connection:
+        total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = connection.execute(
+            query.order_by(RetrainRequestRow.created_at.desc()).limit(limit).offset(offset)
+        )
+        return RequestPage([RetrainRequestRow(**r._mapping) for r in rows], total)
+
+
+def get_request(engine: Engine, request_id: uuid.UUID) -> RetrainRequestRow:
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(RetrainRequestRow).where(RetrainRequestRow.request_id == request_id)
+        ).first()
+    if row is None:
+        raise RequestNotFound(f"no retrain request {request_id}")
+    return RetrainRequestRow(**row._mapping)
+
+
+def _row(
+    model_name: str, trigger: str, requested_by: str, reason: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "request_id": uuid.uuid4(),
+        "model_name": model_name,
+        "site_id": None,
+        "trigger": trigger,
+        "alert_id": None,
+        "requested_by": requested_by,
+        "reason": reason,
+        "status": "pending",
+        "policy_fingerprint": None,
+        "details": {},
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _candidate_alerts(connection: Connection) -> list[Any]:
+    """Alerts still drifting with no request yet for their model."""
+    requested = select(RetrainRequestRow.alert_id).where(RetrainRequestRow.alert_id.is_not(None))
+    return list(
+        connection.execute(
+            select(
+                AlertRow.alert_id,
+                AlertRow.detector,
+                AlertRow.effect_size,
+                AlertRow.site_id,
+                AlertRow.model_name,
+            )
+            .where(AlertRow.drift_active.is_(True), AlertRow.alert_id.not_in(requested))
+            .order_by(AlertRow.occurred_at)
+        )
+    )
+
+
+def _last_request_at(connection: Connection, model_name: str) -> datetime | None:
+    latest = connection.scalar(
+        select(func.max(RetrainRequestRow.created_at)).where(
+            RetrainRequestRow.model_name == model_name
+        )
+    )
+    if latest is None:
+        return None
+    return latest.replace(tzinfo=UTC) if latest.tzinfo is None else latest
+
+
+def _labels_since(
+    connection: Connection, model_name: str, site_id: str | None, since: datetime
+) -> int:
+    """Labelled cases (labels in force, not expired) of the model whose label event came after
+    ``since`` (counted per study and finding)."""
+    conditions = [
+        CurrentLabelRow.model_name == model_name,
+        CurrentLabelRow.expired_at.is_(None),
+        CurrentLabelRow.labelled_at > since,
+    ]
+    if site_id is not None:
+        conditions.append(CurrentLabelRow.site_id == site_id)
+    return (
+        connection.scalar(select(func.count()).select_from(CurrentLabelRow).where(*conditions)) or 0
+    )
