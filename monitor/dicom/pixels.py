@@ -301,13 +301,13 @@ def _grey_histogram(
         stored, counts = distinct_values(frames)
         values = lut.apply(stored, ds)
         if invert:
-            ends = lut.apply(_stored_range(ds, stored), ds)
+            ends = lut.apply(stored_range(ds, stored), ds)
             values = ends.min() + ends.max() - values
         parts.append((stored, values, counts))
     return _merged(parts)
 
 
-def _stored_range(ds: Dataset, stored: NDArray[Any]) -> NDArray[Any]:
+def stored_range(ds: Dataset, stored: NDArray[Any]) -> NDArray[Any]:
     """The smallest and largest stored values that BitsStored/PixelRepresentation allow."""
     bits = _finite(get_value(ds, "BitsStored"), _finite(get_value(ds, "BitsAllocated"), 0.0))
     if stored.dtype.kind == "f" or not 1 <= bits <= 32:
