@@ -455,3 +455,28 @@ def retrain(
     finally:
         engine.dispose()
     console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the periodic jobs (performance refresh, retrain-trigger scan, nightly drift reports)
+    with APScheduler's job store in the database. Start one or more replicas: a PostgreSQL
+    advisory lock lets one lead and the others stand by. Run `serve --no-jobs` beside it."""
+    from monitor.service.scheduler import default_jobs, run_scheduler
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    jobs = default_jobs(
+        settings.data_dir / "reports",
+        refresh_s=settings.performance.refresh_s,
+        retrain_scan_s=settings.retrain.scan_s,
+    )
+    console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
+    run_scheduler(settings.database_url, stop, jobs)

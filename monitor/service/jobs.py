@@ -48,6 +48,19 @@ def consider_retraining(engine: Engine, settings: RetrainSettings) -> None:
         log.info("retrain requests created", count=len(created))
 
 
+def retrain_triggers_job(database_url: str | None = None) -> None:
+    """The retrain-trigger scan as a scheduler job: settings and engine of its own process."""
+    from monitor.service.db import make_engine
+    from monitor.service.settings import Settings
+
+    settings = Settings()
+    engine = make_engine(database_url or settings.database_url)
+    try:
+        consider_retraining(engine, settings.retrain)
+    finally:
+        engine.dispose()
+
+
 def start_jobs(
     engine: Engine, settings: PerformanceSettings, retrain: RetrainSettings | None = None
 ) -> BackgroundScheduler:

@@ -1,0 +1,240 @@
+"""The standalone scheduler: one leader among replicas, persistent jobs, nightly drift reports."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, inspect, text
+from structlog.testing import capture_logs
+
+from monitor.service.db import make_engine, upgrade
+from monitor.service.drift_store import DriftMonitor
+from monitor.service.scheduler import (
+    JOBS_TABLE,
+    LOCK_KEY,
+    JobSpec,
+    build_scheduler,
+    default_jobs,
+    leader_lock,
+    run_scheduler,
+    start_scheduler,
+    submit_job,
+    write_drift_reports,
+)
+from monitor.simulate.features import FeatureStreamConfig, feature_stream
+from tests.api.test_drift_api import CONFIG, changed_site, ingest
+from tests.integration.helpers import wait_for
+from tests.integration.scheduler_jobs import RUNS_TABLE, tick_job
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def engine(pg_url: str) -> Iterator[Engine]:
+    """The test database without scheduler tables (they are not Alembic's: test_migrations)."""
+    engine = make_engine(pg_url)
+
+    def drop() -> None:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE IF EXISTS {JOBS_TABLE}, {RUNS_TABLE}"))
+
+    drop()
+    yield engine
+    drop()
+    engine.dispose()
+
+
+class Replica:
+    """One ``radsentry scheduler``-like process whose log lines are collected."""
+
+    def __init__(self, database_url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.scheduler_jobs", database_url, "0.3"],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def logged(self, message: str) -> bool:
+        return any(message in line for line in self.lines)
+
+
+def runs(engine: Engine) -> list[tuple[str, int]]:
+    if not inspect(engine).has_table(RUNS_TABLE):
+        return []
+    with engine.connect() as connection:
+        query = text(f"SELECT label, pid FROM {RUNS_TABLE} ORDER BY ran_at")
+        return [(label, pid) for label, pid in connection.execute(query)]
+
+
+def test_two_replicas_run_a_job_once_and_the_standby_takes_over(
+    engine: Engine, pg_url: str
+) -> None:
+    first = Replica(pg_url)
+    second: Replica | None = None
+    try:
+        wait_for(lambda: first.logged("scheduler lock acquired; leading"), 20, "a leader")
+        second = Replica(pg_url)
+        standby = second
+        wait_for(
+            lambda: standby.logged("another scheduler holds the lock; standing by"), 20, "a standby"
+        )
+
+        run_at = datetime.now(UTC) + timedelta(seconds=1)
+        once = JobSpec(
+            id="record-once",
+            func_ref="tests.integration.scheduler_jobs:record_run",
+            trigger="date",
+            trigger_args={"run_date": run_at.isoformat()},
+            args=(pg_url, "once"),
+            misfire_grace_time=30,
+        )
+        submit_job(engine, once)
+        wait_for(lambda: ("once", first.process.pid) in runs(engine), 10, "the one-off job")
+        wait_for(lambda: len(runs(engine)) >= 3, 10, "ticks")
+        assert {pid for _, pid in runs(engine)} == {first.process.pid}
+        assert [label for label, _ in runs(engine)].count("once") == 1
+
+        first.process.kill()  # a crash: the server ends the session and its lock
+        first.process.wait(10)
+        wait_for(lambda: standby.logged("scheduler lock acquired; leading"), 10, "takeover")
+        wait_for(
+            lambda: ("tick", standby.process.pid) in runs(engine), 10, "a tick by the new leader"
+        )
+        assert [label for label, _ in runs(engine)].count("once") == 1  # done jobs stay done
+
+        standby.process.terminate()
+        assert standby.process.wait(20) == 0
+        assert standby.logged("scheduler lock released")
+        with engine.connect() as connection:
+            key = {"key": LOCK_KEY}
+            assert connection.scalar(text("SELECT pg_try_advisory_lock(:key)"), key)
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+    finally:
+        for replica in (first, second):
+            if replica is not None and replica.process.poll() is None:
+                replica.process.kill()
+                replica.process.wait(10)
+
+
+def test_a_leader_whose_session_dies_stops_its_jobs_and_leads_again(
+    engine: Engine, pg_url: str
+) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_scheduler, args=(pg_url, stop, [tick_job(pg_url)]), kwargs={"poll_s": 0.2}
+    )
+    lock_holders = text(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    with capture_logs() as logs:
+        thread.start()
+        try:
+            wait_for(lambda: len(runs(engine)) >= 1, 10, "a tick")
+            with engine.connect() as connection:
+                (holder,) = connection.scalars(lock_holders).all()
+                connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder})
+            wait_for(lambda: any("lock lost" in e["event"] for e in logs), 5, "the step-down")
+            count = len(runs(engine))
+            wait_for(lambda: len(runs(engine)) > count, 10, "a tick after leading again")
+        finally:
+            stop.set()
+            thread.join(10)
+    events = [entry["event"] for entry in logs]
+    assert events.count("scheduler lock acquired; leading") == 2
+    assert not thread.is_alive()
+
+
+def stored_jobs(engine: Engine, jobs: list[JobSpec]) -> dict[str, float]:
+    """Start a scheduler with ``jobs``, stop it, and return the store's id -> next run time."""
+    scheduler = build_scheduler(engine)
+    start_scheduler(scheduler, jobs)
+    scheduler.shutdown(wait=True)
+    with engine.connect() as connection:
+        rows = connection.execute(text(f"SELECT id, next_run_time FROM {JOBS_TABLE}")).all()
+    return {job_id: next_run for job_id, next_run in rows}
+
+
+def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
+    engine: Engine, tmp_path: Path
+) -> None:
+    first = stored_jobs(engine, default_jobs(tmp_path))
+    assert set(first) == {"performance-refresh", "retrain-triggers", "nightly-drift-reports"}
+    assert datetime.fromtimestamp(first["nightly-drift-reports"], UTC).hour == 2
+
+    assert stored_jobs(engine, default_jobs(tmp_path)) == first  # no duplicates, same times
+
+    changed = stored_jobs(engine, default_jobs(tmp_path, refresh_s=60))
+    assert set(changed) == set(first)
+    assert changed["nightly-drift-reports"] == first["nightly-drift-reports"]
+    assert changed["performance-refresh"] < first["performance-refresh"]  # the new spec won
+
+
+def test_on_sqlite_the_lock_is_a_no_op_and_jobs_run(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'radsentry.db'}"
+    sqlite = make_engine(url)
+    with sqlite.connect():  # WAL set before the engines below race on a new file's first connect
+        pass
+    with leader_lock(sqlite) as leadership:
+        assert leadership is not None and leadership.connection is None and leadership.alive()
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_scheduler, args=(url, stop, [tick_job(url)]), kwargs={"poll_s": 0.2}
+    )
+    thread.start()
+    try:
+        wait_for(lambda: len(runs(sqlite)) >= 1, 10, "a tick on SQLite")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    sqlite.dispose()
+
+
+def test_nightly_reports_write_one_page_per_stream_with_a_reference(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    monitor = DriftMonitor(CONFIG)
+    ingest(pg_engine, monitor, changed_site(300))
+    young = FeatureStreamConfig(site_id="site-03", n_events=20, seed=3)
+    ingest(pg_engine, monitor, list(feature_stream(young)), start=10_000)
+
+    written = write_drift_reports(pg_engine, CONFIG, tmp_path, date(2026, 11, 29))
+
+    assert written == [tmp_path / "site-02" / "2026-11-29" / "cxr-lesion-1.0.0.html"]
+    assert "Drift report: site-02, cxr-lesion 1.0.0" in written[0].read_text()
+    assert not (tmp_path / "site-03").exists()  # still collecting its reference
+
+
+def test_the_standing_jobs_run_on_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'radsentry.db'}"
+    upgrade(make_engine(url))
+    monkeypatch.setenv("RADSENTRY_DATABASE__URL", url)
+    jobs = {spec.id: spec for spec in default_jobs(tmp_path / "reports")}
+    with capture_logs() as logs:
+        for spec in jobs.values():
+            module, function = spec.func_ref.split(":")
+            getattr(importlib.import_module(module), function)(*spec.args)
+    events = {entry["event"]: entry for entry in logs}
+    assert events["performance refreshed"]["snapshots"] == 0
+    assert events["nightly drift reports written"]["reports"] == 0
