@@ -21,7 +21,8 @@ def _data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_help_explains_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "consume", "simulate", "extract", "demo", "migrate", "schemas"):
+    commands = ("serve", "consume", "simulate", "extract", "demo", "migrate", "schemas", "backtest")
+    for command in (*commands, "report", "retrain", "scheduler"):
         assert command in result.output
 
 
