@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
+from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +22,7 @@ from monitor.service.api_drift import drift_router
 from monitor.service.api_performance import performance_router
 from monitor.service.api_retrain import retrain_router
 from monitor.service.db import make_engine
+from monitor.service.deps import EngineDep
 from monitor.service.kafka import broker_reachable
 from monitor.service.retrain_store import RequestNotFound
 from monitor.service.settings import Settings
@@ -69,12 +69,6 @@ def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONR
     return handle
 
 
-def get_engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(get_engine)]
 BootstrapResolver = Callable[[], list[str] | None]
 
 

@@ -11,17 +11,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine
 
 from monitor.drift.alerts import StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.events import Identifier, InferenceEvent
 from monitor.service import alerts_store
 from monitor.service.alerts_store import AlertStatus
+from monitor.service.deps import EngineDep
 from monitor.service.site_report import site_report
 
 Actor = Annotated[str, Field(min_length=1, max_length=128)]
@@ -117,14 +117,6 @@ class ReferenceRequest(BaseModel):
     requested_by: Actor
     reason: str = Field(min_length=1, max_length=2000)
     events: list[InferenceEvent] | None = Field(None, max_length=20_000)
-
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(_engine)]
 
 
 def drift_router(config: EngineConfig) -> APIRouter:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine
 
 from monitor.events import Identifier
+from monitor.service.deps import EngineDep
 
 
 class SnapshotPublic(BaseModel):
@@ -31,14 +32,6 @@ class SnapshotPublic(BaseModel):
     """Rolling window: the label-free (CBPE) estimate on the latest predictions, labelled or
     not, whether it can be trusted and why, and its comparison with the realised metrics."""
     config_fingerprint: str
-
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(_engine)]
 
 
 def performance_router() -> APIRouter:

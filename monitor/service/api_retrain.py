@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine
 
 from monitor.events import Identifier
 from monitor.service import retrain_store
+from monitor.service.deps import EngineDep
 
 RequestStatus = Literal["pending", "running", "succeeded", "failed"]
 
@@ -45,14 +45,6 @@ class RetrainAsk(BaseModel):
 
     requested_by: Annotated[str, Field(min_length=1, max_length=128)]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
-
-
-def _engine(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(_engine)]
 
 
 def retrain_router() -> APIRouter:

@@ -7,13 +7,14 @@ a failure is logged with its context and the next run tries again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
-from monitor.service.settings import PerformanceSettings, RetrainSettings
+from monitor.service.settings import PerformanceSettings, RetrainSettings, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -48,17 +49,22 @@ def consider_retraining(engine: Engine, settings: RetrainSettings) -> None:
         log.info("retrain requests created", count=len(created))
 
 
-def retrain_triggers_job(database_url: str | None = None) -> None:
-    """The retrain-trigger scan as a scheduler job: settings and engine of its own process."""
+def with_own_engine(action: Callable[[Engine, Settings], None], database_url: str | None) -> None:
+    """Run ``action`` on this process's settings and a fresh engine (scheduler jobs are stored
+    as plain references and arguments, so they build what they need when they run)."""
     from monitor.service.db import make_engine
-    from monitor.service.settings import Settings
 
     settings = Settings()
     engine = make_engine(database_url or settings.database_url)
     try:
-        consider_retraining(engine, settings.retrain)
+        action(engine, settings)
     finally:
         engine.dispose()
+
+
+def retrain_triggers_job(database_url: str | None = None) -> None:
+    """The retrain-trigger scan as a scheduler job."""
+    with_own_engine(lambda engine, s: consider_retraining(engine, s.retrain), database_url)
 
 
 def start_jobs(

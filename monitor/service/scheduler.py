@@ -129,15 +129,9 @@ def default_jobs(
 
 def refresh_performance_job(database_url: str | None = None) -> None:
     """Performance refresh and label expiry (``jobs.refresh_performance``) on a fresh engine."""
-    from monitor.service.jobs import refresh_performance
-    from monitor.service.settings import Settings
+    from monitor.service.jobs import refresh_performance, with_own_engine
 
-    settings = Settings()
-    engine = make_engine(database_url or settings.database_url)
-    try:
-        refresh_performance(engine, settings.performance)
-    finally:
-        engine.dispose()
+    with_own_engine(lambda engine, s: refresh_performance(engine, s.performance), database_url)
 
 
 def nightly_drift_reports(reports_dir: str, database_url: str | None = None) -> None:
