@@ -335,8 +335,12 @@ def label_completeness(
     model_version: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    sample: JoinedSample | None = None,
 ) -> LabelCompleteness:
-    """Predictions in the window, how many have a label in force, label delays, expiries."""
+    """Predictions in the window, how many have a label in force, label delays, expiries.
+
+    ``sample``: the window's ``joined_sample`` (same arguments) when the caller already has it.
+    """
     window = _window(site_id, model_name, model_version, since, until)
     labels = _table(CurrentLabelRow)
     with engine.connect() as connection:
@@ -356,9 +360,16 @@ def label_completeness(
             )
             or 0
         )
-    sample = joined_sample(
-        engine, site_id, model_name, finding, model_version=model_version, since=since, until=until
-    )
+    if sample is None:
+        sample = joined_sample(
+            engine,
+            site_id,
+            model_name,
+            finding,
+            model_version=model_version,
+            since=since,
+            until=until,
+        )
     delays = None
     if len(sample):
         p50, p90 = np.quantile(sample.delays_h, [0.5, 0.9])

@@ -82,19 +82,39 @@ def refresh(
     """Recompute and store every snapshot; returns them (also exported as metrics)."""
     now = now or datetime.now(UTC)
     snapshots = []
-    for (site_id, model_name, version), finding in _tracked(engine):
-        completeness = label_completeness(
-            engine, site_id, model_name, finding, model_version=version
+    for stream, finding in _tracked(engine):
+        site_id, model_name, version = stream
+        # Each sample is read once: the cumulative one also gives the version's completeness,
+        # the reference serves both the estimate's calibration and the alert rules.
+        cumulative = joined_sample(engine, site_id, model_name, finding, model_version=version)
+        reference = joined_sample(
+            engine,
+            site_id,
+            model_name,
+            finding,
+            model_version=version,
+            limit=settings.estimate_reference,
+            earliest=True,
         )
-        for window in ("rolling", "cumulative"):
-            snapshots.append(
-                _snapshot(
-                    engine, settings, (site_id, model_name, version), finding, window, completeness
-                )
-            )
-        rolling = snapshots[-2]
+        completeness = label_completeness(
+            engine, site_id, model_name, finding, model_version=version, sample=cumulative
+        )
+        rolling = _snapshot(engine, settings, stream, finding, "rolling", completeness, reference)
+        snapshots += [
+            rolling,
+            _snapshot(
+                engine,
+                settings,
+                stream,
+                finding,
+                "cumulative",
+                completeness,
+                reference,
+                sample=cumulative,
+            ),
+        ]
         if rolling.window_start is not None and rolling.window_end is not None:
-            _check_rules(engine, settings, rolling, labelled_total=completeness.labelled)
+            _check_rules(engine, settings, rolling, reference, completeness.labelled)
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
@@ -102,21 +122,16 @@ def refresh(
 
 
 def _check_rules(
-    engine: Engine, settings: PerformanceSettings, rolling: Snapshot, labelled_total: int
+    engine: Engine,
+    settings: PerformanceSettings,
+    rolling: Snapshot,
+    reference: JoinedSample,
+    labelled_total: int,
 ) -> None:
     """The performance alert rules on the rolling window, against the version's reference
     (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
     assert rolling.window_start is not None and rolling.window_end is not None
     key = StreamKey(rolling.site_id, rolling.model_name, rolling.model_version)
-    reference = joined_sample(
-        engine,
-        key.site_id,
-        key.model_name,
-        rolling.finding,
-        model_version=key.model_version,
-        limit=settings.estimate_reference,
-        earliest=True,
-    )
     threshold = rolling.metrics.threshold
     facts = WindowFacts(
         key=key,
@@ -165,10 +180,16 @@ def _snapshot(
     finding: str,
     window: Window,
     completeness: LabelCompleteness,
+    reference: JoinedSample,
+    sample: JoinedSample | None = None,
 ) -> Snapshot:
+    """One window's snapshot; ``sample`` when the caller has already read the window."""
     site_id, model_name, version = stream
-    limit = settings.rolling_window if window == "rolling" else None
-    sample = joined_sample(engine, site_id, model_name, finding, model_version=version, limit=limit)
+    if sample is None:
+        limit = settings.rolling_window if window == "rolling" else None
+        sample = joined_sample(
+            engine, site_id, model_name, finding, model_version=version, limit=limit
+        )
     if window == "rolling" and len(sample):
         # The window's own completeness: predictions made over the span its cases cover.
         completeness = label_completeness(
@@ -215,7 +236,7 @@ def _snapshot(
         threshold_source=source,
         window_start=sample.predicted_at[0] if len(sample) else None,
         window_end=sample.predicted_at[-1] if len(sample) else None,
-        estimate=_estimate(engine, settings, stream, finding, threshold, realised)
+        estimate=_estimate(engine, settings, stream, finding, threshold, realised, reference)
         if window == "rolling"
         else None,
     )
@@ -228,19 +249,12 @@ def _estimate(
     finding: str,
     threshold: float,
     realised: BinaryMetrics,
+    reference: JoinedSample,
 ) -> dict[str, Any]:
-    """CBPE on the latest predictions (labelled or not), calibrated on the version's earliest
-    labelled predictions, checked against the labels that have arrived for that window."""
+    """CBPE on the latest predictions (labelled or not), calibrated on ``reference`` (the
+    version's earliest labelled predictions), checked against the labels that have arrived for
+    that window."""
     site_id, model_name, version = stream
-    reference = joined_sample(
-        engine,
-        site_id,
-        model_name,
-        finding,
-        model_version=version,
-        limit=settings.estimate_reference,
-        earliest=True,
-    )
     try:
         calibration = fit_calibration(reference.labels, reference.scores, settings.estimate)
     except InsufficientReferenceError as exc:
