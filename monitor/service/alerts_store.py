@@ -22,7 +22,8 @@ from monitor.drift.alerts import Alert, StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.events import InferenceEvent
-from monitor.service.drift_store import apply_updates, record_references
+from monitor.service.db import as_utc
+from monitor.service.drift_store import apply_updates, record_references, stream_matches
 from monitor.service.models import AlertRow, DriftCheckRow, DriftStreamRow
 from monitor.service.store import table_of
 
@@ -190,7 +191,7 @@ def rebaseline(
                 )
             )
         else:
-            connection.execute(update(table).where(_stream_where(table, key)).values(**values))
+            connection.execute(update(table).where(stream_matches(table, key)).values(**values))
         apply_updates(connection, outcome.updates)
         record_references(connection, [(key, info)], now)
     return info.model_dump(mode="json")
@@ -199,19 +200,11 @@ def rebaseline(
 def _locked_stream(connection: Connection, key: StreamKey) -> Any:
     table = table_of(DriftStreamRow)
     statement = select(table.c.state, table.c.reference_state, table.c.state_version).where(
-        _stream_where(table, key)
+        stream_matches(table, key)
     )
     if connection.dialect.name == "postgresql":
         statement = statement.with_for_update()
     return connection.execute(statement).first()
-
-
-def _stream_where(table: Any, key: StreamKey) -> Any:
-    return (
-        (table.c.site_id == key.site_id)
-        & (table.c.model_name == key.model_name)
-        & (table.c.model_version == key.model_version)
-    )
 
 
 def publish_pending(engine: Engine, producer: KafkaProducer, topic: str, timeout_s: float) -> int:
@@ -252,10 +245,10 @@ def alert_document(row: AlertRow) -> dict[str, Any]:
         key=StreamKey(row.site_id, row.model_name, row.model_version),
         detector=row.detector,
         features=tuple(row.features),
-        occurred_at=_utc(row.occurred_at),
-        since=_utc(row.since),
-        window_start=_utc(row.window_start),
-        window_end=_utc(row.window_end),
+        occurred_at=as_utc(row.occurred_at),
+        since=as_utc(row.since),
+        window_start=as_utc(row.window_start),
+        window_end=as_utc(row.window_end),
         statistic=row.statistic,
         p_value=row.p_value,
         effect_size=row.effect_size,
@@ -264,8 +257,3 @@ def alert_document(row: AlertRow) -> dict[str, Any]:
         config_fingerprint=row.config_fingerprint,
         reference_id=row.reference_id,
     ).to_json()
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

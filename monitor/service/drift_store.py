@@ -137,7 +137,7 @@ class DriftMonitor:
                 self._seen[key] = 0
             elif self._versions.get(key) != stored[key][0] or key not in self.engine.streams:
                 blob, reference_blob = connection.execute(
-                    select(table.c.state, table.c.reference_state).where(_matches(table, key))
+                    select(table.c.state, table.c.reference_state).where(stream_matches(table, key))
                 ).one()
                 self.engine.restore(bytes(blob), bytes(reference_blob))
                 self._saved_reference[key] = self.engine.streams[key].reference_revision
@@ -180,7 +180,7 @@ class DriftMonitor:
                 # a writer that slipped in on a database without row locks.
                 changed = connection.execute(
                     update(table)
-                    .where(_matches(table, key), table.c.state_version == version - 1)
+                    .where(stream_matches(table, key), table.c.state_version == version - 1)
                     .values(**values)
                 ).rowcount
                 if changed != 1:
@@ -313,7 +313,8 @@ def _key(event: InferenceEvent) -> StreamKey:
     return StreamKey(event.site_id, event.model_name, event.model_version)
 
 
-def _matches(table: Any, key: StreamKey) -> Any:
+def stream_matches(table: Any, key: StreamKey) -> Any:
+    """WHERE clause selecting ``key``'s row in a table keyed by (site, model, version)."""
     return (
         (table.c.site_id == key.site_id)
         & (table.c.model_name == key.model_name)

@@ -39,6 +39,7 @@ from sqlalchemy import (
 )
 
 from monitor.events import LabelEvent
+from monitor.service.db import as_utc
 from monitor.service.models import (
     CurrentLabelRow,
     InferenceEventRow,
@@ -117,7 +118,7 @@ def apply_labels(
                 new += 1
                 continue
             row["revisions"] += 1
-            wins = event.occurred_at >= _utc(row["labelled_at"])
+            wins = event.occurred_at >= as_utc(row["labelled_at"])
             if wins and label != row["label"]:
                 connection.execute(
                     _table(LabelChangeRow).insert().values(**_change(key, row, event, label, now))
@@ -285,9 +286,9 @@ def joined_sample(
         rows = [row for row in connection.execute(query) if finding in row.scores]
     if not earliest:
         rows.reverse()
-    predicted_at = [_utc(row.occurred_at) for row in rows]
+    predicted_at = [as_utc(row.occurred_at) for row in rows]
     delays = [
-        (_utc(row.labelled_at) - at).total_seconds() / 3600
+        (as_utc(row.labelled_at) - at).total_seconds() / 3600
         for row, at in zip(rows, predicted_at, strict=True)
     ]
     return JoinedSample(
@@ -323,7 +324,7 @@ def recent_predictions(
     with engine.connect() as connection:
         rows = [row for row in connection.execute(query) if finding in row.scores]
     scores = np.array([row.scores[finding] for row in rows], dtype=np.float64)
-    return scores, (_utc(rows[-1].occurred_at) if rows else None)
+    return scores, (as_utc(rows[-1].occurred_at) if rows else None)
 
 
 def label_completeness(
@@ -393,8 +394,3 @@ def _window(
     if until is not None:
         conditions.append(events.occurred_at < until)
     return conditions
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

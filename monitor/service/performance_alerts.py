@@ -39,6 +39,7 @@ from monitor.performance.rules import (
     start_cusum,
     update_cusum,
 )
+from monitor.service.db import as_utc
 from monitor.service.drift_store import apply_updates, write_alerts
 from monitor.service.labels_store import labelled_predictions
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, PerformanceAlarmRow
@@ -131,7 +132,7 @@ def _cusum(
         [row.label for row in rows], [row.scores[facts.finding] for row in rows], facts.threshold
     )
     document.cusum, result = update_cusum(document.cusum, errors, config, finding=facts.finding)
-    document.watermark = (_utc(rows[-1].labelled_at), rows[-1].study_key)
+    document.watermark = (as_utc(rows[-1].labelled_at), rows[-1].study_key)
     return result
 
 
@@ -228,7 +229,7 @@ def _drift_links(connection: Connection, facts: WindowFacts) -> str:
     if not rows:
         return ""
     links = "; ".join(
-        f"{row.detector} since {_utc(row.since):%Y-%m-%d %H:%M} (alert {str(row.alert_id)[:8]})"
+        f"{row.detector} since {as_utc(row.since):%Y-%m-%d %H:%M} (alert {str(row.alert_id)[:8]})"
         for row in rows
     )
     return f" Drift at this site in the same period: {links}."
@@ -271,7 +272,3 @@ def _match(facts: WindowFacts) -> list[Any]:
         row.model_version == facts.key.model_version,
         row.finding == facts.finding,
     ]
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

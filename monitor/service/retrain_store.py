@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, func, select
 
+from monitor.service.db import as_utc
 from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
 from monitor.service.store import insert_for, table_of
 from retrain.policy import AlertFacts, LabelCounts, RetrainPolicy, decide
@@ -163,9 +164,7 @@ def _last_request_at(connection: Connection, model_name: str) -> datetime | None
             RetrainRequestRow.model_name == model_name
         )
     )
-    if latest is None:
-        return None
-    return latest.replace(tzinfo=UTC) if latest.tzinfo is None else latest
+    return None if latest is None else as_utc(latest)
 
 
 def _labels_since(

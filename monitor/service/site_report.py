@@ -9,7 +9,6 @@ Evidently is imported only here, when a report is asked for (it takes seconds to
 from __future__ import annotations
 
 import math
-from datetime import UTC
 
 from sqlalchemy import Engine, RowMapping, select
 
@@ -19,6 +18,7 @@ from monitor.drift.engine import DriftEngine
 from monitor.drift.features import FeatureSchema, RowBuffer, Vocabulary
 from monitor.events import InferenceEvent
 from monitor.service.alerts_store import StreamNotFound
+from monitor.service.db import as_utc
 from monitor.service.models import DriftStreamRow, InferenceEventRow
 
 Row = dict[str, float | str | None]
@@ -124,9 +124,7 @@ def _latest(
 
 def _event(row: RowMapping) -> InferenceEvent:
     """A stored event back as the contract model (only contract fields were stored)."""
-    occurred_at = row["occurred_at"]
-    if occurred_at.tzinfo is None:  # SQLite returns naive datetimes; all are stored in UTC
-        occurred_at = occurred_at.replace(tzinfo=UTC)
+    occurred_at = as_utc(row["occurred_at"])
     return InferenceEvent.model_validate(
         {
             **{name: row[name] for name in _COPIED},

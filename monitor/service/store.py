@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.events import Event, InferenceEvent, LabelEvent
+from monitor.service.db import as_utc
 from monitor.service.labels_store import apply_labels
 from monitor.service.models import (
     Base,
@@ -279,7 +280,7 @@ def _counts_by_site(
     if site_id is not None:
         statement = statement.where(row.site_id == site_id)
     return {
-        site: EventCounts(n, _as_utc(latest) if latest else None)
+        site: EventCounts(n, as_utc(latest) if latest else None)
         for site, n, latest in connection.execute(statement)
     }
 
@@ -296,8 +297,3 @@ def dead_letter_counts(engine: Engine) -> dict[tuple[str, str], int]:
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.execute(select(1))
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
