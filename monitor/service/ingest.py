@@ -93,7 +93,10 @@ class Ingestor:
         self.settings = settings
         self.drift = drift
         self.stats = IngestStats()
-        self._alerts_pending = drift is not None  # an earlier process may have left some
+        self._alerts_pending = False
+        # Alerts also come from elsewhere (performance alerts from the scheduler's jobs, ones a
+        # crashed process stored but did not publish): the outbox is checked on this clock too.
+        self._next_outbox_check = time.monotonic()
         self._expected = {
             settings.inference_topic: INFERENCE_SCHEMA.split("/")[0],
             settings.labels_topic: LABEL_SCHEMA.split("/")[0],
@@ -106,6 +109,7 @@ class Ingestor:
         while not stop.is_set():
             records = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
             if not records:
+                self._publish_alerts()
                 continue
             try:
                 self.process(records)
@@ -149,9 +153,14 @@ class Ingestor:
         return outcome
 
     def _publish_alerts(self) -> None:
-        """Publish stored, unpublished alerts; on failure they wait for the next batch."""
-        if not self._alerts_pending:
+        """Publish stored, unpublished alerts (when this batch raised some, or the outbox is due
+        for a check); on failure they wait for the next try."""
+        if self.drift is None:
             return
+        now = time.monotonic()
+        if not self._alerts_pending and now < self._next_outbox_check:
+            return
+        self._next_outbox_check = now + self.settings.outbox_check_s
         try:
             published = publish_pending(
                 self.engine,

@@ -47,6 +47,12 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = 5_000
     poll_timeout_ms: int = 500
     request_timeout_ms: int = 30_000
+    outbox_check_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the consumer publishes alerts it did not raise itself "
+        "(performance alerts written by the scheduler's jobs, or left by a crash).",
+    )
 
     def dlq_topic(self, topic: str) -> str:
         return topic + self.dlq_suffix

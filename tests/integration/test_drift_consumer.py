@@ -13,7 +13,7 @@ from monitor.drift.config import DetectorSet, EngineConfig, OnlineSettings, Wind
 from monitor.drift.engine import DriftEngine
 from monitor.drift.online import OnlineConfig
 from monitor.events import InferenceEvent
-from monitor.service.drift_store import DriftBatch, DriftMonitor
+from monitor.service.drift_store import DriftBatch, DriftMonitor, write_alerts
 from monitor.service.kafka import make_producer
 from monitor.service.models import AlertRow, DriftCheckRow, DriftStreamRow, ReferenceChangeRow
 from monitor.service.settings import KafkaSettings
@@ -172,3 +172,22 @@ def test_partition_moving_between_consumers_neither_loses_nor_double_counts(
         str(a.alert_id) for o in outcomes for a in o.alerts
     )
     assert sorted(seen) == [N_PER_SITE, N_PER_SITE]
+
+
+def test_alerts_the_consumer_did_not_raise_are_published_from_the_outbox(
+    pg_engine: Engine, kafka_settings: KafkaSettings
+) -> None:
+    """A performance alert written by a scheduler job reaches radsentry.alerts while the
+    consumer is idle, once: the outbox is checked every outbox_check_s."""
+    engine = DriftEngine(CONFIG)
+    outcomes = (engine.process(e) for e in events() if e.site_id == "site-02")
+    alert = next(a for outcome in outcomes for a in outcome.alerts)
+    with pg_engine.begin() as connection:
+        write_alerts(connection, [alert], alert.occurred_at)
+    settings = kafka_settings.model_copy(update={"outbox_check_s": 0.2})
+    stats = ingest_until(
+        pg_engine, settings, lambda s: s.alerts_published >= 1, drift=DriftMonitor(CONFIG)
+    )
+    assert stats.alerts_published == 1 and stats.stored == 0
+    published = read_all(settings.bootstrap_servers, settings.alerts_topic, 1)
+    assert [orjson.loads(r.value)["alert_id"] for r in published] == [str(alert.alert_id)]
