@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from scipy.sparse import coo_matrix, identity
 from scipy.sparse.linalg import spsolve
 
-from monitor.drift.base import DetectorConfig
+from monitor.performance.config import ErrorRateCusum as ErrorRateCusum
 from monitor.performance.metrics import BinaryMetrics, validated
 
 _MAX_LIMIT = 2_000_000
@@ -136,25 +136,6 @@ def advance(units: int, errors: list[bool], design: CusumDesign) -> Advance:
         if units >= limit > before:
             crossings.append(position)
     return Advance(units, peak, tuple(crossings), sum(errors))
-
-
-class ErrorRateCusum(DetectorConfig):
-    """A Bernoulli CUSUM for an error rate of ``ratio`` times the reference's."""
-
-    ratio: float = Field(default=2.0, gt=1.0)
-    arl0: int = Field(default=20_000, ge=10, le=1_000_000)
-    """In-control average run length in labelled cases: one false signal per this many.
-
-    20,000 labelled cases is about three months of one chest X-ray model at a busy site: at
-    2,000 the simulated healthy site of tests/integration/test_performance_tracking.py alarmed
-    within 900 cases, because p0 estimated from a few hundred reference cases is itself off
-    by about a percentage point, which a CUSUM tuned that tightly turns into a false alarm."""
-    min_reference_cases: int = Field(default=200, ge=1)
-    resolution: int = Field(default=20, ge=5, le=200)
-    """Grid units for the smaller log-likelihood-ratio weight (rounding of the larger)."""
-    hold_multiple: float = Field(default=2.0, ge=1.0)
-    """The statistic is held at most this multiple of h, so that an episode can end soon after
-    the error rate is back to normal."""
 
 
 class CusumState(BaseModel):

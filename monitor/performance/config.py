@@ -1,5 +1,8 @@
-"""The performance metrics' configuration, apart from the calculation (imported by settings,
-so it stays light: the metrics themselves pull in statsmodels)."""
+"""The performance configs (metrics, estimate, alert rules), apart from the calculation.
+
+Settings import them at every start of the CLI, so this module stays light: the calculations
+pull in statsmodels, scikit-learn and scipy.sparse.
+"""
 
 from __future__ import annotations
 
@@ -65,3 +68,58 @@ class EstimateConfig(DetectorConfig):
     """The check holds calibrated probabilities this far from 0 and 1. Isotonic regression puts
     exactly 0 or 1 on its end blocks, fitted on a few dozen cases: that means "rare", not
     "impossible", and one surprising label there must not count as unbounded evidence."""
+
+
+class ErrorRateCusum(DetectorConfig):
+    """A Bernoulli CUSUM for an error rate of ``ratio`` times the reference's."""
+
+    ratio: float = Field(default=2.0, gt=1.0)
+    arl0: int = Field(default=20_000, ge=10, le=1_000_000)
+    """In-control average run length in labelled cases: one false signal per this many.
+
+    20,000 labelled cases is about three months of one chest X-ray model at a busy site: at
+    2,000 the simulated healthy site of tests/integration/test_performance_tracking.py alarmed
+    within 900 cases, because p0 estimated from a few hundred reference cases is itself off
+    by about a percentage point, which a CUSUM tuned that tightly turns into a false alarm."""
+    min_reference_cases: int = Field(default=200, ge=1)
+    resolution: int = Field(default=20, ge=5, le=200)
+    """Grid units for the smaller log-likelihood-ratio weight (rounding of the larger)."""
+    hold_multiple: float = Field(default=2.0, ge=1.0)
+    """The statistic is held at most this multiple of h, so that an episode can end soon after
+    the error rate is back to normal."""
+
+
+class SensitivityFloor(DetectorConfig):
+    """Breach when the sensitivity's upper confidence bound is below ``floor``."""
+
+    floor: float = Field(default=0.8, gt=0.0, lt=1.0)
+    min_positives: int = Field(default=30, ge=1)
+
+
+class AurocDrop(DetectorConfig):
+    """Breach when AUROC has dropped from the reference by more than ``margin``, confidently."""
+
+    margin: float = Field(default=0.05, ge=0.0, lt=0.5)
+    min_positives: int = Field(default=30, ge=2)
+    """Fewest positive cases, in the window and in the reference."""
+    min_negatives: int = Field(default=30, ge=2)
+    """Fewest negative cases, in the window and in the reference."""
+
+
+class CalibrationLimit(DetectorConfig):
+    """Breach when the ECE, less a sampling-noise allowance, is above ``max_ece``."""
+
+    max_ece: float = Field(default=0.1, gt=0.0, lt=1.0)
+    min_cases: int = Field(default=200, ge=1)
+    null_draws: int = Field(default=2000, ge=200)
+    """Simulated calibrated windows behind the noise allowance."""
+    seed: int = Field(default=0, ge=0)
+
+
+class RulesConfig(DetectorConfig):
+    """Which performance rules run and how; ``None`` switches a rule off."""
+
+    sensitivity_floor: SensitivityFloor | None = Field(default_factory=SensitivityFloor)
+    auroc_drop: AurocDrop | None = Field(default_factory=AurocDrop)
+    calibration_limit: CalibrationLimit | None = Field(default_factory=CalibrationLimit)
+    error_rate_cusum: ErrorRateCusum | None = Field(default_factory=ErrorRateCusum)

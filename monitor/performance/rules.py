@@ -31,7 +31,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field
 from scipy.stats import norm
 
 from monitor.drift.alarms import AlarmConfig, AlarmState, Transition
@@ -45,46 +44,14 @@ from monitor.performance._cusum import (
 from monitor.performance._cusum import CusumState as CusumState
 from monitor.performance._cusum import case_errors as case_errors
 from monitor.performance._cusum import start_cusum as start_cusum
+from monitor.performance.config import AurocDrop as AurocDrop
+from monitor.performance.config import CalibrationLimit as CalibrationLimit
+from monitor.performance.config import RulesConfig as RulesConfig
+from monitor.performance.config import SensitivityFloor as SensitivityFloor
 from monitor.performance.metrics import BinaryMetrics, Interval, PerformanceError
 
 RuleName = Literal["sensitivity_floor", "auroc_drop", "calibration_limit", "error_rate_cusum"]
 BreachWhen = Literal["below", "above", "at_or_above"]
-
-
-class SensitivityFloor(DetectorConfig):
-    """Breach when the sensitivity's upper confidence bound is below ``floor``."""
-
-    floor: float = Field(default=0.8, gt=0.0, lt=1.0)
-    min_positives: int = Field(default=30, ge=1)
-
-
-class AurocDrop(DetectorConfig):
-    """Breach when AUROC has dropped from the reference by more than ``margin``, confidently."""
-
-    margin: float = Field(default=0.05, ge=0.0, lt=0.5)
-    min_positives: int = Field(default=30, ge=2)
-    """Fewest positive cases, in the window and in the reference."""
-    min_negatives: int = Field(default=30, ge=2)
-    """Fewest negative cases, in the window and in the reference."""
-
-
-class CalibrationLimit(DetectorConfig):
-    """Breach when the ECE, less a sampling-noise allowance, is above ``max_ece``."""
-
-    max_ece: float = Field(default=0.1, gt=0.0, lt=1.0)
-    min_cases: int = Field(default=200, ge=1)
-    null_draws: int = Field(default=2000, ge=200)
-    """Simulated calibrated windows behind the noise allowance."""
-    seed: int = Field(default=0, ge=0)
-
-
-class RulesConfig(DetectorConfig):
-    """Which performance rules run and how; ``None`` switches a rule off."""
-
-    sensitivity_floor: SensitivityFloor | None = Field(default_factory=SensitivityFloor)
-    auroc_drop: AurocDrop | None = Field(default_factory=AurocDrop)
-    calibration_limit: CalibrationLimit | None = Field(default_factory=CalibrationLimit)
-    error_rate_cusum: ErrorRateCusum | None = Field(default_factory=ErrorRateCusum)
 
 
 class CusumConfigError(PerformanceError, ValueError):

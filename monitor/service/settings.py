@@ -16,8 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig
-from monitor.performance.config import EstimateConfig, PerformanceConfig
-from monitor.performance.rules import RulesConfig
+from monitor.performance.config import EstimateConfig, PerformanceConfig, RulesConfig
 from retrain.policy import RetrainPolicy
 
 
