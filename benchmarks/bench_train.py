@@ -26,8 +26,9 @@ import torch
 
 from monitor.simulate.images import FakePatient, render_study
 from monitor.simulate.profiles import CATALOGUE
+from retrain.config import TrainConfig
 from retrain.model import ModelSpec, predict
-from retrain.train import TrainConfig, train
+from retrain.train import train
 
 
 def synthetic_radiographs(

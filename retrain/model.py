@@ -26,6 +26,7 @@ from sklearn.metrics import roc_curve  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from monitor.drift.base import DetectorConfig
+from retrain.config import ThresholdPolicy
 
 
 class ModelError(Exception):
@@ -240,9 +241,6 @@ def predict(
     if not chunks:
         return np.zeros((0, len(trained.spec.findings)))
     return torch.cat(chunks).double().numpy()
-
-
-ThresholdPolicy = Literal["sensitivity", "youden"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,10 @@ from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from monitor.drift.base import DetectorConfig
+from retrain.config import TrainConfig
 from retrain.model import (
     CalibrationReport,
     ModelSpec,
-    ThresholdPolicy,
     TrainedModel,
     build_model,
     calibrate,
@@ -52,25 +51,6 @@ class TrainError(Exception):
 
 class ResumeError(TrainError):
     """The checkpoint belongs to another spec or another training configuration."""
-
-
-class TrainConfig(DetectorConfig):
-    """How to train (not what): frozen and fingerprinted, stored with every run."""
-
-    seed: int = 0
-    max_epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 3
-    """Epochs without a validation-loss improvement (by more than ``min_delta``) before stopping."""
-    min_delta: float = 0.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    checkpoint_every: int = 1
-    """Write the checkpoint after every this many epochs (and always when training ends)."""
-    threshold_policy: ThresholdPolicy = "sensitivity"
-    target_sensitivity: float = 0.9
-    """For the "sensitivity" policy: the highest threshold reaching this validation sensitivity."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig
 from monitor.performance.config import EstimateConfig, PerformanceConfig, RulesConfig
+from retrain.config import JobConfig, MlflowConfig
 from retrain.policy import RetrainPolicy
 
 
@@ -105,6 +106,8 @@ class RetrainSettings(BaseModel):
 
     policy: RetrainPolicy = RetrainPolicy()
     scan_s: float = Field(300.0, gt=0, description="Seconds between scans of active alerts.")
+    job: JobConfig = JobConfig()
+    jobs_s: float = Field(60.0, gt=0, description="Seconds between looks for pending requests.")
 
 
 class LoggingSettings(BaseModel):
@@ -126,12 +129,25 @@ class Settings(BaseSettings):
     drift: EngineConfig = EngineConfig()
     performance: PerformanceSettings = PerformanceSettings()
     retrain: RetrainSettings = RetrainSettings()
+    mlflow: MlflowConfig = MlflowConfig()
 
     @property
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.data_dir / 'radsentry.db').resolve()}"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """The configured MLflow server, or the embedded SQLite store under ``data_dir``."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_location(self) -> Path | None:
+        """Where the embedded store keeps artifacts; a server decides for itself (None)."""
+        return None if self.mlflow.tracking_uri else (self.data_dir / "mlartifacts").resolve()
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.bench_train import synthetic_radiographs
+from retrain.config import TrainConfig
 from retrain.model import (
     IncompatibleModelError,
     ModelSpec,
@@ -27,7 +28,7 @@ from retrain.model import (
     predict,
     register_architecture,
 )
-from retrain.train import EpochMetrics, ResumeError, TrainConfig, TrainError, resolve_device, train
+from retrain.train import EpochMetrics, ResumeError, TrainError, resolve_device, train
 
 Data = tuple[Tensor, Tensor]
 SPEC = ModelSpec(input_size=64, channels=(8, 16, 16))
