@@ -81,3 +81,12 @@ def kafka_settings(broker: str) -> KafkaSettings:
     )
     ensure_topics([broker], all_topics(settings), partitions=3)
     return settings
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real `mlflow server` (PostgreSQL store, local artifacts) for the session."""
+    from tests.mlflow_server import running_mlflow_server
+
+    with running_mlflow_server(PG_ADMIN_URL, tmp_path_factory.mktemp("mlflow")) as url:
+        yield url

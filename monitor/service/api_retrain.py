@@ -31,6 +31,19 @@ class RetrainRequestPublic(BaseModel):
     details: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: dict[str, Any] | None = Field(
+        description="The job's stage (cases, images, training, registering, done), counts, "
+        "epoch / max_epochs while training, and the champion/candidate comparison."
+    )
+    manifest_sha256: str | None = Field(description="SHA-256 of the training data manifest.")
+    mlflow_run_id: str | None
+    model_version: str | None = Field(
+        description="The registered model version the job produced (alias `challenger`)."
+    )
+    error: str | None
 
 
 class RetrainRequestPage(BaseModel):

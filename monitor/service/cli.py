@@ -459,7 +459,8 @@ def retrain(
 
 @app.command()
 def scheduler() -> None:
-    """Run the periodic jobs (performance refresh, retrain-trigger scan, nightly drift reports)
+    """Run the periodic jobs (performance refresh, retrain-trigger scan, retraining job,
+    nightly drift reports)
     with APScheduler's job store in the database. Start one or more replicas: a PostgreSQL
     advisory lock lets one lead and the others stand by. Run `serve --no-jobs` beside it."""
     from monitor.service.scheduler import default_jobs, run_scheduler
@@ -477,6 +478,7 @@ def scheduler() -> None:
         settings.data_dir / "reports",
         refresh_s=settings.performance.refresh_s,
         retrain_scan_s=settings.retrain.scan_s,
+        retrain_jobs_s=settings.retrain.jobs_s,
     )
     console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
     run_scheduler(settings.database_url, stop, jobs)

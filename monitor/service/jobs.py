@@ -1,4 +1,5 @@
-"""Periodic jobs of the service (APScheduler): performance refresh and label expiry.
+"""Periodic jobs of the service (APScheduler): performance refresh and label expiry, the
+retrain-trigger scan and the retraining job.
 
 They run in ``radsentry serve`` and ``radsentry demo`` (one scheduler per process; run one
 ``serve`` with jobs per deployment, or accept duplicate snapshot rows). Each job is a boundary:
@@ -65,6 +66,38 @@ def with_own_engine(action: Callable[[Engine, Settings], None], database_url: st
 def retrain_triggers_job(database_url: str | None = None) -> None:
     """The retrain-trigger scan as a scheduler job."""
     with_own_engine(lambda engine, s: consider_retraining(engine, s.retrain), database_url)
+
+
+def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
+    """Serve pending retrain requests (``retrain_job.serve_pending``) with the configured
+    registry; each request ends succeeded, failed or back to pending, whatever happens."""
+    from monitor.service.retrain_job import JobContext, serve_pending
+    from retrain.images import DicomWebClientSource
+    from retrain.tracking import Registry
+
+    context = JobContext(
+        engine=engine,
+        registry=Registry(
+            settings.mlflow_tracking_uri, settings.mlflow, settings.mlflow_artifact_location
+        ),
+        config=settings.retrain.job,
+        work_dir=(settings.data_dir / "retrain").resolve(),
+        dicomweb=DicomWebClientSource(),
+        lease=timedelta(seconds=settings.retrain.lease_s),
+    )
+    try:
+        served = serve_pending(context)
+    except Exception:
+        # Boundary: claiming failed (database down); the next run retries.
+        log.exception("retrain job failed to claim requests")
+        return
+    if served:
+        log.info("retrain requests served", count=len(served))
+
+
+def retrain_requests_job(database_url: str | None = None) -> None:
+    """The retraining job as a scheduler job."""
+    with_own_engine(serve_retrain_requests, database_url)
 
 
 def start_jobs(

@@ -65,3 +65,15 @@ PERFORMANCE = Gauge(
 ALERTS_OPENED = Counter(
     "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
 )
+
+RETRAIN_JOBS = Counter(
+    "radsentry_retrain_jobs",
+    "Retraining job attempts by outcome: succeeded, failed (for good) or retried.",
+    ["outcome"],
+)
+RETRAIN_JOB_SECONDS = Histogram(
+    "radsentry_retrain_job_seconds",
+    "Wall time of one retraining job attempt, by outcome.",
+    ["outcome"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)

@@ -311,6 +311,7 @@ class RetrainRequestRow(Base):
     __table_args__ = (
         Index("uq_retrain_requests_alert", "model_name", "alert_id", unique=True),
         Index("ix_retrain_requests_model", "model_name", "created_at"),
+        Index("ix_retrain_requests_status", "status", "created_at"),
     )
 
     request_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -327,3 +328,15 @@ class RetrainRequestRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    """Also the job's heartbeat: a running request not updated within the lease is reclaimed."""
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    """The job's stage and counts (cases, epochs), and at the end the champion/candidate
+    comparison on the validation side."""
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The registered model version (alias ``challenger``) the job produced."""
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -10,12 +10,13 @@ here trains or changes which model serves; the retraining job picks up pending r
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from monitor.service.db import as_utc
 from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
@@ -119,6 +120,122 @@ def get_request(engine: Engine, request_id: uuid.UUID) -> RetrainRequestRow:
     if row is None:
         raise RequestNotFound(f"no retrain request {request_id}")
     return RetrainRequestRow(**row._mapping)
+
+
+def claim_next(
+    engine: Engine,
+    *,
+    lease: timedelta,
+    max_attempts: int,
+    now: datetime | None = None,
+    exclude: Collection[uuid.UUID] = (),
+) -> RetrainRequestRow | None:
+    """Take the oldest request that is pending, or running with its lease expired (the job
+    that held it died), and mark it running; None when there is none.
+
+    The update is conditional on the status and ``updated_at`` read, so two workers racing
+    for one request cannot both win. A request already tried ``max_attempts`` times is failed
+    instead (it is returned to the caller with status "failed" so it can raise the alert).
+    ``exclude``: requests already tried in this pass, retried on a later one.
+    """
+    now = now or datetime.now(UTC)
+    stale = now - lease
+    with engine.begin() as connection:
+        candidates = connection.execute(
+            select(RetrainRequestRow.request_id, RetrainRequestRow.updated_at)
+            .where(
+                or_(
+                    RetrainRequestRow.status == "pending",
+                    (RetrainRequestRow.status == "running")
+                    & (RetrainRequestRow.updated_at < stale),
+                )
+            )
+            .where(RetrainRequestRow.request_id.not_in(list(exclude)))
+            .order_by(RetrainRequestRow.created_at)
+            .limit(5)
+        ).all()
+        for request_id, seen in candidates:
+            row = _claim(connection, request_id, seen, now, max_attempts)
+            if row is not None:
+                return row
+    return None
+
+
+def _claim(
+    connection: Connection,
+    request_id: uuid.UUID,
+    seen: datetime,
+    now: datetime,
+    max_attempts: int,
+) -> RetrainRequestRow | None:
+    current = connection.execute(
+        select(RetrainRequestRow).where(RetrainRequestRow.request_id == request_id)
+    ).one()
+    exhausted = current.attempts >= max_attempts
+    values: dict[str, Any] = {"updated_at": now}
+    if exhausted:
+        values |= {
+            "status": "failed",
+            "finished_at": now,
+            "error": (current.error or "the job stopped")
+            + f" (gave up after {current.attempts} attempts)",
+        }
+    else:
+        values |= {
+            "status": "running",
+            "attempts": current.attempts + 1,
+            "started_at": current.started_at or now,
+        }
+    won = connection.execute(
+        update(RetrainRequestRow)
+        .where(
+            RetrainRequestRow.request_id == request_id,
+            RetrainRequestRow.status == current.status,
+            RetrainRequestRow.updated_at == seen,
+        )
+        .values(**values)
+    ).rowcount
+    if not won:
+        return None
+    row = connection.execute(
+        select(RetrainRequestRow).where(RetrainRequestRow.request_id == request_id)
+    ).one()
+    return RetrainRequestRow(**row._mapping)
+
+
+def record_progress(engine: Engine, request_id: uuid.UUID, **progress: Any) -> None:
+    """Merge ``progress`` into the running request's progress; also its heartbeat."""
+    with engine.begin() as connection:
+        current = connection.scalar(
+            select(RetrainRequestRow.progress).where(RetrainRequestRow.request_id == request_id)
+        )
+        connection.execute(
+            update(RetrainRequestRow)
+            .where(RetrainRequestRow.request_id == request_id)
+            .values(progress=(current or {}) | progress, updated_at=datetime.now(UTC))
+        )
+
+
+def finish(
+    engine: Engine,
+    request_id: uuid.UUID,
+    status: str,
+    *,
+    error: str | None = None,
+    **columns: Any,
+) -> RetrainRequestRow:
+    """End an attempt: "succeeded", "failed", or back to "pending" for another attempt."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {"status": status, "updated_at": now, "error": error, **columns}
+    if status in ("succeeded", "failed"):
+        values["finished_at"] = now
+    with engine.begin() as connection:
+        connection.execute(
+            update(RetrainRequestRow)
+            .where(RetrainRequestRow.request_id == request_id)
+            .values(**values)
+        )
+    return get_request(engine, request_id)
 
 
 def _row(

@@ -98,10 +98,19 @@ def default_jobs(
     report_minute: int = 0,
     report_grace_s: int = 3600,
     retrain_scan_s: float = 300.0,
+    retrain_jobs_s: float = 60.0,
 ) -> list[JobSpec]:
-    """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan and the
-    nightly drift reports. Extend by appending specs; ids must stay stable."""
+    """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan, the
+    retraining job and the nightly drift reports. Extend by appending specs; ids must stay
+    stable."""
     return [
+        JobSpec(
+            id="retrain-requests",
+            func_ref="monitor.service.jobs:retrain_requests_job",
+            trigger="interval",
+            trigger_args={"seconds": retrain_jobs_s},
+            misfire_grace_time=refresh_grace_s,
+        ),
         JobSpec(
             id="retrain-triggers",
             func_ref="monitor.service.jobs:retrain_triggers_job",

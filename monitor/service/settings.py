@@ -108,6 +108,12 @@ class RetrainSettings(BaseModel):
     scan_s: float = Field(300.0, gt=0, description="Seconds between scans of active alerts.")
     job: JobConfig = JobConfig()
     jobs_s: float = Field(60.0, gt=0, description="Seconds between looks for pending requests.")
+    lease_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A running request whose job has not reported for this long is taken over "
+        "(the job died); longer than the slowest epoch.",
+    )
 
 
 class LoggingSettings(BaseModel):

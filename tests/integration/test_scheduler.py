@@ -176,7 +176,12 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
     engine: Engine, tmp_path: Path
 ) -> None:
     first = stored_jobs(engine, default_jobs(tmp_path))
-    assert set(first) == {"performance-refresh", "retrain-triggers", "nightly-drift-reports"}
+    assert set(first) == {
+        "performance-refresh",
+        "retrain-triggers",
+        "retrain-requests",
+        "nightly-drift-reports",
+    }
     assert datetime.fromtimestamp(first["nightly-drift-reports"], UTC).hour == 2
 
     assert stored_jobs(engine, default_jobs(tmp_path)) == first  # no duplicates, same times

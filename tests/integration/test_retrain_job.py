@@ -1,0 +1,236 @@
+"""The retraining job against a real PostgreSQL database and real simulated DICOM files.
+
+The registry here is a fake of our own ``ModelRegistry`` interface, so that failures can be
+injected at will; the job against a real MLflow server is in test_retrain_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import Engine, select, update
+
+from monitor.service import retrain_store
+from monitor.service.models import AlertRow, RetrainRequestRow
+from monitor.service.retrain_job import JobContext, load_cases, serve_pending
+from monitor.service.retrain_store import claim_next, consider_alerts, request_manual
+from monitor.service.store import Delivered, store_batch
+from monitor.simulate import SimulationConfig, simulate
+from retrain.config import JobConfig, TrainConfig
+from retrain.dataset import DatasetManifest, LockedTestSet
+from retrain.model import ModelSpec, TrainedModel, build_model
+from retrain.policy import RetrainPolicy, Trigger
+from retrain.tracking import RegisteredVersion, RunRecord, TrackingError
+
+pytestmark = pytest.mark.integration
+
+MODEL = "cxr-lesion"
+SPEC = ModelSpec(input_size=32, channels=(4, 8))
+FAST = JobConfig(train=TrainConfig(max_epochs=2, batch_size=16, device="cpu"), min_cases=40)
+
+
+@dataclass
+class FakeRegistry:
+    """Holds a champion; ``log_and_register`` fails ``failures`` times, then registers v2."""
+
+    champion: TrainedModel | None
+    failures: int = 0
+    records: list[RunRecord] = field(default_factory=list)
+
+    def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
+        if alias != "champion" or self.champion is None:
+            return None
+        return RegisteredVersion(model_name, "1", "run-1", ("champion",), {})
+
+    def load_model(self, model_name: str, version: str) -> TrainedModel:
+        assert self.champion is not None and version == "1"
+        return self.champion
+
+    def log_and_register(
+        self, record: RunRecord, *, alias: str = "challenger"
+    ) -> RegisteredVersion:
+        self.records.append(record)
+        if self.failures:
+            self.failures -= 1
+            raise TrackingError("log_run failed after 5 attempts: MLflow unreachable")
+        return RegisteredVersion(record.model_name, "2", "run-2", (alias,), dict(record.tags))
+
+
+def untrained_champion() -> TrainedModel:
+    state = {k: v.clone() for k, v in build_model(SPEC).state_dict().items()}
+    return TrainedModel(SPEC, state, temperature=(1.0,), thresholds=(0.5,))
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> list[object]:
+    """Two sites x 60 studies, every one labelled within hours."""
+    config = SimulationConfig(
+        seed=3,
+        start=datetime(2026, 2, 1, tzinfo=UTC),
+        sites=2,
+        studies_per_site=60,
+        image_size=64,
+        label_rate=1.0,
+        label_delay=timedelta(hours=2),
+    )
+    return list(simulate(config, Path(tmp_path_factory.mktemp("studies"))))
+
+
+@pytest.fixture
+def stored(pg_engine: Engine, events: list[object]) -> Iterator[Engine]:
+    delivered = [Delivered(e, "t", 0, n) for n, e in enumerate(events)]  # type: ignore[arg-type]
+    store_batch(pg_engine, delivered, [])
+    yield pg_engine
+
+
+def context(engine: Engine, registry: FakeRegistry, tmp_path: Path, **config: object) -> JobContext:
+    return JobContext(
+        engine=engine,
+        registry=registry,
+        config=FAST.model_copy(update=config),
+        work_dir=tmp_path / "retrain",
+    )
+
+
+def counter(outcome: str) -> float:
+    return REGISTRY.get_sample_value("radsentry_retrain_jobs_total", {"outcome": outcome}) or 0.0
+
+
+def test_cases_are_labelled_studies_with_their_latest_image(stored: Engine) -> None:
+    found = load_cases(stored, MODEL, ("lesion",))
+    assert len(found.cases) == 120 and found.incomplete == 0
+    assert {case.site_id for case in found.cases} == {"site-01", "site-02"}
+    assert all(case.dicom_uri and case.dicom_uri.startswith("file://") for case in found.cases)
+    assert load_cases(stored, MODEL, ("lesion", "effusion")).incomplete == 120
+    assert load_cases(stored, "another-model", ("lesion",)).cases == []
+
+
+def test_a_request_becomes_a_registered_challenger_with_its_lineage(
+    stored: Engine, tmp_path: Path
+) -> None:
+    registry = FakeRegistry(untrained_champion())
+    request = request_manual(stored, MODEL, "ml-ops@example.org", "new scanner at site-02")
+    before = counter("succeeded")
+
+    [served] = serve_pending(context(stored, registry, tmp_path))
+
+    assert served.request_id == request.request_id
+    assert (served.status, served.model_version, served.mlflow_run_id) == (
+        "succeeded",
+        "2",
+        "run-2",
+    )
+    assert served.attempts == 1 and served.finished_at is not None and served.error is None
+    manifest_path = tmp_path / "retrain" / str(request.request_id) / "manifest.json"
+    manifest = DatasetManifest.read(manifest_path, expected_sha256=served.manifest_sha256)
+    assert (
+        len(manifest.cases) == 120
+        and manifest.locked_test_sha256 == LockedTestSet.from_keys([]).sha256
+    )
+    assert served.progress is not None
+    assert served.progress["stage"] == "done" and served.progress["epoch"] == 2
+    assert set(served.progress["comparison"]["sites"]) == {"site-01", "site-02"}
+    [record] = registry.records
+    assert record.tags["radsentry.request_id"] == str(request.request_id)
+    assert record.manifest.sha256() == served.manifest_sha256
+    assert record.result.model.spec == SPEC  # the champion's family, never another
+    assert counter("succeeded") == before + 1
+    assert serve_pending(context(stored, registry, tmp_path)) == []  # nothing left to serve
+
+
+def test_registry_down_retries_then_fails_visibly_with_an_alert(
+    stored: Engine, tmp_path: Path
+) -> None:
+    registry = FakeRegistry(untrained_champion(), failures=10)
+    request = request_manual(stored, MODEL, "ml-ops@example.org", "retry test")
+    job = context(stored, registry, tmp_path, max_attempts=2)
+
+    [first] = serve_pending(job)
+    assert (first.status, first.attempts) == ("pending", 1)
+    assert first.error is not None and "MLflow unreachable" in first.error
+
+    [second] = serve_pending(job)
+    assert (second.status, second.attempts) == ("failed", 2)
+    # The second attempt resumed from the first one's final checkpoint instead of retraining.
+    assert registry.records[0].result.resumed_from_epoch is None
+    assert registry.records[1].result.resumed_from_epoch == 2
+    with stored.connect() as connection:
+        alert = connection.execute(
+            select(AlertRow).where(AlertRow.reference_id == request.request_id)
+        ).one()
+    assert alert.detector == "retrain.failed" and alert.status == "open"
+    assert not alert.drift_active and "MLflow unreachable" in alert.explanation
+    # A failure alert never triggers retraining itself.
+    policy = RetrainPolicy(
+        triggers=(Trigger(detector="*"),), cooldown_hours=0, min_new_labels=0, min_new_labels_site=0
+    )
+    assert consider_alerts(stored, policy) == []
+    assert serve_pending(job) == []
+
+
+@pytest.mark.parametrize(
+    ("registry", "config", "message"),
+    [
+        (FakeRegistry(None), {}, "no 'champion' version"),
+        (FakeRegistry(untrained_champion()), {"min_cases": 500}, "needs at least 500"),
+    ],
+)
+def test_requests_that_cannot_succeed_fail_at_once(
+    stored: Engine, tmp_path: Path, registry: FakeRegistry, config: dict[str, object], message: str
+) -> None:
+    request_manual(stored, MODEL, "ml-ops@example.org", "doomed")
+    [served] = serve_pending(context(stored, registry, tmp_path, **config))
+    assert (served.status, served.attempts) == ("failed", 1)
+    assert served.error is not None and message in served.error
+    assert registry.records == []
+
+
+def test_a_study_in_the_locked_test_set_fails_the_job(stored: Engine, tmp_path: Path) -> None:
+    key = load_cases(stored, MODEL, ("lesion",)).cases[7].study_key
+    locked_path = tmp_path / "locked.json"
+    LockedTestSet.from_keys([key]).write(locked_path)
+    request_manual(stored, MODEL, "ml-ops@example.org", "overlap")
+    registry = FakeRegistry(untrained_champion())
+    [served] = serve_pending(context(stored, registry, tmp_path, locked_test_set=locked_path))
+    assert served.status == "failed"
+    assert served.error is not None and "locked test set" in served.error
+    assert json.loads(locked_path.read_text())["study_keys"] == [key]
+
+
+def test_a_request_is_claimed_once_and_taken_over_when_its_job_dies(stored: Engine) -> None:
+    request = request_manual(stored, MODEL, "ml-ops@example.org", "claim test")
+    lease = timedelta(minutes=30)
+    claimed = claim_next(stored, lease=lease, max_attempts=2)
+    assert claimed is not None and claimed.request_id == request.request_id
+    assert claimed.status == "running" and claimed.attempts == 1
+    assert claim_next(stored, lease=lease, max_attempts=2) is None  # held, lease running
+
+    later = datetime.now(UTC) + timedelta(hours=1)
+    retaken = claim_next(stored, lease=lease, max_attempts=2, now=later)
+    assert retaken is not None and (retaken.status, retaken.attempts) == ("running", 2)
+    exhausted = claim_next(stored, lease=lease, max_attempts=2, now=later + timedelta(hours=1))
+    assert exhausted is not None and exhausted.status == "failed"
+    assert exhausted.error is not None and "gave up after 2 attempts" in exhausted.error
+
+
+def test_progress_is_merged_and_is_the_heartbeat(stored: Engine) -> None:
+    request = request_manual(stored, MODEL, "ml-ops@example.org", "progress")
+    with stored.begin() as connection:
+        connection.execute(
+            update(RetrainRequestRow)
+            .where(RetrainRequestRow.request_id == request.request_id)
+            .values(updated_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    retrain_store.record_progress(stored, request.request_id, stage="training", epoch=1)
+    retrain_store.record_progress(stored, request.request_id, epoch=2)
+    row = retrain_store.get_request(stored, request.request_id)
+    assert row.progress == {"stage": "training", "epoch": 2}
+    assert row.updated_at.year > 2020
+    assert uuid.UUID(str(row.request_id)) == request.request_id

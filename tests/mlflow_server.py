@@ -1,0 +1,123 @@
+"""A real ``mlflow server`` for the integration tests: PostgreSQL store, local artifacts.
+
+The server is the venv's own ``mlflow`` script, so the client and server versions match. It
+gets a database of its own (created here, dropped with ``WITH (FORCE)`` at the end) and a free
+port, and runs in its own process group so that stopping it also stops uvicorn's worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+STARTUP_TIMEOUT_S = 90.0
+"""Cold start is ~10 s (imports, then MLflow's schema migrations); a loaded box is slower."""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_mlflow_server(admin_url: str, workdir: Path) -> Iterator[str]:
+    """Start ``mlflow server`` on a fresh database; yield its URL; stop it and drop the database.
+
+    ``admin_url``: a SQLAlchemy URL of the cluster's maintenance database (as for ``pg_url``).
+    """
+    name = f"radsentry_mlflow_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    store = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        with _server(store, workdir) as url:
+            yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def _server(store: str, workdir: Path) -> Iterator[str]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        *("--backend-store-uri", store),
+        *("--artifacts-destination", str(workdir / "artifacts")),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", "1"),
+        # The security middleware checks the Host header; name the one the tests send.
+        *("--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"),
+    ]
+    # The job runner (a huey consumer per job type, seven processes) serves features the
+    # registry does not use; off, the server starts faster on a small box.
+    environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    log_path = workdir / "mlflow-server.log"
+    with log_path.open("wb") as server_log:
+        process = subprocess.Popen(
+            command,
+            cwd=workdir,
+            env=environment,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process, log_path)
+        yield url
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited ({process.returncode}):\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"mlflow server not healthy in {STARTUP_TIMEOUT_S} s:\n{_tail(log_path)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+    for sig, grace_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
