@@ -6,9 +6,10 @@ import secrets
 import signal
 import threading
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from monitor.events import describe_errors
 from monitor.service.api import create_app
+from monitor.service.cli_jobs import register_job_commands
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
@@ -33,6 +35,9 @@ from monitor.service.runtime import (
 )
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig
+
+if TYPE_CHECKING:
+    from monitor.simulate.stream import StudyScorer
 
 app = typer.Typer(
     name="radsentry",
@@ -214,6 +219,34 @@ ChangeFromOption = Annotated[
 ]
 
 
+class Scores(StrEnum):
+    AUTO = "auto"
+    CHAMPION = "champion"
+    SCORE_MODEL = "score-model"
+
+
+ScoresOption = Annotated[
+    Scores,
+    typer.Option(
+        help="Where the events' scores come from: the registry's champion if there is one "
+        "(auto), the champion or an error, or the parametric score model.",
+    ),
+]
+
+
+def _scorer(settings: Settings, scores: Scores, model_name: str) -> StudyScorer | None:
+    from monitor.service.registry import NoChampion, champion_scorer
+
+    try:
+        scorer = champion_scorer(settings, model_name, scores.value)
+    except NoChampion as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if scorer is not None:
+        console.print(f"scores from {model_name} version {scorer.version} (champion)")
+    return scorer
+
+
 def _simulation_config(
     sites: int,
     studies: int,
@@ -263,17 +296,20 @@ def simulate(
     jsonl: Annotated[
         Path | None, typer.Option(help="Write the events to this file instead of Kafka.")
     ] = None,
+    scores: ScoresOption = Scores.AUTO,
 ) -> None:
-    """Write synthetic DICOM studies for N sites, extract them at the 'edge' and publish their
-    inference events and delayed label events (see docs/simulate.md)."""
+    """Write synthetic DICOM studies for N sites, extract them at the 'edge', score them and
+    publish their inference events and delayed label events (see docs/simulate.md)."""
     from monitor.service.simulation import output_dir, publish_simulation, write_jsonl
     from monitor.simulate import simulate as simulated_events
 
     settings = _settings()
     config = _simulation_config(sites, studies, seed, change_site, change_at, start, change_from)
+    scorer = _scorer(settings, scores, config.model_name)
     console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
     if jsonl is not None:
-        written = write_jsonl(simulated_events(config, output_dir(settings, config.seed)), jsonl)
+        events = simulated_events(config, output_dir(settings, config.seed), scorer)
+        written = write_jsonl(events, jsonl)
         console.print(f"wrote {written} events to {jsonl}")
         return
     try:
@@ -281,7 +317,7 @@ def simulate(
     except BrokerNotFound as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    sent = publish_simulation(settings, config, bootstrap, rate=rate or None)
+    sent = publish_simulation(settings, config, bootstrap, rate=rate or None, scorer=scorer)
     console.print(f"published {sent} events to {','.join(bootstrap)}")
 
 
@@ -297,6 +333,7 @@ def demo(
     exit_when_done: Annotated[
         bool, typer.Option(help="Exit once every simulated event is stored (headless runs).")
     ] = False,
+    scores: ScoresOption = Scores.AUTO,
 ) -> None:
     """The whole current loop on one machine: bundled broker, SQLite, API, consumer and
     simulated sites with a scanner change at one of them. Ctrl-C stops everything."""
@@ -304,7 +341,15 @@ def demo(
 
     settings = _settings()
     config = _simulation_config(sites, studies, seed, change_site, change_at, None)
-    code = run_demo(settings, config, rate=rate or None, port=port, exit_when_done=exit_when_done)
+    scorer = _scorer(settings, scores, config.model_name)
+    code = run_demo(
+        settings,
+        config,
+        rate=rate or None,
+        port=port,
+        exit_when_done=exit_when_done,
+        scorer=scorer,
+    )
     raise typer.Exit(code)
 
 
@@ -437,48 +482,5 @@ def report(
     console.print(f"wrote the drift report of {key} to {out}", soft_wrap=True)
 
 
-@app.command()
-def retrain(
-    model: Annotated[str, typer.Option(help="Registered model name, e.g. cxr-lesion.")],
-    requested_by: Annotated[str, typer.Option("--by", help="Who asks (recorded).")],
-    reason: Annotated[str, typer.Option(help="Why (recorded).")],
-) -> None:
-    """Request a retrain of MODEL (recorded with who and why, like POST /models/{name}/retrain);
-    the retraining job serves pending requests. Which model serves does not change."""
-    from monitor.service.retrain_store import request_manual
-
-    settings = _settings()
-    engine = make_engine(settings.database_url)
-    try:
-        upgrade(engine)
-        row = request_manual(engine, model, requested_by, reason)
-    finally:
-        engine.dispose()
-    console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)
-
-
-@app.command()
-def scheduler() -> None:
-    """Run the periodic jobs (performance refresh, retrain-trigger scan, retraining job,
-    nightly drift reports)
-    with APScheduler's job store in the database. Start one or more replicas: a PostgreSQL
-    advisory lock lets one lead and the others stand by. Run `serve --no-jobs` beside it."""
-    from monitor.service.scheduler import default_jobs, run_scheduler
-
-    settings = _settings()
-    engine = make_engine(settings.database_url)
-    try:
-        upgrade(engine)
-    finally:
-        engine.dispose()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    jobs = default_jobs(
-        settings.data_dir / "reports",
-        refresh_s=settings.performance.refresh_s,
-        retrain_scan_s=settings.retrain.scan_s,
-        retrain_jobs_s=settings.retrain.jobs_s,
-    )
-    console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
-    run_scheduler(settings.database_url, stop, jobs)
+# The retraining commands (retrain, train-initial, scheduler) live in cli_jobs.py.
+register_job_commands(app)

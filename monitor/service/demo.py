@@ -20,6 +20,7 @@ from monitor.service.runtime import ConsumerThread, start_broker_if_needed
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.service.simulation import publish_simulation
 from monitor.simulate import SimulationConfig
+from monitor.simulate.stream import StudyScorer
 
 log = structlog.get_logger(__name__)
 console = Console(stderr=True)
@@ -45,6 +46,7 @@ def run_demo(
     rate: float | None,
     port: int | None,
     exit_when_done: bool,
+    scorer: StudyScorer | None = None,
 ) -> int:
     """Run until Ctrl-C (or, with ``exit_when_done``, until the stream is stored). Exit code."""
     if settings.drift == EngineConfig():
@@ -74,7 +76,7 @@ def run_demo(
             f"streaming {config.sites} sites x {config.studies_per_site} studies "
             f"(seed {config.seed}; scanner change at {config.change_site or 'no site'})"
         )
-        sent = publish_simulation(settings, config, bootstrap, rate=rate, stop=stop)
+        sent = publish_simulation(settings, config, bootstrap, rate=rate, stop=stop, scorer=scorer)
         deadline = time.monotonic() + 120
         while ingest.stats.stored + ingest.stats.duplicates < sent and not stop.is_set():
             if time.monotonic() > deadline:

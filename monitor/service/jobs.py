@@ -71,15 +71,13 @@ def retrain_triggers_job(database_url: str | None = None) -> None:
 def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
     """Serve pending retrain requests (``retrain_job.serve_pending``) with the configured
     registry; each request ends succeeded, failed or back to pending, whatever happens."""
+    from monitor.service.registry import registry_for
     from monitor.service.retrain_job import JobContext, serve_pending
     from retrain.images import DicomWebClientSource
-    from retrain.tracking import Registry
 
     context = JobContext(
         engine=engine,
-        registry=Registry(
-            settings.mlflow_tracking_uri, settings.mlflow, settings.mlflow_artifact_location
-        ),
+        registry=registry_for(settings),
         config=settings.retrain.job,
         work_dir=(settings.data_dir / "retrain").resolve(),
         dicomweb=DicomWebClientSource(),

@@ -61,13 +61,10 @@ from retrain.dataset import (
 )
 from retrain.images import DicomWebSource, fetch_image
 from retrain.model import TrainedModel, predict
-from retrain.tracking import RegisteredVersion, RunRecord
+from retrain.tracking import CHALLENGER, CHAMPION, RegisteredVersion, RunRecord
 from retrain.train import EpochMetrics, TrainResult, train
 
 log = structlog.get_logger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 
 
 class ModelRegistry(Protocol):

@@ -11,6 +11,7 @@ from monitor.service.kafka import make_producer
 from monitor.service.publish import publish
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig, simulate
+from monitor.simulate.stream import StudyScorer
 
 
 def output_dir(settings: Settings, seed: int) -> Path:
@@ -25,11 +26,13 @@ def publish_simulation(
     *,
     rate: float | None = None,
     stop: threading.Event | None = None,
+    scorer: StudyScorer | None = None,
 ) -> int:
-    """Render, extract and publish every simulated event; returns how many were sent."""
+    """Render, extract, score (``scorer``, or the score model) and publish every simulated
+    event; returns how many were sent."""
     producer = make_producer(bootstrap, settings.kafka)
     try:
-        events = simulate(config, output_dir(settings, config.seed))
+        events = simulate(config, output_dir(settings, config.seed), scorer)
         return publish(producer, events, settings.kafka, rate=rate, stop=stop)
     finally:
         producer.close()

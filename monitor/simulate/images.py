@@ -40,8 +40,9 @@ _EDGE: Final = 0.04
 """Width of the soft edge of every anatomical shape, in half-image units."""
 _EXPOSURE_GAIN_SD: Final = 0.04
 _EXPOSURE_OFFSET_SD: Final = 0.02
-_LESION_SIGMA: Final = (0.015, 0.035)
-"""Range of the lesion's Gaussian sigma, as a share of the image size."""
+_LESION_SIGMA: Final = (0.002, 0.06)
+"""Range of the lesion's Gaussian sigma, as a share of the image size: from specks that a 64 px
+model cannot resolve to large nodules (docs/simulate.md: what a model learns from them)."""
 
 
 @dataclass(frozen=True, slots=True)

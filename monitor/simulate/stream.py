@@ -1,8 +1,9 @@
 """The simulated event stream: N sites scanning, an edge extracting, a model scoring, labels later.
 
 For every study: draw the truth, render the DICOM file, write it under ``out_dir/<site_id>/``,
-run the real edge extractor on the file, score it with the score model and emit an
-``InferenceEvent``; a share of studies also get a ``LabelEvent`` some event-time hours later.
+run the real edge extractor on the file, score it (with the score model, or with a
+:class:`StudyScorer` such as a trained model when one is given) and emit an ``InferenceEvent``;
+a share of studies also get a ``LabelEvent`` some event-time hours later.
 Every random draw comes from a generator seeded by (seed, site, study index), so the same config
 gives the same bytes, and a scanner change at one site leaves every other study untouched.
 """
@@ -19,12 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, Self
+from typing import Final, Protocol, Self
 
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydicom import Dataset
 
-from monitor.dicom import extract_features
+from monitor.dicom import StudyFeatures, extract_features
 from monitor.events import (
     Identifier,
     InferenceEvent,
@@ -38,6 +40,24 @@ from monitor.simulate.scores import FINDING, THRESHOLD, lesion_score
 
 DEFAULT_MASTER_KEY: Final = b"radsentry-simulator-master-key"
 """Not a secret: simulated studies identify nobody. Real sites each hold their own key."""
+
+
+class StudyScorer(Protocol):
+    """Our port to a model that scores a study's image (``model_scores.TrainedModelScorer``)."""
+
+    @property
+    def version(self) -> str:
+        """The ``model_version`` of the events it scores (an ``Identifier``)."""
+        ...
+
+    @property
+    def threshold(self) -> float:
+        """The operating threshold of ``FINDING``, carried as ``Prediction.threshold``."""
+        ...
+
+    def score(self, ds: Dataset) -> dict[str, float]:
+        """Calibrated probability per finding, ``FINDING`` among them."""
+        ...
 
 
 class SimulationConfig(BaseModel):
@@ -113,6 +133,16 @@ def site_key_for(master_key: bytes, site_id: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class _Study:
+    """Where and when one study is acquired."""
+
+    site_id: str
+    index: int
+    acquired_at: datetime
+    site_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     """The random draws of one study that do not depend on the image."""
 
@@ -123,8 +153,14 @@ class _Outcome:
     label_id: uuid.UUID
 
 
-def simulate(config: SimulationConfig, out_dir: Path) -> Iterator[InferenceEvent | LabelEvent]:
+def simulate(
+    config: SimulationConfig, out_dir: Path, scorer: StudyScorer | None = None
+) -> Iterator[InferenceEvent | LabelEvent]:
     """Render, write, extract and score every study; yield events in event-time order.
+
+    Scores come from the score model, or from ``scorer`` when given: then the scores, the
+    threshold and ``model_version`` are the scorer's, and everything else (event ids, times,
+    labels, files) is what the same config gives without it.
 
     Sites take turns (site k's study i happens at ``start + (i + k / sites) * study_interval``).
     A label is yielded as soon as the simulated clock passes its ``occurred_at``; labels still
@@ -142,7 +178,8 @@ def simulate(config: SimulationConfig, out_dir: Path) -> Iterator[InferenceEvent
             acquired_at = _acquired_at(config, position, index)
             while pending and pending[0][0] <= acquired_at:
                 yield heapq.heappop(pending)[2]
-            inference, label = _study(config, site_id, index, acquired_at, root, keys[site_id])
+            study = _Study(site_id, index, acquired_at, keys[site_id])
+            inference, label = _study(config, study, root, scorer)
             yield inference
             if label is not None:
                 heapq.heappush(pending, (label.occurred_at, len(sites) * index + position, label))
@@ -155,23 +192,19 @@ def _acquired_at(config: SimulationConfig, position: int, index: int) -> datetim
 
 
 def _study(
-    config: SimulationConfig,
-    site_id: str,
-    index: int,
-    acquired_at: datetime,
-    root: Path,
-    site_key: bytes,
+    config: SimulationConfig, study: _Study, root: Path, scorer: StudyScorer | None
 ) -> tuple[InferenceEvent, LabelEvent | None]:
     """One study end to end: its inference event and, if it will be labelled, its label."""
+    site_id, index = study.site_id, study.index
     outcome_seed, image_seed = np.random.SeedSequence(
         [config.seed, int(site_id.rpartition("-")[2]), index]
     ).spawn(2)
     outcome = _draw_outcome(config, np.random.default_rng(outcome_seed))
     profile = config.profile_for(site_id, index)
     image_rng = np.random.default_rng(image_seed)
-    patient = FakePatient.generate(image_rng, acquired_at.date())
+    patient = FakePatient.generate(image_rng, study.acquired_at.date())
     identity = StudyIdentity.derive(
-        seed=config.seed, site_id=site_id, index=index, acquired_at=acquired_at
+        seed=config.seed, site_id=site_id, index=index, acquired_at=study.acquired_at
     )
     ds = render_study(
         profile,
@@ -181,33 +214,45 @@ def _study(
         patient=patient,
         identity=identity,
     )
-    # Written under a temporary name first: the final name is the study key, which the
-    # extractor derives, and a half-written file must never carry a final name.
-    partial = root / site_id / f".{index:07d}.partial"
-    try:
-        ds.save_as(partial, enforce_file_format=True)
-        features = extract_features(partial, site_key)
-        path = root / site_id / f"{features.study_key}.dcm"
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    features, path = _write_and_extract(ds, root / site_id, index, study.site_key)
+    if scorer is None:
+        # The score model's draw comes last in the outcome stream, so skipping it with a scorer
+        # changes no other value of the study.
+        scores = {FINDING: lesion_score(profile, outcome.has_lesion, outcome.score_rng)}
+        version, threshold = config.model_version, THRESHOLD
+    else:
+        scores, version, threshold = scorer.score(ds), scorer.version, scorer.threshold
     inference = InferenceEvent(
         event_id=outcome.inference_id,
         site_id=site_id,
         model_name=config.model_name,
-        model_version=config.model_version,
-        occurred_at=acquired_at,
+        model_version=version,
+        occurred_at=study.acquired_at,
         study_key=features.study_key,
         modality=features.modality,
         metadata=features.metadata,
         pixel_stats=features.pixel_stats,
         dicom_uri=path.as_uri(),
-        prediction=Prediction(
-            scores={FINDING: lesion_score(profile, outcome.has_lesion, outcome.score_rng)},
-            threshold=THRESHOLD,
-        ),
+        prediction=Prediction(scores=scores, threshold=threshold),
     )
     return inference, _label(config, inference, outcome)
+
+
+def _write_and_extract(
+    ds: Dataset, site_dir: Path, index: int, site_key: bytes
+) -> tuple[StudyFeatures, Path]:
+    """Write the study under its study key and return the edge extractor's features of it."""
+    # Written under a temporary name first: the final name is the study key, which the
+    # extractor derives, and a half-written file must never carry a final name.
+    partial = site_dir / f".{index:07d}.partial"
+    try:
+        ds.save_as(partial, enforce_file_format=True)
+        features = extract_features(partial, site_key)
+        path = site_dir / f"{features.study_key}.dcm"
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return features, path
 
 
 def _draw_outcome(config: SimulationConfig, rng: np.random.Generator) -> _Outcome:

@@ -1,0 +1,128 @@
+"""The retraining commands of the `radsentry` CLI: retrain, train-initial, scheduler.
+
+Registered on the app by ``cli.py`` (``register_job_commands``); kept apart so that each file
+stays readable.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+from prometheus_client import start_http_server
+from rich.console import Console
+
+from monitor.service.db import make_engine, upgrade
+from monitor.service.logging import configure_logging
+from monitor.service.settings import Settings
+
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.logging)
+    return settings
+
+
+def register_job_commands(app: typer.Typer) -> None:
+    """Add the retraining commands to ``app``."""
+    app.command()(retrain)
+    app.command("train-initial")(train_initial)
+    app.command()(scheduler)
+
+
+def retrain(
+    model: Annotated[str, typer.Option(help="Registered model name, e.g. cxr-lesion.")],
+    requested_by: Annotated[str, typer.Option("--by", help="Who asks (recorded).")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")],
+) -> None:
+    """Request a retrain of MODEL (recorded with who and why, like POST /models/{name}/retrain);
+    the retraining job serves pending requests. Which model serves does not change."""
+    from monitor.service.retrain_store import request_manual
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        row = request_manual(engine, model, requested_by, reason)
+    finally:
+        engine.dispose()
+    console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)
+
+
+def train_initial(
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic cohort.")] = 0,
+    sites: Annotated[int, typer.Option(min=1, max=99, help="Pre-deployment sites.")] = 3,
+    studies: Annotated[int, typer.Option(min=2, help="Development studies per site.")] = 500,
+    test_studies: Annotated[int, typer.Option(min=0, help="Held-out studies per site.")] = 100,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default 25).")] = None,
+) -> None:
+    """Train the initial model (v1) on a synthetic pre-deployment cohort, log it to MLflow and
+    make it the champion; from then on `simulate` and `demo` score with it. Refused when the
+    model already has a champion (only a PCCP promotion replaces one)."""
+    from monitor.service.registry import ChampionExists, register_initial
+    from retrain.initial import InitialConfig
+
+    settings = _settings()
+    config = InitialConfig(
+        seed=seed, sites=sites, studies_per_site=studies, test_studies_per_site=test_studies
+    )
+    if epochs is not None:
+        config = config.model_copy(
+            update={"train": config.train.model_copy(update={"max_epochs": epochs})}
+        )
+    console.print(f"rendering {sites} sites x {studies + test_studies} studies and training")
+    try:
+        registered = register_initial(settings, config)
+    except ChampionExists as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    result = registered.model.result
+    console.print(
+        f"{config.model_name} version {registered.version.version} is the champion "
+        f"(run {registered.version.run_id}; best epoch {result.best_epoch} of "
+        f"{len(result.history)}; {settings.mlflow_tracking_uri})",
+        soft_wrap=True,
+    )
+    if (test := registered.model.test) is not None and test.auroc is not None:
+        console.print(f"held-out AUROC {test.auroc:.3f} on {test.cases} studies")
+
+
+def scheduler(
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus metrics (retraining jobs) on this port; 0: off.",
+        ),
+    ] = 9102,
+) -> None:
+    """Run the periodic jobs (performance refresh, retrain-trigger scan, retraining job,
+    nightly drift reports) with APScheduler's job store in the database. Start one or more
+    replicas: a PostgreSQL advisory lock lets one lead and the others stand by. Run
+    `serve --no-jobs` beside it."""
+    from monitor.service.scheduler import default_jobs, run_scheduler
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    jobs = default_jobs(
+        settings.data_dir / "reports",
+        refresh_s=settings.performance.refresh_s,
+        retrain_scan_s=settings.retrain.scan_s,
+        retrain_jobs_s=settings.retrain.jobs_s,
+    )
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.api.host)
+    console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
+    run_scheduler(settings.database_url, stop, jobs)
