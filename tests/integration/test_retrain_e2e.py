@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -39,7 +38,7 @@ from retrain.initial import InitialConfig
 from retrain.policy import RetrainPolicy
 from tests.integration.helpers import ingest_until, send
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL = "cxr-lesion-e2e"
 RENDER = 256
@@ -73,7 +72,6 @@ def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Se
 
 @pytest.fixture(scope="module")
 def champion_version(settings: Settings) -> Iterator[str]:
-    torch.set_num_threads(1)
     registered = register_initial(settings, INITIAL, progress=False)
     yield registered.version.version
 
@@ -147,7 +145,6 @@ def test_a_scanner_change_ends_in_a_better_challenger_and_the_champion_stays(
     assert champion is not None and champion.version == champion_version  # never moved here
 
     assert served.progress is not None
-    print(served.progress["comparison"])
     changed = served.progress["comparison"]["sites"]["site-02"]
     assert changed["n"] >= 60 and changed["positives"] >= 10
     assert changed["candidate_auroc"] >= changed["champion_auroc"] + 0.05, changed

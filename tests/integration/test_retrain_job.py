@@ -29,7 +29,7 @@ from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.policy import RetrainPolicy, Trigger
 from retrain.tracking import RegisteredVersion, RunRecord, TrackingError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
 MODEL = "cxr-lesion"
 SPEC = ModelSpec(input_size=32, channels=(4, 8))

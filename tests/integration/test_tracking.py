@@ -34,6 +34,7 @@ from tests.mlflow_server import free_port
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.usefixtures("one_torch_thread"),
     # MLflow's own SQL store (the embedded default) uses a loader strategy SQLAlchemy deprecates.
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning"),
 ]
@@ -45,14 +46,6 @@ FAST_RETRIES = MlflowConfig(
 )
 REQUEST = "radsentry.request_id"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", autouse=True)

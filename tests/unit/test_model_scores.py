@@ -6,7 +6,6 @@ carries exactly ``retrain.model.predict``'s probabilities of the images as train
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from monitor.simulate.model_scores import TrainedModelScorer
 from retrain.images import fetch_image
 from retrain.model import ModelError, ModelSpec, TrainedModel, build_model, predict
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPEC = ModelSpec(input_size=32, channels=(4, 8))
 CONFIG = SimulationConfig(
     seed=11,
@@ -31,14 +32,6 @@ CONFIG = SimulationConfig(
     change_site="site-02",
     change_at_index=3,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ minutes and is measured by ``benchmarks/bench_train.py`` (docs/simulate.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from retrain.initial import (
 )
 from retrain.model import ModelSpec
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SMALL = InitialConfig(
     seed=3,
     sites=2,
@@ -44,14 +45,6 @@ SMALL = InitialConfig(
     image_workers=2,
 )
 Cohort = dict[str, tuple[LabelledCase, ...]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

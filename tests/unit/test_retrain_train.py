@@ -7,7 +7,6 @@ count in the runs compared.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +29,11 @@ from retrain.model import (
 )
 from retrain.train import EpochMetrics, ResumeError, TrainError, resolve_device, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 Data = tuple[Tensor, Tensor]
 SPEC = ModelSpec(input_size=64, channels=(8, 16, 16))
 FAST = TrainConfig(max_epochs=4, patience=4, batch_size=16, learning_rate=3e-3, device="cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
