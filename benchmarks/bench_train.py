@@ -14,6 +14,11 @@ the AUROCs. torch is limited to ``--threads`` threads (default 1: the benchmark 
 
     .venv/bin/python -m benchmarks.bench_train                 # the default InitialConfig
     .venv/bin/python -m benchmarks.bench_train --epochs 5      # fixed epochs, early stopping off
+    .venv/bin/python -m benchmarks.bench_train --lesion-sigma 0.025 0.045 --pooling max
+
+``--lesion-sigma`` and ``--pooling`` replace the image model's lesion sizes and v1's pooling, for
+the comparisons in docs/simulate.md ("What a model learns from these images"); ``--seed`` seeds
+the cohort, the split and training.
 
 ``synthetic_radiographs`` (images straight from ``render_study``, optional lesion gain) is kept
 for tests that need an easy task in memory.

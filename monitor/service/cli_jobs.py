@@ -58,7 +58,7 @@ def train_initial(
     sites: Annotated[int, typer.Option(min=1, max=99, help="Pre-deployment sites.")] = 3,
     studies: Annotated[int, typer.Option(min=2, help="Development studies per site.")] = 500,
     test_studies: Annotated[int, typer.Option(min=0, help="Held-out studies per site.")] = 100,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default 25).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Most epochs (default 30).")] = None,
 ) -> None:
     """Train the initial model (v1) on a synthetic pre-deployment cohort, log it to MLflow and
     make it the champion; from then on `simulate` and `demo` score with it. Refused when the
