@@ -121,7 +121,10 @@ def decode_frames(ds: Dataset) -> DecodedPixels:
     decoder = _decoder(tsyntax)
     total = _frame_count(ds)
     try:
-        options = as_pixel_options(ds, view_only=True, number_of_frames=total)
+        # A view of the buffer is possible only when no unused high bits need clearing: asking
+        # for one otherwise makes pydicom copy anyway and warn, on every 10- or 12-bit image.
+        view = ds.get("BitsStored") == ds.get("BitsAllocated")
+        options = as_pixel_options(ds, view_only=view, number_of_frames=total)
         indices = sample_frames(total)
         if len(indices) == total:
             array, properties = decoder.as_array(ds, **options)
