@@ -150,10 +150,12 @@ def schemas(
         "docs/schemas"
     ),
 ) -> None:
-    """Write the JSON Schemas of the event contract (generated from the models)."""
+    """Write the JSON Schemas of the event contract and of PCCP plan files (generated from the
+    models)."""
     from monitor.schemas import write_schemas
+    from pccp.plan import write_plan_schema
 
-    for path in write_schemas(out):
+    for path in [*write_schemas(out), write_plan_schema(out)]:
         console.print(f"wrote {path}")
 
 

@@ -1,0 +1,299 @@
+"""The Predetermined Change Control Plan as code: a typed, validated plan (issue 7 §1).
+
+The model mirrors the three parts of the FDA guidance "Marketing Submission Recommendations for
+a Predetermined Change Control Plan for Artificial Intelligence-Enabled Device Software
+Functions" (final, December 2024):
+
+1. **Description of modifications** (:class:`Description`): the device and model, the intended
+   use, the plan version, which modification types are allowed and what is fixed (architecture,
+   input specification, output findings, intended use).
+2. **Modification protocol** (:class:`Protocol`): data management (label sources, minimum
+   cases, the locked test set by manifest and SHA-256), re-training practices (allowed
+   hyperparameter ranges), performance evaluation (acceptance criteria) and update procedures
+   (approvals, rollout, rollback).
+3. **Impact assessment** (:class:`ImpactAssessment`): text, versioned with the plan.
+
+Every acceptance criterion has an id (``PE-3``) that gate results and change-log entries cite.
+Plans are YAML files in ``pccp/plans/``; :func:`load_plan` reads one and refuses anything the
+model does not describe (unknown keys, duplicate ids, ranges that are empty). The JSON Schema in
+``docs/schemas/pccp-plan.v1.schema.json`` is generated from this module.
+
+This module only describes; the gate that checks a candidate against the criteria and the
+approval workflow come later in issue 7.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Self
+
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from monitor.events import Identifier, LabelSource
+from retrain.config import TrainConfig
+
+PLAN_SCHEMA: Final = "pccp-plan/v1"
+PLAN_SCHEMA_FILE: Final = "pccp-plan.v1.schema.json"
+CriterionId = Annotated[str, Field(pattern=r"^[A-Z]{2}-[0-9]{1,3}$")]
+"""``PE-3``: two capitals (the plan section: PE performance evaluation), a number."""
+Metric = Literal["auroc", "sensitivity", "specificity"]
+
+
+class PlanError(ValueError):
+    """A plan file that cannot be read or does not describe a valid plan."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModificationType(StrEnum):
+    """What the plan allows to change without a new submission."""
+
+    RETRAIN = "retrain_same_architecture"
+    """New weights for the same architecture, on new labelled data."""
+    RECALIBRATE = "recalibrate_threshold"
+    """A new temperature and operating threshold only."""
+    NEW_SITE = "extend_to_site"
+    """Deployment at a site the plan did not name, after the same acceptance criteria."""
+
+
+class FixedElements(_Frozen):
+    """What no modification under this plan may change (the scope guard compares a candidate's
+    ``retrain.model.ModelSpec`` and intended use with these)."""
+
+    architecture: str = Field(min_length=1)
+    input_size: int = Field(ge=16, le=1024)
+    input_channels: Literal[1] = 1
+    findings: tuple[Identifier, ...] = Field(min_length=1)
+    intended_use_id: Identifier
+
+
+class Description(_Frozen):
+    """Part 1: the description of modifications."""
+
+    device_name: str = Field(min_length=1)
+    manufacturer: str = Field(min_length=1)
+    model_name: Identifier
+    """The registered model name in the model registry."""
+    intended_use: str = Field(min_length=1)
+    allowed_modifications: tuple[ModificationType, ...] = Field(min_length=1)
+    fixed: FixedElements
+    sites: tuple[Identifier, ...] = ()
+    """Sites the plan covers; empty: any site (``extend_to_site`` then needs no listing)."""
+
+
+class LockedTestSetRef(_Frozen):
+    """The locked test set: a manifest file (``retrain.dataset.LockedTestSet``) and its hash."""
+
+    manifest: Path
+    """Relative to the plan file's folder, or absolute."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DataManagement(_Frozen):
+    label_sources: tuple[LabelSource, ...] = Field(min_length=1)
+    min_cases: int = Field(ge=1)
+    min_cases_per_site: int = Field(ge=0)
+    locked_test_set: LockedTestSetRef
+
+
+class Range(_Frozen):
+    """An inclusive range of one hyperparameter."""
+
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class RetrainingPractices(_Frozen):
+    """Allowed ranges of ``retrain.config.TrainConfig`` fields (others are free)."""
+
+    hyperparameters: dict[str, Range] = Field(default_factory=dict)
+    warm_start_from_champion: bool = True
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> Self:
+        numeric = {
+            name
+            for name, field in TrainConfig.model_fields.items()
+            if field.annotation in (int, float, "int", "float")
+        }
+        if unknown := sorted(set(self.hyperparameters) - numeric):
+            raise ValueError(f"not numeric TrainConfig fields: {', '.join(unknown)}")
+        return self
+
+    def violations(self, config: TrainConfig) -> list[str]:
+        """Each hyperparameter of ``config`` outside its allowed range, said in words."""
+        values = config.model_dump()
+        return [
+            f"{name} = {values[name]} is outside [{allowed.min:g}, {allowed.max:g}]"
+            for name, allowed in sorted(self.hyperparameters.items())
+            if not allowed.min <= values[name] <= allowed.max
+        ]
+
+
+class _Criterion(_Frozen):
+    id: CriterionId
+    description: str = Field(min_length=1)
+
+
+class BoundCriterion(_Criterion):
+    """The lower 95% bound of ``metric`` on the locked test set is at least ``min`` (AUROC by
+    DeLong; sensitivity and specificity by Wilson, at the locked operating point)."""
+
+    kind: Literal["lower_bound"] = "lower_bound"
+    metric: Metric
+    min: float = Field(ge=0.0, le=1.0)
+
+
+class NonInferiorityCriterion(_Criterion):
+    """AUROC(candidate) - AUROC(champion) > -``margin`` on the same cases (paired DeLong test,
+    one-sided at ``alpha``)."""
+
+    kind: Literal["non_inferiority"] = "non_inferiority"
+    metric: Literal["auroc"] = "auroc"
+    margin: float = Field(ge=0.0, le=0.5)
+    alpha: float = Field(0.025, gt=0.0, lt=0.5)
+
+
+class GroupMinimumCriterion(_Criterion):
+    """``metric`` at least ``min`` in every site (``by: site``) or every value of a subgroup
+    field (e.g. ``by: PatientSex``) with at least ``min_cases`` cases."""
+
+    kind: Literal["group_minimum"] = "group_minimum"
+    by: str = Field(min_length=1)
+    metric: Metric
+    min: float = Field(ge=0.0, le=1.0)
+    min_cases: int = Field(30, ge=1)
+
+
+class CalibrationCriterion(_Criterion):
+    """Expected calibration error (10 equal-width bins) at most ``max``."""
+
+    kind: Literal["calibration"] = "calibration"
+    max: float = Field(gt=0.0, le=1.0)
+
+
+class RegressionsCriterion(_Criterion):
+    """At most ``max_count`` groups (sites and subgroups) where the candidate's ``metric`` is
+    more than ``tolerance`` below the champion's."""
+
+    kind: Literal["regressions"] = "regressions"
+    metric: Metric = "auroc"
+    tolerance: float = Field(ge=0.0, le=0.5)
+    max_count: int = Field(ge=0)
+
+
+Criterion = Annotated[
+    BoundCriterion
+    | NonInferiorityCriterion
+    | GroupMinimumCriterion
+    | CalibrationCriterion
+    | RegressionsCriterion,
+    Field(discriminator="kind"),
+]
+
+
+class UpdateProcedures(_Frozen):
+    approvals_required: int = Field(ge=2, description="Distinct approvers (four eyes: 2).")
+    approver_role: Literal["mlops"] = "mlops"
+    rollout: str = Field(min_length=1)
+    rollback: str = Field(min_length=1)
+
+
+class Protocol(_Frozen):
+    """Part 2: the modification protocol."""
+
+    data_management: DataManagement
+    retraining: RetrainingPractices
+    performance_evaluation: tuple[Criterion, ...] = Field(min_length=1)
+    update_procedures: UpdateProcedures
+
+
+class ImpactAssessment(_Frozen):
+    """Part 3: benefits, risks and their mitigations, versioned with the plan."""
+
+    version: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+
+
+class Plan(_Frozen):
+    """One PCCP, as approved with the device's marketing submission."""
+
+    schema_id: Literal["pccp-plan/v1"] = Field(PLAN_SCHEMA, alias="schema")
+    plan_id: Identifier
+    plan_version: str = Field(min_length=1)
+    description: Description
+    protocol: Protocol
+    impact_assessment: ImpactAssessment
+
+    @model_validator(mode="after")
+    def _criteria_named_once(self) -> Self:
+        ids = [criterion.id for criterion in self.protocol.performance_evaluation]
+        if duplicates := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"criterion ids must be unique: {', '.join(duplicates)}")
+        return self
+
+    def criterion(self, criterion_id: str) -> Criterion:
+        """The criterion with id ``criterion_id``, or KeyError."""
+        for criterion in self.protocol.performance_evaluation:
+            if criterion.id == criterion_id:
+                return criterion
+        raise KeyError(criterion_id)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the plan's canonical JSON: what gate results and log entries record."""
+        document = self.model_dump(mode="json", by_alias=True)
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_plan(path: Path) -> Plan:
+    """Read and validate a plan YAML file; :class:`PlanError` says what is wrong and where."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlanError(f"{path}: unreadable plan ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(document, dict):
+        raise PlanError(f"{path}: a plan is a mapping at the top level")
+    try:
+        return Plan.model_validate(document)
+    except ValueError as exc:
+        raise PlanError(f"{path}: {exc}") from exc
+
+
+def locked_test_set_path(plan: Plan, plan_file: Path) -> Path:
+    """The locked test set's manifest path, resolved against the plan file's folder."""
+    manifest = plan.protocol.data_management.locked_test_set.manifest
+    return manifest if manifest.is_absolute() else (plan_file.parent / manifest).resolve()
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of plan files."""
+    schema = Plan.model_json_schema(by_alias=True, mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://radsentry.dev/schemas/{PLAN_SCHEMA}"
+    return schema
+
+
+def render_plan_schema() -> bytes:
+    """The schema as written to ``docs/schemas`` (sorted keys, two-space indent)."""
+    return (json.dumps(plan_json_schema(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def write_plan_schema(directory: Path) -> Path:
+    """Write :data:`PLAN_SCHEMA_FILE` into ``directory``; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / PLAN_SCHEMA_FILE
+    path.write_bytes(render_plan_schema())
+    return path
