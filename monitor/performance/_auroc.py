@@ -1,4 +1,5 @@
-"""AUROC and its sampling uncertainty: DeLong's variance and a stratified bootstrap.
+"""AUROC and its sampling uncertainty: DeLong's variance (one model, or the paired difference
+of two models on the same cases) and a stratified bootstrap.
 
 No maintained Python library implements DeLong's test (scipy, scikit-learn and statsmodels do
 not), so it is written here from Sun & Xu (2014); docs/adr/0008-delong-auroc-intervals.md says
@@ -6,6 +7,8 @@ why, and the tests check it against ``sklearn.metrics.roc_auc_score`` and the bo
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +30,15 @@ def delong(
     positives that outscore it). AUROC is the mean of either; its variance is
     ``var(V10) / m + var(V01) / k`` (sample variances). Needs at least two cases per class.
     """
+    v10, v01 = structural_components(positive_scores, negative_scores)
+    m, k = v10.size, v01.size
+    return float(v10.mean()), float(v10.var(ddof=1) / m + v01.var(ddof=1) / k)
+
+
+def structural_components(
+    positive_scores: NDArray[np.float64], negative_scores: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """DeLong's ``V10`` (one per positive) and ``V01`` (one per negative), from midranks."""
     m, k = positive_scores.size, negative_scores.size
     if m < 2 or k < 2:
         raise ValueError(f"DeLong needs two cases per class, got {m} positive and {k} negative")
@@ -35,9 +47,45 @@ def delong(
     combined = rankdata(np.concatenate([positive_scores, negative_scores]))
     v10 = (combined[:m] - within_positive) / k
     v01 = 1.0 - (combined[m:] - within_negative) / m
-    auroc = float(v10.mean())
-    variance = float(v10.var(ddof=1) / m + v01.var(ddof=1) / k)
-    return auroc, variance
+    return v10, v01
+
+
+@dataclass(frozen=True, slots=True)
+class PairedAuroc:
+    """Two models' AUROC on the same cases, and the variance of their difference."""
+
+    auroc_a: float
+    auroc_b: float
+    variance: float
+    """DeLong's variance of ``auroc_b - auroc_a``, with the covariance of the two models."""
+
+    @property
+    def difference(self) -> float:
+        """``auroc_b - auroc_a``."""
+        return self.auroc_b - self.auroc_a
+
+
+def paired_delong(
+    positive: NDArray[np.bool_], scores_a: NDArray[np.float64], scores_b: NDArray[np.float64]
+) -> PairedAuroc:
+    """DeLong, DeLong & Clarke-Pearson (1988) for two correlated AUROCs on the same cases.
+
+    The structural components of both models give per-class 2 x 2 covariance matrices
+    ``S10`` (over positives) and ``S01`` (over negatives); the difference's variance is
+    ``c' (S10 / m + S01 / k) c`` with ``c = (-1, 1)``. Pairing matters: two models that rank
+    the same cases alike have a far smaller variance of their difference than two independent
+    samples would.
+    """
+    if not scores_a.shape == scores_b.shape == positive.shape:
+        raise ValueError("truth and both models' scores must have one value per case")
+    v10_a, v01_a = structural_components(scores_a[positive], scores_a[~positive])
+    v10_b, v01_b = structural_components(scores_b[positive], scores_b[~positive])
+    s10 = np.cov(np.vstack([v10_a, v10_b]), ddof=1)
+    s01 = np.cov(np.vstack([v01_a, v01_b]), ddof=1)
+    contrast = np.array([-1.0, 1.0])
+    covariance = s10 / v10_a.size + s01 / v01_a.size
+    variance = float(contrast @ covariance @ contrast)
+    return PairedAuroc(float(v10_a.mean()), float(v10_b.mean()), max(variance, 0.0))
 
 
 def bootstrap_aurocs(
