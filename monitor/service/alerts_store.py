@@ -22,6 +22,7 @@ from monitor.drift.alerts import Alert, StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.events import InferenceEvent
+from monitor.service import change_log
 from monitor.service.db import as_utc
 from monitor.service.drift_store import apply_updates, record_references, stream_matches
 from monitor.service.models import AlertRow, DriftCheckRow, DriftStreamRow
@@ -194,6 +195,21 @@ def rebaseline(
             connection.execute(update(table).where(stream_matches(table, key)).values(**values))
         apply_updates(connection, outcome.updates)
         record_references(connection, [(key, info)], now)
+        change_log.append(
+            connection,
+            change_log.Entry(
+                actor=requested_by,
+                action="rebaseline",
+                subject=f"{key.site_id}/{key.model_name}/{key.model_version}",
+                details={
+                    "reference_id": str(info.reference_id),
+                    "source": "upload" if events is not None else "next_events",
+                    "config_fingerprint": config.fingerprint(),
+                },
+                reason=reason,
+            ),
+            now,
+        )
     return info.model_dump(mode="json")
 
 

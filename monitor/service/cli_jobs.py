@@ -1,4 +1,5 @@
-"""The retraining commands of the `radsentry` CLI: retrain, train-initial, scheduler.
+"""The retraining and audit commands of the `radsentry` CLI: retrain, train-initial,
+scheduler, audit verify, audit export.
 
 Registered on the app by ``cli.py`` (``register_job_commands``); kept apart so that each file
 stays readable.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import signal
 import threading
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from prometheus_client import start_http_server
 from rich.console import Console
 
+from monitor.service import change_log
 from monitor.service.db import make_engine, upgrade
 from monitor.service.logging import configure_logging
 from monitor.service.settings import Settings
@@ -27,11 +31,58 @@ def _settings() -> Settings:
     return settings
 
 
+audit_app = typer.Typer(help="The change log: verify its hash chain, export it for auditors.")
+
+
 def register_job_commands(app: typer.Typer) -> None:
-    """Add the retraining commands to ``app``."""
+    """Add the retraining and audit commands to ``app``."""
     app.command()(retrain)
     app.command("train-initial")(train_initial)
     app.command()(scheduler)
+    app.add_typer(audit_app, name="audit")
+
+
+class ExportFormat(StrEnum):
+    JSON = "json"
+    CSV = "csv"
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the change log's hash chain; exit 1 naming the first entry that does not
+    match."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        result = change_log.verify(engine)
+    finally:
+        engine.dispose()
+    if not result.ok:
+        console.print(
+            f"[red]change log broken at entry {result.first_bad_seq}:[/red] {result.problem} "
+            f"({result.entries} entries before it verified)"
+        )
+        raise typer.Exit(1)
+    console.print(f"change log intact: {result.entries} entries, head {result.head_hash}")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option(help="File to write.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="JSON lines or CSV.")] = (
+        ExportFormat.JSON
+    ),
+) -> None:
+    """Write the whole change log for auditors (JSON lines or CSV, hashes included)."""
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        out.write_text(change_log.export(engine, fmt.value), encoding="utf-8")
+    finally:
+        engine.dispose()
+    console.print(f"wrote the change log to {out}")
 
 
 def retrain(
@@ -80,6 +131,25 @@ def train_initial(
     except ChampionExists as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        change_log.record(
+            engine,
+            change_log.Entry(
+                actor="train-initial",
+                action="champion.initial",
+                subject=f"{config.model_name}/version/{registered.version.version}",
+                details={
+                    "mlflow_run_id": registered.version.run_id,
+                    "manifest_sha256": registered.model.manifest.sha256(),
+                    "config_fingerprint": registered.model.config_fingerprint,
+                },
+                reason="initial model of a model without a champion",
+            ),
+        )
+    finally:
+        engine.dispose()
     result = registered.model.result
     console.print(
         f"{config.model_name} version {registered.version.version} is the champion "

@@ -340,3 +340,27 @@ class RetrainRequestRow(Base):
     model_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     """The registered model version (alias ``challenger``) the job produced."""
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ChangeLogRow(Base):
+    """One governed event in the append-only, hash-chained change log (issue 7 §4).
+
+    ``entry_hash`` = SHA-256(``prev_hash`` + canonical JSON of the entry); the first entry's
+    ``prev_hash`` is 64 zeros. On PostgreSQL triggers refuse UPDATE, DELETE and TRUNCATE.
+    """
+
+    __tablename__ = "change_log"
+    __table_args__ = (Index("ix_change_log_action", "action", "recorded_at"),)
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    plan_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))

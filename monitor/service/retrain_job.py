@@ -47,7 +47,7 @@ from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from sqlalchemy import Engine, select
 
 from monitor.events import LabelSource
-from monitor.service import retrain_store
+from monitor.service import change_log, retrain_store
 from monitor.service.db import as_utc
 from monitor.service.metrics import RETRAIN_JOB_SECONDS, RETRAIN_JOBS
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, RetrainRequestRow
@@ -166,7 +166,16 @@ def run_request(context: JobContext, row: RetrainRequestRow) -> RetrainRequestRo
             result = retrain_store.finish(context.engine, row.request_id, "pending", error=reason)
     else:
         outcome = "succeeded"
-        result = retrain_store.finish(context.engine, row.request_id, "succeeded", **columns)
+        entry = change_log.Entry(
+            actor="retrain-job",
+            action="training.run",
+            subject=f"{row.model_name}/version/{columns['model_version']}",
+            details={"request_id": str(row.request_id), **columns},
+            reason=f"retrain request by {row.requested_by}: {row.reason}"[:2000],
+        )
+        result = retrain_store.finish(
+            context.engine, row.request_id, "succeeded", log_entry=entry, **columns
+        )
         bound.info("challenger registered", model_version=result.model_version)
     RETRAIN_JOBS.labels(outcome=outcome).inc()
     RETRAIN_JOB_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
@@ -395,7 +404,16 @@ def _failed(context: JobContext, row: RetrainRequestRow, reason: str) -> Retrain
         attempts=row.attempts,
         reason=reason,
     )
-    result = retrain_store.finish(context.engine, row.request_id, "failed", error=reason)
+    entry = change_log.Entry(
+        actor="retrain-job",
+        action="retrain.failed",
+        subject=f"{row.model_name}/request/{row.request_id}",
+        details={"request_id": str(row.request_id), "attempts": row.attempts},
+        reason=reason[:2000],
+    )
+    result = retrain_store.finish(
+        context.engine, row.request_id, "failed", error=reason, log_entry=entry
+    )
     raise_failure_alert(context.engine, result, context.config.fingerprint())
     return result
 

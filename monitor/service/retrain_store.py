@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
+from monitor.service import change_log
 from monitor.service.db import as_utc
 from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
 from monitor.service.store import insert_for, table_of
@@ -43,6 +44,7 @@ def request_manual(
     row = _row(model_name, "manual", requested_by, reason, datetime.now(UTC))
     with engine.begin() as connection:
         connection.execute(table_of(RetrainRequestRow).insert().values(**row))
+        _log_request(connection, row)
     return get_request(engine, row["request_id"])
 
 
@@ -83,6 +85,7 @@ def consider_alerts(
                 index_elements=["model_name", "alert_id"]
             )
             if connection.execute(statement, row).rowcount:
+                _log_request(connection, row)
                 created.append(row["request_id"])
                 log.info(
                     "retrain requested", model_name=alert.model_name, alert_id=str(alert.alert_id)
@@ -222,9 +225,11 @@ def finish(
     status: str,
     *,
     error: str | None = None,
+    log_entry: change_log.Entry | None = None,
     **columns: Any,
 ) -> RetrainRequestRow:
-    """End an attempt: "succeeded", "failed", or back to "pending" for another attempt."""
+    """End an attempt: "succeeded", "failed", or back to "pending" for another attempt;
+    ``log_entry`` goes to the change log in the same transaction."""
     now = datetime.now(UTC)
     values: dict[str, Any] = {"status": status, "updated_at": now, "error": error, **columns}
     if status in ("succeeded", "failed"):
@@ -235,7 +240,31 @@ def finish(
             .where(RetrainRequestRow.request_id == request_id)
             .values(**values)
         )
+        if log_entry is not None:
+            change_log.append(connection, log_entry, now)
     return get_request(engine, request_id)
+
+
+def _log_request(connection: Connection, row: dict[str, Any]) -> None:
+    """The request in the change log, in the transaction that creates it."""
+    details = {"trigger": row["trigger"], "request_id": str(row["request_id"])}
+    if row["alert_id"] is not None:
+        details |= {
+            "alert_id": str(row["alert_id"]),
+            "site_id": row["site_id"],
+            "policy_fingerprint": row["policy_fingerprint"],
+        }
+    change_log.append(
+        connection,
+        change_log.Entry(
+            actor=row["requested_by"],
+            action="retrain.requested",
+            subject=f"{row['model_name']}/request/{row['request_id']}",
+            details=details,
+            reason=row["reason"],
+        ),
+        row["created_at"],
+    )
 
 
 def _row(

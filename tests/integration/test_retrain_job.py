@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, update
 
-from monitor.service import retrain_store
+from monitor.service import change_log, retrain_store
 from monitor.service.models import AlertRow, RetrainRequestRow
 from monitor.service.retrain_job import JobContext, load_cases, serve_pending
 from monitor.service.retrain_store import claim_next, consider_alerts, request_manual
@@ -142,6 +142,9 @@ def test_a_request_becomes_a_registered_challenger_with_its_lineage(
     assert record.manifest.sha256() == served.manifest_sha256
     assert record.result.model.spec == SPEC  # the champion's family, never another
     assert counter("succeeded") == before + 1
+    logged = [(e.action, e.actor) for e in change_log.entries(stored)]
+    assert logged == [("retrain.requested", "ml-ops@example.org"), ("training.run", "retrain-job")]
+    assert change_log.verify(stored).ok
     assert serve_pending(context(stored, registry, tmp_path)) == []  # nothing left to serve
 
 
@@ -173,6 +176,7 @@ def test_registry_down_retries_then_fails_visibly_with_an_alert(
     )
     assert consider_alerts(stored, policy) == []
     assert serve_pending(job) == []
+    assert [e.action for e in change_log.entries(stored)] == ["retrain.requested", "retrain.failed"]
 
 
 @pytest.mark.parametrize(

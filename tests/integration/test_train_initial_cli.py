@@ -33,6 +33,13 @@ def test_train_initial_makes_a_champion_that_simulate_scores_with(
     assert champion is not None and champion.version == "1"
     assert set(champion.aliases) == {"champion", "initial"}
 
+    verified = runner.invoke(app, ["audit", "verify"])
+    assert verified.exit_code == 0 and "1 entries" in verified.output, verified.output
+    exported = tmp_path / "data" / "audit.jsonl"
+    assert runner.invoke(app, ["audit", "export", "--out", str(exported)]).exit_code == 0
+    [logged] = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert (logged["action"], logged["subject"]) == ("champion.initial", "cxr-lesion/version/1")
+
     again = runner.invoke(app, ["train-initial", *small])
     assert again.exit_code == 1 and "already has a champion" in again.output
 
