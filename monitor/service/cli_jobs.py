@@ -11,7 +11,7 @@ import signal
 import threading
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client import start_http_server
@@ -21,6 +21,9 @@ from monitor.service import change_log
 from monitor.service.db import make_engine, upgrade
 from monitor.service.logging import configure_logging
 from monitor.service.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 console = Console(stderr=True)
 
@@ -47,15 +50,28 @@ class ExportFormat(StrEnum):
     CSV = "csv"
 
 
+PublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="PEM public key of the checkpoint signer (default: derived from the signing key).",
+    ),
+]
+
+
 @audit_app.command("verify")
-def audit_verify() -> None:
-    """Recompute the change log's hash chain; exit 1 naming the first entry that does not
-    match."""
+def audit_verify(public_key: PublicKeyOption = None) -> None:
+    """Recompute the change log's hash chain and check its signed checkpoints; exit 1 naming
+    the first entry that does not match or the checkpoint that does not hold."""
+    from monitor.service.change_log_signing import verify_checkpoints
+
     settings = _settings()
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
         result = change_log.verify(engine)
+        problems = verify_checkpoints(engine, _public_key(settings, public_key))
     finally:
         engine.dispose()
     if not result.ok:
@@ -64,7 +80,45 @@ def audit_verify() -> None:
             f"({result.entries} entries before it verified)"
         )
         raise typer.Exit(1)
+    if problems:
+        console.print("[red]checkpoints:[/red] " + "; ".join(problems))
+        raise typer.Exit(1)
     console.print(f"change log intact: {result.entries} entries, head {result.head_hash}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign the change log's head now (Ed25519; the scheduler does it daily) and print the
+    checkpoint as JSON."""
+    from monitor.service.change_log_signing import CheckpointError, checkpoint, load_or_create_key
+
+    settings = _settings()
+    key = load_or_create_key(
+        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
+    )
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        signed = checkpoint(engine, key)
+    except CheckpointError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    if signed is None:
+        console.print("nothing to sign: the log is empty or its head is already signed")
+        return
+    typer.echo(signed.to_json())
+
+
+def _public_key(settings: Settings, path: Path | None) -> Ed25519PublicKey:
+    from monitor.service.change_log_signing import load_or_create_key, load_public_key
+
+    if path is not None:
+        return load_public_key(path.read_bytes())
+    return load_or_create_key(
+        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
+    ).public_key()
 
 
 @audit_app.command("export")
@@ -191,6 +245,7 @@ def scheduler(
         refresh_s=settings.performance.refresh_s,
         retrain_scan_s=settings.retrain.scan_s,
         retrain_jobs_s=settings.retrain.jobs_s,
+        checkpoint_hour=settings.audit.checkpoint_hour,
     )
     if metrics_port:
         start_http_server(metrics_port, addr=settings.api.host)

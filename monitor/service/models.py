@@ -364,3 +364,19 @@ class ChangeLogRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ChangeLogCheckpointRow(Base):
+    """A signed checkpoint: Ed25519 over ``"{seq}:{head_hash}"`` (``change_log_signing``)."""
+
+    __tablename__ = "change_log_checkpoints"
+
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    head_hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(Timestamp)
+    key_id: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the raw public key: which key signed."""
+    signature: Mapped[str] = mapped_column(String(128))
+    """Hex of the 64-byte Ed25519 signature."""

@@ -99,10 +99,11 @@ def default_jobs(
     report_grace_s: int = 3600,
     retrain_scan_s: float = 300.0,
     retrain_jobs_s: float = 60.0,
+    checkpoint_hour: int = 1,
 ) -> list[JobSpec]:
     """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan, the
-    retraining job and the nightly drift reports. Extend by appending specs; ids must stay
-    stable."""
+    retraining job, the nightly drift reports and the daily signed change-log checkpoint.
+    Extend by appending specs; ids must stay stable."""
     return [
         JobSpec(
             id="retrain-requests",
@@ -124,6 +125,13 @@ def default_jobs(
             trigger="interval",
             trigger_args={"seconds": refresh_s},
             misfire_grace_time=refresh_grace_s,
+        ),
+        JobSpec(
+            id="audit-checkpoint",
+            func_ref="monitor.service.jobs:audit_checkpoint_job",
+            trigger="cron",
+            trigger_args={"hour": checkpoint_hour, "minute": 0},
+            misfire_grace_time=report_grace_s,
         ),
         JobSpec(
             id="nightly-drift-reports",

@@ -116,6 +116,17 @@ class RetrainSettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    """The change log's signed checkpoints (monitor/service/change_log_signing.py)."""
+
+    signing_key_file: Path | None = Field(
+        None,
+        description="PEM Ed25519 private key that signs checkpoints (mounted secret in "
+        "production); None: a key created once under data_dir (embedded default).",
+    )
+    checkpoint_hour: int = Field(1, ge=0, le=23, description="UTC hour of the daily checkpoint.")
+
+
 class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool = Field(False, description="JSON lines (production) instead of console.")
@@ -136,6 +147,7 @@ class Settings(BaseSettings):
     performance: PerformanceSettings = PerformanceSettings()
     retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowConfig = MlflowConfig()
+    audit: AuditSettings = AuditSettings()
 
     @property
     def database_url(self) -> str:
@@ -154,6 +166,11 @@ class Settings(BaseSettings):
     def mlflow_artifact_location(self) -> Path | None:
         """Where the embedded store keeps artifacts; a server decides for itself (None)."""
         return None if self.mlflow.tracking_uri else (self.data_dir / "mlartifacts").resolve()
+
+    @property
+    def audit_signing_key_path(self) -> Path:
+        """The configured signing key, or the embedded default's under ``data_dir``."""
+        return self.audit.signing_key_file or (self.data_dir / "audit-signing.key").resolve()
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -7,14 +7,25 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from monitor.service.change_log import GENESIS, Entry, export, record, verify
+from monitor.service.change_log import GENESIS, Entry, entries, entry_hash, export, record, verify
+from monitor.service.change_log_signing import (
+    CheckpointError,
+    checkpoint,
+    load_or_create_key,
+    load_public_key,
+    verify_checkpoint_offline,
+    verify_checkpoints,
+)
 from monitor.service.db import make_engine, upgrade
+from monitor.service.models import ChangeLogRow
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +147,64 @@ def test_the_embedded_sqlite_log_chains_and_verifies(tmp_path: Path) -> None:
         assert (result.ok, result.first_bad_seq) == (False, 2)
     finally:
         engine.dispose()
+
+
+def test_checkpoints_sign_the_head_and_catch_a_rewritten_log(
+    logged: Engine, tmp_path: Path
+) -> None:
+    key = load_or_create_key(tmp_path / "signing.key", create=True)
+    public = load_public_key((tmp_path / "signing.pub").read_bytes())
+    signed = checkpoint(logged, key)
+    assert signed is not None and (signed.seq, signed.head_hash) == (10, verify(logged).head_hash)
+    assert checkpoint(logged, key) is None  # the head is already signed
+    assert verify_checkpoints(logged, public) == []
+
+    # Offline: the checkpoint, the public key and an export are enough.
+    exported = export(logged, "json").splitlines()
+    assert verify_checkpoint_offline(signed, public, exported) == []
+    other = Ed25519PrivateKey.generate().public_key()
+    assert any("another key" in p for p in verify_checkpoint_offline(signed, other, exported))
+    forged = replace(signed, head_hash="b" * 64)
+    assert any("signature" in p for p in verify_checkpoint_offline(forged, public, exported))
+
+    # Someone rewrites entry 4 and recomputes every hash after it: the chain verifies again,
+    # but the signed head no longer matches.
+    rewrite_from(logged, 4, reason="rewritten")
+    assert verify(logged).ok
+    assert any("not the signed one" in p for p in verify_checkpoints(logged, public))
+    rewritten = export(logged, "json").splitlines()
+    assert verify_checkpoint_offline(signed, public, rewritten) != []
+
+
+def test_a_broken_chain_is_never_signed(logged: Engine, tmp_path: Path) -> None:
+    untriggered(logged, "UPDATE change_log SET reason = 'edited' WHERE seq = 2")
+    key = load_or_create_key(tmp_path / "signing.key", create=True)
+    with pytest.raises(CheckpointError, match="broken at entry 2"):
+        checkpoint(logged, key)
+    with pytest.raises(CheckpointError, match="no signing key"):
+        load_or_create_key(tmp_path / "missing.key", create=False)
+
+
+def rewrite_from(engine: Engine, seq: int, reason: str) -> None:
+    """What an attacker with the database owner's rights could do: edit an entry and recompute
+    the hash of it and of every entry after it."""
+    rows = list(entries(engine))
+    prev_hash = rows[seq - 2].entry_hash if seq > 1 else GENESIS
+    trigger = "change_log_no_update_delete"
+    with engine.begin() as connection:
+        connection.execute(text(f"ALTER TABLE change_log DISABLE TRIGGER {trigger}"))
+        for row in rows[seq - 1 :]:
+            fields = {c.name: getattr(row, c.name) for c in ChangeLogRow.__table__.columns}
+            if row.seq == seq:
+                fields["reason"] = reason
+            fields["prev_hash"] = prev_hash
+            fields["entry_hash"] = entry_hash(prev_hash, fields)
+            connection.execute(
+                text(
+                    "UPDATE change_log SET reason = :reason, prev_hash = :prev_hash, "
+                    "entry_hash = :entry_hash WHERE seq = :seq"
+                ),
+                fields,
+            )
+            prev_hash = fields["entry_hash"]
+        connection.execute(text(f"ALTER TABLE change_log ENABLE TRIGGER {trigger}"))

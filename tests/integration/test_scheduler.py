@@ -181,6 +181,7 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
         "retrain-triggers",
         "retrain-requests",
         "nightly-drift-reports",
+        "audit-checkpoint",
     }
     assert datetime.fromtimestamp(first["nightly-drift-reports"], UTC).hour == 2
 

@@ -33,6 +33,10 @@ def test_train_initial_makes_a_champion_that_simulate_scores_with(
     assert champion is not None and champion.version == "1"
     assert set(champion.aliases) == {"champion", "initial"}
 
+    signed = runner.invoke(app, ["audit", "checkpoint"])
+    assert signed.exit_code == 0, signed.output
+    assert json.loads(signed.stdout)["seq"] == 1
+    assert (tmp_path / "data" / "audit-signing.pub").exists()
     verified = runner.invoke(app, ["audit", "verify"])
     assert verified.exit_code == 0 and "1 entries" in verified.output, verified.output
     exported = tmp_path / "data" / "audit.jsonl"
@@ -59,3 +63,4 @@ def test_train_initial_makes_a_champion_that_simulate_scores_with(
     versions = {json.loads(line).get("model_version") for line in out.read_text().splitlines()}
     assert "1" not in versions
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "events.jsonl"]
+    assert (tmp_path / "data" / "audit-signing.key").stat().st_mode & 0o077 == 0
