@@ -1,5 +1,8 @@
 """Labelled cases to training tensors: each image read once, in parallel, in the cases' order.
 
+``load_dataset`` is what the retraining job and ``train-initial`` both call: the tensors, then
+the split and manifest built from the same reads.
+
 ``tensors_for`` fetches every case's image (``retrain.images.fetch_image``: the edge
 extractor's decoding, then resizing) on a thread pool, and returns the stacked images, the label
 matrix and each study's content hash, which the data set manifest records
@@ -18,7 +21,14 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from retrain.dataset import DatasetError, LabelledCase
+from retrain.dataset import (
+    Dataset,
+    DatasetError,
+    LabelledCase,
+    LockedTestSet,
+    assemble,
+    check_locked,
+)
 from retrain.images import DicomWebSource, FetchedImage, ImageError, fetch_image
 
 
@@ -80,6 +90,56 @@ def tensors_for(
         labels=torch.from_numpy(labels),
         content_sha256=hashes,
     )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """An assembled data set and the tensors of its studies."""
+
+    dataset: Dataset
+    tensors: CaseTensors
+
+    def train_side(self) -> tuple[Tensor, Tensor]:
+        return self.tensors.select(case.study_key for case in self.dataset.split.train)
+
+    def validation_side(self) -> tuple[Tensor, Tensor]:
+        return self.tensors.select(case.study_key for case in self.dataset.split.validation)
+
+
+def load_dataset(
+    cases: Sequence[LabelledCase],
+    locked: LockedTestSet,
+    findings: tuple[str, ...],
+    size: int,
+    *,
+    seed: int,
+    validation_share: float,
+    workers: int = 4,
+    dicomweb: DicomWebSource | None = None,
+) -> TrainingData:
+    """Read every usable case's image once (:func:`tensors_for`), then split the cases and
+    describe them (``retrain.dataset.assemble``) with the content hashes of those reads.
+
+    The locked test set is checked before any image is read; a split with an empty side raises
+    :class:`DatasetError`. Cases without a ``dicom_uri`` are dropped and counted by ``assemble``.
+    """
+    usable = [case for case in cases if case.dicom_uri is not None]
+    check_locked(usable, locked)
+    tensors = tensors_for(usable, findings, size, workers=workers, dicomweb=dicomweb)
+    uri_hash = {case.dicom_uri: tensors.content_sha256[case.study_key] for case in usable}
+    dataset = assemble(
+        cases,
+        locked,
+        seed=seed,
+        content_sha256=lambda uri: uri_hash[uri],
+        validation_share=validation_share,
+    )
+    if not dataset.split.train or not dataset.split.validation:
+        raise DatasetError(
+            "the split left the train or the validation side empty: more labelled studies "
+            "are needed"
+        )
+    return TrainingData(dataset, tensors)
 
 
 def _label_matrix(

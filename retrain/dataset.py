@@ -270,8 +270,7 @@ def assemble(
     candidates = list(cases)
     usable = [case for case in candidates if case.dicom_uri is not None]
     _check_cases(usable)
-    if overlap := {case.study_key for case in usable} & locked.study_keys:
-        raise LockedTestOverlapError(overlap)
+    check_locked(usable, locked)
     split = split_cases(usable, seed=seed, validation_share=validation_share)
     sides = [(Side.TRAIN, split.train), (Side.VALIDATION, split.validation)]
     manifest = DatasetManifest(
@@ -285,6 +284,12 @@ def assemble(
         ),
     )
     return Dataset(split, manifest)
+
+
+def check_locked(cases: Iterable[LabelledCase], locked: LockedTestSet) -> None:
+    """:class:`LockedTestOverlapError` if any case is in the locked test set."""
+    if overlap := {case.study_key for case in cases} & locked.study_keys:
+        raise LockedTestOverlapError(overlap)
 
 
 def _check_cases(cases: list[LabelledCase]) -> None:

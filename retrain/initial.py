@@ -30,8 +30,8 @@ from monitor.drift.base import DetectorConfig
 from monitor.events import Identifier, InferenceEvent, LabelEvent
 from monitor.simulate import FINDING, SimulationConfig, simulate
 from retrain.config import TrainConfig
-from retrain.data import tensors_for
-from retrain.dataset import DatasetError, DatasetManifest, LabelledCase, LockedTestSet, assemble
+from retrain.data import load_dataset, tensors_for
+from retrain.dataset import DatasetManifest, LabelledCase, LockedTestSet
 from retrain.images import DicomWebSource
 from retrain.model import ModelSpec, TrainedModel, predict
 from retrain.train import TrainResult, train
@@ -204,27 +204,22 @@ def train_initial(
     ``locked`` is the PCCP locked test set (empty by default); a case in it is an error
     (``LockedTestOverlapError``). Checkpoints go to ``workdir / "checkpoints"``.
     """
-    usable = [case for case in cases if case.dicom_uri is not None]
     spec = config.spec
-    tensors = tensors_for(
-        usable, spec.findings, spec.input_size, workers=config.image_workers, dicomweb=dicomweb
-    )
-    uri_hash = {case.dicom_uri: tensors.content_sha256[case.study_key] for case in usable}
-    dataset = assemble(
+    data = load_dataset(
         cases,
         locked if locked is not None else LockedTestSet.from_keys([]),
+        spec.findings,
+        spec.input_size,
         seed=config.seed,
-        content_sha256=lambda uri: uri_hash[uri],
         validation_share=config.validation_share,
+        workers=config.image_workers,
+        dicomweb=dicomweb,
     )
-    split = dataset.split
-    if not split.train or not split.validation:
-        raise DatasetError("the cohort is too small to give both a train and a validation side")
     result = train(
         spec,
         config.train,
-        tensors.select(case.study_key for case in split.train),
-        tensors.select(case.study_key for case in split.validation),
+        data.train_side(),
+        data.validation_side(),
         checkpoint_dir=workdir / "checkpoints",
         progress=progress,
     )
@@ -233,7 +228,7 @@ def train_initial(
         if test_cases
         else None
     )
-    return InitialModel(result, dataset.manifest, test, config.fingerprint())
+    return InitialModel(result, data.dataset.manifest, test, config.fingerprint())
 
 
 def evaluate(

@@ -9,9 +9,10 @@ heartbeat):
    :class:`~retrain.dataset.LabelledCase` per study;
 3. **champion**: the registry's ``champion`` version fixes the model family (the candidate keeps
    its spec; training may change weights and threshold only) and, by default, the start weights;
-4. **dataset**: ``retrain.dataset.assemble`` splits by study and keeps the PCCP locked test set
-   out (an overlap fails the job); each image is read once, through the edge's pixel pipeline,
-   for both its content hash and its training tensor; the manifest is written beside the
+4. **dataset**: ``retrain.data.load_dataset`` (shared with ``train-initial``) keeps the PCCP
+   locked test set out (an overlap fails the job before any image is read), reads each image
+   once, on ``image_workers`` threads, through the edge's pixel pipeline, for both its content
+   hash and its training tensor, and splits by study; the manifest is written beside the
    checkpoints and its hash recorded;
 5. **training**: seeded, early-stopped, calibrated; checkpoints under ``work_dir/<request>/``, so
    a job that dies resumes where it stopped on its next attempt;
@@ -34,7 +35,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,13 +54,13 @@ from monitor.service.metrics import RETRAIN_JOB_SECONDS, RETRAIN_JOBS
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, RetrainRequestRow
 from monitor.service.store import insert_for, table_of
 from retrain.config import JobConfig
+from retrain.data import load_dataset
 from retrain.dataset import (
     DatasetError,
     LabelledCase,
     LockedTestSet,
-    assemble,
 )
-from retrain.images import DicomWebSource, fetch_image
+from retrain.images import DicomWebSource
 from retrain.model import TrainedModel, predict
 from retrain.tracking import CHALLENGER, CHAMPION, RegisteredVersion, RunRecord
 from retrain.train import EpochMetrics, TrainResult, train
@@ -101,27 +102,6 @@ class Cases:
     cases: list[LabelledCase]
     incomplete: int = 0
     """Studies without a label in force for every finding of the spec."""
-
-
-@dataclass
-class _Images:
-    """Each image read once: its training pixels by URI, filled while hashing for the manifest."""
-
-    size: int
-    dicomweb: DicomWebSource | None
-    pixels: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
-
-    def content_sha256(self, uri: str) -> str:
-        fetched = fetch_image(uri, self.size, self.dicomweb)
-        self.pixels[uri] = fetched.pixels
-        return fetched.content_sha256
-
-    def batch(
-        self, cases: Sequence[LabelledCase], findings: Sequence[str]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = np.stack([self.pixels[str(case.dicom_uri)] for case in cases])[:, None]
-        labels = np.array([[case.labels[f] for f in findings] for case in cases], np.float32)
-        return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def serve_pending(context: JobContext, limit: int | None = None) -> list[RetrainRequestRow]:
@@ -205,16 +185,17 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
         )
     progress(stage="images", cases=len(found.cases), incomplete_labels=found.incomplete)
 
-    images = _Images(spec.input_size, context.dicomweb)
-    dataset = assemble(
+    data = load_dataset(
         found.cases,
         _locked_test_set(config),
+        spec.findings,
+        spec.input_size,
         seed=config.split_seed,
-        content_sha256=images.content_sha256,
         validation_share=config.validation_share,
+        workers=config.image_workers,
+        dicomweb=context.dicomweb,
     )
-    if not dataset.split.train or not dataset.split.validation:
-        raise JobFailed("the split left one side empty; more labelled studies are needed")
+    dataset = data.dataset
     folder = context.work_dir / str(row.request_id)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_sha256 = dataset.manifest.write(folder / "manifest.json")
@@ -227,8 +208,8 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
         max_epochs=config.train.max_epochs,
     )
 
-    train_x, train_y = images.batch(dataset.split.train, spec.findings)
-    val_x, val_y = images.batch(dataset.split.validation, spec.findings)
+    train_x, train_y = data.train_side()
+    val_x, val_y = data.validation_side()
 
     def on_epoch(metrics: EpochMetrics) -> None:
         progress(epoch=metrics.epoch, val_loss=round(metrics.val_loss, 6))
