@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from sqlalchemy import Engine, select
 
 from monitor.service.change_log import GENESIS, entry_hash, verify
 from monitor.service.models import ChangeLogCheckpointRow, ChangeLogRow
+from monitor.service.settings import Settings
 from monitor.service.store import table_of
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,7 @@ class Checkpoint:
     signature: str
 
     def message(self) -> bytes:
-        return f"{self.seq}:{self.head_hash}".encode("ascii")
+        return _message(self.seq, self.head_hash)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -87,6 +88,14 @@ def load_or_create_key(path: Path, *, create: bool) -> Ed25519PrivateKey:
     return loaded
 
 
+def signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The configured signing key; on embedded defaults, the one under ``data_dir`` (created
+    on first use). A configured key that is missing is an error, never replaced."""
+    return load_or_create_key(
+        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
+    )
+
+
 def public_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -116,25 +125,14 @@ def checkpoint(engine: Engine, key: Ed25519PrivateKey) -> Checkpoint | None:
             select(ChangeLogCheckpointRow.seq).where(ChangeLogCheckpointRow.seq == result.entries)
         ):
             return None
-        unsigned = Checkpoint(result.entries, result.head_hash, datetime.now(UTC), "", "")
         signed = Checkpoint(
-            seq=unsigned.seq,
-            head_hash=unsigned.head_hash,
-            signed_at=unsigned.signed_at,
+            seq=result.entries,
+            head_hash=result.head_hash,
+            signed_at=datetime.now(UTC),
             key_id=key_id(key.public_key()),
-            signature=key.sign(unsigned.message()).hex(),
+            signature=key.sign(_message(result.entries, result.head_hash)).hex(),
         )
-        connection.execute(
-            table_of(ChangeLogCheckpointRow)
-            .insert()
-            .values(
-                seq=signed.seq,
-                head_hash=signed.head_hash,
-                signed_at=signed.signed_at,
-                key_id=signed.key_id,
-                signature=signed.signature,
-            )
-        )
+        connection.execute(table_of(ChangeLogCheckpointRow).insert().values(**asdict(signed)))
     log.info("change log checkpoint signed", seq=signed.seq)
     return signed
 
@@ -173,6 +171,11 @@ def verify_checkpoint_offline(
             return [f"the export's chain breaks at entry {entry['seq']}"]
         prev_hash = entry["entry_hash"]
     return _check(point, public_key, prev_hash)
+
+
+def _message(seq: int, head_hash: str) -> bytes:
+    """What a checkpoint signs."""
+    return f"{seq}:{head_hash}".encode("ascii")
 
 
 def _check(point: Checkpoint, public_key: Ed25519PublicKey, head: str | None) -> list[str]:

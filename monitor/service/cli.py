@@ -24,12 +24,12 @@ from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
 from monitor.service.jobs import start_jobs
 from monitor.service.kafka import make_consumer, make_producer
-from monitor.service.logging import configure_logging
 from monitor.service.runtime import (
     BrokerNotFound,
     ConsumerThread,
     configured_bootstrap,
     edge_key,
+    load_settings,
     require_bootstrap,
     start_broker_if_needed,
 )
@@ -51,16 +51,10 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    configure_logging(settings.logging)
-    return settings
-
-
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic) to the latest revision."""
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     upgrade(engine)
     console.print(f"database at revision head: {engine.url.render_as_string(hide_password=True)}")
@@ -83,7 +77,7 @@ def serve(
 ) -> None:
     """Run the API (and by default the consumer). Starts the bundled broker if no cluster is
     configured and none is running."""
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     if migrate_db:
         upgrade(engine)
@@ -113,7 +107,7 @@ def serve(
 def consume() -> None:
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions)."""
-    settings = _settings()
+    settings = load_settings()
     try:
         bootstrap = require_bootstrap(settings)
     except BrokerNotFound as exc:
@@ -168,7 +162,7 @@ def broker(
     """Run the bundled Kafka-protocol broker in the foreground (development and tests)."""
     from monitor.service.broker import EmbeddedBroker
 
-    settings = _settings()
+    settings = load_settings()
     if configured_bootstrap(settings):
         console.print("a broker is already configured or running; nothing to do")
         raise typer.Exit(1)
@@ -192,7 +186,7 @@ def extract(
     """
     from monitor.service.edge import extract_paths
 
-    settings = _settings()
+    settings = load_settings()
     failures = 0
     total = 0
     for line, ok in extract_paths(paths, edge_key(settings)):
@@ -305,7 +299,7 @@ def simulate(
     from monitor.service.simulation import output_dir, publish_simulation, write_jsonl
     from monitor.simulate import simulate as simulated_events
 
-    settings = _settings()
+    settings = load_settings()
     config = _simulation_config(sites, studies, seed, change_site, change_at, start, change_from)
     scorer = _scorer(settings, scores, config.model_name)
     console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
@@ -341,7 +335,7 @@ def demo(
     simulated sites with a scanner change at one of them. Ctrl-C stops everything."""
     from monitor.service.demo import run_demo
 
-    settings = _settings()
+    settings = load_settings()
     config = _simulation_config(sites, studies, seed, change_site, change_at, None)
     scorer = _scorer(settings, scores, config.model_name)
     code = run_demo(
@@ -439,7 +433,7 @@ def _backtest_with_labels(
             labels,
             out,
             config=engine_config,
-            performance=_settings().performance,
+            performance=load_settings().performance,
             reference_path=reference,
             strict=strict,
         )
@@ -469,7 +463,7 @@ def report(
     from monitor.service.alerts_store import StreamNotFound
     from monitor.service.site_report import site_report
 
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         key, html = site_report(

@@ -19,19 +19,13 @@ from rich.console import Console
 
 from monitor.service import change_log
 from monitor.service.db import make_engine, upgrade
-from monitor.service.logging import configure_logging
+from monitor.service.runtime import load_settings
 from monitor.service.settings import Settings
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 console = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    settings = Settings()
-    configure_logging(settings.logging)
-    return settings
 
 
 audit_app = typer.Typer(help="The change log: verify its hash chain, export it for auditors.")
@@ -66,7 +60,7 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
     the first entry that does not match or the checkpoint that does not hold."""
     from monitor.service.change_log_signing import verify_checkpoints
 
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -90,12 +84,10 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
 def audit_checkpoint() -> None:
     """Sign the change log's head now (Ed25519; the scheduler does it daily) and print the
     checkpoint as JSON."""
-    from monitor.service.change_log_signing import CheckpointError, checkpoint, load_or_create_key
+    from monitor.service.change_log_signing import CheckpointError, checkpoint, signing_key
 
-    settings = _settings()
-    key = load_or_create_key(
-        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
-    )
+    settings = load_settings()
+    key = signing_key(settings)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -112,13 +104,11 @@ def audit_checkpoint() -> None:
 
 
 def _public_key(settings: Settings, path: Path | None) -> Ed25519PublicKey:
-    from monitor.service.change_log_signing import load_or_create_key, load_public_key
+    from monitor.service.change_log_signing import load_public_key, signing_key
 
     if path is not None:
         return load_public_key(path.read_bytes())
-    return load_or_create_key(
-        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
-    ).public_key()
+    return signing_key(settings).public_key()
 
 
 @audit_app.command("export")
@@ -129,7 +119,7 @@ def audit_export(
     ),
 ) -> None:
     """Write the whole change log for auditors (JSON lines or CSV, hashes included)."""
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -148,7 +138,7 @@ def retrain(
     the retraining job serves pending requests. Which model serves does not change."""
     from monitor.service.retrain_store import request_manual
 
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
@@ -171,7 +161,7 @@ def train_initial(
     from monitor.service.registry import ChampionExists, register_initial
     from retrain.initial import InitialConfig
 
-    settings = _settings()
+    settings = load_settings()
     config = InitialConfig(
         seed=seed, sites=sites, studies_per_site=studies, test_studies_per_site=test_studies
     )
@@ -231,7 +221,7 @@ def scheduler(
     `serve --no-jobs` beside it."""
     from monitor.service.scheduler import default_jobs, run_scheduler
 
-    settings = _settings()
+    settings = load_settings()
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)

@@ -100,13 +100,10 @@ def retrain_requests_job(database_url: str | None = None) -> None:
 
 def sign_change_log(engine: Engine, settings: Settings) -> None:
     """Sign the change log's head (a no-op when it is already signed or empty)."""
-    from monitor.service.change_log_signing import checkpoint, load_or_create_key
+    from monitor.service.change_log_signing import checkpoint, signing_key
 
     try:
-        key = load_or_create_key(
-            settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
-        )
-        checkpoint(engine, key)
+        checkpoint(engine, signing_key(settings))
     except Exception:
         # Boundary: a broken chain or a missing key is logged loudly; the next run retries.
         log.exception("change log checkpoint failed")

@@ -13,6 +13,7 @@ from monitor.service.broker import EmbeddedBroker, running_embedded_broker
 from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor, IngestStats
 from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
+from monitor.service.logging import configure_logging
 from monitor.service.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -22,6 +23,13 @@ EDGE_KEY_FILE = "edge-hmac.key"
 
 class BrokerNotFound(RuntimeError):
     """No bootstrap servers are configured and no bundled broker is running."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, with logging configured from them (every command)."""
+    settings = Settings()
+    configure_logging(settings.logging)
+    return settings
 
 
 def configured_bootstrap(settings: Settings) -> list[str] | None:
