@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from monitor.events import DicomMetadata, InferenceEvent, LabelEvent, LabelSource, Prediction
+from retrain.dataset import LabelledCase
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -47,3 +48,27 @@ def label_event(n: int, site_id: str = "site-01", label: int = 1) -> LabelEvent:
         labels={"lesion": label},
         source=LabelSource.RADIOLOGIST,
     )
+
+
+def labelled_cases(count: int, start: int = 0, sites: int = 3) -> list[LabelledCase]:
+    """Labelled cases ``start .. start + count - 1`` spread over ``sites`` sites, alternating
+    labels, pointing at image files that do not exist (hash them with ``fake_content_hash``)."""
+    moment = datetime(2026, 11, 1, tzinfo=UTC)
+    return [
+        LabelledCase(
+            study_key=f"{i:064x}",
+            site_id=f"site-{i % sites + 1:02d}",
+            model_name="cxr-lesion",
+            labels={"lesion": i % 2},
+            label_source=LabelSource.RADIOLOGIST,
+            predicted_at=moment,
+            labelled_at=moment,
+            dicom_uri=f"file:///studies/{i}.dcm",
+        )
+        for i in range(start, start + count)
+    ]
+
+
+def fake_content_hash(uri: str) -> str:
+    """Stands in for image hashing where the cases point at no real file."""
+    return hashlib.sha256(uri.encode()).hexdigest()

@@ -13,7 +13,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
@@ -23,13 +22,13 @@ import torch
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from monitor.events import LabelSource
 from retrain.config import MlflowConfig, TrainConfig
-from retrain.dataset import DatasetManifest, LabelledCase, LockedTestSet, assemble
+from retrain.dataset import DatasetManifest, LockedTestSet, assemble
 from retrain.model import ModelSpec, TrainedModel, predict
 from retrain.tracking import RegisteredVersion, Registry, RunRecord, TrackingError
 from retrain.tracking_content import run_params
 from retrain.train import TrainResult, train
+from tests.factories import fake_content_hash, labelled_cases
 from tests.mlflow_server import free_port
 
 pytestmark = [
@@ -73,26 +72,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 
 @pytest.fixture(scope="module")
 def manifest() -> DatasetManifest:
-    moment = datetime(2026, 11, 1, tzinfo=UTC)
-    cases = [
-        LabelledCase(
-            study_key=f"{i:064x}",
-            site_id=f"site-{i % 2 + 1:02d}",
-            model_name="cxr-lesion",
-            labels={"lesion": i % 2},
-            label_source=LabelSource.RADIOLOGIST,
-            predicted_at=moment,
-            labelled_at=moment,
-            dicom_uri=f"file:///studies/{i}.dcm",
-        )
-        for i in range(12)
-    ]
-    return assemble(cases, LockedTestSet.from_keys([]), seed=0, content_sha256=_fake_hash).manifest
-
-
-def _fake_hash(uri: str) -> str:
-    """Stands in for image hashing where the cases point at no real file."""
-    return hashlib.sha256(uri.encode()).hexdigest()
+    cases = labelled_cases(12, sites=2)
+    return assemble(
+        cases, LockedTestSet.from_keys([]), seed=0, content_sha256=fake_content_hash
+    ).manifest
 
 
 def make_record(

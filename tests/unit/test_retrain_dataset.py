@@ -7,7 +7,6 @@ inference and label events joined by study key, as the runtime joins them in the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ import pydicom
 import pytest
 
 from monitor.dicom.pixels import decode_frames, pixel_statistics, value_histogram
-from monitor.events import InferenceEvent, LabelEvent, LabelSource
+from monitor.events import InferenceEvent, LabelEvent
 from monitor.simulate import SimulationConfig, simulate
 from retrain.dataset import (
     DatasetManifest,
@@ -32,6 +31,7 @@ from retrain.dataset import (
     split_cases,
 )
 from retrain.images import ImageError, load_image, modality_values, uri_content_sha256
+from tests.factories import fake_content_hash, labelled_cases
 
 SEED = 7
 
@@ -82,53 +82,31 @@ def cases(events: list[InferenceEvent | LabelEvent]) -> list[LabelledCase]:
     return join_cases(events)
 
 
-def _synthetic(count: int, start: int = 0) -> list[LabelledCase]:
-    moment = datetime(2026, 11, 1, tzinfo=UTC)
-    return [
-        LabelledCase(
-            study_key=f"{i:064x}",
-            site_id=f"site-{i % 3 + 1:02d}",
-            model_name="cxr-lesion",
-            labels={"lesion": i % 2},
-            label_source=LabelSource.RADIOLOGIST,
-            predicted_at=moment,
-            labelled_at=moment,
-            dicom_uri=f"file:///studies/{i}.dcm",
-        )
-        for i in range(start, start + count)
-    ]
-
-
-def _fake_hash(uri: str) -> str:
-    """Stands in for image hashing where the cases point at no real file."""
-    return hashlib.sha256(uri.encode()).hexdigest()
-
-
 def test_split_is_deterministic_and_stable_when_cases_are_added() -> None:
-    first = split_cases(_synthetic(200), seed=SEED)
-    grown = split_cases(_synthetic(400), seed=SEED)
+    first = split_cases(labelled_cases(200), seed=SEED)
+    grown = split_cases(labelled_cases(400), seed=SEED)
     side_before = {c.study_key: Side.TRAIN for c in first.train}
     side_before |= {c.study_key: Side.VALIDATION for c in first.validation}
     side_after = {c.study_key: Side.TRAIN for c in grown.train}
     side_after |= {c.study_key: Side.VALIDATION for c in grown.validation}
     assert all(side_after[key] == side for key, side in side_before.items())
     assert 0.12 < len(grown.validation) / 400 < 0.28
-    assert split_cases(reversed(_synthetic(200)), seed=SEED) == first
-    assert split_cases(_synthetic(200), seed=SEED + 1) != first
+    assert split_cases(reversed(labelled_cases(200)), seed=SEED) == first
+    assert split_cases(labelled_cases(200), seed=SEED + 1) != first
 
 
 def test_overlap_with_the_locked_test_set_fails_the_job_and_says_how_many() -> None:
-    cases = _synthetic(20)
+    cases = labelled_cases(20)
     locked = LockedTestSet.from_keys(c.study_key for c in cases[:4])
     with pytest.raises(LockedTestOverlapError, match=r"^4 studies are in the locked test set"):
-        assemble(cases, locked, seed=SEED, content_sha256=_fake_hash)
-    clean = assemble(cases[4:], locked, seed=SEED, content_sha256=_fake_hash)
+        assemble(cases, locked, seed=SEED, content_sha256=fake_content_hash)
+    clean = assemble(cases[4:], locked, seed=SEED, content_sha256=fake_content_hash)
     assert clean.manifest.locked_test_sha256 == locked.sha256
 
 
 def test_tampered_locked_test_manifest_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "locked.json"
-    locked = LockedTestSet.from_keys(c.study_key for c in _synthetic(5))
+    locked = LockedTestSet.from_keys(c.study_key for c in labelled_cases(5))
     locked.write(path)
     assert LockedTestSet.load(path) == locked
     document = json.loads(path.read_text())
@@ -142,16 +120,16 @@ def test_tampered_locked_test_manifest_is_refused(tmp_path: Path) -> None:
 
 
 def test_manifest_hash_ignores_input_order_and_follows_a_label_change() -> None:
-    cases = _synthetic(30)
+    cases = labelled_cases(30)
     locked = LockedTestSet.from_keys([])
-    reference = assemble(cases, locked, seed=SEED, content_sha256=_fake_hash).manifest
+    reference = assemble(cases, locked, seed=SEED, content_sha256=fake_content_hash).manifest
     shuffled = cases[:]
     random.Random(3).shuffle(shuffled)
-    again = assemble(shuffled, locked, seed=SEED, content_sha256=_fake_hash).manifest
+    again = assemble(shuffled, locked, seed=SEED, content_sha256=fake_content_hash).manifest
     assert again.sha256() == reference.sha256()
     relabelled = [dataclasses.replace(cases[0], labels={"lesion": 1 - cases[0].labels["lesion"]})]
     changed = assemble(
-        relabelled + cases[1:], locked, seed=SEED, content_sha256=_fake_hash
+        relabelled + cases[1:], locked, seed=SEED, content_sha256=fake_content_hash
     ).manifest
     assert changed.sha256() != reference.sha256()
     totals = reference.totals_by_split
@@ -160,9 +138,11 @@ def test_manifest_hash_ignores_input_order_and_follows_a_label_change() -> None:
 
 
 def test_cases_without_a_dicom_uri_are_dropped_and_counted() -> None:
-    cases = _synthetic(10)
+    cases = labelled_cases(10)
     cases[2:5] = [dataclasses.replace(c, dicom_uri=None) for c in cases[2:5]]
-    dataset = assemble(cases, LockedTestSet.from_keys([]), seed=SEED, content_sha256=_fake_hash)
+    dataset = assemble(
+        cases, LockedTestSet.from_keys([]), seed=SEED, content_sha256=fake_content_hash
+    )
     assert dataset.dropped_without_uri == 3
     assert len(dataset.manifest.cases) == 7
 
