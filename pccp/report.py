@@ -1,0 +1,126 @@
+"""The evidence of a PCCP gate run as data (issue 7 §2): what :func:`pccp.gate.build_report`
+fills and :mod:`pccp.evidence` renders, stored as JSON on the candidate and in MLflow.
+
+Aggregates only: per-criterion decisions with their numbers, per-group point estimates, ROC
+points and reliability bins of both models. No study key is ever in a report.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from pccp.plan import Metric
+
+Number = float | int | str | None
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GroupRow(_Frozen):
+    """One group of a group criterion (``group_minimum``, ``regressions``)."""
+
+    field: str
+    value: str
+    cases: int
+    positives: int
+    candidate: float | None
+    champion: float | None
+    evaluated: bool
+    passed: bool | None
+    """None when not evaluated."""
+    note: str = ""
+    """Why a group was not evaluated."""
+
+
+class CriterionResult(_Frozen):
+    """The decision on one criterion, with every number it used."""
+
+    id: str
+    kind: str
+    description: str
+    passed: bool
+    numbers: dict[str, Number]
+    detail: str
+    groups: list[GroupRow] = []
+
+
+class PointMetrics(_Frozen):
+    auroc: float | None
+    sensitivity: float | None
+    specificity: float | None
+
+    def of(self, metric: Metric) -> float | None:
+        return {
+            "auroc": self.auroc,
+            "sensitivity": self.sensitivity,
+            "specificity": self.specificity,
+        }[metric]
+
+
+class GroupMetrics(_Frozen):
+    """One value of one group field: point estimates of both models (None without a class)."""
+
+    field: str
+    value: str
+    cases: int
+    positives: int
+    candidate: PointMetrics
+    champion: PointMetrics
+
+    @property
+    def both_classes(self) -> bool:
+        return 0 < self.positives < self.cases
+
+
+class ReliabilityRow(_Frozen):
+    lower: float
+    upper: float
+    count: int
+    mean_score: float | None
+    observed_rate: float | None
+
+
+class ModelSummary(_Frozen):
+    """One model on the whole locked test set, with its curves for the report's plots."""
+
+    version: str
+    threshold: float
+    auroc: float
+    sensitivity: float
+    specificity: float
+    ece: float | None
+    roc_false_positive_rate: list[float]
+    roc_true_positive_rate: list[float]
+    reliability: list[ReliabilityRow]
+
+
+class GateOutcome(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    OUT_OF_SCOPE = "out_of_scope"
+    """The candidate changes what the plan fixes: it needs a new regulatory submission."""
+
+
+class GateReport(_Frozen):
+    """The evidence of one gate run. Aggregates only: no study key is ever in it."""
+
+    plan_id: str
+    plan_version: str
+    plan_fingerprint: str
+    model_name: str
+    candidate_version: str
+    champion_version: str
+    locked_test_sha256: str
+    cases: int
+    positives: int
+    evaluated_at: AwareDatetime
+    outcome: GateOutcome
+    scope_violations: list[str]
+    criteria: list[CriterionResult]
+    candidate: ModelSummary
+    champion: ModelSummary
+    groups: list[GroupMetrics]
