@@ -166,6 +166,10 @@ class Registry:
             return None
         return self._version(model_name, str(registered.aliases[alias]))
 
+    def version(self, model_name: str, version: str) -> RegisteredVersion:
+        """One version with its aliases and tags (TrackingError if there is none)."""
+        return self._version(model_name, version)
+
     def load_model(self, model_name: str, version: str) -> TrainedModel:
         """The bundle logged by the version's run (read with ``weights_only``: no unpickling)."""
         run_id = self._version(model_name, version).run_id
@@ -194,6 +198,46 @@ class Registry:
         self._version(model_name, version)  # a missing version fails here, not half-way
         self._set_alias(model_name, CHAMPION, version)
         log.info("initial champion set", model=model_name, version=version)
+
+    def move_champion(self, model_name: str, version: str) -> str | None:
+        """Point ``champion`` at ``version`` and return the version it pointed at (None if none).
+
+        Only a PCCP promotion or rollback calls this (``monitor.service.candidates_store``),
+        after its approvals and inside its row lock; moving the alias again is harmless.
+        """
+        registered = self._registered_model(model_name)
+        if registered is None:
+            raise TrackingError(f"there is no registered model {model_name!r}")
+        self._version(model_name, version)  # a missing version fails before anything moves
+        previous = registered.aliases.get(CHAMPION)
+        self._set_alias(model_name, CHAMPION, version)
+        log.info("champion moved", model=model_name, version=version, previous=previous)
+        return str(previous) if previous is not None else None
+
+    def attach_evidence(
+        self, model_name: str, version: str, files: Mapping[str, bytes], tags: Mapping[str, str]
+    ) -> str:
+        """Log ``files`` under ``evidence/`` of the version's run, tag the version with
+        ``tags``, and return the URI of the folder (where the gate report now lives)."""
+        run_id = self._version(model_name, version).run_id
+        with tempfile.TemporaryDirectory(prefix="radsentry-evidence-") as folder:
+            for name, data in files.items():
+                path = Path(folder, name)
+                path.write_bytes(data)
+                self._call(
+                    f"log evidence {name}", self._client.log_artifact, run_id, path, "evidence"
+                )
+        for key, value in tags.items():
+            self._call(
+                "tag model version",
+                self._client.set_model_version_tag,
+                model_name,
+                version,
+                key,
+                value,
+            )
+        run = self._call("get run", self._client.get_run, run_id)
+        return f"{run.info.artifact_uri}/evidence"
 
     # -- registration steps ------------------------------------------------------------------
 

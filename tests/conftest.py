@@ -53,12 +53,17 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine = make_engine(pg_url)
     upgrade(engine)
     yield engine
+    empty_tables(engine)
+    engine.dispose()
+
+
+def empty_tables(engine: Engine) -> None:
+    """Truncate every table (for fixtures that seed a database for more than one test)."""
     with engine.begin() as connection:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
         connection.execute(text("ALTER TABLE change_log DISABLE TRIGGER change_log_no_truncate"))
         connection.execute(text(f"TRUNCATE {tables}"))
         connection.execute(text("ALTER TABLE change_log ENABLE TRIGGER change_log_no_truncate"))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,18 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from monitor.events import DicomMetadata, InferenceEvent, LabelEvent, LabelSource, Prediction
 from retrain.dataset import LabelledCase
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from monitor.service.candidates_store import GateStatus
+    from monitor.service.models import CandidateRow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -72,3 +81,58 @@ def labelled_cases(count: int, start: int = 0, sites: int = 3) -> list[LabelledC
 def fake_content_hash(uri: str) -> str:
     """Stands in for image hashing where the cases point at no real file."""
     return hashlib.sha256(uri.encode()).hexdigest()
+
+
+def gate_report(model_name: str = "cxr-lesion", seed: int = 0) -> dict[str, Any]:
+    """A real gate report (the shipped plan on seeded synthetic scores) as stored on a
+    candidate: 200 cases at two sites, a candidate slightly better than the champion."""
+    from pccp.catalog import SHIPPED_PLANS
+    from pccp.gate import GateCases, ModelScores, build_report
+    from pccp.plan import load_plan
+
+    rng = np.random.default_rng(seed)
+    positive = rng.random(200) < 0.3
+    groups = {
+        "site": np.array(["site-01", "site-02"] * 100),
+        "PatientSex": np.array(["F"] * 100 + ["M"] * 100),
+    }
+    cases = GateCases(tuple(study_key(n) for n in range(200)), positive, groups)
+
+    def scores(shift: float, version: str) -> ModelScores:
+        raw = 1 / (1 + np.exp(-(positive * shift + rng.normal(0, 1, 200) - 1)))
+        return ModelScores(version, raw.astype(np.float64), 0.4)
+
+    report = build_report(
+        load_plan(SHIPPED_PLANS / "cxr-lesion.yaml"),
+        cases,
+        scores(2.6, "2"),
+        scores(2.4, "1"),
+        model_name=model_name,
+        locked_test_sha256="a" * 64,
+        scope_violations=[],
+    )
+    return report.model_dump(mode="json")
+
+
+def record_gate_outcome(
+    engine: Engine,
+    candidate_id: uuid.UUID,
+    outcome: GateStatus = "passed",
+    report: dict[str, Any] | None = None,
+) -> CandidateRow:
+    """What the gate records for a candidate (shipped plan's id, version 1.0.0, two approvals,
+    champion version 1), with :func:`gate_report`'s evidence unless ``report`` is given."""
+    from monitor.service import candidates_store
+
+    return candidates_store.record_gate(
+        engine,
+        candidate_id,
+        outcome=outcome,
+        report=gate_report() if report is None else report,
+        plan_id="cxr-lesion-pccp",
+        plan_version="1.0.0",
+        plan_fingerprint="f" * 64,
+        approvals_required=2,
+        champion_version="1",
+        actor="pccp-gate",
+    )

@@ -9,8 +9,7 @@ batch whose process died before publishing is published by the next :func:`publi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -26,7 +25,7 @@ from monitor.service import change_log
 from monitor.service.db import as_utc
 from monitor.service.drift_store import apply_updates, record_references, stream_matches
 from monitor.service.models import AlertRow, DriftCheckRow, DriftStreamRow
-from monitor.service.store import table_of
+from monitor.service.store import Page, page_of, table_of
 
 AlertStatus = Literal["open", "acknowledged", "resolved"]
 Action = Literal["acknowledge", "resolve"]
@@ -49,39 +48,32 @@ class IllegalTransition(ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class AlertPage:
-    items: list[AlertRow]
-    total: int
+AlertPage = Page[AlertRow]
 
 
 def list_alerts(
     engine: Engine,
     *,
     site_id: str | None = None,
+    site_ids: Collection[str] | None = None,
     status: AlertStatus | None = None,
     detector: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> AlertPage:
-    """Alerts, newest first, filtered and paginated; ``total`` counts all that match."""
+    """Alerts, newest first, filtered and paginated; ``total`` counts all that match.
+    ``site_ids`` restricts them to those sites (a site manager's)."""
     conditions = []
     if site_id is not None:
         conditions.append(AlertRow.site_id == site_id)
+    if site_ids is not None:
+        conditions.append(AlertRow.site_id.in_(site_ids))
     if status is not None:
         conditions.append(AlertRow.status == status)
     if detector is not None:
         conditions.append(AlertRow.detector == detector)
-    query = select(AlertRow).where(*conditions)
-    with engine.connect() as connection:
-        total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = connection.execute(
-            query.order_by(AlertRow.occurred_at.desc(), AlertRow.alert_id)
-            .limit(limit)
-            .offset(offset)
-        )
-        items = [AlertRow(**row._mapping) for row in rows]
-    return AlertPage(items, total)
+    order = (AlertRow.occurred_at.desc(), AlertRow.alert_id)
+    return page_of(engine, AlertRow, conditions, order, limit, offset)
 
 
 def get_alert(engine: Engine, alert_id: uuid.UUID) -> AlertRow:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -18,14 +19,24 @@ from monitor.drift.base import InsufficientDataError
 from monitor.events import Identifier
 from monitor.service import store
 from monitor.service.alerts_store import AlertNotFound, IllegalTransition, StreamNotFound
+from monitor.service.api_audit import audit_router
+from monitor.service.api_candidates import candidates_router
 from monitor.service.api_drift import drift_router
 from monitor.service.api_performance import performance_router
 from monitor.service.api_retrain import retrain_router
+from monitor.service.auth import ReaderDep, TokenVerifier, check_site, warn_if_local
+from monitor.service.candidates_store import (
+    CandidateNotFound,
+    FourEyesViolation,
+)
 from monitor.service.db import make_engine
 from monitor.service.deps import EngineDep
 from monitor.service.kafka import broker_reachable
 from monitor.service.retrain_store import RequestNotFound
 from monitor.service.settings import Settings
+
+if TYPE_CHECKING:
+    from retrain.tracking import Registry
 
 
 class EventCountsPublic(BaseModel):
@@ -56,6 +67,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     AlertNotFound: status.HTTP_404_NOT_FOUND,
     StreamNotFound: status.HTTP_404_NOT_FOUND,
     RequestNotFound: status.HTTP_404_NOT_FOUND,
+    CandidateNotFound: status.HTTP_404_NOT_FOUND,
+    FourEyesViolation: status.HTTP_403_FORBIDDEN,
     IllegalTransition: status.HTTP_409_CONFLICT,
     InsufficientDataError: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
@@ -70,6 +83,39 @@ def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONR
 
 
 BootstrapResolver = Callable[[], list[str] | None]
+
+
+class _LazyRegistry:
+    """The model registry, connected on first use: only proposals, promotion and rollback need
+    it, so no other request (nor a refused promotion) opens the MLflow store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._registry: Registry | None = None
+
+    def move_champion(self, model_name: str, version: str) -> str | None:
+        return self._connected().move_champion(model_name, version)
+
+    def has_version(self, model_name: str, version: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        from retrain.mlflow_calls import TrackingError
+
+        try:
+            self._connected().version(model_name, version)
+        except TrackingError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, MlflowException) and cause.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise  # MLflow down: 503, not "no such version"
+        return True
+
+    def _connected(self) -> Registry:
+        if self._registry is None:
+            from monitor.service.registry import registry_for
+
+            self._registry = registry_for(self._settings)
+        return self._registry
 
 
 def create_app(
@@ -88,6 +134,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = engine is None
         app.state.engine = engine or make_engine(settings.database_url)
+        warn_if_local(settings.auth)
         yield
         if owned:
             app.state.engine.dispose()
@@ -98,12 +145,22 @@ def create_app(
         summary="Post-market monitoring and change control for medical-imaging AI.",
         lifespan=lifespan,
     )
+    app.state.token_verifier = TokenVerifier(settings)  # keys read (and JWKS cached) once
 
     app.include_router(drift_router(settings.drift))
     app.include_router(performance_router())
     app.include_router(retrain_router())
+    registry = _LazyRegistry(settings)
+    app.state.registry_factory = lambda: registry
+    app.include_router(candidates_router())
+    app.include_router(audit_router())
     for error, code in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(code))
+    # MLflow unreachable (proposal, promotion, rollback). Imported here: mlflow is slow to
+    # import, and every CLI command imports this module.
+    from retrain.mlflow_calls import TrackingError
+
+    app.add_exception_handler(TrackingError, _status_handler(status.HTTP_503_SERVICE_UNAVAILABLE))
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -132,8 +189,9 @@ def create_app(
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/sites", tags=["sites"])
-    def list_sites(engine: EngineDep) -> list[SitePublic]:
-        """Every site that has sent events, with counts and the latest event time."""
+    def list_sites(engine: EngineDep, principal: ReaderDep) -> list[SitePublic]:
+        """Every site that has sent events, with counts and the latest event time (a site
+        manager: its own sites)."""
         return [
             SitePublic(
                 site_id=s.site_id,
@@ -145,11 +203,15 @@ def create_app(
                 ),
             )
             for s in store.list_sites(engine)
+            if principal.can_read_site(s.site_id)
         ]
 
     @app.get("/sites/{site_id}/events", tags=["sites"], responses={404: {}})
-    def site_events(site_id: Identifier, engine: EngineDep) -> SiteEventsPublic:
+    def site_events(
+        site_id: Identifier, engine: EngineDep, principal: ReaderDep
+    ) -> SiteEventsPublic:
         """Counts and latest event time per event type for one site."""
+        check_site(principal, site_id)
         summary = store.site_summary(engine, site_id)
         if summary is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events from site {site_id!r}")

@@ -1,8 +1,7 @@
 """Drift and alert endpoints: latest checks per site, the alert lifecycle, re-baselining, reports.
 
-Who acts (``actor``) is taken from the request body until the API gains authentication with the
-PCCP approval work (issue 7); it is recorded with every acknowledgement, resolution and
-re-baselining.
+Who acts is the bearer token's subject (monitor/service/auth.py), recorded with every
+acknowledgement, resolution and re-baselining; request bodies do not name it.
 """
 
 from __future__ import annotations
@@ -20,11 +19,10 @@ from monitor.drift.alerts import StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.events import Identifier, InferenceEvent
 from monitor.service import alerts_store
-from monitor.service.alerts_store import AlertStatus
+from monitor.service.alerts_store import AlertNotFound, AlertStatus
+from monitor.service.auth import MlopsDep, ReaderDep, check_site
 from monitor.service.deps import EngineDep
 from monitor.service.site_report import site_report
-
-Actor = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class CheckPublic(BaseModel):
@@ -103,7 +101,6 @@ class AlertPagePublic(BaseModel):
 class AlertAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    actor: Actor
     note: str | None = Field(None, max_length=2000)
 
 
@@ -114,7 +111,6 @@ class ReferenceRequest(BaseModel):
 
     model_name: Identifier
     model_version: Identifier
-    requested_by: Actor
     reason: str = Field(min_length=1, max_length=2000)
     events: list[InferenceEvent] | None = Field(None, max_length=20_000)
 
@@ -124,8 +120,9 @@ def drift_router(config: EngineConfig) -> APIRouter:
     router = APIRouter()
 
     @router.get("/sites/{site_id}/drift", tags=["drift"], responses={404: {}})
-    def site_drift(site_id: Identifier, engine: EngineDep) -> SiteDriftPublic:
+    def site_drift(site_id: Identifier, engine: EngineDep, principal: ReaderDep) -> SiteDriftPublic:
         """Each stream's reference and the latest check of every detector at the site."""
+        check_site(principal, site_id)
         streams = alerts_store.site_streams(engine, site_id)
         if not streams:
             raise alerts_store.StreamNotFound(f"no monitored stream at site {site_id!r}")
@@ -149,16 +146,21 @@ def drift_router(config: EngineConfig) -> APIRouter:
     @router.get("/alerts", tags=["alerts"])
     def list_alerts(
         engine: EngineDep,
+        principal: ReaderDep,
         site_id: Identifier | None = None,
         alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
         detector: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> AlertPagePublic:
-        """Alerts, newest first, filtered by site, status and detector; paginated."""
+        """Alerts, newest first, filtered by site, status and detector; paginated. A site
+        manager sees its own sites' alerts (403 for another site named in ``site_id``)."""
+        if site_id is not None:
+            check_site(principal, site_id)
         page = alerts_store.list_alerts(
             engine,
             site_id=site_id,
+            site_ids=principal.site_filter(),
             status=alert_status,
             detector=detector,
             limit=limit,
@@ -172,19 +174,27 @@ def drift_router(config: EngineConfig) -> APIRouter:
         )
 
     @router.get("/alerts/{alert_id}", tags=["alerts"], responses={404: {}})
-    def get_alert(alert_id: uuid.UUID, engine: EngineDep) -> AlertPublic:
-        return AlertPublic.model_validate(alerts_store.get_alert(engine, alert_id))
+    def get_alert(alert_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> AlertPublic:
+        """One alert; another site's alert is not found for a site manager."""
+        row = alerts_store.get_alert(engine, alert_id)
+        if not principal.can_read_site(row.site_id):
+            raise AlertNotFound(f"no alert {alert_id}")
+        return AlertPublic.model_validate(row)
 
     @router.post("/alerts/{alert_id}/acknowledge", tags=["alerts"], responses={404: {}, 409: {}})
-    def acknowledge(alert_id: uuid.UUID, body: AlertAction, engine: EngineDep) -> AlertPublic:
-        """open -> acknowledged."""
-        row = alerts_store.transition(engine, alert_id, "acknowledge", body.actor, body.note)
+    def acknowledge(
+        alert_id: uuid.UUID, body: AlertAction, engine: EngineDep, principal: MlopsDep
+    ) -> AlertPublic:
+        """open -> acknowledged, by the token's subject."""
+        row = alerts_store.transition(engine, alert_id, "acknowledge", principal.subject, body.note)
         return AlertPublic.model_validate(row)
 
     @router.post("/alerts/{alert_id}/resolve", tags=["alerts"], responses={404: {}, 409: {}})
-    def resolve(alert_id: uuid.UUID, body: AlertAction, engine: EngineDep) -> AlertPublic:
-        """open or acknowledged -> resolved."""
-        row = alerts_store.transition(engine, alert_id, "resolve", body.actor, body.note)
+    def resolve(
+        alert_id: uuid.UUID, body: AlertAction, engine: EngineDep, principal: MlopsDep
+    ) -> AlertPublic:
+        """open or acknowledged -> resolved, by the token's subject."""
+        row = alerts_store.transition(engine, alert_id, "resolve", principal.subject, body.note)
         return AlertPublic.model_validate(row)
 
     @router.post(
@@ -194,9 +204,10 @@ def drift_router(config: EngineConfig) -> APIRouter:
         responses={404: {}, 422: {}},
     )
     def rebaseline(
-        site_id: Identifier, body: ReferenceRequest, engine: EngineDep
+        site_id: Identifier, body: ReferenceRequest, engine: EngineDep, principal: MlopsDep
     ) -> dict[str, Any]:
-        """Record who re-baselines and why; the new reference is the upload or the next events."""
+        """Record who (the token's subject) re-baselines and why; the new reference is the
+        upload or the next events."""
         if body.events is not None and any(e.site_id != site_id for e in body.events):
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -207,7 +218,7 @@ def drift_router(config: EngineConfig) -> APIRouter:
             engine,
             config,
             key,
-            requested_by=body.requested_by,
+            requested_by=principal.subject,
             reason=body.reason,
             events=body.events,
         )
@@ -221,10 +232,12 @@ def drift_router(config: EngineConfig) -> APIRouter:
     async def report(
         site_id: Identifier,
         engine: EngineDep,
+        principal: ReaderDep,
         model_name: Identifier | None = None,
         model_version: Identifier | None = None,
     ) -> HTMLResponse:
         """Evidently report: the stream's reference against its latest window of events."""
+        check_site(principal, site_id)
         _, html = await run_in_threadpool(
             site_report, engine, config, site_id, model_name=model_name, model_version=model_version
         )

@@ -1,4 +1,5 @@
-"""Performance endpoints: the latest snapshots per site, or per model across sites."""
+"""Performance endpoints: the latest snapshots per site, or per model across sites (a site
+manager's sites only)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine
 
 from monitor.events import Identifier
+from monitor.service.auth import ReaderDep, check_site
 from monitor.service.deps import EngineDep
 
 
@@ -38,23 +40,31 @@ def performance_router() -> APIRouter:
     router = APIRouter(tags=["performance"])
 
     @router.get("/sites/{site_id}/performance", responses={404: {}})
-    def site_performance(site_id: Identifier, engine: EngineDep) -> list[SnapshotPublic]:
+    def site_performance(
+        site_id: Identifier, engine: EngineDep, principal: ReaderDep
+    ) -> list[SnapshotPublic]:
         """Per model version, finding and window (rolling, cumulative): realised metrics with
         confidence intervals, calibration, subgroups and label completeness."""
+        check_site(principal, site_id)
         return _snapshots(engine, site_id=site_id)
 
     @router.get("/models/{model_name}/performance", responses={404: {}})
-    def model_performance(model_name: Identifier, engine: EngineDep) -> list[SnapshotPublic]:
-        """The same for one model at every site."""
-        return _snapshots(engine, model_name=model_name)
+    def model_performance(
+        model_name: Identifier, engine: EngineDep, principal: ReaderDep
+    ) -> list[SnapshotPublic]:
+        """The same for one model at every site (a site manager: at each of its sites)."""
+        return _snapshots(engine, sites=principal.site_filter(), model_name=model_name)
 
     return router
 
 
-def _snapshots(engine: Engine, **where: str) -> list[SnapshotPublic]:
+def _snapshots(
+    engine: Engine, sites: frozenset[str] | None = None, **where: str
+) -> list[SnapshotPublic]:
     from monitor.service.performance_store import latest_snapshots  # statsmodels: on demand
 
-    rows = latest_snapshots(engine, **where)
+    # Snapshots are per site, so keeping a site manager's sites leaves nothing mixed in.
+    rows = [r for r in latest_snapshots(engine, **where) if sites is None or r.site_id in sites]
     if not rows:
         what = ", ".join(f"{k}={v!r}" for k, v in where.items())
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no performance computed yet for {what}")

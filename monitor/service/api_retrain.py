@@ -1,4 +1,4 @@
-"""Retrain endpoints: ask for a retrain (who and why), list and read requests."""
+"""Retrain endpoints: ask for a retrain (who: the token's subject; why), list and read requests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.events import Identifier
 from monitor.service import retrain_store
+from monitor.service.auth import ReaderDep, RetrainerDep
 from monitor.service.deps import EngineDep
+from monitor.service.retrain_store import RequestNotFound
 
 RequestStatus = Literal["pending", "running", "succeeded", "failed"]
 
@@ -56,7 +58,6 @@ class RetrainRequestPage(BaseModel):
 class RetrainAsk(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    requested_by: Annotated[str, Field(min_length=1, max_length=128)]
     reason: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
@@ -64,22 +65,31 @@ def retrain_router() -> APIRouter:
     router = APIRouter(tags=["retraining"])
 
     @router.post("/models/{model_name}/retrain", status_code=status.HTTP_202_ACCEPTED)
-    def ask(model_name: Identifier, body: RetrainAsk, engine: EngineDep) -> RetrainRequestPublic:
-        """Request a candidate model: recorded with who and why, served by the retrain job.
-        Nothing here changes which model serves (only a PCCP promotion can)."""
-        row = retrain_store.request_manual(engine, model_name, body.requested_by, body.reason)
+    def ask(
+        model_name: Identifier, body: RetrainAsk, engine: EngineDep, principal: RetrainerDep
+    ) -> RetrainRequestPublic:
+        """Request a candidate model: recorded with who (the token's subject) and why, served
+        by the retrain job. Nothing here changes which model serves (only a PCCP promotion can)."""
+        row = retrain_store.request_manual(engine, model_name, principal.subject, body.reason)
         return RetrainRequestPublic.model_validate(row)
 
     @router.get("/retrain-requests")
     def list_requests(
         engine: EngineDep,
+        principal: ReaderDep,
         model_name: Identifier | None = None,
         request_status: Annotated[RequestStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> RetrainRequestPage:
+        """Requests, newest first; a site manager sees those raised for its sites only."""
         page = retrain_store.list_requests(
-            engine, model_name=model_name, status=request_status, limit=limit, offset=offset
+            engine,
+            model_name=model_name,
+            status=request_status,
+            site_ids=principal.site_filter(),
+            limit=limit,
+            offset=offset,
         )
         return RetrainRequestPage(
             items=[RetrainRequestPublic.model_validate(r) for r in page.items],
@@ -89,7 +99,13 @@ def retrain_router() -> APIRouter:
         )
 
     @router.get("/retrain-requests/{request_id}", responses={404: {}})
-    def get_request(request_id: uuid.UUID, engine: EngineDep) -> RetrainRequestPublic:
-        return RetrainRequestPublic.model_validate(retrain_store.get_request(engine, request_id))
+    def get_request(
+        request_id: uuid.UUID, engine: EngineDep, principal: ReaderDep
+    ) -> RetrainRequestPublic:
+        """One request; for a site manager, one not raised for its sites is not found."""
+        row = retrain_store.get_request(engine, request_id)
+        if not principal.can_read_site(row.site_id):
+            raise RequestNotFound(f"no retrain request {request_id}")
+        return RetrainRequestPublic.model_validate(row)
 
     return router

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, select, text
 
 from monitor.service.db import as_utc
 from monitor.service.models import ChangeLogRow
-from monitor.service.store import table_of
+from monitor.service.store import Page, page_of, table_of
 
 GENESIS: Final = "0" * 64
 _LOCK_KEY: Final = 0x52534C4F47  # "RSLOG": the change log's advisory lock
@@ -94,10 +94,16 @@ def entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(row)).hexdigest()
 
 
-def append(connection: Connection, entry: Entry, now: datetime | None = None) -> ChangeLogRow:
-    """Append ``entry`` inside the caller's transaction (so it commits with what it records)."""
+def lock(connection: Connection) -> None:
+    """Take the change log's append lock until the transaction ends (PostgreSQL; SQLite has a
+    single writer). Callers that read the log to decide whether to append take it first."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+
+
+def append(connection: Connection, entry: Entry, now: datetime | None = None) -> ChangeLogRow:
+    """Append ``entry`` inside the caller's transaction (so it commits with what it records)."""
+    lock(connection)
     last = connection.execute(
         select(ChangeLogRow.seq, ChangeLogRow.entry_hash).order_by(ChangeLogRow.seq.desc()).limit(1)
     ).first()
@@ -141,6 +147,36 @@ def entries(engine: Engine, *, after: int = 0, batch: int = 1000) -> Iterator[Ch
         for row in rows:
             yield ChangeLogRow(**row._mapping)
         after = rows[-1].seq
+
+
+EntryPage = Page[ChangeLogRow]
+
+
+def search(
+    engine: Engine,
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    subject_prefix: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> EntryPage:
+    """Entries matching every filter given, newest first; ``total`` counts all that match."""
+    conditions = []
+    if action is not None:
+        conditions.append(ChangeLogRow.action == action)
+    if actor is not None:
+        conditions.append(ChangeLogRow.actor == actor)
+    if subject_prefix is not None:
+        escaped = subject_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(ChangeLogRow.subject.like(f"{escaped}%", escape="\\"))
+    if since is not None:
+        conditions.append(ChangeLogRow.recorded_at >= since)
+    if until is not None:
+        conditions.append(ChangeLogRow.recorded_at < until)
+    return page_of(engine, ChangeLogRow, conditions, (ChangeLogRow.seq.desc(),), limit, offset)
 
 
 def verify(engine: Engine) -> Verification:

@@ -18,7 +18,9 @@ from rich.console import Console
 
 from monitor.events import describe_errors
 from monitor.service.api import create_app
+from monitor.service.cli_auth import register_auth_commands
 from monitor.service.cli_jobs import register_job_commands
+from monitor.service.config_log import record_config
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
@@ -81,6 +83,7 @@ def serve(
     engine = make_engine(settings.database_url)
     if migrate_db:
         upgrade(engine)
+    record_config(engine, settings, actor="radsentry-serve")
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start() if consumer else None
     scheduler = start_jobs(engine, settings.performance, settings.retrain) if jobs else None
@@ -114,6 +117,7 @@ def consume() -> None:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     engine = make_engine(settings.database_url)
+    record_config(engine, settings, actor="radsentry-consume")
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -480,3 +484,4 @@ def report(
 
 # The retraining commands (retrain, train-initial, scheduler) live in cli_jobs.py.
 register_job_commands(app)
+register_auth_commands(app)

@@ -18,6 +18,8 @@ from prometheus_client import start_http_server
 from rich.console import Console
 
 from monitor.service import change_log
+from monitor.service.cli_pccp import pccp_app
+from monitor.service.config_log import record_config
 from monitor.service.db import make_engine, upgrade
 from monitor.service.runtime import load_settings
 from monitor.service.settings import Settings
@@ -37,6 +39,7 @@ def register_job_commands(app: typer.Typer) -> None:
     app.command("train-initial")(train_initial)
     app.command()(scheduler)
     app.add_typer(audit_app, name="audit")
+    app.add_typer(pccp_app, name="pccp")
 
 
 class ExportFormat(StrEnum):
@@ -225,6 +228,7 @@ def scheduler(
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
+        record_config(engine, settings, actor="radsentry-scheduler")
     finally:
         engine.dispose()
     stop = threading.Event()
@@ -236,6 +240,7 @@ def scheduler(
         retrain_scan_s=settings.retrain.scan_s,
         retrain_jobs_s=settings.retrain.jobs_s,
         checkpoint_hour=settings.audit.checkpoint_hour,
+        gate_s=settings.pccp.gate_s,
     )
     if metrics_port:
         start_http_server(metrics_port, addr=settings.api.host)

@@ -107,6 +107,8 @@ def run_demo(
             server.should_exit = True
 
     console.print(f"RadSentry demo: API on http://{settings.api.host}:{api_port}/docs")
+    if settings.auth.mode == "local":
+        console.print("  a token for it: radsentry token --subject you --role auditor")
     streamer = threading.Thread(target=stream, name="radsentry-simulator", daemon=True)
     streamer.start()
     try:

@@ -1,5 +1,5 @@
 """Periodic jobs of the service (APScheduler): performance refresh and label expiry, the
-retrain-trigger scan and the retraining job.
+retrain-trigger scan, the retraining job, the PCCP gate and the change log's checkpoints.
 
 They run in ``radsentry serve`` and ``radsentry demo`` (one scheduler per process; run one
 ``serve`` with jobs per deployment, or accept duplicate snapshot rows). Each job is a boundary:
@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
 from monitor.service.settings import PerformanceSettings, RetrainSettings, Settings
+
+if TYPE_CHECKING:
+    from monitor.service.gate_job import GateContext, GateRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -75,13 +79,15 @@ def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
     from monitor.service.retrain_job import JobContext, serve_pending
     from retrain.images import DicomWebClientSource
 
+    registry = registry_for(settings)
     context = JobContext(
         engine=engine,
-        registry=registry_for(settings),
+        registry=registry,
         config=settings.retrain.job,
         work_dir=(settings.data_dir / "retrain").resolve(),
         dicomweb=DicomWebClientSource(),
         lease=timedelta(seconds=settings.retrain.lease_s),
+        gate=gate_context(engine, settings, registry),
     )
     try:
         served = serve_pending(context)
@@ -96,6 +102,40 @@ def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
 def retrain_requests_job(database_url: str | None = None) -> None:
     """The retraining job as a scheduler job."""
     with_own_engine(serve_retrain_requests, database_url)
+
+
+def gate_context(engine: Engine, settings: Settings, registry: GateRegistry) -> GateContext:
+    """The PCCP gate's context from the settings."""
+    from monitor.service.gate_job import GateContext
+
+    return GateContext(
+        engine=engine,
+        registry=registry,
+        plans_dir=settings.plans_dir,
+        locked_cases_dir=settings.locked_cases_dir,
+        image_workers=settings.pccp.image_workers,
+    )
+
+
+def evaluate_candidates(engine: Engine, settings: Settings) -> None:
+    """Run the PCCP gate on candidates it has not evaluated (a retrain's gate that could not
+    run, or a candidate proposed by hand)."""
+    from monitor.service.gate_job import evaluate_pending
+    from monitor.service.registry import registry_for
+
+    try:
+        evaluated = evaluate_pending(gate_context(engine, settings, registry_for(settings)))
+    except Exception:
+        # Boundary: the database or the plans folder is unreadable; the next run retries.
+        log.exception("PCCP gate job failed")
+        return
+    if evaluated:
+        log.info("candidates evaluated", count=len(evaluated))
+
+
+def pccp_gate_job(database_url: str | None = None) -> None:
+    """The PCCP gate as a scheduler job."""
+    with_own_engine(evaluate_candidates, database_url)
 
 
 def sign_change_log(engine: Engine, settings: Settings) -> None:

@@ -380,3 +380,67 @@ class ChangeLogCheckpointRow(Base):
     """SHA-256 of the raw public key: which key signed."""
     signature: Mapped[str] = mapped_column(String(128))
     """Hex of the 64-byte Ed25519 signature."""
+
+
+class CandidateRow(Base):
+    """A registered model version under PCCP change control (issue 7 §3).
+
+    ``status``: candidate -> passed | failed | out_of_scope (the gate's outcome) -> approved ->
+    promoted -> rolled_back; a candidate that is not yet promoted may be rejected. Every
+    transition runs in one transaction with this row locked (``candidates_store``).
+    """
+
+    __tablename__ = "candidates"
+    __table_args__ = (
+        Index("uq_candidates_version", "model_name", "model_version", unique=True),
+        Index("ix_candidates_status", "status", "created_at"),
+    )
+
+    candidate_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    site_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The site whose alert asked for the retrain, if any (site managers see their own)."""
+    request_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    proposed_by: Mapped[str] = mapped_column(String(128))
+    triggered_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """Who asked for the retrain that produced it (a person, or ``retrain-policy``)."""
+    status: Mapped[str] = mapped_column(String(16))
+    plan_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    plan_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    plan_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approvals_required: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    champion_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The champion the gate compared against."""
+    report: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
+    """The gate's evidence (``pccp.gate.GateReport`` as JSON); aggregates only."""
+    previous_champion: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Set on promotion: the version a rollback restores."""
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    evaluated_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    promoted_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    promoted_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rolled_back_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    rolled_back_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class SignatureRow(Base):
+    """An electronic signature on a candidate: an approval or a rejection, with who signed,
+    when, the meaning of the signature and the signer's reason (21 CFR 11.50)."""
+
+    __tablename__ = "candidate_signatures"
+    __table_args__ = (
+        Index("uq_candidate_signatures_signer", "candidate_id", "signer", unique=True),
+    )
+
+    signature_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    candidate_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    signer: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    """"approve" or "reject"."""
+    meaning: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    signed_at: Mapped[datetime] = mapped_column(Timestamp)
+    change_log_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    """The change-log entry that records this signature."""

@@ -10,6 +10,7 @@ studies with that model (``--scores auto``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -17,9 +18,12 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 
 from monitor.service.settings import Settings
+from pccp.catalog import plan_for
 
 if TYPE_CHECKING:
     from monitor.simulate.model_scores import TrainedModelScorer
+    from pccp.plan import Plan
+    from retrain.dataset import LabelledCase
     from retrain.initial import InitialConfig, InitialModel
     from retrain.tracking import RegisteredVersion, Registry, RunRecord
 
@@ -73,29 +77,55 @@ def register_initial(
         if config.test_studies_per_site
         else []
     )
+    governing = plan_for(settings.plans_dir, config.model_name)
+    if governing is not None and test_cases:
+        _write_locked_cases(settings, governing.plan, test_cases)
     initial = train_initial(
         config, cases, cohort_dir / "work", test_cases=test_cases, progress=progress
     )
-    version = registry.log_and_register(_record(config, initial), alias=INITIAL)
+    intended_use = governing.plan.description.fixed.intended_use_id if governing else None
+    version = registry.log_and_register(_record(config, initial, intended_use), alias=INITIAL)
     registry.set_initial_champion(config.model_name, version.version)
     log.info("initial champion registered", model_name=config.model_name, version=version.version)
     return InitialRegistration(version, initial, cohort_dir)
 
 
-def _record(config: InitialConfig, initial: InitialModel) -> RunRecord:
+def _write_locked_cases(settings: Settings, plan: Plan, test_cases: Sequence[LabelledCase]) -> None:
+    """The held-out cohort is the plan's locked test set when their keys hash alike: then
+    write its cases where the gate reads them (images, labels, subgroup metadata)."""
+    from pccp.locked_cases import from_labelled, write_locked_cases
+    from retrain.dataset import LockedTestSet
+
+    held_out = LockedTestSet.from_keys(case.study_key for case in test_cases)
+    if held_out.sha256 != plan.protocol.data_management.locked_test_set.sha256:
+        log.warning(
+            "the held-out cohort is not the plan's locked test set; locked cases not written",
+            plan_id=plan.plan_id,
+        )
+        return
+    path = settings.locked_cases_dir / f"{plan.plan_id}.jsonl"
+    write_locked_cases(path, from_labelled(test_cases))
+    log.info("locked test cases written", plan_id=plan.plan_id, cases=len(test_cases))
+
+
+def _record(config: InitialConfig, initial: InitialModel, intended_use: str | None) -> RunRecord:
+    from monitor.service.gate_job import INTENDED_USE_TAG
     from retrain.tracking import RunRecord
 
     manifest_sha256 = initial.manifest.sha256()
+    # The "request" of an initial model is its cohort: the same cohort registers once.
+    tags = {
+        "radsentry.request_id": f"initial-{manifest_sha256[:32]}",
+        "radsentry.trigger": "initial",
+    }
+    if intended_use is not None:
+        tags[INTENDED_USE_TAG] = intended_use
     return RunRecord(
         model_name=config.model_name,
         result=initial.result,
         train_config=config.train,
         manifest=initial.manifest,
-        # The "request" of an initial model is its cohort: the same cohort registers once.
-        tags={
-            "radsentry.request_id": f"initial-{manifest_sha256[:32]}",
-            "radsentry.trigger": "initial",
-        },
+        tags=tags,
         params={"initial.fingerprint": initial.config_fingerprint},
         metrics=initial.test.metrics("test") if initial.test is not None else {},
     )

@@ -48,11 +48,13 @@ from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from sqlalchemy import Engine, select
 
 from monitor.events import LabelSource
-from monitor.service import change_log, retrain_store
+from monitor.service import candidates_store, change_log, gate_job, retrain_store
 from monitor.service.db import as_utc
+from monitor.service.gate_job import GateContext
 from monitor.service.metrics import RETRAIN_JOB_SECONDS, RETRAIN_JOBS
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, RetrainRequestRow
 from monitor.service.store import insert_for, table_of
+from pccp.catalog import plan_for
 from retrain.config import JobConfig
 from retrain.data import load_dataset
 from retrain.dataset import (
@@ -93,6 +95,9 @@ class JobContext:
     dicomweb: DicomWebSource | None = None
     lease: timedelta = timedelta(minutes=30)
     progress_bar: bool = False
+    gate: GateContext | None = None
+    """Where the PCCP gate finds plans and locked cases; None: candidates wait for the
+    scheduler's ``pccp-gate`` job or `radsentry pccp evaluate`."""
 
 
 @dataclass(frozen=True)
@@ -153,13 +158,35 @@ def run_request(context: JobContext, row: RetrainRequestRow) -> RetrainRequestRo
             details={"request_id": str(row.request_id), **columns},
             reason=f"retrain request by {row.requested_by}: {row.reason}"[:2000],
         )
+        # Proposed before the request is finished: a crash between the two re-runs the
+        # request, whose registration and proposal are both idempotent.
+        candidate = candidates_store.propose(
+            context.engine,
+            model_name=row.model_name,
+            model_version=columns["model_version"],
+            proposed_by="retrain-job",
+            triggered_by=row.requested_by,
+            request_id=row.request_id,
+            site_id=row.site_id,
+            reason=f"trained for retrain request {row.request_id}",
+        )
         result = retrain_store.finish(
             context.engine, row.request_id, "succeeded", log_entry=entry, **columns
         )
         bound.info("challenger registered", model_version=result.model_version)
+        if context.gate is not None:
+            _run_gate(context.gate, candidate.candidate_id)
     RETRAIN_JOBS.labels(outcome=outcome).inc()
     RETRAIN_JOB_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
     return result
+
+
+def _run_gate(gate: GateContext, candidate_id: uuid.UUID) -> None:
+    """The gate right after training; if it cannot run, the candidate waits for a retry."""
+    try:
+        gate_job.evaluate(gate, candidate_id)
+    except Exception:  # boundary: the training succeeded whatever the gate does
+        log.exception("gate did not run; the scheduler will try again", candidate=str(candidate_id))
 
 
 def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, Any]:
@@ -187,7 +214,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
 
     data = load_dataset(
         found.cases,
-        _locked_test_set(config),
+        _locked_test_set(context, row.model_name),
         spec.findings,
         spec.input_size,
         seed=config.split_seed,
@@ -230,7 +257,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
     )
     progress(stage="registering", comparison=comparison)
     version = context.registry.log_and_register(
-        _record(context, row, result, dataset.manifest, champion_version.version, comparison),
+        _record(context, row, result, dataset.manifest, champion_version, comparison),
         alias=CHALLENGER,
     )
     progress(stage="done")
@@ -331,15 +358,18 @@ def _record(
     row: RetrainRequestRow,
     result: TrainResult,
     manifest: Any,
-    champion_version: str,
+    champion: RegisteredVersion,
     comparison: Mapping[str, Any],
 ) -> RunRecord:
     tags = {
         "radsentry.request_id": str(row.request_id),
         "radsentry.trigger": row.trigger,
         "radsentry.requested_by": row.requested_by,
-        "radsentry.champion_version": champion_version,
+        "radsentry.champion_version": champion.version,
     }
+    # Retraining keeps the champion's intended use (the PCCP scope guard checks it).
+    if intended_use := champion.tags.get(gate_job.INTENDED_USE_TAG):
+        tags[gate_job.INTENDED_USE_TAG] = intended_use
     if row.alert_id is not None:
         tags["radsentry.alert_id"] = str(row.alert_id)
     if row.site_id is not None:
@@ -363,7 +393,11 @@ def _record(
     )
 
 
-def _locked_test_set(config: JobConfig) -> LockedTestSet:
+def _locked_test_set(context: JobContext, model_name: str) -> LockedTestSet:
+    """The governing plan's locked test set, else the configured one, else an empty one."""
+    if context.gate is not None and (found := plan_for(context.gate.plans_dir, model_name)):
+        return gate_job.locked_test_set(found)
+    config = context.config
     if config.locked_test_set is None:
         return LockedTestSet.from_keys([])
     return LockedTestSet.load(config.locked_test_set)

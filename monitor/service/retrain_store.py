@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import Connection, Engine, func, or_, select, update
 from monitor.service import change_log
 from monitor.service.db import as_utc
 from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
-from monitor.service.store import insert_for, table_of
+from monitor.service.store import Page, insert_for, page_of, table_of
 from retrain.policy import AlertFacts, LabelCounts, RetrainPolicy, decide
 
 log = structlog.get_logger(__name__)
@@ -31,10 +30,7 @@ class RequestNotFound(LookupError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class RequestPage:
-    items: list[RetrainRequestRow]
-    total: int
+RequestPage = Page[RetrainRequestRow]
 
 
 def request_manual(
@@ -98,21 +94,21 @@ def list_requests(
     *,
     model_name: str | None = None,
     status: str | None = None,
+    site_ids: Collection[str] | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> RequestPage:
+    """Requests, newest first, filtered and paginated. ``site_ids`` keeps only requests raised
+    for one of those sites (a site manager's): model-wide ones (no site) are left out."""
     conditions = []
     if model_name is not None:
         conditions.append(RetrainRequestRow.model_name == model_name)
     if status is not None:
         conditions.append(RetrainRequestRow.status == status)
-    query = select(RetrainRequestRow).where(*conditions)
-    with engine.connect() as connection:
-        total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
-        rows = connection.execute(
-            query.order_by(RetrainRequestRow.created_at.desc()).limit(limit).offset(offset)
-        )
-        return RequestPage([RetrainRequestRow(**r._mapping) for r in rows], total)
+    if site_ids is not None:
+        conditions.append(RetrainRequestRow.site_id.in_(site_ids))
+    order = (RetrainRequestRow.created_at.desc(),)
+    return page_of(engine, RetrainRequestRow, conditions, order, limit, offset)
 
 
 def get_request(engine: Engine, request_id: uuid.UUID) -> RetrainRequestRow:

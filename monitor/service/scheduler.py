@@ -100,16 +100,24 @@ def default_jobs(
     retrain_scan_s: float = 300.0,
     retrain_jobs_s: float = 60.0,
     checkpoint_hour: int = 1,
+    gate_s: float = 120.0,
 ) -> list[JobSpec]:
     """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan, the
-    retraining job, the nightly drift reports and the daily signed change-log checkpoint.
-    Extend by appending specs; ids must stay stable."""
+    retraining job, the PCCP gate, the nightly drift reports and the daily signed change-log
+    checkpoint. Extend by appending specs; ids must stay stable."""
     return [
         JobSpec(
             id="retrain-requests",
             func_ref="monitor.service.jobs:retrain_requests_job",
             trigger="interval",
             trigger_args={"seconds": retrain_jobs_s},
+            misfire_grace_time=refresh_grace_s,
+        ),
+        JobSpec(
+            id="pccp-gate",
+            func_ref="monitor.service.jobs:pccp_gate_job",
+            trigger="interval",
+            trigger_args={"seconds": gate_s},
             misfire_grace_time=refresh_grace_s,
         ),
         JobSpec(

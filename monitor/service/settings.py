@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.drift.alarms import AlarmConfig
@@ -127,6 +127,86 @@ class AuditSettings(BaseModel):
     checkpoint_hour: int = Field(1, ge=0, le=23, description="UTC hour of the daily checkpoint.")
 
 
+# Asymmetric JWS algorithms only: an OIDC provider signs with a private key we never hold, and
+# a symmetric one (HS*) would let anyone who has the verification key mint tokens.
+OIDC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens of the HTTP API (docs/security.md). ``local``: HS256 tokens signed with a
+    secret of this deployment (``radsentry token``), for the embedded defaults and the demo;
+    ``oidc``: JWTs of an identity provider, verified with its JWKS or a configured public key."""
+
+    mode: Literal["local", "oidc"] = "local"
+    issuer: str | None = Field(None, description="oidc: the provider's `iss` (required).")
+    audience: str = Field("radsentry", min_length=1, description="The tokens' `aud`.")
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256"],
+        min_length=1,
+        description="oidc: accepted signature algorithms (asymmetric only).",
+    )
+    jwks_url: str | None = Field(
+        None, pattern=r"^https?://", description="oidc: the provider's JWKS endpoint."
+    )
+    public_key_file: Path | None = Field(
+        None, description="oidc: PEM public key instead of a JWKS endpoint."
+    )
+    roles_claim: str = Field(
+        "roles", min_length=1, description="oidc: claim with the roles; dots nest (realm.roles)."
+    )
+    sites_claim: str = Field("sites", min_length=1, description="oidc: claim with site ids.")
+    leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp/iat/nbf.")
+    jwks_cache_s: float = Field(300.0, gt=0, description="oidc: how long a fetched JWKS is used.")
+    jwks_refresh_cooldown_s: float = Field(
+        30.0,
+        ge=0,
+        description="oidc: least time between refetches for an unknown key id (a token naming "
+        "a new kid after a key rotation; bounds what random kids can make us fetch).",
+    )
+    local_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="local: the HS256 secret. Unset: a random one created once in data_dir.",
+    )
+
+    @model_validator(mode="after")
+    def _oidc_is_complete(self) -> AuthSettings:
+        if self.mode != "oidc":
+            return self
+        if not self.issuer:
+            raise ValueError("auth.issuer is required in oidc mode")
+        if (self.jwks_url is None) == (self.public_key_file is None):
+            raise ValueError("oidc mode needs exactly one of auth.jwks_url, auth.public_key_file")
+        refused = sorted(set(self.algorithms) - OIDC_ALGORITHMS)
+        if refused:
+            raise ValueError(
+                f"auth.algorithms {refused} refused in oidc mode: only asymmetric algorithms "
+                f"({', '.join(sorted(OIDC_ALGORITHMS))})"
+            )
+        return self
+
+
+class PccpSettings(BaseModel):
+    """Change control (docs/pccp.md): where the plans and the locked test cases are."""
+
+    plans_dir: Path | None = Field(
+        None,
+        description="Folder of PCCP plan YAML files (a ConfigMap in production); None: the "
+        "plans shipped in the package (pccp/plans).",
+    )
+    locked_cases_dir: Path | None = Field(
+        None,
+        description="Folder with <plan_id>.jsonl, the locked test set's cases; None: "
+        "data_dir/locked-test (written by `radsentry train-initial` for its own test cohort).",
+    )
+    gate_s: float = Field(
+        120.0, gt=0, description="Seconds between looks for candidates the gate has not seen."
+    )
+    image_workers: int = Field(4, ge=1, description="Threads reading locked-test images.")
+
+
 class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool = Field(False, description="JSON lines (production) instead of console.")
@@ -148,6 +228,8 @@ class Settings(BaseSettings):
     retrain: RetrainSettings = RetrainSettings()
     mlflow: MlflowConfig = MlflowConfig()
     audit: AuditSettings = AuditSettings()
+    auth: AuthSettings = AuthSettings()
+    pccp: PccpSettings = PccpSettings()
 
     @property
     def database_url(self) -> str:
@@ -171,6 +253,16 @@ class Settings(BaseSettings):
     def audit_signing_key_path(self) -> Path:
         """The configured signing key, or the embedded default's under ``data_dir``."""
         return self.audit.signing_key_file or (self.data_dir / "audit-signing.key").resolve()
+
+    @property
+    def plans_dir(self) -> Path:
+        from pccp.catalog import SHIPPED_PLANS
+
+        return self.pccp.plans_dir or SHIPPED_PLANS
+
+    @property
+    def locked_cases_dir(self) -> Path:
+        return self.pccp.locked_cases_dir or (self.data_dir / "locked-test").resolve()
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -11,10 +11,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.events import Event, InferenceEvent, LabelEvent
@@ -74,6 +74,33 @@ class SiteSummary:
 
 def table_of(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
+
+
+RowT = TypeVar("RowT", bound=Base)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[RowT]):
+    """One page of a listing; ``total`` counts every row that matches, on any page."""
+
+    items: list[RowT]
+    total: int
+
+
+def page_of(
+    engine: Engine,
+    model: type[RowT],
+    conditions: Sequence[ColumnElement[bool]],
+    order_by: Sequence[Any],
+    limit: int,
+    offset: int,
+) -> Page[RowT]:
+    """The rows of ``model`` matching every condition, ordered, one page of them."""
+    query = select(table_of(model)).where(*conditions)
+    with engine.connect() as connection:
+        total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
+        rows = connection.execute(query.order_by(*order_by).limit(limit).offset(offset))
+        return Page([model(**row._mapping) for row in rows], total)
 
 
 def insert_for(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:

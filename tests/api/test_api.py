@@ -9,9 +9,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from monitor.service.api import create_app
+from monitor.service.auth import Role
 from monitor.service.broker import free_port
 from monitor.service.settings import KafkaSettings, Settings
 from monitor.service.store import Delivered, store_batch
+from tests.auth_helpers import TEST_AUTH, bearer
 from tests.factories import inference_event, label_event, study_key
 
 pytestmark = pytest.mark.integration
@@ -19,8 +21,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def client(pg_engine: Engine, kafka_settings: KafkaSettings) -> Iterator[TestClient]:
-    settings = Settings(kafka=kafka_settings)
-    with TestClient(create_app(settings, engine=pg_engine)) as test_client:
+    settings = Settings(kafka=kafka_settings, auth=TEST_AUTH)
+    headers = bearer(settings, "auditor-amy", Role.AUDITOR)
+    with TestClient(create_app(settings, engine=pg_engine), headers=headers) as test_client:
         yield test_client
 
 
@@ -38,7 +41,8 @@ def test_health_and_readiness(client: TestClient, pg_engine: Engine) -> None:
 
 
 def test_readiness_fails_when_the_broker_is_unreachable(pg_engine: Engine) -> None:
-    settings = Settings(kafka=KafkaSettings(bootstrap_servers=[f"127.0.0.1:{free_port()}"]))
+    kafka = KafkaSettings(bootstrap_servers=[f"127.0.0.1:{free_port()}"])
+    settings = Settings(kafka=kafka, auth=TEST_AUTH)
     with TestClient(create_app(settings, engine=pg_engine)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503

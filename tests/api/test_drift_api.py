@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent
 from monitor.service.api import create_app
+from monitor.service.auth import Role
 from monitor.service.cli import app
 from monitor.service.drift_store import DriftMonitor
 from monitor.service.ingest import observe_drift
@@ -20,6 +21,7 @@ from monitor.service.models import ReferenceChangeRow
 from monitor.service.settings import Settings
 from monitor.service.store import Delivered, store_batch
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
+from tests.auth_helpers import TEST_AUTH, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,7 @@ CONFIG = EngineConfig(
 )
 SITE = "site-02"
 STREAM = {"model_name": "cxr-lesion", "model_version": "1.0.0"}
+SETTINGS = Settings(drift=CONFIG, auth=TEST_AUTH)
 
 
 def changed_site(n: int, seed: int = 2) -> list[InferenceEvent]:
@@ -59,7 +62,8 @@ def ingest(
 @pytest.fixture
 def client(pg_engine: Engine) -> Iterator[TestClient]:
     ingest(pg_engine, DriftMonitor(CONFIG), changed_site(700))
-    with TestClient(create_app(Settings(drift=CONFIG), engine=pg_engine)) as test_client:
+    app = create_app(SETTINGS, engine=pg_engine)
+    with TestClient(app, headers=bearer(SETTINGS, "mlops-ann", Role.MLOPS)) as test_client:
         yield test_client
 
 
@@ -84,24 +88,33 @@ def test_alerts_filter_paginate_and_follow_their_lifecycle(client: TestClient) -
     assert len(one["items"]) == 1 and one["total"] == page["total"]
 
     url = f"/alerts/{chi2['alert_id']}"
-    acked = client.post(f"{url}/acknowledge", json={"actor": "mlops-ann", "note": "looking"})
+    acked = client.post(f"{url}/acknowledge", json={"note": "looking"})
     assert acked.status_code == 200
     assert (acked.json()["status"], acked.json()["acknowledged_by"]) == (
         "acknowledged",
         "mlops-ann",
     )
-    assert client.post(f"{url}/acknowledge", json={"actor": "bob"}).status_code == 409
-    resolved = client.post(f"{url}/resolve", json={"actor": "mlops-bob"}).json()
+    bob = bearer(SETTINGS, "mlops-bob", Role.MLOPS)
+    assert client.post(f"{url}/acknowledge", json={}, headers=bob).status_code == 409
+    resolved = client.post(f"{url}/resolve", json={}, headers=bob).json()
     assert (resolved["status"], resolved["resolved_by"]) == ("resolved", "mlops-bob")
     assert client.get("/alerts", params={"status": "resolved"}).json()["total"] == 1
     missing = "/alerts/00000000-0000-0000-0000-000000000000/resolve"
-    assert client.post(missing, json={"actor": "x"}).status_code == 404
+    assert client.post(missing, json={}).status_code == 404
+
+
+def test_the_actor_comes_from_the_token_never_from_the_body(client: TestClient) -> None:
+    alert = client.get("/alerts", params={"site_id": SITE}).json()["items"][0]
+    forged = client.post(f"/alerts/{alert['alert_id']}/acknowledge", json={"actor": "someone"})
+    assert forged.status_code == 422  # the field is gone; the token's subject is the actor
+    body = {**STREAM, "requested_by": "someone", "reason": "r"}
+    assert client.post(f"/sites/{SITE}/reference", json=body).status_code == 422
 
 
 def test_rebaseline_records_who_and_why_and_the_consumer_follows(
     client: TestClient, pg_engine: Engine
 ) -> None:
-    body = {**STREAM, "requested_by": "mlops-ann", "reason": "portable CR reader is the new normal"}
+    body = {**STREAM, "reason": "portable CR reader is the new normal"}
     response = client.post(f"/sites/{SITE}/reference", json=body)
     assert response.status_code == 202
     assert (response.json()["generation"], response.json()["source"]) == (1, "next_events")
@@ -126,7 +139,7 @@ def test_rebaseline_records_who_and_why_and_the_consumer_follows(
 
 def test_uploaded_reference_must_be_large_enough_and_from_the_site(client: TestClient) -> None:
     events = [e.model_dump(mode="json", by_alias=True) for e in changed_site(60, seed=9)]
-    body = {**STREAM, "requested_by": "a", "reason": "validation set"}
+    body = {**STREAM, "reason": "validation set"}
     wrong_site = [{**e, "site_id": "site-99"} for e in events]
     assert (
         client.post(f"/sites/{SITE}/reference", json={**body, "events": wrong_site}).status_code

@@ -13,18 +13,21 @@ from typer.testing import CliRunner
 
 from monitor.drift.alerts import Alert, StreamKey
 from monitor.service.api import create_app
+from monitor.service.auth import Role
 from monitor.service.cli import app
 from monitor.service.drift_store import write_alerts
 from monitor.service.retrain_store import consider_alerts
 from monitor.service.settings import Settings
 from monitor.service.store import Delivered, store_batch
 from retrain.policy import RetrainPolicy
+from tests.auth_helpers import TEST_AUTH, bearer
 from tests.factories import inference_event, label_event
 
 pytestmark = pytest.mark.integration
 
 POLICY = RetrainPolicy(min_new_labels=20, min_new_labels_site=10)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SETTINGS = Settings(auth=TEST_AUTH)
 
 
 def drift_alert(detector: str, site_id: str = "site-01", effect: float = 0.05) -> Alert:
@@ -51,7 +54,8 @@ def drift_alert(detector: str, site_id: str = "site-01", effect: float = 0.05) -
 def client(pg_engine: Engine) -> Iterator[TestClient]:
     events = [inference_event(i) for i in range(30)] + [label_event(i) for i in range(30)]
     store_batch(pg_engine, [Delivered(e, "t", 0, n) for n, e in enumerate(events)], [])
-    with TestClient(create_app(Settings(), engine=pg_engine)) as test_client:
+    app = create_app(SETTINGS, engine=pg_engine)
+    with TestClient(app, headers=bearer(SETTINGS, "mlops-ann", Role.MLOPS)) as test_client:
         yield test_client
 
 
@@ -93,12 +97,11 @@ def test_cooldown_after_a_request_and_label_minimum(client: TestClient, pg_engin
 def test_people_ask_through_the_api_and_the_cli(
     client: TestClient, pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    response = client.post(
-        "/models/cxr-lesion/retrain",
-        json={"requested_by": "mlops-ann", "reason": "new site onboarded"},
-    )
+    response = client.post("/models/cxr-lesion/retrain", json={"reason": "new site onboarded"})
     assert response.status_code == 202
     assert (response.json()["trigger"], response.json()["requested_by"]) == ("manual", "mlops-ann")
+    forged = {"requested_by": "someone-else", "reason": "r"}
+    assert client.post("/models/cxr-lesion/retrain", json=forged).status_code == 422
     monkeypatch.setenv(
         "RADSENTRY_DATABASE__URL", pg_engine.url.render_as_string(hide_password=False)
     )

@@ -98,11 +98,25 @@ def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
             timeout=120,
         )
         assert simulate.returncode == 0, simulate.stderr[-2000:]
+        # A local-mode token from the same data dir (the secret serve created there).
+        token = subprocess.run(
+            [RADSENTRY, "token", "--subject", "tester", "--role", "auditor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{base}/sites").status_code == 401
         deadline = time.monotonic() + 60
-        while sum(s["inference_events"] for s in httpx.get(f"{base}/sites").json()) < 10:
+        while (
+            sum(s["inference_events"] for s in httpx.get(f"{base}/sites", headers=auth).json()) < 10
+        ):
             assert time.monotonic() < deadline, "events did not arrive"
             time.sleep(0.3)
-        assert [s["site_id"] for s in httpx.get(f"{base}/sites").json()] == ["site-01", "site-02"]
+        sites = httpx.get(f"{base}/sites", headers=auth).json()
+        assert [s["site_id"] for s in sites] == ["site-01", "site-02"]
     finally:
         serve.send_signal(signal.SIGINT)
         serve.wait(60)

@@ -14,11 +14,13 @@ from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.performance.rules import RulesConfig
 from monitor.service.alerts_store import list_alerts
 from monitor.service.api import create_app
+from monitor.service.auth import Role
 from monitor.service.drift_store import DriftMonitor
 from monitor.service.performance_store import latest_snapshots, refresh
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.service.store import Delivered, store_batch
 from monitor.simulate import SimulationConfig, simulate
+from tests.auth_helpers import TEST_AUTH, bearer
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +93,9 @@ def test_the_degraded_site_shows_lower_auroc_with_intervals_and_subgroups(tracke
 
 
 def test_api_serves_the_latest_snapshots_per_site_and_per_model(tracked: Engine) -> None:
-    settings = Settings(drift=DRIFT, performance=PERFORMANCE)
-    with TestClient(create_app(settings, engine=tracked)) as client:
+    settings = Settings(drift=DRIFT, performance=PERFORMANCE, auth=TEST_AUTH)
+    headers = bearer(settings, "auditor-amy", Role.AUDITOR)
+    with TestClient(create_app(settings, engine=tracked), headers=headers) as client:
         assert client.get("/sites/site-01/performance").status_code == 404
         refresh(tracked, PERFORMANCE)
         refresh(tracked, PERFORMANCE)  # history grows; the API shows the newest only

@@ -1,6 +1,8 @@
-"""Issue 6 end to end, on real parts: a scanner change at one site, its drift alert, a retrain
-request, the job training on the labelled synthetic images, and a ``challenger`` version in a
-real MLflow registry (``mlflow server`` on PostgreSQL) that beats the champion at that site.
+"""Issues 6 and 7 end to end, on real parts: a scanner change at one site, its drift alert, a
+retrain request, the job training on the labelled synthetic images, a ``challenger`` version in
+a real MLflow registry (``mlflow server`` on PostgreSQL) that beats the champion at that site;
+then the PCCP gate on the locked test set with its evidence in MLflow, two distinct approvers
+through the API, promotion, and a rollback, all in the verified change log.
 
 The champion is a real model (``radsentry train-initial``'s path), the simulated events carry
 its scores, and they travel through the bundled Kafka-protocol broker into a real consumer with
@@ -14,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml  # type: ignore[import-untyped]
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -21,7 +24,10 @@ from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent
 from monitor.service.alerts_store import list_alerts
 from monitor.service.api import create_app
+from monitor.service.auth import Role
+from monitor.service.change_log import verify
 from monitor.service.drift_store import DriftMonitor
+from monitor.service.jobs import gate_context
 from monitor.service.kafka import make_producer
 from monitor.service.registry import (
     ChampionExists,
@@ -31,11 +37,14 @@ from monitor.service.registry import (
 )
 from monitor.service.retrain_job import JobContext, serve_pending
 from monitor.service.retrain_store import consider_alerts, list_requests
-from monitor.service.settings import KafkaSettings, Settings
+from monitor.service.settings import KafkaSettings, PccpSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
+from pccp.catalog import SHIPPED_PLANS
 from retrain.config import JobConfig, MlflowConfig, TrainConfig
-from retrain.initial import InitialConfig
+from retrain.dataset import LockedTestSet
+from retrain.initial import InitialConfig, render_cohort
 from retrain.policy import RetrainPolicy
+from tests.auth_helpers import TEST_AUTH, bearer
 from tests.integration.helpers import ingest_until, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
@@ -47,7 +56,7 @@ INITIAL = InitialConfig(
     seed=4,
     sites=3,
     studies_per_site=300,
-    test_studies_per_site=0,
+    test_studies_per_site=60,
     render_size=RENDER,
     model_name=MODEL,
     train=TrainConfig(max_epochs=20, patience=6, learning_rate=3e-3),
@@ -64,10 +73,43 @@ JOB = JobConfig(train=TrainConfig(max_epochs=10, patience=3, device="cpu"), vali
 
 @pytest.fixture(scope="module")
 def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    plans = tmp_path_factory.mktemp("plans")
+    write_test_plan(plans, tmp_path_factory.mktemp("cohort"))
     return Settings(
         data_dir=tmp_path_factory.mktemp("radsentry"),
         mlflow=MlflowConfig(tracking_uri=mlflow_server, experiment="e2e"),
+        pccp=PccpSettings(plans_dir=plans),
+        auth=TEST_AUTH,
     )
+
+
+def write_test_plan(folder: Path, scratch: Path) -> None:
+    """The shipped plan, made to govern this test's model: its locked test set is the held-out
+    part of INITIAL's cohort (rendered here once to learn its keys; ``train-initial`` renders
+    the same studies again and writes their cases for the gate), and its bounds fit a cohort
+    of 180 test studies."""
+    document = yaml.safe_load((SHIPPED_PLANS / "cxr-lesion.yaml").read_text())
+    keys = [case.study_key for case in render_cohort(INITIAL, scratch, "test")]
+    locked = LockedTestSet.from_keys(keys)
+    locked.write(folder / "locked.json")
+    document["description"]["model_name"] = MODEL
+    document["protocol"]["data_management"]["locked_test_set"] = {
+        "manifest": "locked.json",
+        "sha256": locked.sha256,
+    }
+    loose: dict[str, dict[str, float]] = {
+        "PE-1": {"min": 0.6},
+        "PE-2": {"min": 0.5},
+        "PE-3": {"min": 0.3},
+        "PE-4": {"margin": 0.1},
+        "PE-5": {"min": 0.6, "min_cases": 30},
+        "PE-6": {"min": 0.6, "min_cases": 30},
+        "PE-7": {"max": 0.2},
+        "PE-8": {"tolerance": 0.1},
+    }
+    for criterion in document["protocol"]["performance_evaluation"]:
+        criterion.update(loose[criterion["id"]])
+    (folder / "e2e.yaml").write_text(yaml.safe_dump(document))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +173,11 @@ def test_a_scanner_change_ends_in_a_better_challenger_and_the_champion_stays(
 
     registry = registry_for(settings)
     context = JobContext(
-        engine=deployed, registry=registry, config=JOB, work_dir=settings.data_dir / "retrain"
+        engine=deployed,
+        registry=registry,
+        config=JOB,
+        work_dir=settings.data_dir / "retrain",
+        gate=gate_context(deployed, settings, registry),
     )
     [served] = serve_pending(context)
 
@@ -152,10 +198,84 @@ def test_a_scanner_change_ends_in_a_better_challenger_and_the_champion_stays(
         other = served.progress["comparison"]["sites"][site]
         assert other["candidate_auroc"] >= other["champion_auroc"] - 0.05, other
 
-    with TestClient(create_app(settings, engine=deployed)) as client:
+    headers = bearer(settings, "auditor-amy", Role.AUDITOR)
+    with TestClient(create_app(settings, engine=deployed), headers=headers) as client:
         shown = client.get(f"/retrain-requests/{request.request_id}").json()
     assert shown["status"] == "succeeded" and shown["model_version"] == challenger.version
     assert shown["progress"]["stage"] == "done" and shown["manifest_sha256"]
 
     with pytest.raises(ChampionExists):
         register_initial(settings, INITIAL, progress=False)
+
+    governed(deployed, settings, challenger.version, champion_version, request.requested_by)
+
+
+def governed(
+    engine: Engine, settings: Settings, version: str, champion_version: str, trigger: str
+) -> None:
+    """Issue 7: the gate ran after training; two approvers, promotion, rollback."""
+    registry = registry_for(settings)
+    alice, bob = bearer(settings, "alice", Role.MLOPS), bearer(settings, "bob", Role.MLOPS)
+    with TestClient(create_app(settings, engine=engine)) as client:
+        [listed] = client.get("/candidates", headers=alice).json()["items"]
+        assert listed["model_version"] == version and listed["triggered_by"] == trigger
+        url = f"/candidates/{listed['candidate_id']}"
+        detail = client.get(url, headers=alice).json()
+        assert detail["status"] == "passed", detail["criteria"]
+        assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 9)]
+        assert detail["champion_version"] == champion_version
+        page = client.get(detail["evidence_html"], headers=alice)
+        assert page.status_code == 200 and "PE-4" in page.text and "<svg" in page.text
+        assert registry.version(MODEL, version).tags["radsentry.gate_outcome"] == "passed"
+        assert detail["evidence_uri"].endswith("/evidence")
+
+        # A site manager of another site does not see it; one of site-02 does, and reads only.
+        other = bearer(settings, "sm1", Role.SITE_MANAGER, sites=["site-01"])
+        assert client.get(url, headers=other).status_code == 404
+        own = bearer(settings, "sm2", Role.SITE_MANAGER, sites=["site-02"])
+        assert client.get(url, headers=own).status_code == 200
+        assert client.post(f"{url}/approve", json={"reason": "x"}, headers=own).status_code == 403
+
+        early = client.post(f"{url}/promote", json={"reason": "early"}, headers=alice)
+        assert early.status_code == 409
+        first = client.post(f"{url}/approve", json={"reason": "evidence reviewed"}, headers=alice)
+        assert first.status_code == 200 and first.json()["status"] == "passed"
+        again = client.post(f"{url}/approve", json={"reason": "twice"}, headers=alice)
+        assert again.status_code == 403
+        second = client.post(f"{url}/approve", json={"reason": "agree"}, headers=bob)
+        assert second.json()["status"] == "approved" and second.json()["approvals"] == 2
+
+        promoted = client.post(f"{url}/promote", json={"reason": "site-02 recovers"}, headers=bob)
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["previous_champion"] == champion_version
+        current = registry.version_by_alias(MODEL, "champion")
+        assert current is not None and current.version == version
+
+        rolled = client.post(f"/models/{MODEL}/rollback", json={"reason": "drill"}, headers=alice)
+        assert rolled.status_code == 200 and rolled.json()["status"] == "rolled_back"
+        restored = registry.version_by_alias(MODEL, "champion")
+        assert restored is not None and restored.version == champion_version
+
+        auditor = bearer(settings, "audrey", Role.AUDITOR)
+        audit = client.get("/audit", params={"limit": 1000}, headers=auditor).json()
+        assert client.get("/audit", headers=own).status_code == 403
+        assert client.get("/audit/verify", headers=auditor).json()["ok"] is True
+    trail = [entry["action"] for entry in reversed(audit["items"])]
+    expected = [
+        "champion.initial",
+        "retrain.requested",
+        "candidate.proposed",
+        "training.run",
+        "plan.loaded",
+        "gate.result",
+        "approval",
+        "approval",
+        "promotion",
+        "rollback",
+    ]
+    assert [action for action in trail if action in expected] == expected[1:], trail
+    by_action = {entry["action"]: entry for entry in audit["items"]}
+    assert by_action["promotion"]["details"]["approvers"] == ["alice", "bob"]
+    assert by_action["gate.result"]["plan_version"] == "1.0.0"
+    assert by_action["rollback"]["details"]["restored_champion"] == champion_version
+    assert verify(engine).ok

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, update
 
-from monitor.service import change_log, retrain_store
+from monitor.service import candidates_store, change_log, retrain_store
 from monitor.service.models import AlertRow, RetrainRequestRow
 from monitor.service.retrain_job import JobContext, load_cases, serve_pending
 from monitor.service.retrain_store import claim_next, consider_alerts, request_manual
@@ -143,7 +143,14 @@ def test_a_request_becomes_a_registered_challenger_with_its_lineage(
     assert record.result.model.spec == SPEC  # the champion's family, never another
     assert counter("succeeded") == before + 1
     logged = [(e.action, e.actor) for e in change_log.entries(stored)]
-    assert logged == [("retrain.requested", "ml-ops@example.org"), ("training.run", "retrain-job")]
+    assert logged == [
+        ("retrain.requested", "ml-ops@example.org"),
+        ("candidate.proposed", "retrain-job"),  # under change control before training ends
+        ("training.run", "retrain-job"),
+    ]
+    candidate = candidates_store.find(stored, MODEL, "2")
+    assert (candidate.status, candidate.triggered_by) == ("candidate", "ml-ops@example.org")
+    assert candidate.request_id == request.request_id
     assert change_log.verify(stored).ok
     assert serve_pending(context(stored, registry, tmp_path)) == []  # nothing left to serve
 

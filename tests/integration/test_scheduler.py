@@ -180,6 +180,7 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
         "performance-refresh",
         "retrain-triggers",
         "retrain-requests",
+        "pccp-gate",
         "nightly-drift-reports",
         "audit-checkpoint",
     }

@@ -8,7 +8,9 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from monitor.service.auth import Principal, Role, TokenVerifier
 from monitor.service.cli import app
+from monitor.service.runtime import load_settings
 
 runner = CliRunner()
 
@@ -22,7 +24,7 @@ def test_help_explains_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = ("serve", "consume", "simulate", "extract", "demo", "migrate", "schemas", "backtest")
-    for command in (*commands, "report", "retrain", "scheduler"):
+    for command in (*commands, "report", "retrain", "scheduler", "token"):
         assert command in result.output
 
 
@@ -76,3 +78,27 @@ def test_consume_without_a_broker_says_what_to_do() -> None:
     result = runner.invoke(app, ["consume"], env={"RADSENTRY_KAFKA__BOOTSTRAP_SERVERS": "[]"})
     assert result.exit_code == 2
     assert "no Kafka bootstrap servers configured" in result.output
+
+
+def test_token_prints_a_local_token_the_api_accepts() -> None:
+    result = runner.invoke(
+        app, ["token", "--subject", "mo", "--role", "site_manager", "--site", "site-01"]
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert TokenVerifier(load_settings()).verify(token) == Principal(
+        "mo", frozenset({Role.SITE_MANAGER}), frozenset({"site-01"})
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["--subject", "mo", "--role", "site_manager"], "needs at least one --site"),
+        (["--subject", "mo", "--role", "admin"], "Invalid value"),
+        (["--subject", "mo", "--role", "mlops", "--ttl", "5"], "Invalid value"),
+    ],
+)
+def test_token_refuses_what_it_cannot_issue(args: list[str], reason: str) -> None:
+    result = runner.invoke(app, ["token", *args])
+    assert result.exit_code == 2 and reason in result.output

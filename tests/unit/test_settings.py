@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr, ValidationError
 
+from monitor.service.auth import local_secret
 from monitor.service.runtime import edge_key
-from monitor.service.settings import Settings
+from monitor.service.settings import AuthSettings, Settings
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -44,3 +47,76 @@ def test_demo_edge_key_is_created_once_and_private(
     first = edge_key(settings)
     assert len(first) == 64 and edge_key(settings) == first
     assert (tmp_path / "edge-hmac.key").stat().st_mode & 0o077 == 0
+
+
+def test_auth_is_local_by_default_and_oidc_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("RADSENTRY_AUTH"):
+            monkeypatch.delenv(name)
+    assert Settings().auth.mode == "local"
+    monkeypatch.setenv("RADSENTRY_AUTH__MODE", "oidc")
+    monkeypatch.setenv("RADSENTRY_AUTH__ISSUER", "https://idp.example.org/realms/rs")
+    monkeypatch.setenv("RADSENTRY_AUTH__JWKS_URL", "https://idp.example.org/certs")
+    monkeypatch.setenv("RADSENTRY_AUTH__ALGORITHMS", '["RS256"]')
+    monkeypatch.setenv("RADSENTRY_AUTH__ROLES_CLAIM", "realm_access.roles")
+    auth = Settings().auth
+    assert (auth.mode, auth.algorithms, auth.roles_claim) == (
+        "oidc",
+        ["RS256"],
+        "realm_access.roles",
+    )
+
+
+@pytest.mark.parametrize(
+    ("auth", "reason"),
+    [
+        ({"mode": "oidc", "jwks_url": "https://idp/certs"}, "issuer is required"),
+        ({"mode": "oidc", "issuer": "https://idp"}, "exactly one of"),
+        (
+            {
+                "mode": "oidc",
+                "issuer": "https://idp",
+                "jwks_url": "https://idp/c",
+                "public_key_file": "idp.pem",
+            },
+            "exactly one of",
+        ),
+        (
+            {
+                "mode": "oidc",
+                "issuer": "https://idp",
+                "jwks_url": "https://idp/c",
+                "algorithms": ["RS256", "HS256"],
+            },
+            "['HS256'] refused",
+        ),
+        (
+            {
+                "mode": "oidc",
+                "issuer": "https://idp",
+                "jwks_url": "https://idp/c",
+                "algorithms": ["none"],
+            },
+            "['none'] refused",
+        ),
+        ({"mode": "oidc", "issuer": "https://idp", "jwks_url": "file:///etc/keys"}, "pattern"),
+        ({"local_secret": "too short"}, "at least 32"),
+    ],
+)
+def test_auth_settings_refuse_what_cannot_be_secure(auth: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(reason)):
+        AuthSettings.model_validate(auth)
+
+
+def test_local_token_secret_is_created_once_private_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("RADSENTRY_AUTH__LOCAL_SECRET", raising=False)
+    settings = Settings(data_dir=tmp_path)
+    first = local_secret(settings)
+    assert len(first) == 64 and local_secret(settings) == first
+    assert (tmp_path / "auth-local.key").stat().st_mode & 0o077 == 0
+    configured = Settings(auth=AuthSettings(local_secret=SecretStr("x" * 40)))
+    assert local_secret(configured) == b"x" * 40 and "x" * 40 not in repr(configured)

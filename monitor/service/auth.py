@@ -1,0 +1,296 @@
+"""Who calls the HTTP API and what they may do: bearer JWTs, roles, per-site read scopes.
+
+Tokens are verified with PyJWT against the settings (``RADSENTRY_AUTH__*``): in ``oidc`` mode
+an identity provider's JWTs (JWKS or a configured public key, asymmetric algorithms only), in
+``local`` mode HS256 tokens this deployment issues itself (``radsentry token``). The roles and
+what each may do are described in docs/security.md; routes declare them with :func:`require_roles`
+and check site-scoped reads with :func:`check_site` or :meth:`Principal.can_read_site`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+import jwt
+import structlog
+from cryptography.hazmat.primitives import serialization
+from fastapi import Depends, HTTPException, Request, params, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from monitor.service.settings import AuthSettings, Settings
+
+log = structlog.get_logger(__name__)
+
+LOCAL_KEY_FILE = "auth-local.key"
+LOCAL_ISSUER = "radsentry-local"
+LOCAL_ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
+
+
+class Role(StrEnum):
+    SITE_MANAGER = "site_manager"
+    """Reads the sites in its token's ``sites`` claim, nothing else."""
+    MLOPS = "mlops"
+    """Reads everything; acts on alerts, references, retraining and candidates."""
+    AUDITOR = "auditor"
+    """Reads everything, the change log included; changes nothing."""
+    SERVICE = "service"
+    """Automation: reads everything and asks for retraining."""
+
+
+_ROLE_VALUES = frozenset(role.value for role in Role)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified caller: the token's subject, its known roles and its sites."""
+
+    subject: str
+    roles: frozenset[Role]
+    sites: frozenset[str] = frozenset()
+
+    @property
+    def reads_all_sites(self) -> bool:
+        """Any role but site manager reads every site; a site manager only its own."""
+        return bool(self.roles - {Role.SITE_MANAGER})
+
+    @property
+    def readable_sites(self) -> frozenset[str]:
+        """The sites a caller without an all-sites role may read: a site manager's own."""
+        return self.sites if Role.SITE_MANAGER in self.roles else frozenset()
+
+    def can_read_site(self, site_id: str | None) -> bool:
+        """Whether this caller may see data of ``site_id`` (None: not tied to one site)."""
+        return self.reads_all_sites or site_id in self.readable_sites
+
+    def site_filter(self) -> frozenset[str] | None:
+        """The sites a listing must be restricted to; None when it may show every site."""
+        return None if self.reads_all_sites else self.readable_sites
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted. The message names the reason, never the token or claims."""
+
+
+class AuthUnavailable(RuntimeError):
+    """The identity provider's keys cannot be fetched: no token can be checked right now."""
+
+
+class LocalModeOnly(RuntimeError):
+    """Tokens are issued here only in local mode; in oidc mode the identity provider does."""
+
+
+class TokenVerifier:
+    """Verifies bearer tokens as the settings say; built once per app (JWKS cached inside)."""
+
+    def __init__(self, settings: Settings) -> None:
+        auth = settings.auth
+        self._audience = auth.audience
+        self._leeway = auth.leeway_s
+        self._jwks: jwt.PyJWKClient | None = None
+        self._key: Any = None
+        if auth.mode == "local":
+            self._issuer, self._algorithms = LOCAL_ISSUER, [LOCAL_ALGORITHM]
+            self._roles_claim, self._sites_claim = "roles", "sites"
+            self._key = local_secret(settings)
+            return
+        assert auth.issuer is not None  # AuthSettings refuses oidc mode without one
+        self._issuer, self._algorithms = auth.issuer, list(auth.algorithms)
+        self._roles_claim, self._sites_claim = auth.roles_claim, auth.sites_claim
+        if auth.jwks_url is not None:
+            self._jwks = jwt.PyJWKClient(
+                auth.jwks_url,
+                cache_jwk_set=True,
+                lifespan=auth.jwks_cache_s,
+                timeout=10,
+                cooldown_duration=auth.jwks_refresh_cooldown_s,
+            )
+        else:
+            assert auth.public_key_file is not None
+            self._key = serialization.load_pem_public_key(auth.public_key_file.read_bytes())
+
+    def verify(self, token: str) -> Principal:
+        """The caller the token names; :class:`InvalidToken` for any token not to be trusted."""
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            if algorithm not in self._algorithms:  # before any key lookup: `none`, HS256 confusion
+                raise InvalidToken(f"algorithm {algorithm!r} not accepted")
+            key = self._signing_key(token)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(type(exc).__name__) from None
+        return self._principal(claims)
+
+    def _signing_key(self, token: str) -> Any:
+        if self._jwks is None:
+            return self._key
+        try:
+            return self._jwks.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise AuthUnavailable("the identity provider's JWKS cannot be fetched") from exc
+
+    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject.strip():
+            raise InvalidToken("empty subject")
+        names = _strings(_claim(claims, self._roles_claim))
+        roles = frozenset(Role(name) for name in names if name in _ROLE_VALUES)  # others ignored
+        return Principal(subject, roles, frozenset(_strings(_claim(claims, self._sites_claim))))
+
+
+def _claim(claims: Mapping[str, Any], path: str) -> Any:
+    """A claim by name; dots reach into nested objects (Keycloak's ``realm_access.roles``)."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    """A list of strings, or a space-separated string (as OAuth scopes are); else nothing."""
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, str)]
+    return []
+
+
+def local_secret(settings: Settings) -> bytes:
+    """The local-mode HS256 secret: configured, or created once in data_dir (0600), as the
+    demo's pseudonymisation key is. Every process on the same data_dir shares it."""
+    if settings.auth.local_secret is not None:
+        return settings.auth.local_secret.get_secret_value().encode()
+    path = settings.data_dir / LOCAL_KEY_FILE
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: of two processes starting together, one writes and both read it
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(32))
+            log.warning(
+                "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
+                path=str(path),
+            )
+    return path.read_text().strip().encode()
+
+
+def issue_local_token(
+    settings: Settings,
+    subject: str,
+    roles: Iterable[Role | str],
+    sites: Iterable[str] = (),
+    ttl_s: int = 3600,
+) -> str:
+    """A local-mode token for ``subject`` with ``roles`` (and ``sites`` for a site manager),
+    valid ``ttl_s`` seconds. Raises :class:`LocalModeOnly` in oidc mode."""
+    if settings.auth.mode != "local":
+        raise LocalModeOnly(
+            "tokens are issued by the identity provider in oidc mode (RADSENTRY_AUTH__MODE)"
+        )
+    if not subject.strip() or ttl_s <= 0:
+        raise ValueError("a token needs a subject and a positive lifetime")
+    now = datetime.now(UTC)
+    claims = {
+        "sub": subject,
+        "iss": LOCAL_ISSUER,
+        "aud": settings.auth.audience,
+        "iat": now,
+        "exp": now + timedelta(seconds=ttl_s),
+        "roles": sorted(Role(role).value for role in roles),
+        "sites": sorted(set(sites)),
+    }
+    return jwt.encode(claims, local_secret(settings), algorithm=LOCAL_ALGORITHM)
+
+
+def warn_if_local(auth: AuthSettings) -> None:
+    """Local mode is for the embedded defaults: say so loudly where the API starts."""
+    if auth.mode == "local":
+        log.warning(
+            "API authentication is in local mode (tokens from `radsentry token`); "
+            "set RADSENTRY_AUTH__MODE=oidc in production"
+        )
+
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A JWT: from the identity provider (oidc mode) or `radsentry token` (local).",
+)
+
+
+def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The verified caller of this request; 401 without a trustworthy bearer token. A plain
+    ``def``: a JWKS fetch blocks, so FastAPI runs it in its thread pool."""
+    if credentials is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        return verifier.verify(credentials.credentials)
+    except InvalidToken as exc:
+        log.info("bearer token refused", reason=str(exc), path=request.url.path)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or expired bearer token",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        ) from None
+    except AuthUnavailable as exc:
+        log.error("bearer token cannot be checked", reason=str(exc.__cause__))
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "tokens cannot be checked right now"
+        ) from None
+
+
+def require_roles(*roles: Role) -> params.Depends:
+    """A dependency that returns the caller when it holds one of ``roles``: 401 without a
+    valid token, 403 with a valid one that holds none of them."""
+    allowed = frozenset(roles)
+
+    def authorised(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not principal.roles & allowed:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this role may not do this")
+        return principal
+
+    dependency: params.Depends = Depends(authorised)
+    return dependency
+
+
+def check_site(principal: Principal, site_id: str) -> None:
+    """403 when ``site_id`` is not one of a site manager's sites (checked before any lookup,
+    so the answer does not tell whether the site exists)."""
+    if not principal.can_read_site(site_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "no access to this site")
+
+
+ReaderDep = Annotated[Principal, require_roles(*Role)]
+"""Any role may read; a site manager only its sites (check them with :func:`check_site`)."""
+MlopsDep = Annotated[Principal, require_roles(Role.MLOPS)]
+"""Changes: alert lifecycle, re-baselining, candidates, promotion and rollback."""
+RetrainerDep = Annotated[Principal, require_roles(Role.MLOPS, Role.SERVICE)]
+"""Asking for a retrain: people (mlops) and automation (service)."""
+ChangeLogReaderDep = Annotated[Principal, require_roles(Role.AUDITOR, Role.MLOPS)]
+"""Reading the change log (every site's changes): auditors and mlops."""

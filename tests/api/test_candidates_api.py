@@ -1,0 +1,150 @@
+"""The candidates and audit endpoints beyond the role matrix: proposals, the registry's
+answers, evidence before and after the gate, and the audit log's filters and pages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from monitor.service.api import create_app
+from monitor.service.auth import Role
+from monitor.service.settings import Settings
+from retrain.mlflow_calls import TrackingError
+from tests.auth_helpers import TEST_AUTH, bearer
+from tests.factories import record_gate_outcome
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = Settings(auth=TEST_AUTH)
+MODEL = "cxr-lesion"
+ALICE = bearer(SETTINGS, "alice", Role.MLOPS)
+BOB = bearer(SETTINGS, "bob", Role.MLOPS)
+AUDITOR = bearer(SETTINGS, "audrey", Role.AUDITOR)
+
+
+class FakeRegistry:
+    """Our registry interface: versions 1 to 5 exist; ``down`` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.champion = "1"
+        self.down = False
+
+    def move_champion(self, model_name: str, version: str) -> str | None:
+        self._check()
+        previous, self.champion = self.champion, version
+        return previous
+
+    def has_version(self, model_name: str, version: str) -> bool:
+        self._check()
+        return model_name == MODEL and 1 <= int(version) <= 5
+
+    def _check(self) -> None:
+        if self.down:
+            raise TrackingError("MLflow call 'get model version' failed after 5 attempt(s)")
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry()
+
+
+@pytest.fixture
+def client(pg_engine: Engine, registry: FakeRegistry) -> Iterator[TestClient]:
+    app = create_app(SETTINGS, engine=pg_engine)
+    app.state.registry_factory = lambda: registry
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def propose(client: TestClient, version: str = "2") -> dict[str, object]:
+    response = client.post(
+        "/candidates",
+        json={"model_name": MODEL, "model_version": version, "reason": "trained offline"},
+        headers=ALICE,
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_a_proposal_needs_a_registered_version_and_is_made_once(
+    client: TestClient, registry: FakeRegistry
+) -> None:
+    body = {"model_name": MODEL, "model_version": "9", "reason": "r"}
+    assert client.post("/candidates", json=body, headers=ALICE).status_code == 404
+    created = propose(client)
+    assert created["proposed_by"] == "alice" and created["status"] == "candidate"
+    assert created["evidence_html"] is None and created["criteria"] == []
+    again = client.post("/candidates", json={**body, "model_version": "2"}, headers=ALICE)
+    assert again.status_code == 409
+    registry.down = True
+    down = client.post("/candidates", json={**body, "model_version": "3"}, headers=ALICE)
+    assert down.status_code == 503
+
+
+def test_evidence_exists_only_after_the_gate_and_the_proposer_may_not_approve(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    created = propose(client)
+    url = f"/candidates/{created['candidate_id']}"
+    assert client.get(f"{url}/evidence", headers=BOB).status_code == 404
+    assert client.post(f"{url}/approve", json={"reason": "r"}, headers=BOB).status_code == 409
+    record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
+    detail = client.get(url, headers=BOB).json()
+    assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 9)]
+    page = client.get(detail["evidence_html"], headers=AUDITOR)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert client.get(detail["evidence_json"], headers=AUDITOR).json()["plan_id"] == (
+        "cxr-lesion-pccp"
+    )
+    refused = client.post(f"{url}/approve", json={"reason": "mine"}, headers=ALICE)
+    assert refused.status_code == 403 and "proposed" in refused.json()["detail"]
+    assert client.post(f"{url}/approve", json={"reason": ""}, headers=BOB).status_code == 422
+
+
+def test_a_promotion_with_mlflow_down_changes_nothing(
+    client: TestClient, pg_engine: Engine, registry: FakeRegistry
+) -> None:
+    created = propose(client)
+    candidate_id = created["candidate_id"]
+    record_gate_outcome(pg_engine, candidate_id)  # type: ignore[arg-type]
+    url = f"/candidates/{candidate_id}"
+    for who in (BOB, bearer(SETTINGS, "carol", Role.MLOPS)):
+        assert client.post(f"{url}/approve", json={"reason": "ok"}, headers=who).status_code == 200
+    registry.down = True
+    assert client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).status_code == 503
+    assert client.get(url, headers=BOB).json()["status"] == "approved"
+    registry.down = False
+    promoted = client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).json()
+    assert promoted["status"] == "promoted" and registry.champion == "2"
+
+
+def test_the_audit_log_filters_and_pages(client: TestClient) -> None:
+    for version in ("2", "3", "4"):
+        propose(client, version)
+    everything = client.get("/audit", headers=AUDITOR).json()
+    assert everything["total"] == 3
+    assert [e["seq"] for e in everything["items"]] == [3, 2, 1]  # newest first
+    page = client.get("/audit", params={"limit": 2, "offset": 2}, headers=AUDITOR).json()
+    assert [e["seq"] for e in page["items"]] == [1] and page["total"] == 3
+    one = client.get("/audit", params={"subject": f"{MODEL}/version/3"}, headers=AUDITOR).json()
+    assert [e["subject"] for e in one["items"]] == [f"{MODEL}/version/3"]
+    assert client.get("/audit", params={"actor": "bob"}, headers=AUDITOR).json()["total"] == 0
+    by_action = client.get("/audit", params={"action": "candidate.proposed"}, headers=AUDITOR)
+    assert by_action.json()["total"] == 3
+    wildcard = client.get("/audit", params={"subject": "%"}, headers=AUDITOR).json()
+    assert wildcard["total"] == 0  # LIKE wildcards are literal
+    later = client.get("/audit", params={"since": "2999-01-01T00:00:00Z"}, headers=AUDITOR)
+    assert later.json()["total"] == 0
+    first = everything["items"][-1]
+    assert first["prev_hash"] == "0" * 64 and len(first["entry_hash"]) == 64
+    assert client.get("/audit/verify", headers=AUDITOR).json() == {
+        "ok": True,
+        "entries": 3,
+        "head_hash": everything["items"][0]["entry_hash"],
+        "first_bad_seq": None,
+        "problem": None,
+    }

@@ -1,0 +1,238 @@
+"""The PCCP gate job against a real PostgreSQL database and real locked-test DICOM files: the
+plan recorded once per version, the locked set's hash enforced, the scope guard, the evidence.
+
+The registry is our own interface (``GateRegistry``), faked with in-memory models; the gate on
+a real MLflow registry runs in test_retrain_e2e.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml  # type: ignore[import-untyped]
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from monitor.service import candidates_store
+from monitor.service.alerts_store import IllegalTransition
+from monitor.service.change_log import entries
+from monitor.service.cli import app
+from monitor.service.gate_job import (
+    INTENDED_USE_TAG,
+    GateContext,
+    GateRefused,
+    evaluate,
+    evaluate_pending,
+    report_of,
+)
+from pccp.catalog import SHIPPED_PLANS
+from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
+from retrain.dataset import LockedTestSet, LockedTestSetError
+from retrain.initial import InitialConfig, render_cohort
+from retrain.model import ModelSpec, TrainedModel, build_model
+from retrain.tracking import RegisteredVersion
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+
+MODEL = "gate-test"
+COHORT = InitialConfig(
+    seed=7, sites=2, studies_per_site=2, test_studies_per_site=40, render_size=64
+)
+SPEC = ModelSpec(pooling="avg")
+INTENDED_USE = "cxr-lesion-triage-v1"
+
+
+def model(seed: int, spec: ModelSpec = SPEC) -> TrainedModel:
+    torch.manual_seed(seed)
+    return TrainedModel(spec, build_model(spec).state_dict(), (1.0,), (0.5,))
+
+
+class FakeRegistry:
+    """Versions, aliases and tags in memory; evidence kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, TrainedModel] = {"1": model(0), "2": model(1)}
+        self.tags: dict[str, dict[str, str]] = {v: {INTENDED_USE_TAG: INTENDED_USE} for v in "12"}
+        self.evidence: dict[str, dict[str, bytes]] = {}
+
+    def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
+        return self.version(model_name, "1") if alias == "champion" else None
+
+    def version(self, model_name: str, version: str) -> RegisteredVersion:
+        aliases = ("champion",) if version == "1" else ()
+        return RegisteredVersion(model_name, version, f"run-{version}", aliases, self.tags[version])
+
+    def load_model(self, model_name: str, version: str) -> TrainedModel:
+        return self.models[version]
+
+    def attach_evidence(
+        self, model_name: str, version: str, files: Mapping[str, bytes], tags: Mapping[str, str]
+    ) -> str:
+        self.evidence[version] = dict(files)
+        self.tags[version] |= tags
+        return f"memory://run-{version}/evidence"
+
+
+@pytest.fixture(scope="module")
+def locked_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A plan folder governing MODEL and a locked-cases folder, over 80 rendered studies."""
+    root = tmp_path_factory.mktemp("gate")
+    cases = render_cohort(COHORT, root / "studies", "test")
+    locked = LockedTestSet.from_keys(case.study_key for case in cases)
+    plans, locked_dir = root / "plans", root / "locked"
+    plans.mkdir()
+    locked.write(plans / "locked.json")
+    document = yaml.safe_load((SHIPPED_PLANS / "cxr-lesion.yaml").read_text())
+    document["description"]["model_name"] = MODEL
+    document["protocol"]["data_management"]["locked_test_set"] = {
+        "manifest": "locked.json",
+        "sha256": locked.sha256,
+    }
+    (plans / "gate.yaml").write_text(yaml.safe_dump(document))
+    write_locked_cases(locked_dir / f"{document['plan_id']}.jsonl", from_labelled(cases))
+    return plans, locked_dir
+
+
+@pytest.fixture
+def context(pg_engine: Engine, locked_cohort: tuple[Path, Path]) -> GateContext:
+    plans, locked_dir = locked_cohort
+    return GateContext(pg_engine, FakeRegistry(), plans, locked_dir, image_workers=2)
+
+
+def proposed(engine: Engine, version: str = "2") -> Any:
+    return candidates_store.propose(
+        engine, model_name=MODEL, model_version=version, proposed_by="retrain-job", reason="test"
+    )
+
+
+def actions(engine: Engine) -> list[str]:
+    return [entry.action for entry in entries(engine)]
+
+
+def test_the_gate_scores_the_locked_set_and_records_its_evidence(context: GateContext) -> None:
+    row = evaluate(context, proposed(context.engine).candidate_id)
+
+    assert row.status in ("passed", "failed")  # untrained models: the criteria decide
+    report = report_of(row)
+    assert report is not None and report.cases == 80
+    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 9)]
+    assert report.candidate_version == "2" and report.champion_version == "1"
+    assert report.scope_violations == []
+    assert row.plan_id == "cxr-lesion-pccp" and row.approvals_required == 2
+    assert row.report is not None and row.report["evidence_uri"] == "memory://run-2/evidence"
+    registry = context.registry
+    assert isinstance(registry, FakeRegistry)
+    assert set(registry.evidence["2"]) == {"gate-report.json", "gate-report.html"}
+    assert registry.tags["2"]["radsentry.gate_outcome"] == row.status
+    sites = {g.value for g in report.groups if g.field == "site"}
+    sexes = {g.value for g in report.groups if g.field == "PatientSex"}
+    assert sites == {"site-01", "site-02"} and sexes <= {"F", "M"} and sexes
+    assert actions(context.engine) == ["candidate.proposed", "plan.loaded", "gate.result"]
+
+
+def test_a_plan_is_logged_once_per_version_and_again_when_it_changes(
+    context: GateContext, tmp_path: Path
+) -> None:
+    registry = context.registry
+    assert isinstance(registry, FakeRegistry)
+    registry.models["3"], registry.tags["3"] = model(2), {INTENDED_USE_TAG: INTENDED_USE}
+    evaluate(context, proposed(context.engine, "2").candidate_id)
+    evaluate(context, proposed(context.engine, "3").candidate_id)
+    assert actions(context.engine).count("plan.loaded") == 1
+
+    # The same plan with another impact assessment: a new fingerprint, recorded as a change.
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    document = yaml.safe_load((context.plans_dir / "gate.yaml").read_text())
+    document["impact_assessment"]["text"] += " Revised."
+    (plans / "gate.yaml").write_text(yaml.safe_dump(document))
+    (plans / "locked.json").write_bytes((context.plans_dir / "locked.json").read_bytes())
+    registry.models["4"], registry.tags["4"] = model(3), {INTENDED_USE_TAG: INTENDED_USE}
+    changed = GateContext(context.engine, registry, plans, context.locked_cases_dir)
+    evaluate(changed, proposed(context.engine, "4").candidate_id)
+    logged = [e for e in entries(context.engine) if e.action.startswith("plan.")]
+    assert [e.action for e in logged] == ["plan.loaded", "plan.changed"]
+    assert logged[1].details["previous_fingerprint"] == logged[0].details["fingerprint"]
+
+
+def test_a_locked_set_whose_hash_is_not_the_plans_is_refused(
+    context: GateContext, tmp_path: Path
+) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "gate.yaml").write_bytes((context.plans_dir / "gate.yaml").read_bytes())
+    original = LockedTestSet.load(context.plans_dir / "locked.json")
+    LockedTestSet.from_keys(sorted(original.study_keys)[1:]).write(plans / "locked.json")
+    row = proposed(context.engine)
+    with pytest.raises(GateRefused, match="not the plan's"):
+        evaluate(
+            GateContext(context.engine, context.registry, plans, context.locked_cases_dir),
+            row.candidate_id,
+        )
+    assert candidates_store.get(context.engine, row.candidate_id).status == "candidate"
+    assert "gate.result" not in actions(context.engine)
+
+
+def test_locked_cases_that_are_not_exactly_the_locked_set_are_refused(
+    context: GateContext, tmp_path: Path
+) -> None:
+    source = context.locked_cases_dir / "cxr-lesion-pccp.jsonl"
+    locked = LockedTestSet.load(context.plans_dir / "locked.json")
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(source.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(LockedTestSetError, match="1 missing"):
+        read_locked_cases(short, locked)
+    assert len(read_locked_cases(source, locked)) == 80
+
+
+@pytest.mark.parametrize(
+    ("candidate", "tags", "violation"),
+    [
+        (
+            model(1, ModelSpec(pooling="avg", input_size=32)),
+            {INTENDED_USE_TAG: INTENDED_USE},
+            "input",
+        ),
+        (model(1), {}, "intended-use"),
+        (model(1), {INTENDED_USE_TAG: "adult-ct-triage"}, "intended use"),
+    ],
+    ids=["input-size", "no-intended-use", "other-intended-use"],
+)
+def test_a_candidate_outside_the_plan_is_out_of_scope_and_never_promotable(
+    context: GateContext, candidate: TrainedModel, tags: dict[str, str], violation: str
+) -> None:
+    registry = context.registry
+    assert isinstance(registry, FakeRegistry)
+    registry.models["2"], registry.tags["2"] = candidate, tags
+    row = evaluate(context, proposed(context.engine).candidate_id)
+    assert row.status == "out_of_scope"
+    report = report_of(row)
+    assert report is not None and any(violation in v.lower() for v in report.scope_violations)
+    assert b"requires a new regulatory submission" in registry.evidence["2"]["gate-report.html"]
+    with pytest.raises(IllegalTransition):
+        candidates_store.sign(
+            context.engine, row.candidate_id, signer="alice", decision="approve", reason="x"
+        )
+
+
+def test_a_model_no_plan_governs_cannot_be_evaluated(context: GateContext) -> None:
+    row = candidates_store.propose(
+        context.engine, model_name="ungoverned", model_version="1", proposed_by="x", reason="r"
+    )
+    with pytest.raises(GateRefused, match="no PCCP plan"):
+        evaluate(context, row.candidate_id)
+    assert evaluate_pending(context) == []  # the failure is logged, the candidate waits
+    assert candidates_store.get(context.engine, row.candidate_id).status == "candidate"
+
+
+def test_the_cli_checks_plans_and_its_arguments() -> None:
+    runner = CliRunner()
+    checked = runner.invoke(app, ["pccp", "check"])
+    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.0.0 governs cxr-lesion" in checked.output
+    both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
+    assert both.exit_code == 2
+    assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2
