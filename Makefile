@@ -12,7 +12,7 @@ ALIBI_STAMP := $(ALIBI_VENV)/.installed
 ALIBI_REQS  := 'alibi-detect[torch]>=0.13,<0.14' 'torch==2.13.0' 'scipy>=1.11' 'pydantic>=2.7' \
                'pytest>=8'
 
-.PHONY: run test test-alibi lint typecheck schemas clean
+.PHONY: run test test-alibi lint typecheck schemas dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,14 +42,19 @@ test-alibi: $(ALIBI_STAMP)
 	$(ALIBI_BIN)/python -m pytest tests/alibi --confcutdir=tests/alibi
 
 lint: $(STAMP)
-	$(BIN)/ruff check monitor retrain pccp tests benchmarks
-	$(BIN)/ruff format --check monitor retrain pccp tests benchmarks
+	$(BIN)/ruff check monitor retrain pccp dashboards tests benchmarks
+	$(BIN)/ruff format --check monitor retrain pccp dashboards tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 schemas: $(STAMP)
 	$(BIN)/radsentry schemas --out docs/schemas
+
+## dashboards: regenerate dashboards/generated/*.json from the code in dashboards/
+dashboards: $(STAMP)
+	rm -f dashboards/generated/*.json
+	$(BIN)/radsentry dashboards export --out dashboards/generated
 
 clean:
 	rm -rf $(VENV) $(ALIBI_VENV) .radsentry .pytest_cache .mypy_cache .ruff_cache

@@ -76,6 +76,11 @@ def broker() -> Iterator[str]:
 @pytest.fixture
 def kafka_settings(broker: str) -> KafkaSettings:
     """Topics and a consumer group of this test's own, created with three partitions."""
+    return kafka_topics(broker)
+
+
+def kafka_topics(broker: str) -> KafkaSettings:
+    """Fresh topics (three partitions each) and a consumer group on ``broker``."""
     suffix = uuid.uuid4().hex[:8]
     settings = KafkaSettings(
         bootstrap_servers=[broker],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
@@ -32,6 +35,7 @@ from monitor.service.candidates_store import (
 from monitor.service.db import make_engine
 from monitor.service.deps import EngineDep
 from monitor.service.kafka import broker_reachable
+from monitor.service.metrics_db import database_collector
 from monitor.service.retrain_store import RequestNotFound
 from monitor.service.settings import Settings
 
@@ -74,12 +78,33 @@ ERROR_STATUS: dict[type[Exception], int] = {
 }
 """Our errors and the HTTP status each one means, in one place."""
 
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    status.HTTP_401_UNAUTHORIZED: {"description": "No bearer token, or one that fails a check."},
+    status.HTTP_403_FORBIDDEN: {"description": "The token's roles or sites do not allow this."},
+}
+"""What every route behind a token may answer (docs/security.md); the probes and /metrics never."""
+
 
 def _status_handler(code: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=code)
 
     return handle
+
+
+class _EscapedJSONResponse(JSONResponse):
+    """JSON escaped to ASCII. A validation error echoes the input, and a lone surrogate in it
+    (a valid JSON escape, not Unicode text) cannot be encoded as UTF-8: a 500, not the 422."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own answer to an invalid request, escaped (:class:`_EscapedJSONResponse`)."""
+    errors = cast(RequestValidationError, exc).errors()  # registered for this class only
+    content = {"detail": jsonable_encoder(errors)}
+    return _EscapedJSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 BootstrapResolver = Callable[[], list[str] | None]
@@ -135,7 +160,8 @@ def create_app(
         owned = engine is None
         app.state.engine = engine or make_engine(settings.database_url)
         warn_if_local(settings.auth)
-        yield
+        with database_collector().bound(app.state.engine):  # /metrics: alerts, candidates
+            yield
         if owned:
             app.state.engine.dispose()
 
@@ -147,15 +173,16 @@ def create_app(
     )
     app.state.token_verifier = TokenVerifier(settings)  # keys read (and JWKS cached) once
 
-    app.include_router(drift_router(settings.drift))
-    app.include_router(performance_router())
-    app.include_router(retrain_router())
+    app.include_router(drift_router(settings.drift), responses=AUTH_ERRORS)
+    app.include_router(performance_router(), responses=AUTH_ERRORS)
+    app.include_router(retrain_router(), responses=AUTH_ERRORS)
     registry = _LazyRegistry(settings)
     app.state.registry_factory = lambda: registry
-    app.include_router(candidates_router())
-    app.include_router(audit_router())
+    app.include_router(candidates_router(), responses=AUTH_ERRORS)
+    app.include_router(audit_router(), responses=AUTH_ERRORS)
     for error, code in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(code))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     # MLflow unreachable (proposal, promotion, rollback). Imported here: mlflow is slow to
     # import, and every CLI command imports this module.
     from retrain.mlflow_calls import TrackingError
@@ -184,11 +211,12 @@ def create_app(
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus exposition of this process's metrics."""
+        """Prometheus exposition of this process's metrics, with the database-backed ones
+        (open alerts, candidates, promotions, rollbacks: ``metrics_db``)."""
         body = await run_in_threadpool(generate_latest)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/sites", tags=["sites"])
+    @app.get("/sites", tags=["sites"], responses=AUTH_ERRORS)
     def list_sites(engine: EngineDep, principal: ReaderDep) -> list[SitePublic]:
         """Every site that has sent events, with counts and the latest event time (a site
         manager: its own sites)."""
@@ -206,7 +234,7 @@ def create_app(
             if principal.can_read_site(s.site_id)
         ]
 
-    @app.get("/sites/{site_id}/events", tags=["sites"], responses={404: {}})
+    @app.get("/sites/{site_id}/events", tags=["sites"], responses={404: {}, **AUTH_ERRORS})
     def site_events(
         site_id: Identifier, engine: EngineDep, principal: ReaderDep
     ) -> SiteEventsPublic:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
 from monitor.service import change_log
+from monitor.service.api_types import PageOffset, StoredText
 from monitor.service.auth import ChangeLogReaderDep
 from monitor.service.db import as_utc
 from monitor.service.deps import EngineDep
@@ -54,13 +55,15 @@ def audit_router() -> APIRouter:
     def list_entries(
         engine: EngineDep,
         _principal: ChangeLogReaderDep,
-        action: str | None = None,
-        actor: str | None = None,
-        subject: Annotated[str | None, Query(description="Subjects starting with this.")] = None,
+        action: StoredText | None = None,
+        actor: StoredText | None = None,
+        subject: Annotated[
+            StoredText | None, Query(description="Subjects starting with this.")
+        ] = None,
         since: AwareDatetime | None = None,
         until: AwareDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: PageOffset = 0,
     ) -> AuditPage:
         """Change-log entries, newest first, filtered by action, actor, subject and time."""
         page = change_log.search(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from monitor.events import Identifier
 from monitor.service import candidates_store
+from monitor.service.api_types import PageOffset, StoredText
 from monitor.service.auth import MlopsDep, Principal, ReaderDep
 from monitor.service.candidates_store import CandidateStatus, ChampionRegistry
 from monitor.service.deps import EngineDep
@@ -47,15 +48,17 @@ RegistryDep = Annotated[CandidateRegistry, Depends(get_registry)]
 class ProposalRequest(BaseModel):
     model_name: Identifier
     model_version: str = Field(pattern=r"^[0-9]{1,9}$", description="A registered version.")
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: StoredText = Field(min_length=1, max_length=2000)
 
 
 class SignatureRequest(BaseModel):
-    reason: str = Field(min_length=1, max_length=2000, description="Why the signer decides so.")
+    reason: StoredText = Field(
+        min_length=1, max_length=2000, description="Why the signer decides so."
+    )
 
 
 class ChangeRequest(BaseModel):
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: StoredText = Field(min_length=1, max_length=2000)
 
 
 class SignaturePublic(BaseModel):
@@ -132,7 +135,7 @@ def candidates_router() -> APIRouter:
         model_name: Identifier | None = None,
         status_: Annotated[CandidateStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: PageOffset = 0,
     ) -> CandidatePage:
         """Candidates, newest first (a site manager: those retrained for its sites)."""
         page = candidates_store.list_candidates(

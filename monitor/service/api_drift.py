@@ -20,6 +20,7 @@ from monitor.drift.config import EngineConfig
 from monitor.events import Identifier, InferenceEvent
 from monitor.service import alerts_store
 from monitor.service.alerts_store import AlertNotFound, AlertStatus
+from monitor.service.api_types import PageOffset, StoredText
 from monitor.service.auth import MlopsDep, ReaderDep, check_site
 from monitor.service.deps import EngineDep
 from monitor.service.site_report import site_report
@@ -101,7 +102,7 @@ class AlertPagePublic(BaseModel):
 class AlertAction(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(None, max_length=2000)
+    note: StoredText | None = Field(None, max_length=2000)
 
 
 class ReferenceRequest(BaseModel):
@@ -111,7 +112,7 @@ class ReferenceRequest(BaseModel):
 
     model_name: Identifier
     model_version: Identifier
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: StoredText = Field(min_length=1, max_length=2000)
     events: list[InferenceEvent] | None = Field(None, max_length=20_000)
 
 
@@ -149,9 +150,9 @@ def drift_router(config: EngineConfig) -> APIRouter:
         principal: ReaderDep,
         site_id: Identifier | None = None,
         alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
-        detector: str | None = None,
+        detector: StoredText | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: PageOffset = 0,
     ) -> AlertPagePublic:
         """Alerts, newest first, filtered by site, status and detector; paginated. A site
         manager sees its own sites' alerts (403 for another site named in ``site_id``)."""

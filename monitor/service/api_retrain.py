@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.events import Identifier
 from monitor.service import retrain_store
+from monitor.service.api_types import PageOffset, StoredText
 from monitor.service.auth import ReaderDep, RetrainerDep
 from monitor.service.deps import EngineDep
 from monitor.service.retrain_store import RequestNotFound
@@ -58,7 +59,7 @@ class RetrainRequestPage(BaseModel):
 class RetrainAsk(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: Annotated[StoredText, Field(min_length=1, max_length=2000)]
 
 
 def retrain_router() -> APIRouter:
@@ -80,7 +81,7 @@ def retrain_router() -> APIRouter:
         model_name: Identifier | None = None,
         request_status: Annotated[RequestStatus | None, Query(alias="status")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: PageOffset = 0,
     ) -> RetrainRequestPage:
         """Requests, newest first; a site manager sees those raised for its sites only."""
         page = retrain_store.list_requests(

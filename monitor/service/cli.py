@@ -22,6 +22,7 @@ from monitor.service.cli_auth import register_auth_commands
 from monitor.service.cli_jobs import register_job_commands
 from monitor.service.config_log import record_config
 from monitor.service.db import make_engine, upgrade
+from monitor.service.demo_stages import Stage
 from monitor.service.drift_store import DriftMonitor, limit_torch_threads
 from monitor.service.ingest import Ingestor
 from monitor.service.jobs import start_jobs
@@ -107,9 +108,21 @@ def serve(
 
 
 @app.command()
-def consume() -> None:
+def consume(
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus metrics (ingestion, drift, consumer lag) on "
+            "this port; 0: off.",
+        ),
+    ] = 9101,
+) -> None:
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions)."""
+    from prometheus_client import start_http_server
+
     settings = load_settings()
     try:
         bootstrap = require_bootstrap(settings)
@@ -126,6 +139,8 @@ def consume() -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     limit_torch_threads()
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.api.host)
     kafka_consumer = make_consumer(bootstrap, settings.kafka)
     producer = make_producer(bootstrap, settings.kafka)
     try:
@@ -328,27 +343,42 @@ def demo(
     seed: SeedOption = None,
     change_site: ChangeSiteOption = "site-02",
     change_at: ChangeAtOption = 150,
-    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 20,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 50,
     port: Annotated[int | None, typer.Option(help="API port (default from settings).")] = None,
+    until: Annotated[
+        Stage | None,
+        typer.Option(
+            help="Stop after this stage and exit (headless runs); default: every "
+            "stage, then keep serving until Ctrl-C."
+        ),
+    ] = None,
     exit_when_done: Annotated[
-        bool, typer.Option(help="Exit once every simulated event is stored (headless runs).")
+        bool, typer.Option(help="Same as --until stream (the stream alone, then exit).")
     ] = False,
     scores: ScoresOption = Scores.AUTO,
 ) -> None:
-    """The whole current loop on one machine: bundled broker, SQLite, API, consumer and
-    simulated sites with a scanner change at one of them. Ctrl-C stops everything."""
-    from monitor.service.demo import run_demo
+    """The whole loop on one machine (bundled broker, SQLite, local MLflow): the initial model,
+    simulated sites with a scanner change at one of them, drift and performance alerts, a
+    retrain, the candidate in MLflow, the PCCP gate, then waiting for two approvals. Ctrl-C
+    stops everything."""
+    from monitor.service.demo import DEMO_SEED, run_demo
+    from retrain.initial import InitialConfig
 
     settings = load_settings()
-    config = _simulation_config(sites, studies, seed, change_site, change_at, None)
-    scorer = _scorer(settings, scores, config.model_name)
+    config = _simulation_config(
+        sites, studies, DEMO_SEED if seed is None else seed, change_site, change_at, None
+    )
+    # The deployed population is the development cohort's (same prevalence): only the scanner
+    # changes, which is the story the demo tells and the shift retraining can repair.
+    config = config.model_copy(update={"prevalence": InitialConfig().prevalence})
+    stop_at = Stage.STREAM if exit_when_done else until
     code = run_demo(
         settings,
         config,
         rate=rate or None,
         port=port,
-        exit_when_done=exit_when_done,
-        scorer=scorer,
+        until=stop_at,
+        scores=scores.value,
     )
     raise typer.Exit(code)
 

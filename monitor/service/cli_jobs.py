@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from rich.console import Console
 
 from monitor.service import change_log
+from monitor.service.cli_dashboards import dashboards_app
 from monitor.service.cli_pccp import pccp_app
 from monitor.service.config_log import record_config
 from monitor.service.db import make_engine, upgrade
@@ -40,6 +41,7 @@ def register_job_commands(app: typer.Typer) -> None:
     app.command()(scheduler)
     app.add_typer(audit_app, name="audit")
     app.add_typer(pccp_app, name="pccp")
+    app.add_typer(dashboards_app, name="dashboards")
 
 
 class ExportFormat(StrEnum):
@@ -161,7 +163,7 @@ def train_initial(
     """Train the initial model (v1) on a synthetic pre-deployment cohort, log it to MLflow and
     make it the champion; from then on `simulate` and `demo` score with it. Refused when the
     model already has a champion (only a PCCP promotion replaces one)."""
-    from monitor.service.registry import ChampionExists, register_initial
+    from monitor.service.registry import ChampionExists, record_initial, register_initial
     from retrain.initial import InitialConfig
 
     settings = load_settings()
@@ -181,20 +183,7 @@ def train_initial(
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)
-        change_log.record(
-            engine,
-            change_log.Entry(
-                actor="train-initial",
-                action="champion.initial",
-                subject=f"{config.model_name}/version/{registered.version.version}",
-                details={
-                    "mlflow_run_id": registered.version.run_id,
-                    "manifest_sha256": registered.model.manifest.sha256(),
-                    "config_fingerprint": registered.model.config_fingerprint,
-                },
-                reason="initial model of a model without a champion",
-            ),
-        )
+        record_initial(engine, registered)
     finally:
         engine.dispose()
     result = registered.model.result
@@ -214,7 +203,8 @@ def scheduler(
         typer.Option(
             min=0,
             max=65535,
-            help="Serve this process's Prometheus metrics (retraining jobs) on this port; 0: off.",
+            help="Serve this process's Prometheus metrics (retraining jobs, performance, audit "
+            "chain) on this port; 0: off.",
         ),
     ] = 9102,
 ) -> None:
@@ -241,6 +231,7 @@ def scheduler(
         retrain_jobs_s=settings.retrain.jobs_s,
         checkpoint_hour=settings.audit.checkpoint_hour,
         gate_s=settings.pccp.gate_s,
+        audit_verify_s=settings.audit.verify_s,
     )
     if metrics_port:
         start_http_server(metrics_port, addr=settings.api.host)

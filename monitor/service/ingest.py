@@ -21,21 +21,34 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy import Connection, Engine
 
-from monitor.events import INFERENCE_SCHEMA, LABEL_SCHEMA, InvalidEvent, parse_event
+from monitor.events import (
+    INFERENCE_SCHEMA,
+    LABEL_SCHEMA,
+    InferenceEvent,
+    InvalidEvent,
+    parse_event,
+)
 from monitor.service import metrics
 from monitor.service.alerts_store import publish_pending
 from monitor.service.drift_store import DriftBatch, DriftMonitor
 from monitor.service.settings import KafkaSettings
-from monitor.service.store import BatchOutcome, Delivered, Rejected, store_batch
+from monitor.service.store import (
+    BatchOutcome,
+    Delivered,
+    Rejected,
+    latest_inference_times,
+    store_batch,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +72,11 @@ class _Refused:
             payload_bytes=len(raw),
         )
 
+
+SITE_SEED_DAYS = 7
+"""At start, sites whose newest inference event is at most this old get their
+``radsentry_site_last_event_timestamp_seconds`` from the database, so a site that fell silent
+before a restart still shows (and alerts) as silent; older ones count as retired."""
 
 _SAFE_KEY = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -93,6 +111,7 @@ class Ingestor:
         self.settings = settings
         self.drift = drift
         self.stats = IngestStats()
+        self._site_latest: dict[str, float] = {}
         self._alerts_pending = False
         # Alerts also come from elsewhere (performance alerts from the scheduler's jobs, ones a
         # crashed process stored but did not publish): the outbox is checked on this clock too.
@@ -106,8 +125,10 @@ class Ingestor:
         """Poll and process until ``stop`` is set; the batch in hand is finished first."""
         backoff = 0.5
         log.info("ingestion started", topics=sorted(self._expected))
+        self._seed_site_times()
         while not stop.is_set():
             records = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+            self._observe_lag()
             if not records:
                 self._publish_alerts()
                 continue
@@ -252,10 +273,60 @@ class Ingestor:
                 metrics.EVENTS_DUPLICATE.labels(topic).inc(count)
         for (topic, code), count in Counter((r.topic, r.code) for r in rejected).items():
             metrics.EVENTS_DEAD_LETTERED.labels(topic, code).inc(count)
+        self._observe_site_times(outcome.stored)
         for batch in records.values():
             for record in batch:
                 if record.timestamp and record.timestamp > 0:
                     metrics.PROCESSING_SECONDS.observe(max(0.0, committed - record.timestamp / 1e3))
+
+    def _observe_site_times(self, stored: list[Delivered]) -> None:
+        newest: dict[str, float] = {}
+        for item in stored:
+            if isinstance(item.event, InferenceEvent):
+                at = item.event.occurred_at.timestamp()
+                newest[item.event.site_id] = max(at, newest.get(item.event.site_id, at))
+        for site_id, at in newest.items():
+            self._advance_site_time(site_id, at)
+
+    def _seed_site_times(self) -> None:
+        """The newest stored inference event per recently active site (see SITE_SEED_DAYS)."""
+        since = datetime.now(UTC) - timedelta(days=SITE_SEED_DAYS)
+        try:
+            latest = latest_inference_times(self.engine, since)
+        except Exception:
+            # Boundary: only a metric is missing until the site's next event; ingestion goes on.
+            log.exception("cannot read the newest event per site")
+            return
+        for site_id, at in latest.items():
+            self._advance_site_time(site_id, at.timestamp())
+
+    def _advance_site_time(self, site_id: str, at: float) -> None:
+        # Never backwards: a late or replayed event is not news from the site.
+        if at > self._site_latest.get(site_id, float("-inf")):
+            self._site_latest[site_id] = at
+            metrics.SITE_LAST_EVENT.labels(site_id).set(at)
+
+    def _observe_lag(self) -> None:
+        """Consumer lag per topic from what the client already knows: each partition's high
+        watermark (sent with every fetch response) minus its position. No broker round trip;
+        a partition not fetched from yet adds nothing. (``end_offsets`` would cost a
+        ListOffsets request, and the bundled broker answers that one wrongly.)"""
+        lag = dict.fromkeys(self._expected, 0)
+        try:
+            for tp in self.consumer.assignment():
+                highwater = self.consumer.highwater(tp)
+                if highwater is None or tp.topic not in lag:
+                    continue
+                position = self.consumer.position(tp, timeout_ms=0)
+                if position is not None:
+                    lag[tp.topic] += max(0, highwater - position)
+        except KafkaError as exc:
+            # A rebalance took a partition away meanwhile, or a position is being reset: only
+            # the gauge waits for the next poll.
+            log.debug("consumer lag not measured", error=repr(exc))
+            return
+        for topic, behind in lag.items():
+            metrics.CONSUMER_LAG.labels(topic).set(behind)
 
     def _summary(self) -> dict[str, int]:
         s = self.stats
@@ -282,6 +353,8 @@ def observe_drift(batch: DriftBatch) -> None:
         metrics.DRIFT_DETECTED.labels(*labels).set(1.0 if result.is_drift else 0.0)
         if result.p_value is not None:
             metrics.DRIFT_P_VALUE.labels(*labels).set(result.p_value)
+        if result.threshold is not None:
+            metrics.DRIFT_THRESHOLD.labels(*labels).set(result.threshold)
     for alert in batch.alerts:
         metrics.ALERTS_OPENED.labels(alert.key.site_id, alert.key.model_name, alert.detector).inc()
 

@@ -1,5 +1,6 @@
 """Periodic jobs of the service (APScheduler): performance refresh and label expiry, the
-retrain-trigger scan, the retraining job, the PCCP gate and the change log's checkpoints.
+retrain-trigger scan, the retraining job, the PCCP gate, the change log's checkpoints and its
+verification.
 
 They run in ``radsentry serve`` and ``radsentry demo`` (one scheduler per process; run one
 ``serve`` with jobs per deployment, or accept duplicate snapshot rows). Each job is a boundary:
@@ -54,7 +55,7 @@ def consider_retraining(engine: Engine, settings: RetrainSettings) -> None:
         log.info("retrain requests created", count=len(created))
 
 
-def with_own_engine(action: Callable[[Engine, Settings], None], database_url: str | None) -> None:
+def with_own_engine(action: Callable[[Engine, Settings], object], database_url: str | None) -> None:
     """Run ``action`` on this process's settings and a fresh engine (scheduler jobs are stored
     as plain references and arguments, so they build what they need when they run)."""
     from monitor.service.db import make_engine
@@ -152,6 +153,43 @@ def sign_change_log(engine: Engine, settings: Settings) -> None:
 def audit_checkpoint_job(database_url: str | None = None) -> None:
     """The daily signed checkpoint as a scheduler job."""
     with_own_engine(sign_change_log, database_url)
+
+
+def verify_change_log(engine: Engine, settings: Settings) -> bool | None:
+    """Verify the change log's chain and its signed checkpoints and export the outcome
+    (``radsentry_audit_chain_ok``, ``radsentry_audit_chain_last_verified_timestamp_seconds``).
+
+    Returns whether both held; None when the check could not run (database down, signing key
+    missing): the gauges keep their last values, and the stale timestamp alerts.
+    """
+    from monitor.service import change_log, metrics
+    from monitor.service.change_log_signing import signing_key, verify_checkpoints
+
+    try:
+        chain = change_log.verify(engine)
+        problems = verify_checkpoints(engine, signing_key(settings).public_key())
+    except Exception:
+        # Boundary: the next run tries again; meanwhile the last verification grows old.
+        log.exception("change log verification could not run")
+        return None
+    ok = chain.ok and not problems
+    metrics.AUDIT_CHAIN_OK.set(1.0 if ok else 0.0)
+    metrics.AUDIT_CHAIN_LAST_VERIFIED.set(datetime.now(UTC).timestamp())
+    if ok:
+        log.info("change log verified", entries=chain.entries)
+    else:
+        log.error(
+            "change log verification failed",
+            first_bad_seq=chain.first_bad_seq,
+            problem=chain.problem,
+            checkpoint_problems=problems,
+        )
+    return ok
+
+
+def audit_verify_job(database_url: str | None = None) -> None:
+    """The change log's verification (every 15 minutes by default) as a scheduler job."""
+    with_own_engine(verify_change_log, database_url)
 
 
 def start_jobs(

@@ -1,5 +1,11 @@
-"""Prometheus metrics of the runtime. Labels are bounded: site, topic, reject code; never event
-ids, study keys or free text."""
+"""Prometheus metrics of the runtime. Labels are bounded: site, model, detector, topic, reject
+code, window, metric, outcome; never event ids, study keys or free text.
+
+Each process exposes the metrics it updates: the consumer (ingestion, drift, consumer lag, the
+newest event per site), the jobs (performance, retraining, the audit chain's verification) and
+the API (database-backed counts, :mod:`monitor.service.metrics_db`). docs/operations.md lists
+every metric with the process that exposes it.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,17 @@ BATCH_SECONDS = Histogram(
     "Time to validate, store and commit one polled batch.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+CONSUMER_LAG = Gauge(
+    "radsentry_consumer_lag",
+    "Records behind the end offsets, summed over the partitions of the topic this consumer "
+    "holds (last known high watermark minus position, after each poll).",
+    ["topic"],
+)
+SITE_LAST_EVENT = Gauge(
+    "radsentry_site_last_event_timestamp_seconds",
+    "Unix time of the newest stored inference event's occurred_at, per site.",
+    ["site_id"],
+)
 INGEST_FAILURES = Counter(
     "radsentry_ingest_failures",
     "Batches that could not be stored or committed and were retried.",
@@ -47,6 +64,12 @@ DRIFT_P_VALUE = Gauge(
 DRIFT_EFFECT_SIZE = Gauge(
     "radsentry_drift_effect_size", "Effect size of the latest check.", _DETECTOR_LABELS
 )
+DRIFT_THRESHOLD = Gauge(
+    "radsentry_drift_threshold",
+    "Threshold of the latest check: the detector compares its p-value (or, without one, its "
+    "statistic) to it.",
+    _DETECTOR_LABELS,
+)
 DRIFT_DETECTED = Gauge(
     "radsentry_drift_detected", "1 when the latest check found drift, else 0.", _DETECTOR_LABELS
 )
@@ -55,12 +78,25 @@ DRIFT_CHECKS = Counter(
     "Windows (or online blocks) checked, by outcome: drift, quiet or skipped.",
     [*_DETECTOR_LABELS, "outcome"],
 )
+_PERFORMANCE_LABELS = ["site_id", "model_name", "model_version", "finding", "window", "metric"]
 PERFORMANCE = Gauge(
     "radsentry_performance",
     "Latest performance snapshot: metric is auroc, sensitivity, specificity, ece, "
     "label_completeness, or (rolling window) auroc_estimated, sensitivity_estimated, "
     "specificity_estimated from the label-free estimate; NaN when too few cases.",
-    ["site_id", "model_name", "model_version", "finding", "window", "metric"],
+    _PERFORMANCE_LABELS,
+)
+PERFORMANCE_LOWER = Gauge(
+    "radsentry_performance_lower",
+    "Lower confidence bound of radsentry_performance (auroc, sensitivity, specificity); absent "
+    "when the snapshot has no interval.",
+    _PERFORMANCE_LABELS,
+)
+PERFORMANCE_UPPER = Gauge(
+    "radsentry_performance_upper",
+    "Upper confidence bound of radsentry_performance (auroc, sensitivity, specificity); absent "
+    "when the snapshot has no interval.",
+    _PERFORMANCE_LABELS,
 )
 ALERTS_OPENED = Counter(
     "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
@@ -71,9 +107,23 @@ RETRAIN_JOBS = Counter(
     "Retraining job attempts by outcome: succeeded, failed (for good) or retried.",
     ["outcome"],
 )
+# Every outcome exported from the start: a counter series born at 1 hides its first increase
+# from increase()/rate(), and the alert on failed jobs would miss a process's first failure.
+for _outcome in ("succeeded", "failed", "retried"):
+    RETRAIN_JOBS.labels(outcome=_outcome)
 RETRAIN_JOB_SECONDS = Histogram(
     "radsentry_retrain_job_seconds",
     "Wall time of one retraining job attempt, by outcome.",
     ["outcome"],
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400),
+)
+
+AUDIT_CHAIN_OK = Gauge(
+    "radsentry_audit_chain_ok",
+    "1 when the change log's hash chain and its signed checkpoints verified at the last check "
+    "(scheduler job audit-verify), 0 when not.",
+)
+AUDIT_CHAIN_LAST_VERIFIED = Gauge(
+    "radsentry_audit_chain_last_verified_timestamp_seconds",
+    "Unix time of the last completed verification of the change log (ok or not).",
 )

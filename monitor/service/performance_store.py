@@ -16,6 +16,7 @@ events carry (the latest); events without one are scored at 0.5, and the snapsho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ from monitor.performance.estimate import (
     estimate_performance,
     fit_calibration,
 )
-from monitor.performance.metrics import BinaryMetrics, binary_metrics
+from monitor.performance.metrics import BinaryMetrics, Interval, binary_metrics
 from monitor.performance.subgroups import subgroup_metrics
 from monitor.service import metrics
 from monitor.service.labels_store import (
@@ -367,6 +368,7 @@ def _export(snapshot: Snapshot) -> None:
     for name, interval in values.items():
         gauge = metrics.PERFORMANCE.labels(*labels, name)
         gauge.set(interval.estimate if interval is not None else float("nan"))
+        _export_bounds((*labels, name), interval)
     estimate = snapshot.estimate or {}
     for name in ("auroc", "sensitivity", "specificity"):
         if snapshot.window == "rolling" and "unavailable" not in estimate and estimate:
@@ -378,3 +380,16 @@ def _export(snapshot: Snapshot) -> None:
     metrics.PERFORMANCE.labels(*labels, "ece").set(ece if ece is not None else float("nan"))
     share = snapshot.labelled / snapshot.predicted if snapshot.predicted else float("nan")
     metrics.PERFORMANCE.labels(*labels, "label_completeness").set(share)
+
+
+def _export_bounds(labels: tuple[str, ...], interval: Interval | None) -> None:
+    """The interval's bounds as their own series; none (removed) when there is no interval."""
+    for gauge, bound in (
+        (metrics.PERFORMANCE_LOWER, interval.lower if interval else None),
+        (metrics.PERFORMANCE_UPPER, interval.upper if interval else None),
+    ):
+        if bound is not None:
+            gauge.labels(*labels).set(bound)
+            continue
+        with contextlib.suppress(KeyError):  # never had one
+            gauge.remove(*labels)

@@ -21,6 +21,8 @@ from monitor.service.settings import Settings
 from pccp.catalog import plan_for
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from monitor.simulate.model_scores import TrainedModelScorer
     from pccp.plan import Plan
     from retrain.dataset import LabelledCase
@@ -88,6 +90,27 @@ def register_initial(
     registry.set_initial_champion(config.model_name, version.version)
     log.info("initial champion registered", model_name=config.model_name, version=version.version)
     return InitialRegistration(version, initial, cohort_dir)
+
+
+def record_initial(engine: Engine, registered: InitialRegistration) -> None:
+    """The change-log entry of a first champion (``champion.initial``)."""
+    from monitor.service import change_log
+
+    version = registered.version
+    change_log.record(
+        engine,
+        change_log.Entry(
+            actor="train-initial",
+            action="champion.initial",
+            subject=f"{version.model_name}/version/{version.version}",
+            details={
+                "mlflow_run_id": version.run_id,
+                "manifest_sha256": registered.model.manifest.sha256(),
+                "config_fingerprint": registered.model.config_fingerprint,
+            },
+            reason="initial model of a model without a champion",
+        ),
+    )
 
 
 def _write_locked_cases(settings: Settings, plan: Plan, test_cases: Sequence[LabelledCase]) -> None:

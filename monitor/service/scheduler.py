@@ -101,10 +101,12 @@ def default_jobs(
     retrain_jobs_s: float = 60.0,
     checkpoint_hour: int = 1,
     gate_s: float = 120.0,
+    audit_verify_s: float = 900.0,
 ) -> list[JobSpec]:
     """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan, the
-    retraining job, the PCCP gate, the nightly drift reports and the daily signed change-log
-    checkpoint. Extend by appending specs; ids must stay stable."""
+    retraining job, the PCCP gate, the nightly drift reports, the daily signed change-log
+    checkpoint and the change log's verification (its outcome is a metric of this process).
+    Extend by appending specs; ids must stay stable."""
     return [
         JobSpec(
             id="retrain-requests",
@@ -140,6 +142,13 @@ def default_jobs(
             trigger="cron",
             trigger_args={"hour": checkpoint_hour, "minute": 0},
             misfire_grace_time=report_grace_s,
+        ),
+        JobSpec(
+            id="audit-verify",
+            func_ref="monitor.service.jobs:audit_verify_job",
+            trigger="interval",
+            trigger_args={"seconds": audit_verify_s},
+            misfire_grace_time=refresh_grace_s,
         ),
         JobSpec(
             id="nightly-drift-reports",

@@ -125,6 +125,12 @@ class AuditSettings(BaseModel):
         "production); None: a key created once under data_dir (embedded default).",
     )
     checkpoint_hour: int = Field(1, ge=0, le=23, description="UTC hour of the daily checkpoint.")
+    verify_s: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds between verifications of the chain and checkpoints by the "
+        "scheduler (metric radsentry_audit_chain_ok).",
+    )
 
 
 # Asymmetric JWS algorithms only: an OIDC provider signs with a private key we never hold, and

@@ -298,6 +298,19 @@ def site_summary(engine: Engine, site_id: str) -> SiteSummary | None:
     return next(iter(list_sites(engine, site_id)), None)
 
 
+def latest_inference_times(engine: Engine, since: datetime) -> dict[str, datetime]:
+    """The newest inference event's ``occurred_at`` per site, for sites with one after
+    ``since``."""
+    row = InferenceEventRow
+    statement = (
+        select(row.site_id, func.max(row.occurred_at))
+        .where(row.occurred_at >= since)
+        .group_by(row.site_id)
+    )
+    with engine.connect() as connection:
+        return {site: as_utc(latest) for site, latest in connection.execute(statement)}
+
+
 def _counts_by_site(
     connection: Connection,
     row: type[InferenceEventRow] | type[LabelEventRow],

@@ -13,7 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from monitor.service import candidates_store
 from monitor.service.broker import free_port
+from monitor.service.change_log import entries, verify
 from monitor.service.db import make_engine
 from monitor.service.models import InferenceEventRow, LabelEventRow
 
@@ -67,6 +69,60 @@ def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
     inference, labels = _counts(tmp_path)
     assert inference == 30
     assert 0 < labels <= 30
+    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+
+
+LOOP = (
+    "initial-model",
+    "stream",
+    "drift-alert",
+    "performance-alert",
+    "retrain-request",
+    "candidate",
+    "gate",
+    "awaiting-approval",
+)
+
+
+def test_demo_runs_the_whole_loop_headless_to_awaiting_approval(tmp_path: Path) -> None:
+    """`make run`'s loop on a fresh data dir, headless: v1 trained and made champion, the
+    stream, both kinds of alert at the changed site, the request, a challenger in the local
+    MLflow store, the PCCP gate passed on the locked test set, and the instructions for two
+    approvers; each stage printed and recorded."""
+    port = free_port()
+    result = subprocess.run(
+        [RADSENTRY, "demo", "--until", "awaiting-approval", "--rate", "0", "--port", str(port)],
+        env=_embedded_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for stage in LOOP:
+        assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
+    engine = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
+    try:
+        assert verify(engine).ok
+        logged = {entry.action for entry in entries(engine)}
+        [candidate] = candidates_store.list_candidates(engine).items
+    finally:
+        engine.dispose()
+    assert {
+        "champion.initial",
+        "retrain.requested",
+        "candidate.proposed",
+        "training.run",
+        "plan.loaded",
+        "gate.result",
+    } <= logged
+    assert candidate.status == "passed" and candidate.report is not None
+    assert f"http://127.0.0.1:{port}/candidates/{candidate.candidate_id}/evidence" in (
+        result.stderr
+    )
+    assert "radsentry token --subject alice --role mlops" in result.stderr
+    assert "radsentry token --subject bob --role mlops" in result.stderr
+    assert [c["id"] for c in candidate.report["criteria"]] == [f"PE-{n}" for n in range(1, 9)]
+    assert (tmp_path / "locked-test" / "cxr-lesion-pccp.jsonl").exists()
     assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
 
 

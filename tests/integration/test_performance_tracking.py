@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
@@ -84,6 +85,24 @@ def test_the_degraded_site_shows_lower_auroc_with_intervals_and_subgroups(tracke
         assert 0.6 < snapshot.labelled / snapshot.predicted < 0.95  # label_rate 0.8
         assert snapshot.label_delay_hours is not None and snapshot.label_delay_hours["p50"] > 0
         assert {g["field"] for g in snapshot.subgroups} >= {"PatientSex", "Manufacturer"}
+    for snapshot in snapshots:  # Prometheus: the intervals as their own series
+        for name in ("auroc", "sensitivity", "specificity"):
+            interval = getattr(snapshot.metrics, name)
+            labels = {
+                "site_id": snapshot.site_id,
+                "model_name": snapshot.model_name,
+                "model_version": snapshot.model_version,
+                "finding": snapshot.finding,
+                "window": snapshot.window,
+                "metric": name,
+            }
+            assert interval is not None, (snapshot.site_id, name)
+            assert REGISTRY.get_sample_value("radsentry_performance_lower", labels) == (
+                interval.lower
+            )
+            assert REGISTRY.get_sample_value("radsentry_performance_upper", labels) == (
+                interval.upper
+            )
     degraded, healthy = rolling["site-02"].metrics.auroc, rolling["site-01"].metrics.auroc
     assert degraded is not None and healthy is not None
     assert degraded.upper < healthy.lower  # the intervals separate the sites

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pydicom
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -23,10 +24,12 @@ from typer.testing import CliRunner
 
 from monitor.dicom import extract_features
 from monitor.events import InferenceEvent, Prediction, to_json
+from monitor.service.api import create_app
 from monitor.service.cli import app
 from monitor.service.kafka import make_producer
 from monitor.service.models import Base
-from monitor.service.settings import KafkaSettings
+from monitor.service.settings import KafkaSettings, Settings
+from tests.auth_helpers import TEST_AUTH
 from tests.integration.helpers import ingest_until, read_all, send
 
 pytestmark = pytest.mark.integration
@@ -142,6 +145,11 @@ def test_no_phi_in_database_logs_metrics_or_dead_letters(
     _assert_no_phi("the dead-letter headers", b"".join(v for _, v in dead[0].headers))
     _assert_no_phi("the database", _database_text(pg_engine))
     _assert_no_phi("the metrics", generate_latest())
+    # The API's /metrics adds the database-backed families (alerts, candidates).
+    with TestClient(create_app(Settings(auth=TEST_AUTH), engine=pg_engine)) as client:
+        scraped = client.get("/metrics").text
+    _assert_no_phi("the API's metrics", scraped)
+    assert features.study_key not in scraped and str(event.event_id) not in scraped
     logs = capsys.readouterr()
     _assert_no_phi("the logs", logs.out + logs.err)
     assert "dead-lettered" in logs.out + logs.err  # the logs were captured, not silent

@@ -183,6 +183,7 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
         "pccp-gate",
         "nightly-drift-reports",
         "audit-checkpoint",
+        "audit-verify",
     }
     assert datetime.fromtimestamp(first["nightly-drift-reports"], UTC).hour == 2
 
@@ -245,3 +246,4 @@ def test_the_standing_jobs_run_on_the_configured_database(
     events = {entry["event"]: entry for entry in logs}
     assert events["performance refreshed"]["snapshots"] == 0
     assert events["nightly drift reports written"]["reports"] == 0
+    assert events["change log verified"]["entries"] == 0

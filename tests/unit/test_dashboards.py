@@ -1,0 +1,225 @@
+"""The dashboards as code: generated JSON up to date, the shape Grafana and site managers need,
+and every query within the data contract (the metrics and views tables of docs/dashboards.md).
+The queries themselves run against a real Prometheus and PostgreSQL in the integration tests."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dashboards.build import DASHBOARDS, build_all, dumps
+from dashboards.common import (
+    FOLDER,
+    POSTGRES_TYPE,
+    POSTGRES_UID,
+    PROMETHEUS_TYPE,
+    PROMETHEUS_UID,
+    TAG,
+)
+from dashboards.queries import PanelQuery, Substitution, panel_queries, render
+
+ROOT = Path(__file__).parents[2]
+GENERATED = ROOT / "dashboards" / "generated"
+PROVISIONING = ROOT / "dashboards" / "provisioning"
+CONTRACT_FILES = (ROOT / "docs" / "dashboards.md",)
+
+BUILT = build_all()
+DATASOURCE_VARIABLES = {"${prometheus}": PROMETHEUS_TYPE, "${postgres}": POSTGRES_TYPE}
+REQUIRED_VARIABLES = {
+    "radsentry-site-overview": {"prometheus", "postgres", "site", "model"},
+    "radsentry-model-performance": {"prometheus", "postgres", "site", "model", "finding"},
+    "radsentry-fleet": {"prometheus", "postgres", "model", "finding"},
+    "radsentry-governance": {"prometheus", "postgres", "model"},
+}
+
+
+def _variables(document: dict[str, object]) -> dict[str, dict[str, object]]:
+    templating = document["templating"]
+    assert isinstance(templating, dict)
+    return {variable["name"]: variable for variable in templating["list"]}
+
+
+def _panels(document: dict[str, object]) -> list[dict[str, object]]:
+    panels = document["panels"]
+    assert isinstance(panels, list)
+    return [*panels, *(inner for panel in panels for inner in panel.get("panels", []))]
+
+
+def _contract() -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """Metric names, label names and view -> columns, from the contract's tables in
+    docs/dashboards.md."""
+    metrics: set[str] = set()
+    labels: set[str] = set()
+    views: dict[str, set[str]] = {}
+    sources = [path for path in CONTRACT_FILES if path.exists()]
+    for line in "\n".join(path.read_text(encoding="utf-8") for path in sources).splitlines():
+        cells = [cell.strip() for cell in line.replace("`", "").strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("radsentry_"):
+            metrics.update(name.strip() for name in cells[0].split(","))
+            labels.update(re.findall(r"[a-z_]+", cells[2].replace("same as", "")))
+        elif len(cells) >= 2 and cells[0].startswith("grafana."):
+            columns = re.sub(r"\([^)]*\)", "", cells[1])
+            views[cells[0].removeprefix("grafana.")] = {
+                column.strip() for column in columns.split(",") if column.strip()
+            }
+    labels -= {"none", *metrics}
+    return metrics, labels, views
+
+
+def test_the_checked_in_json_is_what_the_code_builds() -> None:
+    on_disk = {path.stem for path in GENERATED.glob("*.json")}
+    assert on_disk == set(BUILT), "dashboards/generated/ is stale: run `make dashboards`"
+    for uid, document in BUILT.items():
+        text = (GENERATED / f"{uid}.json").read_text(encoding="utf-8")
+        assert text == dumps(document), f"{uid}.json is stale: run `make dashboards`"
+
+
+def test_uids_are_stable_and_unique() -> None:
+    assert set(BUILT) == set(REQUIRED_VARIABLES)
+    assert [source.uid for source in DASHBOARDS] == [doc["uid"] for doc in BUILT.values()]
+    assert len({doc["title"] for doc in BUILT.values()}) == len(BUILT)
+
+
+@pytest.mark.parametrize("uid", sorted(BUILT))
+def test_each_dashboard_is_tagged_foldered_and_explained(uid: str) -> None:
+    document = BUILT[uid]
+    assert TAG in document["tags"]  # type: ignore[operator]
+    assert {source.folder for source in DASHBOARDS if source.uid == uid} == {FOLDER}
+    assert "id" not in document, "a provisioned dashboard must not carry a database id"
+    texts = [panel for panel in _panels(document) if panel["type"] == "text"]
+    assert texts, "every dashboard starts with a text panel that explains how to read it"
+    options = texts[0]["options"]
+    assert isinstance(options, dict) and options["mode"] == "markdown"
+    assert len(str(options["content"])) > 200
+
+
+@pytest.mark.parametrize("uid", sorted(BUILT))
+def test_panel_ids_are_unique(uid: str) -> None:
+    ids = [panel["id"] for panel in _panels(BUILT[uid])]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+
+
+@pytest.mark.parametrize("uid", sorted(BUILT))
+def test_every_query_reads_one_of_the_two_datasource_variables(uid: str) -> None:
+    document = BUILT[uid]
+    for panel in _panels(document):
+        if panel["type"] in ("text", "row"):
+            assert not panel.get("targets")
+            continue
+        source = panel["datasource"]
+        assert isinstance(source, dict)
+        assert DATASOURCE_VARIABLES.get(str(source["uid"])) == source["type"], panel["title"]
+        for target in panel["targets"]:  # type: ignore[attr-defined]
+            assert "datasource" not in target or target["datasource"] == source
+    annotations = document["annotations"]
+    assert isinstance(annotations, dict)
+    for annotation in annotations.get("list", []):
+        source = annotation["datasource"]
+        assert DATASOURCE_VARIABLES.get(source["uid"]) == source["type"]
+
+
+@pytest.mark.parametrize("uid", sorted(BUILT))
+def test_variables_are_the_required_ones_and_all_used(uid: str) -> None:
+    document = BUILT[uid]
+    variables = _variables(document)
+    assert set(variables) == REQUIRED_VARIABLES[uid]
+    text = "\n".join(query.query for query in panel_queries(document))
+    used = set(re.findall(r"\$\{?([a-z]\w*)", text)) | {"prometheus", "postgres"}
+    assert used == set(variables), "a variable no query uses, or a query using an undefined one"
+    assert variables["prometheus"]["current"]["value"] == PROMETHEUS_UID  # type: ignore[index]
+    assert variables["postgres"]["current"]["value"] == POSTGRES_UID  # type: ignore[index]
+
+
+def test_a_site_manager_sees_one_site_by_default() -> None:
+    """No "All" and no multi-select on `site`, and no saved value: Grafana then selects the
+    first site, so a dashboard never opens on every site at once."""
+    for uid, document in BUILT.items():
+        site = _variables(document).get("site")
+        if site is None:
+            continue
+        assert site["includeAll"] is False and site["multi"] is False, uid
+        assert "current" not in site, uid
+        assert site["query"] == "label_values(radsentry_events_consumed_total, site_id)"
+
+
+def test_queries_use_only_the_contracts_metrics_labels_and_views() -> None:
+    metrics, labels, views = _contract()
+    assert len(metrics) >= 17 and len(views) == 14  # the parser found the tables
+    all_columns = set().union(*views.values())
+    for uid, document in BUILT.items():
+        for query in panel_queries(document):
+            where = f"{uid} / {query.panel_title} ({query.ref_id})"
+            if query.kind == "prometheus":
+                assert set(re.findall(r"\bradsentry_\w+", query.query)) <= metrics, where
+                used = set(re.findall(r"(\w+)\s*=~?\s*\"", query.query))
+                for group in re.findall(r"by \(([^)]*)\)", query.query):
+                    used.update(label.strip() for label in group.split(","))
+                assert used <= labels, (where, used - labels)
+            else:
+                read = set(re.findall(r"\bgrafana\.(\w+)", query.query))
+                assert read and read <= set(views), where
+                allowed = set().union(*(views[view] for view in read))
+                # String literals and multi-word aliases ("delay p50") name no column.
+                bare = re.sub(r"'[^']*'|\"[^\"]* [^\"]*\"", "", query.query)
+                tokens = set(re.findall(r"\b[a-z_][a-z0-9_]*\b", bare))
+                assert tokens & all_columns <= allowed, (where, tokens & all_columns - allowed)
+                assert not re.search(r'(?<!")\bwindow\b(?!")', query.query), (
+                    f'{where}: `window` is reserved in SQL, write "window"'
+                )
+
+
+def test_panel_queries_lists_targets_and_annotations() -> None:
+    queries = panel_queries(BUILT["radsentry-site-overview"])
+    kinds = {query.kind for query in queries}
+    assert kinds == {"prometheus", "postgres"}
+    assert any(q.panel_title == "annotation: Alerts" and q.kind == "postgres" for q in queries)
+    status = next(q for q in queries if q.panel_title == "Status per model")
+    assert status.instant and "radsentry_drift_detected" in status.query
+    total = sum(len(panel_queries(document)) for document in BUILT.values())
+    assert total >= 40
+
+
+def test_render_substitutes_like_grafana() -> None:
+    end = datetime(2026, 3, 8, tzinfo=UTC)
+    values = Substitution(
+        {"site": ["site-01"], "model": ["cxr", "cxr.v2"], "finding": ["nodule"]},
+        end - timedelta(days=7),
+        end,
+    )
+    prom = PanelQuery("p", "A", "prometheus", 'x{site_id="$site", model_name=~"$model"}[$__range]')
+    assert render(prom, values) == 'x{site_id="site-01", model_name=~"(cxr|cxr\\.v2)"}[604800s]'
+    sql = PanelQuery(
+        "s", "A", "postgres", "WHERE site_id = ${site:sqlstring} AND $__timeFilter(day::date)"
+    )
+    assert render(sql, values) == (
+        "WHERE site_id = 'site-01' AND day::date BETWEEN "
+        "'2026-03-01T00:00:00+00:00' AND '2026-03-08T00:00:00+00:00'"
+    )
+    quoted = Substitution({"site": ["o'hare"]}, end, end)
+    assert "'o''hare'" in render(PanelQuery("s", "A", "postgres", "${site:sqlstring}"), quoted)
+    for document in BUILT.values():
+        for query in panel_queries(document):
+            assert "$" not in render(query, values)
+
+
+def test_provisioning_files_give_grafana_what_it_needs() -> None:
+    datasources = yaml.safe_load((PROVISIONING / "datasources" / "radsentry.yaml").read_text())
+    assert datasources["apiVersion"] == 1
+    by_uid = {source["uid"]: source for source in datasources["datasources"]}
+    for source in by_uid.values():
+        assert {"name", "type", "uid", "url"} <= set(source)
+    assert by_uid[PROMETHEUS_UID]["type"] == PROMETHEUS_TYPE
+    postgres = by_uid[POSTGRES_UID]
+    assert postgres["type"] == POSTGRES_TYPE
+    assert postgres["user"] == "radsentry_grafana"
+    assert postgres["secureJsonData"]["password"] == "$RADSENTRY_GRAFANA_DB_PASSWORD"
+
+    dashboards = yaml.safe_load((PROVISIONING / "dashboards" / "radsentry.yaml").read_text())
+    assert dashboards["apiVersion"] == 1
+    (provider,) = dashboards["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"]
+    assert provider["folder"] == FOLDER
