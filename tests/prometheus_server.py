@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.service.broker import free_port
+from tests.servers import wait_until_serving
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -67,7 +67,13 @@ def running_prometheus(targets: Sequence[str], workdir: Path) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, workdir / "prometheus.log")
+        wait_until_serving(
+            f"{url}/-/ready",
+            process,
+            workdir / "prometheus.log",
+            name="prometheus",
+            timeout_s=STARTUP_TIMEOUT_S,
+        )
         yield url
     finally:
         process.terminate()
@@ -96,18 +102,3 @@ def metric_names(url: str) -> set[str]:
     """Every metric name Prometheus has stored."""
     with urllib.request.urlopen(f"{url}/api/v1/label/__name__/values", timeout=10) as response:
         return set(json.load(response)["data"])
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prometheus exited: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"prometheus did not become ready: {log.read_text()[-2000:]}")

@@ -126,6 +126,23 @@ def append(connection: Connection, entry: Entry, now: datetime | None = None) ->
     return ChangeLogRow(**row)
 
 
+def latest_details(
+    connection: Connection, actions: tuple[str, ...], subject: str
+) -> dict[str, Any] | None:
+    """The details of the newest entry with one of ``actions`` about ``subject``, or None.
+
+    Under :func:`lock`: callers that append only when something changed since that entry take
+    the lock first, so two of them starting together record the change once."""
+    lock(connection)
+    found = connection.execute(
+        select(ChangeLogRow.details)
+        .where(ChangeLogRow.action.in_(actions), ChangeLogRow.subject == subject)
+        .order_by(ChangeLogRow.seq.desc())
+        .limit(1)
+    ).first()
+    return None if found is None else dict(found.details)
+
+
 def record(engine: Engine, entry: Entry) -> ChangeLogRow:
     """Append ``entry`` in a transaction of its own."""
     with engine.begin() as connection:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from monitor.service import change_log
-from monitor.service.models import ChangeLogRow
 from monitor.service.settings import Settings
 
 SUBJECT = "config"
@@ -49,14 +48,9 @@ def record_config(engine: Engine, settings: Settings, actor: str) -> list[str] |
     ones; the names of the parts that changed (every part the first time), or None."""
     current = governed_fingerprints(settings)
     with engine.begin() as connection:
-        change_log.lock(connection)  # replicas starting together record one change
-        last = connection.execute(
-            select(ChangeLogRow.details)
-            .where(ChangeLogRow.action == "config.changed", ChangeLogRow.subject == SUBJECT)
-            .order_by(ChangeLogRow.seq.desc())
-            .limit(1)
-        ).first()
-        previous: dict[str, str] = {} if last is None else dict(last.details["fingerprints"])
+        # Under the log's lock: replicas starting together record one change.
+        last = change_log.latest_details(connection, ("config.changed",), SUBJECT)
+        previous: dict[str, str] = {} if last is None else dict(last["fingerprints"])
         changed = sorted(name for name in current if previous.get(name) != current[name])
         if not changed:
             return None

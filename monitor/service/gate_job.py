@@ -29,10 +29,10 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from monitor.service import candidates_store, change_log
-from monitor.service.models import CandidateRow, ChangeLogRow
+from monitor.service.models import CandidateRow
 from pccp.catalog import PlanFile, plan_for
 from pccp.evidence import report_html, report_json
 from pccp.gate import GateCases, GateReport, ModelScores, build_report, scope_violations
@@ -166,17 +166,11 @@ def note_plan(engine: Engine, found: PlanFile) -> None:
     plan = found.plan
     fingerprint = plan.fingerprint()
     with engine.begin() as connection:
-        change_log.lock(connection)  # two gates starting together record a change once
-        last = connection.execute(
-            select(ChangeLogRow.details)
-            .where(
-                ChangeLogRow.action.in_(("plan.loaded", "plan.changed")),
-                ChangeLogRow.subject == f"plan/{plan.plan_id}",
-            )
-            .order_by(ChangeLogRow.seq.desc())
-            .limit(1)
-        ).first()
-        if last is not None and last.details.get("fingerprint") == fingerprint:
+        # Under the log's lock: two gates starting together record a change once.
+        last = change_log.latest_details(
+            connection, ("plan.loaded", "plan.changed"), f"plan/{plan.plan_id}"
+        )
+        if last is not None and last.get("fingerprint") == fingerprint:
             return
         change_log.append(
             connection,
@@ -187,7 +181,7 @@ def note_plan(engine: Engine, found: PlanFile) -> None:
                 plan_version=plan.plan_version,
                 details={
                     "fingerprint": fingerprint,
-                    "previous_fingerprint": None if last is None else last.details["fingerprint"],
+                    "previous_fingerprint": None if last is None else last["fingerprint"],
                     "file": found.path.name,
                     "model_name": plan.description.model_name,
                     "locked_test_sha256": plan.protocol.data_management.locked_test_set.sha256,
