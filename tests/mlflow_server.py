@@ -32,55 +32,90 @@ def running_mlflow_server(admin_url: str, workdir: Path) -> Iterator[str]:
 
     ``admin_url``: a SQLAlchemy URL of the cluster's maintenance database (as for ``pg_url``).
     """
+    with mlflow_database(admin_url) as store, _server(store, workdir) as url:
+        yield url
+
+
+@contextmanager
+def mlflow_database(admin_url: str) -> Iterator[str]:
+    """A fresh database for an MLflow backend store; yields its URL, drops it at the end."""
     name = f"radsentry_mlflow_{uuid.uuid4().hex[:10]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    store = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        with _server(store, workdir) as url:
-            yield url
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
+class MlflowServer:
+    """``mlflow server`` on ``store`` at a fixed port, which can be stopped and started again
+    (the fault suite takes it down during a retrain); :func:`running_mlflow_server` for one
+    that lives as long as a block."""
+
+    def __init__(self, store: str, workdir: Path) -> None:
+        self.store = store
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        if self._process is not None and self._process.poll() is None:
+            return self.url  # already serving
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            *("--backend-store-uri", self.store),
+            *("--artifacts-destination", str(self.workdir / "artifacts")),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+            *("--workers", "1"),
+            # The security middleware checks the Host header; name the one the tests send.
+            *("--allowed-hosts", f"127.0.0.1:{self.port},localhost:{self.port}"),
+        ]
+        # The job runner (a huey consumer per job type, seven processes) serves features the
+        # registry does not use; off, the server starts faster on a small box.
+        environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        environment.pop("MLFLOW_TRACKING_URI", None)
+        log_path = self.workdir / "mlflow-server.log"
+        with log_path.open("ab") as server_log:
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.workdir,
+                env=environment,
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_until_serving(
+                f"{self.url}/health",
+                self._process,
+                log_path,
+                name="mlflow server",
+                timeout_s=STARTUP_TIMEOUT_S,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process)
+            self._process = None
+
+
 @contextmanager
 def _server(store: str, workdir: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        *("--backend-store-uri", store),
-        *("--artifacts-destination", str(workdir / "artifacts")),
-        *("--host", "127.0.0.1", "--port", str(port)),
-        *("--workers", "1"),
-        # The security middleware checks the Host header; name the one the tests send.
-        *("--allowed-hosts", f"127.0.0.1:{port},localhost:{port}"),
-    ]
-    # The job runner (a huey consumer per job type, seven processes) serves features the
-    # registry does not use; off, the server starts faster on a small box.
-    environment = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    log_path = workdir / "mlflow-server.log"
-    with log_path.open("wb") as server_log:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=environment,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(store, workdir)
     try:
-        wait_until_serving(
-            f"{url}/health", process, log_path, name="mlflow server", timeout_s=STARTUP_TIMEOUT_S
-        )
-        yield url
+        yield server.start()
     finally:
-        _stop(process)
+        server.stop()
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

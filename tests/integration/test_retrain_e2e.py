@@ -83,16 +83,16 @@ def settings(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Se
     )
 
 
-def write_test_plan(folder: Path, scratch: Path) -> None:
-    """The shipped plan, made to govern this test's model: its locked test set is the held-out
-    part of INITIAL's cohort (rendered here once to learn its keys; ``train-initial`` renders
-    the same studies again and writes their cases for the gate), and its bounds fit a cohort
-    of 180 test studies."""
+def write_test_plan(folder: Path, scratch: Path, initial: InitialConfig = INITIAL) -> None:
+    """The shipped plan, made to govern ``initial``'s model: its locked test set is the
+    held-out part of the initial cohort (rendered here once to learn its keys; ``train-initial``
+    renders the same studies again and writes their cases for the gate), and its bounds fit a
+    small test cohort (E2E's: 180 studies)."""
     document = yaml.safe_load((SHIPPED_PLANS / "cxr-lesion.yaml").read_text())
-    keys = [case.study_key for case in render_cohort(INITIAL, scratch, "test")]
+    keys = [case.study_key for case in render_cohort(initial, scratch, "test")]
     locked = LockedTestSet.from_keys(keys)
     locked.write(folder / "locked.json")
-    document["description"]["model_name"] = MODEL
+    document["description"]["model_name"] = initial.model_name
     document["protocol"]["data_management"]["locked_test_set"] = {
         "manifest": "locked.json",
         "sha256": locked.sha256,

@@ -1,0 +1,364 @@
+"""Faults on the ingestion path, each compared with an undisturbed run of the same workload.
+
+The workload: three sites' studies, interleaved, one site with a scanner change halfway (so
+the drift engine raises alerts), label events, and three invalid records (dead-lettered). A
+real ``radsentry consume`` with the drift engine ingests it from the durable broker into a
+fresh PostgreSQL database. The faults:
+
+- kill -9 of the consumer in the middle of a batch: its transaction holds the batch's events,
+  uncommitted, when it dies (a table lock held by the test parks it there; the test checks);
+- the broker stopped and started again while events flow;
+- PostgreSQL stopped as in a crash (``pg_ctl -m immediate``) and started again under load.
+
+After each, the tally (events stored, dead letters, drift checks, alerts with their ids, audit
+entries per action, the chain's verification) equals the undisturbed run's, every alert is on
+the alerts topic, every dead letter on the dead-letter topic, and the group has committed
+everything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from sqlalchemy import Engine, text
+
+from monitor.events import to_json
+from monitor.service.db import make_engine, upgrade
+from monitor.service.kafka import all_topics, ensure_topics, make_producer
+from monitor.service.settings import KafkaSettings
+from monitor.simulate.features import FeatureStreamConfig, feature_stream
+from tests.conftest import PG_ADMIN_URL
+from tests.factories import label_event
+from tests.faults.harness import (
+    DurableBroker,
+    PrivatePostgres,
+    Process,
+    Tally,
+    fresh_database,
+    radsentry_env,
+    tally,
+    topic_records,
+    unpublished_alerts,
+)
+from tests.integration.helpers import committed_lag, count_rows, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+SITES = ("site-01", "site-02", "site-03")
+STUDIES_PER_SITE = 600
+CHANGED_SITE, CHANGE_AT = "site-02", 300
+LABELS_PER_SITE = 100
+INVALID = [b"{not json", b'{"schema": "inference-event/v9"}', b'{"schema": "label-event/v1"}']
+DRIFT = {
+    "DRIFT__REFERENCE_SIZE": "200",
+    "DRIFT__WINDOW__SIZE": "100",
+    "DRIFT__WINDOW__MIN_SIZE": "50",
+}
+VALID = len(SITES) * (STUDIES_PER_SITE + LABELS_PER_SITE)
+RATE = 200
+"""Records per second while a server is taken away (the whole workload takes ~10 s)."""
+FIRST_SHARE = 300
+"""Events stored before the fault: the consumer is running and most records are still to come."""
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def workload(kafka: KafkaSettings) -> list[Record]:
+    """The same records in the same order for every run (on that run's topics)."""
+    streams = [
+        list(
+            feature_stream(
+                FeatureStreamConfig(
+                    site_id=site,
+                    n_events=STUDIES_PER_SITE,
+                    seed=11,
+                    change_at=CHANGE_AT if site == CHANGED_SITE else None,
+                    degraded_scanner=site == CHANGED_SITE,
+                )
+            )
+        )
+        for site in SITES
+    ]
+    records: list[Record] = []
+    for index in range(STUDIES_PER_SITE):
+        for stream in streams:
+            event = stream[index]
+            records.append(Record(kafka.inference_topic, event.site_id.encode(), to_json(event)))
+        if index % 6 == 5:  # a label now and then, for a study read a while ago
+            for number, site in enumerate(SITES):
+                label = label_event(number * 10_000 + index // 6, site)
+                records.append(Record(kafka.labels_topic, site.encode(), to_json(label)))
+        if index in (100, 350, 500):
+            bad = INVALID[(100, 350, 500).index(index)]
+            records.append(Record(kafka.inference_topic, b"site-02", bad))
+    return records
+
+
+def fresh_topics(bootstrap: str) -> KafkaSettings:
+    suffix = uuid.uuid4().hex[:8]
+    settings = KafkaSettings(
+        bootstrap_servers=[bootstrap],
+        inference_topic=f"faults-{suffix}.inference",
+        labels_topic=f"faults-{suffix}.labels",
+        alerts_topic=f"faults-{suffix}.alerts",
+        group_id=f"faults-{suffix}",
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+        max_poll_records=200,
+    )
+    ensure_topics([bootstrap], all_topics(settings), partitions=3)
+    return settings
+
+
+@dataclass
+class Publisher:
+    """The inference service's side: sends every record at ``rate`` per second, and sends a
+    record again if the broker never acknowledged it (at-least-once publishing)."""
+
+    producer: KafkaProducer
+    records: list[Record]
+    rate: float | None = None
+    sent: int = 0
+    resent: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            pending = self.records
+            while pending:
+                futures = []
+                next_at = time.monotonic()
+                for record in pending:
+                    if self.rate:
+                        next_at += 1.0 / self.rate
+                        time.sleep(max(0.0, next_at - time.monotonic()))
+                    futures.append(
+                        (
+                            record,
+                            self.producer.send(record.topic, key=record.key, value=record.value),
+                        )
+                    )
+                    self.sent += 1
+                self.producer.flush()
+                pending = [record for record, future in futures if _failed(future)]
+                self.resent += len(pending)
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def start(self) -> Publisher:
+        threading.Thread(target=self.run, daemon=True).start()
+        return self
+
+
+def _failed(future: object) -> bool:
+    try:
+        future.get(timeout=60)  # type: ignore[attr-defined]
+    except Exception:
+        return True
+    return False
+
+
+class Run:
+    """One run of the workload: its topics, its database, its consumer process."""
+
+    def __init__(self, broker: DurableBroker, database_url: str, workdir: Path) -> None:
+        self.broker = broker
+        self.kafka = fresh_topics(broker.bootstrap)
+        self.engine = make_engine(database_url)
+        upgrade(self.engine)
+        self.records = workload(self.kafka)
+        env = radsentry_env(database_url, workdir, kafka=self.kafka, **DRIFT)
+        self.consumer = Process(["consume", "--metrics-port", "0"], env, workdir / "consume.log")
+
+    def publish(self, rate: float | None = None) -> Publisher:
+        producer = make_producer([self.broker.bootstrap], self.kafka)
+        return Publisher(producer, self.records, rate).start()
+
+    def stored(self) -> int:
+        return count_rows(self.engine)["processed_events"]
+
+    def finish(self, publisher: Publisher, timeout_s: float = 180) -> Tally:
+        """Wait for every record to be stored and every alert published; stop the consumer
+        (SIGTERM, exit 0); check the topics and the committed offsets; the tally."""
+        assert publisher.done.wait(timeout_s), "the publisher did not finish"
+        assert publisher.error is None, repr(publisher.error)
+        publisher.producer.close()
+
+        def settled() -> bool:
+            rows = count_rows(self.engine)
+            assert self.consumer.alive(), self.consumer.text()[-3000:]
+            return (
+                rows["processed_events"] == VALID
+                and rows["dead_letters"] == len(INVALID)
+                and unpublished_alerts(self.engine) == 0
+            )
+
+        wait_for(settled, timeout_s, "every record stored and every alert published")
+        assert self.consumer.stop() == 0, self.consumer.text()[-3000:]
+        assert committed_lag([self.broker.bootstrap], self.kafka) == 0
+
+        result = tally(self.engine)
+        published = topic_records(self.broker.bootstrap, self.kafka.alerts_topic)
+        ids = {orjson.loads(value)["alert_id"] for value in published}
+        # At least once on the topic (readers key on alert_id); each stored alert is there.
+        assert ids == {alert_id for _, _, alert_id in result.alerts}
+        dead = topic_records(
+            self.broker.bootstrap, self.kafka.dlq_topic(self.kafka.inference_topic)
+        )
+        assert len(dead) >= len(INVALID)
+        return result
+
+    def close(self) -> None:
+        if self.consumer.alive():
+            self.consumer.kill()
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:
+    durable = DurableBroker(tmp_path_factory.mktemp("durable-broker"))
+    try:
+        yield durable.open()
+    finally:
+        durable.close()
+
+
+@pytest.fixture
+def run(broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
+    with fresh_database(PG_ADMIN_URL) as url:
+        this = Run(broker, url, tmp_path)
+        try:
+            yield this
+        finally:
+            this.close()
+
+
+@pytest.fixture(scope="module")
+def undisturbed(broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Tally:
+    """The workload's tally with nothing going wrong."""
+    with fresh_database(PG_ADMIN_URL) as url:
+        baseline = Run(broker, url, tmp_path_factory.mktemp("undisturbed"))
+        try:
+            baseline.consumer.start()
+            result = baseline.finish(baseline.publish())
+        finally:
+            baseline.close()
+    # The workload does what it is for: drift alerts at the changed site only, dead letters.
+    assert {site for site, _, _ in result.alerts} == {CHANGED_SITE}
+    assert result.inference_events == len(SITES) * STUDIES_PER_SITE
+    assert result.label_events == len(SITES) * LABELS_PER_SITE
+    assert result.processed_events == VALID and result.dead_letters == len(INVALID)
+    assert result.drift_checks > 0
+    assert result.audit == (("config.changed", 1),) and result.chain_verified
+    return result
+
+
+def test_the_workload_gives_the_same_tally_twice(undisturbed: Tally, run: Run) -> None:
+    """The control: without a fault, a second run matches the first exactly."""
+    run.consumer.start()
+    assert run.finish(run.publish()) == undisturbed
+
+
+def test_kill_9_in_the_middle_of_a_batch(undisturbed: Tally, run: Run) -> None:
+    run.consumer.start()
+    publisher = run.publish()
+    wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share of the events stored")
+
+    with run.engine.connect() as holder:
+        # The next batch stores its events, then waits for this lock to update drift state.
+        holder.execute(text("LOCK TABLE drift_streams IN EXCLUSIVE MODE"))
+        backend = wait_for_parked_batch(run.engine)
+        stored_before = run.stored()
+        run.consumer.kill()
+        holder.rollback()
+    wait_for(lambda: not backend_alive(run.engine, backend), 30, "the killed batch's session ends")
+    assert run.stored() == stored_before, "the killed batch's events were not committed"
+    assert stored_before < VALID, "the kill must land mid-stream"
+
+    run.consumer.start()
+    assert run.finish(publisher) == undisturbed
+    assert "batch failed" not in run.consumer.text()
+
+
+def wait_for_parked_batch(engine: Engine) -> int:
+    """The backend pid of the consumer's transaction that waits on the drift-state lock after
+    writing its batch's events (both checked in pg_locks)."""
+    query = text(
+        """
+        SELECT waiting.pid FROM pg_locks AS waiting
+        JOIN pg_locks AS written ON written.pid = waiting.pid
+        WHERE waiting.relation = 'drift_streams'::regclass AND NOT waiting.granted
+          AND written.relation = 'inference_events'::regclass AND written.granted
+          AND written.mode = 'RowExclusiveLock'
+        """
+    )
+    found: list[int] = []
+
+    def parked() -> bool:
+        with engine.connect() as connection:
+            found[:] = list(connection.scalars(query))
+        return bool(found)
+
+    wait_for(parked, 60, "a batch parked mid-transaction")
+    return found[0]
+
+
+def backend_alive(engine: Engine, pid: int) -> bool:
+    with engine.connect() as connection:
+        query = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+        return bool(connection.scalar(query, {"pid": pid}))
+
+
+def test_broker_stopped_and_restarted_while_events_flow(
+    undisturbed: Tally, run: Run, broker: DurableBroker
+) -> None:
+    run.consumer.start()
+    publisher = run.publish(rate=RATE)
+    wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share of the events stored")
+    sent_at_stop = publisher.sent
+    broker.stop()
+    time.sleep(3)  # the consumer, its producer and the publisher find the broker gone
+    sent_while_down = publisher.sent - sent_at_stop
+    broker.start()
+    assert run.finish(publisher) == undisturbed
+    assert sent_at_stop < len(run.records) and sent_while_down > 0, "events flowed throughout"
+
+
+def test_postgres_restarted_under_load(
+    undisturbed: Tally, broker: DurableBroker, tmp_path: Path
+) -> None:
+    postgres = PrivatePostgres().open()
+    try:
+        with fresh_database(postgres.admin_url) as url:
+            run = Run(broker, url, tmp_path)
+            try:
+                run.consumer.start()
+                publisher = run.publish(rate=RATE)
+                wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share stored")
+                postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
+                time.sleep(3)
+                postgres.start()  # crash recovery replays the WAL
+                stored_at_restart = run.stored()
+                assert run.finish(publisher) == undisturbed
+                assert stored_at_restart < VALID, "the restart must land under load"
+                assert "batch failed; rewinding and retrying" in run.consumer.text()
+            finally:
+                run.close()
+    finally:
+        postgres.close()
