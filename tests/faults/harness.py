@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -372,7 +373,7 @@ def unpublished_alerts(engine: Engine) -> int:
         return int(connection.scalar(query.select_from(AlertRow)) or 0)
 
 
-def topic_records(bootstrap: str, topic: str, timeout_s: float = 4.0) -> list[bytes]:
+def topic_records(bootstrap: str, topic: str, timeout_s: float = 4.0) -> list[ConsumerRecord]:
     """Every record on ``topic`` (read without a group until it has been quiet a while)."""
     consumer = KafkaConsumer(
         topic,
@@ -380,13 +381,13 @@ def topic_records(bootstrap: str, topic: str, timeout_s: float = 4.0) -> list[by
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    values: list[bytes] = []
+    records: list[ConsumerRecord] = []
     quiet_until = time.monotonic() + timeout_s
     try:
         while time.monotonic() < quiet_until:
             for batch in consumer.poll(timeout_ms=300).values():
-                values.extend(record.value or b"" for record in batch)
+                records.extend(batch)
                 quiet_until = max(quiet_until, time.monotonic() + 1.5)
     finally:
         consumer.close()
-    return values
+    return records

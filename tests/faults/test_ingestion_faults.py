@@ -215,13 +215,15 @@ class Run:
 
         result = tally(self.engine)
         published = topic_records(self.broker.bootstrap, self.kafka.alerts_topic)
-        ids = {orjson.loads(value)["alert_id"] for value in published}
+        ids = {orjson.loads(record.value)["alert_id"] for record in published}
         # At least once on the topic (readers key on alert_id); each stored alert is there.
         assert ids == {alert_id for _, _, alert_id in result.alerts}
-        dead = topic_records(
-            self.broker.bootstrap, self.kafka.dlq_topic(self.kafka.inference_topic)
-        )
-        assert len(dead) >= len(INVALID)
+        dlq = self.kafka.dlq_topic(self.kafka.inference_topic)
+        sources = {
+            tuple(value for key, value in record.headers if key.startswith("radsentry-source"))
+            for record in topic_records(self.broker.bootstrap, dlq)
+        }
+        assert len(sources) == len(INVALID)  # each refused record dead-lettered, once or more
         return result
 
     def close(self) -> None:
@@ -231,7 +233,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:
+def durable_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:
     durable = DurableBroker(tmp_path_factory.mktemp("durable-broker"))
     try:
         yield durable.open()
@@ -240,9 +242,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DurableBroker]:
 
 
 @pytest.fixture
-def run(broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
+def run(durable_broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
     with fresh_database(PG_ADMIN_URL) as url:
-        this = Run(broker, url, tmp_path)
+        this = Run(durable_broker, url, tmp_path)
         try:
             yield this
         finally:
@@ -250,10 +252,10 @@ def run(broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
 
 
 @pytest.fixture(scope="module")
-def undisturbed(broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Tally:
+def undisturbed(durable_broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Tally:
     """The workload's tally with nothing going wrong."""
     with fresh_database(PG_ADMIN_URL) as url:
-        baseline = Run(broker, url, tmp_path_factory.mktemp("undisturbed"))
+        baseline = Run(durable_broker, url, tmp_path_factory.mktemp("undisturbed"))
         try:
             baseline.consumer.start()
             result = baseline.finish(baseline.publish())
@@ -326,27 +328,27 @@ def backend_alive(engine: Engine, pid: int) -> bool:
 
 
 def test_broker_stopped_and_restarted_while_events_flow(
-    undisturbed: Tally, run: Run, broker: DurableBroker
+    undisturbed: Tally, run: Run, durable_broker: DurableBroker
 ) -> None:
     run.consumer.start()
     publisher = run.publish(rate=RATE)
     wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share of the events stored")
     sent_at_stop = publisher.sent
-    broker.stop()
+    durable_broker.stop()
     time.sleep(3)  # the consumer, its producer and the publisher find the broker gone
     sent_while_down = publisher.sent - sent_at_stop
-    broker.start()
+    durable_broker.start()
     assert run.finish(publisher) == undisturbed
     assert sent_at_stop < len(run.records) and sent_while_down > 0, "events flowed throughout"
 
 
 def test_postgres_restarted_under_load(
-    undisturbed: Tally, broker: DurableBroker, tmp_path: Path
+    undisturbed: Tally, durable_broker: DurableBroker, tmp_path: Path
 ) -> None:
     postgres = PrivatePostgres().open()
     try:
         with fresh_database(postgres.admin_url) as url:
-            run = Run(broker, url, tmp_path)
+            run = Run(durable_broker, url, tmp_path)
             try:
                 run.consumer.start()
                 publisher = run.publish(rate=RATE)

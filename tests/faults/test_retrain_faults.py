@@ -83,7 +83,7 @@ EPOCHS = 12
 """Every epoch runs (patience as long), so the kill lands with epochs still to go."""
 SCHEDULER = {
     "RETRAIN__SCAN_S": "1",
-    "RETRAIN__JOBS_S": "2",
+    "RETRAIN__JOBS_S": "5",
     "RETRAIN__LEASE_S": "5",
     "RETRAIN__POLICY__MIN_NEW_LABELS": "200",
     "RETRAIN__POLICY__MIN_NEW_LABELS_SITE": "80",
@@ -91,8 +91,9 @@ SCHEDULER = {
     "RETRAIN__JOB__TRAIN__PATIENCE": str(EPOCHS),
     "RETRAIN__JOB__TRAIN__DEVICE": "cpu",
     "RETRAIN__JOB__VALIDATION_SHARE": "0.3",
-    # Attempts while MLflow is down fail fast, and enough of them remain for when it is back.
-    "RETRAIN__JOB__MAX_ATTEMPTS": "10",
+    # Attempts while MLflow is down fail fast (one every RETRAIN__JOBS_S), and enough of them
+    # remain for when it is back, however long its restart takes on a loaded box.
+    "RETRAIN__JOB__MAX_ATTEMPTS": "30",
     "MLFLOW__RETRY_ATTEMPTS": "2",
     "MLFLOW__RETRY_INITIAL_S": "0.5",
     "MLFLOW__REQUEST_TIMEOUT_S": "5",
