@@ -209,7 +209,11 @@ class Run:
                 and unpublished_alerts(self.engine) == 0
             )
 
-        wait_for(settled, timeout_s, "every record stored and every alert published")
+        try:
+            wait_for(settled, timeout_s, "every record stored and every alert published")
+        except AssertionError as exc:  # say how far it got: a loss shows as a shortfall
+            rows, unpublished = count_rows(self.engine), unpublished_alerts(self.engine)
+            raise AssertionError(f"{exc}: {rows}, {unpublished} alerts unpublished") from None
         assert self.consumer.stop() == 0, self.consumer.text()[-3000:]
         assert committed_lag([self.broker.bootstrap], self.kafka) == 0
 
