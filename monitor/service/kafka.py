@@ -42,6 +42,7 @@ def make_producer(bootstrap: list[str], settings: KafkaSettings) -> KafkaProduce
         bootstrap_servers=bootstrap,
         client_id=settings.client_id,
         acks="all",
+        enable_idempotence=settings.enable_idempotence,
         linger_ms=5,
         retries=5,
         max_request_size=2 * MAX_EVENT_BYTES,

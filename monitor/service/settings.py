@@ -47,6 +47,13 @@ class KafkaSettings(BaseModel):
     max_poll_records: int = 5_000
     poll_timeout_ms: int = 500
     request_timeout_ms: int = 30_000
+    enable_idempotence: bool = Field(
+        True,
+        description="Idempotent producers (dead letters, alerts): a retried send is never "
+        "written twice. Turn off only for a broker whose idempotent-producer support loses "
+        "records (Tansu 0.6 did across a restart: docs/operations.md); dead letters and "
+        "alerts may then repeat on their topics, which readers dedupe by key.",
+    )
     outbox_check_s: float = Field(
         30.0,
         gt=0,

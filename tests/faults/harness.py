@@ -311,6 +311,7 @@ def radsentry_env(
             "RADSENTRY_KAFKA__SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
             "RADSENTRY_KAFKA__HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
             "RADSENTRY_KAFKA__MAX_POLL_RECORDS": str(kafka.max_poll_records),
+            "RADSENTRY_KAFKA__ENABLE_IDEMPOTENCE": str(kafka.enable_idempotence).lower(),
         }
     env |= {f"RADSENTRY_{name}": value for name, value in settings.items()}
     return env

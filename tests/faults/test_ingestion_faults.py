@@ -64,9 +64,9 @@ DRIFT = {
 }
 VALID = len(SITES) * (STUDIES_PER_SITE + LABELS_PER_SITE)
 RATE = 200
-"""Records per second while a server is taken away (the whole workload takes ~10 s)."""
+"""Records per second while a server is taken away (the rest of the workload takes ~9 s)."""
 FIRST_SHARE = 300
-"""Events stored before the fault: the consumer is running and most records are still to come."""
+"""Records stored before a server is taken away: the consumer is up and working."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,10 @@ def fresh_topics(bootstrap: str) -> KafkaSettings:
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
         max_poll_records=200,
+        # Across a restart, Tansu 0.6 acknowledged some records of idempotent producers without
+        # keeping them (2 of 3 runs under load; none in 3 runs without idempotence; see
+        # docs/operations.md). The publisher and the consumer's producer send without it here.
+        enable_idempotence=False,
     )
     ensure_topics([bootstrap], all_topics(settings), partitions=3)
     return settings
@@ -166,6 +170,14 @@ class Publisher:
         return self
 
 
+def _event_id(value: bytes) -> str | None:
+    try:
+        event_id = orjson.loads(value).get("event_id")
+    except orjson.JSONDecodeError:
+        return None
+    return str(event_id) if event_id else None
+
+
 def _failed(future: object) -> bool:
     try:
         future.get(timeout=60)  # type: ignore[attr-defined]
@@ -186,9 +198,26 @@ class Run:
         env = radsentry_env(database_url, workdir, kafka=self.kafka, **DRIFT)
         self.consumer = Process(["consume", "--metrics-port", "0"], env, workdir / "consume.log")
 
-    def publish(self, rate: float | None = None) -> Publisher:
+    def publish(self, rate: float | None = None, records: list[Record] | None = None) -> Publisher:
         producer = make_producer([self.broker.bootstrap], self.kafka)
-        return Publisher(producer, self.records, rate).start()
+        return Publisher(producer, self.records if records is None else records, rate).start()
+
+    def flowing(self) -> Publisher:
+        """Publish the first FIRST_SHARE records, start the consumer and wait until it has
+        stored them; then publish the rest at RATE in the background. A fault injected now
+        lands while events flow, however long the consumer took to start."""
+        head, rest = self.records[:FIRST_SHARE], self.records[FIRST_SHARE:]
+        first = self.publish(records=head)
+        assert first.done.wait(60) and first.error is None, repr(first.error)
+        first.producer.close()
+        self.consumer.start()
+
+        def head_stored() -> bool:
+            rows = count_rows(self.engine)
+            return rows["processed_events"] + rows["dead_letters"] >= len(head)
+
+        wait_for(head_stored, 120, "the first records stored")
+        return self.publish(RATE, rest)
 
     def stored(self) -> int:
         return count_rows(self.engine)["processed_events"]
@@ -213,7 +242,9 @@ class Run:
             wait_for(settled, timeout_s, "every record stored and every alert published")
         except AssertionError as exc:  # say how far it got: a loss shows as a shortfall
             rows, unpublished = count_rows(self.engine), unpublished_alerts(self.engine)
-            raise AssertionError(f"{exc}: {rows}, {unpublished} alerts unpublished") from None
+            raise AssertionError(
+                f"{exc}: {rows}, {unpublished} alerts unpublished; {self.missing()}"
+            ) from None
         assert self.consumer.stop() == 0, self.consumer.text()[-3000:]
         assert committed_lag([self.broker.bootstrap], self.kafka) == 0
 
@@ -229,6 +260,23 @@ class Run:
         }
         assert len(sources) == len(INVALID)  # each refused record dead-lettered, once or more
         return result
+
+    def missing(self) -> str:
+        """Which published events are not stored, and whether the broker still has them."""
+        sent = {event_id for r in self.records if (event_id := _event_id(r.value))}
+        with self.engine.connect() as connection:
+            stored = {
+                str(e) for e in connection.scalars(text("SELECT event_id FROM processed_events"))
+            }
+        on_topic: dict[str, str] = {}
+        for topic in (self.kafka.inference_topic, self.kafka.labels_topic):
+            for record in topic_records(self.broker.bootstrap, topic):
+                if event_id := _event_id(record.value):
+                    on_topic[event_id] = f"{topic}[{record.partition}]@{record.offset}"
+        lost = sorted(sent - stored)
+        where = {event_id: on_topic.get(event_id, "not on the topic") for event_id in lost}
+        lag = committed_lag([self.broker.bootstrap], self.kafka)
+        return f"not stored: {where}; committed lag {lag}; {len(on_topic)} distinct on the topics"
 
     def close(self) -> None:
         if self.consumer.alive():
@@ -334,16 +382,15 @@ def backend_alive(engine: Engine, pid: int) -> bool:
 def test_broker_stopped_and_restarted_while_events_flow(
     undisturbed: Tally, run: Run, durable_broker: DurableBroker
 ) -> None:
-    run.consumer.start()
-    publisher = run.publish(rate=RATE)
-    wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share of the events stored")
+    publisher = run.flowing()
+    time.sleep(1)
     sent_at_stop = publisher.sent
     durable_broker.stop()
     time.sleep(3)  # the consumer, its producer and the publisher find the broker gone
     sent_while_down = publisher.sent - sent_at_stop
     durable_broker.start()
     assert run.finish(publisher) == undisturbed
-    assert sent_at_stop < len(run.records) and sent_while_down > 0, "events flowed throughout"
+    assert sent_at_stop < len(publisher.records) and sent_while_down > 0, "events flowed throughout"
 
 
 def test_postgres_restarted_under_load(
@@ -354,15 +401,13 @@ def test_postgres_restarted_under_load(
         with fresh_database(postgres.admin_url) as url:
             run = Run(durable_broker, url, tmp_path)
             try:
-                run.consumer.start()
-                publisher = run.publish(rate=RATE)
-                wait_for(lambda: run.stored() >= FIRST_SHARE, 120, "a first share stored")
+                publisher = run.flowing()
+                time.sleep(1)
                 postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
                 time.sleep(3)
                 postgres.start()  # crash recovery replays the WAL
-                stored_at_restart = run.stored()
+                assert not publisher.done.is_set(), "the restart must land while events flow"
                 assert run.finish(publisher) == undisturbed
-                assert stored_at_restart < VALID, "the restart must land under load"
                 assert "batch failed; rewinding and retrying" in run.consumer.text()
             finally:
                 run.close()

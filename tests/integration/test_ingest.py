@@ -154,3 +154,16 @@ def test_database_outage_rewinds_and_loses_nothing(
         stored = connection.scalars(select(InferenceEventRow.event_id)).all()
     assert sorted(e.int for e in stored) == [i + 1 for i in range(50)]
     producer.close()
+
+
+@pytest.mark.parametrize("idempotent", [True, False])
+def test_the_producer_is_idempotent_unless_turned_off(
+    kafka_settings: KafkaSettings, idempotent: bool
+) -> None:
+    settings = kafka_settings.model_copy(update={"enable_idempotence": idempotent})
+    producer = make_producer(settings.bootstrap_servers, settings)
+    try:
+        assert producer.config["enable_idempotence"] is idempotent
+        assert producer.config["acks"] in ("all", -1)
+    finally:
+        producer.close()

@@ -68,7 +68,7 @@ DRIFT = EngineConfig(
     detectors=DetectorSet(online=None),
 )
 POLICY = RetrainPolicy(min_new_labels=300, min_new_labels_site=150, cooldown_hours=24)
-JOB = JobConfig(train=TrainConfig(max_epochs=10, patience=3, device="cpu"), validation_share=0.3)
+JOB = JobConfig(train=TrainConfig(max_epochs=20, patience=8, device="cpu"), validation_share=0.3)
 
 
 @pytest.fixture(scope="module")
