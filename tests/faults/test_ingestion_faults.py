@@ -119,7 +119,7 @@ def fresh_topics(bootstrap: str) -> KafkaSettings:
         heartbeat_interval_ms=1_000,
         max_poll_records=200,
         # Across a restart, Tansu 0.6 acknowledged some records of idempotent producers without
-        # keeping them (2 of 3 runs under load; none in 3 runs without idempotence; see
+        # keeping them (5 of 7 runs under load; none in 3 runs without idempotence; see
         # docs/operations.md). The publisher and the consumer's producer send without it here.
         enable_idempotence=False,
     )
