@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from monitor.service.broker import EmbeddedBroker
@@ -20,6 +19,7 @@ from monitor.service.db import make_engine, upgrade
 from monitor.service.kafka import all_topics, ensure_topics
 from monitor.service.models import Base
 from monitor.service.settings import KafkaSettings
+from tests.servers import fresh_database
 
 # tests/alibi needs alibi-detect, which only .venv-alibi has: `make test-alibi` runs it (ADR 0006).
 collect_ignore = ["alibi"]
@@ -32,18 +32,11 @@ PG_ADMIN_URL = os.environ.get(
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database, dropped at the end of the session."""
-    name = f"radsentry_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        with fresh_database(PG_ADMIN_URL, "radsentry_test") as url:
+            yield url
     except OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture
@@ -79,21 +72,25 @@ def kafka_settings(broker: str) -> KafkaSettings:
     return kafka_topics(broker)
 
 
-def kafka_topics(broker: str) -> KafkaSettings:
-    """Fresh topics (three partitions each) and a consumer group on ``broker``."""
-    suffix = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(
-        bootstrap_servers=[broker],
-        inference_topic=f"test-{suffix}.inference",
-        labels_topic=f"test-{suffix}.labels",
-        alerts_topic=f"test-{suffix}.alerts",
-        group_id=f"test-{suffix}",
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=1_000,
-        poll_timeout_ms=200,
+def kafka_topics(broker: str, prefix: str = "test", **settings: object) -> KafkaSettings:
+    """Fresh topics (three partitions each) and a consumer group on ``broker``; ``settings``
+    override the tests' other Kafka settings."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    kafka = KafkaSettings.model_validate(
+        {
+            "bootstrap_servers": [broker],
+            "inference_topic": f"{name}.inference",
+            "labels_topic": f"{name}.labels",
+            "alerts_topic": f"{name}.alerts",
+            "group_id": name,
+            "session_timeout_ms": 6_000,
+            "heartbeat_interval_ms": 1_000,
+            "poll_timeout_ms": 200,
+            **settings,
+        }
     )
-    ensure_topics([broker], all_topics(settings), partitions=3)
-    return settings
+    ensure_topics([broker], all_topics(kafka), partitions=3)
+    return kafka
 
 
 @pytest.fixture(scope="session")

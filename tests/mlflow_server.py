@@ -8,20 +8,17 @@ port, and runs in its own process group so that stopping it also stops uvicorn's
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from monitor.service.broker import free_port
-from tests.servers import wait_until_serving
+from tests.servers import fresh_database, stop_process_group, wait_until_serving
 
+MLFLOW_DATABASE = "radsentry_mlflow"
+"""Prefix of the backend stores' databases (``tests.servers.fresh_database``)."""
 STARTUP_TIMEOUT_S = 90.0
 """Cold start is ~10 s (imports, then MLflow's schema migrations); a loaded box is slower."""
 
@@ -32,23 +29,8 @@ def running_mlflow_server(admin_url: str, workdir: Path) -> Iterator[str]:
 
     ``admin_url``: a SQLAlchemy URL of the cluster's maintenance database (as for ``pg_url``).
     """
-    with mlflow_database(admin_url) as store, _server(store, workdir) as url:
+    with fresh_database(admin_url, MLFLOW_DATABASE) as store, _server(store, workdir) as url:
         yield url
-
-
-@contextmanager
-def mlflow_database(admin_url: str) -> Iterator[str]:
-    """A fresh database for an MLflow backend store; yields its URL, drops it at the end."""
-    name = f"radsentry_mlflow_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class MlflowServer:
@@ -105,7 +87,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         if self._process is not None:
-            _stop(self._process)
+            stop_process_group(self._process)
             self._process = None
 
 
@@ -116,17 +98,3 @@ def _server(store: str, workdir: Path) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, then SIGKILL it if it lingers."""
-    for sig, grace_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue

@@ -1,12 +1,56 @@
-"""Waiting for a server the tests started in a subprocess (mlflow server, Prometheus)."""
+"""Servers the tests start in a subprocess (mlflow server, Prometheus, the fault suite's):
+waiting for one, stopping one; and throw-away PostgreSQL databases."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+
+@contextmanager
+def fresh_database(admin_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database named ``<prefix>_<random>`` on ``admin_url``'s server (a SQLAlchemy URL
+    of its maintenance database), empty or a copy of ``template`` (a database nobody is
+    connected to); yields its URL; drops it at the end, whoever is still connected."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
+    # No pool: the server may have been restarted since the database was created.
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group of a server started with ``start_new_session=True`` (so that
+    its workers stop too), then SIGKILL it if it lingers."""
+    for sig, grace_s in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def tail(path: Path, lines: int = 40) -> str:

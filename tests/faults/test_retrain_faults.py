@@ -30,7 +30,6 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import Event
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor
@@ -43,10 +42,11 @@ from monitor.simulate import SimulationConfig, simulate
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.initial import InitialConfig
 from tests.conftest import PG_ADMIN_URL
-from tests.faults.harness import Process, Tally, fresh_database, radsentry_env, tally
+from tests.faults.harness import Process, Tally, radsentry_env, tally
 from tests.integration.helpers import wait_for
-from tests.integration.test_retrain_e2e import write_test_plan
-from tests.mlflow_server import MlflowServer, mlflow_database
+from tests.integration.test_retrain_e2e import DRIFT, write_test_plan
+from tests.mlflow_server import MLFLOW_DATABASE, MlflowServer
+from tests.servers import fresh_database
 
 pytestmark = [
     pytest.mark.integration,
@@ -73,11 +73,6 @@ SIMULATION = SimulationConfig(
     model_name=MODEL,
     change_site="site-02",
     change_at_index=50,
-)
-DRIFT = EngineConfig(
-    reference_size=50,
-    window=WindowConfig(size=50, min_size=25),
-    detectors=DetectorSet(online=None),
 )
 EPOCHS = 12
 """Every epoch runs (patience as long), so the kill lands with epochs still to go."""
@@ -118,7 +113,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     plans = workdir / "plans"
     plans.mkdir()
     write_test_plan(plans, workdir / "scratch", INITIAL)
-    with mlflow_database(PG_ADMIN_URL) as store, fresh_database(PG_ADMIN_URL) as template:
+    with (
+        fresh_database(PG_ADMIN_URL, MLFLOW_DATABASE) as store,
+        fresh_database(PG_ADMIN_URL, "radsentry_faults") as template,
+    ):
         mlflow = MlflowServer(store, workdir)
         mlflow.start()
         try:
@@ -153,7 +151,6 @@ class Run:
     """One run: a copy of the template database and a ``radsentry scheduler`` on it."""
 
     def __init__(self, deployment: Deployment, database_url: str, workdir: Path) -> None:
-        self.deployment = deployment
         self.engine = make_engine(database_url)
         env = radsentry_env(
             database_url,
@@ -164,6 +161,7 @@ class Run:
             PCCP__LOCKED_CASES_DIR=str(deployment.locked_cases_dir),
         )
         self.scheduler = Process(["scheduler", "--metrics-port", "0"], env, workdir / "sched.log")
+        self.mlflow = MlflowClient(deployment.mlflow.url)
 
     def request(self) -> RetrainRequestRow | None:
         requests = list_requests(self.engine, model_name=MODEL).items
@@ -202,17 +200,15 @@ class Run:
         assert self.scheduler.stop() == 0, self.scheduler.text()[-4000:]
         request = self.request()
         assert request is not None
-        client = MlflowClient(self.deployment.mlflow.url)
-        versions = client.search_model_versions(
+        versions = self.mlflow.search_model_versions(
             f"name = '{MODEL}' and tags.`radsentry.request_id` = '{request.request_id}'"
         )
         assert [v.version for v in versions] == [request.model_version]
         return tally(self.engine), request
 
     def resumed_from(self, request: RetrainRequestRow) -> int | None:
-        client = MlflowClient(self.deployment.mlflow.url)
         assert request.mlflow_run_id is not None
-        params = client.get_run(request.mlflow_run_id).data.params
+        params = self.mlflow.get_run(request.mlflow_run_id).data.params
         value: int | None = json.loads(params["result.resumed_from_epoch"])
         return value
 
@@ -225,7 +221,7 @@ class Run:
 @contextmanager
 def copied_run(deployment: Deployment, workdir: Path) -> Iterator[Run]:
     template = make_url(deployment.template).database
-    with fresh_database(PG_ADMIN_URL, template=template) as url:
+    with fresh_database(PG_ADMIN_URL, "radsentry_faults", template=template) as url:
         run = Run(deployment, url, workdir)
         try:
             yield run
