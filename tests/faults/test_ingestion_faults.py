@@ -62,9 +62,6 @@ DRIFT = {
     "DRIFT__WINDOW__MIN_SIZE": "50",
 }
 VALID = len(SITES) * (STUDIES_PER_SITE + LABELS_PER_SITE)
-EVERY_RECORD = {"expected": 10**9, "timeout": 4.0}
-"""``read_all`` of a whole topic: whatever arrives in 4 s (its end offset cannot be asked of
-Tansu, see ``committed_lag``)."""
 FAULTS_DATABASE = "radsentry_faults"
 RATE = 200
 """Records per second while a server is taken away (the rest of the workload takes ~9 s)."""
@@ -239,14 +236,14 @@ class Run:
         assert committed_lag([self.broker.bootstrap], self.kafka) == 0
 
         result = tally(self.engine)
-        published = read_all([self.broker.bootstrap], self.kafka.alerts_topic, **EVERY_RECORD)
+        published = read_all([self.broker.bootstrap], self.kafka.alerts_topic)
         ids = {orjson.loads(record.value)["alert_id"] for record in published}
         # At least once on the topic (readers key on alert_id); each stored alert is there.
         assert ids == {alert_id for _, _, alert_id in result.alerts}
         dlq = self.kafka.dlq_topic(self.kafka.inference_topic)
         sources = {
             tuple(value for key, value in record.headers if key.startswith("radsentry-source"))
-            for record in read_all([self.broker.bootstrap], dlq, **EVERY_RECORD)
+            for record in read_all([self.broker.bootstrap], dlq)
         }
         assert len(sources) == len(INVALID)  # each refused record dead-lettered, once or more
         return result
@@ -260,7 +257,7 @@ class Run:
             }
         on_topic: dict[str, str] = {}
         for topic in (self.kafka.inference_topic, self.kafka.labels_topic):
-            for record in read_all([self.broker.bootstrap], topic, **EVERY_RECORD):
+            for record in read_all([self.broker.bootstrap], topic):
                 if event_id := _event_id(record.value):
                     on_topic[event_id] = f"{topic}[{record.partition}]@{record.offset}"
         lost = sorted(sent - stored)

@@ -67,44 +67,73 @@ def ingest_until(
 
 
 def read_all(
-    bootstrap: list[str], topic: str, expected: int, timeout: float = 30.0
+    bootstrap: list[str], topic: str, expected: int = 0, timeout: float = 30.0
 ) -> list[ConsumerRecord]:
-    """Every record of ``topic`` (reads without a group until ``expected`` have arrived)."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=1_000,
-    )
-    records: list[ConsumerRecord] = []
-    deadline = time.monotonic() + timeout
+    """Every record of ``topic``, read without a group up to each partition's high watermark.
+
+    ``expected``: keep reading until at least that many have arrived (records still being
+    produced); after ``timeout`` whatever has arrived is returned. The end is the high
+    watermark of the fetch responses, not ``end_offsets``: Tansu 0.6 answers ListOffsets with
+    wrong values (ADR 0001), its fetch responses with the right ones.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        while len(records) < expected and time.monotonic() < deadline:
+        partitions = [TopicPartition(topic, p) for p in sorted(_partitions(consumer, topic))]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 records.extend(batch)
+            if len(records) >= expected and _at_end(consumer, partitions):
+                break
+        return records
     finally:
         consumer.close()
-    return records
 
 
-def committed_lag(bootstrap: list[str], settings: KafkaSettings) -> int:
-    """Records on the event topics that the group has not committed past.
-
-    End offsets are found by reading the topics: Tansu 0.6 answers ListOffsets(latest) with
-    wrong values, so ``KafkaConsumer.end_offsets`` cannot be trusted against it.
-    """
-    consumer = KafkaConsumer(
+def committed_lag(bootstrap: list[str], settings: KafkaSettings, timeout: float = 30.0) -> int:
+    """Records on the event topics that the group has not committed past: each partition's
+    high watermark (read as in ``read_all``) minus the group's committed offset."""
+    group = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False
     )
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        lag = 0
+        committed: dict[TopicPartition, int] = {}
         for topic in (settings.inference_topic, settings.labels_topic):
-            ends: dict[int, int] = {}
-            for record in read_all(bootstrap, topic, expected=10**9, timeout=3.0):
-                ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-            for partition, end in ends.items():
-                lag += end - (consumer.committed(TopicPartition(topic, partition)) or 0)
-        return lag
+            for partition in _partitions(reader, topic):
+                tp = TopicPartition(topic, partition)
+                committed[tp] = group.committed(tp) or 0
+        reader.assign(list(committed))
+        for tp, offset in committed.items():  # only the records past the commit need reading
+            reader.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while not _at_end(reader, list(committed)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no high watermark within {timeout:.0f} s: {committed}")
+            reader.poll(timeout_ms=500)
+        return sum(reader.highwater(tp) - offset for tp, offset in committed.items())
     finally:
-        consumer.close()
+        group.close()
+        reader.close()
+
+
+def _partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topic {topic} has no partitions after {timeout:.0f} s")
+        time.sleep(0.1)
+    return set(partitions)
+
+
+def _at_end(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
+    """Whether a fetch response has reported every partition's high watermark and the
+    consumer's position has reached it."""
+    for tp in partitions:
+        highwater = consumer.highwater(tp)
+        if highwater is None or consumer.position(tp) < highwater:
+            return False
+    return True
