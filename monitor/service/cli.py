@@ -114,14 +114,14 @@ def consume(
         typer.Option(
             min=0,
             max=65535,
-            help="Serve this process's Prometheus metrics (ingestion, drift, consumer lag) on "
-            "this port; 0: off.",
+            help="Serve this process's Prometheus metrics (ingestion, drift, consumer lag) "
+            "and its /healthz and /readyz probes on this port; 0: off.",
         ),
     ] = 9101,
 ) -> None:
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions)."""
-    from prometheus_client import start_http_server
+    from monitor.service.health import Health, serve_probes
 
     settings = load_settings()
     try:
@@ -139,15 +139,17 @@ def consume(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     limit_torch_threads()
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.api.host)
+    health = Health(settings.health.stale_after_s)
+    probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
     kafka_consumer = make_consumer(bootstrap, settings.kafka)
     producer = make_producer(bootstrap, settings.kafka)
     try:
         stats = Ingestor(
-            engine, kafka_consumer, producer, settings.kafka, DriftMonitor(settings.drift)
+            engine, kafka_consumer, producer, settings.kafka, DriftMonitor(settings.drift), health
         ).run(stop)
     finally:
+        if probes is not None:
+            probes.shutdown()
         kafka_consumer.close(autocommit=False)
         producer.close()
         engine.dispose()

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from prometheus_client import start_http_server
 from rich.console import Console
 
 from monitor.service import change_log
@@ -22,6 +21,7 @@ from monitor.service.cli_dashboards import dashboards_app
 from monitor.service.cli_pccp import pccp_app
 from monitor.service.config_log import record_config
 from monitor.service.db import make_engine, upgrade
+from monitor.service.health import Health, serve_probes
 from monitor.service.runtime import load_settings
 from monitor.service.settings import Settings
 
@@ -204,7 +204,7 @@ def scheduler(
             min=0,
             max=65535,
             help="Serve this process's Prometheus metrics (retraining jobs, performance, audit "
-            "chain) on this port; 0: off.",
+            "chain) and its /healthz and /readyz probes on this port; 0: off.",
         ),
     ] = 9102,
 ) -> None:
@@ -233,7 +233,11 @@ def scheduler(
         gate_s=settings.pccp.gate_s,
         audit_verify_s=settings.audit.verify_s,
     )
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.api.host)
+    health = Health(settings.health.stale_after_s)
+    probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
     console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
-    run_scheduler(settings.database_url, stop, jobs)
+    try:
+        run_scheduler(settings.database_url, stop, jobs, health=health)
+    finally:
+        if probes is not None:
+            probes.shutdown()

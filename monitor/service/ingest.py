@@ -41,6 +41,7 @@ from monitor.events import (
 from monitor.service import metrics
 from monitor.service.alerts_store import publish_pending
 from monitor.service.drift_store import DriftBatch, DriftMonitor
+from monitor.service.health import Health
 from monitor.service.settings import KafkaSettings
 from monitor.service.store import (
     BatchOutcome,
@@ -103,13 +104,16 @@ class Ingestor:
         producer: KafkaProducer,
         settings: KafkaSettings,
         drift: DriftMonitor | None = None,
+        health: Health | None = None,
     ) -> None:
-        """``drift``: run the drift engine in each batch's transaction (None: store only)."""
+        """``drift``: run the drift engine in each batch's transaction (None: store only);
+        ``health``: told of each round of the loop (the process's probes read it)."""
         self.engine = engine
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
         self.drift = drift
+        self.health = health or Health(stale_after_s=float("inf"))
         self.stats = IngestStats()
         self._site_latest: dict[str, float] = {}
         self._alerts_pending = False
@@ -124,6 +128,7 @@ class Ingestor:
     def run(self, stop: threading.Event, max_backoff_s: float = 30.0) -> IngestStats:
         """Poll and process until ``stop`` is set; the batch in hand is finished first."""
         backoff = 0.5
+        failing = False  # since the last batch failed, until one is stored
         log.info("ingestion started", topics=sorted(self._expected))
         self._seed_site_times()
         while not stop.is_set():
@@ -131,10 +136,13 @@ class Ingestor:
             self._observe_lag()
             if not records:
                 self._publish_alerts()
+                self.health.beat(not failing, state="retrying" if failing else "consuming")
                 continue
             try:
                 self.process(records)
                 backoff = 0.5
+                failing = False
+                self.health.beat(True, state="consuming")
             except Exception:
                 # Boundary: whatever failed (broker, database), nothing was committed. Rewind so
                 # the same records come again, and back off.
@@ -144,6 +152,8 @@ class Ingestor:
                     self.drift.forget()  # its cache may be ahead of the rolled-back database
                 log.exception("batch failed; rewinding and retrying", backoff_s=backoff)
                 self._rewind(records)
+                failing = True
+                self.health.beat(False, state="retrying")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, max_backoff_s)
         log.info("ingestion stopped", **self._summary())

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from math import inf
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.drift.config import EngineConfig
 from monitor.service.db import make_engine
+from monitor.service.health import Health
 from monitor.service.models import DriftStreamRow
 
 log = structlog.get_logger(__name__)
@@ -256,8 +258,10 @@ def leader_lock(
     *,
     key: int = LOCK_KEY,
     poll_s: float = 5.0,
+    health: Health | None = None,
 ) -> Iterator[Leadership | None]:
-    """Hold the scheduler lock for the ``with`` block; wait (standing by) until it is free.
+    """Hold the scheduler lock for the ``with`` block; wait (standing by) until it is free,
+    telling ``health`` of each try.
 
     Yields None when ``stop`` is set before the lock was acquired. On PostgreSQL the lock is
     a session-level advisory lock on a dedicated connection, released on exit (or by the
@@ -269,7 +273,7 @@ def leader_lock(
         return
     if engine.dialect.name != "postgresql":
         raise ValueError(f"no scheduler lock for {engine.dialect.name}; use PostgreSQL")
-    connection = _acquire(engine, key, stop or threading.Event(), poll_s)
+    connection = _acquire(engine, key, stop or threading.Event(), poll_s, health or Health(inf))
     if connection is None:
         yield None
         return
@@ -279,7 +283,9 @@ def leader_lock(
         _release(connection, key)
 
 
-def _acquire(engine: Engine, key: int, stop: threading.Event, poll_s: float) -> Connection | None:
+def _acquire(
+    engine: Engine, key: int, stop: threading.Event, poll_s: float, health: Health
+) -> Connection | None:
     connection: Connection | None = None
     standing_by = False
     while not stop.is_set():
@@ -292,10 +298,12 @@ def _acquire(engine: Engine, key: int, stop: threading.Event, poll_s: float) -> 
             ):
                 log.info("scheduler lock acquired; leading", lock_key=key)
                 return connection
+            health.beat(True, state="standing by")
             if not standing_by:
                 log.info("another scheduler holds the lock; standing by", lock_key=key)
                 standing_by = True
         except SQLAlchemyError as exc:
+            health.beat(False, state="database unreachable")
             log.warning("cannot reach the database for the scheduler lock", error=str(exc))
             if connection is not None:
                 connection.invalidate()
@@ -389,20 +397,25 @@ def run_scheduler(
     *,
     lock_key: int = LOCK_KEY,
     poll_s: float = 5.0,
+    health: Health | None = None,
 ) -> None:
     """Lead (or stand by) until ``stop`` is set: the body of ``radsentry scheduler``.
 
     While this process holds the lock its scheduler runs ``jobs``; if the lock's session is
     lost, the jobs stop and the process stands by again. On stop, running jobs finish, the
-    scheduler shuts down and the lock is released.
+    scheduler shuts down and the lock is released. ``health`` is told of every ``poll_s``
+    round, leading or standing by (the process's probes read it).
     """
+    health = health or Health(inf)
     engine = make_engine(database_url)
     try:
         while not stop.is_set():
-            with leader_lock(engine, stop, key=lock_key, poll_s=poll_s) as leadership:
+            with leader_lock(
+                engine, stop, key=lock_key, poll_s=poll_s, health=health
+            ) as leadership:
                 if leadership is None:
                     break
-                _lead(engine, jobs, leadership, stop, poll_s)
+                _lead(engine, jobs, leadership, stop, poll_s, health)
     finally:
         engine.dispose()
 
@@ -413,16 +426,20 @@ def _lead(
     leadership: Leadership,
     stop: threading.Event,
     poll_s: float,
+    health: Health,
 ) -> None:
     scheduler = build_scheduler(engine)
     start_scheduler(scheduler, jobs)
     log.info("scheduler running", jobs=[spec.id for spec in jobs])
+    health.beat(True, state="leading")
     try:
         while not stop.wait(poll_s):
             if not leadership.alive():
+                health.beat(False, state="lock lost")
                 log.error("scheduler lock lost (database session gone); stopping jobs")
                 return
             scheduler.wakeup()  # picks up jobs other processes added to the store
+            health.beat(scheduler.running, state="leading")
     finally:
         scheduler.shutdown(wait=True)
         log.info("scheduler stopped")

@@ -220,6 +220,18 @@ class PccpSettings(BaseModel):
     image_workers: int = Field(4, ge=1, description="Threads reading locked-test images.")
 
 
+class HealthSettings(BaseModel):
+    """The worker processes' probes (``monitor/service/health.py``)."""
+
+    stale_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="A worker whose loop has not gone round for this long fails /healthz "
+        "(Kubernetes restarts it). Above the longest legitimate round: a batch, or a 30 s "
+        "retry backoff.",
+    )
+
+
 class LoggingSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool = Field(False, description="JSON lines (production) instead of console.")
@@ -236,6 +248,7 @@ class Settings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     api: ApiSettings = ApiSettings()
     logging: LoggingSettings = LoggingSettings()
+    health: HealthSettings = HealthSettings()
     drift: EngineConfig = EngineConfig()
     performance: PerformanceSettings = PerformanceSettings()
     retrain: RetrainSettings = RetrainSettings()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from sqlalchemy import Engine, func, select
 
 from monitor.service.broker import BrokerError, EmbeddedBroker, free_port, is_reachable
@@ -239,6 +240,14 @@ class Process:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def probe(port: int, path: str) -> int:
+    """The status code of a worker's ``/healthz`` or ``/readyz`` on ``port`` (0: no answer)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 def radsentry_env(

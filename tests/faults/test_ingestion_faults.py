@@ -13,7 +13,8 @@ fresh PostgreSQL database. The faults:
 After each, the tally (events stored, dead letters, drift checks, alerts with their ids, audit
 entries per action, the chain's verification) equals the undisturbed run's, every alert is on
 the alerts topic, every dead letter on the dead-letter topic, and the group has committed
-everything.
+everything. The consumer's probes are watched too: /healthz fails while a batch hangs, /readyz
+while the database is away, and both answer 200 once it has caught up.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kafka import KafkaProducer
 from sqlalchemy import Engine, text
 
 from monitor.events import to_json
+from monitor.service.broker import free_port
 from monitor.service.db import make_engine, upgrade
 from monitor.service.kafka import make_producer
 from monitor.service.settings import KafkaSettings
@@ -42,6 +44,7 @@ from tests.faults.harness import (
     PrivatePostgres,
     Process,
     Tally,
+    probe,
     radsentry_env,
     tally,
     unpublished_alerts,
@@ -67,6 +70,8 @@ RATE = 200
 """Records per second while a server is taken away (the rest of the workload takes ~9 s)."""
 FIRST_SHARE = 300
 """Records stored before a server is taken away: the consumer is up and working."""
+STALE_AFTER_S = 5
+"""The consumer's /healthz fails when its loop has not gone round for this long."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +187,39 @@ class Run:
         self.engine = make_engine(database_url)
         upgrade(self.engine)
         self.records = workload(self.kafka)
-        env = radsentry_env(database_url, workdir, kafka=self.kafka, **DRIFT)
-        self.consumer = Process(["consume", "--metrics-port", "0"], env, workdir / "consume.log")
+        env = radsentry_env(
+            database_url,
+            workdir,
+            kafka=self.kafka,
+            HEALTH__STALE_AFTER_S=str(STALE_AFTER_S),
+            **DRIFT,
+        )
+        self.port = free_port()
+        self.consumer = Process(
+            ["consume", "--metrics-port", str(self.port)], env, workdir / "consume.log"
+        )
+
+    def probe(self, path: str) -> int:
+        """The status code of the consumer's ``/healthz`` or ``/readyz`` (0: no answer)."""
+        return probe(self.port, path)
+
+    @contextmanager
+    def watching(self, path: str) -> Iterator[list[int]]:
+        """Every answer of probe ``path`` (polled every 0.1 s) while the block runs."""
+        answers: list[int] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.1):
+                answers.append(self.probe(path))
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            yield answers
+        finally:
+            done.set()
+            thread.join(10)
 
     def publish(self, rate: float | None = None, records: list[Record] | None = None) -> Publisher:
         producer = make_producer([self.broker.bootstrap], self.kafka)
@@ -232,6 +268,8 @@ class Run:
             raise AssertionError(
                 f"{exc}: {rows}, {unpublished} alerts unpublished; {self.missing()}"
             ) from None
+        wait_for(lambda: self.probe("/readyz") == 200, 30, "the consumer ready")
+        assert self.probe("/healthz") == 200
         assert self.consumer.stop() == 0, self.consumer.text()[-3000:]
         assert committed_lag([self.broker.bootstrap], self.kafka) == 0
 
@@ -330,6 +368,8 @@ def test_kill_9_in_the_middle_of_a_batch(undisturbed: Tally, run: Run) -> None:
         # The next batch stores its events, then waits for this lock to update drift state.
         holder.execute(text("LOCK TABLE drift_streams IN EXCLUSIVE MODE"))
         backend = wait_for_parked_batch(run.engine)
+        # Hung in a statement that never returns: liveness fails, so Kubernetes would do this.
+        wait_for(lambda: run.probe("/healthz") == 503, 6 * STALE_AFTER_S, "/healthz failing")
         stored_before = run.stored()
         run.consumer.kill()
         holder.rollback()
@@ -393,11 +433,13 @@ def test_postgres_restarted_under_load(
         with running(durable_broker, postgres.admin_url, tmp_path) as run:
             publisher = run.flowing()
             time.sleep(1)
-            postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
-            time.sleep(3)
-            postgres.start()  # crash recovery replays the WAL
+            with run.watching("/readyz") as readiness:
+                postgres.stop("immediate")  # as in a crash: no checkpoint, sessions cut
+                time.sleep(3)
+                postgres.start()  # crash recovery replays the WAL
             assert not publisher.done.is_set(), "the restart must land while events flow"
-            assert run.finish(publisher) == undisturbed
+            assert run.finish(publisher) == undisturbed  # ready again: finish checks /readyz
             assert "batch failed; rewinding and retrying" in run.consumer.text()
+            assert 503 in readiness, "not ready while the database was away"
     finally:
         postgres.close()

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from monitor.events import Event
+from monitor.service.broker import free_port
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor
 from monitor.service.models import RetrainRequestRow
@@ -42,7 +44,7 @@ from monitor.simulate import SimulationConfig, simulate
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.initial import InitialConfig
 from tests.conftest import PG_ADMIN_URL
-from tests.faults.harness import Process, Tally, radsentry_env, tally
+from tests.faults.harness import Process, Tally, probe, radsentry_env, tally
 from tests.integration.helpers import wait_for
 from tests.integration.test_retrain_e2e import DRIFT, write_test_plan
 from tests.mlflow_server import MLFLOW_DATABASE, MlflowServer
@@ -160,7 +162,10 @@ class Run:
             PCCP__PLANS_DIR=str(deployment.plans_dir),
             PCCP__LOCKED_CASES_DIR=str(deployment.locked_cases_dir),
         )
-        self.scheduler = Process(["scheduler", "--metrics-port", "0"], env, workdir / "sched.log")
+        self.port = free_port()
+        self.scheduler = Process(
+            ["scheduler", "--metrics-port", str(self.port)], env, workdir / "sched.log"
+        )
         self.mlflow = MlflowClient(deployment.mlflow.url)
 
     def request(self) -> RetrainRequestRow | None:
@@ -197,6 +202,9 @@ class Run:
         """Wait for the request to end in a gated candidate; stop the scheduler (SIGTERM,
         exit 0); check MLflow holds one version for the request; the tally."""
         wait_for(self.gated, timeout_s, "a challenger registered and gated")
+        assert probe(self.port, "/healthz") == 200
+        ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=5)
+        assert (ready.status_code, ready.json()["state"]) == (200, "leading")
         assert self.scheduler.stop() == 0, self.scheduler.text()[-4000:]
         request = self.request()
         assert request is not None

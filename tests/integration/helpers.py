@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select
 
 from monitor.events import Event, to_json
 from monitor.service.drift_store import DriftMonitor
+from monitor.service.health import Health
 from monitor.service.ingest import Ingestor, IngestStats
 from monitor.service.kafka import make_consumer, make_producer
 from monitor.service.models import DeadLetter, InferenceEventRow, LabelEventRow, ProcessedEvent
@@ -47,12 +48,13 @@ def ingest_until(
     done: Callable[[IngestStats], bool],
     timeout: float = 60.0,
     drift: DriftMonitor | None = None,
+    health: Health | None = None,
 ) -> IngestStats:
     """Run a real Ingestor in a thread until ``done(stats)`` holds, then stop it cleanly."""
     bootstrap = settings.bootstrap_servers
     consumer = make_consumer(bootstrap, settings)
     producer = make_producer(bootstrap, settings)
-    ingestor = Ingestor(engine, consumer, producer, settings, drift)
+    ingestor = Ingestor(engine, consumer, producer, settings, drift, health)
     stop = threading.Event()
     thread = threading.Thread(target=ingestor.run, args=(stop,), daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, text
 
 from monitor.events import MAX_EVENT_BYTES, to_json
+from monitor.service.health import Health
 from monitor.service.kafka import make_producer
 from monitor.service.models import DeadLetter, InferenceEventRow
 from monitor.service.settings import KafkaSettings
@@ -134,22 +135,30 @@ def test_poison_records_go_to_the_dead_letter_topic(
 def test_database_outage_rewinds_and_loses_nothing(
     pg_engine: Engine, kafka_settings: KafkaSettings
 ) -> None:
-    """A batch whose transaction fails is retried from its first offset, not skipped."""
+    """A batch whose transaction fails is retried from its first offset, not skipped; the
+    consumer stays live but is not ready meanwhile (its /readyz)."""
     with pg_engine.begin() as connection:
         connection.execute(text("ALTER TABLE inference_events RENAME TO inference_events_away"))
     producer = make_producer(kafka_settings.bootstrap_servers, kafka_settings)
     send(producer, kafka_settings, [inference_event(i) for i in range(50)])
+    health = Health(stale_after_s=60)
+    during: list[dict[str, object]] = []
 
     def heal_after_failures(stats: object) -> bool:
         if getattr(stats, "failures", 0) >= 2:
+            if not during:
+                during.append(health.report())
             with pg_engine.begin() as connection:
                 connection.execute(
                     text("ALTER TABLE IF EXISTS inference_events_away RENAME TO inference_events")
                 )
         return getattr(stats, "stored", 0) == 50
 
-    stats = ingest_until(pg_engine, kafka_settings, heal_after_failures)
+    stats = ingest_until(pg_engine, kafka_settings, heal_after_failures, health=health)
     assert stats.failures >= 2
+    assert during[0]["live"] and not during[0]["ready"] and during[0]["state"] == "retrying"
+    after = health.report()
+    assert after["ready"] and after["state"] == "consuming"
     with pg_engine.connect() as connection:
         stored = connection.scalars(select(InferenceEventRow.event_id)).all()
     assert sorted(e.int for e in stored) == [i + 1 for i in range(50)]

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from monitor.service.db import make_engine, upgrade
 from monitor.service.drift_store import DriftMonitor
+from monitor.service.health import Health
 from monitor.service.scheduler import (
     JOBS_TABLE,
     LOCK_KEY,
@@ -133,12 +134,27 @@ def test_two_replicas_run_a_job_once_and_the_standby_takes_over(
                 replica.process.wait(10)
 
 
+class RecordedHealth(Health):
+    """Health that keeps every beat, to see transitions too brief to poll for."""
+
+    def __init__(self) -> None:
+        super().__init__(stale_after_s=60)
+        self.beats: list[tuple[bool, str]] = []
+
+    def beat(self, ok: bool = True, **detail: str) -> None:
+        self.beats.append((ok, detail.get("state", "")))
+        super().beat(ok, **detail)
+
+
 def test_a_leader_whose_session_dies_stops_its_jobs_and_leads_again(
     engine: Engine, pg_url: str
 ) -> None:
     stop = threading.Event()
+    health = RecordedHealth()
     thread = threading.Thread(
-        target=run_scheduler, args=(pg_url, stop, [tick_job(pg_url)]), kwargs={"poll_s": 0.2}
+        target=run_scheduler,
+        args=(pg_url, stop, [tick_job(pg_url)]),
+        kwargs={"poll_s": 0.2, "health": health},
     )
     lock_holders = text(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -154,11 +170,45 @@ def test_a_leader_whose_session_dies_stops_its_jobs_and_leads_again(
             wait_for(lambda: any("lock lost" in e["event"] for e in logs), 5, "the step-down")
             count = len(runs(engine))
             wait_for(lambda: len(runs(engine)) > count, 10, "a tick after leading again")
+            report = health.report()
+            assert report["ready"] and report["state"] == "leading"
         finally:
             stop.set()
             thread.join(10)
     events = [entry["event"] for entry in logs]
     assert events.count("scheduler lock acquired; leading") == 2
+    assert not thread.is_alive()
+    lost = health.beats.index((False, "lock lost"))  # not ready while the lock was lost...
+    assert (True, "leading") in health.beats[:lost]
+    assert (True, "leading") in health.beats[lost:]  # ...and ready again once it led again
+
+
+def test_a_replica_standing_by_is_ready_and_leads_when_the_lock_frees(
+    engine: Engine, pg_url: str
+) -> None:
+    stop = threading.Event()
+    health = Health(stale_after_s=60)
+    thread = threading.Thread(
+        target=run_scheduler,
+        args=(pg_url, stop, [tick_job(pg_url)]),
+        kwargs={"poll_s": 0.2, "health": health},
+    )
+    key = {"key": LOCK_KEY}
+    with engine.connect() as holder:  # another replica leads
+        assert holder.scalar(text("SELECT pg_try_advisory_lock(:key)"), key)
+        thread.start()
+        try:
+            wait_for(lambda: health.report()["state"] == "standing by", 10, "standing by")
+            assert health.report()["ready"]
+            assert runs(engine) == []
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            holder.commit()
+            wait_for(lambda: health.report()["state"] == "leading", 10, "leading")
+            assert health.report()["ready"]
+            wait_for(lambda: len(runs(engine)) >= 1, 10, "a tick by the new leader")
+        finally:
+            stop.set()
+            thread.join(10)
     assert not thread.is_alive()
 
 

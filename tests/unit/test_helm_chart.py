@@ -145,12 +145,22 @@ def test_every_pod_is_hardened(release: list[Manifest]) -> None:
             assert {"/var/lib/radsentry", "/tmp"} <= mounts, where
 
 
-def test_the_api_is_probed_on_healthz_and_readyz(release: list[Manifest]) -> None:
-    api = component(release, "Deployment", "api")["spec"]["template"]["spec"]["containers"][0]
-    ports = {p["name"]: p["containerPort"] for p in api["ports"]}
-    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert ports == {"http": 8000}
+@pytest.mark.parametrize(
+    ("name", "port", "number"),
+    [("api", "http", 8000), ("consumer", "metrics", 9101), ("scheduler", "metrics", 9102)],
+)
+def test_each_component_is_probed_on_healthz_and_readyz(
+    release: list[Manifest], name: str, port: str, number: int
+) -> None:
+    pod = component(release, "Deployment", name)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert ports == {port: number}
+    if name != "api":  # the workers serve their probes on the port their command is given
+        assert container["args"][-2:] == ["--metrics-port", str(number)]
 
 
 def test_the_scheduler_is_a_singleton(release: list[Manifest]) -> None:
