@@ -81,6 +81,10 @@ ERROR_STATUS: dict[type[Exception], int] = {
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {"description": "No bearer token, or one that fails a check."},
     status.HTTP_403_FORBIDDEN: {"description": "The token's roles or sites do not allow this."},
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "description": "Tokens cannot be checked right now (OIDC: the identity provider's "
+        "signing keys are unreachable)."
+    },
 }
 """What every route behind a token may answer (docs/security.md); the probes and /metrics never."""
 

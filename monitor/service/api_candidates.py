@@ -43,6 +43,10 @@ def get_registry(request: Request) -> CandidateRegistry:
 
 
 RegistryDep = Annotated[CandidateRegistry, Depends(get_registry)]
+REGISTRY_DOWN: dict[str, Any] = {
+    "description": "MLflow (the model registry) is unreachable: nothing was recorded; try again. "
+    "Also: tokens cannot be checked right now."
+}
 
 
 class ProposalRequest(BaseModel):
@@ -153,7 +157,11 @@ def candidates_router() -> APIRouter:
             offset=offset,
         )
 
-    @router.post("/candidates", status_code=status.HTTP_201_CREATED, responses={404: {}, 409: {}})
+    @router.post(
+        "/candidates",
+        status_code=status.HTTP_201_CREATED,
+        responses={404: {}, 409: {}, 503: REGISTRY_DOWN},
+    )
     def propose(
         body: ProposalRequest,
         engine: EngineDep,
@@ -245,7 +253,9 @@ def candidates_router() -> APIRouter:
         )
         return _detail(engine, row, request)
 
-    @router.post("/candidates/{candidate_id}/promote", responses={404: {}, 409: {}})
+    @router.post(
+        "/candidates/{candidate_id}/promote", responses={404: {}, 409: {}, 503: REGISTRY_DOWN}
+    )
     def promote(
         candidate_id: uuid.UUID,
         body: ChangeRequest,
@@ -260,7 +270,7 @@ def candidates_router() -> APIRouter:
         )
         return _detail(engine, row, request)
 
-    @router.post("/models/{model_name}/rollback", responses={409: {}})
+    @router.post("/models/{model_name}/rollback", responses={409: {}, 503: REGISTRY_DOWN})
     def rollback(
         model_name: Identifier,
         body: ChangeRequest,

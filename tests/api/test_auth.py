@@ -231,6 +231,16 @@ def test_an_unreachable_identity_provider_is_503_not_401(pg_engine: Engine, tmp_
     settings = oidc_settings(tmp_path, jwks_url=url)
     with TestClient(create_app(settings, engine=pg_engine)) as client:
         assert client.get("/sites", headers=auth(signed(claims()))).status_code == 503
+        # Declared on every route behind a token, where any of them may answer it.
+        paths = client.get("/openapi.json").json()["paths"]
+        secured = [
+            (method, path, operation["responses"])
+            for path, operations in paths.items()
+            for method, operation in operations.items()
+            if "401" in operation["responses"]
+        ]
+        assert len(secured) > 20
+        assert [(m, p) for m, p, responses in secured if "503" not in responses] == []
 
 
 def test_a_configured_public_key_and_nested_claims(pg_engine: Engine, tmp_path: Path) -> None:

@@ -83,6 +83,14 @@ def test_a_proposal_needs_a_registered_version_and_is_made_once(
     registry.down = True
     down = client.post("/candidates", json={**body, "model_version": "3"}, headers=ALICE)
     assert down.status_code == 503
+    assert "MLflow" in declared(client, "post", "/candidates", down.status_code)
+
+
+def declared(client: TestClient, method: str, path: str, code: int) -> str:
+    """The OpenAPI description of answer ``code`` of a route (KeyError: undeclared)."""
+    operation = client.get("/openapi.json").json()["paths"][path][method]
+    description: str = operation["responses"][str(code)]["description"]
+    return description
 
 
 def test_evidence_exists_only_after_the_gate_and_the_proposer_may_not_approve(
@@ -116,6 +124,8 @@ def test_a_promotion_with_mlflow_down_changes_nothing(
         assert client.post(f"{url}/approve", json={"reason": "ok"}, headers=who).status_code == 200
     registry.down = True
     assert client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).status_code == 503
+    assert "MLflow" in declared(client, "post", "/candidates/{candidate_id}/promote", 503)
+    assert "MLflow" in declared(client, "post", "/models/{model_name}/rollback", 503)
     assert client.get(url, headers=BOB).json()["status"] == "approved"
     registry.down = False
     promoted = client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).json()
