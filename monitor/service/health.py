@@ -63,6 +63,10 @@ class Health:
             }
 
 
+PROBES = {"/healthz": ("live", "ok", "stalled"), "/readyz": ("ready", "ready", "not ready")}
+"""Each probe's path: the field of ``Health.report`` it answers, and its status either way."""
+
+
 def probes_app(health: Health) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     """The WSGI app of a worker's port: ``/healthz``, ``/readyz``, ``/metrics``; 404 else."""
     metrics = make_wsgi_app()
@@ -72,15 +76,13 @@ def probes_app(health: Health) -> Callable[[Environ, StartResponse], Iterable[by
         if path == "/metrics":
             body: Iterable[bytes] = metrics(environ, start_response)
             return body
-        if path not in ("/healthz", "/readyz"):
+        if path not in PROBES:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: /healthz, /readyz or /metrics\n"]
+        field, good_status, bad_status = PROBES[path]
         report = health.report()
-        good = report["live"] if path == "/healthz" else report["ready"]
-        if path == "/healthz":
-            report["status"] = "ok" if good else "stalled"
-        else:
-            report["status"] = "ready" if good else "not ready"
+        good = report[field]
+        report["status"] = good_status if good else bad_status
         code = "200 OK" if good else "503 Service Unavailable"
         start_response(code, [("Content-Type", "application/json")])
         return [orjson.dumps(report)]

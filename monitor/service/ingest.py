@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from math import inf
 
 import orjson
 import structlog
@@ -113,7 +114,7 @@ class Ingestor:
         self.producer = producer
         self.settings = settings
         self.drift = drift
-        self.health = health or Health(stale_after_s=float("inf"))
+        self.health = health or Health(inf)
         self.stats = IngestStats()
         self._site_latest: dict[str, float] = {}
         self._alerts_pending = False
@@ -136,13 +137,13 @@ class Ingestor:
             self._observe_lag()
             if not records:
                 self._publish_alerts()
-                self.health.beat(not failing, state="retrying" if failing else "consuming")
+                self._beat(not failing)
                 continue
             try:
                 self.process(records)
                 backoff = 0.5
                 failing = False
-                self.health.beat(True, state="consuming")
+                self._beat(True)
             except Exception:
                 # Boundary: whatever failed (broker, database), nothing was committed. Rewind so
                 # the same records come again, and back off.
@@ -153,11 +154,15 @@ class Ingestor:
                 log.exception("batch failed; rewinding and retrying", backoff_s=backoff)
                 self._rewind(records)
                 failing = True
-                self.health.beat(False, state="retrying")
+                self._beat(False)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, max_backoff_s)
         log.info("ingestion stopped", **self._summary())
         return self.stats
+
+    def _beat(self, ok: bool) -> None:
+        """A round of the loop for the probes: ``ok`` while batches are stored."""
+        self.health.beat(ok, state="consuming" if ok else "retrying")
 
     def process(self, records: Records) -> BatchOutcome:
         """Validate, dead-letter, store and commit one polled batch."""

@@ -74,22 +74,12 @@ def read_all(
     """Every record of ``topic``, read without a group up to each partition's high watermark.
 
     ``expected``: keep reading until at least that many have arrived (records still being
-    produced); after ``timeout`` whatever has arrived is returned. The end is the high
-    watermark of the fetch responses, not ``end_offsets``: Tansu 0.6 answers ListOffsets with
-    wrong values (ADR 0001), its fetch responses with the right ones.
+    produced); after ``timeout`` whatever has arrived is returned.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = _reader(bootstrap)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(_partitions(consumer, topic))]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-            if len(records) >= expected and _at_end(consumer, partitions):
-                break
+        starts = dict.fromkeys(_partitions(consumer, topic), 0)
+        records, _ = _read_to_end(consumer, starts, timeout, expected)
         return records
     finally:
         consumer.close()
@@ -97,38 +87,63 @@ def read_all(
 
 def committed_lag(bootstrap: list[str], settings: KafkaSettings, timeout: float = 30.0) -> int:
     """Records on the event topics that the group has not committed past: each partition's
-    high watermark (read as in ``read_all``) minus the group's committed offset."""
+    high watermark minus the group's committed offset (only the records past it are read)."""
     group = KafkaConsumer(
         bootstrap_servers=bootstrap, group_id=settings.group_id, enable_auto_commit=False
     )
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    reader = _reader(bootstrap)
     try:
-        committed: dict[TopicPartition, int] = {}
-        for topic in (settings.inference_topic, settings.labels_topic):
-            for partition in _partitions(reader, topic):
-                tp = TopicPartition(topic, partition)
-                committed[tp] = group.committed(tp) or 0
-        reader.assign(list(committed))
-        for tp, offset in committed.items():  # only the records past the commit need reading
-            reader.seek(tp, offset)
-        deadline = time.monotonic() + timeout
-        while not _at_end(reader, list(committed)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no high watermark within {timeout:.0f} s: {committed}")
-            reader.poll(timeout_ms=500)
+        committed = {
+            tp: group.committed(tp) or 0
+            for topic in (settings.inference_topic, settings.labels_topic)
+            for tp in _partitions(reader, topic)
+        }
+        _, at_end = _read_to_end(reader, committed, timeout)
+        if not at_end:
+            raise AssertionError(f"no high watermark within {timeout:.0f} s: {committed}")
         return sum(reader.highwater(tp) - offset for tp, offset in committed.items())
     finally:
         group.close()
         reader.close()
 
 
-def _partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> set[int]:
+def _reader(bootstrap: list[str]) -> KafkaConsumer:
+    """A consumer without a group; an offset no longer on the log reads from its start."""
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+
+
+def _read_to_end(
+    consumer: KafkaConsumer, starts: dict[TopicPartition, int], timeout: float, expected: int = 0
+) -> tuple[list[ConsumerRecord], bool]:
+    """Read each partition of ``starts`` from its offset up to its high watermark, and at
+    least ``expected`` records; the records, and whether that was done within ``timeout``.
+
+    The end is the high watermark of the fetch responses, not ``end_offsets``: Tansu 0.6
+    answers ListOffsets with wrong values (ADR 0001), its fetch responses with the right ones.
+    """
+    partitions = list(starts)
+    consumer.assign(partitions)
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    records: list[ConsumerRecord] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+        if len(records) >= expected and _at_end(consumer, partitions):
+            return records, True
+    return records, False
+
+
+def _partitions(consumer: KafkaConsumer, topic: str, timeout: float = 30.0) -> list[TopicPartition]:
     deadline = time.monotonic() + timeout
     while not (partitions := consumer.partitions_for_topic(topic)):
         if time.monotonic() > deadline:
             raise AssertionError(f"topic {topic} has no partitions after {timeout:.0f} s")
         time.sleep(0.1)
-    return set(partitions)
+    return [TopicPartition(topic, partition) for partition in sorted(partitions)]
 
 
 def _at_end(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:

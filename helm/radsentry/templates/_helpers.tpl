@@ -141,6 +141,34 @@ envFrom:
 {{- end }}
 {{- end -}}
 
+{{/* The probes of a worker (consumer, scheduler), served on its metrics port
+(monitor/service/health.py). /healthz: its loop has gone round within
+RADSENTRY_HEALTH__STALE_AFTER_S (120 s); /readyz: also its last round went well (the consumer
+stored its batch, the scheduler reached the database). The startup probe covers the slow
+first import. */}}
+{{- define "radsentry.workerProbes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 36
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
 {{/* Writable places on a read-only root filesystem: data_dir and /tmp (HOME, caches). */}}
 {{- define "radsentry.scratchMounts" -}}
 - name: data
