@@ -37,7 +37,7 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 CHANGED_SITE = 50
 RUN_CLI = "import sys; from monitor.service.cli import app; sys.argv[0] = 'radsentry'; app()"
 IMPORTS_ONLY = (
-    "import resource, monitor.service.cli, monitor.service.backtest; "
+    "import resource, monitor.service.cli, monitor.service.backtest.replay; "
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
 )
 

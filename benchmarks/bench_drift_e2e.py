@@ -28,8 +28,8 @@ from monitor.drift.config import EngineConfig
 from monitor.events import InferenceEvent
 from monitor.service.broker import EmbeddedBroker
 from monitor.service.db import make_engine, upgrade
-from monitor.service.drift_store import DriftMonitor, limit_torch_threads
-from monitor.service.ingest import Ingestor
+from monitor.service.drift.store import DriftMonitor, limit_torch_threads
+from monitor.service.ingest.consumer import Ingestor
 from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
 from monitor.service.publish import publish
 from monitor.service.settings import KafkaSettings

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from monitor.events import DicomMetadata, InferenceEvent, Prediction, to_json
 from monitor.service.broker import EmbeddedBroker
 from monitor.service.db import make_engine, upgrade
-from monitor.service.ingest import Ingestor
+from monitor.service.ingest.consumer import Ingestor
 from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
 from monitor.service.publish import publish
 from monitor.service.settings import KafkaSettings

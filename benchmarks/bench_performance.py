@@ -1,8 +1,9 @@
 """Recompute every performance metric with intervals for 100 sites x 3 findings x 5,000 cases.
 
-Issue 5 §6: target under 10 s on one core, bootstrap included. The workload is 300 windows of
-5,000 labelled cases each (three findings with prevalence 5%, 15% and 30%; per-site separation
-and miscalibration drawn at random), one thread for numpy/BLAS. Timed, each for all 300 windows:
+Target (docs/benchmarks.md): under 10 s on one core, bootstrap included. The workload is 300
+windows of 5,000 labelled cases each (three findings with prevalence 5%, 15% and 30%; per-site
+separation and miscalibration drawn at random), one thread for numpy/BLAS. Timed, each for all
+300 windows:
 
 (a) ``binary_metrics`` with the default config: DeLong AUROC interval, Wilson intervals,
     Brier, ECE + reliability bins, logistic calibration slope and intercept;

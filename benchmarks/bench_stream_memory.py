@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
-from monitor.service.drift_store import limit_torch_threads
+from monitor.service.drift.store import limit_torch_threads
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 
 

@@ -1,1 +1,1 @@
-"""PCCP governance: plan as code, acceptance gate, approvals, change log (issue 7)."""
+"""PCCP governance: plan as code, acceptance gate, approvals, change log."""

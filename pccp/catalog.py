@@ -3,7 +3,7 @@
 Every ``*.yaml`` in the folder must be a valid plan (a broken plan file is an error, never
 skipped), and at most one plan may name a model. The gate records the plan it used in the
 change log (``plan.loaded`` the first time a plan is seen, ``plan.changed`` when its content
-differs from the last one recorded; ``monitor.service.gate_job.note_plan``).
+differs from the last one recorded; ``monitor.service.pccp.jobs.note_plan``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The PCCP acceptance gate's evaluation: a plan's criteria on the locked test set, the scope
-guard, and the evidence report (issue 7 §2). Values in, values out: no database, no registry.
+guard, and the evidence report. Values in, values out: no database, no registry.
 
 The caller scores the locked test cases (:class:`GateCases`) with the candidate and the champion
 (:class:`ModelScores`, each with its own locked threshold; a case is predicted positive when its

@@ -1,4 +1,4 @@
-"""The Predetermined Change Control Plan as code: a typed, validated plan (issue 7 §1).
+"""The Predetermined Change Control Plan as code: a typed, validated plan.
 
 The model mirrors the three parts of the FDA guidance "Marketing Submission Recommendations for
 a Predetermined Change Control Plan for Artificial Intelligence-Enabled Device Software
@@ -18,8 +18,8 @@ Plans are YAML files in ``pccp/plans/``; :func:`load_plan` reads one and refuses
 model does not describe (unknown keys, duplicate ids, ranges that are empty). The JSON Schema in
 ``docs/schemas/pccp-plan.v1.schema.json`` is generated from this module.
 
-This module only describes; the gate that checks a candidate against the criteria and the
-approval workflow come later in issue 7.
+This module only describes: ``pccp.gate`` checks a candidate against the criteria, and
+``pccp.lifecycle`` holds the approval workflow.
 """
 
 from __future__ import annotations
@@ -204,8 +204,14 @@ Criterion = Annotated[
 ]
 
 
+MIN_APPROVALS: Final = 2
+"""Four eyes: the fewest distinct approvers a plan may require."""
+
+
 class UpdateProcedures(_Frozen):
-    approvals_required: int = Field(ge=2, description="Distinct approvers (four eyes: 2).")
+    approvals_required: int = Field(
+        ge=MIN_APPROVALS, description="Distinct approvers (four eyes: 2)."
+    )
     approver_role: Literal["mlops"] = "mlops"
     rollout: str = Field(min_length=1)
     rollback: str = Field(min_length=1)

@@ -1,4 +1,4 @@
-"""The evidence of a PCCP gate run as data (issue 7 §2): what :func:`pccp.gate.build_report`
+"""The evidence of a PCCP gate run as data: what :func:`pccp.gate.build_report`
 fills and :mod:`pccp.evidence` renders, stored as JSON on the candidate and in MLflow.
 
 Aggregates only: per-criterion decisions with their numbers, per-group point estimates, ROC

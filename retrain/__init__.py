@@ -1,1 +1,1 @@
-"""Retraining: triggers, dataset assembly, training and MLflow tracking (issue 6)."""
+"""Retraining: triggers, dataset assembly, training and MLflow tracking."""

@@ -1,7 +1,7 @@
 """The retraining configuration: plain values, cheap to import (no torch).
 
 :class:`TrainConfig` says how a model is trained (``retrain.train``), :class:`JobConfig` how the
-retraining job turns a request into a candidate (``monitor.service.retrain_job``), and
+retraining job turns a request into a candidate (``monitor.service.retrain.jobs``), and
 :class:`MlflowConfig` where runs are tracked and models registered (``retrain.tracking``). The
 settings (``RADSENTRY_RETRAIN__*``, ``RADSENTRY_MLFLOW__*``) hold them.
 """

@@ -1,4 +1,4 @@
-"""Training data sets from labelled inference events, with their lineage (issue 6 §2).
+"""Training data sets from labelled inference events, with their lineage.
 
 Values in, values out: the runtime builds :class:`LabelledCase` values from the database; this
 module splits them, keeps the PCCP locked test set out, and describes the result in a

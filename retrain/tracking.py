@@ -35,18 +35,22 @@ from mlflow.exceptions import MlflowException
 from retrain import tracking_content as content
 from retrain.config import MlflowConfig
 from retrain.mlflow_calls import MlflowCalls, TrackingError
+from retrain.mlflow_names import (
+    CHALLENGER,
+    CHAMPION,
+    COMPLETE_TAG,
+    DATASET_TAG,
+    MODEL_ID_TAG,
+    REQUEST_TAG,
+    RUN_TAG,
+)
 from retrain.model import TrainedModel
-from retrain.tracking_content import REQUEST_TAG, RunRecord
+from retrain.tracking_content import RunRecord
 
 __all__ = ["RegisteredVersion", "Registry", "RunRecord", "TrackingError"]
 
 log = structlog.get_logger(__name__)
 
-CHAMPION: Final = "champion"
-CHALLENGER: Final = "challenger"
-RUN_TAG: Final = "radsentry.run_id"
-COMPLETE_TAG: Final = "radsentry.registration_complete"
-MODEL_ID_TAG: Final = "radsentry.logged_model_id"
 MANIFEST_ARTIFACT: Final = "dataset/manifest.json"
 BUNDLE_ARTIFACT: Final = "bundle/trained_model.pt"
 _MLFLOW_MODEL_NAME: Final = "model"
@@ -114,8 +118,8 @@ class Registry:
         if model_id is None:
             raise TrackingError(f"run {run_id} has no logged model: log it with log_run first")
         version_tags = {**tags, RUN_TAG: run_id}
-        if dataset := run.data.tags.get(content.DATASET_TAG):
-            version_tags[content.DATASET_TAG] = dataset
+        if dataset := run.data.tags.get(DATASET_TAG):
+            version_tags[DATASET_TAG] = dataset
         self._call("create registered model", self._ensure_registered_model, model_name)
         version = self._call(
             "create model version", self._version_of_run, model_name, run_id, model_id, version_tags
@@ -202,7 +206,7 @@ class Registry:
     def move_champion(self, model_name: str, version: str) -> str | None:
         """Point ``champion`` at ``version`` and return the version it pointed at (None if none).
 
-        Only a PCCP promotion or rollback calls this (``monitor.service.candidates_store``),
+        Only a PCCP promotion or rollback calls this (``monitor.service.pccp.store``),
         after its approvals and inside its row lock; moving the alias again is harmless.
         """
         registered = self._registered_model(model_name)

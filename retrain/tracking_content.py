@@ -25,15 +25,16 @@ from torch import Tensor, nn
 
 from retrain.config import TrainConfig
 from retrain.dataset import DatasetManifest, Side
+from retrain.mlflow_names import (
+    CONFIG_TAG,
+    DATASET_TAG,
+    GIT_COMMIT_TAG,
+    MODEL_NAME_TAG,
+    SPEC_TAG,
+)
 from retrain.model import ModelSpec, TrainedModel
 from retrain.train import TrainResult
 
-REQUEST_TAG: Final = "radsentry.request_id"
-GIT_COMMIT_TAG: Final = "radsentry.git_commit"
-CONFIG_TAG: Final = "radsentry.config_fingerprint"
-SPEC_TAG: Final = "radsentry.spec_fingerprint"
-DATASET_TAG: Final = "radsentry.dataset_sha256"
-MODEL_NAME_TAG: Final = "radsentry.model_name"
 UNKNOWN_COMMIT: Final = "unknown"
 _REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 _COMMIT: Final = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")

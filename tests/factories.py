@@ -15,8 +15,8 @@ from retrain.dataset import LabelledCase
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from monitor.service.candidates_store import GateStatus
     from monitor.service.models import CandidateRow
+    from monitor.service.pccp.store import GateStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -122,7 +122,7 @@ def record_gate_outcome(
 ) -> CandidateRow:
     """What the gate records for a candidate (shipped plan's id, version 1.0.0, two approvals,
     champion version 1), with :func:`gate_report`'s evidence unless ``report`` is given."""
-    from monitor.service import candidates_store
+    from monitor.service.pccp import store as candidates_store
 
     return candidates_store.record_gate(
         engine,

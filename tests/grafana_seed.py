@@ -19,12 +19,15 @@ from sqlalchemy import Engine
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent
 from monitor.performance.rules import RulesConfig
-from monitor.service import candidates_store, change_log, retrain_store
-from monitor.service.change_log_signing import checkpoint
-from monitor.service.drift_store import DriftMonitor
-from monitor.service.performance_store import refresh
+from monitor.service.audit import store as change_log
+from monitor.service.audit.signing import checkpoint
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
+from monitor.service.pccp import store as candidates_store
+from monitor.service.performance.store import refresh
+from monitor.service.retrain import store as retrain_store
 from monitor.service.settings import PerformanceSettings
-from monitor.service.store import Delivered, store_batch
 from monitor.simulate import SimulationConfig, simulate
 from tests.factories import gate_report, record_gate_outcome
 

@@ -1,4 +1,4 @@
-"""Pure performance-metric library: labels and scores in, typed results out; no I/O (issue 5).
+"""Pure performance-metric library: labels and scores in, typed results out; no I/O.
 
 :func:`monitor.performance.metrics.binary_metrics` computes, for one window of one site, model
 version and finding, AUROC with a DeLong (or bootstrap) interval, sensitivity, specificity, PPV,

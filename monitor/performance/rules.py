@@ -1,4 +1,4 @@
-"""Performance alert rules: metrics in, one typed verdict per rule out (issue 5 §4); no I/O.
+"""Performance alert rules: metrics in, one typed verdict per rule out; no I/O.
 
 :func:`evaluate_rules` judges one labelled window's :class:`BinaryMetrics` (and the reference's):
 

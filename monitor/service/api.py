@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from fastapi import FastAPI, HTTPException, Request, Response, status
+from fastapi import APIRouter, FastAPI, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -19,46 +18,22 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.drift.base import InsufficientDataError
-from monitor.events import Identifier
-from monitor.service import store
-from monitor.service.alerts_store import AlertNotFound, IllegalTransition, StreamNotFound
-from monitor.service.api_audit import audit_router
-from monitor.service.api_candidates import candidates_router
-from monitor.service.api_drift import drift_router
-from monitor.service.api_performance import performance_router
-from monitor.service.api_retrain import retrain_router
-from monitor.service.auth import ReaderDep, TokenVerifier, check_site, warn_if_local
-from monitor.service.candidates_store import (
-    CandidateNotFound,
-    FourEyesViolation,
-)
-from monitor.service.db import make_engine
+from monitor.service.audit.api import router as audit_router
+from monitor.service.auth import TokenVerifier, warn_if_local
+from monitor.service.db import make_engine, ping
 from monitor.service.deps import EngineDep
+from monitor.service.drift.api import router as drift_router
+from monitor.service.errors import Conflict, Forbidden, NotFound
+from monitor.service.ingest.api import router as sites_router
 from monitor.service.kafka import broker_reachable
 from monitor.service.metrics_db import database_collector
-from monitor.service.retrain_store import RequestNotFound
+from monitor.service.pccp.api import router as candidates_router
+from monitor.service.performance.api import router as performance_router
+from monitor.service.retrain.api import router as retrain_router
 from monitor.service.settings import Settings
 
 if TYPE_CHECKING:
     from retrain.tracking import Registry
-
-
-class EventCountsPublic(BaseModel):
-    count: int
-    latest_occurred_at: datetime | None
-
-
-class SitePublic(BaseModel):
-    site_id: str
-    inference_events: int
-    label_events: int
-    latest_occurred_at: datetime | None
-
-
-class SiteEventsPublic(BaseModel):
-    site_id: str
-    inference: EventCountsPublic
-    labels: EventCountsPublic
 
 
 class Readiness(BaseModel):
@@ -68,15 +43,14 @@ class Readiness(BaseModel):
 
 
 ERROR_STATUS: dict[type[Exception], int] = {
-    AlertNotFound: status.HTTP_404_NOT_FOUND,
-    StreamNotFound: status.HTTP_404_NOT_FOUND,
-    RequestNotFound: status.HTTP_404_NOT_FOUND,
-    CandidateNotFound: status.HTTP_404_NOT_FOUND,
-    FourEyesViolation: status.HTTP_403_FORBIDDEN,
-    IllegalTransition: status.HTTP_409_CONFLICT,
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Forbidden: status.HTTP_403_FORBIDDEN,
+    Conflict: status.HTTP_409_CONFLICT,
     InsufficientDataError: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
-"""Our errors and the HTTP status each one means, in one place."""
+"""Our errors and the HTTP status each kind means, in one place: every subclass of a kind
+(``AlertNotFound``, ``FourEyesViolation``, ``IllegalTransition``...) answers with its status,
+and its message is the response's ``detail``."""
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {"description": "No bearer token, or one that fails a check."},
@@ -109,6 +83,49 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     errors = cast(RequestValidationError, exc).errors()  # registered for this class only
     content = {"detail": jsonable_encoder(errors)}
     return _EscapedJSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+ROUTERS = (
+    drift_router,
+    performance_router,
+    retrain_router,
+    candidates_router,
+    audit_router,
+    sites_router,
+)
+"""Every domain's router, in the order the OpenAPI document lists them."""
+
+operations = APIRouter(tags=["operations"])
+
+
+@operations.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Checks no dependency."""
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", responses={503: {"model": Readiness}})
+def readyz(request: Request, engine: EngineDep, response: Response) -> Readiness:
+    """Readiness: the database answers a query and a broker answers a metadata request."""
+    try:
+        ping(engine)
+        database = True
+    except SQLAlchemyError:
+        database = False
+    servers: list[str] | None = request.app.state.bootstrap()
+    broker = bool(servers) and broker_reachable(servers or [])
+    ready = database and broker
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Readiness(status="ready" if ready else "not ready", database=database, broker=broker)
+
+
+@operations.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus exposition of this process's metrics, with the database-backed ones
+    (open alerts, candidates, promotions, rollbacks: ``metrics_db``)."""
+    body = await run_in_threadpool(generate_latest)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 BootstrapResolver = Callable[[], list[str] | None]
@@ -153,11 +170,9 @@ def create_app(
     engine: Engine | None = None,
     bootstrap: BootstrapResolver | None = None,
 ) -> FastAPI:
-    """Build the API. ``bootstrap`` says where the broker is (it may move with the embedded
-    broker); without it the configured bootstrap servers are used."""
-
-    def resolve_bootstrap() -> list[str] | None:
-        return bootstrap() if bootstrap else settings.kafka.bootstrap_servers or None
+    """Build the API: every domain's router behind a token, the probes and ``/metrics`` without.
+    ``bootstrap`` says where the broker is (it may move with the embedded broker); without it
+    the configured bootstrap servers are used."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -175,15 +190,14 @@ def create_app(
         summary="Post-market monitoring and change control for medical-imaging AI.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.bootstrap = bootstrap or (lambda: settings.kafka.bootstrap_servers or None)
     app.state.token_verifier = TokenVerifier(settings)  # keys read (and JWKS cached) once
-
-    app.include_router(drift_router(settings.drift), responses=AUTH_ERRORS)
-    app.include_router(performance_router(), responses=AUTH_ERRORS)
-    app.include_router(retrain_router(), responses=AUTH_ERRORS)
     registry = _LazyRegistry(settings)
     app.state.registry_factory = lambda: registry
-    app.include_router(candidates_router(), responses=AUTH_ERRORS)
-    app.include_router(audit_router(), responses=AUTH_ERRORS)
+    for router in ROUTERS:
+        app.include_router(router, responses=AUTH_ERRORS)
+    app.include_router(operations)  # no token: the probes and /metrics
     for error, code in ERROR_STATUS.items():
         app.add_exception_handler(error, _status_handler(code))
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -192,65 +206,5 @@ def create_app(
     from retrain.mlflow_calls import TrackingError
 
     app.add_exception_handler(TrackingError, _status_handler(status.HTTP_503_SERVICE_UNAVAILABLE))
-
-    @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers. Checks no dependency."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["operations"], responses={503: {"model": Readiness}})
-    def readyz(engine: EngineDep, response: Response) -> Readiness:
-        """Readiness: the database answers a query and a broker answers a metadata request."""
-        try:
-            store.ping(engine)
-            database = True
-        except SQLAlchemyError:
-            database = False
-        servers = resolve_bootstrap()
-        broker = bool(servers) and broker_reachable(servers or [])
-        ready = database and broker
-        if not ready:
-            response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Readiness(status="ready" if ready else "not ready", database=database, broker=broker)
-
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus exposition of this process's metrics, with the database-backed ones
-        (open alerts, candidates, promotions, rollbacks: ``metrics_db``)."""
-        body = await run_in_threadpool(generate_latest)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/sites", tags=["sites"], responses=AUTH_ERRORS)
-    def list_sites(engine: EngineDep, principal: ReaderDep) -> list[SitePublic]:
-        """Every site that has sent events, with counts and the latest event time (a site
-        manager: its own sites)."""
-        return [
-            SitePublic(
-                site_id=s.site_id,
-                inference_events=s.inference.count,
-                label_events=s.labels.count,
-                latest_occurred_at=max(
-                    (t for t in (s.inference.latest_occurred_at, s.labels.latest_occurred_at) if t),
-                    default=None,
-                ),
-            )
-            for s in store.list_sites(engine)
-            if principal.can_read_site(s.site_id)
-        ]
-
-    @app.get("/sites/{site_id}/events", tags=["sites"], responses={404: {}, **AUTH_ERRORS})
-    def site_events(
-        site_id: Identifier, engine: EngineDep, principal: ReaderDep
-    ) -> SiteEventsPublic:
-        """Counts and latest event time per event type for one site."""
-        check_site(principal, site_id)
-        summary = store.site_summary(engine, site_id)
-        if summary is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no events from site {site_id!r}")
-        return SiteEventsPublic(
-            site_id=summary.site_id,
-            inference=EventCountsPublic.model_validate(summary.inference, from_attributes=True),
-            labels=EventCountsPublic.model_validate(summary.labels, from_attributes=True),
-        )
 
     return app

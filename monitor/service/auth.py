@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, HTTPException, Request, params, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from monitor.service.errors import ServiceError
 from monitor.service.settings import AuthSettings, Settings
 
 log = structlog.get_logger(__name__)
@@ -74,15 +75,15 @@ class Principal:
         return None if self.reads_all_sites else self.readable_sites
 
 
-class InvalidToken(Exception):
+class InvalidToken(ServiceError):
     """The token cannot be trusted. The message names the reason, never the token or claims."""
 
 
-class AuthUnavailable(RuntimeError):
+class AuthUnavailable(ServiceError, RuntimeError):
     """The identity provider's keys cannot be fetched: no token can be checked right now."""
 
 
-class LocalModeOnly(RuntimeError):
+class LocalModeOnly(ServiceError, RuntimeError):
     """Tokens are issued here only in local mode; in oidc mode the identity provider does."""
 
 

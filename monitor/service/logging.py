@@ -6,9 +6,12 @@ reject codes); payloads and DICOM values are never logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import structlog
 
@@ -48,3 +51,33 @@ def configure_logging(settings: LoggingSettings) -> None:
     pydicom_log.propagate = False
     pydicom_log.setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def job_boundary(failure: str) -> Callable[[Callable[P, R]], Callable[P, R | None]]:
+    """Make a scheduled job a boundary: any exception is logged as ``failure`` (with its
+    traceback, under the job's module) and the job returns None, so the scheduler keeps going
+    and the next run tries again.
+
+    Only for a whole job: code inside it raises, and each job says in ``failure`` what did not
+    happen (``"performance refresh failed"``), which is what an operator greps for.
+    """
+
+    def decorate(job: Callable[P, R]) -> Callable[P, R | None]:
+        job_log = structlog.get_logger(job.__module__)
+
+        @functools.wraps(job)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R | None:
+            try:
+                return job(*args, **kwargs)
+            except Exception:
+                # Boundary: one failed run must not stop the scheduler; the next run retries.
+                job_log.exception(failure)
+                return None
+
+        return run
+
+    return decorate

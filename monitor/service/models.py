@@ -31,6 +31,17 @@ JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
 
 
+REASON_MAX_CHARS = 2000
+"""The longest reason or note that is recorded (alert notes, retrain requests, signatures,
+promotions, the change log): the API refuses a longer one (422), and the stores clip the ones
+they compose themselves, such as an exception's text."""
+
+
+def clip_reason(text: str) -> str:
+    """``text`` cut to :data:`REASON_MAX_CHARS`."""
+    return text[:REASON_MAX_CHARS]
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -343,7 +354,7 @@ class RetrainRequestRow(Base):
 
 
 class ChangeLogRow(Base):
-    """One governed event in the append-only, hash-chained change log (issue 7 §4).
+    """One governed event in the append-only, hash-chained change log.
 
     ``entry_hash`` = SHA-256(``prev_hash`` + canonical JSON of the entry); the first entry's
     ``prev_hash`` is 64 zeros. On PostgreSQL triggers refuse UPDATE, DELETE and TRUNCATE.
@@ -367,7 +378,7 @@ class ChangeLogRow(Base):
 
 
 class ChangeLogCheckpointRow(Base):
-    """A signed checkpoint: Ed25519 over ``"{seq}:{head_hash}"`` (``change_log_signing``)."""
+    """A signed checkpoint: Ed25519 over ``"{seq}:{head_hash}"`` (``audit.signing``)."""
 
     __tablename__ = "change_log_checkpoints"
 
@@ -383,11 +394,12 @@ class ChangeLogCheckpointRow(Base):
 
 
 class CandidateRow(Base):
-    """A registered model version under PCCP change control (issue 7 §3).
+    """A registered model version under PCCP change control.
 
     ``status``: candidate -> passed | failed | out_of_scope (the gate's outcome) -> approved ->
     promoted -> rolled_back; a candidate that is not yet promoted may be rejected. Every
-    transition runs in one transaction with this row locked (``candidates_store``).
+    transition runs in one transaction with this row locked (``pccp.store``;
+    the rules are ``pccp.lifecycle``'s).
     """
 
     __tablename__ = "candidates"

@@ -1,47 +1,14 @@
-"""The model registry as the service uses it: built from the settings, the initial champion,
-and the champion as the simulator's scorer.
-
-``radsentry train-initial`` is the one place outside a PCCP promotion that sets ``champion``,
-and only for a model that has none: it trains v1 on a synthetic pre-deployment cohort, logs it
-like every retrain (manifest, fingerprints, per-epoch metrics) and registers it with aliases
-``initial`` and ``champion``. From then on ``radsentry simulate`` and ``demo`` score their
-studies with that model (``--scores auto``).
-"""
+"""The model registry as the service uses it: an MLflow server, or the embedded SQLite store,
+built from the settings (alias and tag names: ``retrain.mlflow_names``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-import structlog
+from typing import TYPE_CHECKING
 
 from monitor.service.settings import Settings
-from pccp.catalog import plan_for
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from monitor.simulate.model_scores import TrainedModelScorer
-    from pccp.plan import Plan
-    from retrain.dataset import LabelledCase
-    from retrain.initial import InitialConfig, InitialModel
-    from retrain.tracking import RegisteredVersion, Registry, RunRecord
-
-log = structlog.get_logger(__name__)
-
-CHAMPION = "champion"
-INITIAL = "initial"
-ScoresChoice = Literal["auto", "champion", "score-model"]
-
-
-class ChampionExists(RuntimeError):
-    """The model already has a champion: only a PCCP promotion may replace it."""
-
-
-class NoChampion(LookupError):
-    """``--scores champion`` was asked for and the registry has none."""
+    from retrain.tracking import Registry
 
 
 def registry_for(settings: Settings) -> Registry:
@@ -51,128 +18,3 @@ def registry_for(settings: Settings) -> Registry:
     return Registry(
         settings.mlflow_tracking_uri, settings.mlflow, settings.mlflow_artifact_location
     )
-
-
-@dataclass(frozen=True)
-class InitialRegistration:
-    version: RegisteredVersion
-    model: InitialModel
-    cohort_dir: Path
-
-
-def register_initial(
-    settings: Settings, config: InitialConfig, *, progress: bool = True
-) -> InitialRegistration:
-    """Render the cohort, train v1, log and register it, and make it the champion."""
-    from retrain.initial import render_cohort, train_initial
-
-    registry = registry_for(settings)
-    if (existing := registry.version_by_alias(config.model_name, CHAMPION)) is not None:
-        raise ChampionExists(
-            f"{config.model_name} already has a champion (version {existing.version}); "
-            "only a PCCP promotion may replace it"
-        )
-    cohort_dir = (settings.data_dir / "initial" / f"seed-{config.seed}").resolve()
-    cases = render_cohort(config, cohort_dir / "studies", "development")
-    test_cases = (
-        render_cohort(config, cohort_dir / "studies", "test")
-        if config.test_studies_per_site
-        else []
-    )
-    governing = plan_for(settings.plans_dir, config.model_name)
-    if governing is not None and test_cases:
-        _write_locked_cases(settings, governing.plan, test_cases)
-    initial = train_initial(
-        config, cases, cohort_dir / "work", test_cases=test_cases, progress=progress
-    )
-    intended_use = governing.plan.description.fixed.intended_use_id if governing else None
-    version = registry.log_and_register(_record(config, initial, intended_use), alias=INITIAL)
-    registry.set_initial_champion(config.model_name, version.version)
-    log.info("initial champion registered", model_name=config.model_name, version=version.version)
-    return InitialRegistration(version, initial, cohort_dir)
-
-
-def record_initial(engine: Engine, registered: InitialRegistration) -> None:
-    """The change-log entry of a first champion (``champion.initial``)."""
-    from monitor.service import change_log
-
-    version = registered.version
-    change_log.record(
-        engine,
-        change_log.Entry(
-            actor="train-initial",
-            action="champion.initial",
-            subject=f"{version.model_name}/version/{version.version}",
-            details={
-                "mlflow_run_id": version.run_id,
-                "manifest_sha256": registered.model.manifest.sha256(),
-                "config_fingerprint": registered.model.config_fingerprint,
-            },
-            reason="initial model of a model without a champion",
-        ),
-    )
-
-
-def _write_locked_cases(settings: Settings, plan: Plan, test_cases: Sequence[LabelledCase]) -> None:
-    """The held-out cohort is the plan's locked test set when their keys hash alike: then
-    write its cases where the gate reads them (images, labels, subgroup metadata)."""
-    from pccp.locked_cases import from_labelled, write_locked_cases
-    from retrain.dataset import LockedTestSet
-
-    held_out = LockedTestSet.from_keys(case.study_key for case in test_cases)
-    if held_out.sha256 != plan.protocol.data_management.locked_test_set.sha256:
-        log.warning(
-            "the held-out cohort is not the plan's locked test set; locked cases not written",
-            plan_id=plan.plan_id,
-        )
-        return
-    path = settings.locked_cases_dir / f"{plan.plan_id}.jsonl"
-    write_locked_cases(path, from_labelled(test_cases))
-    log.info("locked test cases written", plan_id=plan.plan_id, cases=len(test_cases))
-
-
-def _record(config: InitialConfig, initial: InitialModel, intended_use: str | None) -> RunRecord:
-    from monitor.service.gate_job import INTENDED_USE_TAG
-    from retrain.tracking import RunRecord
-
-    manifest_sha256 = initial.manifest.sha256()
-    # The "request" of an initial model is its cohort: the same cohort registers once.
-    tags = {
-        "radsentry.request_id": f"initial-{manifest_sha256[:32]}",
-        "radsentry.trigger": "initial",
-    }
-    if intended_use is not None:
-        tags[INTENDED_USE_TAG] = intended_use
-    return RunRecord(
-        model_name=config.model_name,
-        result=initial.result,
-        train_config=config.train,
-        manifest=initial.manifest,
-        tags=tags,
-        params={"initial.fingerprint": initial.config_fingerprint},
-        metrics=initial.test.metrics("test") if initial.test is not None else {},
-    )
-
-
-def champion_scorer(
-    settings: Settings, model_name: str, choice: ScoresChoice = "auto"
-) -> TrainedModelScorer | None:
-    """The scorer the simulator should use: the champion's model, or None for the score model.
-
-    ``auto`` uses the champion when the registry has one (an embedded store that was never
-    created is not created just to look); ``champion`` insists; ``score-model`` never looks.
-    """
-    if choice == "score-model":
-        return None
-    embedded = settings.mlflow.tracking_uri is None
-    if choice == "auto" and embedded and not (settings.data_dir / "mlflow.db").exists():
-        return None
-    from monitor.simulate.model_scores import TrainedModelScorer
-
-    registry = registry_for(settings)
-    version = registry.version_by_alias(model_name, CHAMPION)
-    if version is None:
-        if choice == "champion":
-            raise NoChampion(f"{model_name} has no champion; run `radsentry train-initial`")
-        return None
-    return TrainedModelScorer(registry.load_model(model_name, version.version), version.version)

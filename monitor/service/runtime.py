@@ -1,27 +1,27 @@
-"""Wiring shared by the CLI commands: where the broker is, the edge key, the consumer thread."""
+"""Wiring shared by the CLI commands: the settings, where the broker is, the edge key."""
 
 from __future__ import annotations
 
 import secrets
-import threading
-from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import Engine
+from rich.console import Console
 
 from monitor.service.broker import EmbeddedBroker, running_embedded_broker
-from monitor.service.drift_store import DriftMonitor, limit_torch_threads
-from monitor.service.ingest import Ingestor, IngestStats
-from monitor.service.kafka import all_topics, ensure_topics, make_consumer, make_producer
+from monitor.service.errors import ServiceError
+from monitor.service.kafka import all_topics, ensure_topics
 from monitor.service.logging import configure_logging
 from monitor.service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+console = Console(stderr=True)
+"""Where every command writes what it tells the person at the terminal (stdout stays data)."""
+
 EDGE_KEY_FILE = "edge-hmac.key"
 
 
-class BrokerNotFound(RuntimeError):
+class BrokerNotFound(ServiceError, RuntimeError):
     """No bootstrap servers are configured and no bundled broker is running."""
 
 
@@ -75,43 +75,3 @@ def edge_key(settings: Settings) -> bytes:
             "created a demo pseudonymisation key; set RADSENTRY_EDGE__HMAC_KEY in production"
         )
     return path.read_text().strip().encode()
-
-
-@dataclass
-class ConsumerThread:
-    """Runs an :class:`Ingestor` in a background thread (``serve`` and ``demo``)."""
-
-    settings: Settings
-    engine: Engine
-    bootstrap: list[str]
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    stats: IngestStats = field(default_factory=IngestStats)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> ConsumerThread:
-        self._thread = threading.Thread(target=self._run, name="radsentry-consumer", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        limit_torch_threads()
-        consumer = make_consumer(self.bootstrap, self.settings.kafka)
-        producer = make_producer(self.bootstrap, self.settings.kafka)
-        try:
-            ingestor = Ingestor(
-                self.engine,
-                consumer,
-                producer,
-                self.settings.kafka,
-                DriftMonitor(self.settings.drift),
-            )
-            ingestor.stats = self.stats
-            ingestor.run(self.stop_event)
-        finally:
-            consumer.close(autocommit=False)
-            producer.close()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)

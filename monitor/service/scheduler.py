@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC
 from math import inf
 from pathlib import Path
 from typing import Literal
@@ -46,13 +44,12 @@ import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore  # type: ignore[import-untyped]
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.drift.config import EngineConfig
+from monitor.service import jobs
 from monitor.service.db import make_engine
 from monitor.service.health import Health
-from monitor.service.models import DriftStreamRow
 
 log = structlog.get_logger(__name__)
 
@@ -163,74 +160,10 @@ def default_jobs(
     ]
 
 
-def refresh_performance_job(database_url: str | None = None) -> None:
-    """Performance refresh and label expiry (``jobs.refresh_performance``) on a fresh engine."""
-    from monitor.service.jobs import refresh_performance, with_own_engine
-
-    with_own_engine(lambda engine, s: refresh_performance(engine, s.performance), database_url)
-
-
-def nightly_drift_reports(reports_dir: str, database_url: str | None = None) -> None:
-    """Write today's drift report of every monitored stream under ``reports_dir``."""
-    from monitor.service.settings import Settings
-
-    settings = Settings()
-    engine = make_engine(database_url or settings.database_url)
-    try:
-        written = write_drift_reports(engine, settings.drift, Path(reports_dir))
-    except Exception:
-        # Boundary: a failed run must not stop the scheduler; tomorrow's run tries again.
-        log.exception("nightly drift reports failed", reports_dir=reports_dir)
-        return
-    finally:
-        engine.dispose()
-    log.info("nightly drift reports written", reports=len(written), reports_dir=reports_dir)
-
-
-def write_drift_reports(
-    engine: Engine, config: EngineConfig, reports_dir: Path, day: date | None = None
-) -> list[Path]:
-    """One Evidently report per stream: ``<reports_dir>/<site>/<day>/<model>-<version>.html``.
-
-    A stream still collecting its reference is skipped; any other failure is logged with the
-    stream and the next stream is tried. Returns the files written.
-    """
-    from monitor.service.alerts_store import StreamNotFound
-    from monitor.service.site_report import site_report
-
-    day = day or datetime.now(UTC).date()
-    query = select(
-        DriftStreamRow.site_id, DriftStreamRow.model_name, DriftStreamRow.model_version
-    ).order_by(DriftStreamRow.site_id, DriftStreamRow.model_name, DriftStreamRow.model_version)
-    with engine.connect() as connection:
-        streams = connection.execute(query).all()
-    written: list[Path] = []
-    for site_id, model_name, model_version in streams:
-        context = {"site_id": site_id, "model_name": model_name, "model_version": model_version}
-        try:
-            _, html = site_report(
-                engine, config, site_id, model_name=model_name, model_version=model_version
-            )
-        except StreamNotFound as exc:
-            log.info("no drift report yet", reason=str(exc), **context)
-            continue
-        except Exception:
-            log.exception("drift report failed", **context)
-            continue
-        folder = reports_dir / _safe(site_id) / day.isoformat()
-        path = folder / f"{_safe(model_name)}-{_safe(model_version)}.html"
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".html.partial")
-        partial.write_text(html, encoding="utf-8")
-        os.replace(partial, path)  # readers never see half a page
-        written.append(path)
-    return written
-
-
-def _safe(part: str) -> str:
-    """A path component from an identifier: no separators, never '.' or '..'."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", part)
-    return cleaned if cleaned.strip(".") else "_" + cleaned
+# Two of the standing jobs name this module in their references (``func_ref`` above), and job
+# stores keep those references: these names stay, and the jobs themselves live in jobs.py.
+refresh_performance_job = jobs.refresh_performance_job
+nightly_drift_reports = jobs.nightly_drift_reports_job
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""A trained model as the simulator's scorer: real scores on the simulated images (issue 6).
+"""A trained model as the simulator's scorer: real scores on the simulated images.
 
 :class:`TrainedModelScorer` implements ``stream.StudyScorer`` for a ``retrain.model.TrainedModel``.
 It scores a study's image exactly as training sees it: ``retrain.images.modality_values`` (the

@@ -11,8 +11,9 @@ from sqlalchemy import Engine
 from monitor.service.api import create_app
 from monitor.service.auth import Role
 from monitor.service.broker import free_port
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.settings import KafkaSettings, Settings
-from monitor.service.store import Delivered, store_batch
 from tests.auth_helpers import TEST_AUTH, bearer
 from tests.factories import inference_event, label_event, study_key
 

@@ -15,11 +15,12 @@ from monitor.events import InferenceEvent
 from monitor.service.api import create_app
 from monitor.service.auth import Role
 from monitor.service.cli import app
-from monitor.service.drift_store import DriftMonitor
-from monitor.service.ingest import observe_drift
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.consumer import observe_drift
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.models import ReferenceChangeRow
 from monitor.service.settings import Settings
-from monitor.service.store import Delivered, store_batch
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.auth_helpers import TEST_AUTH, bearer
 

@@ -1,4 +1,4 @@
-"""Fuzzing the HTTP API against its own OpenAPI schema with schemathesis (issue 9 §4).
+"""Fuzzing the HTTP API against its own OpenAPI schema with schemathesis.
 
 Every operation of the schema, as each caller: no token, mlops, auditor, service, a site manager
 of site-01, and a token without a RadSentry role. Cases are schemathesis' positive and negative
@@ -37,10 +37,10 @@ from schemathesis import APIOperation, BaseSchema, Case, CheckContext, CheckFunc
 from schemathesis import GenerationMode as Mode
 from sqlalchemy import Engine, select
 
-from monitor.service import candidates_store
 from monitor.service.api import create_app
 from monitor.service.db import make_engine, upgrade
 from monitor.service.models import InferenceEventRow, LabelEventRow
+from monitor.service.pccp import store as candidates_store
 from tests.api.test_candidates_api import FakeRegistry
 from tests.api.test_roles import (
     FRAMEWORK_ROUTES,

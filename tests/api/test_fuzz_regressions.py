@@ -10,11 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from monitor.service import candidates_store
 from monitor.service.api import create_app
 from monitor.service.auth import Role
-from monitor.service.drift_store import write_alerts
+from monitor.service.drift.alerts import write_alerts
 from monitor.service.models import RetrainRequestRow
+from monitor.service.pccp import store as candidates_store
 from tests.api.test_roles import MODEL, OWN, SETTINGS, drift_alert
 from tests.auth_helpers import bearer
 

@@ -15,10 +15,11 @@ from monitor.drift.alerts import Alert, StreamKey
 from monitor.service.api import create_app
 from monitor.service.auth import Role
 from monitor.service.cli import app
-from monitor.service.drift_store import write_alerts
-from monitor.service.retrain_store import consider_alerts
+from monitor.service.drift.alerts import write_alerts
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
+from monitor.service.retrain.store import consider_alerts
 from monitor.service.settings import Settings
-from monitor.service.store import Delivered, store_batch
 from retrain.policy import RetrainPolicy
 from tests.auth_helpers import TEST_AUTH, bearer
 from tests.factories import inference_event, label_event

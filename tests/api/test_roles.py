@@ -26,14 +26,16 @@ from sqlalchemy import Engine
 
 from monitor.drift.alerts import Alert, StreamKey
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
-from monitor.service import candidates_store
 from monitor.service.api import create_app
 from monitor.service.auth import Role
-from monitor.service.db import make_engine, upgrade
-from monitor.service.drift_store import DriftMonitor, write_alerts
+from monitor.service.db import make_engine, table_of, upgrade
+from monitor.service.drift.alerts import write_alerts
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.models import PerformanceSnapshotRow, RetrainRequestRow
+from monitor.service.pccp import store as candidates_store
 from monitor.service.settings import Settings
-from monitor.service.store import Delivered, store_batch, table_of
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.auth_helpers import TEST_AUTH, bearer, local_claims, signed_locally
 from tests.conftest import empty_tables

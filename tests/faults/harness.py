@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine, func, select
 
+from monitor.service.audit.store import verify
 from monitor.service.broker import BrokerError, EmbeddedBroker, free_port, is_reachable
-from monitor.service.change_log import verify
 from monitor.service.models import (
     AlertRow,
     CandidateRow,

@@ -34,12 +34,14 @@ from sqlalchemy.engine import make_url
 from monitor.events import Event
 from monitor.service.broker import free_port
 from monitor.service.db import make_engine, upgrade
-from monitor.service.drift_store import DriftMonitor
+from monitor.service.demo.simulation import champion_scorer
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.models import RetrainRequestRow
-from monitor.service.registry import champion_scorer, register_initial
-from monitor.service.retrain_store import list_requests
+from monitor.service.retrain.initial import register_initial
+from monitor.service.retrain.store import list_requests
 from monitor.service.settings import DatabaseSettings, PccpSettings, Settings
-from monitor.service.store import Delivered, store_batch
 from monitor.simulate import SimulationConfig, simulate
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.initial import InitialConfig

@@ -11,9 +11,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import Engine, func, select
 
 from monitor.events import Event, to_json
-from monitor.service.drift_store import DriftMonitor
+from monitor.service.drift.store import DriftMonitor
 from monitor.service.health import Health
-from monitor.service.ingest import Ingestor, IngestStats
+from monitor.service.ingest.consumer import Ingestor, IngestStats
 from monitor.service.kafka import make_consumer, make_producer
 from monitor.service.models import DeadLetter, InferenceEventRow, LabelEventRow, ProcessedEvent
 from monitor.service.publish import topic_for

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent, LabelEvent, to_json
 from monitor.performance.rules import RulesConfig
-from monitor.service.backtest import run_backtest
-from monitor.service.backtest_labels import run_backtest_with_labels
+from monitor.service.backtest.labels import run_backtest_with_labels
+from monitor.service.backtest.replay import run_backtest
 from monitor.service.cli import app
 from monitor.service.settings import PerformanceSettings
 from monitor.simulate import SimulationConfig, simulate

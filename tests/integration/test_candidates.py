@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from monitor.service import candidates_store as store
-from monitor.service.alerts_store import IllegalTransition
-from monitor.service.candidates_store import FourEyesViolation
-from monitor.service.change_log import entries, verify
+from monitor.service.audit.store import entries, verify
+from monitor.service.errors import IllegalTransition
 from monitor.service.models import CandidateRow
+from monitor.service.pccp import store
+from monitor.service.pccp.store import FourEyesViolation
 from tests.factories import record_gate_outcome
 
 pytestmark = pytest.mark.integration

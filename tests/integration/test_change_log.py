@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from monitor.service.change_log import GENESIS, Entry, entries, entry_hash, export, record, verify
-from monitor.service.change_log_signing import (
+from monitor.service.audit.signing import (
     CheckpointError,
     checkpoint,
     load_or_create_key,
@@ -24,6 +23,7 @@ from monitor.service.change_log_signing import (
     verify_checkpoint_offline,
     verify_checkpoints,
 )
+from monitor.service.audit.store import GENESIS, Entry, entries, entry_hash, export, record, verify
 from monitor.service.db import make_engine, upgrade
 from monitor.service.models import ChangeLogRow
 

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import Engine
 
 from monitor.drift.config import EngineConfig, WindowConfig
-from monitor.service.change_log import entries, verify
-from monitor.service.config_log import record_config
+from monitor.service.audit.config import record_config
+from monitor.service.audit.store import entries, verify
 from monitor.service.settings import RetrainSettings, Settings
 from retrain.policy import RetrainPolicy
 

@@ -1,4 +1,4 @@
-"""Every dashboard query against real back ends (issue 8 §4).
+"""Every dashboard query against real back ends.
 
 A real ``radsentry serve`` (API, consumer and jobs in one process, on PostgreSQL and the bundled
 broker) ingests ``radsentry simulate`` with a scanner change at site-02; a real Prometheus
@@ -35,7 +35,7 @@ from dashboards.build import build_all
 from dashboards.queries import PanelQuery, Substitution, panel_queries, render
 from monitor.service.broker import free_port
 from monitor.service.db import make_engine, upgrade
-from monitor.service.grafana_views import GRAFANA_ROLE
+from monitor.service.grafana.views import GRAFANA_ROLE
 from monitor.service.settings import KafkaSettings
 from tests.conftest import empty_tables, kafka_topics
 from tests.grafana_seed import govern

@@ -1,10 +1,10 @@
 """`radsentry dashboards export|push` over real HTTP.
 
-No Grafana server can be installed on these machines (not in Debian, PyPI or npm:
-/work/shared/ENVIRONMENT.md), so ``push`` talks to a small fake of Grafana's HTTP API served
-from a thread with ``http.server``: a fake of an external API we do not own, implementing just
-what grafana-client calls here (folder search, folder creation, dashboard save) the way Grafana
-answers it, and recording what it received. grafana-client itself is not mocked.
+No Grafana server can be installed on the CI machines (it is not in Debian, PyPI or npm), so
+``push`` talks to a small fake of Grafana's HTTP API served from a thread with ``http.server``:
+a fake of an external API we do not own, implementing just what grafana-client calls here
+(folder search, folder creation, dashboard save) the way Grafana answers it, and recording what
+it received. grafana-client itself is not mocked.
 """
 
 from __future__ import annotations

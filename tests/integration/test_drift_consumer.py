@@ -13,11 +13,12 @@ from monitor.drift.config import DetectorSet, EngineConfig, OnlineSettings, Wind
 from monitor.drift.engine import DriftEngine
 from monitor.drift.online import OnlineConfig
 from monitor.events import InferenceEvent
-from monitor.service.drift_store import DriftBatch, DriftMonitor, write_alerts
-from monitor.service.kafka import make_producer
+from monitor.service.drift.alerts import write_alerts
+from monitor.service.drift.store import DriftBatch, DriftMonitor
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered, make_producer
 from monitor.service.models import AlertRow, DriftCheckRow, DriftStreamRow, ReferenceChangeRow
 from monitor.service.settings import KafkaSettings
-from monitor.service.store import Delivered, store_batch
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.integration.helpers import ingest_until, read_all, send
 

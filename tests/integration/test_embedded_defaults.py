@@ -13,11 +13,11 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from monitor.service import candidates_store
+from monitor.service.audit.store import entries, verify
 from monitor.service.broker import free_port
-from monitor.service.change_log import entries, verify
 from monitor.service.db import make_engine
 from monitor.service.models import InferenceEventRow, LabelEventRow
+from monitor.service.pccp import store as candidates_store
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,11 @@ import yaml  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from monitor.service import candidates_store
-from monitor.service.alerts_store import IllegalTransition
-from monitor.service.change_log import entries
+from monitor.service.audit.store import entries
 from monitor.service.cli import app
-from monitor.service.gate_job import (
-    INTENDED_USE_TAG,
+from monitor.service.errors import IllegalTransition
+from monitor.service.pccp import store as candidates_store
+from monitor.service.pccp.jobs import (
     GateContext,
     GateRefused,
     evaluate,
@@ -33,6 +32,7 @@ from pccp.catalog import SHIPPED_PLANS
 from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
 from retrain.dataset import LockedTestSet, LockedTestSetError
 from retrain.initial import InitialConfig, render_cohort
+from retrain.mlflow_names import INTENDED_USE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.tracking import RegisteredVersion
 

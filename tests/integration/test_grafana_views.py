@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from monitor.service.db import alembic_config, make_engine, upgrade
-from monitor.service.grafana_views import GRAFANA_ROLE, GRAFANA_SCHEMA, GRAFANA_VIEWS
+from monitor.service.grafana.views import GRAFANA_ROLE, GRAFANA_SCHEMA, GRAFANA_VIEWS
 from monitor.service.models import (
     AlertRow,
     Base,
@@ -26,7 +26,7 @@ from monitor.service.models import (
     DriftCheckRow,
     InferenceEventRow,
 )
-from monitor.service.performance_store import latest_snapshots
+from monitor.service.performance.store import latest_snapshots
 from tests.conftest import empty_tables
 from tests.grafana_seed import Seeded, seed_for_grafana
 

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from monitor.events import LabelEvent, LabelSource
-from monitor.service.labels_store import expire_unmatched, joined_sample, label_completeness
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.models import CurrentLabelRow, LabelChangeRow
-from monitor.service.store import Delivered, store_batch
+from monitor.service.performance.labels import expire_unmatched, joined_sample, label_completeness
 from tests.factories import T0, inference_event, study_key
 
 pytestmark = pytest.mark.integration

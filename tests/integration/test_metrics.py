@@ -1,4 +1,4 @@
-"""The metrics of issue 8 against the real broker and PostgreSQL: consumer lag, the newest event
+"""The service's metrics against the real broker and PostgreSQL: consumer lag, the newest event
 per site and drift thresholds from the consumer; open alerts, candidates, promotions and
 rollbacks from the API's database collector; the audit chain's verification from its job. Each
 appears with its labels and values after the action that sets it, and none carries an event id
@@ -23,14 +23,15 @@ from monitor.events import InferenceEvent
 from monitor.performance.metrics import Interval
 from monitor.service import metrics
 from monitor.service.api import create_app
-from monitor.service.drift_store import DriftMonitor
-from monitor.service.ingest import Ingestor, Records
-from monitor.service.jobs import verify_change_log
+from monitor.service.audit.jobs import verify_change_log
+from monitor.service.db import table_of
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.consumer import Ingestor, Records
+from monitor.service.ingest.store import BatchOutcome
 from monitor.service.kafka import make_producer
 from monitor.service.models import AlertRow, CandidateRow, DriftCheckRow
-from monitor.service.performance_store import _export_bounds
+from monitor.service.performance.store import _export_bounds
 from monitor.service.settings import AuditSettings, KafkaSettings, Settings
-from monitor.service.store import BatchOutcome, table_of
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.auth_helpers import TEST_AUTH
 from tests.integration.helpers import ingest_until, send
@@ -252,7 +253,7 @@ def test_a_broken_database_leaves_the_scrape_served_without_its_families() -> No
 def test_audit_verify_exports_the_chain_state_and_when_it_was_checked(
     pg_engine: Engine, tmp_path: Path
 ) -> None:
-    from monitor.service import change_log
+    from monitor.service.audit import store as change_log
 
     settings = Settings(data_dir=tmp_path)
     for number in range(3):

@@ -13,13 +13,14 @@ from sqlalchemy import Engine
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.performance.rules import RulesConfig
-from monitor.service.alerts_store import list_alerts
 from monitor.service.api import create_app
 from monitor.service.auth import Role
-from monitor.service.drift_store import DriftMonitor
-from monitor.service.performance_store import latest_snapshots, refresh
+from monitor.service.drift.alerts import list_alerts
+from monitor.service.drift.store import DriftMonitor
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
+from monitor.service.performance.store import latest_snapshots, refresh
 from monitor.service.settings import PerformanceSettings, Settings
-from monitor.service.store import Delivered, store_batch
 from monitor.simulate import SimulationConfig, simulate
 from tests.auth_helpers import TEST_AUTH, bearer
 

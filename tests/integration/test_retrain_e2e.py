@@ -22,21 +22,18 @@ from sqlalchemy import Engine
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent
-from monitor.service.alerts_store import list_alerts
 from monitor.service.api import create_app
+from monitor.service.audit.store import verify
 from monitor.service.auth import Role
-from monitor.service.change_log import verify
-from monitor.service.drift_store import DriftMonitor
-from monitor.service.jobs import gate_context
+from monitor.service.demo.simulation import champion_scorer
+from monitor.service.drift.alerts import list_alerts
+from monitor.service.drift.store import DriftMonitor
 from monitor.service.kafka import make_producer
-from monitor.service.registry import (
-    ChampionExists,
-    champion_scorer,
-    register_initial,
-    registry_for,
-)
-from monitor.service.retrain_job import JobContext, serve_pending
-from monitor.service.retrain_store import consider_alerts, list_requests
+from monitor.service.pccp.jobs import gate_context
+from monitor.service.registry import registry_for
+from monitor.service.retrain.initial import ChampionExists, register_initial
+from monitor.service.retrain.jobs import JobContext, serve_pending
+from monitor.service.retrain.store import consider_alerts, list_requests
 from monitor.service.settings import KafkaSettings, PccpSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
 from pccp.catalog import SHIPPED_PLANS
@@ -213,7 +210,7 @@ def test_a_scanner_change_ends_in_a_better_challenger_and_the_champion_stays(
 def governed(
     engine: Engine, settings: Settings, version: str, champion_version: str, trigger: str
 ) -> None:
-    """Issue 7: the gate ran after training; two approvers, promotion, rollback."""
+    """PCCP governance: the gate ran after training; two approvers, promotion, rollback."""
     registry = registry_for(settings)
     alice, bob = bearer(settings, "alice", Role.MLOPS), bearer(settings, "bob", Role.MLOPS)
     with TestClient(create_app(settings, engine=engine)) as client:

@@ -17,11 +17,15 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, update
 
-from monitor.service import candidates_store, change_log, retrain_store
+from monitor.service.audit import store as change_log
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
 from monitor.service.models import AlertRow, RetrainRequestRow
-from monitor.service.retrain_job import JobContext, load_cases, serve_pending
-from monitor.service.retrain_store import claim_next, consider_alerts, request_manual
-from monitor.service.store import Delivered, store_batch
+from monitor.service.pccp import store as candidates_store
+from monitor.service.retrain import store as retrain_store
+from monitor.service.retrain.cases import load_cases
+from monitor.service.retrain.jobs import JobContext, serve_pending
+from monitor.service.retrain.store import claim_next, consider_alerts, request_manual
 from monitor.simulate import SimulationConfig, simulate
 from retrain.config import JobConfig, TrainConfig
 from retrain.dataset import DatasetManifest, LockedTestSet

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
 import subprocess
 import sys
 import threading
@@ -15,7 +17,8 @@ from sqlalchemy import Engine, inspect, text
 from structlog.testing import capture_logs
 
 from monitor.service.db import make_engine, upgrade
-from monitor.service.drift_store import DriftMonitor
+from monitor.service.drift.jobs import write_drift_reports
+from monitor.service.drift.store import DriftMonitor
 from monitor.service.health import Health
 from monitor.service.scheduler import (
     JOBS_TABLE,
@@ -27,7 +30,6 @@ from monitor.service.scheduler import (
     run_scheduler,
     start_scheduler,
     submit_job,
-    write_drift_reports,
 )
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.api.test_drift_api import CONFIG, changed_site, ingest
@@ -297,3 +299,39 @@ def test_the_standing_jobs_run_on_the_configured_database(
     assert events["performance refreshed"]["snapshots"] == 0
     assert events["nightly drift reports written"]["reports"] == 0
     assert events["change log verified"]["entries"] == 0
+
+
+STORE_BEFORE_DOMAINS = Path(__file__).parent / "data" / "apscheduler_jobs_before_domains.json"
+"""The job store that the code before the service layer's move into domain folders wrote: its
+standing jobs (reports under /var/lib/radsentry/reports) and a one-off ``pccp_gate_job`` due in
+2030, as APScheduler pickled them."""
+
+
+def test_a_job_store_written_before_the_domain_move_keeps_every_job_and_its_schedule(
+    engine: Engine,
+) -> None:
+    written = json.loads(STORE_BEFORE_DOMAINS.read_text())["jobs"]
+    creator = build_scheduler(engine)
+    creator.start(paused=True)  # creates the store's table
+    creator.shutdown(wait=False)
+    with engine.begin() as connection:
+        for job in written:
+            connection.execute(
+                text(f"INSERT INTO {JOBS_TABLE} VALUES (:id, :next_run_time, :job_state)"),
+                job | {"job_state": base64.b64decode(job["job_state"])},
+            )
+
+    scheduler = build_scheduler(engine)
+    with capture_logs() as logs:
+        start_scheduler(scheduler, default_jobs("/var/lib/radsentry/reports"))
+    try:
+        scheduler.pause()
+        assert [e["event"] for e in logs if e.get("job_id")] == ["job kept"] * 7  # none replaced
+        stored = {job.id: job for job in scheduler.get_jobs()}
+        assert set(stored) == {job["id"] for job in written}
+        for job in written:
+            assert stored[job["id"]].next_run_time.timestamp() == job["next_run_time"]
+            assert callable(stored[job["id"]].func)
+        assert stored["gate-once"].func_ref == "monitor.service.jobs:pccp_gate_job"
+    finally:
+        scheduler.shutdown(wait=False)

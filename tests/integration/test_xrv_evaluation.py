@@ -1,4 +1,4 @@
-"""The drift engine, default configuration, on real chest X-ray metadata (issue 4 §6).
+"""The drift engine, default configuration, on real chest X-ray metadata.
 
 Two sites feed one engine in event-time order: one scans dataset A throughout, the other switches
 from A to B in the middle of a window. The engine must stay silent at the stable site and before

@@ -20,7 +20,7 @@ from monitor.drift.engine import DriftEngine
 from monitor.drift.online import OnlineConfig
 from monitor.drift.stream import reference_id_for
 from monitor.events import InferenceEvent, LabelEvent, LabelSource, to_json
-from monitor.service.backtest import (
+from monitor.service.backtest.replay import (
     BacktestError,
     BacktestSummary,
     event_time,

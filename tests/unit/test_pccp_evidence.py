@@ -1,4 +1,4 @@
-"""The gate's evidence files (issue 7 §2): canonical JSON that round-trips, and an HTML page
+"""The gate's evidence files: canonical JSON that round-trips, and an HTML page
 with every criterion, both plots, escaped text and no study key."""
 
 from __future__ import annotations

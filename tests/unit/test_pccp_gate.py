@@ -1,4 +1,4 @@
-"""The PCCP gate's criteria (issue 7 §2) against independent computations, each kind passing and
+"""The PCCP gate's criteria against independent computations, each kind passing and
 failing, the shipped plan on good and degraded candidates, and the scope guard."""
 
 from __future__ import annotations

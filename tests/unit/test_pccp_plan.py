@@ -1,4 +1,4 @@
-"""The PCCP plan as code (issue 7 §1): the shipped plan, its schema, and what a plan refuses."""
+"""The PCCP plan as code: the shipped plan, its schema, and what a plan refuses."""
 
 from __future__ import annotations
 

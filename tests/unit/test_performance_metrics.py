@@ -1,4 +1,4 @@
-"""Performance metrics with intervals, calibration and subgroups (issue 5 §2).
+"""Performance metrics with intervals, calibration and subgroups.
 
 Every metric is checked against an independent implementation on the same seeded data:
 scikit-learn (AUROC, confusion matrix, Brier score, reliability bins, unpenalised logistic fit),

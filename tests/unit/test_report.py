@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.service.report import (
+from monitor.service.drift.report import (
     ReportSummary,
     Row,
     drift_report,

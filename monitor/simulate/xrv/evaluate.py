@@ -1,7 +1,8 @@
 """Replay real-metadata streams through the drift engine and say when, and where, it alarmed.
 
-The scenario of issue 4 §6: two sites, one scanning dataset A throughout, one switching from A
-to B mid-stream, fed to one :class:`~monitor.drift.engine.DriftEngine` in event-time order.
+The real-metadata scenario of docs/simulate.md: two sites, one scanning dataset A throughout,
+one switching from A to B mid-stream, fed to one :class:`~monitor.drift.engine.DriftEngine` in
+event-time order.
 ``benchmarks/eval_xrv.py`` and ``tests/integration/test_xrv_evaluation.py`` both use it.
 """
 

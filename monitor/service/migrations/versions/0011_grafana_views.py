@@ -11,7 +11,7 @@ created NOLOGIN; the deployment grants LOGIN and a password. Roles are cluster-w
 exist already (another database of the cluster), which is fine. Creating it needs CREATEROLE;
 without it, a DBA creates the role first (``CREATE ROLE radsentry_grafana NOLOGIN``).
 
-Column names and order are also in ``monitor.service.grafana_views`` (not imported here:
+Column names and order are also in ``monitor.service.grafana.views`` (not imported here:
 migrations are frozen); a test keeps the two equal.
 
 Revision ID: 0011

@@ -1,0 +1,59 @@
+"""The change log's scheduled jobs: the daily signed checkpoint, and the verification whose
+outcome is exported as metrics (``radsentry_audit_chain_ok`` and its timestamp).
+
+Entry points that the scheduler stores by reference are in ``monitor/service/jobs.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+from sqlalchemy import Engine
+
+from monitor.service import metrics
+from monitor.service.audit import store as change_log
+from monitor.service.audit.signing import checkpoint, signing_key, verify_checkpoints
+from monitor.service.logging import job_boundary
+from monitor.service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@job_boundary("change log checkpoint failed")
+def sign_change_log(engine: Engine, settings: Settings) -> None:
+    """Sign the change log's head (a no-op when it is already signed or empty). A broken chain
+    or a missing key is logged loudly, and the next run tries again."""
+    checkpoint(engine, signing_key(settings))
+
+
+def verify_change_log(engine: Engine, settings: Settings) -> bool | None:
+    """Verify the change log's chain and its signed checkpoints and export the outcome.
+
+    Returns whether both held; None when the check could not run (database down, signing key
+    missing): the gauges keep their last values, and the stale timestamp alerts.
+    """
+    problems = _check(engine, settings)
+    if problems is None:
+        return None
+    chain, checkpoint_problems = problems
+    ok = chain.ok and not checkpoint_problems
+    metrics.AUDIT_CHAIN_OK.set(1.0 if ok else 0.0)
+    metrics.AUDIT_CHAIN_LAST_VERIFIED.set(datetime.now(UTC).timestamp())
+    if ok:
+        log.info("change log verified", entries=chain.entries)
+    else:
+        log.error(
+            "change log verification failed",
+            first_bad_seq=chain.first_bad_seq,
+            problem=chain.problem,
+            checkpoint_problems=checkpoint_problems,
+        )
+    return ok
+
+
+@job_boundary("change log verification could not run")
+def _check(engine: Engine, settings: Settings) -> tuple[change_log.Verification, list[str]]:
+    # The next run tries again; meanwhile the last verification grows old.
+    chain = change_log.verify(engine)
+    return chain, verify_checkpoints(engine, signing_key(settings).public_key())

@@ -1,0 +1,227 @@
+"""The change log: every governed event, append-only and hash-chained.
+
+Each entry stores ``entry_hash = SHA-256(prev_hash + canonical JSON of the entry)``, the first
+entry's ``prev_hash`` being 64 zeros; so editing, inserting or deleting any entry breaks every
+hash after it, and :func:`verify` names the first entry that does not match. Appends are
+serialised by a transaction-scoped PostgreSQL advisory lock, so two writers never give two
+entries one sequence number (the chain never forks); on SQLite the database's single writer does
+the same. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on the table (migration
+0008), so even the service's own database user cannot rewrite history without dropping them.
+
+Entries carry who (``actor``), what (``action``, ``subject``, ``details``), when
+(``recorded_at``, UTC, microseconds), why (``reason``) and the PCCP plan version. They must never
+carry PHI: subjects and details are model names, versions, request and alert ids, site ids and
+fingerprints.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+from sqlalchemy import Connection, Engine, select, text
+
+from monitor.service.db import Page, as_utc, page_of, table_of
+from monitor.service.models import ChangeLogRow
+
+GENESIS: Final = "0" * 64
+_LOCK_KEY: Final = 0x52534C4F47  # "RSLOG": the change log's advisory lock
+_EXPORT_COLUMNS: Final = (
+    "seq",
+    "recorded_at",
+    "actor",
+    "action",
+    "subject",
+    "reason",
+    "plan_version",
+    "details",
+    "prev_hash",
+    "entry_hash",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A governed event to record."""
+
+    actor: str
+    action: str
+    """``plan.loaded``, ``retrain.requested``, ``training.run``, ``gate.result``, ``approval``,
+    ``promotion``, ``rollback``, ``rebaseline``, ``config.changed``, ..."""
+    subject: str
+    details: Mapping[str, Any]
+    reason: str | None = None
+    plan_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What :func:`verify` found: entries checked, and the first bad one if any."""
+
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_seq is None
+
+
+def canonical(row: Mapping[str, Any]) -> bytes:
+    """The bytes an entry's hash covers: its fields (not the hashes) as sorted, compact JSON."""
+    document = {
+        "seq": int(row["seq"]),
+        "recorded_at": as_utc(row["recorded_at"]).isoformat(timespec="microseconds"),
+        "actor": row["actor"],
+        "action": row["action"],
+        "subject": row["subject"],
+        "reason": row["reason"],
+        "plan_version": row["plan_version"],
+        "details": row["details"],
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical(row)).hexdigest()
+
+
+def lock(connection: Connection) -> None:
+    """Take the change log's append lock until the transaction ends (PostgreSQL; SQLite has a
+    single writer). Callers that read the log to decide whether to append take it first."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+
+
+def append(connection: Connection, entry: Entry, now: datetime | None = None) -> ChangeLogRow:
+    """Append ``entry`` inside the caller's transaction (so it commits with what it records)."""
+    lock(connection)
+    last = connection.execute(
+        select(ChangeLogRow.seq, ChangeLogRow.entry_hash).order_by(ChangeLogRow.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (1, GENESIS) if last is None else (last.seq + 1, last.entry_hash)
+    recorded_at = (now or datetime.now(UTC)).astimezone(UTC)
+    row: dict[str, Any] = {
+        "seq": seq,
+        "recorded_at": recorded_at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "subject": entry.subject,
+        "reason": entry.reason,
+        "plan_version": entry.plan_version,
+        # Through JSON once, so the stored document is exactly what the hash covered.
+        "details": json.loads(json.dumps(dict(entry.details), sort_keys=True)),
+        "prev_hash": prev_hash,
+    }
+    row["entry_hash"] = entry_hash(prev_hash, row)
+    connection.execute(table_of(ChangeLogRow).insert().values(**row))
+    return ChangeLogRow(**row)
+
+
+def latest_details(
+    connection: Connection, actions: tuple[str, ...], subject: str
+) -> dict[str, Any] | None:
+    """The details of the newest entry with one of ``actions`` about ``subject``, or None.
+
+    Under :func:`lock`: callers that append only when something changed since that entry take
+    the lock first, so two of them starting together record the change once."""
+    lock(connection)
+    found = connection.execute(
+        select(ChangeLogRow.details)
+        .where(ChangeLogRow.action.in_(actions), ChangeLogRow.subject == subject)
+        .order_by(ChangeLogRow.seq.desc())
+        .limit(1)
+    ).first()
+    return None if found is None else dict(found.details)
+
+
+def record(engine: Engine, entry: Entry) -> ChangeLogRow:
+    """Append ``entry`` in a transaction of its own."""
+    with engine.begin() as connection:
+        return append(connection, entry)
+
+
+def entries(engine: Engine, *, after: int = 0, batch: int = 1000) -> Iterator[ChangeLogRow]:
+    """Every entry from ``after + 1`` on, in sequence order, read in batches."""
+    while True:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(table_of(ChangeLogRow))
+                .where(ChangeLogRow.seq > after)
+                .order_by(ChangeLogRow.seq)
+                .limit(batch)
+            ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield ChangeLogRow(**row._mapping)
+        after = rows[-1].seq
+
+
+EntryPage = Page[ChangeLogRow]
+
+
+def search(
+    engine: Engine,
+    *,
+    action: str | None = None,
+    actor: str | None = None,
+    subject_prefix: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> EntryPage:
+    """Entries matching every filter given, newest first; ``total`` counts all that match."""
+    conditions = []
+    if action is not None:
+        conditions.append(ChangeLogRow.action == action)
+    if actor is not None:
+        conditions.append(ChangeLogRow.actor == actor)
+    if subject_prefix is not None:
+        escaped = subject_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(ChangeLogRow.subject.like(f"{escaped}%", escape="\\"))
+    if since is not None:
+        conditions.append(ChangeLogRow.recorded_at >= since)
+    if until is not None:
+        conditions.append(ChangeLogRow.recorded_at < until)
+    return page_of(engine, ChangeLogRow, conditions, (ChangeLogRow.seq.desc(),), limit, offset)
+
+
+def verify(engine: Engine) -> Verification:
+    """Recompute the chain from the first entry; the first entry that does not match, if any."""
+    prev_hash, expected_seq, count = GENESIS, 1, 0
+    for row in entries(engine):
+        fields = {column: getattr(row, column) for column in _EXPORT_COLUMNS}
+        if row.seq != expected_seq:
+            return Verification(count, prev_hash, row.seq, f"expected entry {expected_seq} next")
+        if row.prev_hash != prev_hash:
+            return Verification(count, prev_hash, row.seq, "prev_hash is not the previous hash")
+        if entry_hash(prev_hash, fields) != row.entry_hash:
+            return Verification(count, prev_hash, row.seq, "content does not match its hash")
+        prev_hash, expected_seq, count = row.entry_hash, expected_seq + 1, count + 1
+    return Verification(count, prev_hash)
+
+
+def export(engine: Engine, fmt: Literal["json", "csv"]) -> str:
+    """The whole log for auditors: JSON lines, or CSV with ``details`` as JSON text."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(_EXPORT_COLUMNS)
+    for row in entries(engine):
+        values = {column: getattr(row, column) for column in _EXPORT_COLUMNS}
+        values["recorded_at"] = as_utc(row.recorded_at).isoformat(timespec="microseconds")
+        if writer is None:
+            buffer.write(json.dumps(values, sort_keys=True) + "\n")
+        else:
+            values["details"] = json.dumps(row.details, sort_keys=True)
+            writer.writerow([values[column] for column in _EXPORT_COLUMNS])
+    return buffer.getvalue()

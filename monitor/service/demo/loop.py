@@ -1,0 +1,334 @@
+"""The whole RadSentry loop, stage by stage, for `radsentry demo`.
+
+On one machine and embedded defaults, with the API, the consumer and the periodic jobs already
+running (``demo.run_demo``), :class:`DemoLoop` drives what production spreads over days:
+
+1. ``initial-model``: the champion: `train-initial`'s v1, trained now unless the registry has one.
+2. ``stream``: simulated studies from several sites, scored by the champion, one site's scanner
+   changing part-way; the consumer stores them and checks drift as they arrive.
+3. ``drift-alert`` and ``performance-alert`` at the changed site.
+4. ``retrain-request``: the retraining policy turns the alerts into one request.
+5. ``candidate``: the retraining job trains on the labelled studies and registers a
+   ``challenger`` in MLflow; it becomes a PCCP candidate.
+6. ``gate``: the acceptance gate on the locked test set, with its evidence report (the stage
+   is reached whatever the outcome: the gate ran).
+7. ``awaiting-approval``: the candidate passed and waits for two ML-ops signatures; the loop
+   prints the URLs and the exact commands for two demo identities to approve and promote. A
+   candidate the gate failed stops the loop here, with the link to its evidence.
+
+Every stage calls the same functions the scheduler and the API do; the loop only runs them now
+instead of on their schedules, and waits for what the consumer thread does. A stage that does
+not happen within its time raises :class:`StageFailed` with what was seen instead.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import structlog
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy import Engine
+
+from monitor.service.demo.simulation import ScoresChoice, publish_simulation
+from monitor.service.demo.stages import STAGES, Stage
+from monitor.service.drift import alerts as alerts_store
+from monitor.service.errors import ServiceError
+from monitor.service.ingest import store
+from monitor.service.models import AlertRow, CandidateRow
+from monitor.service.pccp import jobs as gate_job
+from monitor.service.pccp import store as candidates_store
+from monitor.service.pccp.jobs import gate_context
+from monitor.service.performance.jobs import refresh_performance
+from monitor.service.registry import registry_for
+from monitor.service.retrain import store as retrain_store
+from monitor.service.retrain.initial import record_initial, register_initial
+from monitor.service.retrain.jobs import JobContext, serve_pending
+from monitor.service.settings import Settings
+from monitor.simulate import SimulationConfig
+from retrain.mlflow_names import CHAMPION
+
+if TYPE_CHECKING:
+    import threading
+
+    from monitor.service.ingest.consumer import ConsumerThread
+    from retrain.initial import InitialConfig
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+ALERT_WAIT_S: Final = 120.0
+"""Longest wait for an alert once the stream is stored: the consumer checks drift as it
+stores; performance is refreshed once when the wait starts and then by the scheduler's job
+(every ``performance.refresh_s``, 15 s in the demo)."""
+
+
+class StageFailed(ServiceError, RuntimeError):
+    """A stage did not happen; the message says what was seen instead."""
+
+
+@dataclass
+class LoopState:
+    """What the loop reached, for the caller and the headless test."""
+
+    reached: list[Stage] = field(default_factory=list)
+    seconds: dict[Stage, float] = field(default_factory=dict)
+    candidate_id: uuid.UUID | None = None
+    model_version: str | None = None
+
+
+@dataclass
+class DemoLoop:
+    settings: Settings
+    engine: Engine
+    bootstrap: list[str]
+    simulation: SimulationConfig
+    consumer: ConsumerThread
+    initial: InitialConfig
+    api_url: str
+    console: Console
+    rate: float | None = None
+    scores: ScoresChoice = "auto"
+    """How the stream is scored when the loop stops at the stream (the champion otherwise)."""
+    state: LoopState = field(default_factory=LoopState)
+
+    def run(self, until: Stage, stop: threading.Event) -> LoopState:
+        """Run the stages in order up to ``until`` (inclusive); StageFailed if one fails."""
+        steps: dict[Stage, Callable[[threading.Event], str]] = {
+            Stage.INITIAL_MODEL: self._initial_model,
+            Stage.STREAM: self._stream,
+            Stage.DRIFT_ALERT: self._drift_alert,
+            Stage.PERFORMANCE_ALERT: self._performance_alert,
+            Stage.RETRAIN_REQUEST: self._retrain_request,
+            Stage.CANDIDATE: self._candidate,
+            Stage.GATE: self._gate,
+            Stage.AWAITING_APPROVAL: self._awaiting_approval,
+        }
+        started = time.monotonic()
+        stages = STAGES[: STAGES.index(until) + 1]
+        if until == Stage.STREAM and self.scores != "champion":
+            stages = stages[1:]  # a stream alone needs no model (the score model stands in)
+        for stage in stages:
+            if stop.is_set():
+                break
+            began = time.monotonic()
+            with self.console.status(f"[bold]{stage}[/bold]: working"):
+                summary = steps[stage](stop)
+            self.state.reached.append(stage)
+            self.state.seconds[stage] = time.monotonic() - began
+            self.console.print(
+                f"[green]✓[/green] [bold]{stage}[/bold] ({time.monotonic() - started:.0f} s): "
+                f"{escape(summary)}",
+                soft_wrap=True,
+            )
+        return self.state
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def _initial_model(self, _stop: threading.Event) -> str:
+        registry = registry_for(self.settings)
+        model = self.simulation.model_name
+        if (found := registry.version_by_alias(model, CHAMPION)) is not None:
+            return f"{model} version {found.version} is the champion (already registered)"
+        self.console.print(
+            f"  training {model} v1 on a synthetic cohort of {self.initial.sites} academic "
+            f"sites (takes a few minutes on a laptop CPU)"
+        )
+        registered = register_initial(self.settings, self.initial, progress=False)
+        record_initial(self.engine, registered)
+        test = registered.model.test
+        held_out = f", held-out AUROC {test.auroc:.3f}" if test and test.auroc else ""
+        return f"{model} version {registered.version.version} is the champion{held_out}"
+
+    def _stream(self, stop: threading.Event) -> str:
+        from monitor.service.demo.simulation import champion_scorer
+
+        config = self.simulation
+        choice = "champion" if Stage.INITIAL_MODEL in self.state.reached else self.scores
+        scorer = champion_scorer(self.settings, config.model_name, choice)
+        self.console.print(
+            f"  {config.sites} sites x {config.studies_per_site} studies; "
+            f"{config.change_site} changes scanner at study {config.change_at_index}"
+        )
+        sent = publish_simulation(
+            self.settings, config, self.bootstrap, rate=self.rate, stop=stop, scorer=scorer
+        )
+        stats = self.consumer.stats
+        self._wait(
+            lambda: stats.stored + stats.duplicates >= sent or None,
+            stop,
+            timeout=180,
+            what=f"the consumer to store {sent} events (stored {stats.stored})",
+        )
+        sites = ", ".join(
+            f"{site.site_id} {site.inference.count}+{site.labels.count}"
+            for site in store.list_sites(self.engine)
+        )
+        return (
+            f"stream done: {sent} events published, {stats.stored} stored "
+            f"(inference+label events: {sites})"
+        )
+
+    def _drift_alert(self, stop: threading.Event) -> str:
+        alert = self._wait(
+            lambda: self._alert(performance=False),
+            stop,
+            timeout=ALERT_WAIT_S,
+            what=f"a drift alert at {self.simulation.change_site}",
+        )
+        return f"[{alert.detector}] {alert.explanation}"
+
+    def _performance_alert(self, stop: threading.Event) -> str:
+        # Once now, on the whole stream; the scheduler's job refreshes again every refresh_s.
+        refresh_performance(self.engine, self.settings.performance)
+        alert = self._wait(
+            lambda: self._alert(performance=True),
+            stop,
+            timeout=ALERT_WAIT_S,
+            what=f"a performance alert at {self.simulation.change_site}",
+        )
+        return f"[{alert.detector}] {alert.explanation}"
+
+    def _retrain_request(self, _stop: threading.Event) -> str:
+        retrain_store.consider_alerts(self.engine, self.settings.retrain.policy)
+        pending = retrain_store.list_requests(
+            self.engine, model_name=self.simulation.model_name, status="pending"
+        ).items
+        if not pending:
+            raise StageFailed(
+                "the retraining policy made no request from the alerts (its reasons are in the "
+                "log: labels since the last request, cooldown, triggers)"
+            )
+        request = pending[0]
+        return f"request {request.request_id} ({request.trigger}, {request.reason})"
+
+    def _candidate(self, _stop: threading.Event) -> str:
+        registry = registry_for(self.settings)
+        context = JobContext(
+            engine=self.engine,
+            registry=registry,
+            config=self.settings.retrain.job,
+            work_dir=(self.settings.data_dir / "retrain").resolve(),
+            lease=timedelta(seconds=self.settings.retrain.lease_s),
+        )
+        self.console.print("  training the candidate, warm-started from the champion")
+        served = serve_pending(context, limit=1)
+        if not served or served[0].status != "succeeded":
+            error = served[0].error if served else "no request to serve"
+            raise StageFailed(f"the retraining job did not register a candidate: {error}")
+        row = candidates_store.find(
+            self.engine, self.simulation.model_name, str(served[0].model_version)
+        )
+        self.state.candidate_id, self.state.model_version = row.candidate_id, row.model_version
+        comparison = (served[0].progress or {}).get("comparison", {}).get("sites", {})
+        changed = comparison.get(self.simulation.change_site or "", {})
+        gain = (
+            f"; at {self.simulation.change_site} AUROC {changed['champion_auroc']:.2f} -> "
+            f"{changed['candidate_auroc']:.2f} on its validation studies"
+            if changed.get("champion_auroc") is not None
+            and changed.get("candidate_auroc") is not None
+            else ""
+        )
+        return f"challenger {row.model_name} version {row.model_version} in MLflow{gain}"
+
+    def _gate(self, _stop: threading.Event) -> str:
+        assert self.state.candidate_id is not None
+        context = gate_context(self.engine, self.settings, registry_for(self.settings))
+        row = gate_job.evaluate(context, self.state.candidate_id)
+        self.console.print(_criteria_table(row))
+        failed = [c["id"] for c in (row.report or {}).get("criteria", []) if not c["passed"]]
+        verdict = (
+            f"passed every criterion of {row.plan_id} {row.plan_version}"
+            if row.status == "passed"
+            else f"{row.status}" + (f" ({', '.join(failed)})" if failed else "")
+        )
+        return f"{verdict}; evidence: {self.api_url}/candidates/{row.candidate_id}/evidence"
+
+    def _awaiting_approval(self, _stop: threading.Event) -> str:
+        assert self.state.candidate_id is not None
+        row = candidates_store.get(self.engine, self.state.candidate_id)
+        if row.status != "passed":
+            raise StageFailed(
+                f"the gate {row.status} the candidate: it cannot be approved (the evidence "
+                f"says why: {self.api_url}/candidates/{row.candidate_id}/evidence)"
+            )
+        self.console.print(
+            approval_instructions(self.api_url, row, self.simulation), soft_wrap=True
+        )
+        return f"{row.model_name} version {row.model_version} waits for two approvals"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _alert(self, *, performance: bool) -> AlertRow | None:
+        for alert in alerts_store.list_alerts(
+            self.engine, site_id=self.simulation.change_site, limit=100
+        ).items:
+            if alert.detector.startswith("performance.") == performance:
+                return alert
+        return None
+
+    def _wait(
+        self,
+        found: Callable[[], T | None],
+        stop: threading.Event,
+        *,
+        timeout: float,
+        what: str,
+    ) -> T:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            if (result := found()) is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(1.0)
+        raise StageFailed("stopped")
+
+
+def _criteria_table(row: CandidateRow) -> Table:
+    table = Table(title=f"PCCP gate: {row.model_name} version {row.model_version}")
+    for column in ("criterion", "result", "numbers"):
+        table.add_column(column)
+    for criterion in (row.report or {}).get("criteria", []):
+        table.add_row(
+            criterion["id"],
+            "[green]pass[/green]" if criterion["passed"] else "[red]FAIL[/red]",
+            escape(criterion.get("detail", "")),
+        )
+    return table
+
+
+def approval_instructions(api_url: str, row: CandidateRow, simulation: SimulationConfig) -> str:
+    """What to open and run next: the URLs, and the commands of two demo ML-ops identities."""
+    candidate = f"{api_url}/candidates/{row.candidate_id}"
+    site = simulation.change_site or "site-01"
+    post = "curl -s -X POST -H 'Content-Type: application/json'"
+    return "\n".join(
+        [
+            "",
+            "[bold]Waiting for approval.[/bold] Open, with a token (Authorize in /docs):",
+            f"  API docs:          {api_url}/docs",
+            f"  drift report:      {api_url}/sites/{site}/report?model_name={row.model_name}",
+            f"  evidence:          {candidate}/evidence",
+            "Two demo ML-ops identities approve, then one promotes (four eyes):",
+            "  ALICE=$(radsentry token --subject alice --role mlops)",
+            "  BOB=$(radsentry token --subject bob --role mlops)",
+            f'  {post} -H "Authorization: Bearer $ALICE" '
+            f'-d \'{{"reason": "evidence reviewed"}}\' {candidate}/approve',
+            f'  {post} -H "Authorization: Bearer $BOB" '
+            f'-d \'{{"reason": "agree"}}\' {candidate}/approve',
+            f'  {post} -H "Authorization: Bearer $ALICE" '
+            f'-d \'{{"reason": "{site} recovers"}}\' {candidate}/promote',
+            "  # and to undo it:",
+            f'  {post} -H "Authorization: Bearer $BOB" -d \'{{"reason": "drill"}}\' '
+            f"{api_url}/models/{row.model_name}/rollback",
+            "Ctrl-C stops everything.",
+        ]
+    )

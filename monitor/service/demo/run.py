@@ -1,0 +1,147 @@
+"""``radsentry demo``: everything on embedded defaults, driven through the whole loop
+(``demo.loop``): initial model, stream, alerts, retrain, candidate, gate, awaiting approval."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import structlog
+import uvicorn
+from rich.console import Console
+
+from monitor.drift.config import EngineConfig, WindowConfig
+from monitor.performance.config import AurocDrop, ErrorRateCusum
+from monitor.performance.rules import RulesConfig
+from monitor.service.api import create_app
+from monitor.service.audit.config import record_config
+from monitor.service.db import make_engine, upgrade
+from monitor.service.demo.loop import DemoLoop, StageFailed
+from monitor.service.demo.simulation import ScoresChoice
+from monitor.service.demo.stages import Stage
+from monitor.service.ingest.consumer import ConsumerThread
+from monitor.service.jobs import start_jobs
+from monitor.service.runtime import start_broker_if_needed
+from monitor.service.settings import PerformanceSettings, Settings
+from monitor.simulate import SimulationConfig
+from retrain.config import JobConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from retrain.initial import InitialConfig
+
+log = structlog.get_logger(__name__)
+console = Console(stderr=True)
+
+DEMO_JOB = JobConfig(train=TrainConfig(max_epochs=40, patience=8))
+"""The retraining job's training for the demo: up to 40 epochs, stopping after 8 without a
+better validation loss. With the job's default patience of 3 the seed-7 candidate stopped early
+and failed PE-4 (non-inferiority), PE-7 (ECE) and PE-8 (regressions) of the shipped plan; with
+these settings it passed all eight on seeds 7 and 8 (docs/pccp.md, "The demo")."""
+DEMO_SEED = 7
+"""The demo's stream is the same on every machine unless ``--seed`` says otherwise."""
+DEMO_DRIFT = EngineConfig(reference_size=100, window=WindowConfig(size=50, min_size=25))
+"""Drift settings scaled to the demo's few hundred studies per site (references of 100 events,
+windows of 50); production keeps the defaults or sets ``RADSENTRY_DRIFT__*``."""
+DEMO_PERFORMANCE = PerformanceSettings(
+    rolling_window=150,
+    refresh_s=15,
+    estimate_reference=100,
+    min_new_labels=50,
+    rules=RulesConfig(
+        calibration_limit=None,
+        auroc_drop=AurocDrop(min_positives=15),
+        error_rate_cusum=ErrorRateCusum(min_reference_cases=100, arl0=2000),
+    ),
+)
+"""Performance refreshed every 15 s on the latest 150 labelled studies, for the demo's pace.
+The reference is each site's first 100 labelled studies (about 20 positives at the simulator's
+prevalence), so the AUROC-drop rule accepts 15 reference positives and the error-rate CUSUM a
+100-case reference with one false signal per 2,000 labelled cases (production: 30 positives,
+200 cases, 20,000). The simulator's scores are not calibrated probabilities, so the
+calibration rule is off."""
+
+
+def run_demo(
+    settings: Settings,
+    config: SimulationConfig,
+    *,
+    rate: float | None,
+    port: int | None,
+    until: Stage | None,
+    scores: ScoresChoice = "auto",
+    initial: InitialConfig | None = None,
+) -> int:
+    """Serve the API, consumer and jobs, and drive the loop (``demo.loop``) to ``until`` then
+    exit, or through every stage and keep serving until Ctrl-C (None). The exit code."""
+    from retrain.initial import InitialConfig
+
+    if settings.drift == EngineConfig():
+        # A few hundred studies per site would never fill the service's 1,000-event references.
+        settings = settings.model_copy(update={"drift": DEMO_DRIFT})
+    if settings.performance == PerformanceSettings():
+        settings = settings.model_copy(update={"performance": DEMO_PERFORMANCE})
+    if settings.retrain.job == JobConfig():
+        retrain = settings.retrain.model_copy(update={"job": DEMO_JOB})
+        settings = settings.model_copy(update={"retrain": retrain})
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    record_config(engine, settings, actor="radsentry-demo")
+    bootstrap, broker = start_broker_if_needed(settings)
+    ingest = ConsumerThread(settings, engine, bootstrap).start()
+    scheduler = start_jobs(engine, settings.performance, settings.retrain)
+    api_port = port or settings.api.port
+    api_url = f"http://{settings.api.host}:{api_port}"
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, engine=engine, bootstrap=lambda: bootstrap),
+            host=settings.api.host,
+            port=api_port,
+            log_level="warning",
+        )
+    )
+    loop = DemoLoop(
+        settings=settings,
+        engine=engine,
+        bootstrap=bootstrap,
+        simulation=config,
+        consumer=ingest,
+        initial=initial or InitialConfig(model_name=config.model_name),
+        api_url=api_url,
+        console=console,
+        rate=rate,
+        scores=scores,
+    )
+    outcome: dict[str, int] = {}
+    stop = threading.Event()
+
+    def drive() -> None:
+        try:
+            loop.run(until or Stage.AWAITING_APPROVAL, stop)
+            outcome["code"] = 0
+        except StageFailed as exc:
+            console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
+            outcome["code"] = 1
+        except Exception:  # the driver's boundary: say so, keep nothing running
+            log.exception("demo loop failed")
+            outcome["code"] = 1
+        if until is not None:
+            server.should_exit = True  # headless: the exit code says how far it got
+        else:
+            console.print(f"serving on {api_url} until Ctrl-C")
+
+    console.print(f"RadSentry demo: API on {api_url}/docs (data in {settings.data_dir})")
+    if settings.auth.mode == "local":
+        console.print("  a token for it: radsentry token --subject you --role auditor")
+    driver = threading.Thread(target=drive, name="radsentry-demo-loop", daemon=True)
+    driver.start()
+    try:
+        server.run()
+    finally:
+        stop.set()
+        driver.join(30)
+        scheduler.shutdown(wait=False)
+        ingest.stop()
+        if broker is not None:
+            broker.stop()
+        engine.dispose()
+    return outcome.get("code", 0)

@@ -1,0 +1,146 @@
+"""A site manager's drift report: a stream's reference against its latest events (Evidently).
+
+The reference rows come from the stream's saved engine state, the current rows from the
+stream's latest stored events, both through the engine's own feature layout
+(:class:`~monitor.drift.features.FeatureSchema`), so the report shows what the detectors see.
+Evidently is imported only here, when a report is asked for (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import Engine, RowMapping, select
+
+from monitor.drift.alerts import StreamKey
+from monitor.drift.config import EngineConfig
+from monitor.drift.engine import DriftEngine
+from monitor.drift.features import FeatureSchema, RowBuffer, Vocabulary
+from monitor.events import InferenceEvent
+from monitor.service.db import as_utc
+from monitor.service.drift.streams import StreamNotFound
+from monitor.service.models import DriftStreamRow, InferenceEventRow
+
+Row = dict[str, float | str | None]
+
+
+def site_report(
+    engine: Engine,
+    config: EngineConfig,
+    site_id: str,
+    *,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    current_size: int | None = None,
+) -> tuple[StreamKey, str]:
+    """The HTML report of one stream at ``site_id`` (the most recently updated one that matches).
+
+    ``current_size`` events (default: the configured window size, else 250) form the current
+    sample. Raises StreamNotFound when the site has no stream with a reference yet.
+    """
+    # Evidently takes seconds to import: only when a report is asked for.
+    from monitor.service.drift.report import drift_report
+
+    key, blob, reference_blob = _stream(engine, site_id, model_name, model_version)
+    drift = DriftEngine(config)
+    drift.restore(blob, reference_blob)
+    stream = drift.streams[key]
+    if not stream.reference_info.frozen:
+        raise StreamNotFound(f"{key} is still collecting its reference")
+    schema, vocabulary = stream.schema, stream.vocabulary
+    reference = rows(schema, vocabulary, stream.reference)
+    current = rows(
+        schema,
+        vocabulary,
+        _latest(engine, key, schema, vocabulary, current_size or config.window.size or 250),
+    )
+    report = drift_report(
+        reference,
+        current,
+        numeric=schema.numeric,
+        categorical=schema.categorical,
+        title=f"Drift report: {key.site_id}, {key.model_name} {key.model_version}",
+    )
+    return key, report.html
+
+
+def rows(schema: FeatureSchema, vocabulary: Vocabulary, buffer: RowBuffer) -> list[Row]:
+    """The buffer's events as name -> value rows (None = missing)."""
+    numeric = buffer.numeric
+    names = schema.numeric
+    categorical = buffer.categorical(schema.categorical, vocabulary)
+    result: list[Row] = []
+    for i in range(len(buffer)):
+        values = numeric[i].tolist()
+        row: Row = {
+            name: None if math.isnan(value) else value
+            for name, value in zip(names, values, strict=True)
+        }
+        row |= {name: column[i] for name, column in categorical.items()}
+        result.append(row)
+    return result
+
+
+def _stream(
+    engine: Engine, site_id: str, model_name: str | None, model_version: str | None
+) -> tuple[StreamKey, bytes, bytes]:
+    query = select(DriftStreamRow).where(DriftStreamRow.site_id == site_id)
+    if model_name is not None:
+        query = query.where(DriftStreamRow.model_name == model_name)
+    if model_version is not None:
+        query = query.where(DriftStreamRow.model_version == model_version)
+    with engine.connect() as connection:
+        row = connection.execute(query.order_by(DriftStreamRow.updated_at.desc()).limit(1)).first()
+    if row is None:
+        raise StreamNotFound(f"no monitored stream at site {site_id!r} matches")
+    key = StreamKey(row.site_id, row.model_name, row.model_version)
+    return key, bytes(row.state), bytes(row.reference_state)
+
+
+def _latest(
+    engine: Engine, key: StreamKey, schema: FeatureSchema, vocabulary: Vocabulary, limit: int
+) -> RowBuffer:
+    query = (
+        select(InferenceEventRow)
+        .where(
+            InferenceEventRow.site_id == key.site_id,
+            InferenceEventRow.model_name == key.model_name,
+            InferenceEventRow.model_version == key.model_version,
+        )
+        .order_by(InferenceEventRow.occurred_at.desc())
+        .limit(limit)
+    )
+    buffer = RowBuffer(len(schema.numeric), len(schema.categorical))
+    with engine.connect() as connection:
+        for row in reversed(connection.execute(query).all()):
+            event = _event(row._mapping)
+            buffer.append(
+                schema.numeric_row(event),
+                vocabulary.encode(schema.categorical_row(event)),
+                event.occurred_at.timestamp(),
+            )
+    return buffer
+
+
+def _event(row: RowMapping) -> InferenceEvent:
+    """A stored event back as the contract model (only contract fields were stored)."""
+    occurred_at = as_utc(row["occurred_at"])
+    return InferenceEvent.model_validate(
+        {
+            **{name: row[name] for name in _COPIED},
+            "occurred_at": occurred_at,
+            "metadata": row["metadata"],
+            "prediction": {"scores": row["scores"], "threshold": row["threshold"]},
+        }
+    )
+
+
+_COPIED = (
+    "event_id",
+    "site_id",
+    "model_name",
+    "model_version",
+    "study_key",
+    "modality",
+    "pixel_stats",
+)

@@ -1,0 +1,103 @@
+"""`radsentry consume` (the ingestion consumer) and `radsentry extract` (the edge extractor)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from monitor.service.audit.config import record_config
+from monitor.service.db import make_engine
+from monitor.service.drift.store import DriftMonitor, limit_torch_threads
+from monitor.service.health import Health, serve_probes
+from monitor.service.ingest.consumer import Ingestor
+from monitor.service.kafka import make_consumer, make_producer
+from monitor.service.runtime import (
+    BrokerNotFound,
+    console,
+    edge_key,
+    load_settings,
+    require_bootstrap,
+)
+
+app = typer.Typer()
+"""Top-level commands; the root CLI (``monitor/service/cli.py``) mounts them."""
+
+
+@app.command()
+def consume(
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this process's Prometheus metrics (ingestion, drift, consumer lag) "
+            "and its /healthz and /readyz probes on this port; 0: off.",
+        ),
+    ] = 9101,
+) -> None:
+    """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
+    process; scale out with one process per group of partitions)."""
+
+    settings = load_settings()
+    try:
+        bootstrap = require_bootstrap(settings)
+    except BrokerNotFound as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    engine = make_engine(settings.database_url)
+    record_config(engine, settings, actor="radsentry-consume")
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    limit_torch_threads()
+    health = Health(settings.health.stale_after_s)
+    probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
+    kafka_consumer = make_consumer(bootstrap, settings.kafka)
+    producer = make_producer(bootstrap, settings.kafka)
+    try:
+        stats = Ingestor(
+            engine, kafka_consumer, producer, settings.kafka, DriftMonitor(settings.drift), health
+        ).run(stop)
+    finally:
+        if probes is not None:
+            probes.shutdown()
+        kafka_consumer.close(autocommit=False)
+        producer.close()
+        engine.dispose()
+    console.print(
+        f"stopped cleanly: {stats.stored} stored, {stats.duplicates} duplicates skipped, "
+        f"{stats.dead_lettered} dead-lettered"
+    )
+
+
+@app.command()
+def extract(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or directories (recursive).")],
+) -> None:
+    """Extract the PHI-free features of DICOM files, one JSON line per file on stdout.
+
+    Each line holds the study_key, modality, allowlisted metadata and pixel statistics, or the
+    typed error for a file that cannot be used. The study_key is keyed with the site secret
+    (RADSENTRY_EDGE__HMAC_KEY). Exit status 1 when any file failed.
+    """
+    from monitor.service.ingest.edge import extract_paths
+
+    settings = load_settings()
+    failures = 0
+    total = 0
+    for line, ok in extract_paths(paths, edge_key(settings)):
+        typer.echo(line)
+        total += 1
+        failures += not ok
+    console.print(f"{total - failures} of {total} files extracted")
+    if failures:
+        raise typer.Exit(1)

@@ -1,0 +1,312 @@
+"""Candidates under PCCP change control: evidence, signatures, promotion, rollback.
+
+Reading is open to every role (a site manager sees candidates retrained for its own sites); every
+change needs ``mlops``, and who signs is the token's subject, never a field of the request. The
+lifecycle rules (legal transitions, four eyes) live in ``pccp.lifecycle``, applied by the
+candidates store (``monitor.service.pccp.store``); here they become HTTP answers: 404 for an
+unknown (or another site's) candidate, 409 for an illegal transition, 403 for a signature the
+four-eyes rule forbids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Protocol
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from monitor.events import Identifier
+from monitor.service.auth import MlopsDep, Principal, ReaderDep
+from monitor.service.deps import EngineDep, PageOffset, Reason
+from monitor.service.models import CandidateRow
+from monitor.service.pccp import store as candidates_store
+from monitor.service.pccp.store import CandidateStatus, ChampionRegistry
+
+
+class CandidateRegistry(ChampionRegistry, Protocol):
+    """What the API needs of the registry: moving ``champion``, and whether a version exists."""
+
+    def has_version(self, model_name: str, version: str) -> bool: ...
+
+
+RegistryFactory = Callable[[], CandidateRegistry]
+
+
+def get_registry(request: Request) -> CandidateRegistry:
+    """The model registry (``app.state.registry_factory``, set by ``create_app``)."""
+    factory: RegistryFactory = request.app.state.registry_factory
+    return factory()
+
+
+RegistryDep = Annotated[CandidateRegistry, Depends(get_registry)]
+REGISTRY_DOWN: dict[str, Any] = {
+    "description": "MLflow (the model registry) is unreachable: nothing was recorded; try again. "
+    "Also: tokens cannot be checked right now."
+}
+
+
+class ProposalRequest(BaseModel):
+    model_name: Identifier
+    model_version: str = Field(pattern=r"^[0-9]{1,9}$", description="A registered version.")
+    reason: Reason
+
+
+class SignatureRequest(BaseModel):
+    reason: Reason = Field(description="Why the signer decides so.")
+
+
+class ChangeRequest(BaseModel):
+    reason: Reason
+
+
+class SignaturePublic(BaseModel):
+    signer: str
+    decision: str
+    meaning: str
+    reason: str
+    signed_at: datetime
+    change_log_seq: int
+
+
+class CriterionPublic(BaseModel):
+    id: str
+    kind: str
+    passed: bool
+    detail: str
+
+
+class CandidatePublic(BaseModel):
+    candidate_id: uuid.UUID
+    model_name: str
+    model_version: str
+    site_id: str | None
+    request_id: uuid.UUID | None
+    proposed_by: str
+    triggered_by: str | None
+    status: str
+    plan_id: str | None
+    plan_version: str | None
+    champion_version: str | None
+    previous_champion: str | None
+    approvals_required: int | None
+    created_at: datetime
+    updated_at: datetime
+    evaluated_at: datetime | None
+    promoted_at: datetime | None
+    promoted_by: str | None
+    rolled_back_at: datetime | None
+    rolled_back_by: str | None
+
+
+class CandidateDetail(CandidatePublic):
+    plan_fingerprint: str | None
+    criteria: list[CriterionPublic]
+    scope_violations: list[str]
+    signatures: list[SignaturePublic]
+    approvals: int
+    evidence_html: str | None = Field(None, description="This API's link to the readable report.")
+    evidence_json: str | None
+    evidence_uri: str | None = Field(None, description="The report in the MLflow run's artifacts.")
+
+
+class CandidatePage(BaseModel):
+    items: list[CandidatePublic]
+    total: int
+    limit: int
+    offset: int
+
+
+router = APIRouter(tags=["candidates"])
+"""Promotion and rollback move aliases in the registry of :func:`get_registry`."""
+
+
+def visible(engine: Any, candidate_id: uuid.UUID, principal: Principal) -> CandidateRow:
+    row = candidates_store.get(engine, candidate_id)
+    if not principal.can_read_site(row.site_id):  # no hint that it exists
+        raise candidates_store.CandidateNotFound(f"no candidate {candidate_id}")
+    return row
+
+
+@router.get("/candidates")
+def list_candidates(
+    engine: EngineDep,
+    principal: ReaderDep,
+    model_name: Identifier | None = None,
+    status_: Annotated[CandidateStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: PageOffset = 0,
+) -> CandidatePage:
+    """Candidates, newest first (a site manager: those retrained for its sites)."""
+    page = candidates_store.list_candidates(
+        engine,
+        model_name=model_name,
+        status=status_,
+        sites=principal.site_filter(),
+        limit=limit,
+        offset=offset,
+    )
+    return CandidatePage(
+        items=[CandidatePublic.model_validate(r, from_attributes=True) for r in page.items],
+        total=page.total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.post(
+    "/candidates",
+    status_code=status.HTTP_201_CREATED,
+    responses={404: {}, 409: {}, 503: REGISTRY_DOWN},
+)
+def propose(
+    body: ProposalRequest,
+    engine: EngineDep,
+    principal: MlopsDep,
+    registry: RegistryDep,
+    request: Request,
+) -> CandidateDetail:
+    """Put a registered version under change control (the proposer may not approve it);
+    the scheduler's gate job evaluates it."""
+    try:
+        existing = candidates_store.find(engine, body.model_name, body.model_version)
+    except candidates_store.CandidateNotFound:
+        pass
+    else:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"already candidate {existing.candidate_id}")
+    if not registry.has_version(body.model_name, body.model_version):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"the registry has no {body.model_name} version {body.model_version}",
+        )
+    row = candidates_store.propose(
+        engine,
+        model_name=body.model_name,
+        model_version=body.model_version,
+        proposed_by=principal.subject,
+        reason=body.reason,
+    )
+    return _detail(engine, row, request)
+
+
+@router.get("/candidates/{candidate_id}", responses={404: {}})
+def get_candidate(
+    candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep, request: Request
+) -> CandidateDetail:
+    """One candidate with its gate results, signatures and links to the evidence."""
+    return _detail(engine, visible(engine, candidate_id, principal), request)
+
+
+@router.get(
+    "/candidates/{candidate_id}/evidence",
+    response_class=HTMLResponse,
+    responses={404: {}},
+)
+def evidence_html(candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> str:
+    """The gate's evidence report as a readable page."""
+    from monitor.service.pccp.jobs import report_of  # torch, mlflow: only when asked
+    from pccp.evidence import report_html
+
+    report = report_of(visible(engine, candidate_id, principal))
+    if report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the gate has not evaluated it yet")
+    return report_html(report)
+
+
+@router.get("/candidates/{candidate_id}/evidence.json", responses={404: {}})
+def evidence_json(
+    candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep
+) -> dict[str, Any]:
+    """The gate's evidence report as stored (aggregates only)."""
+    row = visible(engine, candidate_id, principal)
+    if row.report is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the gate has not evaluated it yet")
+    return row.report
+
+
+@router.post("/candidates/{candidate_id}/approve", responses={403: {}, 404: {}, 409: {}})
+def approve(
+    candidate_id: uuid.UUID,
+    body: SignatureRequest,
+    engine: EngineDep,
+    principal: MlopsDep,
+    request: Request,
+) -> CandidateDetail:
+    """Sign an approval; the plan's number of distinct approvals makes it ``approved``."""
+    row = candidates_store.sign(
+        engine, candidate_id, signer=principal.subject, decision="approve", reason=body.reason
+    )
+    return _detail(engine, row, request)
+
+
+@router.post("/candidates/{candidate_id}/reject", responses={403: {}, 404: {}, 409: {}})
+def reject(
+    candidate_id: uuid.UUID,
+    body: SignatureRequest,
+    engine: EngineDep,
+    principal: MlopsDep,
+    request: Request,
+) -> CandidateDetail:
+    """Sign a rejection: the candidate is never promoted."""
+    row = candidates_store.sign(
+        engine, candidate_id, signer=principal.subject, decision="reject", reason=body.reason
+    )
+    return _detail(engine, row, request)
+
+
+@router.post("/candidates/{candidate_id}/promote", responses={404: {}, 409: {}, 503: REGISTRY_DOWN})
+def promote(
+    candidate_id: uuid.UUID,
+    body: ChangeRequest,
+    engine: EngineDep,
+    principal: MlopsDep,
+    registry: RegistryDep,
+    request: Request,
+) -> CandidateDetail:
+    """Make an approved candidate the champion (the registry's ``champion`` alias)."""
+    row = candidates_store.promote(
+        engine, candidate_id, actor=principal.subject, reason=body.reason, registry=registry
+    )
+    return _detail(engine, row, request)
+
+
+@router.post("/models/{model_name}/rollback", responses={409: {}, 503: REGISTRY_DOWN})
+def rollback(
+    model_name: Identifier,
+    body: ChangeRequest,
+    engine: EngineDep,
+    principal: MlopsDep,
+    registry: RegistryDep,
+    request: Request,
+) -> CandidateDetail:
+    """Undo the model's latest promotion: the previous champion is restored."""
+    row = candidates_store.rollback(
+        engine, model_name, actor=principal.subject, reason=body.reason, registry=registry
+    )
+    return _detail(engine, row, request)
+
+
+def _detail(engine: Any, row: CandidateRow, request: Request) -> CandidateDetail:
+    signatures = candidates_store.signatures(engine, row.candidate_id)
+    report = row.report or {}
+    evaluated = row.report is not None
+    base = str(request.url_for("evidence_html", candidate_id=row.candidate_id))
+    return CandidateDetail(
+        **CandidatePublic.model_validate(row, from_attributes=True).model_dump(),
+        plan_fingerprint=row.plan_fingerprint,
+        criteria=[
+            CriterionPublic(
+                id=c["id"], kind=c["kind"], passed=c["passed"], detail=c.get("detail", "")
+            )
+            for c in report.get("criteria", [])
+        ],
+        scope_violations=list(report.get("scope_violations", [])),
+        signatures=[SignaturePublic.model_validate(s, from_attributes=True) for s in signatures],
+        approvals=sum(1 for s in signatures if s.decision == "approve"),
+        evidence_html=base if evaluated else None,
+        evidence_json=f"{base}.json" if evaluated else None,
+        evidence_uri=report.get("evidence_uri"),
+    )

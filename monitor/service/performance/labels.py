@@ -1,0 +1,396 @@
+"""Delayed ground truth joined to predictions.
+
+Label events join inference events on (site_id, model_name, study_key), per finding. Labels may
+come before or long after the prediction, twice, or corrected:
+
+* the label **in force** per (site, model, study, finding) is kept in ``labels_current``, updated
+  in the transaction that stores the label event (``apply_labels``, called by
+  ``ingest.store.store_batch``), so a redelivered event changes nothing (the inbox drops it first);
+* the **later label wins** (by event time; at equal times, the one stored later); a label event
+  older than the one in force is counted in ``revisions`` but changes nothing;
+* every **change of value** is recorded in ``label_changes`` (old and new value, both event ids);
+* a label whose prediction has not arrived within the horizon **expires**
+  (``expire_unmatched``): it is counted, and no longer joined even if the prediction turns up.
+
+The joined sample of a window is read with ``joined_sample``; label completeness and the delay
+between prediction and label with ``label_completeness``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    and_,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
+
+from monitor.events import LabelEvent
+from monitor.service.db import as_utc
+from monitor.service.models import (
+    CurrentLabelRow,
+    InferenceEventRow,
+    LabelChangeRow,
+)
+
+_KEYS_PER_QUERY = 500  # bound the size of one ``IN`` list
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOutcome:
+    new: int
+    """Labels seen for the first time (per finding)."""
+    changed: int
+    """Corrections: a later label with another value."""
+    unchanged: int
+    """Repeats and late arrivals of older labels."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedSample:
+    """Predictions of one finding that have a label in force, in prediction-time order."""
+
+    scores: NDArray[np.float64]
+    labels: NDArray[np.int_]
+    thresholds: NDArray[np.float64]
+    """The model's operating threshold per prediction (NaN when the event had none)."""
+    predicted_at: list[datetime]
+    delays_h: NDArray[np.float64]
+    """Label event time minus prediction event time, hours (negative: label came first)."""
+    metadata: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelCompleteness:
+    predicted: int
+    labelled: int
+    expired: int
+    """Labels of the site and model that expired without a prediction (all time)."""
+    delay_hours: dict[str, float] | None
+    """p50, p90 and max of the label delay; None without labels."""
+
+    @property
+    def share(self) -> float | None:
+        return self.labelled / self.predicted if self.predicted else None
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+def apply_labels(
+    connection: Connection, events: Sequence[LabelEvent], now: datetime
+) -> LabelOutcome:
+    """Bring ``labels_current`` up to date with newly stored label events (same transaction)."""
+    incoming: dict[tuple[str, str, str, str], list[LabelEvent]] = {}
+    for event in sorted(events, key=lambda e: e.occurred_at):  # stable: ties keep batch order
+        for finding in event.labels:
+            key = (event.site_id, event.model_name, event.study_key, finding)
+            incoming.setdefault(key, []).append(event)
+    if not incoming:
+        return LabelOutcome(0, 0, 0)
+    current = _current(connection, list(incoming))
+    new = changed = unchanged = 0
+    table = _table(CurrentLabelRow)
+    for key, updates in incoming.items():
+        row = current.get(key)
+        for event in updates:
+            label = event.labels[key[3]]
+            if row is None:
+                row = _new_row(key, event, label)
+                connection.execute(table.insert().values(**row))
+                new += 1
+                continue
+            row["revisions"] += 1
+            wins = event.occurred_at >= as_utc(row["labelled_at"])
+            if wins and label != row["label"]:
+                connection.execute(
+                    _table(LabelChangeRow).insert().values(**_change(key, row, event, label, now))
+                )
+                changed += 1
+            else:
+                unchanged += 1
+            if wins:
+                row |= {
+                    "label": label,
+                    "label_event_id": event.event_id,
+                    "source": event.source.value,
+                    "labelled_at": event.occurred_at,
+                }
+            connection.execute(
+                update(table)
+                .where(*_match(table, key))
+                .values(
+                    **{
+                        k: row[k]
+                        for k in ("label", "label_event_id", "source", "labelled_at", "revisions")
+                    }
+                )
+            )
+    return LabelOutcome(new, changed, unchanged)
+
+
+def _current(
+    connection: Connection, keys: list[tuple[str, str, str, str]]
+) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    table = _table(CurrentLabelRow)
+    columns = (table.c.site_id, table.c.model_name, table.c.study_key, table.c.finding)
+    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        for row in connection.execute(select(table).where(tuple_(*columns).in_(chunk))):
+            mapping = dict(row._mapping)
+            found[(row.site_id, row.model_name, row.study_key, row.finding)] = mapping
+    return found
+
+
+def _new_row(key: tuple[str, str, str, str], event: LabelEvent, label: int) -> dict[str, Any]:
+    site_id, model_name, study_key, finding = key
+    return {
+        "site_id": site_id,
+        "model_name": model_name,
+        "study_key": study_key,
+        "finding": finding,
+        "label": label,
+        "label_event_id": event.event_id,
+        "source": event.source.value,
+        "labelled_at": event.occurred_at,
+        "first_labelled_at": event.occurred_at,
+        "revisions": 0,
+        "expired_at": None,
+    }
+
+
+def _change(
+    key: tuple[str, str, str, str],
+    row: dict[str, Any],
+    event: LabelEvent,
+    label: int,
+    now: datetime,
+) -> dict[str, Any]:
+    site_id, model_name, study_key, finding = key
+    return {
+        "site_id": site_id,
+        "model_name": model_name,
+        "study_key": study_key,
+        "finding": finding,
+        "old_label": row["label"],
+        "new_label": label,
+        "old_event_id": row["label_event_id"],
+        "new_event_id": event.event_id,
+        "changed_at": event.occurred_at,
+        "recorded_at": now,
+    }
+
+
+def _match(table: Table, key: tuple[str, str, str, str]) -> list[Any]:
+    return [
+        table.c.site_id == key[0],
+        table.c.model_name == key[1],
+        table.c.study_key == key[2],
+        table.c.finding == key[3],
+    ]
+
+
+def _has_prediction() -> Any:
+    labels, predictions = _table(CurrentLabelRow), _table(InferenceEventRow)
+    return exists().where(
+        predictions.c.site_id == labels.c.site_id,
+        predictions.c.model_name == labels.c.model_name,
+        predictions.c.study_key == labels.c.study_key,
+    )
+
+
+def expire_unmatched(engine: Engine, horizon: timedelta, now: datetime | None = None) -> int:
+    """Expire labels still without a prediction ``horizon`` after their event time; how many."""
+    now = now or datetime.now(UTC)
+    table = _table(CurrentLabelRow)
+    statement = (
+        update(table)
+        .where(
+            table.c.expired_at.is_(None), table.c.labelled_at < now - horizon, ~_has_prediction()
+        )
+        .values(expired_at=now)
+    )
+    with engine.begin() as connection:
+        return connection.execute(statement).rowcount
+
+
+def labelled_predictions(finding: str, *columns: Any) -> Select[Any]:
+    """``SELECT columns`` over predictions joined to their label in force for ``finding``
+    (expired labels left out): the one join every reader of labelled predictions uses."""
+    events, labels = InferenceEventRow, CurrentLabelRow
+    return (
+        select(*columns)
+        .select_from(events)
+        .join(
+            labels,
+            and_(
+                labels.site_id == events.site_id,
+                labels.model_name == events.model_name,
+                labels.study_key == events.study_key,
+            ),
+        )
+        .where(labels.finding == finding, labels.expired_at.is_(None))
+    )
+
+
+def joined_sample(
+    engine: Engine,
+    site_id: str,
+    model_name: str,
+    finding: str,
+    *,
+    model_version: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    earliest: bool = False,
+) -> JoinedSample:
+    """Labelled predictions of ``finding`` with prediction time in [since, until); with ``limit``,
+    the latest ``limit`` of them (a rolling window; with ``earliest``, the first ``limit``: a
+    reference), else all (cumulative). Always returned in prediction-time order."""
+    events, labels = InferenceEventRow, CurrentLabelRow
+    query = (
+        labelled_predictions(
+            finding,
+            events.occurred_at,
+            events.scores,
+            events.threshold,
+            events.dicom_metadata,
+            labels.label,
+            labels.labelled_at,
+        )
+        .where(*_window(site_id, model_name, model_version, since, until))
+        .order_by(events.occurred_at if earliest else events.occurred_at.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with engine.connect() as connection:
+        rows = [row for row in connection.execute(query) if finding in row.scores]
+    if not earliest:
+        rows.reverse()
+    predicted_at = [as_utc(row.occurred_at) for row in rows]
+    delays = [
+        (as_utc(row.labelled_at) - at).total_seconds() / 3600
+        for row, at in zip(rows, predicted_at, strict=True)
+    ]
+    return JoinedSample(
+        scores=np.array([row.scores[finding] for row in rows], dtype=np.float64),
+        labels=np.array([row.label for row in rows], dtype=np.int_),
+        thresholds=np.array(
+            [np.nan if row.threshold is None else row.threshold for row in rows], dtype=np.float64
+        ),
+        predicted_at=predicted_at,
+        delays_h=np.array(delays, dtype=np.float64),
+        metadata=[dict(row.metadata) for row in rows],
+    )
+
+
+def recent_predictions(
+    engine: Engine,
+    site_id: str,
+    model_name: str,
+    finding: str,
+    *,
+    model_version: str | None,
+    limit: int,
+) -> tuple[NDArray[np.float64], datetime | None]:
+    """Scores of ``finding`` in the latest ``limit`` predictions, labelled or not, and the
+    prediction time of the oldest of them (None when there are none)."""
+    events = InferenceEventRow
+    query = (
+        select(events.occurred_at, events.scores)
+        .where(*_window(site_id, model_name, model_version, None, None))
+        .order_by(events.occurred_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        rows = [row for row in connection.execute(query) if finding in row.scores]
+    scores = np.array([row.scores[finding] for row in rows], dtype=np.float64)
+    return scores, (as_utc(rows[-1].occurred_at) if rows else None)
+
+
+def label_completeness(
+    engine: Engine,
+    site_id: str,
+    model_name: str,
+    finding: str,
+    *,
+    model_version: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    sample: JoinedSample | None = None,
+) -> LabelCompleteness:
+    """Predictions in the window, how many have a label in force, label delays, expiries.
+
+    ``sample``: the window's ``joined_sample`` (same arguments) when the caller already has it.
+    """
+    window = _window(site_id, model_name, model_version, since, until)
+    labels = _table(CurrentLabelRow)
+    with engine.connect() as connection:
+        predicted = (
+            connection.scalar(select(func.count()).select_from(InferenceEventRow).where(*window))
+            or 0
+        )
+        expired = (
+            connection.scalar(
+                select(func.count())
+                .select_from(labels)
+                .where(
+                    labels.c.site_id == site_id,
+                    labels.c.model_name == model_name,
+                    labels.c.expired_at.is_not(None),
+                )
+            )
+            or 0
+        )
+    if sample is None:
+        sample = joined_sample(
+            engine,
+            site_id,
+            model_name,
+            finding,
+            model_version=model_version,
+            since=since,
+            until=until,
+        )
+    delays = None
+    if len(sample):
+        p50, p90 = np.quantile(sample.delays_h, [0.5, 0.9])
+        delays = {"p50": float(p50), "p90": float(p90), "max": float(sample.delays_h.max())}
+    return LabelCompleteness(predicted, len(sample), expired, delays)
+
+
+def _window(
+    site_id: str,
+    model_name: str,
+    model_version: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[Any]:
+    events = InferenceEventRow
+    conditions: list[Any] = [events.site_id == site_id, events.model_name == model_name]
+    if model_version is not None:
+        conditions.append(events.model_version == model_version)
+    if since is not None:
+        conditions.append(events.occurred_at >= since)
+    if until is not None:
+        conditions.append(events.occurred_at < until)
+    return conditions
