@@ -24,12 +24,17 @@ The statuses are stored in the database as these exact strings.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, get_args
 
 from pccp.plan import MIN_APPROVALS
+
+_UNREADABLE: Final = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+"""Unicode categories no identity may hold: control, format (zero-width), private use,
+surrogates, unassigned, line and paragraph separators."""
 
 __all__ = [
     "ACTIONS",
@@ -48,7 +53,9 @@ __all__ = [
     "Transition",
     "approvals_threshold",
     "check_signature",
+    "identity_key",
     "meaning",
+    "normalised_subject",
     "require",
     "restored_champion",
     "status_after_signature",
@@ -136,6 +143,24 @@ def require(candidate: Candidate, action: Action) -> None:
         )
 
 
+def normalised_subject(subject: str) -> str:
+    """An identity as it is recorded: Unicode NFKC (so look-alike compatibility forms become
+    one), surrounding white space removed. Raises ``ValueError`` for one that is blank or holds
+    control or invisible formatting characters (a signer nobody could read off a record)."""
+    normal = unicodedata.normalize("NFKC", subject).strip()
+    if not normal:
+        raise ValueError("an identity may not be blank")
+    if any(unicodedata.category(char) in _UNREADABLE for char in normal):
+        raise ValueError("an identity may not hold control or formatting characters")
+    return normal
+
+
+def identity_key(subject: str) -> str:
+    """What two identities are compared by: NFKC, trimmed, case-folded. ``alice``,
+    ``Alice`` and ``alice `` are one person to the four-eyes rule."""
+    return unicodedata.normalize("NFKC", subject).strip().casefold()
+
+
 def check_signature(
     candidate: Candidate, signer: str, decision: Decision, signers: Collection[str]
 ) -> None:
@@ -144,23 +169,24 @@ def check_signature(
     In this order: a second signature by anyone (:class:`FourEyesViolation`), a decision the
     status does not allow (:class:`IllegalTransition`), then for an approval the proposer and
     the retrain's trigger (:class:`FourEyesViolation`). Only approvals need other eyes: the
-    proposer and the trigger may reject.
+    proposer and the trigger may reject. Identities are compared by :func:`identity_key`.
     """
-    if signer in signers:
+    who = identity_key(signer)
+    if who in {identity_key(name) for name in signers}:
         raise FourEyesViolation(f"{signer} has already signed this candidate")
     require(candidate, decision)
     if decision == "reject":
         return
-    if signer == candidate.proposed_by:
+    if who == identity_key(candidate.proposed_by):
         raise FourEyesViolation(f"{signer} proposed this candidate and may not approve it")
-    if candidate.triggered_by is not None and signer == candidate.triggered_by:
+    if candidate.triggered_by is not None and who == identity_key(candidate.triggered_by):
         raise FourEyesViolation(f"{signer} triggered the retrain and may not approve its result")
 
 
 def approvals_threshold(approvals_required: int | None) -> int:
-    """How many distinct approvals make a candidate approved: the plan's number, or
-    :data:`MIN_APPROVALS` where none was recorded."""
-    return approvals_required or MIN_APPROVALS
+    """How many distinct approvals make a candidate approved: the plan's number, never fewer
+    than :data:`MIN_APPROVALS` (a number lowered by editing a row does not count)."""
+    return max(approvals_required or MIN_APPROVALS, MIN_APPROVALS)
 
 
 def status_after_signature(
@@ -174,7 +200,8 @@ def status_after_signature(
     """
     if decision == "reject":
         return "rejected"
-    if len(set(approvers)) >= approvals_threshold(candidate.approvals_required):
+    distinct = {identity_key(name) for name in approvers}
+    if len(distinct) >= approvals_threshold(candidate.approvals_required):
         return "approved"
     return candidate.status
 

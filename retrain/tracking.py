@@ -203,11 +203,17 @@ class Registry:
         self._set_alias(model_name, CHAMPION, version)
         log.info("initial champion set", model=model_name, version=version)
 
+    def champion_version(self, model_name: str) -> str | None:
+        """The version ``champion`` points at now, or None: what a promotion checks its gate
+        against and a rollback its ``expected_version`` against."""
+        found = self.version_by_alias(model_name, CHAMPION)
+        return None if found is None else found.version
+
     def move_champion(self, model_name: str, version: str) -> str | None:
         """Point ``champion`` at ``version`` and return the version it pointed at (None if none).
 
-        Only a PCCP promotion or rollback calls this (``monitor.service.pccp.store``),
-        after its approvals and inside its row lock; moving the alias again is harmless.
+        Only a PCCP promotion or rollback calls this (``monitor.service.pccp.champion``), after
+        its checks and under the model's lock; moving the alias again is harmless.
         """
         registered = self._registered_model(model_name)
         if registered is None:

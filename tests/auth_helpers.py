@@ -12,8 +12,13 @@ from pydantic import SecretStr
 from monitor.service.auth import LOCAL_ISSUER, Role, issue_local_token, local_secret
 from monitor.service.settings import AuthSettings, Settings
 
-TEST_AUTH = AuthSettings(local_secret=SecretStr("radsentry-tests-local-secret-not-for-use"))
-"""Local mode with a secret of the tests' own: no key file is written into a data dir."""
+TEST_AUTH = AuthSettings(
+    local_secret=SecretStr("radsentry-tests-local-secret-not-for-use"),
+    signing_max_age_s=24 * 3600.0,
+)
+"""Local mode with a secret of the tests' own: no key file is written into a data dir. Tokens
+made at import time sign for a day: the suite runs longer than the production freshness limit
+(five minutes), which tests/security/test_identities.py checks with its own settings."""
 
 
 def bearer(

@@ -119,9 +119,11 @@ def record_gate_outcome(
     candidate_id: uuid.UUID,
     outcome: GateStatus = "passed",
     report: dict[str, Any] | None = None,
+    champion_version: str = "1",
 ) -> CandidateRow:
     """What the gate records for a candidate (shipped plan's id, version 1.0.0, two approvals,
-    champion version 1), with :func:`gate_report`'s evidence unless ``report`` is given."""
+    compared against ``champion_version``), with :func:`gate_report`'s evidence unless
+    ``report`` is given."""
     from monitor.service.pccp import store as candidates_store
 
     return candidates_store.record_gate(
@@ -133,6 +135,6 @@ def record_gate_outcome(
         plan_version="1.0.0",
         plan_fingerprint="f" * 64,
         approvals_required=2,
-        champion_version="1",
+        champion_version=champion_version,
         actor="pccp-gate",
     )

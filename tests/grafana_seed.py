@@ -24,6 +24,7 @@ from monitor.service.audit.signing import checkpoint
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
+from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
 from monitor.service.performance.store import refresh
 from monitor.service.retrain import store as retrain_store
@@ -64,6 +65,9 @@ class _Registry:
     def __init__(self) -> None:
         self.champion: str | None = "1"
 
+    def champion_version(self, model_name: str) -> str | None:
+        return self.champion
+
     def move_champion(self, model_name: str, version: str) -> str | None:
         previous, self.champion = self.champion, version
         return previous
@@ -99,7 +103,7 @@ def govern(engine: Engine) -> None:
         candidates_store.sign(
             engine, promoted, signer=signer, decision="approve", reason="seeded approval"
         )
-    candidates_store.promote(
+    champion.promote(
         engine, promoted, actor="mlops-ann", reason="seeded promotion", registry=_Registry()
     )
     rejected = _gated(engine, "3", "site-01", None)

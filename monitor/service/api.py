@@ -139,6 +139,9 @@ class _LazyRegistry:
         self._settings = settings
         self._registry: Registry | None = None
 
+    def champion_version(self, model_name: str) -> str | None:
+        return self._connected().champion_version(model_name)
+
     def move_champion(self, model_name: str, version: str) -> str | None:
         return self._connected().move_champion(model_name, version)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -25,6 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from monitor.service.errors import ServiceError
 from monitor.service.settings import AuthSettings, Settings
+from pccp.lifecycle import normalised_subject
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +51,17 @@ _ROLE_VALUES = frozenset(role.value for role in Role)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The verified caller: the token's subject, its known roles and its sites."""
+    """The verified caller: the token's subject, its known roles and its sites; for signatures,
+    the printed name its identity provider gives and when the person last authenticated."""
 
     subject: str
+    """NFKC, trimmed (``pccp.lifecycle.normalised_subject``); compare with ``identity_key``."""
     roles: frozenset[Role]
     sites: frozenset[str] = frozenset()
+    name: str | None = field(default=None, compare=False)
+    """The signer's printed name (21 CFR 11.50), from ``auth.name_claim``; None if absent."""
+    authenticated_at: datetime | None = field(default=None, compare=False)
+    """``auth_time`` (when the person last logged in), else ``iat``."""
 
     @property
     def reads_all_sites(self) -> bool:
@@ -98,12 +105,13 @@ class TokenVerifier:
         self._key: Any = None
         if auth.mode == "local":
             self._issuer, self._algorithms = LOCAL_ISSUER, [LOCAL_ALGORITHM]
-            self._roles_claim, self._sites_claim = "roles", "sites"
+            self._roles_claim, self._sites_claim, self._name_claim = "roles", "sites", "name"
             self._key = local_secret(settings)
             return
         assert auth.issuer is not None  # AuthSettings refuses oidc mode without one
         self._issuer, self._algorithms = auth.issuer, list(auth.algorithms)
         self._roles_claim, self._sites_claim = auth.roles_claim, auth.sites_claim
+        self._name_claim = auth.name_claim
         if auth.jwks_url is not None:
             self._jwks = jwt.PyJWKClient(
                 auth.jwks_url,
@@ -146,11 +154,41 @@ class TokenVerifier:
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject.strip():
-            raise InvalidToken("empty subject")
+        if not isinstance(subject, str):
+            raise InvalidToken("subject is not text")
+        try:
+            subject = normalised_subject(subject)
+        except ValueError as exc:
+            raise InvalidToken(f"unusable subject: {exc}") from None
         names = _strings(_claim(claims, self._roles_claim))
         roles = frozenset(Role(name) for name in names if name in _ROLE_VALUES)  # others ignored
-        return Principal(subject, roles, frozenset(_strings(_claim(claims, self._sites_claim))))
+        return Principal(
+            subject,
+            roles,
+            frozenset(_strings(_claim(claims, self._sites_claim))),
+            name=_printed_name(_claim(claims, self._name_claim)),
+            authenticated_at=_authenticated_at(claims),
+        )
+
+
+def _printed_name(value: Any) -> str | None:
+    """A usable printed name, or None: one that is not text or not readable is left out."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return normalised_subject(value)
+    except ValueError:
+        return None
+
+
+def _authenticated_at(claims: Mapping[str, Any]) -> datetime | None:
+    """When the person last authenticated: OIDC's ``auth_time``, else when the token was
+    issued (``iat``, always present)."""
+    for name in ("auth_time", "iat"):
+        value = claims.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC)
+    return None
 
 
 def _claim(claims: Mapping[str, Any], path: str) -> Any:
@@ -200,18 +238,24 @@ def issue_local_token(
     roles: Iterable[Role | str],
     sites: Iterable[str] = (),
     ttl_s: int = 3600,
+    name: str | None = None,
 ) -> str:
     """A local-mode token for ``subject`` with ``roles`` (and ``sites`` for a site manager),
-    valid ``ttl_s`` seconds. Raises :class:`LocalModeOnly` in oidc mode."""
+    valid ``ttl_s`` seconds; ``name``: the printed name its signatures show (default: the
+    subject). Issuing it counts as authenticating now (``auth_time``). Raises
+    :class:`LocalModeOnly` in oidc mode, ``ValueError`` for a blank or unreadable subject."""
     if settings.auth.mode != "local":
         raise LocalModeOnly(
             "tokens are issued by the identity provider in oidc mode (RADSENTRY_AUTH__MODE)"
         )
-    if not subject.strip() or ttl_s <= 0:
-        raise ValueError("a token needs a subject and a positive lifetime")
+    if ttl_s <= 0:
+        raise ValueError("a token needs a positive lifetime")
+    subject = normalised_subject(subject)  # ValueError: blank, or control characters
     now = datetime.now(UTC)
     claims = {
         "sub": subject,
+        "name": normalised_subject(name) if name is not None else subject,
+        "auth_time": int(now.timestamp()),
         "iss": LOCAL_ISSUER,
         "aud": settings.auth.audience,
         "iat": now,
@@ -280,6 +324,30 @@ def require_roles(*roles: Role) -> params.Depends:
     return dependency
 
 
+def fresh_signer(
+    request: Request, principal: Annotated[Principal, require_roles(Role.MLOPS)]
+) -> Principal:
+    """An mlops caller who authenticated within ``auth.signing_max_age_s``: an electronic
+    signature needs the person, not a token left in a script (401 asks to log in again)."""
+    max_age = request.app.state.settings.auth.signing_max_age_s
+    age = (
+        (datetime.now(UTC) - principal.authenticated_at).total_seconds()
+        if principal.authenticated_at is not None
+        else None
+    )
+    if age is None or age > max_age:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "re-authenticate to sign",
+            headers={
+                "WWW-Authenticate": (
+                    f'Bearer error="insufficient_user_authentication", max_age={int(max_age)}'
+                )
+            },
+        )
+    return principal
+
+
 def check_site(principal: Principal, site_id: str) -> None:
     """403 when ``site_id`` is not one of a site manager's sites (checked before any lookup,
     so the answer does not tell whether the site exists)."""
@@ -291,6 +359,8 @@ ReaderDep = Annotated[Principal, require_roles(*Role)]
 """Any role may read; a site manager only its sites (check them with :func:`check_site`)."""
 MlopsDep = Annotated[Principal, require_roles(Role.MLOPS)]
 """Changes: alert lifecycle, re-baselining, candidates, promotion and rollback."""
+SignerDep = Annotated[Principal, Depends(fresh_signer)]
+"""Electronic signatures (approve, reject): mlops, freshly authenticated."""
 RetrainerDep = Annotated[Principal, require_roles(Role.MLOPS, Role.SERVICE)]
 """Asking for a retrain: people (mlops) and automation (service)."""
 ChangeLogReaderDep = Annotated[Principal, require_roles(Role.AUDITOR, Role.MLOPS)]

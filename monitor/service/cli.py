@@ -145,6 +145,12 @@ def token(
     ttl: Annotated[
         int, typer.Option(min=60, max=MAX_TTL_S, help="Seconds until the token expires.")
     ] = 3600,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="The printed name shown with this person's signatures (default: the subject)."
+        ),
+    ] = None,
 ) -> None:
     """Print a local-mode bearer token for the API (RADSENTRY_AUTH__MODE=local, the embedded
     default), signed with this data dir's secret. In oidc mode the identity provider issues
@@ -155,8 +161,8 @@ def token(
         raise typer.Exit(2)
     settings = load_settings()
     try:
-        issued = issue_local_token(settings, subject, role, sites, ttl_s=ttl)
-    except LocalModeOnly as exc:
+        issued = issue_local_token(settings, subject, role, sites, ttl_s=ttl, name=name)
+    except (LocalModeOnly, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     typer.echo(issued)

@@ -55,8 +55,18 @@ StoredText = Annotated[str, AfterValidator(_storable)]
 """Free text that is stored or compared with stored text: PostgreSQL's text holds neither NUL
 characters nor lone surrogates."""
 
-Reason = Annotated[StoredText, Field(min_length=1, max_length=REASON_MAX_CHARS)]
-"""Why a person acts (a signature, a promotion, a retrain request): required, bounded."""
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("a reason may not be blank")
+    return text
+
+
+Reason = Annotated[
+    StoredText, Field(min_length=1, max_length=REASON_MAX_CHARS), AfterValidator(_not_blank)
+]
+"""Why a person acts (a signature, a promotion, a rollback, a retrain request): required,
+bounded, and not white space alone, which explains nothing (422)."""
 
 Note = Annotated[StoredText, Field(max_length=REASON_MAX_CHARS)]
 """An optional remark, bounded like a reason."""

@@ -449,6 +449,8 @@ class SignatureRow(Base):
     signature_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     candidate_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     signer: Mapped[str] = mapped_column(String(128))
+    signer_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    """The printed name (the token's name claim); None on signatures made before it was kept."""
     decision: Mapped[str] = mapped_column(String(16))
     """"approve" or "reject"."""
     meaning: Mapped[str] = mapped_column(Text)

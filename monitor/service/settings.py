@@ -171,6 +171,18 @@ class AuthSettings(BaseModel):
         "roles", min_length=1, description="oidc: claim with the roles; dots nest (realm.roles)."
     )
     sites_claim: str = Field("sites", min_length=1, description="oidc: claim with site ids.")
+    name_claim: str = Field(
+        "name",
+        min_length=1,
+        description="oidc: claim with the person's printed name, shown with each electronic "
+        "signature (21 CFR 11.50); dots nest.",
+    )
+    signing_max_age_s: float = Field(
+        300.0,
+        gt=0,
+        description="An approval or rejection needs a login at most this old (the token's "
+        "`auth_time`, else `iat`); older: 401 re-authenticate to sign.",
+    )
     leeway_s: float = Field(30.0, ge=0, le=300, description="Clock skew allowed on exp/iat/nbf.")
     jwks_cache_s: float = Field(300.0, gt=0, description="oidc: how long a fetched JWKS is used.")
     jwks_refresh_cooldown_s: float = Field(

@@ -32,6 +32,10 @@ class FakeRegistry:
         self.champion = "1"
         self.down = False
 
+    def champion_version(self, model_name: str) -> str | None:
+        self._check()
+        return self.champion
+
     def move_champion(self, model_name: str, version: str) -> str | None:
         self._check()
         previous, self.champion = self.champion, version
@@ -130,6 +134,30 @@ def test_a_promotion_with_mlflow_down_changes_nothing(
     registry.down = False
     promoted = client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).json()
     assert promoted["status"] == "promoted" and registry.champion == "2"
+
+
+def test_a_change_of_champion_needs_a_reason_and_a_rollback_names_its_version(
+    client: TestClient, pg_engine: Engine, registry: FakeRegistry
+) -> None:
+    created = propose(client)
+    record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
+    url = f"/candidates/{created['candidate_id']}"
+    for who in (BOB, bearer(SETTINGS, "carol", Role.MLOPS)):
+        assert client.post(f"{url}/approve", json={"reason": "ok"}, headers=who).status_code == 200
+    for blank in (" ", " \t\n"):
+        refused = client.post(f"{url}/promote", json={"reason": blank}, headers=BOB)
+        assert refused.status_code == 422, refused.text
+    assert client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB).status_code == 200
+    rollback = f"/models/{MODEL}/rollback"
+    for body in (
+        {"expected_version": "2", "reason": "  "},
+        {"reason": "drill"},
+        {"expected_version": "two", "reason": "drill"},
+    ):
+        assert client.post(rollback, json=body, headers=BOB).status_code == 422, body
+    assert registry.champion == "2"
+    done = client.post(rollback, json={"expected_version": "2", "reason": "drill"}, headers=BOB)
+    assert done.status_code == 200 and registry.champion == "1"
 
 
 def test_the_audit_log_filters_and_pages(client: TestClient) -> None:

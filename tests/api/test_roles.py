@@ -152,7 +152,12 @@ ROUTES = [
     Case("POST", "/candidates/{candidate_id}/approve", access({Caller.MLOPS}, AUTHORISED), REASON),
     Case("POST", "/candidates/{candidate_id}/reject", access({Caller.MLOPS}, AUTHORISED), REASON),
     Case("POST", "/candidates/{candidate_id}/promote", access({Caller.MLOPS}, AUTHORISED), REASON),
-    Case("POST", "/models/{model_name}/rollback", access({Caller.MLOPS}, AUTHORISED), REASON),
+    Case(
+        "POST",
+        "/models/{model_name}/rollback",
+        access({Caller.MLOPS}, AUTHORISED),  # version 1 was never promoted: 409
+        body={"expected_version": "1", **REASON},
+    ),
     Case("GET", "/audit", CHANGE_LOG_READ),
     Case("GET", "/audit/verify", CHANGE_LOG_READ),
 ]

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from monitor.service.audit.store import entries, verify
 from monitor.service.errors import IllegalTransition
 from monitor.service.models import CandidateRow
-from monitor.service.pccp import store
+from monitor.service.pccp import champion, store
 from monitor.service.pccp.store import FourEyesViolation
 from tests.factories import record_gate_outcome
 
@@ -42,6 +42,9 @@ class FakeRegistry:
         self.champion: dict[str, str | None] = {MODEL: champion}
         self.moves: list[str] = []
 
+    def champion_version(self, model_name: str) -> str | None:
+        return self.champion.get(model_name)
+
     def move_champion(self, model_name: str, version: str) -> str | None:
         previous = self.champion.get(model_name)
         self.champion[model_name] = version
@@ -62,14 +65,25 @@ def proposed(engine: Engine, version: str = "2", **overrides: Any) -> CandidateR
     return store.propose(engine, **(arguments | overrides))
 
 
-def gated(engine: Engine, row: CandidateRow, outcome: store.GateStatus = "passed") -> CandidateRow:
-    return record_gate_outcome(engine, row.candidate_id, outcome, REPORT)
+def gated(
+    engine: Engine, row: CandidateRow, outcome: store.GateStatus = "passed", against: str = "1"
+) -> CandidateRow:
+    return record_gate_outcome(engine, row.candidate_id, outcome, REPORT, champion_version=against)
 
 
 def approved(engine: Engine, version: str = "2") -> CandidateRow:
     row = gated(engine, proposed(engine, version))
     store.sign(engine, row.candidate_id, signer="alice", decision="approve", reason="reviewed")
     return store.sign(engine, row.candidate_id, signer="bob", decision="approve", reason="ok")
+
+
+def rollback(
+    engine: Engine, version: str, registry: FakeRegistry, actor: str = "a", reason: str = "r"
+) -> CandidateRow:
+    """Undo the promotion of ``version`` (the champion the caller means to undo)."""
+    return champion.rollback(
+        engine, MODEL, expected_version=version, actor=actor, reason=reason, registry=registry
+    )
 
 
 def actions(engine: Engine) -> list[str]:
@@ -91,11 +105,13 @@ def test_a_candidate_goes_from_proposal_to_promotion_and_back_with_every_step_lo
     row = store.sign(pg_engine, row.candidate_id, signer="bob", decision="approve", reason="r2")
     assert row.status == "approved"
 
-    row = store.promote(pg_engine, row.candidate_id, actor="alice", reason="go", registry=registry)
+    row = champion.promote(
+        pg_engine, row.candidate_id, actor="alice", reason="go", registry=registry
+    )
     assert row.status == "promoted" and row.previous_champion == "1"
     assert registry.champion[MODEL] == "2"
 
-    row = store.rollback(pg_engine, MODEL, actor="bob", reason="site complaint", registry=registry)
+    row = rollback(pg_engine, "2", registry, actor="bob", reason="site complaint")
     assert row.status == "rolled_back" and row.rolled_back_by == "bob"
     assert registry.champion[MODEL] == "1"
 
@@ -147,7 +163,7 @@ def test_a_signature_needs_a_reason(pg_engine: Engine) -> None:
 
 
 def _promote(engine: Engine, row: CandidateRow) -> None:
-    store.promote(engine, row.candidate_id, actor="alice", reason="x", registry=FakeRegistry())
+    champion.promote(engine, row.candidate_id, actor="alice", reason="x", registry=FakeRegistry())
 
 
 def _approve(engine: Engine, row: CandidateRow) -> None:
@@ -206,10 +222,10 @@ def reach(engine: Engine, state: str) -> CandidateRow:
     if state == "approved":
         return row
     registry = FakeRegistry()
-    row = store.promote(engine, row.candidate_id, actor="a", reason="r", registry=registry)
+    row = champion.promote(engine, row.candidate_id, actor="a", reason="r", registry=registry)
     if state == "promoted":
         return row
-    return store.rollback(engine, MODEL, actor="a", reason="r", registry=registry)
+    return rollback(engine, "2", registry)
 
 
 def approved_from(engine: Engine, row: CandidateRow) -> CandidateRow:
@@ -239,31 +255,49 @@ def test_a_candidate_outside_the_plan_can_never_be_promoted(pg_engine: Engine) -
         with pytest.raises(IllegalTransition):
             store.sign(pg_engine, row.candidate_id, signer=signer, decision="approve", reason="x")
     with pytest.raises(IllegalTransition):
-        store.promote(pg_engine, row.candidate_id, actor="alice", reason="x", registry=registry)
+        champion.promote(pg_engine, row.candidate_id, actor="alice", reason="x", registry=registry)
     assert registry.moves == []
 
 
 def test_rollback_without_a_promotion_is_refused(pg_engine: Engine) -> None:
     with pytest.raises(IllegalTransition, match="no promotion"):
-        store.rollback(pg_engine, MODEL, actor="a", reason="r", registry=FakeRegistry())
+        rollback(pg_engine, "2", FakeRegistry())
 
 
 def test_rollback_restores_promotions_one_at_a_time(pg_engine: Engine) -> None:
     registry = FakeRegistry(champion="1")
-    for version in ("2", "3"):
-        row = approved_from(pg_engine, gated(pg_engine, proposed(pg_engine, version)))
-        store.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
+    for version, against in (("2", "1"), ("3", "2")):
+        row = approved_from(
+            pg_engine, gated(pg_engine, proposed(pg_engine, version), against=against)
+        )
+        champion.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
     assert registry.champion[MODEL] == "3"
-    assert (
-        store.rollback(pg_engine, MODEL, actor="a", reason="r", registry=registry).model_version
-        == "3"
-    )
+    assert rollback(pg_engine, "3", registry).model_version == "3"
     assert registry.champion[MODEL] == "2"
-    assert (
-        store.rollback(pg_engine, MODEL, actor="a", reason="r", registry=registry).model_version
-        == "2"
-    )
+    assert rollback(pg_engine, "2", registry).model_version == "2"
     assert registry.champion[MODEL] == "1"
+
+
+def test_a_promotion_retried_after_its_commit_failed_records_the_champion_it_replaced(
+    pg_engine: Engine,
+) -> None:
+    """The alias moved, then the commit failed: the registry already names the candidate."""
+    row = approved(pg_engine)
+    registry = FakeRegistry(champion="2")
+    row = champion.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
+    assert row.status == "promoted" and row.previous_champion == "1"
+    assert registry.champion[MODEL] == "2"
+
+
+def test_a_change_of_champion_needs_a_reason(pg_engine: Engine) -> None:
+    row = approved(pg_engine)
+    registry = FakeRegistry()
+    with pytest.raises(ValueError, match="reason"):
+        champion.promote(pg_engine, row.candidate_id, actor="a", reason=" ", registry=registry)
+    champion.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
+    with pytest.raises(ValueError, match="reason"):
+        rollback(pg_engine, "2", registry, reason="\t")
+    assert registry.champion[MODEL] == "2" and actions(pg_engine).count("rollback") == 0
 
 
 def test_racing_approvals_count_each_signer_once_and_approve_exactly_once(
@@ -306,7 +340,7 @@ def test_a_promotion_racing_a_rejection_ends_in_one_of_them(pg_engine: Engine) -
     def promote() -> None:
         start.wait()
         try:
-            store.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
+            champion.promote(pg_engine, row.candidate_id, actor="a", reason="r", registry=registry)
             results.append("promoted")
         except IllegalTransition:
             results.append("refused")

@@ -248,7 +248,8 @@ def governed(
         current = registry.version_by_alias(MODEL, "champion")
         assert current is not None and current.version == version
 
-        rolled = client.post(f"/models/{MODEL}/rollback", json={"reason": "drill"}, headers=alice)
+        drill = {"expected_version": version, "reason": "drill"}
+        rolled = client.post(f"/models/{MODEL}/rollback", json=drill, headers=alice)
         assert rolled.status_code == 200 and rolled.json()["status"] == "rolled_back"
         restored = registry.version_by_alias(MODEL, "champion")
         assert restored is not None and restored.version == champion_version

@@ -186,6 +186,8 @@ def test_load_model_reads_back_the_trained_bundle(
     assert challenger is not None and challenger.version == version.version
     assert registry.version_by_alias(record.model_name, "champion") is None
     assert registry.version_by_alias("no-such-model", "challenger") is None
+    assert registry.champion_version(record.model_name) is None
+    assert registry.champion_version("no-such-model") is None
 
 
 def test_the_mlflow_model_serves_calibrated_probabilities(
@@ -239,6 +241,7 @@ def test_champion_is_never_moved_by_a_retrain(
     challenger = registry.version_by_alias(model_name, "challenger")
     assert champion is not None and champion.version == first.version == "1"
     assert challenger is not None and challenger.version == second.version == "2"
+    assert registry.champion_version(model_name) == "1"
 
     with pytest.raises(ValueError, match="champion"):
         registry.register(model_name, second.run_id, alias="champion", tags={})

@@ -38,16 +38,35 @@ COMPONENTS = ("api", "consumer", "scheduler", "migrate")
 Manifest = dict[str, Any]
 
 
+EVALUATION: dict[str, Any] = {"auth": {"mode": "local", "allowLocalInProduction": True}}
+"""The least a release needs besides the chart's defaults, which ask for an identity provider:
+local tokens, allowed explicitly (an evaluation cluster). "default" below means this."""
+
+
 def _values(name: str) -> dict[str, Any]:
     if name == "default":
-        return {}
+        return EVALUATION
     loaded: dict[str, Any] = yaml.safe_load(PRODUCTION.read_text(encoding="utf-8"))
     return loaded
 
 
-def render(values: dict[str, Any] | None = None) -> list[Manifest]:
-    """Every object `helm template rs helm/radsentry -n radsentry` would print."""
-    rendered = helm_python.Chart.load(CHART).render(values or {}, name="rs", namespace="radsentry")
+def _merged(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merged(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render(
+    values: dict[str, Any] | None = None, *, base: dict[str, Any] = EVALUATION
+) -> list[Manifest]:
+    """Every object `helm template rs helm/radsentry -n radsentry` would print, for ``values``
+    over ``base`` (by default :data:`EVALUATION`; ``base={}``: the chart's own defaults)."""
+    merged = _merged(base, values or {})
+    rendered = helm_python.Chart.load(CHART).render(merged, name="rs", namespace="radsentry")
     return [
         doc
         for path in sorted(rendered)
@@ -372,6 +391,35 @@ def test_the_service_monitor_needs_prometheus_let_in() -> None:
 
 
 # --- Consumers and partitions ----------------------------------------------------------------
+
+
+def settings_of(release: list[Manifest]) -> dict[str, str]:
+    """The settings ConfigMap's data: every process's RADSENTRY_* environment."""
+    (found,) = [
+        m for m in of_kind(release, "ConfigMap") if m["metadata"]["name"].endswith("-settings")
+    ]
+    data: dict[str, str] = found["data"]
+    return data
+
+
+def test_the_chart_defaults_to_oidc_and_asks_for_the_identity_provider() -> None:
+    with pytest.raises(helm_python.HelmValuesError) as refused:
+        render(base={})
+    assert "at '/auth/issuer': minLength" in str(refused.value)
+    oidc = {
+        "auth": {"issuer": "https://idp.example.org", "jwksUrl": "https://idp.example.org/jwks"}
+    }
+    settings = settings_of(render(oidc, base={}))
+    assert settings["RADSENTRY_AUTH__MODE"] == "oidc"
+
+
+def test_local_mode_renders_only_when_allowed_explicitly() -> None:
+    with pytest.raises(helm_python.HelmRenderError) as refused:
+        render({"auth": {"mode": "local"}}, base={})
+    assert "auth.allowLocalInProduction: true" in str(refused.value)
+    assert "anyone with the shared secret could mint any identity" in str(refused.value)
+    settings = settings_of(render(EVALUATION, base={}))
+    assert settings["RADSENTRY_AUTH__MODE"] == "local"
 
 
 def test_consumers_up_to_the_partitions() -> None:

@@ -27,7 +27,9 @@ from pccp.lifecycle import (
     LifecycleError,
     approvals_threshold,
     check_signature,
+    identity_key,
     meaning,
+    normalised_subject,
     require,
     restored_champion,
     status_after_signature,
@@ -276,3 +278,67 @@ def test_importing_the_lifecycle_loads_no_database_web_or_registry_code() -> Non
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.split() == []
+
+
+# -- identities ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [
+        ("alice", "alice"),
+        ("  alice\t", "alice"),
+        ("ａｌｉｃｅ", "alice"),  # fullwidth compatibility forms
+        ("Ｄｒ. Müller", "Dr. Müller"),
+        ("ﬁona", "fiona"),  # a ligature
+    ],
+)
+def test_an_identity_is_recorded_in_nfkc_without_surrounding_space(
+    given: str, recorded: str
+) -> None:
+    assert normalised_subject(given) == recorded
+
+
+@pytest.mark.parametrize(
+    "unreadable",
+    ["", "   ", "\t\n", "al\x00ice", "alice\x07", "al\u200bice", "\u202ealice", "a\u2028b"],
+)
+def test_a_blank_or_unreadable_identity_is_refused(unreadable: str) -> None:
+    with pytest.raises(ValueError, match="identity"):
+        normalised_subject(unreadable)
+
+
+def test_identities_that_differ_in_case_space_or_width_are_one_person() -> None:
+    assert identity_key("alice") == identity_key("Alice ") == identity_key("ＡＬＩＣＥ")
+    assert identity_key("alice") != identity_key("alicia")
+
+
+@pytest.mark.parametrize("twin", ["Retrain-Job", " retrain-job", "ＲＥＴＲＡＩＮ-ＪＯＢ"])
+def test_the_proposer_may_not_approve_under_a_twin_spelling(twin: str) -> None:
+    with pytest.raises(FourEyesViolation, match="proposed"):
+        check_signature(candidate(), twin, "approve", signers=())
+
+
+@pytest.mark.parametrize("twin", ["Carol", "carol ", "CAROL"])
+def test_the_retrain_trigger_may_not_approve_under_a_twin_spelling(twin: str) -> None:
+    with pytest.raises(FourEyesViolation, match="triggered"):
+        check_signature(candidate(), twin, "approve", signers=())
+
+
+def test_a_signer_may_not_sign_twice_under_a_twin_spelling() -> None:
+    with pytest.raises(FourEyesViolation, match="already signed"):
+        check_signature(candidate(), "Bob ", "approve", signers={"bob"})
+
+
+def test_twin_spellings_of_one_approver_count_once() -> None:
+    assert status_after_signature(candidate(), "approve", ["bob", "BOB", " bob"]) == "passed"
+    assert status_after_signature(candidate(), "approve", ["bob", "dave"]) == "approved"
+
+
+@pytest.mark.parametrize("lowered", [0, 1])
+def test_a_threshold_below_four_eyes_counts_as_four_eyes(lowered: int) -> None:
+    assert approvals_threshold(lowered) == MIN_APPROVALS
+    assert (
+        status_after_signature(candidate(approvals_required=lowered), "approve", ["bob"])
+        == "passed"
+    )

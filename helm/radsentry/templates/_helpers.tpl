@@ -187,6 +187,9 @@ readinessProbe:
 {{- if gt (int .Values.consumer.replicas) (int .Values.kafka.partitions) -}}
 {{- fail (printf "consumer.replicas (%d) exceeds kafka.partitions (%d): a consumer group gives each partition to one consumer, so the extra replicas would idle. Lower consumer.replicas or add partitions to %s and raise kafka.partitions." (int .Values.consumer.replicas) (int .Values.kafka.partitions) .Values.kafka.inferenceTopic) -}}
 {{- end -}}
+{{- if and (eq .Values.auth.mode "local") (not .Values.auth.allowLocalInProduction) -}}
+{{- fail "auth.mode is local: anyone with the shared secret could mint any identity, signers included. Use oidc (set auth.issuer and auth.jwksUrl), or set auth.allowLocalInProduction: true for an evaluation cluster" -}}
+{{- end -}}
 {{- if and (eq .Values.auth.mode "oidc") (not .Values.auth.issuer) -}}
 {{- fail "auth.mode is oidc: set auth.issuer (the identity provider's iss)" -}}
 {{- end -}}

@@ -93,6 +93,13 @@ def entry_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + canonical(row)).hexdigest()
 
 
+def intact(row: ChangeLogRow) -> bool:
+    """Whether a stored entry's ``entry_hash`` recomputes from its ``prev_hash`` and fields (the
+    entry alone; :func:`verify` checks the links between entries as well)."""
+    fields = {column: getattr(row, column) for column in _EXPORT_COLUMNS}
+    return entry_hash(row.prev_hash, fields) == row.entry_hash
+
+
 def lock(connection: Connection) -> None:
     """Take the change log's append lock until the transaction ends (PostgreSQL; SQLite has a
     single writer). Callers that read the log to decide whether to append take it first."""
@@ -140,6 +147,16 @@ def latest_details(
         .limit(1)
     ).first()
     return None if found is None else dict(found.details)
+
+
+def about(connection: Connection, subject: str, actions: tuple[str, ...]) -> list[ChangeLogRow]:
+    """The entries with one of ``actions`` about ``subject``, in sequence order."""
+    rows = connection.execute(
+        select(table_of(ChangeLogRow))
+        .where(ChangeLogRow.subject == subject, ChangeLogRow.action.in_(actions))
+        .order_by(ChangeLogRow.seq)
+    )
+    return [ChangeLogRow(**row._mapping) for row in rows]
 
 
 def record(engine: Engine, entry: Entry) -> ChangeLogRow:

@@ -326,8 +326,9 @@ def approval_instructions(api_url: str, row: CandidateRow, simulation: Simulatio
             f'-d \'{{"reason": "agree"}}\' {candidate}/approve',
             f'  {post} -H "Authorization: Bearer $ALICE" '
             f'-d \'{{"reason": "{site} recovers"}}\' {candidate}/promote',
-            "  # and to undo it:",
-            f'  {post} -H "Authorization: Bearer $BOB" -d \'{{"reason": "drill"}}\' '
+            "  # and to undo it (naming the champion it undoes):",
+            f'  {post} -H "Authorization: Bearer $BOB" '
+            f'-d \'{{"expected_version": "{row.model_version}", "reason": "drill"}}\' '
             f"{api_url}/models/{row.model_name}/rollback",
             "Ctrl-C stops everything.",
         ]

@@ -3,9 +3,10 @@
 Reading is open to every role (a site manager sees candidates retrained for its own sites); every
 change needs ``mlops``, and who signs is the token's subject, never a field of the request. The
 lifecycle rules (legal transitions, four eyes) live in ``pccp.lifecycle``, applied by the
-candidates store (``monitor.service.pccp.store``); here they become HTTP answers: 404 for an
-unknown (or another site's) candidate, 409 for an illegal transition, 403 for a signature the
-four-eyes rule forbids.
+candidates store (``monitor.service.pccp.store``) and, for the champion, by
+``monitor.service.pccp.champion``; here they become HTTP answers: 404 for an unknown (or another
+site's) candidate, 409 for an illegal transition or a promotion check that fails, 403 for a
+signature the four-eyes rule forbids.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from monitor.events import Identifier
-from monitor.service.auth import MlopsDep, Principal, ReaderDep
+from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
 from monitor.service.deps import EngineDep, PageOffset, Reason
 from monitor.service.models import CandidateRow
+from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
-from monitor.service.pccp.store import CandidateStatus, ChampionRegistry
+from monitor.service.pccp.champion import ChampionRegistry
+from monitor.service.pccp.store import CandidateStatus
 
 
 class CandidateRegistry(ChampionRegistry, Protocol):
-    """What the API needs of the registry: moving ``champion``, and whether a version exists."""
+    """What the API needs of the registry: reading and moving ``champion``, and whether a version
+    exists."""
 
     def has_version(self, model_name: str, version: str) -> bool: ...
 
@@ -49,9 +53,13 @@ REGISTRY_DOWN: dict[str, Any] = {
 }
 
 
+VERSION_PATTERN = r"^[0-9]{1,9}$"
+"""A registered version, as MLflow numbers them."""
+
+
 class ProposalRequest(BaseModel):
     model_name: Identifier
-    model_version: str = Field(pattern=r"^[0-9]{1,9}$", description="A registered version.")
+    model_version: str = Field(pattern=VERSION_PATTERN, description="A registered version.")
     reason: Reason
 
 
@@ -63,8 +71,21 @@ class ChangeRequest(BaseModel):
     reason: Reason
 
 
+class RollbackRequest(BaseModel):
+    expected_version: str = Field(
+        pattern=VERSION_PATTERN,
+        description="The champion the caller means to undo: any other champion is 409, and "
+        "asking again once it is undone changes nothing.",
+    )
+    reason: Reason
+
+
 class SignaturePublic(BaseModel):
+    """An electronic signature as 21 CFR 11.50 asks it to be shown: who (the identity and the
+    printed name), when (UTC), and what it means."""
+
     signer: str
+    signer_name: str | None
     decision: str
     meaning: str
     reason: str
@@ -232,12 +253,17 @@ def approve(
     candidate_id: uuid.UUID,
     body: SignatureRequest,
     engine: EngineDep,
-    principal: MlopsDep,
+    principal: SignerDep,
     request: Request,
 ) -> CandidateDetail:
     """Sign an approval; the plan's number of distinct approvals makes it ``approved``."""
     row = candidates_store.sign(
-        engine, candidate_id, signer=principal.subject, decision="approve", reason=body.reason
+        engine,
+        candidate_id,
+        signer=principal.subject,
+        signer_name=principal.name,
+        decision="approve",
+        reason=body.reason,
     )
     return _detail(engine, row, request)
 
@@ -247,12 +273,17 @@ def reject(
     candidate_id: uuid.UUID,
     body: SignatureRequest,
     engine: EngineDep,
-    principal: MlopsDep,
+    principal: SignerDep,
     request: Request,
 ) -> CandidateDetail:
     """Sign a rejection: the candidate is never promoted."""
     row = candidates_store.sign(
-        engine, candidate_id, signer=principal.subject, decision="reject", reason=body.reason
+        engine,
+        candidate_id,
+        signer=principal.subject,
+        signer_name=principal.name,
+        decision="reject",
+        reason=body.reason,
     )
     return _detail(engine, row, request)
 
@@ -266,8 +297,10 @@ def promote(
     registry: RegistryDep,
     request: Request,
 ) -> CandidateDetail:
-    """Make an approved candidate the champion (the registry's ``champion`` alias)."""
-    row = candidates_store.promote(
+    """Make an approved candidate the champion (the registry's ``champion`` alias), once its
+    gate entry, evidence and approvals in the change log check out and the champion is still the
+    one its gate compared against (409 naming the check that failed)."""
+    row = champion.promote(
         engine, candidate_id, actor=principal.subject, reason=body.reason, registry=registry
     )
     return _detail(engine, row, request)
@@ -276,15 +309,21 @@ def promote(
 @router.post("/models/{model_name}/rollback", responses={409: {}, 503: REGISTRY_DOWN})
 def rollback(
     model_name: Identifier,
-    body: ChangeRequest,
+    body: RollbackRequest,
     engine: EngineDep,
     principal: MlopsDep,
     registry: RegistryDep,
     request: Request,
 ) -> CandidateDetail:
-    """Undo the model's latest promotion: the previous champion is restored."""
-    row = candidates_store.rollback(
-        engine, model_name, actor=principal.subject, reason=body.reason, registry=registry
+    """Undo the promotion of ``expected_version``, the champion: the version it replaced is
+    restored. Another champion is 409; asked again once undone, the same answer, nothing new."""
+    row = champion.rollback(
+        engine,
+        model_name,
+        expected_version=body.expected_version,
+        actor=principal.subject,
+        reason=body.reason,
+        registry=registry,
     )
     return _detail(engine, row, request)
 

@@ -5,13 +5,13 @@ Each transition runs in one transaction that first locks the candidate's row (``
 UPDATE``), so two approvers racing, or an approval racing a rejection, are served one after the
 other and the second sees what the first did. Every transition appends its change-log entry in
 the same transaction, so the record and the state never disagree. The lifecycle's refusals
-leave as the service's errors (:func:`_refusals`): :class:`IllegalTransition` (409) and
+leave as the service's errors (:func:`refusals`): :class:`IllegalTransition` (409) and
 :class:`FourEyesViolation` (403).
 
-**Promotion.** Moves the registry's ``champion`` alias to the candidate and records the version
-it replaces; rollback moves it back. The alias moves inside the locked transaction: if the
-commit then fails, the candidate is still ``approved`` and promoting again moves the alias to
-the same version (idempotent), then commits.
+The gate's ``gate.result`` entry records the digest of the evidence report as stored
+(:func:`pccp.promotion.evidence_sha256`) and the plan's number of approvals: promotion and
+rollback (``monitor.service.pccp.champion``, which uses the row helpers at the end of this
+module) re-verify a candidate from those entries, never from its ``status`` alone.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 import structlog
 from sqlalchemy import Connection, Engine, select, update
@@ -29,7 +29,7 @@ from monitor.service.audit import store as change_log
 from monitor.service.db import Page, insert_for, page_of, table_of
 from monitor.service.errors import Forbidden, IllegalTransition, NotFound
 from monitor.service.models import CandidateRow, SignatureRow, clip_reason
-from pccp import lifecycle
+from pccp import lifecycle, promotion
 from pccp.lifecycle import CandidateStatus, Decision, GateStatus
 
 __all__ = [
@@ -37,22 +37,25 @@ __all__ = [
     "CandidateNotFound",
     "CandidatePage",
     "CandidateStatus",
-    "ChampionRegistry",
     "Decision",
     "FourEyesViolation",
     "GateStatus",
     "IllegalTransition",
+    "as_candidate",
     "find",
     "get",
     "list_candidates",
+    "locked",
     "meaning",
     "pending",
-    "promote",
     "propose",
     "record_gate",
-    "rollback",
+    "refusals",
+    "set_columns",
     "sign",
     "signatures",
+    "signatures_in",
+    "subject_of",
 ]
 
 log = structlog.get_logger(__name__)
@@ -68,18 +71,12 @@ class FourEyesViolation(Forbidden):
     """A signature the four-eyes rule forbids (the proposer, the retrain's trigger, twice)."""
 
 
-class ChampionRegistry(Protocol):
-    """What promotion needs of the registry (``retrain.tracking.Registry``)."""
-
-    def move_champion(self, model_name: str, version: str) -> str | None: ...
-
-
 CandidatePage = Page[CandidateRow]
 
 
 def meaning(row: CandidateRow, decision: Decision) -> str:
     """The fixed sentence a signature means (what the signer attests)."""
-    return lifecycle.meaning(_candidate(row), decision)
+    return lifecycle.meaning(as_candidate(row), decision)
 
 
 def propose(
@@ -120,7 +117,7 @@ def propose(
                 change_log.Entry(
                     actor=proposed_by,
                     action="candidate.proposed",
-                    subject=_subject(model_name, model_version),
+                    subject=subject_of(model_name, model_version),
                     details={
                         "candidate_id": str(row["candidate_id"]),
                         "request_id": str(request_id) if request_id else None,
@@ -148,10 +145,10 @@ def record_gate(
 ) -> CandidateRow:
     """Store the gate's outcome and evidence: ``candidate`` -> passed | failed | out_of_scope."""
     now = datetime.now(UTC)
-    with _refusals(), engine.begin() as connection:
-        row = _locked(connection, candidate_id)
-        lifecycle.require(_candidate(row), "evaluate")
-        _set(
+    with refusals(), engine.begin() as connection:
+        row = locked(connection, candidate_id)
+        lifecycle.require(as_candidate(row), "evaluate")
+        set_columns(
             connection,
             candidate_id,
             status=outcome,
@@ -164,53 +161,79 @@ def record_gate(
             evaluated_at=now,
             updated_at=now,
         )
-        criteria = report.get("criteria", [])
+        details = {
+            "candidate_id": str(candidate_id),
+            "outcome": outcome,
+            "plan_id": plan_id,
+            "plan_fingerprint": plan_fingerprint,
+            "champion_version": champion_version,
+            "approvals_required": approvals_required,
+        }
         change_log.append(
             connection,
             change_log.Entry(
                 actor=actor,
                 action="gate.result",
-                subject=_subject(row.model_name, row.model_version),
+                subject=subject_of(row.model_name, row.model_version),
                 plan_version=plan_version,
-                details={
-                    "candidate_id": str(candidate_id),
-                    "outcome": outcome,
-                    "plan_id": plan_id,
-                    "plan_fingerprint": plan_fingerprint,
-                    "champion_version": champion_version,
-                    "locked_test_sha256": report.get("locked_test_sha256"),
-                    "criteria": {c["id"]: "pass" if c["passed"] else "fail" for c in criteria},
-                    "scope_violations": report.get("scope_violations", []),
-                },
+                details=details | _evidence_summary(connection, candidate_id),
             ),
         )
     return get(engine, candidate_id)
 
 
+def _evidence_summary(connection: Connection, candidate_id: uuid.UUID) -> dict[str, Any]:
+    """What ``gate.result`` records of the report as stored (read back: the database's JSON is
+    what promotion will digest again): each criterion's pass or fail, and the digest."""
+    report = connection.scalar(
+        select(CandidateRow.report).where(CandidateRow.candidate_id == candidate_id)
+    )
+    assert report is not None  # the gate has just stored it
+    return {
+        "locked_test_sha256": report.get("locked_test_sha256"),
+        "criteria": {
+            c["id"]: "pass" if c["passed"] else "fail" for c in report.get("criteria", [])
+        },
+        "scope_violations": report.get("scope_violations", []),
+        "evidence_sha256": promotion.evidence_sha256(report),
+    }
+
+
 def sign(
-    engine: Engine, candidate_id: uuid.UUID, *, signer: str, decision: Decision, reason: str
+    engine: Engine,
+    candidate_id: uuid.UUID,
+    *,
+    signer: str,
+    decision: Decision,
+    reason: str,
+    signer_name: str | None = None,
 ) -> CandidateRow:
-    """One electronic signature: an approval (counted towards four eyes) or a rejection."""
+    """One electronic signature: an approval (counted towards four eyes) or a rejection.
+
+    Its manifestation (21 CFR 11.50) is recorded with it and in its change-log entry: the
+    signer and ``signer_name`` (the printed name), the date and time in UTC, and the meaning."""
     if not reason.strip():
         raise ValueError("a signature needs a reason")
     now = datetime.now(UTC)
-    with _refusals(), engine.begin() as connection:
-        row = _locked(connection, candidate_id)
-        candidate = _candidate(row)
-        lifecycle.check_signature(candidate, signer, decision, _signers(connection, candidate_id))
+    with refusals(), engine.begin() as connection:
+        row = locked(connection, candidate_id)
+        candidate = as_candidate(row)
+        signed = signatures_in(connection, candidate_id)
+        lifecycle.check_signature(candidate, signer, decision, {s.signer for s in signed})
         attested = lifecycle.meaning(candidate, decision)
         entry = change_log.append(
             connection,
             change_log.Entry(
                 actor=signer,
                 action="approval" if decision == "approve" else "rejection",
-                subject=_subject(row.model_name, row.model_version),
+                subject=subject_of(row.model_name, row.model_version),
                 reason=clip_reason(reason),
                 plan_version=row.plan_version,
                 details={
                     "candidate_id": str(candidate_id),
                     "meaning": attested,
                     "signed_at": now.isoformat(timespec="microseconds"),
+                    "signer_name": signer_name,
                 },
             ),
             now=now,
@@ -222,6 +245,7 @@ def sign(
                 signature_id=uuid.uuid4(),
                 candidate_id=candidate_id,
                 signer=signer,
+                signer_name=signer_name,
                 decision=decision,
                 meaning=attested,
                 reason=clip_reason(reason),
@@ -229,102 +253,11 @@ def sign(
                 change_log_seq=entry.seq,
             )
         )
-        approvers = _approvers(connection, candidate_id)
+        approvers = [s.signer for s in signed if s.decision == "approve"]
+        approvers += [signer] if decision == "approve" else []
         status = lifecycle.status_after_signature(candidate, decision, approvers)
-        _set(connection, candidate_id, status=status, updated_at=now)
+        set_columns(connection, candidate_id, status=status, updated_at=now)
     return get(engine, candidate_id)
-
-
-def promote(
-    engine: Engine,
-    candidate_id: uuid.UUID,
-    *,
-    actor: str,
-    reason: str,
-    registry: ChampionRegistry,
-) -> CandidateRow:
-    """Make an approved candidate the champion; the previous champion is recorded."""
-    now = datetime.now(UTC)
-    with _refusals(), engine.begin() as connection:
-        row = _locked(connection, candidate_id)
-        lifecycle.require(_candidate(row), "promote")
-        previous = registry.move_champion(row.model_name, row.model_version)
-        if previous == row.model_version:  # a retry after a lost commit: keep the first record
-            previous = row.previous_champion or row.champion_version
-        _set(
-            connection,
-            candidate_id,
-            status="promoted",
-            previous_champion=previous,
-            promoted_at=now,
-            promoted_by=actor,
-            updated_at=now,
-        )
-        change_log.append(
-            connection,
-            change_log.Entry(
-                actor=actor,
-                action="promotion",
-                subject=_subject(row.model_name, row.model_version),
-                reason=clip_reason(reason),
-                plan_version=row.plan_version,
-                details={
-                    "candidate_id": str(candidate_id),
-                    "previous_champion": previous,
-                    "champion": row.model_version,
-                    "approvers": _approvers(connection, candidate_id),
-                },
-            ),
-            now=now,
-        )
-    log.info("candidate promoted", model=row.model_name, version=row.model_version)
-    return get(engine, candidate_id)
-
-
-def rollback(
-    engine: Engine, model_name: str, *, actor: str, reason: str, registry: ChampionRegistry
-) -> CandidateRow:
-    """Undo the latest promotion of ``model_name``: the champion goes back to the version it
-    replaced, and that promotion's candidate becomes ``rolled_back``."""
-    now = datetime.now(UTC)
-    with _refusals(), engine.begin() as connection:
-        latest = connection.execute(
-            select(CandidateRow.candidate_id)
-            .where(CandidateRow.model_name == model_name, CandidateRow.status == "promoted")
-            .order_by(CandidateRow.promoted_at.desc())
-            .limit(1)
-        ).first()
-        if latest is None:
-            raise IllegalTransition(f"{model_name} has no promotion to roll back")
-        row = _locked(connection, latest.candidate_id)
-        restored = lifecycle.restored_champion(_candidate(row))
-        registry.move_champion(model_name, restored)
-        _set(
-            connection,
-            row.candidate_id,
-            status="rolled_back",
-            rolled_back_at=now,
-            rolled_back_by=actor,
-            updated_at=now,
-        )
-        change_log.append(
-            connection,
-            change_log.Entry(
-                actor=actor,
-                action="rollback",
-                subject=_subject(model_name, row.model_version),
-                reason=clip_reason(reason),
-                plan_version=row.plan_version,
-                details={
-                    "candidate_id": str(row.candidate_id),
-                    "rolled_back_version": row.model_version,
-                    "restored_champion": restored,
-                },
-            ),
-            now=now,
-        )
-    log.warning("champion rolled back", model=model_name, restored=restored)
-    return get(engine, row.candidate_id)
 
 
 def list_candidates(
@@ -373,12 +306,7 @@ def find(engine: Engine, model_name: str, model_version: str) -> CandidateRow:
 def signatures(engine: Engine, candidate_id: uuid.UUID) -> list[SignatureRow]:
     """The candidate's signatures in the order they were made."""
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(SignatureRow)
-            .where(SignatureRow.candidate_id == candidate_id)
-            .order_by(SignatureRow.signed_at, SignatureRow.change_log_seq)
-        )
-        return [SignatureRow(**row._mapping) for row in rows]
+        return signatures_in(connection, candidate_id)
 
 
 def pending(engine: Engine, limit: int = 10) -> list[CandidateRow]:
@@ -386,14 +314,16 @@ def pending(engine: Engine, limit: int = 10) -> list[CandidateRow]:
     return list(reversed(list_candidates(engine, status="candidate", limit=limit).items))
 
 
-# -- helpers -------------------------------------------------------------------------------
+# -- row helpers, shared with champion.py -----------------------------------------------
 
 
-def _subject(model_name: str, model_version: str) -> str:
+def subject_of(model_name: str, model_version: str) -> str:
+    """The change-log subject of a candidate's entries."""
     return f"{model_name}/version/{model_version}"
 
 
-def _locked(connection: Connection, candidate_id: uuid.UUID) -> CandidateRow:
+def locked(connection: Connection, candidate_id: uuid.UUID) -> CandidateRow:
+    """The candidate's row, locked until the transaction ends."""
     found = connection.execute(
         select(table_of(CandidateRow))
         .where(CandidateRow.candidate_id == candidate_id)
@@ -404,7 +334,8 @@ def _locked(connection: Connection, candidate_id: uuid.UUID) -> CandidateRow:
     return CandidateRow(**found._mapping)
 
 
-def _candidate(row: CandidateRow) -> lifecycle.Candidate:
+def as_candidate(row: CandidateRow) -> lifecycle.Candidate:
+    """What the lifecycle's rules need of the row."""
     return lifecycle.Candidate(
         model_name=row.model_name,
         model_version=row.model_version,
@@ -420,7 +351,7 @@ def _candidate(row: CandidateRow) -> lifecycle.Candidate:
 
 
 @contextmanager
-def _refusals() -> Iterator[None]:
+def refusals() -> Iterator[None]:
     """The lifecycle's refusals, raised as the service's errors with the same message."""
     try:
         yield
@@ -430,24 +361,17 @@ def _refusals() -> Iterator[None]:
         raise FourEyesViolation(str(exc)) from exc
 
 
-def _set(connection: Connection, candidate_id: uuid.UUID, **values: Any) -> None:
+def set_columns(connection: Connection, candidate_id: uuid.UUID, **values: Any) -> None:
+    """Update the candidate's row (the caller holds its lock)."""
     table = table_of(CandidateRow)
     connection.execute(update(table).where(table.c.candidate_id == candidate_id).values(**values))
 
 
-def _approvers(connection: Connection, candidate_id: uuid.UUID) -> list[str]:
-    return list(
-        connection.scalars(
-            select(SignatureRow.signer)
-            .where(SignatureRow.candidate_id == candidate_id, SignatureRow.decision == "approve")
-            .order_by(SignatureRow.signed_at)
-        )
+def signatures_in(connection: Connection, candidate_id: uuid.UUID) -> list[SignatureRow]:
+    """The candidate's signatures in the order they were made."""
+    rows = connection.execute(
+        select(table_of(SignatureRow))
+        .where(SignatureRow.candidate_id == candidate_id)
+        .order_by(SignatureRow.signed_at, SignatureRow.change_log_seq)
     )
-
-
-def _signers(connection: Connection, candidate_id: uuid.UUID) -> set[str]:
-    return set(
-        connection.scalars(
-            select(SignatureRow.signer).where(SignatureRow.candidate_id == candidate_id)
-        )
-    )
+    return [SignatureRow(**row._mapping) for row in rows]
