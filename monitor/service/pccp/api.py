@@ -19,6 +19,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine
 
 from monitor.events import Identifier
 from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
@@ -27,7 +28,7 @@ from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
 from monitor.service.pccp.champion import ChampionRegistry
-from monitor.service.pccp.store import CandidateStatus
+from monitor.service.pccp.store import CandidateStatus, Decision
 
 
 class CandidateRegistry(ChampionRegistry, Protocol):
@@ -257,15 +258,7 @@ def approve(
     request: Request,
 ) -> CandidateDetail:
     """Sign an approval; the plan's number of distinct approvals makes it ``approved``."""
-    row = candidates_store.sign(
-        engine,
-        candidate_id,
-        signer=principal.subject,
-        signer_name=principal.name,
-        decision="approve",
-        reason=body.reason,
-    )
-    return _detail(engine, row, request)
+    return _sign(engine, candidate_id, principal, "approve", body.reason, request)
 
 
 @router.post("/candidates/{candidate_id}/reject", responses={403: {}, 404: {}, 409: {}})
@@ -277,13 +270,25 @@ def reject(
     request: Request,
 ) -> CandidateDetail:
     """Sign a rejection: the candidate is never promoted."""
+    return _sign(engine, candidate_id, principal, "reject", body.reason, request)
+
+
+def _sign(
+    engine: Engine,
+    candidate_id: uuid.UUID,
+    principal: Principal,
+    decision: Decision,
+    reason: str,
+    request: Request,
+) -> CandidateDetail:
+    """One electronic signature by the token's person, with the printed name it carries."""
     row = candidates_store.sign(
         engine,
         candidate_id,
         signer=principal.subject,
         signer_name=principal.name,
-        decision="reject",
-        reason=body.reason,
+        decision=decision,
+        reason=reason,
     )
     return _detail(engine, row, request)
 
