@@ -41,8 +41,9 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[Engine]:
-    """A migrated PostgreSQL engine; every table is emptied after the test (the change log's
-    append-only trigger is lifted for that, as only the database owner can)."""
+    """A migrated PostgreSQL engine; every table is emptied after the test (the append-only
+    triggers of the change log and its checkpoints are lifted for that, as only the database
+    owner can)."""
     engine = make_engine(pg_url)
     upgrade(engine)
     yield engine
@@ -50,13 +51,22 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+APPEND_ONLY = (
+    ("change_log", "change_log_no_truncate"),
+    ("change_log_checkpoints", "change_log_checkpoints_no_truncate"),
+)
+"""The TRUNCATE triggers of the append-only tables (migrations 0008 and 0013)."""
+
+
 def empty_tables(engine: Engine) -> None:
     """Truncate every table (for fixtures that seed a database for more than one test)."""
     with engine.begin() as connection:
         tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        connection.execute(text("ALTER TABLE change_log DISABLE TRIGGER change_log_no_truncate"))
+        for table, trigger in APPEND_ONLY:
+            connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
         connection.execute(text(f"TRUNCATE {tables}"))
-        connection.execute(text("ALTER TABLE change_log ENABLE TRIGGER change_log_no_truncate"))
+        for table, trigger in APPEND_ONLY:
+            connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
 
 
 @pytest.fixture(scope="session")

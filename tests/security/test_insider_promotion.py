@@ -279,3 +279,20 @@ def test_a_rollback_naming_another_champion_changes_nothing(
     assert registry.champion == "3" and registry.moves == ["2", "3"]
     assert logged(pg_engine, "rollback") == []
     assert candidates_store.find(pg_engine, MODEL, "3").status == "promoted"
+
+
+def test_a_rollback_restores_only_what_the_promotion_entry_replaced(
+    client: TestClient, pg_engine: Engine, registry: SlowRegistry
+) -> None:
+    promoted_in_turn(client, pg_engine, registry)
+    # The insider points the rollback of version 3 at a version nobody gated or approved.
+    as_insider(
+        pg_engine,
+        "UPDATE candidates SET previous_champion = '1' WHERE model_version = '3'",
+    )
+    refused = rollback(client, "3")
+    assert refused.status_code == 409
+    assert "replaced version 2, but the candidate's row says 1" in refused.json()["detail"]
+    assert registry.champion == "3" and registry.moves == ["2", "3"]
+    assert logged(pg_engine, "rollback") == []
+    assert candidates_store.find(pg_engine, MODEL, "3").status == "promoted"

@@ -111,7 +111,9 @@ def rollback(
 ) -> CandidateRow:
     """Undo the promotion of ``expected_version``, which must be the champion: the champion goes
     back to the version that promotion replaced, and its candidate becomes ``rolled_back``. Asked
-    again once done, it answers that candidate unchanged and records nothing."""
+    again once done, it answers that candidate unchanged and records nothing. The version it
+    restores must be the one the promotion's change-log entry says it replaced: a row edited by
+    SQL restores nothing."""
     _require_reason(reason)
     now = datetime.now(UTC)
     with store.refusals(), engine.begin() as connection:
@@ -126,6 +128,7 @@ def rollback(
                 "nothing was rolled back"
             )
         restored = lifecycle.restored_champion(store.as_candidate(row))
+        _check_logged_promotion(connection, row, restored)
         registry.move_champion(model_name, restored)
         _record_rollback(connection, row, actor, reason, restored, now)
     log.warning("champion rolled back", model=model_name, restored=restored)
@@ -173,6 +176,26 @@ def _promoted_version(connection: Connection, model_name: str, version: str) -> 
     if found is None or found.promoted_at is None:
         raise IllegalTransition(f"{model_name} version {version} has no promotion to roll back")
     return CandidateRow(**found._mapping)
+
+
+def _check_logged_promotion(connection: Connection, row: CandidateRow, restored: str) -> None:
+    """Refuse unless the newest intact ``promotion`` entry of this candidate replaced
+    ``restored`` (the version the candidate's row says it replaced)."""
+    subject = store.subject_of(row.model_name, row.model_version)
+    logged = [
+        entry
+        for entry in change_log.about(connection, subject, ("promotion",))
+        if entry.details.get("candidate_id") == str(row.candidate_id)
+    ]
+    name = f"{row.model_name} version {row.model_version}"
+    if not logged or not change_log.intact(logged[-1]):
+        raise Conflict(f"not rolled back: the change log holds no intact promotion entry of {name}")
+    replaced = logged[-1].details.get("previous_champion")
+    if replaced != restored:
+        raise Conflict(
+            f"not rolled back: promotion entry #{logged[-1].seq} of {name} replaced version "
+            f"{replaced}, but the candidate's row says {restored}"
+        )
 
 
 def _claim(row: CandidateRow) -> promotion.Claim:
