@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from monitor.drift.alerts import Alert, StreamKey
 from monitor.service.api import create_app
+from monitor.service.audit.store import entries
 from monitor.service.auth import Role
 from monitor.service.cli import app
 from monitor.service.drift.alerts import write_alerts
@@ -110,5 +111,12 @@ def test_people_ask_through_the_api_and_the_cli(
         app, ["retrain", "--model", "cxr-lesion", "--by", "mlops-bob", "--reason", "quarterly"]
     )
     assert result.exit_code == 0, result.output
-    assert client.get("/retrain-requests", params={"status": "pending"}).json()["total"] == 2
+    pending = client.get("/retrain-requests", params={"status": "pending"}).json()
+    assert pending["total"] == 2
+    identities = {r["requested_by"]: r["details"]["identity"] for r in pending["items"]}
+    assert identities == {"mlops-ann": "verified", "mlops-bob": "claimed"}
+    logged = [e.details for e in entries(pg_engine) if e.action == "retrain.requested"]
+    assert sorted(d["identity"] for d in logged) == ["claimed", "verified"]
+    blank = CliRunner().invoke(app, ["retrain", "--model", "m", "--by", " \u200b", "--reason", "r"])
+    assert blank.exit_code == 2 and "--by" in blank.output
     assert client.get(f"/retrain-requests/{uuid.uuid4()}").status_code == 404

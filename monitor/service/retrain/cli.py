@@ -16,16 +16,25 @@ app = typer.Typer()
 @app.command()
 def retrain(
     model: Annotated[str, typer.Option(help="Registered model name, e.g. cxr-lesion.")],
-    requested_by: Annotated[str, typer.Option("--by", help="Who asks (recorded).")],
+    requested_by: Annotated[
+        str, typer.Option("--by", help="Who asks (recorded as claimed: nothing verifies it).")
+    ],
     reason: Annotated[str, typer.Option(help="Why (recorded).")],
 ) -> None:
     """Request a retrain of MODEL (recorded with who and why, like POST /models/{name}/retrain);
-    the retraining job serves pending requests. Which model serves does not change."""
+    the retraining job serves pending requests. Which model serves does not change. The --by
+    name is recorded as claimed, not verified: it may not approve the result, and it signs
+    nothing (signatures go through the API with a token)."""
     from monitor.service.retrain.store import request_manual
+    from pccp.lifecycle import normalised_subject
 
+    try:
+        requested_by = normalised_subject(requested_by)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--by") from None
     settings = load_settings()
     with engine_scope(settings.database_url) as engine:
-        row = request_manual(engine, model, requested_by, reason)
+        row = request_manual(engine, model, requested_by, reason, identity="claimed")
     console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, func, or_, select, update
@@ -33,11 +33,25 @@ class RequestNotFound(NotFound):
 RequestPage = Page[RetrainRequestRow]
 
 
+Identity = Literal["verified", "claimed"]
+"""How the requester is known: ``verified`` from an API token, ``claimed`` when only named
+(``radsentry retrain --by``, which anyone with database access can run)."""
+
+
 def request_manual(
-    engine: Engine, model_name: str, requested_by: str, reason: str
+    engine: Engine,
+    model_name: str,
+    requested_by: str,
+    reason: str,
+    *,
+    identity: Identity = "verified",
 ) -> RetrainRequestRow:
-    """A person asks for a retrain of ``model_name``; recorded with who and why."""
+    """A person asks for a retrain of ``model_name``; recorded with who and why, and whether
+    who is verified or only claimed. A claimed name still counts as the requester for the
+    four-eyes rule (it may not approve the result), and never as a signer: signatures are
+    API-only."""
     row = _row(model_name, "manual", requested_by, reason, datetime.now(UTC))
+    row["details"] = {"identity": identity}
     with engine.begin() as connection:
         connection.execute(table_of(RetrainRequestRow).insert().values(**row))
         _log_request(connection, row)
@@ -243,7 +257,7 @@ def finish(
 
 def _log_request(connection: Connection, row: dict[str, Any]) -> None:
     """The request in the change log, in the transaction that creates it."""
-    details = {"trigger": row["trigger"], "request_id": str(row["request_id"])}
+    details = {"trigger": row["trigger"], "request_id": str(row["request_id"]), **row["details"]}
     if row["alert_id"] is not None:
         details |= {
             "alert_id": str(row["alert_id"]),
