@@ -133,6 +133,17 @@ class AuditSettings(BaseModel):
         "production); None: a key created once under data_dir (embedded default).",
     )
     checkpoint_hour: int = Field(1, ge=0, le=23, description="UTC hour of the daily checkpoint.")
+    anchor_dir: Path | None = Field(
+        None,
+        description="Where every checkpoint is also written, one file each, outside the "
+        "database (production: a WORM volume or object-storage mount); None: "
+        "<data_dir>/audit-anchors (embedded default).",
+    )
+    max_checkpoint_age_h: float = Field(
+        48.0,
+        gt=0,
+        description="`radsentry audit verify` fails when the newest checkpoint is older.",
+    )
     verify_s: float = Field(
         900.0,
         gt=0,
@@ -292,6 +303,11 @@ class Settings(BaseSettings):
     def audit_signing_key_path(self) -> Path:
         """The configured signing key, or the embedded default's under ``data_dir``."""
         return self.audit.signing_key_file or (self.data_dir / "audit-signing.key").resolve()
+
+    @property
+    def audit_anchor_dir(self) -> Path:
+        """Where checkpoints are anchored: the configured folder, or one under ``data_dir``."""
+        return self.audit.anchor_dir or (self.data_dir / "audit-anchors").resolve()
 
     @property
     def plans_dir(self) -> Path:

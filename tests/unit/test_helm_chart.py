@@ -422,6 +422,20 @@ def test_local_mode_renders_only_when_allowed_explicitly() -> None:
     assert settings["RADSENTRY_AUTH__MODE"] == "local"
 
 
+def test_checkpoints_are_anchored_on_the_claim_named_for_them() -> None:
+    plain = component(render(), "Deployment", "scheduler")["spec"]["template"]["spec"]
+    assert "RADSENTRY_AUDIT__ANCHOR_DIR" not in {e["name"] for e in plain["containers"][0]["env"]}
+    release = render({"audit": {"anchors": {"existingClaim": "worm-anchors"}}})
+    pod = component(release, "Deployment", "scheduler")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RADSENTRY_AUDIT__ANCHOR_DIR"] == "/var/lib/radsentry-anchors"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["audit-anchors"] == "/var/lib/radsentry-anchors"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["audit-anchors"]["persistentVolumeClaim"]["claimName"] == "worm-anchors"
+
+
 def test_consumers_up_to_the_partitions() -> None:
     release = render({"consumer": {"replicas": 6}, "kafka": {"partitions": 6}})
     assert component(release, "Deployment", "consumer")["spec"]["replicas"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -36,15 +37,27 @@ PublicKeyOption = Annotated[
 
 
 @app.command("verify")
-def audit_verify(public_key: PublicKeyOption = None) -> None:
-    """Recompute the change log's hash chain and check its signed checkpoints; exit 1 naming
-    the first entry that does not match or the checkpoint that does not hold."""
+def audit_verify(
+    public_key: PublicKeyOption = None,
+    allow_unanchored: Annotated[
+        bool, typer.Option(help="Accept a log with no checkpoint yet (a new deployment).")
+    ] = False,
+) -> None:
+    """Recompute the change log's hash chain, check its signed checkpoints, and compare them
+    with their anchors outside the database (RADSENTRY_AUDIT__ANCHOR_DIR); exit 1 naming the
+    first entry that does not match, or each checkpoint or anchor that does not hold, when the
+    newest checkpoint is older than RADSENTRY_AUDIT__MAX_CHECKPOINT_AGE_H, or when there is no
+    checkpoint at all (unless --allow-unanchored)."""
+    from monitor.service.audit.anchors import problems_of
     from monitor.service.audit.signing import verify_checkpoints
 
     settings = load_settings()
     with engine_scope(settings.database_url) as engine:
         result = change_log.verify(engine)
         problems = verify_checkpoints(engine, _public_key(settings, public_key))
+        problems += problems_of(
+            engine, settings, allow_unanchored=allow_unanchored, now=datetime.now(UTC)
+        )
     if not result.ok:
         console.print(
             f"[red]change log broken at entry {result.first_bad_seq}:[/red] {result.problem} "
@@ -59,15 +72,16 @@ def audit_verify(public_key: PublicKeyOption = None) -> None:
 
 @app.command("checkpoint")
 def audit_checkpoint() -> None:
-    """Sign the change log's head now (Ed25519; the scheduler does it daily) and print the
-    checkpoint as JSON."""
-    from monitor.service.audit.signing import CheckpointError, checkpoint, signing_key
+    """Sign the change log's head now (Ed25519; the scheduler does it daily), anchor it outside
+    the database (RADSENTRY_AUDIT__ANCHOR_DIR), and print the checkpoint as JSON."""
+    from monitor.service.audit.anchors import sign_and_anchor
+    from monitor.service.audit.signing import CheckpointError, signing_key
 
     settings = load_settings()
     key = signing_key(settings)
     try:
         with engine_scope(settings.database_url) as engine:
-            signed = checkpoint(engine, key)
+            signed = sign_and_anchor(engine, key, settings.audit_anchor_dir)
     except CheckpointError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -1,5 +1,6 @@
-"""The change log's scheduled jobs: the daily signed checkpoint, and the verification whose
-outcome is exported as metrics (``radsentry_audit_chain_ok`` and its timestamp).
+"""The change log's scheduled jobs: the daily signed checkpoint (anchored outside the database),
+and the verification of the chain, the checkpoints and their anchors, whose outcome is exported
+as metrics (``radsentry_audit_chain_ok`` and its timestamp).
 
 Entry points that the scheduler stores by reference are in ``monitor/service/jobs.py``.
 """
@@ -13,7 +14,8 @@ from sqlalchemy import Engine
 
 from monitor.service import metrics
 from monitor.service.audit import store as change_log
-from monitor.service.audit.signing import checkpoint, signing_key, verify_checkpoints
+from monitor.service.audit.anchors import problems_of, sign_and_anchor
+from monitor.service.audit.signing import signing_key, verify_checkpoints
 from monitor.service.logging import job_boundary
 from monitor.service.settings import Settings
 
@@ -22,13 +24,15 @@ log = structlog.get_logger(__name__)
 
 @job_boundary("change log checkpoint failed")
 def sign_change_log(engine: Engine, settings: Settings) -> None:
-    """Sign the change log's head (a no-op when it is already signed or empty). A broken chain
-    or a missing key is logged loudly, and the next run tries again."""
-    checkpoint(engine, signing_key(settings))
+    """Sign the change log's head (a no-op when it is already signed or empty) and anchor it
+    outside the database. A broken chain, a missing key or an anchor that cannot be written is
+    logged loudly, and the next run tries again."""
+    sign_and_anchor(engine, signing_key(settings), settings.audit_anchor_dir)
 
 
 def verify_change_log(engine: Engine, settings: Settings) -> bool | None:
-    """Verify the change log's chain and its signed checkpoints and export the outcome.
+    """Verify the change log's chain, its signed checkpoints and their anchors, and export the
+    outcome.
 
     Returns whether both held; None when the check could not run (database down, signing key
     missing): the gauges keep their last values, and the stale timestamp alerts.
@@ -55,5 +59,9 @@ def verify_change_log(engine: Engine, settings: Settings) -> bool | None:
 @job_boundary("change log verification could not run")
 def _check(engine: Engine, settings: Settings) -> tuple[change_log.Verification, list[str]]:
     # The next run tries again; meanwhile the last verification grows old.
+    # A new deployment has no checkpoint until the first daily one: not a failure here (the
+    # command line's `audit verify` is stricter); a missing or stale one once signed is.
     chain = change_log.verify(engine)
-    return chain, verify_checkpoints(engine, signing_key(settings).public_key())
+    problems = verify_checkpoints(engine, signing_key(settings).public_key())
+    now = datetime.now(UTC)
+    return chain, problems + problems_of(engine, settings, allow_unanchored=True, now=now)
