@@ -27,6 +27,7 @@ from sqlalchemy import Engine, text
 from monitor.service.api import create_app
 from monitor.service.audit.store import entries, verify
 from monitor.service.auth import Role
+from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
 from monitor.service.settings import Settings
 from tests.auth_helpers import TEST_AUTH, bearer
@@ -296,3 +297,20 @@ def test_a_rollback_restores_only_what_the_promotion_entry_replaced(
     assert registry.champion == "3" and registry.moves == ["2", "3"]
     assert logged(pg_engine, "rollback") == []
     assert candidates_store.find(pg_engine, MODEL, "3").status == "promoted"
+
+
+def test_a_candidate_renamed_between_the_read_and_the_lock_is_not_promoted(
+    client: TestClient, pg_engine: Engine, registry: SlowRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    candidate_id = gated(pg_engine, "2")
+    approve(client, candidate_id, BOB, DAVE)
+    read = candidates_store.get(pg_engine, candidate_id)  # what promote read before its lock
+    as_insider(
+        pg_engine,
+        "UPDATE candidates SET model_name = 'other' WHERE candidate_id = :id",
+        id=candidate_id,
+    )
+    monkeypatch.setattr(champion.store, "get", lambda *_args: read)
+    assert_refused(
+        promote(client, candidate_id), pg_engine, registry, "the candidate's model changed"
+    )

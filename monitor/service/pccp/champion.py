@@ -75,6 +75,8 @@ def promote(
     with store.refusals(), _refused(), engine.begin() as connection:
         lock_model(connection, model_name)
         row = store.locked(connection, candidate_id)
+        if row.model_name != model_name:  # renamed between the read and the lock
+            raise Conflict(f"not promoted: the candidate's model changed to {row.model_name}")
         lifecycle.require(store.as_candidate(row), "promote")
         claim = _claim(row)
         signatures = [
