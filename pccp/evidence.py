@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Final
 
@@ -35,11 +37,44 @@ def report_json(report: GateReport) -> bytes:
     return (json.dumps(document, sort_keys=True, indent=2, allow_nan=False) + "\n").encode()
 
 
-def report_html(report: GateReport) -> str:
-    """The report as one self-contained HTML page."""
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """An electronic signature as 21 CFR 11.50 asks it to be shown: the signer's identity and
+    printed name, the date and time (UTC), and the meaning; with the change-log entry that
+    records it."""
+
+    signer: str
+    signer_name: str | None
+    decision: str
+    meaning: str
+    reason: str
+    signed_at: datetime
+    change_log_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """What was decided on the candidate since the gate ran, as of ``as_of``: its status, the
+    signatures, the promotion and the rollback."""
+
+    as_of: datetime
+    status: str
+    approvals_required: int | None
+    signatures: Sequence[Signature]
+    promoted_at: datetime | None = None
+    promoted_by: str | None = None
+    previous_champion: str | None = None
+    rolled_back_at: datetime | None = None
+    rolled_back_by: str | None = None
+
+
+def report_html(report: GateReport, decision: DecisionRecord | None = None) -> str:
+    """The report as one self-contained HTML page; with ``decision``, also the decision record
+    (signatures, promotion, rollback) below the outcome."""
     template = _environment().get_template(TEMPLATE)
     return template.render(
         report=report,
+        decision=decision,
         out_of_scope=report.outcome is GateOutcome.OUT_OF_SCOPE,
         out_of_scope_sentence=OUT_OF_SCOPE_SENTENCE,
         group_fields=_sites_first(group.field for group in report.groups),

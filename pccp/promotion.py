@@ -70,7 +70,9 @@ class LoggedEntry:
     plan_version: str | None
     details: Mapping[str, Any]
     intact: bool
-    """Its ``entry_hash`` recomputes from its ``prev_hash`` and fields."""
+    """Its ``entry_hash`` recomputes from its ``prev_hash`` and fields, and a trusted audit key
+    signed it (or it is history from before entries were signed): no row inserted with
+    database credentials alone is intact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,7 @@ def _check_backed(signature: Signature, entry: LoggedEntry | None, gate: LoggedE
     elif entry.plan_version != gate.plan_version:
         problem = f"under plan version {entry.plan_version}"
     elif not entry.intact:
-        problem = "an entry that does not match its hash"
+        problem = "an entry that does not match its hash or that the audit key did not sign"
     if problem is not None:
         raise PromotionRefused(
             f"the approval signed by {signature.signer} cites change-log #"

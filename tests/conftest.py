@@ -6,14 +6,20 @@ trust-auth cluster that `.ci/run` starts); the broker is started here from the c
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
+from monitor.service.audit.keys import load_or_create_key, sign_entries_with_key
 from monitor.service.broker import EmbeddedBroker
 from monitor.service.db import make_engine, upgrade
 from monitor.service.kafka import all_topics, ensure_topics
@@ -27,6 +33,23 @@ collect_ignore = ["alibi"]
 PG_ADMIN_URL = os.environ.get(
     "RADSENTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+# One audit key for the whole run, in a file that every settings object (those built when a
+# test module is imported included) and every subprocess the tests start name, so that entries
+# one part of a test writes verify in another. Set here, before any test module is imported.
+_AUDIT_KEY_DIR = tempfile.mkdtemp(prefix="radsentry-audit-key-")
+atexit.register(shutil.rmtree, _AUDIT_KEY_DIR, True)
+os.environ["RADSENTRY_AUDIT__SIGNING_KEY_FILE"] = str(Path(_AUDIT_KEY_DIR) / "signing.key")
+SESSION_AUDIT_KEY = load_or_create_key(Path(_AUDIT_KEY_DIR) / "signing.key", create=True)
+
+
+@pytest.fixture(autouse=True)
+def audit_key() -> Ed25519PrivateKey:
+    """The key change-log entries are signed with in this test (set again before each test:
+    building an app or running a command points the process at its settings' key)."""
+    sign_entries_with_key(SESSION_AUDIT_KEY)
+    return SESSION_AUDIT_KEY
 
 
 @pytest.fixture(scope="session")

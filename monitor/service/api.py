@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.drift.base import InsufficientDataError
 from monitor.service.audit.api import router as audit_router
+from monitor.service.audit.keys import SigningKeyError, sign_entries_with
 from monitor.service.auth import TokenVerifier, warn_if_local
 from monitor.service.db import make_engine, ping
 from monitor.service.deps import EngineDep
@@ -47,6 +48,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     Forbidden: status.HTTP_403_FORBIDDEN,
     Conflict: status.HTTP_409_CONFLICT,
     InsufficientDataError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    SigningKeyError: status.HTTP_503_SERVICE_UNAVAILABLE,  # the change log cannot be signed
 }
 """Our errors and the HTTP status each kind means, in one place: every subclass of a kind
 (``AlertNotFound``, ``FourEyesViolation``, ``IllegalTransition``...) answers with its status,
@@ -194,6 +196,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    sign_entries_with(settings)  # approvals, promotions...: entries signed with the audit key
     app.state.bootstrap = bootstrap or (lambda: settings.kafka.bootstrap_servers or None)
     app.state.token_verifier = TokenVerifier(settings)  # keys read (and JWKS cached) once
     registry = _LazyRegistry(settings)

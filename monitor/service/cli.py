@@ -14,9 +14,10 @@ import uvicorn
 from monitor.service.api import create_app
 from monitor.service.audit import cli as audit_cli
 from monitor.service.audit.config import record_config
+from monitor.service.audit.keys import sign_entries_with
 from monitor.service.auth import LocalModeOnly, Role, issue_local_token
 from monitor.service.backtest import cli as backtest_cli
-from monitor.service.db import engine_scope
+from monitor.service.db import engine_scope, upgrade
 from monitor.service.demo import cli as demo_cli
 from monitor.service.drift import cli as drift_cli
 from monitor.service.grafana import cli as grafana_cli
@@ -26,12 +27,15 @@ from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.pccp import cli as pccp_cli
 from monitor.service.retrain import cli as retrain_cli
+from monitor.service.roles import RoleSetupError, grant_roles, take_ownership
 from monitor.service.runtime import (
     configured_bootstrap,
     console,
     load_settings,
+    open_database,
     start_broker_if_needed,
 )
+from monitor.service.settings import Settings
 
 app = typer.Typer(
     name="radsentry",
@@ -44,13 +48,49 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _every_command() -> None:
+    # Commands that write the change log sign its entries with the audit key of the settings
+    # they run with, read at the first entry (commands that write none never read it).
+    sign_entries_with(Settings)
+
+
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (Alembic) to the latest revision."""
+    """Create or upgrade the database schema (Alembic) to the latest revision, connected as the
+    schema's owner (RADSENTRY_DATABASE__MIGRATION_URL, else RADSENTRY_DATABASE__URL). On
+    PostgreSQL, then grant RADSENTRY_DATABASE__RUNTIME_ROLE and __CONSUMER_ROLE exactly what
+    their components need (docs/deploy.md, "Database roles")."""
+    from monitor.service.scheduler import create_job_store
+
     settings = load_settings()
-    with engine_scope(settings.database_url) as engine:
-        where = engine.url.render_as_string(hide_password=True)
-    console.print(f"database at revision head: {where}")
+    runtime_role, consumer_role = settings.database.runtime_role, settings.database.consumer_role
+    with engine_scope(settings.migration_database_url, migrate=False) as engine:
+        postgres = engine.dialect.name == "postgresql"
+        granting = postgres and bool(runtime_role or consumer_role)
+        try:
+            # Ownership first, so that the upgrade runs as the owner of everything.
+            taken = take_ownership(engine, runtime_role, consumer_role) if granting else []
+            upgrade(engine)
+            if postgres:
+                create_job_store(engine)
+            report = grant_roles(engine, runtime_role, consumer_role) if granting else None
+        except RoleSetupError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    console.print(f"database at revision head: {engine.url.render_as_string(hide_password=True)}")
+    if report is not None:
+        for moved in [*taken, *report.taken_over]:
+            console.print(f"ownership taken over by {report.owner}: {moved}")
+        for grants in report.granted:
+            console.print(grants.summary(), soft_wrap=True)
+    elif not postgres:
+        console.print(f"{engine.dialect.name}: no database roles, nothing to grant")
+    else:
+        console.print(
+            f"no RADSENTRY_DATABASE__RUNTIME_ROLE: every component connects as "
+            f'{engine.url.username}, which owns the schema (docs/deploy.md, "Database roles")'
+        )
 
 
 @app.command()
@@ -71,7 +111,7 @@ def serve(
     """Run the API (and by default the consumer). Starts the bundled broker if no cluster is
     configured and none is running."""
     settings = load_settings()
-    with engine_scope(settings.database_url, migrate=migrate_db) as engine:
+    with open_database(settings.database_url, migrate=migrate_db) as engine:
         record_config(engine, settings, actor="radsentry-serve")
         bootstrap, broker = start_broker_if_needed(settings)
         ingest = ConsumerThread(settings, engine, bootstrap).start() if consumer else None
@@ -191,7 +231,7 @@ def scheduler(
     from monitor.service.scheduler import default_jobs, run_scheduler
 
     settings = load_settings()
-    with engine_scope(settings.database_url) as engine:
+    with open_database(settings.database_url) as engine:
         record_config(engine, settings, actor="radsentry-scheduler")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

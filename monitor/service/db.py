@@ -13,10 +13,14 @@ from typing import Any, Generic, TypeVar, cast
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, Connection, Engine, Table, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
+from monitor.service.errors import ServiceError
 from monitor.service.models import Base
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -75,15 +79,55 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
 
 
+INSUFFICIENT_PRIVILEGE = "42501"
+"""PostgreSQL's SQLSTATE for a refused privilege (``permission denied``, ``must be owner``)."""
+
+
+class SchemaNotCurrent(ServiceError, RuntimeError):
+    """The schema is behind this release, and the role connected may not upgrade it."""
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str | None]:
+    """The database's schema revision (None: none yet) and this release's head."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def upgrade_at_start(engine: Engine) -> None:
+    """:func:`upgrade`, as a service does at start. At head that only reads the revision, which
+    the runtime role may; behind head the runtime role may not change the schema, and is told
+    to run ``radsentry migrate`` as the owner (SchemaNotCurrent)."""
+    try:
+        upgrade(engine)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        user = engine.url.username or "this role"
+        try:
+            current, head = schema_revisions(engine)
+        except DBAPIError:  # not even the revision: no grants yet
+            raise SchemaNotCurrent(
+                f"{user} may not read this database's schema: run `radsentry migrate` with "
+                "RADSENTRY_DATABASE__MIGRATION_URL (the owner) and "
+                f"RADSENTRY_DATABASE__RUNTIME_ROLE={user}, which grants it what it needs"
+            ) from exc
+        raise SchemaNotCurrent(
+            f"the database schema is at revision {current or 'none (empty)'}, this release "
+            f"needs {head}: run `radsentry migrate` with RADSENTRY_DATABASE__MIGRATION_URL (the "
+            f"owner); {user} may not change the schema"
+        ) from exc
+
+
 @contextmanager
 def engine_scope(url: str, *, migrate: bool = True) -> Iterator[Engine]:
     """An engine of its own on ``url``, disposed when the block ends, with the schema brought to
     head first unless ``migrate`` is false: what every command and scheduled job that opens its
-    own database does."""
+    own database does (:func:`upgrade_at_start`)."""
     engine = make_engine(url)
     try:
         if migrate:
-            upgrade(engine)
+            upgrade_at_start(engine)
         yield engine
     finally:
         engine.dispose()

@@ -375,6 +375,24 @@ class ChangeLogRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    """Which audit key signed the entry (SHA-256 of its raw public key); None only for entries
+    written before entries were signed (``ChangeLogUnsignedRow``)."""
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    """Hex of the Ed25519 signature of ``entry_hash`` (``audit/keys.py``)."""
+
+
+class ChangeLogUnsignedRow(Base):
+    """How many entries the log held when entries began to be signed (migration 0014): those
+    are reported as unsigned history; any other unsigned entry is a forgery. One row; no row
+    (an emptied test database) means none."""
+
+    __tablename__ = "change_log_unsigned"
+
+    through_seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    recorded_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class ChangeLogCheckpointRow(Base):
@@ -458,3 +476,9 @@ class SignatureRow(Base):
     signed_at: Mapped[datetime] = mapped_column(Timestamp)
     change_log_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     """The change-log entry that records this signature."""
+
+
+JOB_STORE_TABLE = "apscheduler_jobs"
+"""The scheduler's job store (``monitor.service.scheduler``): APScheduler's own table, not a
+model. ``radsentry migrate`` creates it, so that the schema's owner owns it and the services
+only get privileges on it (``monitor.service.roles``)."""

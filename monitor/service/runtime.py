@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 import structlog
+import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from monitor.service.broker import EmbeddedBroker, running_embedded_broker
+from monitor.service.db import SchemaNotCurrent, engine_scope
 from monitor.service.errors import ServiceError
 from monitor.service.kafka import all_topics, ensure_topics
 from monitor.service.logging import configure_logging
@@ -30,6 +35,19 @@ def load_settings() -> Settings:
     settings = Settings()
     configure_logging(settings.logging)
     return settings
+
+
+@contextmanager
+def open_database(url: str, *, migrate: bool = True) -> Iterator[Engine]:
+    """:func:`~monitor.service.db.engine_scope` for a long-running command: a schema that this
+    role may not bring to head ends the command with the reason in one line (exit status 2)."""
+    with ExitStack() as stack:
+        try:
+            engine = stack.enter_context(engine_scope(url, migrate=migrate))
+        except SchemaNotCurrent as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        yield engine
 
 
 def configured_bootstrap(settings: Settings) -> list[str] | None:

@@ -1,7 +1,9 @@
 """The standalone scheduler (``radsentry scheduler``): persistent jobs, one leader at a time.
 
 * APScheduler 3.x with its SQLAlchemy job store in the service database (table
-  ``apscheduler_jobs``, created and owned by APScheduler, not by Alembic). Times are UTC.
+  ``apscheduler_jobs``, APScheduler's, not Alembic's; ``radsentry migrate`` creates it as the
+  schema's owner with :func:`create_job_store`, since the runtime role may create no table).
+  Times are UTC.
 * The standing jobs are data: a list of :class:`JobSpec` (explicit id, textual function
   reference ``"module:function"``, trigger, plain JSON-able args, misfire grace). The store
   pickles job state, so args are plain values, never an Engine, and no secret: the job
@@ -50,12 +52,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.service import jobs
 from monitor.service.db import make_engine
 from monitor.service.health import Health
+from monitor.service.models import JOB_STORE_TABLE
 
 log = structlog.get_logger(__name__)
 
 LOCK_KEY = int.from_bytes(b"RADSENTR", "big")
 """The advisory lock key (bigint) every scheduler replica of a database competes for."""
-JOBS_TABLE = "apscheduler_jobs"
+JOBS_TABLE = JOB_STORE_TABLE
 
 Scalar = str | int | float | bool | None
 
@@ -274,6 +277,11 @@ def build_scheduler(engine: Engine) -> BackgroundScheduler:
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
         timezone=UTC,
     )
+
+
+def create_job_store(engine: Engine) -> None:
+    """Create the job store's table unless it exists (``radsentry migrate``, as the owner)."""
+    SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE).jobs_t.create(engine, checkfirst=True)
 
 
 def sync_jobs(scheduler: BackgroundScheduler, jobs: Sequence[JobSpec]) -> None:

@@ -20,14 +20,46 @@ from monitor.performance.config import EstimateConfig, PerformanceConfig, RulesC
 from retrain.config import JobConfig, MlflowConfig
 from retrain.policy import RetrainPolicy
 
+ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+"""A plain PostgreSQL role name: never quoted differently, never longer than PostgreSQL keeps."""
+
 
 class DatabaseSettings(BaseModel):
+    """Where the services connect, and as whom (docs/deploy.md, "Database roles")."""
+
     url: str | None = Field(
         None,
-        description="SQLAlchemy URL, e.g. postgresql+psycopg://radsentry@db/radsentry. "
-        "Unset: a SQLite file in data_dir.",
+        description="SQLAlchemy URL the services connect with, e.g. "
+        "postgresql+psycopg://radsentry_app@db/radsentry. Unset: a SQLite file in data_dir.",
+    )
+    migration_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the role that owns the schema, used by `radsentry "
+        "migrate` only. Unset: the same as url (one role for everything, and the embedded "
+        "SQLite default).",
+    )
+    runtime_role: str | None = Field(
+        None,
+        pattern=ROLE_NAME,
+        description="PostgreSQL role of the API and the scheduler: `radsentry migrate` grants "
+        "it what they need and makes sure it owns nothing. Unset: no grants (one role).",
+    )
+    consumer_role: str | None = Field(
+        None,
+        pattern=ROLE_NAME,
+        description="PostgreSQL role of `radsentry consume`: only the tables ingestion writes; "
+        "nothing on candidates, the change log, retraining or the scheduler's jobs.",
     )
     echo: bool = False
+
+    @model_validator(mode="after")
+    def _roles_differ(self) -> DatabaseSettings:
+        if self.consumer_role is not None and self.consumer_role == self.runtime_role:
+            raise ValueError(
+                "database.consumer_role must differ from database.runtime_role (unset it and "
+                "the consumer connects as the runtime role)"
+            )
+        return self
 
 
 class KafkaSettings(BaseModel):
@@ -125,12 +157,19 @@ class RetrainSettings(BaseModel):
 
 
 class AuditSettings(BaseModel):
-    """The change log's signed checkpoints (monitor/service/audit/signing.py)."""
+    """The change log's signatures and checkpoints (monitor/service/audit/keys.py,
+    signing.py, anchors.py)."""
 
     signing_key_file: Path | None = Field(
         None,
-        description="PEM Ed25519 private key that signs checkpoints (mounted secret in "
-        "production); None: a key created once under data_dir (embedded default).",
+        description="PEM Ed25519 private key that signs every change-log entry and checkpoint "
+        "(mounted secret in production); None: a key created once under data_dir (embedded "
+        "default).",
+    )
+    trusted_public_keys: list[Path] = Field(
+        default_factory=list,
+        description="PEM public keys of earlier signing keys, kept after a rotation so that "
+        "the entries and checkpoints they signed still verify.",
     )
     checkpoint_hour: int = Field(1, ge=0, le=23, description="UTC hour of the daily checkpoint.")
     anchor_dir: Path | None = Field(
@@ -286,6 +325,11 @@ class Settings(BaseSettings):
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.data_dir / 'radsentry.db').resolve()}"
+
+    @property
+    def migration_database_url(self) -> str:
+        """The schema owner's URL (``radsentry migrate``), else the services' own."""
+        return self.database.migration_url or self.database_url
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -117,6 +117,27 @@ def test_evidence_exists_only_after_the_gate_and_the_proposer_may_not_approve(
     assert client.post(f"{url}/approve", json={"reason": ""}, headers=BOB).status_code == 422
 
 
+def test_the_evidence_page_shows_the_decision_record_as_of_now(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    created = propose(client)
+    url = f"/candidates/{created['candidate_id']}"
+    record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
+    before = client.get(f"{url}/evidence", headers=AUDITOR).text
+    assert "Decision record" in before and "No signatures yet." in before
+    assert "0 of 2 approvals required" in before
+    signed = client.post(f"{url}/approve", json={"reason": "fine at site-02"}, headers=BOB)
+    assert signed.status_code == 200
+    signature = signed.json()["signatures"][0]
+    page = client.get(f"{url}/evidence", headers=AUDITOR).text
+    assert "1 of 2 approvals required" in page and "No signatures yet." not in page
+    # The manifestation of 21 CFR 11.50: who, when (UTC) and what it means, and its entry.
+    assert "<td>bob</td>" in page and "fine at site-02" in page
+    assert f"<strong>approve</strong>: {signature['meaning']}" in page
+    assert signature["signed_at"][:19] in page
+    assert f'<td class="num">{signature["change_log_seq"]}</td>' in page
+
+
 def test_a_promotion_with_mlflow_down_changes_nothing(
     client: TestClient, pg_engine: Engine, registry: FakeRegistry
 ) -> None:
@@ -179,10 +200,13 @@ def test_the_audit_log_filters_and_pages(client: TestClient) -> None:
     assert later.json()["total"] == 0
     first = everything["items"][-1]
     assert first["prev_hash"] == "0" * 64 and len(first["entry_hash"]) == 64
+    assert len(first["signature"]) == 128 and len(first["key_id"]) == 64
     assert client.get("/audit/verify", headers=AUDITOR).json() == {
         "ok": True,
         "entries": 3,
         "head_hash": everything["items"][0]["entry_hash"],
         "first_bad_seq": None,
         "problem": None,
+        "signatures_checked": True,
+        "unsigned_through": 0,
     }

@@ -15,11 +15,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from monitor.service.audit.keys import (
+    SigningKeyError,
+    keyring,
+    load_or_create_key,
+    sign_entries_with_key,
+)
 from monitor.service.audit.signing import (
     CheckpointError,
     checkpoint,
-    load_or_create_key,
-    load_public_key,
     verify_checkpoint_offline,
     verify_checkpoints,
 )
@@ -150,39 +154,80 @@ def test_the_embedded_sqlite_log_chains_and_verifies(tmp_path: Path) -> None:
 
 
 def test_checkpoints_sign_the_head_and_catch_a_rewritten_log(
-    logged: Engine, tmp_path: Path
+    logged: Engine, audit_key: Ed25519PrivateKey
 ) -> None:
-    key = load_or_create_key(tmp_path / "signing.key", create=True)
-    public = load_public_key((tmp_path / "signing.pub").read_bytes())
-    signed = checkpoint(logged, key)
+    trusted = keyring(audit_key.public_key())
+    signed = checkpoint(logged, audit_key)
     assert signed is not None and (signed.seq, signed.head_hash) == (10, verify(logged).head_hash)
-    assert checkpoint(logged, key) is None  # the head is already signed
-    assert verify_checkpoints(logged, public) == []
+    assert checkpoint(logged, audit_key) is None  # the head is already signed
+    assert verify_checkpoints(logged, trusted) == []
 
     # Offline: the checkpoint, the public key and an export are enough.
     exported = export(logged, "json").splitlines()
-    assert verify_checkpoint_offline(signed, public, exported) == []
-    other = Ed25519PrivateKey.generate().public_key()
-    assert any("another key" in p for p in verify_checkpoint_offline(signed, other, exported))
+    assert verify_checkpoint_offline(signed, trusted, exported) == []
+    other = keyring(Ed25519PrivateKey.generate().public_key())
+    assert any("not trusted" in p for p in verify_checkpoint_offline(signed, other, exported))
     forged = replace(signed, head_hash="b" * 64)
-    assert any("signature" in p for p in verify_checkpoint_offline(forged, public, exported))
+    assert any("signature" in p for p in verify_checkpoint_offline(forged, trusted, exported))
 
     # Someone rewrites entry 4 and recomputes every hash after it: the chain verifies again,
-    # but the signed head no longer matches.
+    # but entry 4's signature no longer does, and the signed head no longer matches.
     rewrite_from(logged, 4, reason="rewritten")
     assert verify(logged).ok
-    assert any("not the signed one" in p for p in verify_checkpoints(logged, public))
+    resigned = verify(logged, trusted)
+    assert (resigned.first_bad_seq, resigned.problem) == (
+        4,
+        "entry 4: its signature does not verify",
+    )
+    assert any("not the signed one" in p for p in verify_checkpoints(logged, trusted))
     rewritten = export(logged, "json").splitlines()
-    assert verify_checkpoint_offline(signed, public, rewritten) != []
+    assert verify_checkpoint_offline(signed, trusted, rewritten) != []
 
 
-def test_a_broken_chain_is_never_signed(logged: Engine, tmp_path: Path) -> None:
+def test_a_broken_chain_is_never_signed(
+    logged: Engine, audit_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
     untriggered(logged, "UPDATE change_log SET reason = 'edited' WHERE seq = 2")
-    key = load_or_create_key(tmp_path / "signing.key", create=True)
     with pytest.raises(CheckpointError, match="broken at entry 2"):
-        checkpoint(logged, key)
-    with pytest.raises(CheckpointError, match="no signing key"):
+        checkpoint(logged, audit_key)
+    # Nor a log whose entries another key signed than the ones the signer trusts.
+    stranger = load_or_create_key(tmp_path / "signing.key", create=True)
+    with pytest.raises(CheckpointError, match="entry 1 is signed by a key that is not trusted"):
+        checkpoint(logged, stranger)
+    with pytest.raises(SigningKeyError, match="no audit signing key"):
         load_or_create_key(tmp_path / "missing.key", create=False)
+
+
+def test_every_entry_is_signed_and_verifies_with_the_public_key_alone(
+    logged: Engine, audit_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    public = audit_key.public_key()
+    assert {row.key_id for row in entries(logged)} == set(keyring(public))
+    result = verify(logged, keyring(public))
+    assert result.ok and result.signatures_checked and result.unsigned_through == 0
+    assert "10 entries signed and chained" in result.summary()
+    # The export carries the signatures, so an auditor checks them offline.
+    lines = [json.loads(line) for line in export(logged, "json").splitlines()]
+    assert all(len(line["signature"]) == 128 for line in lines)
+    # Another key's public half does not vouch for them.
+    stranger = keyring(Ed25519PrivateKey.generate().public_key())
+    assert verify(logged, stranger).first_bad_seq == 1
+
+
+def test_a_rotated_key_keeps_its_entries_verifiable_while_listed(
+    logged: Engine, audit_key: Ed25519PrivateKey
+) -> None:
+    rotated = Ed25519PrivateKey.generate()
+    sign_entries_with_key(rotated)
+    record(logged, entry(11))
+    record(logged, entry(12))
+    both = keyring(audit_key.public_key(), rotated.public_key())
+    assert verify(logged, both).ok
+    only_new = verify(logged, keyring(rotated.public_key()))
+    assert only_new.first_bad_seq == 1 and only_new.problem is not None
+    assert "not trusted" in only_new.problem
+    assert checkpoint(logged, rotated, both) is not None  # the new key signs the whole head
+    assert verify_checkpoints(logged, both) == []
 
 
 def rewrite_from(engine: Engine, seq: int, reason: str) -> None:

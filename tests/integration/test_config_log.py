@@ -47,7 +47,7 @@ def test_replicas_starting_together_record_one_change(pg_engine: Engine) -> None
 
     def run() -> None:
         start.wait()
-        results.append(record_config(pg_engine, Settings(), "radsentry-consume"))
+        results.append(record_config(pg_engine, Settings(), "radsentry-serve"))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:

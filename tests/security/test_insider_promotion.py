@@ -12,6 +12,7 @@ promotions would both read the old champion.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -21,16 +22,19 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 
 from monitor.service.api import create_app
-from monitor.service.audit.store import entries, verify
+from monitor.service.audit.keys import keyring, sign_entry
+from monitor.service.audit.store import entries, entry_hash, verify
 from monitor.service.auth import Role
 from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
 from monitor.service.settings import Settings
 from tests.auth_helpers import TEST_AUTH, bearer
+from tests.conftest import SESSION_AUDIT_KEY
 from tests.factories import record_gate_outcome
 
 pytestmark = pytest.mark.integration
@@ -182,6 +186,54 @@ def test_a_signature_inserted_by_sql_is_not_an_approval(
     as_insider(pg_engine, SET_APPROVED, id=candidate_id)
     because = f"the approval signed by mallory cites change-log #{seq}"
     assert_refused(promote(client, candidate_id), pg_engine, registry, because)
+
+
+@pytest.mark.parametrize("signed_by", ["nobody", "the insider's own key"])
+def test_an_approval_entry_inserted_by_sql_with_a_correct_hash_is_not_an_approval(
+    client: TestClient, pg_engine: Engine, registry: SlowRegistry, signed_by: str
+) -> None:
+    """The chain hash is public arithmetic: the insider appends an ``approval`` entry for
+    mallory exactly as the service would, hash and all, and a signature row citing it. Only the
+    audit key's signature, which the database never holds, tells it apart."""
+    candidate_id = gated(pg_engine, "2")
+    approve(client, candidate_id, BOB)
+    genuine = next(e for e in entries(pg_engine) if e.action == "approval")
+    fields: dict[str, Any] = {
+        "seq": genuine.seq + 1,
+        "recorded_at": datetime.now(UTC),
+        "actor": "mallory",
+        "action": "approval",
+        "subject": genuine.subject,
+        "reason": "forged",
+        "plan_version": genuine.plan_version,
+        "details": {**genuine.details, "signer": "mallory"},
+        "prev_hash": genuine.entry_hash,
+        "key_id": None,
+        "signature": None,
+    }
+    fields["entry_hash"] = entry_hash(genuine.entry_hash, fields)
+    if signed_by != "nobody":
+        fields["key_id"], fields["signature"] = sign_entry(
+            Ed25519PrivateKey.generate(), fields["entry_hash"]
+        )
+    as_insider(
+        pg_engine,
+        "INSERT INTO change_log (seq, recorded_at, actor, action, subject, reason, plan_version, "
+        "details, prev_hash, entry_hash, key_id, signature) VALUES (:seq, :recorded_at, :actor, "
+        ":action, :subject, :reason, :plan_version, CAST(:details AS jsonb), :prev_hash, "
+        ":entry_hash, :key_id, :signature)",
+        **{**fields, "details": json.dumps(fields["details"])},
+    )
+    assert verify(pg_engine).ok  # the chain alone is fooled
+    forge_signature(pg_engine, candidate_id, "mallory", fields["seq"])
+    as_insider(pg_engine, SET_APPROVED, id=candidate_id)
+    response = promote(client, candidate_id)
+    assert response.status_code == 409, response.text
+    assert "that the audit key did not sign" in response.json()["detail"]
+    assert registry.champion == "1" and registry.moves == []
+    assert logged(pg_engine, "promotion") == []
+    named = verify(pg_engine, keyring(SESSION_AUDIT_KEY.public_key()))
+    assert named.first_bad_seq == fields["seq"]
 
 
 def test_lowering_the_number_of_approvals_by_sql_does_not_lower_the_bar(

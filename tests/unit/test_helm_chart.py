@@ -10,6 +10,7 @@ template check with a message naming the value.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -222,7 +223,8 @@ def test_pod_disruption_budgets_cover_api_and_consumers(release: list[Manifest])
 
 # --- Secrets --------------------------------------------------------------------------------
 
-SECRET_SETTINGS = re.compile(r"DATABASE__URL|LOCAL_SECRET|HMAC_KEY|PASSWORD|TOKEN")
+SECRET_SETTINGS = re.compile(r"DATABASE__(MIGRATION_)?URL|LOCAL_SECRET|HMAC_KEY|PASSWORD|TOKEN")
+DATABASE_URL = re.compile(r"DATABASE__(MIGRATION_)?URL$")
 
 
 def test_secrets_are_only_referenced(release: list[Manifest]) -> None:
@@ -235,7 +237,7 @@ def test_secrets_are_only_referenced(release: list[Manifest]) -> None:
                 if SECRET_SETTINGS.search(variable["name"]):
                     assert "value" not in variable, f"{name}: {variable['name']} inlined"
                     assert "secretKeyRef" in variable["valueFrom"], name
-            database = [v for v in container.get("env", []) if v["name"].endswith("DATABASE__URL")]
+            database = [v for v in container.get("env", []) if DATABASE_URL.search(v["name"])]
             assert database and "secretKeyRef" in database[0]["valueFrom"], name
 
 
@@ -249,7 +251,7 @@ def _environment(release: list[Manifest], container: dict[str, Any]) -> dict[str
     for variable in container.get("env", []):
         if "value" in variable:
             environment[variable["name"]] = variable["value"]
-        elif variable["name"].endswith("DATABASE__URL"):
+        elif DATABASE_URL.search(variable["name"]):
             environment[variable["name"]] = "postgresql+psycopg://radsentry@postgres/radsentry"
         else:
             environment[variable["name"]] = "a-stand-in-for-the-secret-that-is-long-enough"
@@ -278,9 +280,112 @@ def test_the_rendered_environment_is_valid_settings(
             assert settings.auth.mode == "oidc"
             assert settings.drift.window.size == 300
             assert settings.performance.refresh_s == 600
+        # The processes that write the change log hold the audit key; the consumer does not.
+        holds_key = settings.audit.signing_key_file is not None
+        assert holds_key == (name in ("api", "scheduler")), name
         if name == "scheduler":
-            assert settings.audit.signing_key_file is not None
             assert settings.pccp.plans_dir is not None
+    [job] = component(release, "Job", "migrate")["spec"]["template"]["spec"]["containers"]
+    for key in [k for k in os.environ if k.startswith("RADSENTRY_")]:
+        monkeypatch.delenv(key)
+    for key, value in _environment(release, job).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.migration_database_url.startswith("postgresql+psycopg://")
+    if values == "production":
+        assert settings.database.runtime_role == "radsentry_app"
+        assert settings.database.consumer_role == "radsentry_consumer"
+
+
+def _database_secrets(release: list[Manifest], kind: str, name: str) -> dict[str, str]:
+    """A component's database settings: each Secret-backed one by its Secret, others' values."""
+    [container] = component(release, kind, name)["spec"]["template"]["spec"]["containers"]
+    return {
+        v["name"]: v["valueFrom"]["secretKeyRef"]["name"] if "valueFrom" in v else v["value"]
+        for v in container["env"]
+        if "DATABASE__" in v["name"]
+    }
+
+
+def test_each_component_connects_as_its_own_database_role() -> None:
+    """The production layout (docs/deploy.md, "Database roles"): the migration Job as the
+    schema's owner, naming the roles it grants; the API and the scheduler as the runtime role;
+    the consumers as theirs. No pod gets another's URL."""
+    release = render(_values("production"))
+    assert _database_secrets(release, "Job", "migrate") == {
+        "RADSENTRY_DATABASE__MIGRATION_URL": "radsentry-database-owner",
+        "RADSENTRY_DATABASE__RUNTIME_ROLE": "radsentry_app",
+        "RADSENTRY_DATABASE__CONSUMER_ROLE": "radsentry_consumer",
+    }
+    for name in ("api", "scheduler"):
+        assert _database_secrets(release, "Deployment", name) == {
+            "RADSENTRY_DATABASE__URL": "radsentry-database"
+        }
+    assert _database_secrets(release, "Deployment", "consumer") == {
+        "RADSENTRY_DATABASE__URL": "radsentry-database-consumer"
+    }
+
+
+SINGLE_ROLE = {
+    "runtimeRole": "",
+    "consumerRole": "",
+    "consumer": {"existingSecret": ""},
+    "migration": {"existingSecret": ""},
+}
+
+
+def test_one_role_for_everything_is_an_explicit_choice() -> None:
+    """The default is the three roles; one role for every component (what releases before the
+    roles rendered) is refused unless asked for, and then the release notes warn."""
+    release = render()
+    assert _database_secrets(release, "Deployment", "consumer") == {
+        "RADSENTRY_DATABASE__URL": "radsentry-database-consumer"
+    }
+    with pytest.raises(helm_python.HelmRenderError) as refused:
+        render({"database": SINGLE_ROLE})
+    assert "database.runtimeRole is empty" in str(refused.value)
+    single = {"database": {**SINGLE_ROLE, "allowSingleRole": True}}
+    release = render(single)
+    for kind, name in (("Job", "migrate"), *(("Deployment", n) for n in COMPONENTS[:3])):
+        assert _database_secrets(release, kind, name) == {
+            "RADSENTRY_DATABASE__URL": "radsentry-database"
+        }, name
+    notes = helm_python.Chart.load(CHART).render(
+        {**EVALUATION, **single}, name="rs", namespace="radsentry"
+    )
+    [text] = [t for path, t in notes.items() if path.endswith("NOTES.txt")]
+    assert "database.runtimeRole is empty" in text
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        (
+            {"migration": {"existingSecret": ""}},
+            "database.runtimeRole is set but database.migration.existingSecret is empty",
+        ),
+        (
+            {"runtimeRole": "", "allowSingleRole": True},
+            "database.migration.existingSecret is set but database.runtimeRole is empty",
+        ),
+        (
+            {"consumerRole": ""},
+            "database.consumerRole and database.consumer.existingSecret go together",
+        ),
+        (
+            {"consumer": {"existingSecret": ""}},
+            "database.consumerRole and database.consumer.existingSecret go together",
+        ),
+        (
+            {"consumerRole": "radsentry_app"},
+            "database.consumerRole equals database.runtimeRole",
+        ),
+    ],
+)
+def test_an_incomplete_role_layout_is_refused(database: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError) as refused:
+        render({"database": database})
+    assert message in str(refused.value)
 
 
 # --- Monitoring -----------------------------------------------------------------------------
@@ -473,6 +578,26 @@ REFUSED = [
         id="secret-as-setting",
     ),
     pytest.param(
+        {"settings": {"RADSENTRY_DATABASE__MIGRATION_URL": "postgresql://owner:p@db/x"}},
+        "at '/settings/RADSENTRY_DATABASE__MIGRATION_URL': false schema",
+        id="owner-url-as-setting",
+    ),
+    pytest.param(
+        {"settings": {"RADSENTRY_DATABASE__RUNTIME_ROLE": "postgres"}},
+        "at '/settings/RADSENTRY_DATABASE__RUNTIME_ROLE'",
+        id="role-as-setting",
+    ),
+    pytest.param(
+        {"database": {"runtimeRole": "Radsentry-App"}},
+        "at '/database/runtimeRole'",
+        id="role-name",
+    ),
+    pytest.param(
+        {"database": {"migration": {"existingSecret": "x", "url": "postgresql://u:p@db/x"}}},
+        "additional properties 'url' not allowed",
+        id="inline-owner-url",
+    ),
+    pytest.param(
         {"settings": {"RADSENTRY_AUTH__LOCAL_SECRET": "x" * 40}},
         "at '/settings/RADSENTRY_AUTH__LOCAL_SECRET'",
         id="local-secret-as-setting",
@@ -534,3 +659,27 @@ def test_the_commands_are_the_documented_ones(defaults: dict[str, Any]) -> None:
         assert container["args"] == args, name
         assert args[: len(defaults["commands"][name])] == defaults["commands"][name]
         assert f"`radsentry {' '.join(args)}`" in doc, f"docs/deploy.md lacks {name}'s command"
+
+
+def test_earlier_audit_keys_stay_trusted_in_the_processes_that_verify() -> None:
+    values = {
+        "audit": {
+            "trustedPublicKeys": {
+                "existingSecret": "radsentry-audit-old-keys",
+                "keys": ["2025.pub", "2026.pub"],
+            }
+        }
+    }
+    release = render(values)
+    for name in ("api", "scheduler"):
+        spec = component(release, "Deployment", name)["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        environment = {v["name"]: v.get("value") for v in container["env"]}
+        assert json.loads(environment["RADSENTRY_AUDIT__TRUSTED_PUBLIC_KEYS"]) == [
+            "/etc/radsentry/audit-trusted/2025.pub",
+            "/etc/radsentry/audit-trusted/2026.pub",
+        ]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["audit-trusted-keys"]["secret"]["secretName"] == "radsentry-audit-old-keys"
+    with pytest.raises(Exception, match=r"trustedPublicKeys\.existingSecret is required"):
+        render({"audit": {"trustedPublicKeys": {"keys": ["2025.pub"]}}})

@@ -11,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from monitor.service.auth import local_secret
 from monitor.service.runtime import edge_key
-from monitor.service.settings import AuthSettings, Settings
+from monitor.service.settings import AuthSettings, DatabaseSettings, Settings
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -120,3 +120,38 @@ def test_local_token_secret_is_created_once_private_and_never_shown(
     assert (tmp_path / "auth-local.key").stat().st_mode & 0o077 == 0
     configured = Settings(auth=AuthSettings(local_secret=SecretStr("x" * 40)))
     assert local_secret(configured) == b"x" * 40 and "x" * 40 not in repr(configured)
+
+
+def test_the_migration_connects_as_the_owner_else_as_the_services(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("RADSENTRY_"):
+            monkeypatch.delenv(name)
+    embedded = Settings(data_dir=tmp_path)
+    assert embedded.migration_database_url == embedded.database_url
+    monkeypatch.setenv("RADSENTRY_DATABASE__URL", "postgresql+psycopg://radsentry_app@db/rs")
+    monkeypatch.setenv("RADSENTRY_DATABASE__MIGRATION_URL", "postgresql+psycopg://owner@db/rs")
+    monkeypatch.setenv("RADSENTRY_DATABASE__RUNTIME_ROLE", "radsentry_app")
+    monkeypatch.setenv("RADSENTRY_DATABASE__CONSUMER_ROLE", "radsentry_consumer")
+    settings = Settings()
+    assert settings.migration_database_url == "postgresql+psycopg://owner@db/rs"
+    assert settings.database_url == "postgresql+psycopg://radsentry_app@db/rs"
+    assert (settings.database.runtime_role, settings.database.consumer_role) == (
+        "radsentry_app",
+        "radsentry_consumer",
+    )
+
+
+@pytest.mark.parametrize(
+    ("database", "reason"),
+    [
+        ({"runtime_role": "Radsentry"}, "should match pattern"),
+        ({"runtime_role": 'app"; DROP TABLE change_log; --'}, "should match pattern"),
+        ({"consumer_role": "x" * 64}, "should match pattern"),
+        ({"runtime_role": "app", "consumer_role": "app"}, "must differ from"),
+    ],
+)
+def test_database_roles_are_plain_and_distinct(database: dict[str, str], reason: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(reason)):
+        DatabaseSettings.model_validate(database)

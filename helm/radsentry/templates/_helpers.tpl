@@ -123,12 +123,47 @@ envFrom:
   {{- end }}
 {{- end -}}
 
-{{- define "radsentry.databaseEnv" -}}
-- name: RADSENTRY_DATABASE__URL
+{{/* A setting from a Secret: (dict "name" "RADSENTRY_..." "secret" $name "key" $key). */}}
+{{- define "radsentry.secretEnv" -}}
+- name: {{ .name }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.database.existingSecret }}
-      key: {{ .Values.database.urlKey }}
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end -}}
+
+{{/* The database URL of the API and the scheduler: the runtime role's. */}}
+{{- define "radsentry.databaseEnv" -}}
+{{- include "radsentry.secretEnv" (dict "name" "RADSENTRY_DATABASE__URL" "secret" .Values.database.existingSecret "key" .Values.database.urlKey) -}}
+{{- end -}}
+
+{{/* The consumers' database URL: the consumer role's, else the runtime role's. */}}
+{{- define "radsentry.consumerDatabaseEnv" -}}
+{{- with .Values.database.consumer -}}
+{{- if .existingSecret -}}
+{{- include "radsentry.secretEnv" (dict "name" "RADSENTRY_DATABASE__URL" "secret" .existingSecret "key" .urlKey) -}}
+{{- else -}}
+{{- include "radsentry.databaseEnv" $ -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The migration Job's: the schema owner's URL, and the roles it grants. */}}
+{{- define "radsentry.migrationDatabaseEnv" -}}
+{{- $database := .Values.database -}}
+{{- if $database.migration.existingSecret -}}
+{{- include "radsentry.secretEnv" (dict "name" "RADSENTRY_DATABASE__MIGRATION_URL" "secret" $database.migration.existingSecret "key" $database.migration.urlKey) -}}
+{{- else -}}
+{{- include "radsentry.databaseEnv" . -}}
+{{- end -}}
+{{- with $database.runtimeRole }}
+- name: RADSENTRY_DATABASE__RUNTIME_ROLE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $database.consumerRole }}
+- name: RADSENTRY_DATABASE__CONSUMER_ROLE
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "radsentry.authEnv" -}}
@@ -169,6 +204,53 @@ readinessProbe:
   failureThreshold: 3
 {{- end -}}
 
+{{/* The audit key, in the processes that write the change log (API, scheduler): it signs every
+entry and checkpoint. Earlier keys' public halves stay trusted after a rotation. */}}
+{{- define "radsentry.auditKeyEnv" -}}
+- name: RADSENTRY_AUDIT__SIGNING_KEY_FILE
+  value: /etc/radsentry/audit/signing.key
+{{- with .Values.audit.trustedPublicKeys.keys }}
+- name: RADSENTRY_AUDIT__TRUSTED_PUBLIC_KEYS
+  value: {{ include "radsentry.trustedKeyPaths" $ | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "radsentry.trustedKeyPaths" -}}
+{{- $paths := list -}}
+{{- range .Values.audit.trustedPublicKeys.keys -}}
+{{- $paths = append $paths (printf "/etc/radsentry/audit-trusted/%s" .) -}}
+{{- end -}}
+{{- toJson $paths -}}
+{{- end -}}
+
+{{- define "radsentry.auditKeyMounts" -}}
+- name: audit-signing-key
+  mountPath: /etc/radsentry/audit
+  readOnly: true
+{{- if .Values.audit.trustedPublicKeys.keys }}
+- name: audit-trusted-keys
+  mountPath: /etc/radsentry/audit-trusted
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "radsentry.auditKeyVolumes" -}}
+- name: audit-signing-key
+  secret:
+    secretName: {{ .Values.audit.signingKey.existingSecret }}
+    # Group-readable: the kubelet gives the file to fsGroup 10001, the process's group.
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.audit.signingKey.key }}
+        path: signing.key
+{{- if .Values.audit.trustedPublicKeys.keys }}
+- name: audit-trusted-keys
+  secret:
+    secretName: {{ required "audit.trustedPublicKeys.existingSecret is required with audit.trustedPublicKeys.keys" .Values.audit.trustedPublicKeys.existingSecret }}
+    defaultMode: 0444
+{{- end }}
+{{- end -}}
+
 {{/* Writable places on a read-only root filesystem: data_dir and /tmp (HOME, caches). */}}
 {{- define "radsentry.scratchMounts" -}}
 - name: data
@@ -184,6 +266,22 @@ readinessProbe:
 {{- end -}}
 
 {{- define "radsentry.checks" -}}
+{{- $database := .Values.database -}}
+{{- if and (not $database.runtimeRole) (not $database.migration.existingSecret) (not $database.allowSingleRole) -}}
+{{- fail "database.runtimeRole is empty: every component would connect as the role that owns the schema, which can lift the change log's triggers. Name the runtime role and the owner's Secret (docs/deploy.md, Database roles), or set database.allowSingleRole: true for an evaluation cluster" -}}
+{{- end -}}
+{{- if and $database.runtimeRole (not $database.migration.existingSecret) -}}
+{{- fail "database.runtimeRole is set but database.migration.existingSecret is empty: the migration Job must connect as the role that owns the schema, with its own Secret, never as the runtime role (docs/deploy.md, Database roles)" -}}
+{{- end -}}
+{{- if and $database.migration.existingSecret (not $database.runtimeRole) -}}
+{{- fail "database.migration.existingSecret is set but database.runtimeRole is empty: name the role of database.existingSecret's URL, so that the migration Job grants it what the API and the scheduler need" -}}
+{{- end -}}
+{{- if ne (empty $database.consumerRole) (empty $database.consumer.existingSecret) -}}
+{{- fail "database.consumerRole and database.consumer.existingSecret go together: the consumer role, and the Secret with the URL that logs in as it" -}}
+{{- end -}}
+{{- if and $database.consumerRole (eq $database.consumerRole $database.runtimeRole) -}}
+{{- fail "database.consumerRole equals database.runtimeRole: the consumers need a role of their own (or leave consumerRole and consumer.existingSecret empty)" -}}
+{{- end -}}
 {{- if gt (int .Values.consumer.replicas) (int .Values.kafka.partitions) -}}
 {{- fail (printf "consumer.replicas (%d) exceeds kafka.partitions (%d): a consumer group gives each partition to one consumer, so the extra replicas would idle. Lower consumer.replicas or add partitions to %s and raise kafka.partitions." (int .Values.consumer.replicas) (int .Values.kafka.partitions) .Values.kafka.inferenceTopic) -}}
 {{- end -}}

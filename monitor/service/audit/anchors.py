@@ -23,6 +23,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
+from monitor.service.audit.keys import Keyring
 from monitor.service.audit.signing import Checkpoint, CheckpointError, checkpoint, checkpoints
 from monitor.service.db import as_utc
 from monitor.service.settings import Settings
@@ -32,10 +33,12 @@ log = structlog.get_logger(__name__)
 SUFFIX = ".checkpoint.json"
 
 
-def sign_and_anchor(engine: Engine, key: Ed25519PrivateKey, directory: Path) -> Checkpoint | None:
-    """Sign the log's head (``signing.checkpoint``; None when empty or already signed), then
-    anchor every checkpoint that is not anchored yet."""
-    signed = checkpoint(engine, key)
+def sign_and_anchor(
+    engine: Engine, key: Ed25519PrivateKey, directory: Path, trusted: Keyring | None = None
+) -> Checkpoint | None:
+    """Sign the log's head (``signing.checkpoint``, entries checked against ``trusted``; None
+    when empty or already signed), then anchor every checkpoint that is not anchored yet."""
+    signed = checkpoint(engine, key, trusted)
     anchor_all(directory, checkpoints(engine))
     return signed
 

@@ -1,8 +1,9 @@
 """The change log over HTTP for auditors: ``GET /audit``, paginated and filtered.
 
-Entries come back as stored, with both hashes, so an auditor can check the chain over what the
-API returns; ``GET /audit/verify`` recomputes the whole chain on the server (``radsentry audit
-verify`` does the same and also checks the signed checkpoints, with the signing key).
+Entries come back as stored, with both hashes and each entry's signature and key id, so an
+auditor can check the chain and the signatures over what the API returns; ``GET /audit/verify``
+recomputes the whole chain and checks every signature on the server (``radsentry audit verify``
+does the same and also checks the signed checkpoints and their anchors).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
 from monitor.service.audit import store as change_log
+from monitor.service.audit.keys import trusted_keys
 from monitor.service.auth import ChangeLogReaderDep
 from monitor.service.db import as_utc
-from monitor.service.deps import EngineDep, PageOffset, StoredText
+from monitor.service.deps import EngineDep, PageOffset, SettingsDep, StoredText
 
 
 class EntryPublic(BaseModel):
@@ -30,6 +32,8 @@ class EntryPublic(BaseModel):
     details: dict[str, Any]
     prev_hash: str
     entry_hash: str
+    key_id: str | None
+    signature: str | None
 
 
 class AuditPage(BaseModel):
@@ -45,6 +49,8 @@ class ChainStatus(BaseModel):
     head_hash: str
     first_bad_seq: int | None
     problem: str | None
+    signatures_checked: bool
+    unsigned_through: int
 
 
 router = APIRouter(tags=["audit"])
@@ -83,13 +89,16 @@ def list_entries(
 
 
 @router.get("/audit/verify")
-def verify(engine: EngineDep, _principal: ChangeLogReaderDep) -> ChainStatus:
-    """Recompute the hash chain now; the first entry that does not match, if any."""
-    found = change_log.verify(engine)
+def verify(engine: EngineDep, settings: SettingsDep, _principal: ChangeLogReaderDep) -> ChainStatus:
+    """Recompute the hash chain and check every entry's signature now; the first entry that
+    does not hold, if any (entries 1 to ``unsigned_through`` predate signed entries)."""
+    found = change_log.verify(engine, trusted_keys(settings))
     return ChainStatus(
         ok=found.ok,
         entries=found.entries,
         head_hash=found.head_hash,
         first_bad_seq=found.first_bad_seq,
         problem=found.problem,
+        signatures_checked=found.signatures_checked,
+        unsigned_through=found.unsigned_through,
     )

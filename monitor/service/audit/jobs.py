@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 from monitor.service import metrics
 from monitor.service.audit import store as change_log
 from monitor.service.audit.anchors import problems_of, sign_and_anchor
-from monitor.service.audit.signing import signing_key, verify_checkpoints
+from monitor.service.audit.keys import keyring, signing_key, trusted_keys
+from monitor.service.audit.signing import verify_checkpoints
 from monitor.service.logging import job_boundary
 from monitor.service.settings import Settings
 
@@ -27,12 +28,14 @@ def sign_change_log(engine: Engine, settings: Settings) -> None:
     """Sign the change log's head (a no-op when it is already signed or empty) and anchor it
     outside the database. A broken chain, a missing key or an anchor that cannot be written is
     logged loudly, and the next run tries again."""
-    sign_and_anchor(engine, signing_key(settings), settings.audit_anchor_dir)
+    key = signing_key(settings)
+    trusted = {**trusted_keys(settings), **keyring(key.public_key())}
+    sign_and_anchor(engine, key, settings.audit_anchor_dir, trusted)
 
 
 def verify_change_log(engine: Engine, settings: Settings) -> bool | None:
-    """Verify the change log's chain, its signed checkpoints and their anchors, and export the
-    outcome.
+    """Verify the change log's chain, its entries' signatures, its signed checkpoints and their
+    anchors, and export the outcome.
 
     Returns whether both held; None when the check could not run (database down, signing key
     missing): the gauges keep their last values, and the stale timestamp alerts.
@@ -61,7 +64,8 @@ def _check(engine: Engine, settings: Settings) -> tuple[change_log.Verification,
     # The next run tries again; meanwhile the last verification grows old.
     # A new deployment has no checkpoint until the first daily one: not a failure here (the
     # command line's `audit verify` is stricter); a missing or stale one once signed is.
-    chain = change_log.verify(engine)
-    problems = verify_checkpoints(engine, signing_key(settings).public_key())
+    trusted = trusted_keys(settings)
+    chain = change_log.verify(engine, trusted)
+    problems = verify_checkpoints(engine, trusted)
     now = datetime.now(UTC)
     return chain, problems + problems_of(engine, settings, allow_unanchored=True, now=now)

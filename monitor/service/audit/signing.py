@@ -1,33 +1,30 @@
 """Signed checkpoints of the change log: Ed25519 over ``"{seq}:{head_hash}"``.
 
-The hash chain shows that no entry was altered relative to the ones after it; a checkpoint also
-pins the head at a moment with a signature. Someone who could rewrite the whole table and
-recompute every hash still cannot produce the signed head without the private key. An auditor
-verifies offline with the public key, a checkpoint and an export
-(:func:`verify_checkpoint_offline`). The private key is the audit service's, never the
-database's: production mounts it (``RADSENTRY_AUDIT__SIGNING_KEY_FILE``); the embedded defaults
-create one under the data dir.
+The hash chain shows that no entry was altered relative to the ones after it, and each entry's
+own signature that the audit key wrote it; a checkpoint also pins the head at a moment with a
+signature, and covers the unsigned history written before entries were signed. Someone who
+could rewrite the whole table and recompute every hash still cannot produce the signed head
+without the private key. An auditor verifies offline with public keys, a checkpoint and an
+export (:func:`verify_checkpoint_offline`). The key is the audit key (``keys.py``), never the
+database's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 
+from monitor.service.audit.keys import Keyring, entry_problem, key_id, keyring
 from monitor.service.audit.store import GENESIS, entry_hash, verify
 from monitor.service.db import table_of
 from monitor.service.errors import ServiceError
 from monitor.service.models import ChangeLogCheckpointRow, ChangeLogRow
-from monitor.service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -60,60 +57,13 @@ class CheckpointError(ServiceError, RuntimeError):
     """The log cannot be checkpointed (its chain is broken), or a checkpoint does not hold."""
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
-def load_or_create_key(path: Path, *, create: bool) -> Ed25519PrivateKey:
-    """The PEM private key at ``path``; with ``create``, a new one written there (0600) and its
-    public key beside it (``.pub``) when none exists."""
-    if not path.exists():
-        if not create:
-            raise CheckpointError(f"no signing key at {path}")
-        key = Ed25519PrivateKey.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.with_suffix(".pub").write_bytes(public_pem(key.public_key()))
-        log.warning("created a local change-log signing key", path=str(path))
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, Ed25519PrivateKey):
-        raise CheckpointError(f"{path} is not an Ed25519 private key")
-    return loaded
-
-
-def signing_key(settings: Settings) -> Ed25519PrivateKey:
-    """The configured signing key; on embedded defaults, the one under ``data_dir`` (created
-    on first use). A configured key that is missing is an error, never replaced."""
-    return load_or_create_key(
-        settings.audit_signing_key_path, create=settings.audit.signing_key_file is None
-    )
-
-
-def public_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
-    loaded = serialization.load_pem_public_key(pem)
-    if not isinstance(loaded, Ed25519PublicKey):
-        raise CheckpointError("not an Ed25519 public key")
-    return loaded
-
-
-def checkpoint(engine: Engine, key: Ed25519PrivateKey) -> Checkpoint | None:
-    """Verify the chain, then sign and store its head; None for an empty log or when the head
-    is already checkpointed. A broken chain is never signed."""
-    result = verify(engine)
+def checkpoint(
+    engine: Engine, key: Ed25519PrivateKey, trusted: Keyring | None = None
+) -> Checkpoint | None:
+    """Verify the chain and its entries' signatures (by ``trusted`` keys; default: ``key``'s
+    own), then sign and store its head; None for an empty log or when the head is already
+    checkpointed. A broken chain or a forged entry is never signed."""
+    result = verify(engine, keyring(key.public_key()) if trusted is None else trusted)
     if not result.ok:
         raise CheckpointError(
             f"the change log is broken at entry {result.first_bad_seq} ({result.problem}); "
@@ -146,23 +96,25 @@ def checkpoints(engine: Engine) -> list[Checkpoint]:
     return [Checkpoint(r.seq, r.head_hash, r.signed_at, r.key_id, r.signature) for r in rows]
 
 
-def verify_checkpoints(engine: Engine, public_key: Ed25519PublicKey) -> list[str]:
-    """Problems with the stored checkpoints: a bad signature, or a head the chain no longer
-    has at that sequence number. Empty when all hold."""
+def verify_checkpoints(engine: Engine, trusted: Keyring) -> list[str]:
+    """Problems with the stored checkpoints: a signature by no trusted key or that does not
+    verify, or a head the chain no longer has at that sequence number. Empty when all hold."""
     problems: list[str] = []
     with engine.connect() as connection:
         hashes = dict(connection.execute(select(ChangeLogRow.seq, ChangeLogRow.entry_hash)).all())
     for point in checkpoints(engine):
-        problems.extend(_check(point, public_key, hashes.get(point.seq)))
+        problems.extend(_check(point, trusted, hashes.get(point.seq)))
     return problems
 
 
 def verify_checkpoint_offline(
-    point: Checkpoint, public_key: Ed25519PublicKey, exported_lines: list[str]
+    point: Checkpoint, trusted: Keyring, exported_lines: list[str]
 ) -> list[str]:
     """Check a checkpoint against an export (JSON lines) alone: recompute the chain up to its
-    sequence number and compare the head, then the signature."""
-    prev_hash = GENESIS
+    sequence number, check each signed entry's signature (unsigned entries may only come
+    first: the history before entries were signed, which this checkpoint covers), compare the
+    head, then check the checkpoint's signature."""
+    prev_hash, signed_seen = GENESIS, False
     for line in exported_lines:
         entry = json.loads(line)
         if entry["seq"] > point.seq:
@@ -170,8 +122,16 @@ def verify_checkpoint_offline(
         entry["recorded_at"] = datetime.fromisoformat(entry["recorded_at"])
         if entry["prev_hash"] != prev_hash or entry_hash(prev_hash, entry) != entry["entry_hash"]:
             return [f"the export's chain breaks at entry {entry['seq']}"]
+        signature = entry.get("signature")
+        if signature is not None or signed_seen:
+            signed_seen = True
+            problem = entry_problem(
+                trusted, entry["seq"], entry["entry_hash"], entry.get("key_id"), signature
+            )
+            if problem is not None:
+                return [problem]
         prev_hash = entry["entry_hash"]
-    return _check(point, public_key, prev_hash)
+    return _check(point, trusted, prev_hash)
 
 
 def _message(seq: int, head_hash: str) -> bytes:
@@ -179,14 +139,16 @@ def _message(seq: int, head_hash: str) -> bytes:
     return f"{seq}:{head_hash}".encode("ascii")
 
 
-def _check(point: Checkpoint, public_key: Ed25519PublicKey, head: str | None) -> list[str]:
+def _check(point: Checkpoint, trusted: Keyring, head: str | None) -> list[str]:
     problems: list[str] = []
-    if point.key_id != key_id(public_key):
-        problems.append(f"checkpoint {point.seq} was signed by another key")
-    try:
-        public_key.verify(bytes.fromhex(point.signature), point.message())
-    except (InvalidSignature, ValueError):
-        problems.append(f"checkpoint {point.seq}: the signature does not verify")
+    public_key = trusted.get(point.key_id)
+    if public_key is None:
+        problems.append(f"checkpoint {point.seq} was signed by another key (not a trusted one)")
+    else:
+        try:
+            public_key.verify(bytes.fromhex(point.signature), point.message())
+        except (InvalidSignature, ValueError):
+            problems.append(f"checkpoint {point.seq}: the signature does not verify")
     if head != point.head_hash:
         problems.append(f"checkpoint {point.seq}: the log's head there is not the signed one")
     return problems

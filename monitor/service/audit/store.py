@@ -1,8 +1,12 @@
-"""The change log: every governed event, append-only and hash-chained.
+"""The change log: every governed event, append-only, hash-chained and signed.
 
 Each entry stores ``entry_hash = SHA-256(prev_hash + canonical JSON of the entry)``, the first
 entry's ``prev_hash`` being 64 zeros; so editing, inserting or deleting any entry breaks every
-hash after it, and :func:`verify` names the first entry that does not match. Appends are
+hash after it, and :func:`verify` names the first entry that does not match. The chain hash is
+public arithmetic, so each entry is also signed with the audit key (``keys.py``), which the
+database never holds: a row inserted with database credentials alone, however well hashed, is
+named by :func:`verify` as unsigned or forged. Entries written before signing began (migration
+0014) are reported as unsigned history, covered by the first signed checkpoint. Appends are
 serialised by a transaction-scoped PostgreSQL advisory lock, so two writers never give two
 entries one sequence number (the chain never forks); on SQLite the database's single writer does
 the same. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on the table (migration
@@ -27,8 +31,9 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, Engine, select, text
 
+from monitor.service.audit import keys
 from monitor.service.db import Page, as_utc, page_of, table_of
-from monitor.service.models import ChangeLogRow
+from monitor.service.models import ChangeLogRow, ChangeLogUnsignedRow
 
 GENESIS: Final = "0" * 64
 _LOCK_KEY: Final = 0x52534C4F47  # "RSLOG": the change log's advisory lock
@@ -43,6 +48,8 @@ _EXPORT_COLUMNS: Final = (
     "details",
     "prev_hash",
     "entry_hash",
+    "key_id",
+    "signature",
 )
 
 
@@ -68,10 +75,32 @@ class Verification:
     head_hash: str
     first_bad_seq: int | None = None
     problem: str | None = None
+    signatures_checked: bool = False
+    """Whether each entry's signature was checked against trusted keys (else the chain only)."""
+    unsigned_through: int = 0
+    """Entries 1 to this were written before entries were signed (migration 0014)."""
 
     @property
     def ok(self) -> bool:
         return self.first_bad_seq is None
+
+    def summary(self) -> str:
+        """One line for people: what verified, and the unsigned history if any."""
+        if not self.ok:
+            return (
+                f"change log broken at entry {self.first_bad_seq}: {self.problem} "
+                f"({self.entries} entries before it verified)"
+            )
+        signed = (
+            "signed and chained" if self.signatures_checked else "chained (signatures not checked)"
+        )
+        text = f"change log intact: {self.entries} entries {signed}, head {self.head_hash}"
+        if self.unsigned_through:
+            text += (
+                f"; entries 1-{self.unsigned_through} unsigned, before "
+                f"{self.unsigned_through + 1} (written before entries were signed)"
+            )
+        return text
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
@@ -98,6 +127,18 @@ def intact(row: ChangeLogRow) -> bool:
     entry alone; :func:`verify` checks the links between entries as well)."""
     fields = {column: getattr(row, column) for column in _EXPORT_COLUMNS}
     return entry_hash(row.prev_hash, fields) == row.entry_hash
+
+
+def authentic(row: ChangeLogRow, trusted: keys.Keyring, unsigned_history: int) -> bool:
+    """Whether a stored entry is :func:`intact` and a trusted key signed it, or it is unsigned
+    history from before entries were signed (``seq <= unsigned_history``): what promotion and
+    rollback require of each entry they rely on."""
+    if not intact(row):
+        return False
+    if row.signature is None and row.seq <= unsigned_history:
+        return True
+    problem = keys.entry_problem(trusted, row.seq, row.entry_hash, row.key_id, row.signature)
+    return problem is None
 
 
 def lock(connection: Connection) -> None:
@@ -128,6 +169,7 @@ def append(connection: Connection, entry: Entry, now: datetime | None = None) ->
         "prev_hash": prev_hash,
     }
     row["entry_hash"] = entry_hash(prev_hash, row)
+    row["key_id"], row["signature"] = keys.sign_entry(keys.entry_key(), row["entry_hash"])
     connection.execute(table_of(ChangeLogRow).insert().values(**row))
     return ChangeLogRow(**row)
 
@@ -212,19 +254,40 @@ def search(
     return page_of(engine, ChangeLogRow, conditions, (ChangeLogRow.seq.desc(),), limit, offset)
 
 
-def verify(engine: Engine) -> Verification:
-    """Recompute the chain from the first entry; the first entry that does not match, if any."""
+def unsigned_through(connection: Connection) -> int:
+    """How many entries the log held when entries began to be signed (0: every entry is)."""
+    return connection.scalar(select(ChangeLogUnsignedRow.through_seq).limit(1)) or 0
+
+
+def verify(engine: Engine, trusted: keys.Keyring | None = None) -> Verification:
+    """Recompute the chain from the first entry and, given ``trusted`` public keys, check each
+    entry's signature; the first entry that does not hold, if any.
+
+    Unsigned entries are accepted only up to :func:`unsigned_through` (history written before
+    signing began); any later one was inserted without the audit key."""
+    with engine.connect() as connection:
+        legacy = unsigned_through(connection) if trusted is not None else 0
     prev_hash, expected_seq, count = GENESIS, 1, 0
+
+    def broken(seq: int, problem: str) -> Verification:
+        return Verification(count, prev_hash, seq, problem, trusted is not None, min(legacy, count))
+
     for row in entries(engine):
         fields = {column: getattr(row, column) for column in _EXPORT_COLUMNS}
         if row.seq != expected_seq:
-            return Verification(count, prev_hash, row.seq, f"expected entry {expected_seq} next")
+            return broken(row.seq, f"expected entry {expected_seq} next")
         if row.prev_hash != prev_hash:
-            return Verification(count, prev_hash, row.seq, "prev_hash is not the previous hash")
+            return broken(row.seq, "prev_hash is not the previous hash")
         if entry_hash(prev_hash, fields) != row.entry_hash:
-            return Verification(count, prev_hash, row.seq, "content does not match its hash")
+            return broken(row.seq, "content does not match its hash")
+        if trusted is not None and not (row.signature is None and row.seq <= legacy):
+            problem = keys.entry_problem(
+                trusted, row.seq, row.entry_hash, row.key_id, row.signature
+            )
+            if problem is not None:
+                return broken(row.seq, problem)
         prev_hash, expected_seq, count = row.entry_hash, expected_seq + 1, count + 1
-    return Verification(count, prev_hash)
+    return Verification(count, prev_hash, None, None, trusted is not None, min(legacy, count))
 
 
 def export(engine: Engine, fmt: Literal["json", "csv"]) -> str:

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.audit.config import record_config
 from monitor.service.db import make_engine
 from monitor.service.drift.store import DriftMonitor, limit_torch_threads
 from monitor.service.health import Health, serve_probes
@@ -49,8 +48,9 @@ def consume(
     except BrokerNotFound as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    # No record_config here: the consumer's role may not write the change log (docs/deploy.md,
+    # "Database roles"). Its settings are the ones serve and the scheduler record at start.
     engine = make_engine(settings.database_url)
-    record_config(engine, settings, actor="radsentry-consume")
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from monitor.events import Identifier
 from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
+from monitor.service.db import as_utc
 from monitor.service.deps import EngineDep, PageOffset, Reason
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion
@@ -228,14 +229,38 @@ def get_candidate(
     responses={404: {}},
 )
 def evidence_html(candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> str:
-    """The gate's evidence report as a readable page."""
+    """The gate's evidence report as a readable page, with the decision record as of now: the
+    status, each signature (printed name, UTC time, meaning), the promotion and the rollback."""
     from monitor.service.pccp.jobs import report_of  # torch, mlflow: only when asked
-    from pccp.evidence import report_html
+    from pccp.evidence import DecisionRecord, Signature, report_html
 
-    report = report_of(visible(engine, candidate_id, principal))
+    row = visible(engine, candidate_id, principal)
+    report = report_of(row)
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the gate has not evaluated it yet")
-    return report_html(report)
+    decision = DecisionRecord(
+        as_of=datetime.now(UTC),
+        status=row.status,
+        approvals_required=row.approvals_required,
+        signatures=[
+            Signature(
+                signer=s.signer,
+                signer_name=s.signer_name,
+                decision=s.decision,
+                meaning=s.meaning,
+                reason=s.reason,
+                signed_at=as_utc(s.signed_at),
+                change_log_seq=s.change_log_seq,
+            )
+            for s in candidates_store.signatures(engine, row.candidate_id)
+        ],
+        promoted_at=None if row.promoted_at is None else as_utc(row.promoted_at),
+        promoted_by=row.promoted_by,
+        previous_champion=row.previous_champion,
+        rolled_back_at=None if row.rolled_back_at is None else as_utc(row.rolled_back_at),
+        rolled_back_by=row.rolled_back_by,
+    )
+    return report_html(report, decision)
 
 
 @router.get("/candidates/{candidate_id}/evidence.json", responses={404: {}})

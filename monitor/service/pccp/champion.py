@@ -8,9 +8,10 @@ moves the alias: of two promotions racing, the second sees the first's champion 
 
 **Promotion re-verifies from first principles.** A candidate's ``status`` is only what the last
 writer of its row set, and the service's database credentials are enough to write it. Promotion
-therefore also checks, with :func:`pccp.promotion.verify`, the change log's hash-checked
-``gate.result`` entry (outcome ``passed``, the plan, the digest of the stored evidence), every
-approval against its ``approval`` entry, the four-eyes rule and the plan's number of approvers,
+therefore also checks, with :func:`pccp.promotion.verify`, the change log's ``gate.result``
+entry (its hash recomputes and the audit key signed it; outcome ``passed``, the plan, the
+digest of the stored evidence), every approval against its ``approval`` entry (as authentic),
+the four-eyes rule and the plan's number of approvers,
 and that the champion is still the version the gate compared against. A failed check is 409 with
 its reason (:func:`_refused`); nothing moves and nothing is logged.
 
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 import structlog
 from sqlalchemy import Connection, Engine, select, text
 
+from monitor.service.audit import keys
 from monitor.service.audit import store as change_log
 from monitor.service.db import table_of
 from monitor.service.errors import Conflict, IllegalTransition
@@ -190,7 +192,8 @@ def _check_logged_promotion(connection: Connection, row: CandidateRow, restored:
         if entry.details.get("candidate_id") == str(row.candidate_id)
     ]
     name = f"{row.model_name} version {row.model_version}"
-    if not logged or not change_log.intact(logged[-1]):
+    trusted, history = keys.process_keyring(), change_log.unsigned_through(connection)
+    if not logged or not change_log.authentic(logged[-1], trusted, history):
         raise Conflict(f"not rolled back: the change log holds no intact promotion entry of {name}")
     replaced = logged[-1].details.get("previous_champion")
     if replaced != restored:
@@ -216,8 +219,9 @@ def _claim(row: CandidateRow) -> promotion.Claim:
 
 def _logged(connection: Connection, row: CandidateRow) -> list[promotion.LoggedEntry]:
     """The change log's entries about the candidate's version that promotion reads, each with
-    whether its hash recomputes."""
+    whether its hash recomputes and a trusted audit key signed it."""
     subject = store.subject_of(row.model_name, row.model_version)
+    trusted, history = keys.process_keyring(), change_log.unsigned_through(connection)
     return [
         promotion.LoggedEntry(
             seq=entry.seq,
@@ -225,7 +229,7 @@ def _logged(connection: Connection, row: CandidateRow) -> list[promotion.LoggedE
             actor=entry.actor,
             plan_version=entry.plan_version,
             details=entry.details,
-            intact=change_log.intact(entry),
+            intact=change_log.authentic(entry, trusted, history),
         )
         for entry in change_log.about(connection, subject, _VERIFIED_ACTIONS)
     ]
