@@ -42,6 +42,7 @@ _AUDIT_KEY_DIR = tempfile.mkdtemp(prefix="radsentry-audit-key-")
 atexit.register(shutil.rmtree, _AUDIT_KEY_DIR, True)
 os.environ["RADSENTRY_AUDIT__SIGNING_KEY_FILE"] = str(Path(_AUDIT_KEY_DIR) / "signing.key")
 SESSION_AUDIT_KEY = load_or_create_key(Path(_AUDIT_KEY_DIR) / "signing.key", create=True)
+sign_entries_with_key(SESSION_AUDIT_KEY)  # for fixtures of any scope that write the log
 
 
 @pytest.fixture(autouse=True)

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.events import InferenceEvent
 from monitor.performance.rules import RulesConfig
 from monitor.service.audit import store as change_log
+from monitor.service.audit.keys import entry_key
 from monitor.service.audit.signing import checkpoint
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
@@ -123,7 +123,7 @@ def govern(engine: Engine) -> None:
             actor="mlops-ann", action="config.changed", subject="drift", details={"seeded": True}
         ),
     )
-    checkpoint(engine, Ed25519PrivateKey.generate())
+    checkpoint(engine, entry_key())  # the key that signed the entries
 
 
 def _gated(engine: Engine, version: str, site_id: str, request_id: uuid.UUID | None) -> uuid.UUID:

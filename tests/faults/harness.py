@@ -261,6 +261,8 @@ def radsentry_env(
         "RADSENTRY_DATABASE__URL": database_url,
         "RADSENTRY_LOGGING__JSON_OUTPUT": "true",
     }
+    # The audit key the test process signs with too (tests/conftest.py): one deployment's key.
+    env["RADSENTRY_AUDIT__SIGNING_KEY_FILE"] = os.environ["RADSENTRY_AUDIT__SIGNING_KEY_FILE"]
     if kafka is not None:
         env |= {
             "RADSENTRY_KAFKA__BOOTSTRAP_SERVERS": json.dumps(kafka.bootstrap_servers),

@@ -75,6 +75,8 @@ def _env(data_dir: Path, pg_url: str, kafka: KafkaSettings) -> dict[str, str]:
         "RADSENTRY_PERFORMANCE__ESTIMATE_REFERENCE": "150",
         "RADSENTRY_PERFORMANCE__ESTIMATE__MIN_REFERENCE": "100",
     }
+    # The audit key the test process signs with too (tests/conftest.py): one deployment's key.
+    env["RADSENTRY_AUDIT__SIGNING_KEY_FILE"] = os.environ["RADSENTRY_AUDIT__SIGNING_KEY_FILE"]
     return env
 
 
