@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, cast
@@ -27,6 +28,7 @@ from monitor.service.drift.api import router as drift_router
 from monitor.service.errors import Conflict, Forbidden, NotFound
 from monitor.service.ingest.api import router as sites_router
 from monitor.service.kafka import broker_reachable
+from monitor.service.limits import RequestLimits
 from monitor.service.metrics_db import database_collector
 from monitor.service.pccp.api import router as candidates_router
 from monitor.service.performance.api import router as performance_router
@@ -81,10 +83,22 @@ class _EscapedJSONResponse(JSONResponse):
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's own answer to an invalid request, escaped (:class:`_EscapedJSONResponse`)."""
+    """FastAPI's own answer to an invalid request, escaped (:class:`_EscapedJSONResponse`), with
+    the non-finite numbers it echoes (NaN, Infinity: Python's JSON parser accepts them, JSON has
+    none) written as text, so that the 422 itself renders."""
     errors = cast(RequestValidationError, exc).errors()  # registered for this class only
-    content = {"detail": jsonable_encoder(errors)}
+    content = {"detail": _finite(jsonable_encoder(errors))}
     return _EscapedJSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 ROUTERS = (
@@ -201,6 +215,13 @@ def create_app(
     app.state.token_verifier = TokenVerifier(settings)  # keys read (and JWKS cached) once
     registry = _LazyRegistry(settings)
     app.state.registry_factory = lambda: registry
+    # Outside routing and every dependency: oversized requests never reach authentication.
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.api.max_body_bytes,
+        max_header_bytes=settings.api.max_header_bytes,
+        max_upload_bytes=settings.api.max_upload_bytes,
+    )
     for router in ROUTERS:
         app.include_router(router, responses=AUTH_ERRORS)
     app.include_router(operations)  # no token: the probes and /metrics

@@ -142,6 +142,10 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(type(exc).__name__) from None
+        except (TypeError, ValueError):
+            # A header naming an accepted algorithm of another key type (ES256 against an RSA
+            # key), or malformed key material in a JWKS: the library raises these, not its own.
+            raise InvalidToken("the token's algorithm does not fit the key") from None
         return self._principal(claims)
 
     def _signing_key(self, token: str) -> Any:

@@ -25,6 +25,7 @@ from monitor.service.health import Health, serve_probes
 from monitor.service.ingest import cli as ingest_cli
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
+from monitor.service.limits import server_limits
 from monitor.service.pccp import cli as pccp_cli
 from monitor.service.retrain import cli as retrain_cli
 from monitor.service.roles import RoleSetupError, grant_roles, take_ownership
@@ -123,7 +124,13 @@ def serve(
             f"(broker {','.join(bootstrap)}, database {engine.url.get_backend_name()})"
         )
         try:
-            uvicorn.run(api, host=host, port=port, log_level="warning")
+            uvicorn.run(
+                api,
+                host=host,
+                port=port,
+                log_level="warning",
+                **server_limits(settings.api.max_header_bytes),
+            )
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)

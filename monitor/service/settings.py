@@ -112,6 +112,24 @@ class EdgeSettings(BaseModel):
 class ApiSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="A request body larger than this is refused with 413 before it is read "
+        "(monitor/service/limits.py); the Helm chart's Ingress sets the same limit.",
+    )
+    max_upload_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="The limit of the one upload route, a stream's reference events "
+        "(POST /sites/{site_id}/reference).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=4096,
+        description="Request headers larger than this in all are refused with 431; the server "
+        "itself reads at most four times as much, then answers 400 and closes.",
+    )
 
 
 class PerformanceSettings(BaseModel):

@@ -371,3 +371,81 @@ def carries_no_pseudonym_or_identifier(pseudonyms: frozenset[str]) -> CheckFunct
 def sent_text(case: FuzzCase) -> str:
     """Everything the request said, as text (what an error message may echo back)."""
     return json.dumps([case.path_parameters, case.query, case.body], default=str)
+
+
+# --- the edges: headers and numbers no schema describes ----------------------------------------
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=200)
+"""What a header value can carry at all (HTTP clients refuse the rest before sending)."""
+
+AUTHORIZATION = st.one_of(
+    HEADER_TEXT,
+    st.builds(lambda token: f"Bearer {token}", HEADER_TEXT),
+    st.builds(
+        lambda header, payload: (
+            f"Bearer {base64url(json.dumps(header))}.{base64url(json.dumps(payload))}."
+        ),
+        st.dictionaries(
+            st.sampled_from(["alg", "kid", "typ", "jku", "x5u", "crit"]),
+            st.one_of(
+                st.sampled_from(["none", "HS256", "RS256", "ES256", "EdDSA", "PS512", ""]),
+                st.integers(),
+                st.none(),
+                st.lists(st.text(max_size=5), max_size=3),
+            ),
+        ),
+        st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=4),
+    ),
+    st.integers(1_000, 200_000).map(lambda size: "Bearer " + "a" * size),
+)
+"""Authorization headers: text, bearer text, unsigned tokens with any header (unknown,
+mismatched or malformed algorithms), and oversized ones."""
+
+NON_FINITE = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+
+
+def base64url(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
+def test_fuzz_the_edges(client: TestClient, method: str, path: str) -> None:
+    """Any Authorization header, and bodies with a non-finite number in any field: never a 5xx;
+    a token that does not verify is 401 (or 413/431 when oversized), a non-finite number in a
+    body 422 (403 first where the route refuses an mlops caller)."""
+    url = path
+    for name in re.findall(r"{(\w+)}", path):
+        url = url.replace(f"{{{name}}}", PLACEHOLDERS.get(name, "1"))
+    mlops = headers(Caller.MLOPS)
+
+    @settings(max_examples=15, deadline=None, derandomize=True, database=None)
+    @given(authorization=AUTHORIZATION, number=NON_FINITE, field=st.sampled_from(FIELDS))
+    def fuzz(authorization: str, number: str, field: str) -> None:
+        forged = client.request(method, url, headers={"Authorization": authorization})
+        if path != "/readyz":  # 503 without a broker, by design (see ``excused``)
+            assert forged.status_code < 500, (authorization[:80], forged.text[:200])
+        if path not in OPEN_ROUTES and path not in FRAMEWORK_ROUTES:
+            assert forged.status_code in (401, 413, 431), (authorization[:80], forged.text[:200])
+        if method in ("POST", "PUT", "PATCH"):
+            body = '{"' + field + '": ' + number + "}"
+            answer = client.request(
+                method, url, content=body, headers={**mlops, "Content-Type": "application/json"}
+            )
+            assert answer.status_code in (403, 422), (field, number, answer.text[:200])
+
+    fuzz()
+
+
+PLACEHOLDERS = {
+    "candidate_id": "00000000-0000-0000-0000-000000000001",
+    "alert_id": "00000000-0000-0000-0000-000000000002",
+    "request_id": "00000000-0000-0000-0000-000000000003",
+    "site_id": "site-01",
+    "model_name": "cxr-lesion",
+}
+"""Well-formed path parameters, so that the token is what is judged."""
+
+FIELDS = ("reason", "model_name", "model_version", "expected_version", "note", "events", "x")
+"""Body fields to put a non-finite number in: every request body's, and an unknown one."""
