@@ -76,19 +76,20 @@ _DATE_FORMS: Final = (
     rf"{_YEAR}([-/]){_MONTH}\2{_DAY}",
     rf"{_DAY}([-/.]){_DAY}\3{_YEAR}",  # day or month first, four-digit year
     rf"{_DAY}/{_DAY}/\d\d",
-    rf"{_DAY}[-\s/.]?{_MONTH_NAME}(?![a-z])\.?[-\s/.,]*(?:{_YEAR}|\d\d)",
-    rf"(?<![a-z]){_MONTH_NAME}\.?\s+{_DAY},?\s+{_YEAR}",
+    rf"{_DAY}[-\s/.]?(?i:{_MONTH_NAME})(?![a-zA-Z])\.?[-\s/.,]*(?:{_YEAR}|\d\d)",
 )
-_DATE: Final = re.compile(r"(?<!\d)(?:" + "|".join(_DATE_FORMS) + r")(?!\d)", re.IGNORECASE)
+# Every pattern starts with a digit: the lookahead lets the regex engine skip to the digits (an
+# alternation tried at every character, month names above all, cost about 3 us per value).
+_DATE: Final = re.compile(r"(?=\d)(?<!\d)(?:" + "|".join(_DATE_FORMS) + r")(?!\d)")
+_DATE_HINT: Final = re.compile(rf"{_YEAR}|\d/|\d[-\s/.]?[a-zA-Z]{{3}}")
+"""What every date form contains (a four-digit year, a slash after a digit, or a day before a
+month name): versions such as "4.30.0.12" skip the date patterns, which cost 3-5 us each."""
+_DAY_YEAR: Final = re.compile(rf"(?=\d)(?<!\d){_DAY},?\s+{_YEAR}(?!\d)")
+_MONTH_BEFORE: Final = re.compile(rf"(?<![a-z]){_MONTH_NAME}\.?\s+\Z", re.IGNORECASE)
+"""With ``_DAY_YEAR``, the month-first form ("April 7, 1961"), searched from its digits."""
 _UID: Final = re.compile(r"\d+(?:\.\d+){4,}")
 _DIGITS: Final = re.compile(r"\d{6,}")
-
-_RULES: Final = (
-    (PhiRule.PERSON_NAME, re.compile(r"\^")),
-    (PhiRule.UID, _UID),
-    (PhiRule.DATE, _DATE),
-    (PhiRule.DIGITS, _DIGITS),
-)
+_THREE_DIGITS: Final = re.compile(r"\d\D*\d\D*\d")
 
 
 def screen_text(value: str) -> PhiRule | None:
@@ -97,10 +98,22 @@ def screen_text(value: str) -> PhiRule | None:
     A match anywhere in the value counts: "Revolution 1.2.840.113619.2.55.3" is refused as
     ``uid``. Digits are matched as Unicode digits, so other scripts' numerals count too.
     """
-    for rule, pattern in _RULES:
-        if pattern.search(value):
-            return rule
+    if "^" in value:
+        return PhiRule.PERSON_NAME
+    if not _THREE_DIGITS.search(value):
+        return None  # the shortest date ("7 Apr 61") has three digits, the other rules more
+    if _UID.search(value):
+        return PhiRule.UID
+    if _DATE_HINT.search(value) and (_DATE.search(value) or _month_first_date(value)):
+        return PhiRule.DATE
+    if _DIGITS.search(value):
+        return PhiRule.DIGITS
     return None
+
+
+def _month_first_date(value: str) -> bool:
+    days = _DAY_YEAR.finditer(value)
+    return any(_MONTH_BEFORE.search(value, 0, found.start()) for found in days)
 
 
 def looks_like_uid(value: str) -> bool:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from monitor import phi
 from monitor.phi import DESCRIPTIONS, PhiRule, looks_like_uid, screen_text
 from monitor.simulate.profiles import PROFILES
 
@@ -117,3 +118,17 @@ def test_uid_rule_is_the_one_dicom_uri_uses() -> None:
 def test_every_rule_is_described_without_a_value() -> None:
     assert set(DESCRIPTIONS) == set(PhiRule)
     assert all("{" not in text for text in DESCRIPTIONS.values())
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["0", "1", "7", "19", "20", "61", "04", "/", "-", ".", " ", ",", "Apr", "x"]
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_the_date_hint_never_skips_a_date(value: str) -> None:
+    # screen_text tries the date patterns only where the cheap hint matches.
+    if not phi._DATE_HINT.search(value):
+        assert not phi._DATE.search(value) and not phi._month_first_date(value)
