@@ -26,6 +26,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from monitor.phi import DESCRIPTIONS, looks_like_uid, screen_text
 
 INFERENCE_SCHEMA: Final = "inference-event/v1"
 LABEL_SCHEMA: Final = "label-event/v1"
@@ -41,8 +44,23 @@ StudyKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 FindingName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Number = Annotated[float, Field(allow_inf_nan=False)]
-Text = Annotated[str, StringConstraints(max_length=64)]
-"""DICOM LO/SH/CS values are at most 64 characters; longer strings are free text, not metadata."""
+PHI_ERROR: Final = "phi_suspected"
+"""The pydantic error type of a text value refused by :func:`monitor.phi.screen_text`."""
+
+
+def _no_phi(value: str) -> str:
+    rule = screen_text(value)
+    if rule is not None:
+        # The message names the rule, never the value (reasons go to logs and DLQ headers).
+        raise PydanticCustomError(
+            PHI_ERROR, "looks like {form}, not allowed in metadata", {"form": DESCRIPTIONS[rule]}
+        )
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=64), AfterValidator(_no_phi)]
+"""DICOM LO/SH/CS values are at most 64 characters; longer strings are free text, not metadata.
+A value in the form of a person name, UID, date or identifier number is refused (monitor/phi.py)."""
 
 NumberOrList = Annotated[
     Number | Annotated[list[Number], Field(max_length=16)], Field(union_mode="left_to_right")
@@ -55,7 +73,6 @@ AGE_BANDS: Final = (*(f"{lo}-{lo + 9}" for lo in range(0, 90, 10)), "90+")
 """Ten-year bands; ages over 89 are pooled as HIPAA Safe Harbor requires."""
 
 _NON_FINITE = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity)\b")
-_UID_LIKE = re.compile(r"\d+(?:\.\d+){4,}")
 
 
 def _utc(value: datetime) -> datetime:
@@ -69,7 +86,7 @@ def _no_dicom_uid(uri: str | None) -> str | None:
     # A WADO-RS URL normally embeds Study/Series/SOP Instance UIDs, which are identifiers under
     # DICOM PS3.15 Annex E. Edges must hand out an opaque locator (e.g. a path named by study_key
     # or a de-identifying gateway's URL) instead.
-    if uri is not None and _UID_LIKE.search(uri):
+    if uri is not None and looks_like_uid(uri):
         raise ValueError("contains what looks like a DICOM UID; use an opaque locator")
     return uri
 
@@ -189,6 +206,8 @@ class RejectCode(StrEnum):
     UNKNOWN_SCHEMA = "unknown_schema"
     WRONG_TOPIC = "wrong_topic"
     INVALID = "invalid"
+    PHI = "phi"
+    """A metadata text value in the form of an identifier (monitor/phi.py); also invalid."""
 
 
 class InvalidEvent(ValueError):
@@ -250,9 +269,9 @@ def parse_event(raw: bytes, expected_schema: str | None = None) -> Event:
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        raise InvalidEvent(
-            RejectCode.INVALID, describe_errors(exc), redact(document, exc)
-        ) from None
+        phi = any(error["type"] == PHI_ERROR for error in exc.errors())
+        code = RejectCode.PHI if phi else RejectCode.INVALID
+        raise InvalidEvent(code, describe_errors(exc), redact(document, exc)) from None
 
 
 _SAFE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -266,8 +285,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def describe_errors(exc: ValidationError) -> str:
     """One line per problem, naming the field and the rule, never the offending value."""
+    errors = exc.errors(include_input=False, include_url=False)
     lines = []
-    for error in exc.errors(include_input=False, include_url=False):
+    for error in _without_other_branches(errors):
         loc = tuple(p for p in error["loc"] if not _is_union_branch(p))
         if error["type"] == "extra_forbidden" and loc[:1] == ("metadata",):
             message = "not an allowed metadata key (see the allowlist in docs/events.md)"
@@ -277,6 +297,24 @@ def describe_errors(exc: ValidationError) -> str:
             message = error["msg"]
         lines.append(f"{_location(loc)}: {message}")
     return "; ".join(dict.fromkeys(lines))
+
+
+_WRONG_BRANCH: Final = frozenset({"string_type", "list_type"})
+
+
+def _without_other_branches(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Drop "should be a valid string/list" from a text-or-list field when its other branch
+    says what is actually wrong ("Manufacturer: looks like a date", not also "should be a list")."""
+
+    def field(error: ErrorDetails) -> tuple[int | str, ...]:
+        loc = error["loc"]
+        branch = next((i for i, p in enumerate(loc) if _is_union_branch(p)), len(loc))
+        return tuple(loc[:branch])
+
+    explained = {
+        field(e) for e in errors if e["type"] not in _WRONG_BRANCH and field(e) != e["loc"]
+    }
+    return [e for e in errors if not (e["type"] in _WRONG_BRANCH and field(e) in explained)]
 
 
 def _is_union_branch(part: int | str) -> bool:

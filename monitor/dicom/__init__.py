@@ -17,7 +17,13 @@ from monitor.dicom.errors import (
     UnsupportedPixelDataError,
 )
 from monitor.dicom.extract import StudyFeatures, extract_features, read_dataset
-from monitor.dicom.metadata import age_band, extract_metadata, study_key_for
+from monitor.dicom.metadata import (
+    ScreenedMetadata,
+    age_band,
+    extract_metadata,
+    screen_metadata,
+    study_key_for,
+)
 from monitor.dicom.pixels import MAX_FRAMES, PIXEL_STAT_NAMES, pixel_statistics
 
 __all__ = [
@@ -30,6 +36,7 @@ __all__ = [
     "MissingStudyUIDError",
     "NoPixelDataError",
     "NotDicomError",
+    "ScreenedMetadata",
     "StudyFeatures",
     "UnreadableFileError",
     "UnsupportedPixelDataError",
@@ -38,5 +45,6 @@ __all__ = [
     "extract_metadata",
     "pixel_statistics",
     "read_dataset",
+    "screen_metadata",
     "study_key_for",
 ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
 import pydicom
@@ -27,9 +27,10 @@ from monitor.dicom.errors import (
     NotDicomError,
     UnreadableFileError,
 )
-from monitor.dicom.metadata import extract_metadata, get_value, study_key_for
+from monitor.dicom.metadata import get_value, screen_metadata, study_key_for
 from monitor.dicom.pixels import PIXEL_KEYWORDS, pixel_statistics
 from monitor.events import DicomMetadata
+from monitor.phi import PhiRule
 
 UNKNOWN_MODALITY: Final = "OT"
 _MODALITY: Final = re.compile(r"^[A-Z0-9]{1,16}$")
@@ -49,6 +50,9 @@ class StudyFeatures:
     modality: str
     metadata: DicomMetadata
     pixel_stats: dict[str, float]
+    phi_dropped: Mapping[str, PhiRule] = field(default_factory=dict)
+    """Text fields left out of ``metadata`` because their value looked like PHI: keyword ->
+    the rule it matched (monitor/phi.py). Names and rules only, never the values."""
 
 
 def extract_features(source: str | os.PathLike[str] | Dataset, site_key: bytes) -> StudyFeatures:
@@ -70,7 +74,8 @@ def extract_features(source: str | os.PathLike[str] | Dataset, site_key: bytes) 
             raise MissingStudyUIDError("the data set has no StudyInstanceUID")
         study_key = study_key_for(uid, site_key)
     with _stage("reading the allowlisted metadata"):
-        metadata = extract_metadata(ds)
+        screened = screen_metadata(ds)
+    metadata = screened.metadata
     with _stage("computing pixel statistics"):
         stats = pixel_statistics(ds)
     modality = metadata.Modality if metadata.Modality is not None else ""
@@ -79,6 +84,7 @@ def extract_features(source: str | os.PathLike[str] | Dataset, site_key: bytes) 
         modality=modality if _MODALITY.match(modality) else UNKNOWN_MODALITY,
         metadata=metadata,
         pixel_stats=stats,
+        phi_dropped=screened.phi_dropped,
     )
 
 

@@ -3,7 +3,8 @@
 Only the keywords of :class:`monitor.events.DicomMetadata` are read; everything else in the data
 set (names, IDs, dates, UIDs, institution, station and operator names: DICOM PS3.15 Annex E) is
 never touched here, so it cannot leak by accident. ``PatientAge`` is read only to derive a
-ten-year band.
+ten-year band. Allowlisted text that has the form of an identifier (a ``^`` name, a UID, a date, six
+or more digits: :mod:`monitor.phi`) is dropped, and :func:`screen_metadata` says which fields.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import hashlib
 import hmac
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Final
 
 from pydantic import ValidationError
@@ -20,6 +22,7 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 
 from monitor.events import DicomMetadata
+from monitor.phi import PhiRule, screen_text
 
 NUMERIC_KEYS: Final = frozenset(
     {
@@ -75,15 +78,41 @@ def study_key_for(study_instance_uid: str, site_key: bytes) -> str:
     return hmac.new(site_key, uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class ScreenedMetadata:
+    """The allowlisted metadata of a data set, and the text fields withheld as possible PHI."""
+
+    metadata: DicomMetadata
+    phi_dropped: Mapping[str, PhiRule]
+    """Keyword -> the rule of :func:`monitor.phi.screen_text` that its value matched."""
+
+
 def extract_metadata(ds: Dataset) -> DicomMetadata:
     """The allowlisted metadata of ``ds``; attributes that are absent or invalid are omitted.
 
     One bad attribute never loses the study: each value is converted on its own, and a value the
-    contract rejects is dropped, not the record.
+    contract rejects is dropped, not the record. Text in the form of a name, UID, date or
+    identifier number is dropped too; :func:`screen_metadata` also says which fields.
+    """
+    return screen_metadata(ds).metadata
+
+
+def screen_metadata(ds: Dataset) -> ScreenedMetadata:
+    """:func:`extract_metadata`, plus the text fields dropped by the PHI screen and why.
+
+    A text field is dropped whole when any of its values (the first ``MAX_ITEMS``) matches a
+    rule; the values are screened before truncation to 64 characters, so that an identifier cut
+    in two by the limit does not leave in part.
     """
     raw: dict[str, Value] = {}
+    dropped: dict[str, PhiRule] = {}
     for keyword in sorted(NUMERIC_KEYS | TEXT_KEYS):
-        value = _converted(keyword, _lookup(ds, keyword))
+        found = _lookup(ds, keyword)
+        rule = _screened(found) if keyword in TEXT_KEYS else None
+        if rule is not None:
+            dropped[keyword] = rule
+            continue
+        value = _converted(keyword, found)
         if value is not None:
             raw[keyword] = value
     sex = _text(_lookup(ds, "PatientSex"))
@@ -92,7 +121,7 @@ def extract_metadata(ds: Dataset) -> DicomMetadata:
     band = age_band(_lookup(ds, "PatientAge"))
     if band is not None:
         raw["PatientAgeBand"] = band
-    return _validated(raw)
+    return ScreenedMetadata(_validated(raw), dropped)
 
 
 def age_band(patient_age: object) -> str | None:
@@ -165,7 +194,24 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _screened(value: object) -> PhiRule | None:
+    """The PHI rule the first of the text values in ``value`` to match one matches, or None."""
+    items = list(value)[:MAX_ITEMS] if isinstance(value, MultiValue | list | tuple) else [value]
+    for item in items:
+        text = _untruncated(item)
+        rule = screen_text(text) if text is not None else None
+        if rule is not None:
+            return rule
+    return None
+
+
 def _text(value: object) -> str | None:
+    text = _untruncated(value)
+    text = text[:MAX_TEXT].strip(_PAD) if text is not None else None
+    return text or None
+
+
+def _untruncated(value: object) -> str | None:
     if isinstance(value, bytes):
         try:
             value = value.decode("ascii")
@@ -173,8 +219,7 @@ def _text(value: object) -> str | None:
             return None
     if not isinstance(value, str):
         return None
-    text = value.strip(_PAD)[:MAX_TEXT].strip(_PAD)
-    return text or None
+    return value.strip(_PAD)
 
 
 def _validated(raw: dict[str, Value]) -> DicomMetadata:

@@ -243,7 +243,7 @@ def test_unexpected_errors_are_wrapped_without_their_message(
     def explode(ds: Dataset) -> None:
         raise RuntimeError(f"bad value {PHI['PatientName']}")
 
-    monkeypatch.setattr(extract_module, "extract_metadata", explode)
+    monkeypatch.setattr(extract_module, "screen_metadata", explode)
     with pytest.raises(ExtractionError) as caught:
         extract_features(ct_dataset(), SITE_KEY)
     assert type(caught.value) is ExtractionError

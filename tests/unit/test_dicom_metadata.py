@@ -13,9 +13,10 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian
 
-from monitor.dicom import age_band, extract_metadata, study_key_for
+from monitor.dicom import age_band, extract_metadata, screen_metadata, study_key_for
 from monitor.dicom.metadata import DERIVED_KEYS, MAX_ITEMS, NUMERIC_KEYS, TEXT_KEYS
 from monitor.events import ALLOWED_METADATA_KEYS, DicomMetadata
+from monitor.phi import PhiRule
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
 
@@ -246,3 +247,44 @@ def test_study_key_ignores_uid_padding() -> None:
 def test_study_key_refuses_empty_inputs(uid: str, site_key: bytes) -> None:
     with pytest.raises(ValueError):
         study_key_for(uid, site_key)
+
+
+def test_text_in_an_identifiers_form_is_dropped_and_named() -> None:
+    ds = full_header()
+    ds.ManufacturerModelName = "DOE^JOHN"
+    ds.SoftwareVersions = ["VA10", STUDY_UID]
+    ds.BodyPartExamined = "19610407"
+    ds.ConvolutionKernel = "00123456"
+    screened = screen_metadata(ds)
+    assert screened.phi_dropped == {
+        "ManufacturerModelName": PhiRule.PERSON_NAME,
+        "SoftwareVersions": PhiRule.UID,  # the whole field, its clean value too
+        "BodyPartExamined": PhiRule.DATE,
+        "ConvolutionKernel": PhiRule.DIGITS,
+    }
+    kept = screened.metadata.model_dump(exclude_none=True)
+    assert not set(screened.phi_dropped) & set(kept)
+    assert kept["Manufacturer"] == "ACME Imaging" and kept["KVP"] == 110.0
+    assert extract_metadata(ds) == screened.metadata
+
+
+def test_real_device_strings_are_kept() -> None:
+    screened = screen_metadata(full_header())
+    assert screened.phi_dropped == {}
+    assert screened.metadata == extract_metadata(full_header())
+
+
+def test_values_are_screened_before_truncation() -> None:
+    # Cut at 64 characters, the UID would leave as a harmless-looking four-part prefix and the
+    # MRN as five digits: screening the whole value drops both fields.
+    ds = header(
+        SoftwareVersions="x" * 55 + " 1.2.840.113619.2.55.3",
+        ManufacturerModelName="y" * 61 + "00123456",
+        Manufacturer=["ACME"] * MAX_ITEMS + ["DOE^JOHN"],  # the 17th value never leaves
+    )
+    screened = screen_metadata(ds)
+    assert screened.phi_dropped == {
+        "SoftwareVersions": PhiRule.UID,
+        "ManufacturerModelName": PhiRule.DIGITS,
+    }
+    assert screened.metadata.Manufacturer == ["ACME"] * MAX_ITEMS

@@ -158,3 +158,64 @@ def test_checked_in_json_schemas_match_the_models(name: str) -> None:
     assert (SCHEMA_DIR / name).read_bytes() == render(SCHEMA_FILES[name]), (
         "docs/schemas is stale: run `make schemas`"
     )
+
+
+PHI_TEXT = [
+    ("ManufacturerModelName", "DOE^JOHN", "person name"),
+    ("SoftwareVersions", "1.2.826.0.1.3680043.8.498.10293847561029384756", "DICOM UID"),
+    ("BodyPartExamined", "19610407", "date"),
+    ("ConvolutionKernel", "00123456", "identifier number"),
+    ("Manufacturer", "2026-04-07T09:30:00", "date"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), PHI_TEXT)
+def test_metadata_text_in_an_identifiers_form_is_refused_as_phi(
+    field: str, value: str, rule: str
+) -> None:
+    document = _document(inference_event(0))
+    document["metadata"][field] = value
+    error = _reject(document)
+    assert error.code is RejectCode.PHI
+    assert error.reason.startswith(f"metadata.{field}: looks like ") and rule in error.reason
+    assert "; " not in error.reason  # one problem, not also the union's other branch
+    assert value not in error.reason
+    assert error.redacted is not None and value not in json.dumps(error.redacted)
+    assert error.redacted["metadata"][field] == REDACTED
+    assert error.redacted["metadata"]["Manufacturer" if field != "Manufacturer" else "KVP"]
+
+
+def test_one_identifier_in_a_list_refuses_the_event_and_redacts_the_field() -> None:
+    document = _document(inference_event(0))
+    document["metadata"]["SoftwareVersions"] = ["VA10", "MRN 00123456"]
+    error = _reject(document)
+    assert error.code is RejectCode.PHI
+    assert error.reason == (
+        "metadata.SoftwareVersions.1: looks like an identifier number (six or more digits in a "
+        "row), not allowed in metadata"
+    )
+    assert error.redacted is not None and "00123456" not in json.dumps(error.redacted)
+
+
+def test_phi_outranks_other_problems_in_the_code() -> None:
+    document = _document(inference_event(0))
+    document["metadata"]["BodyPartExamined"] = "DOE^JOHN"
+    document["site_id"] = "not a valid id"
+    error = _reject(document)
+    assert error.code is RejectCode.PHI and "site_id" in error.reason
+
+
+def test_real_device_strings_are_accepted_in_every_text_field() -> None:
+    document = _document(inference_event(0))
+    document["metadata"].update(
+        Manufacturer="Carestream Health",
+        ManufacturerModelName="DRX-Revolution",
+        SoftwareVersions=["VXvue 1.0.1.2", "4.30.0.12", "5.7.412.7005"],
+        ConvolutionKernel=["B30f", "FC13", "STANDARD"],
+        BodyPartExamined="CHEST",
+        ViewPosition="PA",
+        PhotometricInterpretation="MONOCHROME2",
+    )
+    event = parse_event(orjson.dumps(document))
+    assert isinstance(event, InferenceEvent)
+    assert event.metadata.SoftwareVersions == ["VXvue 1.0.1.2", "4.30.0.12", "5.7.412.7005"]

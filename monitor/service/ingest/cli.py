@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections import Counter
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -82,11 +83,20 @@ def consume(
 @app.command()
 def extract(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or directories (recursive).")],
+    file_key: Annotated[
+        bool,
+        typer.Option(
+            "--file-key",
+            help="Add file_key to each line: a keyed hash of the file's path, to match lines to "
+            "files (the path itself is never written).",
+        ),
+    ] = False,
 ) -> None:
     """Extract the PHI-free features of DICOM files, one JSON line per file on stdout.
 
-    Each line holds the study_key, modality, allowlisted metadata and pixel statistics, or the
-    typed error for a file that cannot be used. The study_key is keyed with the site secret
+    Each line holds the study_key, modality, allowlisted metadata, pixel statistics and the
+    text fields dropped as possible PHI (names and rules, never values), or the typed error for a
+    file that cannot be used. The study_key and file_key are keyed with the site secret
     (RADSENTRY_EDGE__HMAC_KEY). Exit status 1 when any file failed.
     """
     from monitor.service.ingest.edge import extract_paths
@@ -94,10 +104,20 @@ def extract(
     settings = load_settings()
     failures = 0
     total = 0
-    for line, ok in extract_paths(paths, edge_key(settings)):
-        typer.echo(line)
+    dropped: Counter[str] = Counter()
+    for result in extract_paths(paths, edge_key(settings), file_keys=file_key):
+        typer.echo(result.line)
         total += 1
-        failures += not ok
+        failures += not result.ok
+        dropped.update(list(result.phi_dropped))
     console.print(f"{total - failures} of {total} files extracted")
+    if dropped:
+        fields = ", ".join(f"{keyword} {count}" for keyword, count in sorted(dropped.items()))
+        console.print(
+            f"{dropped.total()} text fields dropped as possible PHI ({fields}); "
+            "see docs/security.md, 'Edge: DICOM free text'",
+            highlight=False,
+            soft_wrap=True,
+        )
     if failures:
         raise typer.Exit(1)
