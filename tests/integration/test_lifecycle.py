@@ -77,16 +77,16 @@ class Stopped:
 
 
 def _stop(process: Process, sig: signal.Signals) -> Stopped:
-    """Send ``sig``, wait (at most twice the bound), and report who outlived the process."""
+    """Send ``sig``, wait (at most twice the bound), and report which of the process's
+    descendants are still running the moment it has exited."""
     assert process.popen is not None
     children = _descendants(process.pid)
     started = time.monotonic()
     process.popen.send_signal(sig)
     code = process.popen.wait(2 * STOP_BOUND_S)
     seconds = time.monotonic() - started
-    wait_for(lambda: not any(_alive(pid) for pid in children), 15, "the children to end")
     print(f"{process.command[0]} {sig.name}: exit {code} after {seconds:.2f} s")
-    return Stopped(code, seconds, {pid for pid in children if _alive(pid)})
+    return Stopped(code, seconds, {pid for pid in children if _alive(pid)})  # at the exit
 
 
 def _wait_ready(port: int, process: Process, path: str = "/readyz") -> None:
