@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from monitor.service.api import create_app
 from monitor.service.audit import cli as audit_cli
@@ -17,7 +16,7 @@ from monitor.service.audit.config import record_config
 from monitor.service.audit.keys import sign_entries_with
 from monitor.service.auth import LocalModeOnly, Role, issue_local_token
 from monitor.service.backtest import cli as backtest_cli
-from monitor.service.db import engine_scope, upgrade
+from monitor.service.db import upgrade
 from monitor.service.demo import cli as demo_cli
 from monitor.service.drift import cli as drift_cli
 from monitor.service.grafana import cli as grafana_cli
@@ -25,6 +24,7 @@ from monitor.service.health import Health, serve_probes
 from monitor.service.ingest import cli as ingest_cli
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
+from monitor.service.lifecycle import STOP_BOUND_S, GracefulStop, api_server
 from monitor.service.limits import server_limits
 from monitor.service.pccp import cli as pccp_cli
 from monitor.service.retrain import cli as retrain_cli
@@ -34,6 +34,7 @@ from monitor.service.runtime import (
     console,
     load_settings,
     open_database,
+    run_options,
     start_broker_if_needed,
 )
 from monitor.service.settings import Settings
@@ -50,7 +51,17 @@ app = typer.Typer(
 
 
 @app.callback()
-def _every_command() -> None:
+def _every_command(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the traceback of an error at start (a setting, the database) instead "
+            "of its one line.",
+        ),
+    ] = False,
+) -> None:
+    run_options.debug = debug
     # Commands that write the change log sign its entries with the audit key of the settings
     # they run with, read at the first entry (commands that write none never read it).
     sign_entries_with(Settings)
@@ -66,7 +77,12 @@ def migrate() -> None:
 
     settings = load_settings()
     runtime_role, consumer_role = settings.database.runtime_role, settings.database.consumer_role
-    with engine_scope(settings.migration_database_url, migrate=False) as engine:
+    owner_setting = "MIGRATION_URL" if settings.database.migration_url else "URL"
+    with open_database(
+        settings.migration_database_url,
+        migrate=False,
+        setting=f"RADSENTRY_DATABASE__{owner_setting}",
+    ) as engine:
         postgres = engine.dialect.name == "postgresql"
         granting = postgres and bool(runtime_role or consumer_role)
         try:
@@ -110,34 +126,41 @@ def serve(
     ] = True,
 ) -> None:
     """Run the API (and by default the consumer). Starts the bundled broker if no cluster is
-    configured and none is running."""
+    configured and none is running. SIGTERM or Ctrl-C: the API finishes its requests, the
+    consumer its batch (committed), the jobs their run, the bundled broker stops; exit 0
+    (docs/operations.md, "Starting and stopping")."""
     settings = load_settings()
-    with open_database(settings.database_url, migrate=migrate_db) as engine:
+    with (
+        GracefulStop("serve") as stopping,
+        open_database(settings.database_url, migrate=migrate_db) as engine,
+    ):
         record_config(engine, settings, actor="radsentry-serve")
         bootstrap, broker = start_broker_if_needed(settings)
+        if broker is not None:
+            stopping.on_abandon(broker.stop)
         ingest = ConsumerThread(settings, engine, bootstrap).start() if consumer else None
+        if ingest is not None:
+            stopping.on_stop(ingest.stop_event.set)
         scheduler = start_jobs(engine, settings.performance, settings.retrain) if jobs else None
         api = create_app(settings, engine=engine, bootstrap=lambda: bootstrap)
         host, port = host or settings.api.host, port or settings.api.port
+        server = api_server(api, host, port, server_limits(settings.api.max_header_bytes))
+        stopping.on_stop(server.request_exit)
         console.print(
             f"RadSentry API on http://{host}:{port}/docs "
             f"(broker {','.join(bootstrap)}, database {engine.url.get_backend_name()})"
         )
         try:
-            uvicorn.run(
-                api,
-                host=host,
-                port=port,
-                log_level="warning",
-                **server_limits(settings.api.max_header_bytes),
-            )
+            server.run()
         finally:
-            if scheduler is not None:
-                scheduler.shutdown(wait=False)
+            # In this order: the consumer and jobs may still write, the broker goes last.
             if ingest is not None:
-                ingest.stop()
+                ingest.stop(timeout=STOP_BOUND_S)
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
             if broker is not None:
                 broker.stop()
+    console.print("stopped cleanly")
 
 
 @app.command()
@@ -234,15 +257,19 @@ def scheduler(
     """Run the periodic jobs (performance refresh, retrain-trigger scan, retraining job,
     nightly drift reports) with APScheduler's job store in the database. Start one or more
     replicas: a PostgreSQL advisory lock lets one lead and the others stand by. Run
-    `serve --no-jobs` beside it."""
+    `serve --no-jobs` beside it. SIGTERM or Ctrl-C: running jobs finish, the lock is
+    released; exit 0."""
+    settings = load_settings()
+    with GracefulStop("scheduler") as stopping:
+        with open_database(settings.database_url) as engine:
+            record_config(engine, settings, actor="radsentry-scheduler")
+        _run_scheduler(settings, stopping.requested, metrics_port)
+    console.print("stopped cleanly")
+
+
+def _run_scheduler(settings: Settings, stop: threading.Event, metrics_port: int) -> None:
     from monitor.service.scheduler import default_jobs, run_scheduler
 
-    settings = load_settings()
-    with open_database(settings.database_url) as engine:
-        record_config(engine, settings, actor="radsentry-scheduler")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     jobs = default_jobs(
         settings.data_dir / "reports",
         refresh_s=settings.performance.refresh_s,

@@ -25,6 +25,11 @@ from monitor.service.models import Base
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
+CONNECT_TIMEOUT_S = 10
+"""PostgreSQL: seconds a new connection may take (libpq waits forever by default, so a start
+against an unreachable host, or /readyz during an outage, would hang instead of failing).
+A ``connect_timeout`` in the URL's query wins."""
+
 
 def as_utc(value: datetime) -> datetime:
     """A stored timestamp as an aware UTC datetime (SQLite returns naive ones; all are UTC)."""
@@ -50,12 +55,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     return create_engine(
         url,
         echo=echo,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
         pool_pre_ping=True,
+        connect_args=connect_args,
     )
 
 

@@ -9,9 +9,9 @@ connection: engines, producers and consumers are built by factories from these v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from monitor.drift.alarms import AlarmConfig
@@ -23,9 +23,33 @@ from retrain.policy import RetrainPolicy
 ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
 """A plain PostgreSQL role name: never quoted differently, never longer than PostgreSQL keeps."""
 
+MIN_SECRET_BYTES = 32
+"""The least a configured secret may hold (UTF-8 bytes, leading and trailing whitespace not
+counted): 256 bits, the size of the HS256 and HMAC-SHA256 keys that RadSentry creates itself."""
+
+HIDDEN_INPUT = ConfigDict(hide_input_in_errors=True)
+"""For groups that hold a secret or a URL with a password: a validation error never quotes
+the value it refused (pydantic's ``input_value=``), only where and why."""
+
+
+def _strong_secret(secret: SecretStr) -> SecretStr:
+    """Refuse a blank, whitespace or short secret (the value is never part of the error)."""
+    if len(secret.get_secret_value().strip().encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"a secret needs at least {MIN_SECRET_BYTES} bytes besides leading and trailing "
+            "whitespace; make one with `openssl rand -hex 32`"
+        )
+    return secret
+
+
+Secret = Annotated[SecretStr, AfterValidator(_strong_secret)]
+"""A configured secret: shown as ``**********``, refused when blank, whitespace or short."""
+
 
 class DatabaseSettings(BaseModel):
     """Where the services connect, and as whom (docs/deploy.md, "Database roles")."""
+
+    model_config = HIDDEN_INPUT
 
     url: str | None = Field(
         None,
@@ -101,11 +125,13 @@ class KafkaSettings(BaseModel):
 class EdgeSettings(BaseModel):
     """Settings of the DICOM extractor that runs beside the inference service at a site."""
 
+    model_config = HIDDEN_INPUT
+
     site_id: str = "site-01"
-    hmac_key: SecretStr | None = Field(
+    hmac_key: Secret | None = Field(
         None,
-        description="Per-site secret for study_key = HMAC-SHA256(key, StudyInstanceUID). "
-        "Unset: a random key is created once in data_dir (demo only).",
+        description="Per-site secret for study_key = HMAC-SHA256(key, StudyInstanceUID), at "
+        "least 32 bytes. Unset: a random key is created once in data_dir (demo only).",
     )
 
 
@@ -221,6 +247,8 @@ class AuthSettings(BaseModel):
     secret of this deployment (``radsentry token``), for the embedded defaults and the demo;
     ``oidc``: JWTs of an identity provider, verified with its JWKS or a configured public key."""
 
+    model_config = HIDDEN_INPUT
+
     mode: Literal["local", "oidc"] = "local"
     issuer: str | None = Field(None, description="oidc: the provider's `iss` (required).")
     audience: str = Field("radsentry", min_length=1, description="The tokens' `aud`.")
@@ -259,10 +287,10 @@ class AuthSettings(BaseModel):
         description="oidc: least time between refetches for an unknown key id (a token naming "
         "a new kid after a key rotation; bounds what random kids can make us fetch).",
     )
-    local_secret: SecretStr | None = Field(
+    local_secret: Secret | None = Field(
         None,
-        min_length=32,
-        description="local: the HS256 secret. Unset: a random one created once in data_dir.",
+        description="local: the HS256 secret, at least 32 bytes. Unset: a random one created "
+        "once in data_dir.",
     )
 
     @model_validator(mode="after")
@@ -319,8 +347,14 @@ class LoggingSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    """Every setting; ``monitor.service.environment`` refuses a ``RADSENTRY_`` variable that
+    names none of them before this is read (``extra="ignore"`` would pass it over silently)."""
+
     model_config = SettingsConfigDict(
-        env_prefix="RADSENTRY_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="RADSENTRY_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        hide_input_in_errors=True,  # as HIDDEN_INPUT, for every group validated through here
     )
 
     data_dir: Path = Path(".radsentry")

@@ -50,7 +50,7 @@ PHI = {
     "SeriesInstanceUID": "1.2.826.0.1.3680043.8.498.56473829105647382910",
     "SOPInstanceUID": "1.2.826.0.1.3680043.8.498.99887766554433221100",
 }
-SITE_KEY = b"test-site-secret"
+SITE_KEY = b"test-site-secret-of-at-least-32-bytes"  # shorter keys are refused
 
 
 def _phi_dicom(path: Path) -> Path:

@@ -33,7 +33,7 @@ from tests.phi_files import CLEAN, HOSTILE, NAME_IN_PATH, SECRETS, write_files
 
 pytestmark = pytest.mark.integration
 
-SITE_KEY = "integration-site-key"
+SITE_KEY = "integration-site-key-of-at-least-32-bytes"
 RADSENTRY = str(Path(sys.executable).with_name("radsentry"))
 
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from monitor.service.auth import Principal, Role, TokenVerifier
 from monitor.service.cli import app
-from monitor.service.runtime import load_settings
+from monitor.service.runtime import EXIT_SETTINGS, SettingsInvalid, load_settings
 
 runner = CliRunner()
 
@@ -102,3 +102,21 @@ def test_token_prints_a_local_token_the_api_accepts() -> None:
 def test_token_refuses_what_it_cannot_issue(args: list[str], reason: str) -> None:
     result = runner.invoke(app, ["token", *args])
     assert result.exit_code == 2 and reason in result.output
+
+
+TOKEN = ["token", "--subject", "mo", "--role", "auditor"]
+
+
+def test_a_variable_that_names_no_setting_stops_the_command_in_one_line() -> None:
+    result = runner.invoke(app, TOKEN, env={"RADSENTRY_AUTH_MODE": "oidc"})
+    assert result.exit_code == EXIT_SETTINGS
+    assert result.output.strip().splitlines() == [
+        "error: RADSENTRY_AUTH_MODE: no such setting; did you mean RADSENTRY_AUTH__MODE? "
+        "(README, Settings)"
+    ]
+
+
+def test_debug_raises_the_settings_error_with_its_traceback() -> None:
+    result = runner.invoke(app, ["--debug", *TOKEN], env={"RADSENTRY_AUTH_MODE": "oidc"})
+    assert isinstance(result.exception, SettingsInvalid)
+    assert result.exception.problems[0].variable == "RADSENTRY_AUTH_MODE"

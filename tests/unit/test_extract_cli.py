@@ -15,7 +15,7 @@ from monitor.service.cli import app
 from monitor.service.ingest.edge import file_key_for
 from tests.phi_files import CLEAN, HOSTILE, NAME_IN_PATH, SECRETS, STUDY_UID, write_files
 
-SITE_KEY = "unit-test-site-key"
+SITE_KEY = "unit-test-site-key-of-at-least-32-bytes"
 runner = CliRunner()
 
 

@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from monitor.service.environment import environment_problems
 from monitor.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,6 +269,7 @@ def test_the_rendered_environment_is_valid_settings(
             "containers"
         ]
         environment = _environment(release, container)
+        assert environment_problems(environment) == [], name  # no variable names no setting
         for key in [k for k in os.environ if k.startswith("RADSENTRY_")]:
             monkeypatch.delenv(key)
         for key, value in environment.items():
@@ -286,6 +288,7 @@ def test_the_rendered_environment_is_valid_settings(
         if name == "scheduler":
             assert settings.pccp.plans_dir is not None
     [job] = component(release, "Job", "migrate")["spec"]["template"]["spec"]["containers"]
+    assert environment_problems(_environment(release, job)) == []
     for key in [k for k in os.environ if k.startswith("RADSENTRY_")]:
         monkeypatch.delenv(key)
     for key, value in _environment(release, job).items():

@@ -11,7 +11,9 @@ from pydantic import SecretStr, ValidationError
 
 from monitor.service.auth import local_secret
 from monitor.service.runtime import edge_key
-from monitor.service.settings import AuthSettings, DatabaseSettings, Settings
+from monitor.service.settings import AuthSettings, DatabaseSettings, EdgeSettings, Settings
+
+SITE_SECRET = "s3cret-of-this-site-32-bytes-long"
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -29,14 +31,14 @@ def test_production_values_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RADSENTRY_DATABASE__URL", "postgresql+psycopg://rs@db/radsentry")
     monkeypatch.setenv("RADSENTRY_KAFKA__BOOTSTRAP_SERVERS", '["k1:9092","k2:9092"]')
     monkeypatch.setenv("RADSENTRY_KAFKA__GROUP_ID", "site-ingest")
-    monkeypatch.setenv("RADSENTRY_EDGE__HMAC_KEY", "s3cret")
+    monkeypatch.setenv("RADSENTRY_EDGE__HMAC_KEY", SITE_SECRET)
     settings = Settings()
     assert settings.database_url == "postgresql+psycopg://rs@db/radsentry"
     assert settings.kafka.bootstrap_servers == ["k1:9092", "k2:9092"]
     assert settings.kafka.group_id == "site-ingest"
     assert not settings.uses_embedded_broker
-    assert edge_key(settings) == b"s3cret"
-    assert "s3cret" not in repr(settings)
+    assert edge_key(settings) == SITE_SECRET.encode()
+    assert SITE_SECRET not in repr(settings)
 
 
 def test_demo_edge_key_is_created_once_and_private(
@@ -155,3 +157,44 @@ def test_the_migration_connects_as_the_owner_else_as_the_services(
 def test_database_roles_are_plain_and_distinct(database: dict[str, str], reason: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(reason)):
         DatabaseSettings.model_validate(database)
+
+
+REFUSED_SECRETS = [
+    "",
+    " " * 32,  # the 32 spaces
+    "\t\n " * 12,
+    "Q",  # the one-character HMAC key
+    "hunter2-hunter2-hunter2-hunter2",  # 31 bytes
+    " " * 20 + "k" * 20,  # 20 bytes besides the whitespace
+    "é" * 15,  # 15 characters, 30 bytes
+]
+
+
+@pytest.mark.parametrize("secret", REFUSED_SECRETS)
+@pytest.mark.parametrize("variable", ["RADSENTRY_AUTH__LOCAL_SECRET", "RADSENTRY_EDGE__HMAC_KEY"])
+def test_a_blank_whitespace_or_short_secret_is_refused_and_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, secret: str
+) -> None:
+    monkeypatch.setenv(variable, secret)
+    with pytest.raises(ValidationError, match="needs at least 32 bytes") as refused:
+        Settings()
+    assert "input_value" not in str(refused.value)
+    if secret.strip():
+        assert secret.strip() not in str(refused.value)
+
+
+@pytest.mark.parametrize("group", [AuthSettings, EdgeSettings])
+def test_a_secret_refused_by_its_own_group_is_not_echoed_either(
+    group: type[AuthSettings] | type[EdgeSettings],
+) -> None:
+    field = "local_secret" if group is AuthSettings else "hmac_key"
+    with pytest.raises(ValidationError) as refused:
+        group.model_validate({field: "hunter2-hunter2"})
+    assert "hunter2" not in str(refused.value) and "input_value" not in str(refused.value)
+
+
+@pytest.mark.parametrize("secret", ["k" * 32, "é" * 16, "\n" + "k" * 40 + "\n"])
+def test_a_secret_of_32_bytes_is_accepted_as_given(secret: str) -> None:
+    settings = Settings(auth={"local_secret": secret}, edge={"hmac_key": secret})
+    assert local_secret(settings) == secret.encode() == edge_key(settings)
+    assert secret.strip() not in repr(settings)

@@ -7,7 +7,6 @@ import threading
 from typing import TYPE_CHECKING
 
 import structlog
-import uvicorn
 from rich.console import Console
 
 from monitor.drift.config import EngineConfig, WindowConfig
@@ -21,6 +20,7 @@ from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
+from monitor.service.lifecycle import GracefulStop, api_server
 from monitor.service.runtime import start_broker_if_needed
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig
@@ -61,6 +61,9 @@ prevalence), so the AUROC-drop rule accepts 15 reference positives and the error
 calibration rule is off."""
 
 
+DEMO_STOP_BOUND_S = 45.0
+
+
 def run_demo(
     settings: Settings,
     config: SimulationConfig,
@@ -91,13 +94,10 @@ def run_demo(
     scheduler = start_jobs(engine, settings.performance, settings.retrain)
     api_port = port or settings.api.port
     api_url = f"http://{settings.api.host}:{api_port}"
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, engine=engine, bootstrap=lambda: bootstrap),
-            host=settings.api.host,
-            port=api_port,
-            log_level="warning",
-        )
+    server = api_server(
+        create_app(settings, engine=engine, bootstrap=lambda: bootstrap),
+        settings.api.host,
+        api_port,
     )
     loop = DemoLoop(
         settings=settings,
@@ -134,14 +134,21 @@ def run_demo(
         console.print("  a token for it: radsentry token --subject you --role auditor")
     driver = threading.Thread(target=drive, name="radsentry-demo-loop", daemon=True)
     driver.start()
-    try:
-        server.run()
-    finally:
-        stop.set()
-        driver.join(30)
-        scheduler.shutdown(wait=False)
-        ingest.stop()
+    # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py); the bound leaves
+    # the loop's driver its 30 s to finish a stage's step.
+    with GracefulStop("demo", bound_s=DEMO_STOP_BOUND_S) as stopping:
         if broker is not None:
-            broker.stop()
-        engine.dispose()
+            stopping.on_abandon(broker.stop)
+        stopping.on_stop(server.request_exit)
+        stopping.on_stop(stop.set)
+        try:
+            server.run()
+        finally:
+            stop.set()
+            driver.join(30)
+            scheduler.shutdown(wait=False)
+            ingest.stop()
+            if broker is not None:
+                broker.stop()
+            engine.dispose()
     return outcome.get("code", 0)

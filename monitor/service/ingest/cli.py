@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections import Counter
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 
-from monitor.service.db import make_engine
 from monitor.service.drift.store import DriftMonitor, limit_torch_threads
 from monitor.service.health import Health, serve_probes
-from monitor.service.ingest.consumer import Ingestor
+from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
 from monitor.service.kafka import make_consumer, make_producer
+from monitor.service.lifecycle import GracefulStop
 from monitor.service.runtime import (
     BrokerNotFound,
     console,
     edge_key,
     load_settings,
+    open_database,
     require_bootstrap,
 )
 
@@ -41,7 +39,8 @@ def consume(
     ] = 9101,
 ) -> None:
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
-    process; scale out with one process per group of partitions)."""
+    process; scale out with one process per group of partitions). On either, the batch in
+    hand is stored and committed, then the process exits 0."""
 
     settings = load_settings()
     try:
@@ -51,29 +50,24 @@ def consume(
         raise typer.Exit(2) from None
     # No record_config here: the consumer's role may not write the change log (docs/deploy.md,
     # "Database roles"). Its settings are the ones serve and the scheduler record at start.
-    engine = make_engine(settings.database_url)
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    limit_torch_threads()
-    health = Health(settings.health.stale_after_s)
-    probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
-    kafka_consumer = make_consumer(bootstrap, settings.kafka)
-    producer = make_producer(bootstrap, settings.kafka)
-    try:
-        stats = Ingestor(
-            engine, kafka_consumer, producer, settings.kafka, DriftMonitor(settings.drift), health
-        ).run(stop)
-    finally:
-        if probes is not None:
-            probes.shutdown()
-        kafka_consumer.close(autocommit=False)
-        producer.close()
-        engine.dispose()
+    with (
+        GracefulStop("consume") as stopping,
+        open_database(settings.database_url, migrate=False) as engine,
+    ):
+        limit_torch_threads()
+        health = Health(settings.health.stale_after_s)
+        probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
+        kafka_consumer = make_consumer(bootstrap, settings.kafka)
+        producer = make_producer(bootstrap, settings.kafka)
+        try:
+            drift = DriftMonitor(settings.drift)
+            ingestor = Ingestor(engine, kafka_consumer, producer, settings.kafka, drift, health)
+            stats = ingestor.run(stopping.requested)
+        finally:
+            if probes is not None:
+                probes.shutdown()
+            kafka_consumer.close(autocommit=False)
+            producer.close(timeout=PRODUCER_CLOSE_S)
     console.print(
         f"stopped cleanly: {stats.stored} stored, {stats.duplicates} duplicates skipped, "
         f"{stats.dead_lettered} dead-lettered"

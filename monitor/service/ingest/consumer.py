@@ -77,6 +77,10 @@ before a restart still shows (and alerts) as silent; older ones count as retired
 
 _SAFE_KEY = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+PRODUCER_CLOSE_S = 5.0
+"""At a stop, seconds the producer may take to deliver what it holds (alerts and dead letters
+are stored first, so whatever it cannot deliver is sent again by the next process)."""
+
 
 @dataclass
 class IngestStats:
@@ -422,9 +426,11 @@ class ConsumerThread:
             ingestor.run(self.stop_event)
         finally:
             consumer.close(autocommit=False)
-            producer.close()
+            producer.close(timeout=PRODUCER_CLOSE_S)
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Ask the ingestor to stop after the batch in hand (stored and committed), and wait
+        up to ``timeout`` seconds for it."""
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
