@@ -20,6 +20,8 @@ def test_train_initial_makes_a_champion_that_simulate_scores_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RADSENTRY_DATA_DIR", str(tmp_path / "data"))
+    # The embedded defaults: the audit key is created in the data dir (not the tests' key).
+    monkeypatch.delenv("RADSENTRY_AUDIT__SIGNING_KEY_FILE")
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     runner = CliRunner()
     small = ["--sites", "1", "--studies", "40", "--test-studies", "10", "--epochs", "1"]
