@@ -2,9 +2,12 @@
 
 The JSON (:func:`report_json`) is the record: sorted keys, two-space indent, so one report
 always gives the same bytes and a hash of it identifies it. The HTML (:func:`report_html`) is
-for the people who approve: the outcome in big letters, each criterion with its numbers, the
-per-site and subgroup tables, and two plots (ROC curves and the reliability diagram of
-champion and candidate) inlined as SVG, so the page needs no other file. Text from the plan and
+for the people who approve: the outcome in big letters, every regression beyond the noise
+highlighted with a sentence, the operating threshold and where it came from, the decision
+record (read from the change log, with the entries it was rendered from and how to verify
+them), each criterion with its numbers, the per-site and subgroup tables, and two plots (ROC
+curves and the reliability diagram of champion and candidate) inlined as SVG, so the page
+needs no other file. Text from the plan and
 the registry is escaped (Jinja2 autoescape). The plots are drawn on matplotlib ``Figure``
 objects, never ``pyplot``, so no interactive backend or global figure state is touched.
 """
@@ -53,9 +56,24 @@ class Signature:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One change-log entry about the candidate, as the decision record shows it."""
+
+    seq: int
+    recorded_at: datetime
+    action: str
+    actor: str
+    sentence: str
+    entry_hash: str
+    authentic: bool
+    """Its hash recomputes and a trusted audit key signed it (or it predates signing)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """What was decided on the candidate since the gate ran, as of ``as_of``: its status, the
-    signatures, the promotion and the rollback."""
+    signatures, the promotion and the rollback, read from the change-log entries ``history``
+    (about ``subject``), which ``verify_command`` checks."""
 
     as_of: datetime
     status: str
@@ -66,6 +84,9 @@ class DecisionRecord:
     previous_champion: str | None = None
     rolled_back_at: datetime | None = None
     rolled_back_by: str | None = None
+    subject: str | None = None
+    history: Sequence[HistoryEntry] = ()
+    verify_command: str = "radsentry audit verify"
 
 
 def report_html(report: GateReport, decision: DecisionRecord | None = None) -> str:

@@ -8,8 +8,14 @@ score is at least the threshold). :func:`evaluate_criteria` then decides each cr
 
 * ``lower_bound``: the two-sided 95% interval's lower bound of the candidate's metric is at
   least ``min``: DeLong for AUROC (``monitor.performance``'s interval, clipped to [0, 1]),
-  Wilson for sensitivity and specificity at the candidate's threshold.
-* ``non_inferiority``: :func:`pccp.criteria.non_inferiority` (paired DeLong, one-sided).
+  Wilson for sensitivity and specificity at the candidate's threshold. With ``by``, in every
+  value of that field with at least ``min_cases`` cases of the metric's class.
+* ``non_inferiority``: the candidate's metric is not worse than the champion's by ``margin``
+  on the same cases, one-sided at ``alpha``: :func:`pccp.criteria.non_inferiority` (paired
+  DeLong) for AUROC, :func:`pccp.criteria.paired_non_inferiority` (Newcombe) for sensitivity
+  and specificity, each model at its own threshold. With ``by``, per group as above.
+* ``predictive_value``: PPV or NPV at the plan's prevalence, its one-sided 95% lower bound
+  (:func:`pccp.criteria.predictive_value_bound`) at least ``min``.
 * ``group_minimum``: the point estimate of the metric is at least ``min`` in every value of the
   ``by`` field that has at least ``min_cases`` cases and both classes. Smaller groups are listed
   as not evaluated and never fail; with none evaluated the criterion passes and says so.
@@ -18,15 +24,17 @@ score is at least the threshold). :func:`evaluate_criteria` then decides each cr
   falls in the lower bin, as in scikit-learn), so the report's diagram shows what was decided.
 * ``regressions``: see :func:`evaluate_criteria`.
 
-:func:`scope_violations` is the scope guard: what a candidate changed that the plan fixes. A
-candidate outside the plan is ``out_of_scope`` whatever its numbers. :func:`build_report` puts
-it all in a :class:`GateReport`, the evidence (rendered by :mod:`pccp.evidence`): aggregates
-only, never a study key.
+:func:`scope_violations` is the scope guard: what a candidate changed that the plan fixes, and
+whether its threshold came from the plan's threshold policy (:mod:`pccp.threshold`). A
+candidate outside the plan is ``out_of_scope`` whatever its numbers. The evidence also lists
+every regression beyond the noise that no criterion covers (:mod:`pccp.regressions`).
+:func:`build_report` puts it all in a :class:`GateReport`, the evidence (rendered by
+:mod:`pccp.evidence`): aggregates only, never a study key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
@@ -41,7 +49,11 @@ from monitor.performance.metrics import (
     PerformanceConfig,
     binary_metrics,
 )
-from pccp.criteria import non_inferiority
+from pccp.criteria import (
+    non_inferiority,
+    paired_non_inferiority,
+    predictive_value_bound,
+)
 from pccp.plan import (
     BoundCriterion,
     CalibrationCriterion,
@@ -50,8 +62,10 @@ from pccp.plan import (
     Metric,
     NonInferiorityCriterion,
     Plan,
+    PredictiveValueCriterion,
     RegressionsCriterion,
 )
+from pccp.regressions import flag_regressions
 from pccp.report import (
     CriterionResult,
     GateOutcome,
@@ -63,6 +77,7 @@ from pccp.report import (
     PointMetrics,
     ReliabilityRow,
 )
+from pccp.threshold import ThresholdFacts, ThresholdProvenance, threshold_violations
 
 if TYPE_CHECKING:  # retrain.model imports torch; the gate only reads a spec's fields
     from retrain.model import ModelSpec
@@ -70,6 +85,7 @@ if TYPE_CHECKING:  # retrain.model imports torch; the gate only reads a spec's f
 __all__ = [
     "GATE_METRICS",
     "REGRESSION_MIN_CASES",
+    "REGRESSION_MIN_CLASS_CASES",
     "ROC_MAX_POINTS",
     "CriterionResult",
     "GateCases",
@@ -82,6 +98,7 @@ __all__ = [
     "ModelSummary",
     "PointMetrics",
     "ReliabilityRow",
+    "ThresholdFacts",
     "build_report",
     "evaluate_criteria",
     "group_metrics",
@@ -90,6 +107,9 @@ __all__ = [
 
 REGRESSION_MIN_CASES: Final = 30
 """Fewest cases (with both classes) for a group to count in a ``regressions`` criterion."""
+REGRESSION_MIN_CLASS_CASES: Final = 20
+"""And, for sensitivity (specificity), fewest positive (negative) cases: with 20, one case
+moves the estimate by 0.05."""
 ROC_MAX_POINTS: Final = 200
 GATE_METRICS: Final = PerformanceConfig(
     confidence_level=0.95,
@@ -175,11 +195,12 @@ def evaluate_criteria(
 
     ``regressions`` compares the models' point estimates of ``metric`` in every value of every
     field of ``cases.groups`` (sites and subgroups alike) that has both classes and at least
-    :data:`REGRESSION_MIN_CASES` (30) cases; a smaller group's estimate is too noisy to call a
-    regression (with 30 cases a single AUROC can move by 0.1). A group regressed when the
-    candidate's is below the champion's less ``tolerance``; the criterion passes when at most
-    ``max_count`` groups did. Raises :class:`GateError` for scores not aligned with the cases,
-    or a ``group_minimum`` whose ``by`` field the cases lack.
+    :data:`REGRESSION_MIN_CASES` (30) cases, and for sensitivity (specificity) at least
+    :data:`REGRESSION_MIN_CLASS_CASES` (20) positive (negative) ones; a smaller group's
+    estimate is too noisy to call a regression (with 30 cases a single AUROC can move by 0.1).
+    A group regressed when the candidate's is below the champion's less ``tolerance``; the
+    criterion passes when at most ``max_count`` groups did. Raises :class:`GateError` for
+    scores not aligned with the cases, or a group criterion whose ``by`` field the cases lack.
     """
     evaluation = _evaluate(cases, candidate, champion)
     return [_decide(criterion, evaluation) for criterion in plan.protocol.performance_evaluation]
@@ -205,10 +226,18 @@ def _evaluate(cases: GateCases, candidate: ModelScores, champion: ModelScores) -
 
 def _decide(criterion: Criterion, evaluation: _Evaluation) -> CriterionResult:
     match criterion:
-        case BoundCriterion():
+        case BoundCriterion(by=None):
             return _lower_bound(criterion, evaluation.candidate_metrics)
-        case NonInferiorityCriterion():
+        case BoundCriterion():
+            return _group_lower_bound(criterion, evaluation)
+        case NonInferiorityCriterion(by=None, metric="auroc"):
             return _non_inferiority(criterion, evaluation)
+        case NonInferiorityCriterion(by=None):
+            return _paired_proportion(criterion, evaluation)
+        case NonInferiorityCriterion():
+            return _group_non_inferiority(criterion, evaluation)
+        case PredictiveValueCriterion():
+            return _predictive_value(criterion, evaluation.candidate_metrics)
         case GroupMinimumCriterion():
             return _group_minimum(criterion, evaluation.cases, evaluation.groups)
         case CalibrationCriterion():
@@ -296,6 +325,282 @@ def _non_inferiority(
     return _result(criterion, test.passed, numbers, detail)
 
 
+def _class_rows(positive: NDArray[np.bool_], metric: Metric) -> NDArray[np.bool_]:
+    """The cases a metric is computed on: positives (sensitivity), negatives (specificity),
+    all (AUROC)."""
+    if metric == "sensitivity":
+        return positive
+    if metric == "specificity":
+        return ~positive
+    return np.ones(positive.shape, dtype=bool)
+
+
+def _hits(model: ModelScores, metric: Metric) -> NDArray[np.bool_]:
+    """Cases the model gets right at its threshold: flagged (sensitivity), cleared (specificity)."""
+    flagged = model.scores >= model.threshold
+    return flagged if metric == "sensitivity" else ~flagged
+
+
+def _group_field(criterion: BoundCriterion | NonInferiorityCriterion, cases: GateCases) -> str:
+    assert criterion.by is not None
+    if criterion.by not in cases.groups:
+        known = ", ".join(sorted(cases.groups)) or "none"
+        raise GateError(
+            f"criterion {criterion.id} is by {criterion.by!r}, a field the test cases lack "
+            f"(they have: {known})"
+        )
+    return criterion.by
+
+
+def _class_count(positive: NDArray[np.bool_], metric: Metric) -> tuple[int, str]:
+    """How many cases of the metric's class a group has, and their name."""
+    positives = int(np.count_nonzero(positive))
+    if metric == "sensitivity":
+        return positives, "positive"
+    if metric == "specificity":
+        return positive.size - positives, "negative"
+    return min(positives, positive.size - positives), "of the smaller class"
+
+
+def _per_group(
+    criterion: BoundCriterion | NonInferiorityCriterion,
+    evaluation: _Evaluation,
+    decide: Callable[[NDArray[np.bool_]], tuple[float, float, float | None, bool]],
+) -> list[GroupRow]:
+    """One row per value of ``criterion.by``; ``decide(rows)`` gives (candidate, champion,
+    lower bound, passed) for the groups with enough cases of the metric's class."""
+    field = _group_field(criterion, evaluation.cases)
+    values = np.asarray(evaluation.cases.groups[field]).astype(str)
+    rows = []
+    for value in np.unique(values):
+        in_group = values == value
+        truth = evaluation.cases.positive[in_group]
+        count, unit = _class_count(truth, criterion.metric)
+        positives = int(np.count_nonzero(truth))
+        if count < criterion.min_cases:
+            rows.append(
+                GroupRow(
+                    field=field,
+                    value=str(value),
+                    cases=int(in_group.sum()),
+                    positives=positives,
+                    candidate=None,
+                    champion=None,
+                    evaluated=False,
+                    passed=None,
+                    note=f"{count} {unit} cases, fewer than {criterion.min_cases}",
+                )
+            )
+            continue
+        candidate, champion, lower, passed = decide(in_group)
+        rows.append(
+            GroupRow(
+                field=field,
+                value=str(value),
+                cases=int(in_group.sum()),
+                positives=positives,
+                candidate=candidate,
+                champion=champion,
+                evaluated=True,
+                passed=passed,
+                lower_bound=lower,
+            )
+        )
+    return rows
+
+
+def _group_numbers(
+    criterion: BoundCriterion | NonInferiorityCriterion, rows: list[GroupRow]
+) -> dict[str, Number]:
+    checked = [row for row in rows if row.evaluated]
+    lowest = min(checked, key=lambda row: row.lower_bound or 0.0, default=None)
+    return {
+        "by": criterion.by,
+        "metric": criterion.metric,
+        "min_cases": criterion.min_cases,
+        "groups_evaluated": len(checked),
+        "groups_failed": sum(not row.passed for row in checked),
+        "groups_not_evaluated": len(rows) - len(checked),
+        "lowest_bound": lowest.lower_bound if lowest else None,
+        "lowest_group": lowest.value if lowest else None,
+    }
+
+
+def _group_lower_bound(criterion: BoundCriterion, evaluation: _Evaluation) -> CriterionResult:
+    cases, candidate, champion = evaluation.cases, evaluation.candidate, evaluation.champion
+
+    def decide(rows: NDArray[np.bool_]) -> tuple[float, float, float | None, bool]:
+        ours = binary_metrics(
+            cases.positive[rows], candidate.scores[rows], candidate.threshold, GATE_METRICS
+        )
+        theirs = binary_metrics(
+            cases.positive[rows], champion.scores[rows], champion.threshold, GATE_METRICS
+        )
+        interval, reference = _interval(ours, criterion.metric), _interval(theirs, criterion.metric)
+        if interval is None or reference is None:  # excluded by min_cases >= 1 per class
+            raise GateError(f"criterion {criterion.id}: a group lacks the metric's class")
+        return (
+            interval.estimate,
+            reference.estimate,
+            interval.lower,
+            interval.lower >= criterion.min,
+        )
+
+    rows = _per_group(criterion, evaluation, decide)
+    failed = [row for row in rows if row.evaluated and not row.passed]
+    label = _LABELS[criterion.metric]
+    numbers = {**_group_numbers(criterion, rows), "min": criterion.min}
+    evaluated = [row for row in rows if row.evaluated]
+    if not evaluated:
+        detail = (
+            f"no {criterion.by} has {criterion.min_cases} or more cases of the metric's class: "
+            "nothing to check"
+        )
+    elif failed:
+        named = "; ".join(
+            f"{row.value} {row.candidate:.3f} (lower bound {row.lower_bound:.3f})"
+            for row in failed
+            if row.candidate is not None and row.lower_bound is not None
+        )
+        detail = (
+            f"lower 95% bound of {label} below {criterion.min:.2f} in {len(failed)} of "
+            f"{len(evaluated)} {criterion.by} groups: {named}"
+        )
+    else:
+        detail = (
+            f"lower 95% bound of {label} >= {criterion.min:.2f} in all {len(evaluated)} "
+            f"{criterion.by} groups (lowest {numbers['lowest_bound']:.3f}, "
+            f"{numbers['lowest_group']})"
+        )
+    result = _result(criterion, not failed, numbers, detail)
+    return result.model_copy(update={"groups": rows})
+
+
+def _paired_proportion(
+    criterion: NonInferiorityCriterion, evaluation: _Evaluation
+) -> CriterionResult:
+    rows = _class_rows(evaluation.cases.positive, criterion.metric)
+    test = paired_non_inferiority(
+        _hits(evaluation.candidate, criterion.metric)[rows],
+        _hits(evaluation.champion, criterion.metric)[rows],
+        margin=criterion.margin,
+        alpha=criterion.alpha,
+    )
+    diff, label = test.difference, _LABELS[criterion.metric]
+    numbers: dict[str, Number] = {
+        "metric": criterion.metric,
+        "candidate": diff.candidate,
+        "champion": diff.champion,
+        "difference": diff.difference,
+        "lower_bound": diff.lower,
+        "margin": criterion.margin,
+        "alpha": criterion.alpha,
+        "cases": diff.cases,
+        "discordant_candidate_only": diff.candidate_only,
+        "discordant_champion_only": diff.champion_only,
+        "method": "newcombe-paired",
+    }
+    detail = (
+        f"{label} difference {diff.difference:+.3f} (candidate {diff.candidate:.3f}, champion "
+        f"{diff.champion:.3f}, {diff.cases} cases), one-sided {1 - criterion.alpha:.1%} lower "
+        f"bound {diff.lower:+.3f} {'>' if test.passed else '<='} -{criterion.margin:g}"
+    )
+    return _result(criterion, test.passed, numbers, detail)
+
+
+def _group_non_inferiority(
+    criterion: NonInferiorityCriterion, evaluation: _Evaluation
+) -> CriterionResult:
+    positive, metric = evaluation.cases.positive, criterion.metric
+
+    def decide(rows: NDArray[np.bool_]) -> tuple[float, float, float | None, bool]:
+        if metric == "auroc":
+            test = non_inferiority(
+                positive[rows],
+                evaluation.champion.scores[rows],
+                evaluation.candidate.scores[rows],
+                margin=criterion.margin,
+                alpha=criterion.alpha,
+            )
+            return test.candidate_auroc, test.champion_auroc, test.lower_bound, test.passed
+        within = rows & _class_rows(positive, metric)
+        paired = paired_non_inferiority(
+            _hits(evaluation.candidate, metric)[within],
+            _hits(evaluation.champion, metric)[within],
+            margin=criterion.margin,
+            alpha=criterion.alpha,
+        )
+        diff = paired.difference
+        return diff.candidate, diff.champion, diff.lower, paired.passed
+
+    rows = _per_group(criterion, evaluation, decide)
+    evaluated = [row for row in rows if row.evaluated]
+    failed = [row for row in evaluated if not row.passed]
+    label = _LABELS[metric]
+    numbers = {
+        **_group_numbers(criterion, rows),
+        "margin": criterion.margin,
+        "alpha": criterion.alpha,
+    }
+    if not evaluated:
+        detail = (
+            f"no {criterion.by} has {criterion.min_cases} or more cases of the metric's class: "
+            "nothing to check"
+        )
+    elif failed:
+        named = "; ".join(
+            f"{row.value} {row.candidate:.3f} vs {row.champion:.3f} (lower bound of the "
+            f"difference {row.lower_bound:+.3f})"
+            for row in failed
+            if row.candidate is not None
+            and row.champion is not None
+            and row.lower_bound is not None
+        )
+        detail = (
+            f"{label} not shown within {criterion.margin:g} of the champion in {len(failed)} "
+            f"of {len(evaluated)} {criterion.by} groups: {named}"
+        )
+    else:
+        detail = (
+            f"{label} within {criterion.margin:g} of the champion (one-sided "
+            f"{1 - criterion.alpha:.1%}) in all {len(evaluated)} {criterion.by} groups "
+            f"(lowest bound {numbers['lowest_bound']:+.3f}, {numbers['lowest_group']})"
+        )
+    result = _result(criterion, not failed, numbers, detail)
+    return result.model_copy(update={"groups": rows})
+
+
+def _predictive_value(
+    criterion: PredictiveValueCriterion, metrics: BinaryMetrics
+) -> CriterionResult:
+    counts = metrics.counts
+    bound = predictive_value_bound(
+        criterion.metric,
+        true_positives=counts.tp,
+        positives=counts.positives,
+        true_negatives=counts.tn,
+        negatives=counts.negatives,
+        prevalence=criterion.prevalence,
+        confidence_level=GATE_METRICS.confidence_level,
+    )
+    passed = bound.lower_bound >= criterion.min
+    label = criterion.metric.upper()
+    numbers: dict[str, Number] = {
+        "metric": criterion.metric,
+        "prevalence": criterion.prevalence,
+        "estimate": bound.estimate,
+        "lower_bound": bound.lower_bound,
+        "min": criterion.min,
+        "threshold": metrics.threshold,
+        "method": "wilson-bonferroni",
+    }
+    detail = (
+        f"{label} at prevalence {criterion.prevalence:g}: {bound.estimate:.3f}, one-sided 95% "
+        f"lower bound {bound.lower_bound:.3f} {'>=' if passed else '<'} {criterion.min:.2f}"
+    )
+    return _result(criterion, passed, numbers, detail)
+
+
 def _group_minimum(
     criterion: GroupMinimumCriterion, cases: GateCases, groups: list[GroupMetrics]
 ) -> CriterionResult:
@@ -380,9 +685,17 @@ def _regressions(criterion: RegressionsCriterion, groups: list[GroupMetrics]) ->
             group.candidate.of(criterion.metric),
             group.champion.of(criterion.metric),
         )
+        class_cases = {
+            "sensitivity": group.positives,
+            "specificity": group.cases - group.positives,
+        }.get(criterion.metric)
         if group.cases < REGRESSION_MIN_CASES or not group.both_classes:
             few = group.cases < REGRESSION_MIN_CASES
             why = f"{group.cases} cases, fewer than {REGRESSION_MIN_CASES}" if few else "one class"
+            rows.append(_row(group, criterion.metric, False, False, why))
+        elif class_cases is not None and class_cases < REGRESSION_MIN_CLASS_CASES:
+            unit = "positive" if criterion.metric == "sensitivity" else "negative"
+            why = f"{class_cases} {unit} cases, fewer than {REGRESSION_MIN_CLASS_CASES}"
             rows.append(_row(group, criterion.metric, False, False, why))
         elif candidate is not None and champion is not None:
             regressed = candidate < champion - criterion.tolerance
@@ -449,8 +762,12 @@ def group_metrics(
     return table
 
 
-def scope_violations(plan: Plan, spec: ModelSpec, intended_use_id: str | None) -> list[str]:
-    """Each way the candidate differs from what the plan fixes, in words (empty: in scope).
+def scope_violations(
+    plan: Plan, spec: ModelSpec, intended_use_id: str | None, *, threshold: ThresholdFacts
+) -> list[str]:
+    """Each way the candidate differs from what the plan fixes, or sets its threshold other
+    than by the plan's threshold policy (:func:`pccp.threshold.threshold_violations`), in
+    words (empty: in scope).
 
     Input channels are not compared: a ``ModelSpec`` model always reads one channel, which is
     what every plan fixes (``input_channels: 1``).
@@ -476,6 +793,7 @@ def scope_violations(plan: Plan, spec: ModelSpec, intended_use_id: str | None) -
         found.append(
             f"intended use {intended_use_id!r} is not the plan's fixed {fixed.intended_use_id!r}"
         )
+    found.extend(threshold_violations(plan.protocol.threshold_policy, threshold))
     return found
 
 
@@ -519,9 +837,11 @@ def build_report(
     model_name: str,
     locked_test_sha256: str,
     scope_violations: list[str],
+    threshold: ThresholdProvenance | None = None,
     evaluated_at: datetime | None = None,
 ) -> GateReport:
-    """Evaluate every criterion and assemble the evidence.
+    """Evaluate every criterion and assemble the evidence, with the threshold's provenance and
+    every regression beyond the noise (:func:`pccp.regressions.flag_regressions`).
 
     The outcome is ``out_of_scope`` when there is any scope violation (the criteria are still
     evaluated and shown), otherwise ``passed`` exactly when every criterion passed.
@@ -551,4 +871,11 @@ def build_report(
         candidate=_summary(candidate, evaluation.candidate_metrics, cases.positive),
         champion=_summary(champion, evaluation.champion_metrics, cases.positive),
         groups=evaluation.groups,
+        threshold=threshold,
+        regressions=flag_regressions(
+            cases.positive,
+            dict(cases.groups),
+            (candidate.scores, candidate.threshold),
+            (champion.scores, champion.threshold),
+        ),
     )

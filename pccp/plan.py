@@ -9,8 +9,9 @@ Functions" (final, December 2024):
    input specification, output findings, intended use).
 2. **Modification protocol** (:class:`Protocol`): data management (label sources, minimum
    cases, the locked test set by manifest and SHA-256), re-training practices (allowed
-   hyperparameter ranges), performance evaluation (acceptance criteria) and update procedures
-   (approvals, rollout, rollback).
+   hyperparameter ranges), the threshold policy (:class:`ThresholdPolicy`: where a candidate's
+   operating threshold comes from), performance evaluation (acceptance criteria) and update
+   procedures (approvals, rollout, rollback).
 3. **Impact assessment** (:class:`ImpactAssessment`): text, versioned with the plan.
 
 Every acceptance criterion has an id (``PE-3``) that gate results and change-log entries cite.
@@ -147,23 +148,54 @@ class _Criterion(_Frozen):
     description: str = Field(min_length=1)
 
 
-class BoundCriterion(_Criterion):
+class _ByGroup(_Frozen):
+    """Optional per-group evaluation of a criterion (``by: site``, ``by: PatientSex``...)."""
+
+    by: str | None = Field(
+        None,
+        min_length=1,
+        description="Evaluate in every value of this group field instead of overall.",
+    )
+    min_cases: int = Field(
+        30,
+        ge=1,
+        description="With by: fewest cases of the metric's class in a group (positives for "
+        "sensitivity, negatives for specificity, the smaller class for AUROC) for it to be "
+        "evaluated; smaller groups are listed as not evaluated.",
+    )
+
+
+class BoundCriterion(_Criterion, _ByGroup):
     """The lower 95% bound of ``metric`` on the locked test set is at least ``min`` (AUROC by
-    DeLong; sensitivity and specificity by Wilson, at the locked operating point)."""
+    DeLong; sensitivity and specificity by Wilson, at the candidate's operating threshold),
+    overall or, with ``by``, in every group large enough."""
 
     kind: Literal["lower_bound"] = "lower_bound"
     metric: Metric
     min: float = Field(ge=0.0, le=1.0)
 
 
-class NonInferiorityCriterion(_Criterion):
-    """AUROC(candidate) - AUROC(champion) > -``margin`` on the same cases (paired DeLong test,
-    one-sided at ``alpha``)."""
+class NonInferiorityCriterion(_Criterion, _ByGroup):
+    """``metric``(candidate) - ``metric``(champion) > -``margin`` on the same cases, one-sided
+    at ``alpha``: paired DeLong for AUROC, Newcombe's paired interval for sensitivity and
+    specificity (each model at its own threshold); overall or, with ``by``, in every group
+    large enough."""
 
     kind: Literal["non_inferiority"] = "non_inferiority"
-    metric: Literal["auroc"] = "auroc"
+    metric: Metric = "auroc"
     margin: float = Field(ge=0.0, le=0.5)
     alpha: float = Field(0.025, gt=0.0, lt=0.5)
+
+
+class PredictiveValueCriterion(_Criterion):
+    """PPV or NPV at a stated ``prevalence`` (the intended population's, not the test set's),
+    from the candidate's sensitivity and specificity: its one-sided 95% lower bound (from the
+    Wilson bounds of both) at least ``min``."""
+
+    kind: Literal["predictive_value"] = "predictive_value"
+    metric: Literal["ppv", "npv"]
+    prevalence: float = Field(gt=0.0, lt=1.0)
+    min: float = Field(ge=0.0, le=1.0)
 
 
 class GroupMinimumCriterion(_Criterion):
@@ -197,6 +229,7 @@ class RegressionsCriterion(_Criterion):
 Criterion = Annotated[
     BoundCriterion
     | NonInferiorityCriterion
+    | PredictiveValueCriterion
     | GroupMinimumCriterion
     | CalibrationCriterion
     | RegressionsCriterion,
@@ -217,11 +250,54 @@ class UpdateProcedures(_Frozen):
     rollback: str = Field(min_length=1)
 
 
+class ThresholdRule(StrEnum):
+    """How a candidate's operating threshold is set."""
+
+    KEEP_CHAMPION = "keep_champion"
+    """The champion's threshold, unchanged."""
+    HOLD_CHAMPION_SENSITIVITY = "hold_champion_sensitivity"
+    """The highest threshold at which the candidate's sensitivity on the tuning split reaches
+    the champion's sensitivity there (at the champion's threshold): the sensitivity the sites
+    were promised is kept, and specificity is as high as that allows."""
+    TARGET_SENSITIVITY = "target_sensitivity"
+    """The highest threshold at which the candidate's sensitivity on the tuning split reaches
+    ``target_sensitivity``."""
+
+
+class ThresholdPolicy(_Frozen):
+    """Part of the protocol: where a candidate's operating threshold comes from.
+
+    A re-selecting rule reads only the tuning split (the validation part of the candidate's
+    own training data, never the locked test set). The retraining job applies the rule and
+    records the threshold's provenance on the model version; the gate's scope guard refuses a
+    candidate whose threshold came from anywhere else.
+    """
+
+    rule: ThresholdRule = ThresholdRule.KEEP_CHAMPION
+    target_sensitivity: float | None = Field(None, gt=0.0, lt=1.0)
+    min_tuning_positives: int = Field(
+        20,
+        ge=1,
+        description="A re-selecting rule needs at least this many positive cases in the tuning "
+        "split; with fewer the retraining job fails rather than pick a threshold from noise.",
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _target_with_its_rule(self) -> Self:
+        wants_target = self.rule is ThresholdRule.TARGET_SENSITIVITY
+        if wants_target != (self.target_sensitivity is not None):
+            raise ValueError("target_sensitivity is required by, and only by, target_sensitivity")
+        return self
+
+
 class Protocol(_Frozen):
     """Part 2: the modification protocol."""
 
     data_management: DataManagement
     retraining: RetrainingPractices
+    threshold_policy: ThresholdPolicy = ThresholdPolicy()
+    """Absent: the champion's threshold is kept."""
     performance_evaluation: tuple[Criterion, ...] = Field(min_length=1)
     update_procedures: UpdateProcedures
 

@@ -8,10 +8,12 @@ points and reliability bins of both models. No study key is ever in a report.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from pccp.plan import Metric
+from pccp.threshold import ThresholdProvenance
 
 Number = float | int | str | None
 
@@ -34,6 +36,9 @@ class GroupRow(_Frozen):
     """None when not evaluated."""
     note: str = ""
     """Why a group was not evaluated."""
+    lower_bound: float | None = None
+    """For bound and non-inferiority criteria: the group's lower bound (of the metric, or of
+    the difference from the champion)."""
 
 
 class CriterionResult(_Frozen):
@@ -98,6 +103,28 @@ class ModelSummary(_Frozen):
     reliability: list[ReliabilityRow]
 
 
+class FlaggedRegression(_Frozen):
+    """A metric in which the candidate is worse than the champion beyond the noise: the 95%
+    interval of the paired difference lies wholly on the worse side of zero. Listed in the
+    evidence whether or not a criterion covers it."""
+
+    field: str | None
+    """The group field (``site``, ``PatientSex``...); None for the whole locked test set."""
+    value: str | None
+    metric: Literal["auroc", "sensitivity", "specificity", "ece"]
+    cases: int
+    """The cases the metric is computed on (positives for sensitivity, negatives for
+    specificity, all for AUROC and ECE)."""
+    candidate: float
+    champion: float
+    difference: float
+    """Candidate minus champion."""
+    lower: float
+    upper: float
+    method: str
+    sentence: str
+
+
 class GateOutcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
@@ -124,3 +151,8 @@ class GateReport(_Frozen):
     candidate: ModelSummary
     champion: ModelSummary
     groups: list[GroupMetrics]
+    threshold: ThresholdProvenance | None = None
+    """Where the candidate's operating threshold came from (None in reports before the plan
+    had a threshold policy)."""
+    regressions: list[FlaggedRegression] = []
+    """Every metric, overall and per group, worse than the champion's beyond its noise."""

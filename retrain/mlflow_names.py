@@ -33,6 +33,11 @@ MODEL_NAME_TAG: Final = "radsentry.model_name"
 RUN_TAG: Final = "radsentry.run_id"
 COMPLETE_TAG: Final = "radsentry.registration_complete"
 MODEL_ID_TAG: Final = "radsentry.logged_model_id"
+THRESHOLD_TAG: Final = "radsentry.threshold"
+"""The first finding's operating threshold the version was registered with."""
+THRESHOLD_PROVENANCE_TAG: Final = "radsentry.threshold_provenance"
+"""Where that threshold came from (``pccp.threshold.ThresholdProvenance``, compact JSON): the
+PCCP scope guard refuses a candidate whose threshold the plan's policy did not set."""
 
 # -- tags the PCCP gate writes on the version it judged ------------------------------------
 INTENDED_USE_TAG: Final = "radsentry.intended_use_id"

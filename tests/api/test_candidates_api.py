@@ -106,7 +106,7 @@ def test_evidence_exists_only_after_the_gate_and_the_proposer_may_not_approve(
     assert client.post(f"{url}/approve", json={"reason": "r"}, headers=BOB).status_code == 409
     record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
     detail = client.get(url, headers=BOB).json()
-    assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 9)]
+    assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 16)]
     page = client.get(detail["evidence_html"], headers=AUDITOR)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert client.get(detail["evidence_json"], headers=AUDITOR).json()["plan_id"] == (
@@ -210,3 +210,45 @@ def test_the_audit_log_filters_and_pages(client: TestClient) -> None:
         "signatures_checked": True,
         "unsigned_through": 0,
     }
+
+
+def test_the_status_history_is_read_from_the_change_log_through_rollback(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    created = propose(client)
+    url = f"/candidates/{created['candidate_id']}"
+    record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
+    for who, reason in ((BOB, "fine at site-02"), (bearer(SETTINGS, "carol", Role.MLOPS), "ok")):
+        assert (
+            client.post(f"{url}/approve", json={"reason": reason}, headers=who).status_code == 200
+        )
+    assert client.post(f"{url}/promote", json={"reason": "go"}, headers=ALICE).status_code == 200
+    undo = {"expected_version": "2", "reason": "drill"}
+    assert client.post(f"/models/{MODEL}/rollback", json=undo, headers=BOB).status_code == 200
+
+    detail = client.get(url, headers=AUDITOR).json()
+    history = detail["history"]
+    assert [h["action"] for h in history] == [
+        "candidate.proposed",
+        "gate.result",
+        "approval",
+        "approval",
+        "promotion",
+        "rollback",
+    ]
+    assert [h["seq"] for h in history] == sorted(h["seq"] for h in history)
+    assert all(h["authentic"] for h in history)
+    assert history[2]["actor"] == "bob" and "fine at site-02" in history[2]["sentence"]
+    assert "replacing version 1" in history[4]["sentence"]
+    assert "version 1 restored" in history[5]["sentence"]
+    assert detail["verify_command"] == "radsentry audit verify"
+    # The signatures shown are the change log's, entry by entry.
+    assert [s["change_log_seq"] for s in detail["signatures"]] == [h["seq"] for h in history[2:4]]
+
+    page = client.get(f"{url}/evidence", headers=AUDITOR).text
+    listed = ", ".join(str(h["seq"]) for h in history)
+    assert f"Rendered from change-log entries {listed}" in page
+    assert "<code>radsentry audit verify</code>" in page
+    for entry in history:
+        assert entry["entry_hash"][:16] in page
+    assert "Rolled back at" in page and "Promoted to champion at" in page

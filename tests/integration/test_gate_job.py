@@ -30,9 +30,11 @@ from monitor.service.pccp.jobs import (
 )
 from pccp.catalog import SHIPPED_PLANS
 from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
+from pccp.plan import ThresholdRule
+from pccp.threshold import ThresholdProvenance
 from retrain.dataset import LockedTestSet, LockedTestSetError
 from retrain.initial import InitialConfig, render_cohort
-from retrain.mlflow_names import INTENDED_USE_TAG
+from retrain.mlflow_names import DATASET_TAG, INTENDED_USE_TAG, THRESHOLD_PROVENANCE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.tracking import RegisteredVersion
 
@@ -46,6 +48,32 @@ SPEC = ModelSpec(pooling="avg")
 INTENDED_USE = "cxr-lesion-triage-v1"
 
 
+def in_plan(threshold: float = 0.5, **tags: str) -> dict[str, str]:
+    """Tags of a version trained under the plan: its intended use, its training manifest, and
+    a threshold the plan's policy selected on that manifest's tuning split."""
+    provenance = ThresholdProvenance(
+        rule=ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
+        threshold=threshold,
+        source="tuning_split",
+        plan_id="cxr-lesion-pccp",
+        plan_version="1.1.0",
+        champion_version="1",
+        champion_threshold=0.5,
+        target_sensitivity=0.9,
+        training_manifest_sha256="d" * 64,
+        tuning_cases=100,
+        tuning_positives=30,
+        tuning_sensitivity=0.9,
+        tuning_specificity=0.6,
+    )
+    return {
+        INTENDED_USE_TAG: INTENDED_USE,
+        DATASET_TAG: "d" * 64,
+        THRESHOLD_PROVENANCE_TAG: provenance.to_tag(),
+        **tags,
+    }
+
+
 def model(seed: int, spec: ModelSpec = SPEC) -> TrainedModel:
     torch.manual_seed(seed)
     return TrainedModel(spec, build_model(spec).state_dict(), (1.0,), (0.5,))
@@ -56,7 +84,7 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.models: dict[str, TrainedModel] = {"1": model(0), "2": model(1)}
-        self.tags: dict[str, dict[str, str]] = {v: {INTENDED_USE_TAG: INTENDED_USE} for v in "12"}
+        self.tags: dict[str, dict[str, str]] = {v: in_plan() for v in "12"}
         self.evidence: dict[str, dict[str, bytes]] = {}
 
     def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
@@ -119,7 +147,7 @@ def test_the_gate_scores_the_locked_set_and_records_its_evidence(context: GateCo
     assert row.status in ("passed", "failed")  # untrained models: the criteria decide
     report = report_of(row)
     assert report is not None and report.cases == 80
-    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 9)]
+    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 16)]
     assert report.candidate_version == "2" and report.champion_version == "1"
     assert report.scope_violations == []
     assert row.plan_id == "cxr-lesion-pccp" and row.approvals_required == 2
@@ -139,7 +167,7 @@ def test_a_plan_is_logged_once_per_version_and_again_when_it_changes(
 ) -> None:
     registry = context.registry
     assert isinstance(registry, FakeRegistry)
-    registry.models["3"], registry.tags["3"] = model(2), {INTENDED_USE_TAG: INTENDED_USE}
+    registry.models["3"], registry.tags["3"] = model(2), in_plan()
     evaluate(context, proposed(context.engine, "2").candidate_id)
     evaluate(context, proposed(context.engine, "3").candidate_id)
     assert actions(context.engine).count("plan.loaded") == 1
@@ -151,7 +179,7 @@ def test_a_plan_is_logged_once_per_version_and_again_when_it_changes(
     document["impact_assessment"]["text"] += " Revised."
     (plans / "gate.yaml").write_text(yaml.safe_dump(document))
     (plans / "locked.json").write_bytes((context.plans_dir / "locked.json").read_bytes())
-    registry.models["4"], registry.tags["4"] = model(3), {INTENDED_USE_TAG: INTENDED_USE}
+    registry.models["4"], registry.tags["4"] = model(3), in_plan()
     changed = GateContext(context.engine, registry, plans, context.locked_cases_dir)
     evaluate(changed, proposed(context.engine, "4").candidate_id)
     logged = [e for e in entries(context.engine) if e.action.startswith("plan.")]
@@ -192,15 +220,21 @@ def test_locked_cases_that_are_not_exactly_the_locked_set_are_refused(
 @pytest.mark.parametrize(
     ("candidate", "tags", "violation"),
     [
-        (
-            model(1, ModelSpec(pooling="avg", input_size=32)),
-            {INTENDED_USE_TAG: INTENDED_USE},
-            "input",
-        ),
-        (model(1), {}, "intended-use"),
-        (model(1), {INTENDED_USE_TAG: "adult-ct-triage"}, "intended use"),
+        (model(1, ModelSpec(pooling="avg", input_size=32)), in_plan(), "input"),
+        (model(1), {k: v for k, v in in_plan().items() if k != INTENDED_USE_TAG}, "intended-use"),
+        (model(1), in_plan(**{INTENDED_USE_TAG: "adult-ct-triage"}), "intended use"),
+        (model(1), {INTENDED_USE_TAG: INTENDED_USE}, "no recorded provenance"),
+        (model(1), in_plan(threshold=0.3), "changed after selection"),
+        (model(1), in_plan(**{DATASET_TAG: "e" * 64}), "tuning split"),
     ],
-    ids=["input-size", "no-intended-use", "other-intended-use"],
+    ids=[
+        "input-size",
+        "no-intended-use",
+        "other-intended-use",
+        "threshold-without-provenance",
+        "threshold-edited",
+        "threshold-from-other-data",
+    ],
 )
 def test_a_candidate_outside_the_plan_is_out_of_scope_and_never_promotable(
     context: GateContext, candidate: TrainedModel, tags: dict[str, str], violation: str
@@ -232,7 +266,7 @@ def test_a_model_no_plan_governs_cannot_be_evaluated(context: GateContext) -> No
 def test_the_cli_checks_plans_and_its_arguments() -> None:
     runner = CliRunner()
     checked = runner.invoke(app, ["pccp", "check"])
-    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.0.0 governs cxr-lesion" in checked.output
+    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.1.0 governs cxr-lesion" in checked.output
     both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
     assert both.exit_code == 2
     assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2

@@ -103,6 +103,16 @@ def write_test_plan(folder: Path, scratch: Path, initial: InitialConfig = INITIA
         "PE-6": {"min": 0.6, "min_cases": 30},
         "PE-7": {"max": 0.2},
         "PE-8": {"tolerance": 0.1},
+        "PE-9": {"margin": 0.2},
+        # Specificity loose enough for this cohort's candidate, which (like the demo's) buys
+        # site-02's sensitivity back with false positives on the old scanner's test studies:
+        # this test is about governance, test_embedded_defaults about the shipped plan failing it.
+        "PE-10": {"margin": 0.45},
+        "PE-11": {"tolerance": 0.25},
+        "PE-12": {"tolerance": 0.5},
+        "PE-13": {"min": 0.3, "min_cases": 10},
+        "PE-14": {"min": 0.05, "min_cases": 10},
+        "PE-15": {"min": 0.9},
     }
     for criterion in document["protocol"]["performance_evaluation"]:
         criterion.update(loose[criterion["id"]])
@@ -218,8 +228,8 @@ def governed(
         assert listed["model_version"] == version and listed["triggered_by"] == trigger
         url = f"/candidates/{listed['candidate_id']}"
         detail = client.get(url, headers=alice).json()
-        assert detail["status"] == "passed", detail["criteria"]
-        assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 9)]
+        assert detail["status"] == "passed", [c for c in detail["criteria"] if not c["passed"]]
+        assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 16)]
         assert detail["champion_version"] == champion_version
         page = client.get(detail["evidence_html"], headers=alice)
         assert page.status_code == 200 and "PE-4" in page.text and "<svg" in page.text
@@ -274,6 +284,6 @@ def governed(
     assert [action for action in trail if action in expected] == expected[1:], trail
     by_action = {entry["action"]: entry for entry in audit["items"]}
     assert by_action["promotion"]["details"]["approvers"] == ["alice", "bob"]
-    assert by_action["gate.result"]["plan_version"] == "1.0.0"
+    assert by_action["gate.result"]["plan_version"] == "1.1.0"
     assert by_action["rollback"]["details"]["restored_champion"] == champion_version
     assert verify(engine).ok

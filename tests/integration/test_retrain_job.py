@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, update
 
@@ -27,8 +28,12 @@ from monitor.service.retrain.cases import load_cases
 from monitor.service.retrain.jobs import JobContext, serve_pending
 from monitor.service.retrain.store import claim_next, consider_alerts, request_manual
 from monitor.simulate import SimulationConfig, simulate
+from pccp.catalog import SHIPPED_PLANS
+from pccp.plan import ThresholdRule
+from pccp.threshold import ThresholdProvenance
 from retrain.config import JobConfig, TrainConfig
 from retrain.dataset import DatasetManifest, LockedTestSet
+from retrain.mlflow_names import THRESHOLD_PROVENANCE_TAG, THRESHOLD_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.policy import RetrainPolicy, Trigger
 from retrain.tracking import RegisteredVersion, RunRecord, TrackingError
@@ -94,12 +99,19 @@ def stored(pg_engine: Engine, events: list[object]) -> Iterator[Engine]:
     yield pg_engine
 
 
-def context(engine: Engine, registry: FakeRegistry, tmp_path: Path, **config: object) -> JobContext:
+def context(
+    engine: Engine,
+    registry: FakeRegistry,
+    tmp_path: Path,
+    plans_dir: Path | None = None,
+    **config: object,
+) -> JobContext:
     return JobContext(
         engine=engine,
         registry=registry,
         config=FAST.model_copy(update=config),
         work_dir=tmp_path / "retrain",
+        plans_dir=plans_dir,
     )
 
 
@@ -145,6 +157,13 @@ def test_a_request_becomes_a_registered_challenger_with_its_lineage(
     assert record.tags["radsentry.request_id"] == str(request.request_id)
     assert record.manifest.sha256() == served.manifest_sha256
     assert record.result.model.spec == SPEC  # the champion's family, never another
+    # No plan governs the model here: the trainer's own rule set the threshold, and says so.
+    provenance = ThresholdProvenance.from_tag(record.tags[THRESHOLD_PROVENANCE_TAG])
+    assert provenance is not None and provenance.plan_id is None
+    assert provenance.rule is ThresholdRule.TARGET_SENSITIVITY
+    assert provenance.threshold == record.result.model.thresholds[0]
+    assert float(record.tags[THRESHOLD_TAG]) == record.result.model.thresholds[0]
+    assert provenance.training_manifest_sha256 == served.manifest_sha256
     assert counter("succeeded") == before + 1
     logged = [(e.action, e.actor) for e in change_log.entries(stored)]
     assert logged == [
@@ -249,3 +268,55 @@ def test_progress_is_merged_and_is_the_heartbeat(stored: Engine) -> None:
     assert row.progress == {"stage": "training", "epoch": 2}
     assert row.updated_at.year > 2020
     assert uuid.UUID(str(row.request_id)) == request.request_id
+
+
+def plan_governing(folder: Path, policy: dict[str, object]) -> Path:
+    """The shipped plan with ``policy``, governing this test's model, with an empty locked
+    test set."""
+    folder.mkdir(parents=True, exist_ok=True)
+    locked = LockedTestSet.from_keys([])
+    locked.write(folder / "locked.json")
+    document = yaml.safe_load((SHIPPED_PLANS / "cxr-lesion.yaml").read_text())
+    document["protocol"]["data_management"]["locked_test_set"] = {
+        "manifest": "locked.json",
+        "sha256": locked.sha256,
+    }
+    document["protocol"]["threshold_policy"] = policy
+    (folder / "plan.yaml").write_text(yaml.safe_dump(document))
+    return folder
+
+
+def test_the_plans_threshold_policy_sets_the_registered_threshold(
+    stored: Engine, tmp_path: Path
+) -> None:
+    champion = untrained_champion()
+    champion = TrainedModel(SPEC, champion.state_dict, (1.0,), (0.37,))
+    registry = FakeRegistry(champion)
+    request_manual(stored, MODEL, "ml-ops@example.org", "keep the operating point")
+    plans = plan_governing(tmp_path / "plans", {"rule": "keep_champion"})
+
+    [served] = serve_pending(context(stored, registry, tmp_path, plans_dir=plans))
+
+    assert served.status == "succeeded", served.error
+    [record] = registry.records
+    assert record.result.model.thresholds == (0.37,)  # the champion's, whatever training chose
+    provenance = ThresholdProvenance.from_tag(record.tags[THRESHOLD_PROVENANCE_TAG])
+    assert provenance is not None and provenance.rule is ThresholdRule.KEEP_CHAMPION
+    assert provenance.source == "champion" and provenance.plan_id == "cxr-lesion-pccp"
+    assert served.progress is not None
+    assert served.progress["threshold"]["threshold"] == 0.37
+
+
+def test_a_rule_with_too_few_positive_tuning_cases_fails_the_job(
+    stored: Engine, tmp_path: Path
+) -> None:
+    registry = FakeRegistry(untrained_champion())
+    request_manual(stored, MODEL, "ml-ops@example.org", "re-select the threshold")
+    policy = {"rule": "hold_champion_sensitivity", "min_tuning_positives": 500}
+    plans = plan_governing(tmp_path / "plans", policy)
+
+    [served] = serve_pending(context(stored, registry, tmp_path, plans_dir=plans))
+
+    assert served.status == "failed" and served.attempts == 1  # retrying cannot help
+    assert served.error is not None and "needs at least 500" in served.error
+    assert registry.records == []  # nothing registered

@@ -77,7 +77,7 @@ def test_the_json_is_canonical_and_round_trips(failing: GateReport) -> None:
     assert encoded.decode() == json.dumps(document, sort_keys=True, indent=2) + "\n"
     assert document["outcome"] == "failed"
     assert document["evaluated_at"] == "2025-03-01T12:00:00Z"
-    assert [c["id"] for c in document["criteria"]] == [f"PE-{i}" for i in range(1, 9)]
+    assert [c["id"] for c in document["criteria"]] == [f"PE-{i}" for i in range(1, 16)]
 
 
 def test_no_study_key_reaches_the_report(failing: GateReport) -> None:

@@ -23,11 +23,13 @@ from pccp.gate import (
     GateError,
     GateOutcome,
     ModelScores,
+    ThresholdFacts,
     build_report,
     evaluate_criteria,
     scope_violations,
 )
-from pccp.plan import Plan, load_plan
+from pccp.plan import Plan, ThresholdRule, load_plan
+from pccp.threshold import ThresholdProvenance
 from retrain.model import ModelSpec, expected_calibration_error
 
 torch.set_num_threads(1)  # retrain.model imports torch; the box has two cores
@@ -352,7 +354,7 @@ def test_regressions_pass_for_a_candidate_better_everywhere() -> None:
 def test_the_shipped_plan_passes_a_good_candidate_on_every_criterion(shipped: Plan) -> None:
     cases, candidate, champion, _ = synthetic(0)
     results = evaluate_criteria(shipped, cases, candidate, champion)
-    assert [result.id for result in results] == [f"PE-{i}" for i in range(1, 9)]
+    assert [result.id for result in results] == [f"PE-{i}" for i in range(1, 16)]
     assert [result.kind for result in results] == [
         "lower_bound",
         "lower_bound",
@@ -362,6 +364,13 @@ def test_the_shipped_plan_passes_a_good_candidate_on_every_criterion(shipped: Pl
         "group_minimum",
         "calibration",
         "regressions",
+        "non_inferiority",  # sensitivity, overall, paired
+        "non_inferiority",  # specificity, overall, paired
+        "regressions",  # sensitivity, every site and subgroup
+        "regressions",  # specificity, every site and subgroup
+        "lower_bound",  # sensitivity, by site
+        "lower_bound",  # specificity, by site
+        "predictive_value",
     ]
     assert failed_ids(results) == set()
     assert [row.value for row in results[4].groups] == ["site-a", "site-b", "site-c"]
@@ -384,7 +393,12 @@ def test_the_shipped_plan_fails_a_candidate_that_lost_one_site(shipped: Plan) ->
 def test_the_shipped_plan_fails_only_sensitivity_at_a_higher_threshold(shipped: Plan) -> None:
     cases, candidate, champion, _ = synthetic(0)
     strict = ModelScores("3", candidate.scores, 0.5)
-    assert failed_ids(evaluate_criteria(shipped, cases, strict, champion)) == {"PE-2"}
+    # The bound (PE-2), paired non-inferiority (PE-9) and per-group margin (PE-11) on sensitivity.
+    assert failed_ids(evaluate_criteria(shipped, cases, strict, champion)) == {
+        "PE-2",
+        "PE-9",
+        "PE-11",
+    }
 
 
 def test_the_shipped_plan_fails_only_calibration_for_squeezed_scores(shipped: Plan) -> None:
@@ -397,8 +411,28 @@ def test_the_shipped_plan_fails_only_calibration_for_squeezed_scores(shipped: Pl
 # --- scope and outcome --------------------------------------------------------------------------
 
 
+def held(threshold: float = 0.3, champion: float = 0.25) -> ThresholdFacts:
+    """A threshold the shipped plan's rule set on the candidate's own tuning split."""
+    provenance = ThresholdProvenance(
+        rule=ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
+        threshold=threshold,
+        source="tuning_split",
+        plan_id="cxr-lesion-pccp",
+        plan_version="1.1.0",
+        champion_version="1",
+        champion_threshold=champion,
+        target_sensitivity=0.9,
+        training_manifest_sha256="a" * 64,
+        tuning_cases=200,
+        tuning_positives=60,
+        tuning_sensitivity=0.9,
+        tuning_specificity=0.7,
+    )
+    return ThresholdFacts(threshold, champion, "1", provenance, "a" * 64)
+
+
 def test_a_candidate_matching_the_fixed_elements_is_in_scope(shipped: Plan) -> None:
-    assert scope_violations(shipped, ModelSpec(), "cxr-lesion-triage-v1") == []
+    assert scope_violations(shipped, ModelSpec(), "cxr-lesion-triage-v1", threshold=held()) == []
 
 
 @pytest.mark.parametrize(
@@ -416,7 +450,7 @@ def test_each_changed_fixed_element_is_one_violation_in_words(
 ) -> None:
     # model_copy skips validation: only small_cnn is registered, and the guard reads fields.
     spec = ModelSpec().model_copy(update=change)
-    (violation,) = scope_violations(shipped, spec, intended_use)
+    (violation,) = scope_violations(shipped, spec, intended_use, threshold=held())
     assert words in violation
 
 
@@ -433,11 +467,9 @@ def test_the_order_of_the_findings_is_fixed_too(shipped: Plan) -> None:
         }
     )
     spec = ModelSpec(findings=("nodule", "lesion"))
-    assert len(scope_violations(plan, spec, "cxr-lesion-triage-v1")) == 1
-    assert (
-        scope_violations(plan, ModelSpec(findings=("lesion", "nodule")), "cxr-lesion-triage-v1")
-        == []
-    )
+    assert len(scope_violations(plan, spec, "cxr-lesion-triage-v1", threshold=held())) == 1
+    in_order = ModelSpec(findings=("lesion", "nodule"))
+    assert scope_violations(plan, in_order, "cxr-lesion-triage-v1", threshold=held()) == []
 
 
 def test_out_of_scope_wins_even_when_every_criterion_passes(shipped: Plan) -> None:

@@ -12,9 +12,12 @@ running (``demo.run_demo``), :class:`DemoLoop` drives what production spreads ov
    ``challenger`` in MLflow; it becomes a PCCP candidate.
 6. ``gate``: the acceptance gate on the locked test set, with its evidence report (the stage
    is reached whatever the outcome: the gate ran).
-7. ``awaiting-approval``: the candidate passed and waits for two ML-ops signatures; the loop
-   prints the URLs and the exact commands for two demo identities to approve and promote. A
-   candidate the gate failed stops the loop here, with the link to its evidence.
+7. ``decision``: what a person must decide now, and why. A candidate that passed waits for two
+   ML-ops signatures: the loop prints the URLs and the exact commands for two demo identities
+   to approve and promote. A candidate the gate failed (or found outside the plan) can never be
+   promoted: the loop prints the criteria it failed and the regressions the evidence flags,
+   naming the changed site, and the choices left to ML ops while the champion keeps serving
+   there (acknowledge its alert with the decision, or ask for another retrain).
 
 Every stage calls the same functions the scheduler and the API do; the loop only runs them now
 instead of on their schedules, and waits for what the consumer thread does. A stage that does
@@ -109,7 +112,7 @@ class DemoLoop:
             Stage.RETRAIN_REQUEST: self._retrain_request,
             Stage.CANDIDATE: self._candidate,
             Stage.GATE: self._gate,
-            Stage.AWAITING_APPROVAL: self._awaiting_approval,
+            Stage.DECISION: self._decision,
         }
         started = time.monotonic()
         stages = STAGES[: STAGES.index(until) + 1]
@@ -217,6 +220,7 @@ class DemoLoop:
             config=self.settings.retrain.job,
             work_dir=(self.settings.data_dir / "retrain").resolve(),
             lease=timedelta(seconds=self.settings.retrain.lease_s),
+            plans_dir=self.settings.plans_dir,
         )
         self.console.print("  training the candidate, warm-started from the champion")
         served = serve_pending(context, limit=1)
@@ -251,18 +255,19 @@ class DemoLoop:
         )
         return f"{verdict}; evidence: {self.api_url}/candidates/{row.candidate_id}/evidence"
 
-    def _awaiting_approval(self, _stop: threading.Event) -> str:
+    def _decision(self, _stop: threading.Event) -> str:
         assert self.state.candidate_id is not None
         row = candidates_store.get(self.engine, self.state.candidate_id)
-        if row.status != "passed":
-            raise StageFailed(
-                f"the gate {row.status} the candidate: it cannot be approved (the evidence "
-                f"says why: {self.api_url}/candidates/{row.candidate_id}/evidence)"
+        if row.status == "passed":
+            self.console.print(
+                approval_instructions(self.api_url, row, self.simulation), soft_wrap=True
             )
+            return f"{row.model_name} version {row.model_version} waits for two approvals"
+        alert = self._alert(performance=True) or self._alert(performance=False)
         self.console.print(
-            approval_instructions(self.api_url, row, self.simulation), soft_wrap=True
+            decision_instructions(self.api_url, row, self.simulation, alert), soft_wrap=True
         )
-        return f"{row.model_name} version {row.model_version} waits for two approvals"
+        return why_not_promotable(row, self.simulation.change_site)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -333,3 +338,69 @@ def approval_instructions(api_url: str, row: CandidateRow, simulation: Simulatio
             "Ctrl-C stops everything.",
         ]
     )
+
+
+def why_not_promotable(row: CandidateRow, site: str | None) -> str:
+    """One sentence: the gate's outcome, the criteria it failed, and the first regression the
+    evidence flags at ``site`` (else anywhere)."""
+    report = row.report or {}
+    failed = [c["id"] for c in report.get("criteria", []) if not c["passed"]]
+    regressions = report.get("regressions", [])
+    at_site = [r for r in regressions if r.get("field") == "site" and r.get("value") == site]
+    first = (at_site or regressions or [None])[0]
+    outcome = str(row.status).replace("_", " ")
+    because = f" ({', '.join(failed)})" if failed else ""
+    scope = report.get("scope_violations") or []
+    outside = f"; outside the plan: {scope[0]}" if scope else ""
+    flagged = f" {first['sentence']}" if first else ""
+    return (
+        f"{row.model_name} version {row.model_version} {outcome} the PCCP gate{because}{outside}."
+        f"{flagged} It can never be promoted: a person decides what happens next"
+    )
+
+
+def decision_instructions(
+    api_url: str, row: CandidateRow, simulation: SimulationConfig, alert: AlertRow | None
+) -> str:
+    """What a person must decide after a failed gate, and the commands for each choice."""
+    candidate = f"{api_url}/candidates/{row.candidate_id}"
+    site = simulation.change_site or "site-01"
+    post = "curl -s -X POST -H 'Content-Type: application/json'"
+    report = row.report or {}
+    lines = [
+        "",
+        f"[bold]Not promotable.[/bold] The PCCP gate {str(row.status).replace('_', ' ')} "
+        f"{row.model_name} version {row.model_version}; the champion keeps serving {site}.",
+    ]
+    for criterion in report.get("criteria", []):
+        if not criterion["passed"]:
+            lines.append(f"  {criterion['id']}: {escape(criterion.get('detail', ''))}")
+    for violation in report.get("scope_violations", []):
+        lines.append(f"  outside the plan: {escape(violation)}")
+    # The changed site's first: that is what the site's manager will ask about.
+    flagged = sorted(
+        report.get("regressions", []),
+        key=lambda r: not (r.get("field") == "site" and r.get("value") == site),
+    )
+    if flagged:
+        lines.append(f"The evidence flags {len(flagged)} regression(s) beyond the noise, e.g.:")
+        lines.extend(f"  {escape(r['sentence'])}" for r in flagged[:3])
+    lines += [
+        f"  evidence:          {candidate}/evidence",
+        f"A person decides what {site} gets now (ML ops; a token: "
+        "ALICE=$(radsentry token --subject alice --role mlops)):",
+    ]
+    auth = '-H "Authorization: Bearer $ALICE"'
+    if alert is not None:
+        note = f"champion kept at {site}; candidate {row.model_version} failed the gate"
+        lines.append(
+            f"  keep the champion, noted on its alert: {post} {auth} "
+            f'-d \'{{"note": "{note}"}}\' {api_url}/alerts/{alert.alert_id}/acknowledge'
+        )
+    reason = f"more {site} labels after the failed gate"
+    lines += [
+        f"  or ask for another retrain: {post} {auth} "
+        f'-d \'{{"reason": "{reason}"}}\' {api_url}/models/{row.model_name}/retrain',
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)

@@ -1,5 +1,5 @@
 """``radsentry demo``: everything on embedded defaults, driven through the whole loop
-(``demo.loop``): initial model, stream, alerts, retrain, candidate, gate, awaiting approval."""
+(``demo.loop``): initial model, stream, alerts, retrain, candidate, gate, a person's decision."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def run_demo(
 
     def drive() -> None:
         try:
-            loop.run(until or Stage.AWAITING_APPROVAL, stop)
+            loop.run(until or Stage.DECISION, stop)
             outcome["code"] = 0
         except StageFailed as exc:
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)

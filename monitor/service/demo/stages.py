@@ -15,7 +15,8 @@ class Stage(StrEnum):
     RETRAIN_REQUEST = "retrain-request"
     CANDIDATE = "candidate"
     GATE = "gate"
-    AWAITING_APPROVAL = "awaiting-approval"
+    DECISION = "decision"
+    """A person decides: approve a passed candidate, or what the site gets after a failed one."""
 
 
 STAGES: Final = tuple(Stage)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -23,12 +23,12 @@ from sqlalchemy import Engine
 
 from monitor.events import Identifier
 from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
-from monitor.service.db import as_utc
 from monitor.service.deps import EngineDep, PageOffset, Reason
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
 from monitor.service.pccp.champion import ChampionRegistry
+from monitor.service.pccp.decision import decision_record
 from monitor.service.pccp.store import CandidateStatus, Decision
 
 
@@ -95,6 +95,21 @@ class SignaturePublic(BaseModel):
     change_log_seq: int
 
 
+class HistoryEntryPublic(BaseModel):
+    """One change-log entry about the candidate: its status history, entry by entry."""
+
+    seq: int
+    recorded_at: datetime
+    action: str
+    actor: str
+    sentence: str
+    entry_hash: str
+    authentic: bool = Field(
+        description="Its hash recomputes and a trusted audit key signed it (or it predates "
+        "signing): `radsentry audit verify` checks the whole chain."
+    )
+
+
 class CriterionPublic(BaseModel):
     id: str
     kind: str
@@ -131,6 +146,11 @@ class CandidateDetail(CandidatePublic):
     scope_violations: list[str]
     signatures: list[SignaturePublic]
     approvals: int
+    history: list[HistoryEntryPublic] = Field(
+        description="The change log's entries about the candidate's version, in order: training, "
+        "proposal, gate results, signatures, promotion, rollback."
+    )
+    verify_command: str = Field(description="How to verify those entries.")
     evidence_html: str | None = Field(None, description="This API's link to the readable report.")
     evidence_json: str | None
     evidence_uri: str | None = Field(None, description="The report in the MLflow run's artifacts.")
@@ -229,38 +249,17 @@ def get_candidate(
     responses={404: {}},
 )
 def evidence_html(candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> str:
-    """The gate's evidence report as a readable page, with the decision record as of now: the
-    status, each signature (printed name, UTC time, meaning), the promotion and the rollback."""
+    """The gate's evidence report as a readable page, with the decision record as of now, read
+    from the change log: the status history, each signature (printed name, UTC time, meaning),
+    the promotion and the rollback, the entries it was rendered from and how to verify them."""
     from monitor.service.pccp.jobs import report_of  # torch, mlflow: only when asked
-    from pccp.evidence import DecisionRecord, Signature, report_html
+    from pccp.evidence import report_html
 
     row = visible(engine, candidate_id, principal)
     report = report_of(row)
     if report is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the gate has not evaluated it yet")
-    decision = DecisionRecord(
-        as_of=datetime.now(UTC),
-        status=row.status,
-        approvals_required=row.approvals_required,
-        signatures=[
-            Signature(
-                signer=s.signer,
-                signer_name=s.signer_name,
-                decision=s.decision,
-                meaning=s.meaning,
-                reason=s.reason,
-                signed_at=as_utc(s.signed_at),
-                change_log_seq=s.change_log_seq,
-            )
-            for s in candidates_store.signatures(engine, row.candidate_id)
-        ],
-        promoted_at=None if row.promoted_at is None else as_utc(row.promoted_at),
-        promoted_by=row.promoted_by,
-        previous_champion=row.previous_champion,
-        rolled_back_at=None if row.rolled_back_at is None else as_utc(row.rolled_back_at),
-        rolled_back_by=row.rolled_back_by,
-    )
-    return report_html(report, decision)
+    return report_html(report, decision_record(engine, row))
 
 
 @router.get("/candidates/{candidate_id}/evidence.json", responses={404: {}})
@@ -359,7 +358,7 @@ def rollback(
 
 
 def _detail(engine: Any, row: CandidateRow, request: Request) -> CandidateDetail:
-    signatures = candidates_store.signatures(engine, row.candidate_id)
+    decision = decision_record(engine, row)
     report = row.report or {}
     evaluated = row.report is not None
     base = str(request.url_for("evidence_html", candidate_id=row.candidate_id))
@@ -373,8 +372,14 @@ def _detail(engine: Any, row: CandidateRow, request: Request) -> CandidateDetail
             for c in report.get("criteria", [])
         ],
         scope_violations=list(report.get("scope_violations", [])),
-        signatures=[SignaturePublic.model_validate(s, from_attributes=True) for s in signatures],
-        approvals=sum(1 for s in signatures if s.decision == "approve"),
+        signatures=[
+            SignaturePublic.model_validate(s, from_attributes=True) for s in decision.signatures
+        ],
+        approvals=sum(1 for s in decision.signatures if s.decision == "approve"),
+        history=[
+            HistoryEntryPublic.model_validate(e, from_attributes=True) for e in decision.history
+        ],
+        verify_command=decision.verify_command,
         evidence_html=base if evaluated else None,
         evidence_json=f"{base}.json" if evaluated else None,
         evidence_uri=report.get("evidence_uri"),

@@ -8,7 +8,9 @@ For one candidate:
    read the locked cases (``pccp.locked_cases``: exactly the manifest's studies).
 3. Score every locked study with the candidate and with the current champion (the registry's
    ``champion`` alias), each at its own input size and operating threshold.
-4. Check the scope guard and every criterion (``pccp.gate.build_report``).
+4. Check the scope guard (the fixed elements, and the candidate's threshold against the plan's
+   threshold policy by its recorded provenance, tag ``radsentry.threshold_provenance``) and
+   every criterion (``pccp.gate.build_report``).
 5. Attach the evidence (report JSON and HTML) to the candidate's MLflow version, tag the version
    with the outcome, and store outcome and report on the candidate with a ``gate.result``
    change-log entry (``candidates_store.record_gate``).
@@ -39,16 +41,26 @@ from monitor.service.pccp import store as candidates_store
 from monitor.service.settings import Settings
 from pccp.catalog import PlanFile, plan_for
 from pccp.evidence import report_html, report_json
-from pccp.gate import GateCases, GateReport, ModelScores, build_report, scope_violations
+from pccp.gate import (
+    GateCases,
+    GateReport,
+    ModelScores,
+    ThresholdFacts,
+    build_report,
+    scope_violations,
+)
 from pccp.locked_cases import LockedCase, read_locked_cases
-from pccp.plan import GroupMinimumCriterion, Plan, locked_test_set_path
+from pccp.plan import Plan, locked_test_set_path
+from pccp.threshold import ThresholdProvenance
 from retrain.data import tensors_for
 from retrain.dataset import LockedTestSet
 from retrain.mlflow_names import (
     CHAMPION,
+    DATASET_TAG,
     INTENDED_USE_TAG,
     OUTCOME_TAG,
     PLAN_VERSION_TAG,
+    THRESHOLD_PROVENANCE_TAG,
 )
 from retrain.model import TrainedModel, predict
 from retrain.tracking import RegisteredVersion
@@ -121,16 +133,29 @@ def evaluate(context: GateContext, candidate_id: Any) -> CandidateRow:
     bound.info("gate scoring the locked test set", cases=len(cases))
     finding = plan.description.fixed.findings[0]
     scores = _Scorer(cases, row.model_name, finding, context.image_workers)
+    candidate_scores = scores.of(candidate_model, row.model_version)
+    champion_scores = scores.of(champion_model, champion_version.version)
+    provenance = ThresholdProvenance.from_tag(candidate_version.tags.get(THRESHOLD_PROVENANCE_TAG))
     report = build_report(
         plan,
         scores.cases(plan),
-        scores.of(candidate_model, row.model_version),
-        scores.of(champion_model, champion_version.version),
+        candidate_scores,
+        champion_scores,
         model_name=row.model_name,
         locked_test_sha256=locked.sha256,
         scope_violations=scope_violations(
-            plan, candidate_model.spec, candidate_version.tags.get(INTENDED_USE_TAG)
+            plan,
+            candidate_model.spec,
+            candidate_version.tags.get(INTENDED_USE_TAG),
+            threshold=ThresholdFacts(
+                candidate_threshold=candidate_scores.threshold,
+                champion_threshold=champion_scores.threshold,
+                champion_version=champion_version.version,
+                provenance=provenance,
+                training_manifest_sha256=candidate_version.tags.get(DATASET_TAG),
+            ),
         ),
+        threshold=provenance,
     )
     evidence_uri = context.registry.attach_evidence(
         row.model_name,
@@ -223,9 +248,7 @@ class _Scorer:
 
     def cases(self, plan: Plan) -> GateCases:
         fields = {"site"} | {
-            c.by
-            for c in plan.protocol.performance_evaluation
-            if isinstance(c, GroupMinimumCriterion)
+            by for c in plan.protocol.performance_evaluation if (by := getattr(c, "by", None))
         }
         return GateCases(
             study_keys=tuple(case.study_key for case in self._cases),

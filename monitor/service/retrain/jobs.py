@@ -18,16 +18,22 @@ heartbeat):
    a job that dies resumes where it stopped on its next attempt;
 6. **evaluation** (``retrain.compare``): champion and candidate on the validation side, overall
    and per site;
-7. **registration**: one MLflow run and one model version with alias ``challenger``, tagged with
+7. **threshold**: the governing PCCP plan's threshold policy (``pccp.threshold``) sets the
+   candidate's operating threshold from the validation side (the tuning split; never the locked
+   test set), or keeps the champion's; with no plan, the trainer's own choice stands. The
+   threshold's provenance is recorded on the version (``radsentry.threshold_provenance``) for
+   the gate's scope guard and the evidence;
+8. **registration**: one MLflow run and one model version with alias ``challenger``, tagged with
    the request and alert (idempotent per request: a retried job never registers twice).
 
 Nothing here moves ``champion``: only the PCCP promotion can change which model serves.
 
 Failures: a request that cannot succeed as it stands (no champion, too few cases, locked-test
-overlap) fails at once; anything else (MLflow down after its retries, an image unreachable) puts
-the request back to pending for another attempt, up to ``max_attempts``. A failed request raises
-an alert (detector ``retrain.failed``) through the alerts outbox, is logged at error level and
-counted in ``radsentry_retrain_jobs_total{outcome="failed"}``.
+overlap, too few positive tuning cases for the plan's threshold rule) fails at once; anything
+else (MLflow down after its retries, an image unreachable) puts the request back to pending for
+another attempt, up to ``max_attempts``. A failed request raises an alert (detector
+``retrain.failed``) through the alerts outbox, is logged at error level and counted in
+``radsentry_retrain_jobs_total{outcome="failed"}``.
 
 The scheduled jobs at the bottom (the retrain-trigger scan and the serving of requests) are
 boundaries: a failure is logged and the next run tries again.
@@ -38,7 +44,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,7 +67,9 @@ from monitor.service.registry import registry_for
 from monitor.service.retrain import store as retrain_store
 from monitor.service.retrain.cases import Cases, load_cases
 from monitor.service.settings import RetrainSettings, Settings
-from pccp.catalog import plan_for
+from pccp.catalog import PlanFile, plan_for
+from pccp.plan import ThresholdPolicy, ThresholdRule
+from pccp.threshold import ThresholdError, ThresholdProvenance, TuningSplit, select_threshold
 from retrain.compare import Comparison, compare
 from retrain.config import JobConfig
 from retrain.data import TrainingData, load_dataset
@@ -76,6 +84,8 @@ from retrain.mlflow_names import (
     REQUEST_TAG,
     REQUESTED_BY_TAG,
     SITE_TAG,
+    THRESHOLD_PROVENANCE_TAG,
+    THRESHOLD_TAG,
     TRIGGER_TAG,
 )
 from retrain.model import TrainedModel, predict
@@ -113,6 +123,9 @@ class JobContext:
     gate: GateContext | None = None
     """Where the PCCP gate finds plans and locked cases; None: candidates wait for the
     scheduler's ``pccp-gate`` job or `radsentry pccp evaluate`."""
+    plans_dir: Path | None = None
+    """Where the governing plan (locked test set, threshold policy) is found; None: the gate's
+    ``plans_dir`` if there is a gate, else no plan governs."""
 
 
 def serve_pending(context: JobContext, limit: int | None = None) -> list[RetrainRequestRow]:
@@ -227,10 +240,32 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
         epoch=0,
         max_epochs=config.train.max_epochs,
     )
-    result, comparison = _train_and_compare(context, champion, data, folder, progress)
-    progress(stage="registering", comparison=comparison.as_json())
+    result, tuning = _train_and_compare(context, champion, data, folder, progress)
+    comparison = compare(
+        champion.spec.findings[0],
+        tuning.positive.astype(float),
+        tuning.champion_scores,
+        tuning.candidate_scores,
+        [case.site_id for case in data.dataset.split.validation],
+    )
+    threshold = _select_threshold(
+        context,
+        row.model_name,
+        champion_version,
+        champion,
+        replace(tuning, training_manifest_sha256=manifest_sha256),
+    )
+    first, *others = result.model.thresholds
+    result = replace(result, model=replace(result.model, thresholds=(threshold.threshold, *others)))
+    progress(
+        stage="registering",
+        comparison=comparison.as_json(),
+        threshold=threshold.model_dump(mode="json") | {"trainer_threshold": first},
+    )
     version = context.registry.log_and_register(
-        _record(context, row, result, data.dataset.manifest, champion_version, comparison),
+        _record(
+            context, row, result, data.dataset.manifest, champion_version, threshold, comparison
+        ),
         alias=CHALLENGER,
     )
     progress(stage="done")
@@ -270,9 +305,9 @@ def _train_and_compare(
     data: TrainingData,
     folder: Path,
     progress: Callable[..., None],
-) -> tuple[TrainResult, Comparison]:
-    """Train the candidate (checkpoints in ``folder``), then compare it with the champion on
-    the validation side (first finding)."""
+) -> tuple[TrainResult, TuningSplit]:
+    """Train the candidate (checkpoints in ``folder``), then score the validation side (the
+    tuning split) with it and with the champion (first finding)."""
     config = context.config
     train_x, train_y = data.train_side()
     val_x, val_y = data.validation_side()
@@ -291,14 +326,49 @@ def _train_and_compare(
         resume=True,
         on_epoch_end=on_epoch,
     )
-    comparison = compare(
-        champion.spec.findings[0],
-        val_y[:, 0].numpy(),
-        predict(champion, val_x)[:, 0],
-        predict(result.model, val_x)[:, 0],
-        [case.site_id for case in data.dataset.split.validation],
+    tuning = TuningSplit(
+        positive=val_y[:, 0].numpy() > 0.5,
+        candidate_scores=predict(result.model, val_x)[:, 0].astype(float),
+        champion_scores=predict(champion, val_x)[:, 0].astype(float),
+        training_manifest_sha256="",  # set by the caller, who wrote the manifest
     )
-    return result, comparison
+    return result, tuning
+
+
+def _governing_plan(context: JobContext, model_name: str) -> PlanFile | None:
+    plans_dir = context.plans_dir or (context.gate.plans_dir if context.gate else None)
+    return None if plans_dir is None else plan_for(plans_dir, model_name)
+
+
+def _select_threshold(
+    context: JobContext,
+    model_name: str,
+    champion_version: RegisteredVersion,
+    champion: TrainedModel,
+    tuning: TuningSplit,
+) -> ThresholdProvenance:
+    """The governing plan's threshold policy on the tuning split; with no plan, the trainer's
+    (``retrain.train``'s sensitivity or Youden rule, recorded as such)."""
+    found = _governing_plan(context, model_name)
+    if found is not None:
+        policy = found.plan.protocol.threshold_policy
+    else:
+        policy = ThresholdPolicy(
+            rule=ThresholdRule.TARGET_SENSITIVITY,
+            target_sensitivity=context.config.train.target_sensitivity,
+            min_tuning_positives=1,
+            description="no plan governs the model: the trainer's target sensitivity",
+        )
+    try:
+        return select_threshold(
+            policy,
+            tuning,
+            champion_version=champion_version.version,
+            champion_threshold=float(champion.thresholds[0]),
+            plan=None if found is None else found.plan,
+        )
+    except ThresholdError as exc:
+        raise JobFailed(str(exc)) from exc
 
 
 def _record(
@@ -307,6 +377,7 @@ def _record(
     result: TrainResult,
     manifest: Any,
     champion: RegisteredVersion,
+    threshold: ThresholdProvenance,
     comparison: Comparison,
 ) -> RunRecord:
     tags = {
@@ -314,6 +385,8 @@ def _record(
         TRIGGER_TAG: row.trigger,
         REQUESTED_BY_TAG: row.requested_by,
         CHAMPION_VERSION_TAG: champion.version,
+        THRESHOLD_TAG: f"{threshold.threshold:.17g}",
+        THRESHOLD_PROVENANCE_TAG: threshold.to_tag(),
     }
     # Retraining keeps the champion's intended use (the PCCP scope guard checks it).
     if intended_use := champion.tags.get(INTENDED_USE_TAG):
@@ -349,7 +422,7 @@ def _comparison_metrics(comparison: Comparison) -> dict[str, float]:
 
 def _locked_test_set(context: JobContext, model_name: str) -> LockedTestSet:
     """The governing plan's locked test set, else the configured one, else an empty one."""
-    if context.gate is not None and (found := plan_for(context.gate.plans_dir, model_name)):
+    if (found := _governing_plan(context, model_name)) is not None:
         return gate_job.locked_test_set(found)
     config = context.config
     if config.locked_test_set is None:
@@ -438,6 +511,7 @@ def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
         dicomweb=DicomWebClientSource(),
         lease=timedelta(seconds=settings.retrain.lease_s),
         gate=gate_job.gate_context(engine, settings, registry),
+        plans_dir=settings.plans_dir,
     )
     _serve_scheduled(context)
 

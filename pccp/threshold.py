@@ -1,0 +1,245 @@
+"""The plan's threshold policy applied and checked: where a candidate's operating threshold
+comes from, and the record that proves it.
+
+The retraining job calls :func:`select_threshold` once the candidate is trained, with both
+models' calibrated probabilities on the *tuning split* (the validation part of the candidate's
+own training data; the locked test set is never part of it). The result is the threshold and
+its :class:`ThresholdProvenance`, which the job stores on the model version (tag
+``radsentry.threshold_provenance``, compact JSON). At gate time :func:`threshold_violations`
+is part of the scope guard: a candidate whose threshold is not the one its provenance records,
+was set by another rule than the plan's, or was selected on other data than its own tuning
+split, is outside the plan.
+
+Rules (``pccp.plan.ThresholdRule``):
+
+* ``keep_champion``: the champion's threshold.
+* ``hold_champion_sensitivity``: the champion's sensitivity on the tuning split (at its own
+  threshold) is the target; the selected threshold is the highest at which the candidate's
+  tuning-split sensitivity reaches it: the ``ceil(target * P)``-th highest score of the ``P``
+  positive tuning cases. Highest, so specificity is as good as that sensitivity allows.
+* ``target_sensitivity``: the same with the plan's stated target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pccp.plan import Plan, ThresholdPolicy, ThresholdRule
+
+TOLERANCE: Final = 1e-9
+"""Two thresholds closer than this are the same (they travel as JSON floats)."""
+
+
+class ThresholdError(ValueError):
+    """The policy cannot be applied to this tuning split (too few positive cases)."""
+
+
+class ThresholdProvenance(BaseModel):
+    """Where a candidate's operating threshold came from (first finding)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rule: ThresholdRule
+    threshold: float = Field(ge=0.0, le=1.0)
+    source: Literal["champion", "tuning_split"]
+    """``tuning_split``: selected on the validation part of the candidate's training data."""
+    plan_id: str | None
+    """The plan whose policy was applied; None when no plan governed the model at training."""
+    plan_version: str | None
+    champion_version: str
+    champion_threshold: float
+    target_sensitivity: float | None
+    """The sensitivity the rule aimed for (the champion's on the tuning split, or the plan's)."""
+    training_manifest_sha256: str | None
+    """The training data's manifest (``radsentry.dataset_sha256``): the tuning split is its
+    validation part."""
+    tuning_cases: int = Field(ge=0)
+    tuning_positives: int = Field(ge=0)
+    tuning_sensitivity: float | None
+    """The candidate's sensitivity on the tuning split at the selected threshold."""
+    tuning_specificity: float | None
+
+    def to_tag(self) -> str:
+        """Compact JSON for the model version's tag."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_tag(cls, text: str | None) -> ThresholdProvenance | None:
+        """The provenance a tag holds; None for a missing or unreadable tag."""
+        if not text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError:
+            return None
+
+    def sentence(self) -> str:
+        """One line for the evidence page."""
+        if self.source == "champion":
+            return (
+                f"threshold {self.threshold:.4g} is the champion's (version "
+                f"{self.champion_version}), kept by rule {self.rule.value}"
+            )
+        tuned = (
+            f"; there the candidate's sensitivity is {self.tuning_sensitivity:.3f} and "
+            f"specificity {self.tuning_specificity:.3f}"
+            if self.tuning_sensitivity is not None and self.tuning_specificity is not None
+            else ""
+        )
+        return (
+            f"threshold {self.threshold:.4g} selected by rule {self.rule.value} for sensitivity "
+            f"{self.target_sensitivity:.3f} on the tuning split ({self.tuning_cases} cases, "
+            f"{self.tuning_positives} positive) of training manifest "
+            f"{(self.training_manifest_sha256 or '?')[:12]}{tuned} (champion version "
+            f"{self.champion_version} threshold {self.champion_threshold:.4g})"
+        )
+
+
+def _sensitivity(positive: NDArray[np.bool_], scores: NDArray[np.float64], cut: float) -> float:
+    return float(np.count_nonzero(scores[positive] >= cut)) / max(
+        int(np.count_nonzero(positive)), 1
+    )
+
+
+def _specificity(positive: NDArray[np.bool_], scores: NDArray[np.float64], cut: float) -> float:
+    return float(np.count_nonzero(scores[~positive] < cut)) / max(
+        int(np.count_nonzero(~positive)), 1
+    )
+
+
+def threshold_for_sensitivity(
+    positive: NDArray[np.bool_], scores: NDArray[np.float64], target: float
+) -> float:
+    """The highest threshold at which the share of positive cases scoring at or above it is at
+    least ``target`` (see the module docstring)."""
+    ranked = np.sort(scores[positive])[::-1]
+    if ranked.size == 0:
+        raise ThresholdError("no positive case to select a threshold on")
+    needed = min(max(math.ceil(target * ranked.size - TOLERANCE), 1), ranked.size)
+    return float(ranked[needed - 1])
+
+
+@dataclass(frozen=True, slots=True)
+class TuningSplit:
+    """Both models' calibrated probabilities (first finding) on the tuning split."""
+
+    positive: NDArray[np.bool_]
+    candidate_scores: NDArray[np.float64]
+    champion_scores: NDArray[np.float64]
+    training_manifest_sha256: str
+
+
+def select_threshold(
+    policy: ThresholdPolicy,
+    tuning: TuningSplit,
+    *,
+    champion_version: str,
+    champion_threshold: float,
+    plan: Plan | None,
+) -> ThresholdProvenance:
+    """Apply ``policy`` (see the module docstring); :class:`ThresholdError` when a re-selecting
+    rule has fewer than ``policy.min_tuning_positives`` positive tuning cases."""
+    positive = np.asarray(tuning.positive, dtype=bool)
+    positives = int(np.count_nonzero(positive))
+    target: float | None
+    if policy.rule is ThresholdRule.KEEP_CHAMPION:
+        threshold, source, target = champion_threshold, "champion", None
+    else:
+        if positives < policy.min_tuning_positives:
+            raise ThresholdError(
+                f"the tuning split has {positives} positive cases; the plan's threshold rule "
+                f"{policy.rule.value} needs at least {policy.min_tuning_positives}"
+            )
+        if policy.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY:
+            target = _sensitivity(positive, tuning.champion_scores, champion_threshold)
+        else:
+            target = policy.target_sensitivity
+        assert target is not None  # the plan's validator requires it for this rule
+        threshold = threshold_for_sensitivity(positive, tuning.candidate_scores, target)
+        source = "tuning_split"
+    has_both = 0 < positives < positive.size
+    return ThresholdProvenance(
+        rule=policy.rule,
+        threshold=threshold,
+        source=source,
+        plan_id=None if plan is None else plan.plan_id,
+        plan_version=None if plan is None else plan.plan_version,
+        champion_version=champion_version,
+        champion_threshold=champion_threshold,
+        target_sensitivity=target,
+        training_manifest_sha256=tuning.training_manifest_sha256,
+        tuning_cases=int(positive.size),
+        tuning_positives=positives,
+        tuning_sensitivity=_sensitivity(positive, tuning.candidate_scores, threshold)
+        if has_both
+        else None,
+        tuning_specificity=_specificity(positive, tuning.candidate_scores, threshold)
+        if has_both
+        else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdFacts:
+    """What the scope guard knows about a candidate's threshold at gate time."""
+
+    candidate_threshold: float
+    champion_threshold: float
+    champion_version: str
+    provenance: ThresholdProvenance | None
+    training_manifest_sha256: str | None
+    """The candidate version's ``radsentry.dataset_sha256`` tag."""
+
+
+def threshold_violations(policy: ThresholdPolicy, facts: ThresholdFacts) -> list[str]:
+    """Each way the candidate's threshold breaks the plan's policy, in words (empty: none)."""
+    provenance = facts.provenance
+    if provenance is None:
+        return [
+            f"the candidate's threshold {facts.candidate_threshold:.4g} has no recorded "
+            "provenance: the plan's threshold policy cannot be shown to have set it"
+        ]
+    found = []
+    if abs(provenance.threshold - facts.candidate_threshold) > TOLERANCE:
+        found.append(
+            f"the candidate's threshold {facts.candidate_threshold:.4g} is not the "
+            f"{provenance.threshold:.4g} its provenance records: it was changed after selection"
+        )
+    if provenance.rule is not policy.rule:
+        found.append(
+            f"the threshold was set by rule {provenance.rule.value}, not the plan's "
+            f"{policy.rule.value}"
+        )
+    if policy.rule is ThresholdRule.KEEP_CHAMPION:
+        if abs(facts.candidate_threshold - facts.champion_threshold) > TOLERANCE:
+            found.append(
+                f"the plan keeps the champion's threshold {facts.champion_threshold:.4g}; the "
+                f"candidate's is {facts.candidate_threshold:.4g}"
+            )
+    else:
+        if provenance.source != "tuning_split" or (
+            provenance.training_manifest_sha256 is None
+            or provenance.training_manifest_sha256 != facts.training_manifest_sha256
+        ):
+            found.append(
+                "the threshold was not selected on the tuning split of the candidate's own "
+                "training data (its provenance names other data)"
+            )
+        if (
+            policy.rule is ThresholdRule.TARGET_SENSITIVITY
+            and provenance.target_sensitivity is not None
+            and policy.target_sensitivity is not None
+            and abs(provenance.target_sensitivity - policy.target_sensitivity) > TOLERANCE
+        ):
+            found.append(
+                f"the threshold aimed for sensitivity {provenance.target_sensitivity:.3f}, not "
+                f"the plan's {policy.target_sensitivity:.3f}"
+            )
+    return found
