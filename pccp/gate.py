@@ -377,7 +377,9 @@ def _per_group(
         truth = evaluation.cases.positive[in_group]
         count, unit = _class_count(truth, criterion.metric)
         positives = int(np.count_nonzero(truth))
-        if count < criterion.min_cases:
+        # AUROC's DeLong interval needs two cases of each class, whatever the plan says.
+        needed = max(criterion.min_cases, 2) if criterion.metric == "auroc" else criterion.min_cases
+        if count < needed:
             rows.append(
                 GroupRow(
                     field=field,
@@ -388,7 +390,7 @@ def _per_group(
                     champion=None,
                     evaluated=False,
                     passed=None,
-                    note=f"{count} {unit} cases, fewer than {criterion.min_cases}",
+                    note=f"{count} {unit} cases, fewer than {needed}",
                 )
             )
             continue

@@ -516,3 +516,40 @@ def test_the_report_carries_the_threshold_provenance(shipped: Plan) -> None:
     )
     assert report.threshold == held
     assert "hold_champion_sensitivity" in held.sentence() and "tuning split" in held.sentence()
+
+
+def test_a_per_site_bound_passes_at_most_at_its_nominal_rate_when_the_truth_is_the_minimum() -> (
+    None
+):
+    """The lower end of a two-sided 95% Wilson interval is a one-sided 97.5% bound: with the
+    true sensitivity exactly at ``min`` at every site, a site passes at most 2.5% of the time
+    (Wilson is close to nominal, not exact: a Monte Carlo band is allowed). One gate run over
+    600 sites of 60 positive and 10 negative cases each."""
+    rng = np.random.default_rng(11)
+    sites, positives, minimum = 600, 60, 0.8
+    plan = plan_with({"kind": "lower_bound", "metric": "sensitivity", "by": "site", "min": minimum})
+    per_site = np.arange(positives + 10) < positives
+    positive = np.tile(per_site, sites)
+    site = np.repeat([f"site-{i:03d}" for i in range(sites)], per_site.size)
+    cases = GateCases(tuple(f"k{i}" for i in range(positive.size)), positive, {"site": site})
+    hits = (rng.random(positive.size) < minimum) & positive
+    model = ModelScores("2", np.where(hits, 0.9, 0.1), 0.5)
+    result = single(plan, cases, model, model)
+    rate = sum(bool(row.passed) for row in result.groups) / sites
+    assert all(row.evaluated for row in result.groups)
+    assert rate <= 0.025 + 3 * np.sqrt(0.025 * 0.975 / sites), rate
+
+
+def test_per_group_auroc_needs_two_cases_of_each_class_whatever_the_plan_says() -> None:
+    cases, champion = sites_cases()
+    lonely = cases.positive.copy()
+    lonely[(cases.groups["site"] == "site-03")] = False
+    lonely[np.flatnonzero(cases.groups["site"] == "site-03")[0]] = True  # one positive
+    cases = GateCases(cases.study_keys, lonely, cases.groups)
+    plan = plan_with(
+        {"kind": "non_inferiority", "metric": "auroc", "margin": 0.1, "by": "site", "min_cases": 1}
+    )
+    result = single(plan, cases, champion, champion)
+    [site_03] = [row for row in result.groups if row.value == "site-03"]
+    assert not site_03.evaluated and "fewer than 2" in site_03.note
+    assert result.passed
