@@ -64,6 +64,9 @@ class DriftResult:
     p_value: float | None = None
     threshold: float | None = None
     attributions: tuple[FeatureAttribution, ...] = field(default_factory=tuple)
+    effect_threshold: float | None = None
+    """The effect threshold learned from the reference (``monitor.drift.calibration``) that the
+    leading effect was compared with; None when the configured floor alone applied."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from monitor.drift.alarms import AlarmConfig
 from monitor.drift.base import DetectorConfig
+from monitor.drift.calibration import LearnedThresholdConfig
 from monitor.drift.categorical import ChiSquareConfig
 from monitor.drift.ks import KSConfig
 from monitor.drift.missingness import MissingnessConfig
@@ -93,6 +94,15 @@ class EngineConfig(DetectorConfig):
     alarms: AlarmConfig = AlarmConfig()
     alarm_overrides: dict[str, AlarmConfig] = Field(default_factory=dict)
     """Per-detector hysteresis/cooldown, keyed by detector name."""
+    learned: LearnedThresholdConfig | None = None
+    """Effect thresholds learned from the reference's chunk-to-chunk variation
+    (``monitor.drift.calibration``); None: the detectors' configured floors alone."""
+
+    def chunk_size(self) -> int:
+        """Rows per reference chunk when thresholds are learned (the live window's size)."""
+        if self.learned is not None and self.learned.chunk_size is not None:
+            return self.learned.chunk_size
+        return self.window.size if self.window.size is not None else self.window.min_size
 
     def batch_detectors(self) -> dict[str, DetectorConfig]:
         """Enabled window detectors with the family budget applied to their thresholds."""

@@ -144,7 +144,7 @@ def _score_window(stream: StreamState, config: EngineConfig, event_time: float) 
         skipped = None
         result = None
         try:
-            result = detector.score(stream.sample_for(name, window))
+            result = stream.decided(name, detector.score(stream.sample_for(name, window)))
         except InsufficientDataError as exc:
             skipped = str(exc)
         outcome.checks.append(Check(stream.key, name, start, end, len(window), result, skipped))

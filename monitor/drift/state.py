@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from monitor.drift import calibration
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import StreamKey
 from monitor.drift.base import DriftResult, FeatureAttribution, InsufficientDataError
@@ -58,6 +59,9 @@ def dump(stream: StreamState, config: EngineConfig) -> bytes:
         "open_alerts": {name: str(alert_id) for name, alert_id in stream.open_alerts.items()},
         "online_block": _block_to_json(stream.online_block),
         "online_state": stream.online.state().model_dump() if stream.online else None,
+        # Learning costs a fit and a score per reference chunk and detector: stored, and
+        # reused while reference and config are unchanged (learned again otherwise).
+        "learned": {name: learned.to_json() for name, learned in stream.learned.items()},
     }
     return _archive(meta, {f"window_{k}": v for k, v in stream.window.arrays().items()})
 
@@ -94,8 +98,25 @@ def load(blob: bytes, reference_blob: bytes, config: EngineConfig) -> StreamStat
         online_block=_block_from_json(meta["online_block"]),
     )
     if stream.reference_info.frozen:
-        stream.fit(config, online=_restore_online(stream, config, meta["online_state"]))
+        stream.fit(
+            config,
+            online=_restore_online(stream, config, meta["online_state"]),
+            learned=_restore_learned(meta, config),
+        )
     return stream
+
+
+def _restore_learned(
+    meta: dict[str, Any], config: EngineConfig
+) -> dict[str, calibration.DetectorThresholds] | None:
+    """The stored learned thresholds when the state was written with this config (its reference
+    digest was checked by :func:`load`); None: learn them again."""
+    if meta.get("config_fingerprint") != config.fingerprint() or "learned" not in meta:
+        return None
+    return {
+        name: calibration.DetectorThresholds.from_json(document)
+        for name, document in meta["learned"].items()
+    }
 
 
 def _archive(meta: dict[str, Any], arrays: dict[str, Any]) -> bytes:

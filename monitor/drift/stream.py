@@ -6,12 +6,14 @@ import hashlib
 import math
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
+from monitor.drift import calibration
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import (
     Alert,
@@ -128,6 +130,9 @@ class StreamState:
     detector_configs: dict[str, DetectorConfig] = field(default_factory=dict)
     disabled: dict[str, str] = field(default_factory=dict)
     online: OnlineDriftDetector | None = None
+    learned: dict[str, calibration.DetectorThresholds] = field(default_factory=dict)
+    """Effect thresholds learned from the reference, by detector (empty when not configured,
+    or when the reference is too short to learn from)."""
     reference_revision: int = 0
     """Counts changes to the reference rows in this process (not persisted): a store saves the
     rows again only when this moved since its last save."""
@@ -174,7 +179,7 @@ class StreamState:
         self.reference_revision += 1
         self.window.clear()
         self.online_block = OnlineBlock()
-        self.detectors, self.disabled, self.online = {}, {}, None
+        self.detectors, self.disabled, self.online, self.learned = {}, {}, None, {}
         for alarm in self.alarms.values():
             alarm.drifting_streak = alarm.quiet_streak = alarm.cooldown_left = 0
             alarm.in_episode, alarm.streak_started_at = False, None
@@ -193,8 +198,15 @@ class StreamState:
         self.fit(config)
         return self.reference_info
 
-    def fit(self, config: EngineConfig, online: OnlineDriftDetector | None = None) -> None:
-        """(Re)build the fitted detectors from the reference; ``online`` when already restored."""
+    def fit(
+        self,
+        config: EngineConfig,
+        online: OnlineDriftDetector | None = None,
+        learned: dict[str, calibration.DetectorThresholds] | None = None,
+    ) -> None:
+        """(Re)build the fitted detectors from the reference; ``online`` and ``learned`` when
+        already restored (else the online detector is calibrated and, when configured, the
+        effect thresholds learned here)."""
         self.detectors, self.disabled = {}, {}
         self.detector_configs = dict(config.batch_detectors())
         for name, detector_config in self.detector_configs.items():
@@ -205,6 +217,7 @@ class StreamState:
                 self.disabled[name] = f"not run: {exc}"
                 continue
             self.detectors[name] = detector
+        self.learned = learned if learned is not None else self._learn(config)
         self.online = online
         settings = config.detectors.online
         if online is None and settings is not None:
@@ -214,6 +227,35 @@ class StreamState:
                 )
             except (InsufficientDataError, ValueError) as exc:
                 self.disabled[ONLINE_DETECTOR] = f"not run: {exc}"
+
+    def _learn(self, config: EngineConfig) -> dict[str, calibration.DetectorThresholds]:
+        """Each fitted window detector's thresholds from the reference's chunks."""
+        if config.learned is None:
+            return {}
+        found = {}
+        for name in self.detectors:
+            learned = calibration.learn(
+                name,
+                partial(_CLASSES[name], self.detector_configs[name]),
+                partial(self.sample_for, name),
+                self.reference,
+                config.chunk_size(),
+                config.learned,
+            )
+            if learned is not None:
+                found[name] = learned
+        return found
+
+    def floor(self, detector: str) -> float:
+        """The configured effect floor of ``detector`` (0 when it has none)."""
+        return float(getattr(self.detector_configs.get(detector), "min_effect_size", 0.0))
+
+    def decided(self, detector: str, result: DriftResult) -> DriftResult:
+        """``result`` under the learned thresholds of ``detector``, if any were learned."""
+        learned = self.learned.get(detector)
+        return (
+            result if learned is None else calibration.apply(result, learned, self.floor(detector))
+        )
 
     def online_columns(self, config: EngineConfig) -> tuple[tuple[str, ...], slice]:
         settings = config.detectors.online
@@ -302,13 +344,17 @@ def open_alert(
 ) -> Alert:
     """The alert of the episode ``check`` just opened."""
     since = to_datetime(alarm.streak_started_at or check.window_start.timestamp())
-    detector_config = stream.detector_configs.get(check.detector)
-    floor = float(getattr(detector_config, "min_effect_size", 0.0))
+    floor = stream.floor(check.detector)
+    learned = stream.learned.get(check.detector)
+    features = drifting_features(result, floor)
+    if learned is not None and result.threshold is not None:
+        drifting = calibration.drifting_features(result, learned, floor)
+        features = tuple(feature for feature in features if feature in drifting)
     return Alert(
         alert_id=alert_id_for(stream.key, check.detector, alarm.episodes),
         key=stream.key,
         detector=check.detector,
-        features=drifting_features(result, floor),
+        features=features,
         occurred_at=to_datetime(event_time),
         since=since,
         window_start=check.window_start,

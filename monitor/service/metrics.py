@@ -70,6 +70,12 @@ DRIFT_THRESHOLD = Gauge(
     "statistic) to it.",
     _DETECTOR_LABELS,
 )
+DRIFT_EFFECT_THRESHOLD = Gauge(
+    "radsentry_drift_effect_threshold",
+    "Effect threshold of the latest check learned from the reference's chunk-to-chunk "
+    "variation (set only where thresholds are learned): the effect size must reach it.",
+    _DETECTOR_LABELS,
+)
 DRIFT_DETECTED = Gauge(
     "radsentry_drift_detected", "1 when the latest check found drift, else 0.", _DETECTOR_LABELS
 )

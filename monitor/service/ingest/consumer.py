@@ -369,6 +369,8 @@ def observe_drift(batch: DriftBatch) -> None:
             metrics.DRIFT_P_VALUE.labels(*labels).set(result.p_value)
         if result.threshold is not None:
             metrics.DRIFT_THRESHOLD.labels(*labels).set(result.threshold)
+        if result.effect_threshold is not None:
+            metrics.DRIFT_EFFECT_THRESHOLD.labels(*labels).set(result.effect_threshold)
     for alert in batch.alerts:
         metrics.ALERTS_OPENED.labels(alert.key.site_id, alert.key.model_name, alert.detector).inc()
 

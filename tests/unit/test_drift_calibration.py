@@ -1,0 +1,158 @@
+"""Effect thresholds learned from the reference's chunk-to-chunk variation (issue 20, item 1),
+tested both ways: a stable stream whose exposure wanders week to week stops alarming, a
+real change is still found, and an i.i.d. stream is no worse than before."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pytest
+
+from monitor.drift import calibration
+from monitor.drift.alerts import StreamKey
+from monitor.drift.calibration import LearnedThresholdConfig
+from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.drift.engine import DriftEngine
+from monitor.drift.ks import KSConfig
+from monitor.events import InferenceEvent
+from monitor.simulate.features import FeatureStreamConfig, feature_stream
+
+WINDOW = 100
+OLD = EngineConfig(
+    reference_size=2000,
+    window=WindowConfig(size=WINDOW, min_size=50),
+    detectors=DetectorSet(mmd=None, chi2=None, score_ks=None, missingness=None, online=None),
+    family_alpha=None,
+)
+"""KS on the numeric metadata only, windows of 100 studies, a reference of 20 windows."""
+LEARNED = OLD.model_copy(update={"learned": LearnedThresholdConfig()})
+KEY = StreamKey("site-01", "cxr-lesion", "1.0.0")
+
+
+def wandering(
+    n: int, seed: int, amplitude: float, shift_at: int | None = None
+) -> list[InferenceEvent]:
+    """A stable site whose exposure's mean wanders from week to week (a new random level
+    every 100 studies, ``amplitude`` times the within-week spread), as real departments do;
+    from ``shift_at`` on, a protocol change lowers it by far more than the weekly wander."""
+    rng = np.random.default_rng(seed)
+    events = list(feature_stream(FeatureStreamConfig(n_events=n, seed=seed)))
+    currents = np.array([e.metadata.Exposure or 0.0 for e in events], dtype=np.float64)
+    spread = float(currents.std())
+    levels = rng.normal(0.0, amplitude * spread, size=n // WINDOW + 1)
+    changed = []
+    for i, event in enumerate(events):
+        value = currents[i] + levels[i // WINDOW]
+        if shift_at is not None and i >= shift_at:
+            value -= 6 * amplitude * spread + 2 * spread
+        metadata = event.metadata.model_copy(update={"Exposure": max(value, 0.01)})
+        changed.append(event.model_copy(update={"metadata": metadata}))
+    return changed
+
+
+def ks_checks(config: EngineConfig, events: Iterable[InferenceEvent]) -> list[bool]:
+    engine = DriftEngine(config)
+    return [
+        check.result.is_drift
+        for event in events
+        for check in engine.process(event).checks
+        if check.detector == "ks" and check.result is not None
+    ]
+
+
+def test_a_wandering_stable_site_alarms_with_the_fixed_floor_and_not_with_learned_thresholds() -> (
+    None
+):
+    events = wandering(6000, seed=1, amplitude=0.6)
+    old, new = ks_checks(OLD, events), ks_checks(LEARNED, events)
+    assert len(old) == len(new) == 40
+    # The fixed 0.1 sd floor is far below the weekly wander: most stable windows "drift".
+    assert sum(old) / len(old) > 0.5
+    # Learned from 20 reference weeks (mean + 3 sd), the threshold carries most of that wander:
+    # the chunk-to-chunk spread of 20 weeks underestimates the tail, so a few weeks still pass it
+    # (6 of 40 here); hysteresis and the sequential rule of issue 20 are the next line of defence.
+    assert sum(new) <= sum(old) / 3 and sum(new) / len(new) <= 0.2
+
+
+def test_a_change_beyond_the_weekly_wander_is_still_found() -> None:
+    events = wandering(4000, seed=2, amplitude=0.6, shift_at=3000)
+    checks = ks_checks(LEARNED, events)
+    before, after = checks[:10], checks[10:]
+    assert sum(before) <= 1
+    assert all(after), after  # every window after the change drifts
+
+
+def test_an_iid_stream_alarms_no_more_than_with_the_floor_alone() -> None:
+    events = list(feature_stream(FeatureStreamConfig(n_events=6000, seed=3)))
+    old, new = ks_checks(OLD, events), ks_checks(LEARNED, events)
+    assert sum(new) <= sum(old)
+    assert sum(new) / len(new) <= 0.05 + 0.07  # Bonferroni's 5% plus two standard errors
+
+
+def test_the_thresholds_are_the_chunks_mean_plus_k_sd_and_reach_the_explanation() -> None:
+    engine = DriftEngine(LEARNED)
+    outcomes = [engine.process(e) for e in wandering(4000, seed=2, amplitude=0.6, shift_at=3000)]
+    stream = engine.streams[KEY]
+    learned = stream.learned["ks"]
+    assert learned.n_chunks == 20 and learned.chunk_size == WINDOW
+    current = learned.thresholds["Exposure"]
+    assert current.threshold == pytest.approx(current.mean + 3 * current.sd)
+    assert current.threshold > KSConfig().min_effect_size  # above the fixed floor
+    drifting = [
+        c.result for o in outcomes for c in o.checks if c.result is not None and c.result.is_drift
+    ]
+    leading = drifting[-1].attributions[0]
+    assert leading.feature == "Exposure"
+    assert "x its learned threshold" in (leading.explanation or "")
+    assert drifting[-1].effect_threshold == pytest.approx(current.threshold)
+    alerts = [a for o in outcomes for a in o.alerts]
+    assert alerts and alerts[0].features == ("Exposure",)
+
+
+def test_a_short_reference_learns_nothing_and_decides_as_before() -> None:
+    short = LEARNED.model_copy(update={"reference_size": 500})  # five chunks, eight needed
+    events = wandering(2500, seed=4, amplitude=0.6)
+    engine = DriftEngine(short)
+    for event in events:
+        engine.process(event)
+    assert engine.streams[KEY].learned == {}
+    assert ks_checks(short, events) == ks_checks(
+        OLD.model_copy(update={"reference_size": 500}), events
+    )
+
+
+def test_learned_thresholds_are_stored_with_the_state_and_not_learned_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = DriftEngine(LEARNED)
+    events = wandering(2600, seed=5, amplitude=0.6)
+    for event in events[:2300]:
+        engine.process(event)
+    learned = engine.streams[KEY].learned
+    blob, reference = engine.export(KEY), engine.export_reference(KEY)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("thresholds were learned again on restore")
+
+    monkeypatch.setattr(calibration, "learn", never)
+    restored = DriftEngine(LEARNED)
+    restored.restore(blob, reference)
+    assert restored.streams[KEY].learned == learned
+    rest = events[2300:]
+    assert [restored.process(e).checks for e in rest] == [engine.process(e).checks for e in rest]
+
+
+def test_another_config_learns_again_on_restore() -> None:
+    engine = DriftEngine(LEARNED)
+    for event in wandering(2300, seed=6, amplitude=0.6):
+        engine.process(event)
+    blob, reference = engine.export(KEY), engine.export_reference(KEY)
+    quantile = LEARNED.model_copy(
+        update={"learned": LearnedThresholdConfig(method="quantile", quantile=0.9)}
+    )
+    restored = DriftEngine(quantile)
+    restored.restore(blob, reference)
+    current = restored.streams[KEY].learned["ks"].thresholds["Exposure"]
+    before = engine.streams[KEY].learned["ks"].thresholds["Exposure"]
+    assert current.threshold != before.threshold and current.threshold < before.threshold
