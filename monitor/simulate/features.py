@@ -55,7 +55,7 @@ def feature_stream(config: FeatureStreamConfig) -> Iterator[InferenceEvent]:
     """The events of ``config``, in event-time order."""
     digest = hashlib.sha256(f"{config.site_id}|{config.seed}".encode()).digest()
     rng = np.random.default_rng([config.seed, int.from_bytes(digest[:8], "little")])
-    mixing = _mixing(rng)
+    mixing = pixel_mixing(rng)
     before = default_profile(config.site_id)
     for index in range(config.n_events):
         changed = (
@@ -69,8 +69,12 @@ def feature_stream(config: FeatureStreamConfig) -> Iterator[InferenceEvent]:
         yield _event(config, index, rng, mixing, profile, shift, score_shift)
 
 
-def _mixing(rng: np.random.Generator) -> NDArray[np.float64]:
-    """A fixed correlation structure: pixel statistics of one image move together."""
+def pixel_mixing(rng: np.random.Generator) -> NDArray[np.float64]:
+    """A fixed correlation structure: pixel statistics of one image move together.
+
+    ``pixel_mixing(rng) @ standard_normal(20)`` is one image's statistics; also used by
+    :mod:`monitor.simulate.realistic`.
+    """
     n = len(PIXEL_STAT_NAMES)
     factors = rng.normal(size=(n, 3))
     covariance = factors @ factors.T + np.eye(n)

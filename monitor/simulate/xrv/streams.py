@@ -127,7 +127,7 @@ def _segment(
     rng = np.random.default_rng([seed, site_number, part, list(XrvDataset).index(table.dataset)])
     rows = rng.choice(len(table), size=n, replace=False)
     truth = np.array([table.abnormal[row] for row in rows], dtype=bool)
-    scores = _scores(truth, rng)
+    scores = full_quality_scores(truth, rng)
     id_bytes = rng.bytes(16 * n)
     events = []
     for k, row in enumerate(rows.tolist()):
@@ -147,12 +147,16 @@ def _segment(
     return events
 
 
-def _scores(
+def full_quality_scores(
     truth: npt.NDArray[np.bool_],
     rng: np.random.Generator,
     model: ScoreModel = DEFAULT_MODEL,
 ) -> npt.NDArray[np.float64]:
-    """The simulator's score model at full image quality (separation = base separation)."""
+    """The simulator's score model at full image quality (separation = base separation).
+
+    One standard normal draw per study, in order, so the score of study k depends only on its
+    truth and the k-th draw (:mod:`monitor.simulate.realistic` relies on that).
+    """
     sign = np.where(truth, 1.0, -1.0)
     logits = model.intercept + model.base_separation * sign / 2
     logits = logits + model.noise_sd * rng.standard_normal(truth.shape)
