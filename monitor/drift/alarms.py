@@ -20,10 +20,14 @@ per-check false-alarm probability ``a`` an episode opens falsely at a rate of ab
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.drift.base import DetectorConfig
+
+RECENT_CHECKS: Final = 50
+"""How many of the latest checks ``time_in_alarm`` looks back over."""
 
 
 class AlarmConfig(DetectorConfig):
@@ -59,12 +63,25 @@ class AlarmState(BaseModel):
     streak_started_at: float | None = None
     """Window start (POSIX seconds) of the first check in the current drifting streak: the
     "since when" of an alert."""
+    recent: int = 0
+    """Bit i set: the i-th latest check left an episode open (the last :data:`RECENT_CHECKS`)."""
+    recent_checks: int = 0
 
     def observe(self, is_drift: bool, window_start: float, config: AlarmConfig) -> Transition:
         """Record one check and say what it means for alerting."""
-        if is_drift:
-            return self._drifting(window_start, config)
-        return self._quiet(config)
+        transition = self._drifting(window_start, config) if is_drift else self._quiet(config)
+        self.recent = ((self.recent << 1) | int(self.in_episode)) & ((1 << RECENT_CHECKS) - 1)
+        self.recent_checks = min(self.recent_checks + 1, RECENT_CHECKS)
+        return transition
+
+    @property
+    def time_in_alarm(self) -> float | None:
+        """The share of the latest checks (up to :data:`RECENT_CHECKS`) after which an episode
+        was open; None before the first check. A site manager's "how much of the time is this
+        panel red"."""
+        if self.recent_checks == 0:
+            return None
+        return self.recent.bit_count() / self.recent_checks
 
     def _drifting(self, window_start: float, config: AlarmConfig) -> Transition:
         self.quiet_streak = 0

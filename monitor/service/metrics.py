@@ -76,6 +76,12 @@ DRIFT_EFFECT_THRESHOLD = Gauge(
     "variation (set only where thresholds are learned): the effect size must reach it.",
     _DETECTOR_LABELS,
 )
+DRIFT_TIME_IN_ALARM = Gauge(
+    "radsentry_drift_time_in_alarm",
+    "Share of the detector's latest 50 checks after which an alert episode was open (0 to 1): "
+    "how much of the time its panel is red.",
+    _DETECTOR_LABELS,
+)
 DRIFT_DETECTED = Gauge(
     "radsentry_drift_detected", "1 when the latest check found drift, else 0.", _DETECTOR_LABELS
 )

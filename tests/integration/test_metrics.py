@@ -99,6 +99,8 @@ def test_consumer_exports_lag_newest_event_per_site_and_drift_thresholds(
     for detector, threshold in latest.items():
         labels = {**site, "model_name": stream[0].model_name, "detector": detector}
         assert _sample("radsentry_drift_threshold", labels) == threshold, detector
+        in_alarm = _sample("radsentry_drift_time_in_alarm", labels)
+        assert in_alarm is not None and 0.0 <= in_alarm <= 1.0, (detector, in_alarm)
     _assert_no_identifiers(generate_latest().decode(), stream)
 
 

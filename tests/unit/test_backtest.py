@@ -26,6 +26,7 @@ from monitor.service.backtest.replay import (
     event_time,
     load_config,
     run_backtest,
+    summary_tables,
 )
 from monitor.service.cli import app
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
@@ -58,6 +59,7 @@ ALERT_FIELDS = {
     "explanation",
     "config_fingerprint",
     "reference_id",
+    "ended_at",
 }
 PHI = "Doe^Jane"
 runner = CliRunner()
@@ -127,7 +129,8 @@ def test_same_alerts_as_feeding_the_engine_directly(
 ) -> None:
     engine = DriftEngine(FAST)
     direct = [alert.to_json() for event in events for alert in engine.process(event).alerts]
-    assert alerts_in(baseline[1]) == direct
+    written = alerts_in(baseline[1])
+    assert [{k: v for k, v in a.items() if k != "ended_at"} for a in written] == direct
 
 
 def test_shuffled_file_is_external_sorted_to_the_same_alerts(
@@ -260,7 +263,7 @@ def test_cli_runs_with_a_config_and_prints_its_fingerprint_and_summary(
     config.write_bytes(orjson.dumps(FAST.model_dump(mode="json")))
     out = tmp_path / "alerts.jsonl"
     args = ["backtest", "--events", str(events_file), "--config", str(config), "--out", str(out)]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, args, env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert f"config fingerprint {FAST.fingerprint()}" in result.output
     assert out.read_bytes() == baseline[1]
@@ -287,3 +290,38 @@ def test_event_time_reads_inference_and_label_events_only() -> None:
     assert event_time(bad_lines(event)[2]) == event.occurred_at.timestamp()  # a label event
     assert event_time(bad_lines(event)[1]) is None  # not JSON
     assert event_time(b"[1, 2]") is None
+
+
+def test_an_episode_that_ends_records_when_and_the_summary_gives_time_in_alarm(
+    tmp_path: Path,
+) -> None:
+    """site-02's scanner changes for 600 events, then the old one is back: its episodes end,
+    the alerts file says when, and the summary says how much of the time it was in alarm."""
+    changed = site_events(
+        "site-02", n_events=2400, change_at=800, change_until=1400, degraded_scanner=True
+    )
+    source = write_jsonl(tmp_path / "events.jsonl", [to_json(e) for e in changed])
+    out = tmp_path / "alerts.jsonl"
+    summary = run_backtest(source, out, config=FAST)
+    alerts = {a["detector"]: a for a in alerts_in(out.read_bytes())}
+    assert "chi2" in alerts
+    ended = alerts["chi2"]["ended_at"]
+    assert isinstance(ended, str)
+    back = changed[1400].occurred_at
+    assert back <= datetime.fromisoformat(ended) <= back + timedelta(minutes=10 * 4 * 200)
+    chi2 = summary.tallies[(StreamKey("site-02", "cxr-lesion", "1.0.0"), "chi2")]
+    # 10 checks of 200; in alarm from the second changed window until 3 quiet ones end it.
+    assert chi2.checks == 10 and chi2.time_in_alarm is not None
+    assert 0.2 <= chi2.time_in_alarm <= 0.6
+    per_month = chi2.alerts_per_month
+    span_days = (chi2.last_at - chi2.first_at) / 86_400  # type: ignore[operator]
+    assert per_month == pytest.approx(chi2.alerts / (span_days / (365.25 / 12)))
+    detail, _ = summary_tables(summary)
+    assert [column.header for column in detail.columns][-2:] == ["alerts/month", "in alarm"]
+
+
+def test_an_episode_still_open_at_the_end_has_no_end(
+    baseline: tuple[BacktestSummary, bytes],
+) -> None:
+    alerts = alerts_in(baseline[1])
+    assert alerts and all(a["ended_at"] is None for a in alerts)  # the change never reverts

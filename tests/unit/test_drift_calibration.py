@@ -156,3 +156,21 @@ def test_another_config_learns_again_on_restore() -> None:
     current = restored.streams[KEY].learned["ks"].thresholds["Exposure"]
     before = engine.streams[KEY].learned["ks"].thresholds["Exposure"]
     assert current.threshold != before.threshold and current.threshold < before.threshold
+
+
+def test_time_in_alarm_is_the_share_of_recent_checks_inside_an_open_episode() -> None:
+    from monitor.drift.alarms import RECENT_CHECKS, AlarmConfig, AlarmState
+
+    alarm, config = AlarmState(), AlarmConfig(open_after=2, close_after=3, cooldown_checks=0)
+    assert alarm.time_in_alarm is None
+    pattern = [False] * 4 + [True] * 6 + [False] * 10
+    in_episode = []
+    for index, drifting in enumerate(pattern):
+        alarm.observe(drifting, float(index), config)
+        in_episode.append(alarm.in_episode)
+    # Opens at the second drifting check, closes at the third quiet one after the drift.
+    assert in_episode == [False] * 5 + [True] * 7 + [False] * 8
+    assert alarm.time_in_alarm == pytest.approx(7 / 20)
+    for index in range(RECENT_CHECKS):  # quiet for a whole look-back: the panel is green again
+        alarm.observe(False, 100.0 + index, config)
+    assert alarm.time_in_alarm == 0.0 and alarm.recent_checks == RECENT_CHECKS

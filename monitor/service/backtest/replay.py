@@ -1,7 +1,10 @@
 """``radsentry backtest``: replay a file of inference events through the drift engine.
 
 Each event goes through :meth:`DriftEngine.process`, the live consumer's code, in event-time
-order; each alert raised is written as one JSON line. Memory stays bounded: a first streaming
+order; each alert raised is written as one JSON line, with ``ended_at`` (the event time of the
+check that ended its episode; null while still open at the end of the file). The summary gives,
+per stream and detector, the share of checks inside an open episode (time in alarm) and the
+alerts per month of monitored time. Memory stays bounded: a first streaming
 pass checks whether the file is already in ``occurred_at`` order; if so it is streamed again, if
 not external-sorted (sorted chunks in a temporary directory, then ``heapq.merge``). Only the
 ``--reference`` sample is held in memory. Invalid lines are reported by line number and the
@@ -69,12 +72,30 @@ class LineCounts:
     invalid: int = 0
 
 
+DAYS_PER_MONTH = 365.25 / 12
+
+
 @dataclass
 class DetectorTally:
     checks: int = 0
     """Scored windows (for the online detector: blocks of its window size, or exceedances)."""
     drifting: int = 0
     alerts: int = 0
+    in_alarm: int = 0
+    """Checks after which an episode of this detector was open."""
+    first_at: float | None = None
+    last_at: float | None = None
+    """Window ends (POSIX seconds) of the first and last checks: the monitored span."""
+
+    @property
+    def time_in_alarm(self) -> float | None:
+        return self.in_alarm / self.checks if self.checks else None
+
+    @property
+    def alerts_per_month(self) -> float | None:
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return None
+        return self.alerts / ((self.last_at - self.first_at) / 86_400 / DAYS_PER_MONTH)
 
 
 @dataclass
@@ -101,12 +122,20 @@ class BacktestSummary:
     def events_per_s(self) -> float:
         return self.events.accepted / self.elapsed_s if self.elapsed_s > 0 else math.nan
 
-    def record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome, engine: DriftEngine | None = None) -> None:
+        """Count ``outcome``; with ``engine`` (after it processed the event), also whether each
+        checked detector's episode is open now."""
         for check in outcome.checks:
             if check.result is not None:
                 tally = self.tallies.setdefault((check.key, check.detector), DetectorTally())
                 tally.checks += 1
                 tally.drifting += check.result.is_drift
+                at = check.window_end.timestamp()
+                tally.first_at = at if tally.first_at is None else tally.first_at
+                tally.last_at = at
+                if engine is not None:
+                    alarm = engine.streams[check.key].alarms.get(check.detector)
+                    tally.in_alarm += bool(alarm and alarm.in_episode)
         for alert in outcome.alerts:
             self.tallies.setdefault((alert.key, alert.detector), DetectorTally()).alerts += 1
             self.alerts += 1
@@ -310,14 +339,20 @@ def _replay(
     summary: BacktestSummary,
     strict: bool,
 ) -> None:
+    raised: dict[str, dict[str, object]] = {}  # in the order raised; few next to the events
     for line in lines:
         event = _accept("events", line, summary.events, summary, strict)
         if event is None:
             continue
         outcome = engine.process(event)
-        summary.record(outcome)
+        summary.record(outcome, engine)
         for alert in outcome.alerts:
-            sink.write(orjson.dumps(alert.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+            raised[str(alert.alert_id)] = alert.to_json() | {"ended_at": None}
+        for update in outcome.updates:
+            if update.kind == "ended" and (record := raised.get(str(update.alert_id))):
+                record["ended_at"] = update.at.isoformat()
+    for record in raised.values():
+        sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 
 
 def _apply_reference(
@@ -374,19 +409,24 @@ def rich_progress(console: Console) -> Iterator[ProgressHook]:
 
 
 def summary_tables(summary: BacktestSummary, max_rows: int = 60) -> tuple[Table, Table]:
-    """Per stream and detector: checks, drifting checks, alerts; then the totals.
+    """Per stream and detector: checks, drifting checks, alerts, alerts per month of monitored
+    time and time in alarm (share of checks inside an open episode); then the totals.
 
     Beyond ``max_rows`` rows only those with drifting checks are listed (a caption says so).
     """
     rows = sorted(summary.tallies.items(), key=lambda item: (item[0][0], item[0][1]))
     shown = rows if len(rows) <= max_rows else [r for r in rows if r[1].drifting or r[1].alerts]
     caption = f"{len(rows) - len(shown)} quiet rows not shown" if len(shown) < len(rows) else None
-    detail = Table("site", "model", "version", "detector", title="Checks", caption=caption)
-    for name in ("windows checked", "drifting checks", "alerts"):
+    detail = Table("site", "model", "detector", title="Checks", caption=caption)
+    for name in ("checks", "drifting", "alerts", "alerts/month", "in alarm"):
         detail.add_column(name, justify="right")
     for (key, detector), tally in shown:
-        counts = (f"{n:,}" for n in (tally.checks, tally.drifting, tally.alerts))
-        detail.add_row(key.site_id, key.model_name, key.model_version, detector, *counts)
+        counts = [f"{n:,}" for n in (tally.checks, tally.drifting, tally.alerts)]
+        per_month, in_alarm = tally.alerts_per_month, tally.time_in_alarm
+        counts.append("–" if per_month is None else f"{per_month:.2f}")
+        counts.append("–" if in_alarm is None else f"{in_alarm:.0%}")
+        model = f"{key.model_name} {key.model_version}"
+        detail.add_row(key.site_id, model, detector, *counts)
     totals = Table(title="Totals", show_header=False)
     for label, value in _totals(summary):
         totals.add_row(label, value)

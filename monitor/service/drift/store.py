@@ -63,6 +63,9 @@ class DriftBatch:
     checks: list[Check] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     updates: list[AlertUpdate] = field(default_factory=list)
+    time_in_alarm: dict[tuple[StreamKey, str], float] = field(default_factory=dict)
+    """After the batch, per checked (stream, detector): the share of its latest checks inside
+    an open episode (``AlarmState.time_in_alarm``)."""
 
 
 class DriftMonitor:
@@ -123,6 +126,10 @@ class DriftMonitor:
                 frozen.append((key, outcome.reference_frozen))
             last_source[key] = f"{item.topic}[{item.partition}]@{item.offset}"
             counts[key] += 1
+        for check in batch.checks:
+            alarm = self.engine.streams[check.key].alarms.get(check.detector)
+            if alarm is not None and (share := alarm.time_in_alarm) is not None:
+                batch.time_in_alarm[(check.key, check.detector)] = share
         return batch, frozen, last_source, counts
 
     def _sync(self, connection: Connection, keys: set[StreamKey]) -> None:

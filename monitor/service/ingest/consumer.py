@@ -371,6 +371,8 @@ def observe_drift(batch: DriftBatch) -> None:
             metrics.DRIFT_THRESHOLD.labels(*labels).set(result.threshold)
         if result.effect_threshold is not None:
             metrics.DRIFT_EFFECT_THRESHOLD.labels(*labels).set(result.effect_threshold)
+    for (key, detector), share in batch.time_in_alarm.items():
+        metrics.DRIFT_TIME_IN_ALARM.labels(key.site_id, key.model_name, detector).set(share)
     for alert in batch.alerts:
         metrics.ALERTS_OPENED.labels(alert.key.site_id, alert.key.model_name, alert.detector).inc()
 
