@@ -73,6 +73,8 @@ class DetectorThresholds:
     chunk_size: int
     n_chunks: int
     thresholds: Mapping[str, LearnedThreshold]
+    chunk_duration_s: float | None = None
+    """Chunks by event time (this long each) instead of by ``chunk_size`` rows."""
 
     def for_feature(self, feature: str) -> LearnedThreshold | None:
         return self.thresholds.get(feature)
@@ -82,6 +84,7 @@ class DetectorThresholds:
             "detector": self.detector,
             "chunk_size": self.chunk_size,
             "n_chunks": self.n_chunks,
+            "chunk_duration_s": self.chunk_duration_s,
             "thresholds": {
                 name: dataclasses.asdict(value) for name, value in self.thresholds.items()
             },
@@ -93,6 +96,7 @@ class DetectorThresholds:
             detector=str(document["detector"]),
             chunk_size=int(document["chunk_size"]),
             n_chunks=int(document["n_chunks"]),
+            chunk_duration_s=document.get("chunk_duration_s"),
             thresholds={
                 name: LearnedThreshold(**value) for name, value in document["thresholds"].items()
             },
@@ -114,6 +118,20 @@ def _per_feature(result: DriftResult) -> bool:
     return result.threshold is not None and any(a.p_value is not None for a in result.attributions)
 
 
+def chunks(
+    reference: RowBuffer, chunk_size: int, duration_s: float | None = None
+) -> list[np.ndarray[Any, np.dtype[np.bool_]]]:
+    """The reference's chunks as row masks, in time order: consecutive runs of ``chunk_size``
+    rows, or with ``duration_s`` the rows of each span ``[t0 + i * d, t0 + (i + 1) * d)`` from
+    the first event time ``t0`` (the last, partial span dropped, as a trailing partial run is)."""
+    n, times = len(reference), reference.times
+    if duration_s is None:
+        return [np.arange(n) // chunk_size == i for i in range(n // chunk_size)]
+    index = np.floor((times - times[0]) / duration_s).astype(np.int64)
+    complete = int((times[-1] - times[0]) // duration_s) if n else 0
+    return [index == i for i in range(complete) if (index == i).any()]
+
+
 def learn(
     detector: str,
     make: Callable[[], _Detector],
@@ -121,21 +139,18 @@ def learn(
     reference: RowBuffer,
     chunk_size: int,
     config: LearnedThresholdConfig,
+    chunk_duration_s: float | None = None,
 ) -> DetectorThresholds | None:
-    """Learn ``detector``'s thresholds from ``reference`` (rows in time order), or None when it
-    has fewer than ``config.min_chunks`` chunks of ``chunk_size`` rows that could be scored.
+    """Learn ``detector``'s thresholds from ``reference`` (rows in time order), or None when
+    fewer than ``config.min_chunks`` of its chunks (:func:`chunks`) could be scored.
 
-    ``make`` builds an unfitted detector; ``sample_for`` cuts its input from a row buffer.
-    Chunk ``i`` is rows ``[i * chunk_size, (i + 1) * chunk_size)``; the detector is fitted on
-    every other reference row (the rest of the reference) and scores the chunk. A chunk the
-    detector cannot score (too few values) is left out.
+    ``make`` builds an unfitted detector; ``sample_for`` cuts its input from a row buffer. For
+    each chunk the detector is fitted on every other reference row (the rest of the reference)
+    and scores the chunk. A chunk the detector cannot score (too few values) is left out.
     """
-    n = len(reference)
     effects: dict[str, list[float]] = defaultdict(list)
     scored = 0
-    for start in range(0, n - chunk_size + 1, chunk_size):
-        rows = np.zeros(n, dtype=bool)
-        rows[start : start + chunk_size] = True
+    for rows in chunks(reference, chunk_size, chunk_duration_s):
         fresh = make()
         try:
             fresh.fit(sample_for(_subset(reference, ~rows)))
@@ -153,6 +168,7 @@ def learn(
     return DetectorThresholds(
         detector=detector,
         chunk_size=chunk_size,
+        chunk_duration_s=chunk_duration_s,
         n_chunks=scored,
         thresholds={
             name: _threshold(values, config)

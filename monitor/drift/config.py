@@ -88,6 +88,10 @@ class EngineConfig(DetectorConfig):
 
     reference_size: int = Field(default=1000, ge=50)
     """Accepted events of a (site, model, version) that form its reference by default."""
+    reference_duration_s: float | None = Field(default=None, gt=0)
+    """When set, the reference is the first events spanning this much event time (at least 50
+    of them) instead of the first ``reference_size``: a reference of weeks or months, which
+    carries the department's week-to-week variation that learned thresholds need."""
     window: WindowConfig = WindowConfig()
     detectors: DetectorSet = DetectorSet()
     family_alpha: float | None = Field(default=0.05, gt=0.0, lt=1.0)
@@ -99,10 +103,23 @@ class EngineConfig(DetectorConfig):
     (``monitor.drift.calibration``); None: the detectors' configured floors alone."""
 
     def chunk_size(self) -> int:
-        """Rows per reference chunk when thresholds are learned (the live window's size)."""
+        """Rows per reference chunk when thresholds are learned by count (the window's size)."""
         if self.learned is not None and self.learned.chunk_size is not None:
             return self.learned.chunk_size
         return self.window.size if self.window.size is not None else self.window.min_size
+
+    def chunk_duration_s(self) -> float | None:
+        """Event time per reference chunk when the live windows are bounded by time only: a
+        chunk is then a window's span (a week's chunk for weekly windows); None: by count."""
+        if self.learned is not None and self.learned.chunk_size is not None:
+            return None
+        return self.window.duration_s if self.window.size is None else None
+
+    def reference_complete(self, size: int, span_s: float) -> bool:
+        """Whether a reference of ``size`` events spanning ``span_s`` seconds is complete."""
+        if self.reference_duration_s is not None:
+            return size >= 50 and span_s >= self.reference_duration_s
+        return size >= self.reference_size
 
     def batch_detectors(self) -> dict[str, DetectorConfig]:
         """Enabled window detectors with the family budget applied to their thresholds."""

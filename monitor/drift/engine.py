@@ -116,7 +116,8 @@ class DriftEngine:
 def _process(stream: StreamState, event: InferenceEvent, config: EngineConfig) -> Outcome:
     if not stream.reference_info.frozen:
         stream.append_reference(event)
-        if len(stream.reference) >= config.reference_size:
+        times = stream.reference.times
+        if config.reference_complete(len(times), float(times[-1] - times[0])):
             return Outcome(reference_frozen=stream.freeze(config))
         return Outcome()
     outcome = Outcome()

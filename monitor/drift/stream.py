@@ -241,6 +241,7 @@ class StreamState:
                 self.reference,
                 config.chunk_size(),
                 config.learned,
+                config.chunk_duration_s(),
             )
             if learned is not None:
                 found[name] = learned

@@ -5,6 +5,7 @@ real change is still found, and an i.i.d. stream is no worse than before."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -31,13 +32,17 @@ KEY = StreamKey("site-01", "cxr-lesion", "1.0.0")
 
 
 def wandering(
-    n: int, seed: int, amplitude: float, shift_at: int | None = None
+    n: int,
+    seed: int,
+    amplitude: float,
+    shift_at: int | None = None,
+    interval: timedelta = timedelta(minutes=10),
 ) -> list[InferenceEvent]:
     """A stable site whose exposure's mean wanders from week to week (a new random level
     every 100 studies, ``amplitude`` times the within-week spread), as real departments do;
     from ``shift_at`` on, a protocol change lowers it by far more than the weekly wander."""
     rng = np.random.default_rng(seed)
-    events = list(feature_stream(FeatureStreamConfig(n_events=n, seed=seed)))
+    events = list(feature_stream(FeatureStreamConfig(n_events=n, seed=seed, interval=interval)))
     currents = np.array([e.metadata.Exposure or 0.0 for e in events], dtype=np.float64)
     spread = float(currents.std())
     levels = rng.normal(0.0, amplitude * spread, size=n // WINDOW + 1)
@@ -174,3 +179,42 @@ def test_time_in_alarm_is_the_share_of_recent_checks_inside_an_open_episode() ->
     for index in range(RECENT_CHECKS):  # quiet for a whole look-back: the panel is green again
         alarm.observe(False, 100.0 + index, config)
     assert alarm.time_in_alarm == 0.0 and alarm.recent_checks == RECENT_CHECKS
+
+
+def test_a_reference_of_weeks_learns_from_weekly_chunks_for_weekly_windows() -> None:
+    """Windows bounded by time only (a week each) and a reference of 12 weeks: the reference
+    freezes at its twelfth week whatever its count, and each chunk is one week of it."""
+    week = 7 * 86_400.0
+    weekly = OLD.model_copy(
+        update={
+            "reference_duration_s": 12 * week,
+            "window": WindowConfig(size=None, duration_s=week, min_size=50),
+            "learned": LearnedThresholdConfig(),
+        }
+    )
+    events = wandering(1100, seed=7, amplitude=0.6, interval=timedelta(hours=2))
+    engine = DriftEngine(weekly)
+    frozen_at = next(i for i, event in enumerate(events) if engine.process(event).reference_frozen)
+    span = events[frozen_at].occurred_at - events[0].occurred_at
+    assert (
+        span.total_seconds()
+        >= 12 * week
+        > (events[frozen_at - 1].occurred_at - events[0].occurred_at).total_seconds()
+    )
+    learned = engine.streams[KEY].learned["ks"]
+    assert learned.chunk_duration_s == week and learned.n_chunks == 12
+    reference = engine.streams[KEY].reference
+    masks = calibration.chunks(reference, 0, week)
+    assert [int(mask.sum()) for mask in masks] == [7 * 12] * 12  # a study every 2 hours
+
+
+def test_count_chunks_are_consecutive_runs_and_drop_a_partial_tail() -> None:
+    engine = DriftEngine(LEARNED.model_copy(update={"reference_size": 250}))
+    for event in wandering(250, seed=8, amplitude=0.0):
+        engine.process(event)
+    masks = calibration.chunks(engine.streams[KEY].reference, 100)
+    assert len(masks) == 2
+    assert [np.flatnonzero(mask).tolist() for mask in masks] == [
+        list(range(100)),
+        list(range(100, 200)),
+    ]
