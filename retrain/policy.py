@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.drift.base import DetectorConfig
+from monitor.drift.severity import Severity
 
 
 class Trigger(BaseModel):
@@ -45,6 +46,9 @@ class RetrainPolicy(DetectorConfig):
     )
     """Default: any performance alert; pixel-statistic drift; a large change of acquisition
     categories or of the score distribution. Metadata KS and missingness alone do not retrain."""
+    min_severity: Severity = Severity.WARNING
+    """Alerts below this severity (``info``: small effects, one detector, data quality) are
+    kept for dashboards and reports and never start a job."""
     cooldown_hours: float = Field(default=24.0, ge=0.0)
     min_new_labels: int = Field(default=500, ge=0)
     min_new_labels_site: int = Field(default=100, ge=0)
@@ -58,6 +62,7 @@ class AlertFacts:
     effect_size: float
     site_id: str
     model_name: str
+    severity: Severity = Severity.WARNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,12 @@ def decide(
     now: datetime,
 ) -> Decision:
     """Whether ``alert`` should start a retraining job now, and why (or why not)."""
+    if not alert.severity.at_least(policy.min_severity):
+        return Decision(
+            False,
+            f"{alert.severity} alerts do not trigger retraining (the policy needs "
+            f"{policy.min_severity} or above)",
+        )
     matching = [t for t in policy.triggers if fnmatch.fnmatchcase(alert.detector, t.detector)]
     if not matching:
         return Decision(False, f"{alert.detector} alerts do not trigger retraining")

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from monitor.drift.base import DriftResult, FeatureAttribution
+from monitor.drift.severity import Severity
 
 ALERT_NAMESPACE = uuid.UUID("5f0b6a43-7f55-4c2e-9a58-5f4f0e0d5a11")
 """Alert ids are uuid5 under this namespace of (stream, detector, episode number): replaying the
@@ -51,6 +52,8 @@ class Check:
     n_window: int
     result: DriftResult | None
     skipped: str | None = None
+    severity: Severity | None = None
+    """For a drifting check: how serious (``monitor.drift.severity``); None when quiet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class Alert:
     explanation: str
     config_fingerprint: str
     reference_id: uuid.UUID
+    severity: Severity = Severity.WARNING
+    """Of the check that opened the episode; later checks can raise it (``AlertUpdate``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The alert as published on ``radsentry.alerts`` and written by the backtest."""
@@ -96,6 +101,7 @@ class Alert:
             "explanation": self.explanation,
             "config_fingerprint": self.config_fingerprint,
             "reference_id": str(self.reference_id),
+            "severity": self.severity.value,
         }
 
 
@@ -109,6 +115,8 @@ class AlertUpdate:
     """Event time of the check."""
     effect_size: float | None = None
     reason: str | None = None
+    severity: Severity | None = None
+    """For ``continued``: the severity of the check (the alert keeps the highest seen)."""
 
 
 def alert_id_for(key: StreamKey, detector: str, episode: int) -> uuid.UUID:

@@ -19,6 +19,7 @@ from monitor.drift.missingness import MissingnessConfig
 from monitor.drift.mmd import MMDConfig
 from monitor.drift.online import OnlineConfig
 from monitor.drift.scores import ScoreKSConfig
+from monitor.drift.severity import SeverityConfig
 
 BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness"]
 ONLINE_DETECTOR = "online_hotelling"
@@ -98,6 +99,8 @@ class EngineConfig(DetectorConfig):
     alarms: AlarmConfig = AlarmConfig()
     alarm_overrides: dict[str, AlarmConfig] = Field(default_factory=dict)
     """Per-detector hysteresis/cooldown, keyed by detector name."""
+    severity: SeverityConfig = SeverityConfig()
+    """How serious a drifting check is: info, warning, critical (``monitor.drift.severity``)."""
     learned: LearnedThresholdConfig | None = None
     """Effect thresholds learned from the reference's chunk-to-chunk variation
     (``monitor.drift.calibration``); None: the detectors' configured floors alone."""

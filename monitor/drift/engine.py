@@ -14,13 +14,14 @@ consumer and the backtest both call :meth:`DriftEngine.process`; there is no sec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.drift import state
+from monitor.drift import severity, state
 from monitor.drift.alerts import Alert, AlertUpdate, Check, StreamKey, to_datetime
 from monitor.drift.base import InsufficientDataError
 from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
@@ -149,6 +150,8 @@ def _score_window(stream: StreamState, config: EngineConfig, event_time: float) 
         except InsufficientDataError as exc:
             skipped = str(exc)
         outcome.checks.append(Check(stream.key, name, start, end, len(window), result, skipped))
+    agreeing = sum(check.result is not None and check.result.is_drift for check in outcome.checks)
+    outcome.checks = [_with_severity(stream, config, check, agreeing) for check in outcome.checks]
     for name, reason in stream.disabled.items():
         if name != ONLINE_DETECTOR:
             outcome.checks.append(Check(stream.key, name, start, end, len(window), None, reason))
@@ -180,9 +183,19 @@ def _online(
         return Outcome()
     if exceeded:
         online.reset()
-    outcome = Outcome(checks=[block.close(stream.key)])
+    outcome = Outcome(checks=[_with_severity(stream, config, block.close(stream.key), 1)])
     _alarm(stream, config, outcome, time)
     return outcome
+
+
+def _with_severity(stream: StreamState, config: EngineConfig, check: Check, agreeing: int) -> Check:
+    """``check`` with the severity of its result (None for a quiet or skipped check)."""
+    if check.result is None:
+        return check
+    level = severity.of_check(
+        check.detector, check.result, stream.floor(check.detector), agreeing, config.severity
+    )
+    return dataclasses.replace(check, severity=level)
 
 
 def _alarm(stream: StreamState, config: EngineConfig, outcome: Outcome, event_time: float) -> None:
@@ -211,6 +224,7 @@ def _alarm(stream: StreamState, config: EngineConfig, outcome: Outcome, event_ti
                     at=to_datetime(event_time),
                     effect_size=check.result.effect_size,
                     reason=None if transition == "continued" else "no drift in recent checks",
+                    severity=check.severity if transition == "continued" else None,
                 )
             )
             if transition == "ended":

@@ -34,6 +34,7 @@ from monitor.drift.missingness import MissingnessDetector
 from monitor.drift.mmd import MMDDetector
 from monitor.drift.online import OnlineDriftDetector
 from monitor.drift.scores import ScoreKSDetector
+from monitor.drift.severity import Severity
 from monitor.events import InferenceEvent
 
 ReferenceSource = Literal["first_events", "next_events", "uploaded"]
@@ -367,6 +368,7 @@ def open_alert(
         explanation=explain(stream.key, check, result, since),
         config_fingerprint=result.config_fingerprint,
         reference_id=stream.reference_info.reference_id,
+        severity=check.severity or Severity.WARNING,
     )
 
 

@@ -164,6 +164,8 @@ class DriftCheckRow(Base):
     effect_size: Mapped[float | None] = mapped_column(Float, nullable=True)
     effect_size_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attributions: Mapped[list[dict[str, Any]]] = mapped_column(JsonDocument)
+    severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """For a drifting check: info, warning or critical; NULL when quiet or skipped."""
     skipped: Mapped[str | None] = mapped_column(Text, nullable=True)
     config_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reference_id: Mapped[uuid.UUID] = mapped_column(Uuid)
@@ -210,6 +212,8 @@ class AlertRow(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     published_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    severity: Mapped[str] = mapped_column(String(16), server_default="warning")
+    """info, warning or critical (``monitor.drift.severity``); the highest seen in the episode."""
 
 
 class ReferenceChangeRow(Base):

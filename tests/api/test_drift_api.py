@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from typer.testing import CliRunner
 
+from monitor.drift.alerts import Alert, AlertUpdate, StreamKey
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.drift.severity import Severity
 from monitor.events import InferenceEvent
 from monitor.service.api import create_app
 from monitor.service.auth import Role
 from monitor.service.cli import app
+from monitor.service.drift.alerts import apply_updates, get_alert, write_alerts
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.consumer import observe_drift
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
-from monitor.service.models import ReferenceChangeRow
+from monitor.service.models import AlertRow, ReferenceChangeRow
 from monitor.service.settings import Settings
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
 from tests.auth_helpers import TEST_AUTH, bearer
@@ -179,3 +184,59 @@ def test_report_command_writes_the_same_page(
     assert "Drift report: site-02, cxr-lesion 1.0.0" in out.read_text()
     missing = CliRunner().invoke(app, ["report", "--site", "nowhere", "--out", str(out)])
     assert missing.exit_code == 1 and "no monitored stream" in missing.output
+
+
+def test_alerts_carry_their_severity_and_filter_by_the_least_one(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    every = client.get("/alerts", params={"site_id": SITE}).json()["items"]
+    assert every and all(a["severity"] in ("info", "warning", "critical") for a in every)
+    # The scanner change is seen by several detectors at once: its alerts are critical.
+    assert {a["severity"] for a in every if a["detector"] in ("chi2", "ks")} == {"critical"}
+    # An info alert (a lone, small effect) is listed, and left out from warning up.
+    chi2 = next(a for a in every if a["detector"] == "chi2")
+    with pg_engine.begin() as connection:
+        connection.execute(
+            update(AlertRow)
+            .where(AlertRow.alert_id == uuid.UUID(chi2["alert_id"]))
+            .values(severity="info")
+        )
+    serious = client.get("/alerts", params={"min_severity": "warning"}).json()
+    assert chi2["alert_id"] not in {a["alert_id"] for a in serious["items"]}
+    assert serious["total"] == len(every) - 1
+    assert client.get("/alerts", params={"min_severity": "loud"}).status_code == 422
+
+
+def test_a_continued_episode_keeps_the_most_serious_severity_it_saw(pg_engine: Engine) -> None:
+    alert_id = uuid.uuid4()
+    with pg_engine.begin() as connection:
+        write_alerts(connection, [_alert(alert_id, Severity.INFO)], datetime.now(UTC))
+        for level in (Severity.CRITICAL, Severity.WARNING, None):
+            apply_updates(
+                connection,
+                [AlertUpdate(alert_id, "continued", datetime.now(UTC), 0.5, severity=level)],
+            )
+    row = get_alert(pg_engine, alert_id)
+    assert row.severity == "critical" and row.drifting_checks == 4
+
+
+def _alert(alert_id: uuid.UUID, severity: Severity) -> Alert:
+    now = datetime.now(UTC)
+    return Alert(
+        alert_id=alert_id,
+        key=StreamKey(SITE, "cxr-lesion", "1.0.0"),
+        detector="ks",
+        features=("KVP",),
+        occurred_at=now,
+        since=now,
+        window_start=now,
+        window_end=now,
+        statistic=0.3,
+        p_value=0.001,
+        effect_size=0.12,
+        effect_size_name="wasserstein_norm",
+        explanation="KVP moved",
+        config_fingerprint="f" * 64,
+        reference_id=uuid.uuid4(),
+        severity=severity,
+    )

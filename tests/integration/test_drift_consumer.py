@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,8 +14,9 @@ from sqlalchemy import Connection, Engine, select
 from monitor.drift.config import DetectorSet, EngineConfig, OnlineSettings, WindowConfig
 from monitor.drift.engine import DriftEngine
 from monitor.drift.online import OnlineConfig
+from monitor.drift.severity import Severity
 from monitor.events import InferenceEvent
-from monitor.service.drift.alerts import write_alerts
+from monitor.service.drift.alerts import get_alert, write_alerts
 from monitor.service.drift.store import DriftBatch, DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered, make_producer
@@ -183,8 +186,10 @@ def test_alerts_the_consumer_did_not_raise_are_published_from_the_outbox(
     engine = DriftEngine(CONFIG)
     outcomes = (engine.process(e) for e in events() if e.site_id == "site-02")
     alert = next(a for outcome in outcomes for a in outcome.alerts)
+    # An info alert (a data-quality finding, say) is stored and shown, never published.
+    info = dataclasses.replace(alert, alert_id=uuid.uuid4(), severity=Severity.INFO)
     with pg_engine.begin() as connection:
-        write_alerts(connection, [alert], alert.occurred_at)
+        write_alerts(connection, [alert, info], alert.occurred_at)
     settings = kafka_settings.model_copy(update={"outbox_check_s": 0.2})
     stats = ingest_until(
         pg_engine, settings, lambda s: s.alerts_published >= 1, drift=DriftMonitor(CONFIG)
@@ -192,3 +197,5 @@ def test_alerts_the_consumer_did_not_raise_are_published_from_the_outbox(
     assert stats.alerts_published == 1 and stats.stored == 0
     published = read_all(settings.bootstrap_servers, settings.alerts_topic, 1)
     assert [orjson.loads(r.value)["alert_id"] for r in published] == [str(alert.alert_id)]
+    assert orjson.loads(published[0].value)["severity"] == alert.severity.value
+    assert get_alert(pg_engine, info.alert_id).published_at is None

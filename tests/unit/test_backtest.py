@@ -60,6 +60,7 @@ ALERT_FIELDS = {
     "config_fingerprint",
     "reference_id",
     "ended_at",
+    "severity",
 }
 PHI = "Doe^Jane"
 runner = CliRunner()

@@ -16,9 +16,10 @@ from typing import Any, Literal
 
 import orjson
 from kafka import KafkaProducer
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, case, select, update
 
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey
+from monitor.drift.severity import Severity, at_least
 from monitor.service.db import Page, as_utc, insert_for, page_of, table_of
 from monitor.service.errors import IllegalTransition, NotFound
 from monitor.service.models import AlertRow
@@ -46,6 +47,7 @@ def list_alerts(
     site_ids: Collection[str] | None = None,
     status: AlertStatus | None = None,
     detector: str | None = None,
+    min_severity: Severity | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> AlertPage:
@@ -60,6 +62,8 @@ def list_alerts(
         conditions.append(AlertRow.status == status)
     if detector is not None:
         conditions.append(AlertRow.detector == detector)
+    if min_severity is not None:
+        conditions.append(AlertRow.severity.in_(at_least(min_severity)))
     order = (AlertRow.occurred_at.desc(), AlertRow.alert_id)
     return page_of(engine, AlertRow, conditions, order, limit, offset)
 
@@ -144,6 +148,7 @@ def write_alerts(
             "drifting_checks": 1 if drifting else 0,
             "last_drift_at": alert.occurred_at,
             "created_at": now,
+            "severity": alert.severity.value,
         }
         for alert in alerts
     ]
@@ -157,11 +162,19 @@ def apply_updates(connection: Connection, updates: Sequence[AlertUpdate]) -> Non
     for item in updates:
         where = table.c.alert_id == item.alert_id
         if item.kind == "continued":
-            statement = (
-                update(table)
-                .where(where)
-                .values(drifting_checks=table.c.drifting_checks + 1, last_drift_at=item.at)
-            )
+            values: dict[str, Any] = {
+                "drifting_checks": table.c.drifting_checks + 1,
+                "last_drift_at": item.at,
+            }
+            if item.severity is not None:  # the alert keeps the most serious check it saw
+                stored_rank = case(
+                    {s.value: s.rank for s in Severity}, value=table.c.severity, else_=1
+                )
+                values["severity"] = case(
+                    (stored_rank < item.severity.rank, item.severity.value),
+                    else_=table.c.severity,
+                )
+            statement = update(table).where(where).values(**values)
         else:
             statement = (
                 update(table)
@@ -171,15 +184,26 @@ def apply_updates(connection: Connection, updates: Sequence[AlertUpdate]) -> Non
         connection.execute(statement)
 
 
-def publish_pending(engine: Engine, producer: KafkaProducer, topic: str, timeout_s: float) -> int:
-    """Publish alerts not yet published (keyed by site), then mark them; returns how many."""
+def publish_pending(
+    engine: Engine,
+    producer: KafkaProducer,
+    topic: str,
+    timeout_s: float,
+    notify_at_least: Severity = Severity.WARNING,
+) -> int:
+    """Publish alerts not yet published (keyed by site), then mark them; returns how many.
+    Alerts below ``notify_at_least`` (``info`` by default) are kept for dashboards and reports,
+    never published."""
     table = table_of(AlertRow)
     with engine.connect() as connection:
         rows = [
             AlertRow(**row._mapping)
             for row in connection.execute(
                 select(AlertRow)
-                .where(AlertRow.published_at.is_(None))
+                .where(
+                    AlertRow.published_at.is_(None),
+                    AlertRow.severity.in_(at_least(notify_at_least)),
+                )
                 .order_by(AlertRow.created_at)
                 .limit(1000)
             )
@@ -220,4 +244,5 @@ def alert_document(row: AlertRow) -> dict[str, Any]:
         explanation=row.explanation,
         config_fingerprint=row.config_fingerprint,
         reference_id=row.reference_id,
+        severity=Severity(row.severity),
     ).to_json()

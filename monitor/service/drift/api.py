@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.drift.alerts import StreamKey
+from monitor.drift.severity import Severity
 from monitor.events import Identifier, InferenceEvent
 from monitor.service.auth import MlopsDep, ReaderDep, check_site
 from monitor.service.deps import EngineDep, Note, PageOffset, Reason, SettingsDep, StoredText
@@ -89,6 +90,10 @@ class AlertPublic(BaseModel):
     note: str | None
     reference_id: uuid.UUID
     config_fingerprint: str
+    severity: Severity = Field(
+        description="info, warning or critical: how far the effect lies beyond its threshold "
+        "and how many detectors agree (docs/drift.md, Severity); the highest seen in the episode."
+    )
 
 
 class AlertPagePublic(BaseModel):
@@ -152,11 +157,13 @@ def list_alerts(
     site_id: Identifier | None = None,
     alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
     detector: StoredText | None = None,
+    min_severity: Severity | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: PageOffset = 0,
 ) -> AlertPagePublic:
-    """Alerts, newest first, filtered by site, status and detector; paginated. A site
-    manager sees its own sites' alerts (403 for another site named in ``site_id``)."""
+    """Alerts, newest first, filtered by site, status, detector and least severity
+    (``min_severity=warning``: warning and critical); paginated. A site manager sees its own
+    sites' alerts (403 for another site named in ``site_id``)."""
     if site_id is not None:
         check_site(principal, site_id)
     page = alerts_store.list_alerts(
@@ -165,6 +172,7 @@ def list_alerts(
         site_ids=principal.site_filter(),
         status=alert_status,
         detector=detector,
+        min_severity=min_severity,
         limit=limit,
         offset=offset,
     )

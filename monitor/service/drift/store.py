@@ -231,6 +231,7 @@ def _check_row(check: Check, reference_id: Any, now: datetime) -> dict[str, Any]
         "threshold": result.threshold if result else None,
         "effect_size": result.effect_size if result else None,
         "effect_size_name": result.effect_size_name if result else None,
+        "severity": check.severity.value if check.severity else None,
         "attributions": [dataclasses.asdict(a) for a in (result.attributions if result else ())][
             :MAX_ATTRIBUTIONS_STORED
         ],

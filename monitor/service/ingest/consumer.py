@@ -202,6 +202,7 @@ class Ingestor:
                 self.producer,
                 self.settings.alerts_topic,
                 self.settings.request_timeout_ms / 1000,
+                self.drift.config.severity.notify_at_least,
             )
         except Exception:
             # Boundary: the alerts are stored; the broker will get them on a later try.

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import structlog
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
+from monitor.drift.severity import Severity
 from monitor.service.audit import store as change_log
 from monitor.service.db import Page, as_utc, insert_for, page_of, table_of
 from monitor.service.errors import NotFound
@@ -72,7 +73,13 @@ def consider_alerts(
                 overall=_labels_since(connection, alert.model_name, None, since),
                 site=_labels_since(connection, alert.model_name, alert.site_id, since),
             )
-            facts = AlertFacts(alert.detector, alert.effect_size, alert.site_id, alert.model_name)
+            facts = AlertFacts(
+                alert.detector,
+                alert.effect_size,
+                alert.site_id,
+                alert.model_name,
+                Severity(alert.severity),
+            )
             decision = decide(facts, policy, labels, last, now)
             if not decision.trigger:
                 log.debug(
@@ -307,6 +314,7 @@ def _candidate_alerts(connection: Connection) -> list[Any]:
                 AlertRow.effect_size,
                 AlertRow.site_id,
                 AlertRow.model_name,
+                AlertRow.severity,
             )
             .where(AlertRow.drift_active.is_(True), AlertRow.alert_id.not_in(requested))
             .order_by(AlertRow.occurred_at)
