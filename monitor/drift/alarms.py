@@ -9,7 +9,10 @@ On top of that, per (site, model, version, detector):
 * **episodes** - while an episode is open, further drifting checks update its alert instead of
   raising new ones (deduplication);
 * **cooldown** - after an episode ends, ``cooldown_checks`` checks pass before another may open,
-  so a change hovering at the detection limit does not page people every other window.
+  so a change hovering at the detection limit does not page people every other window;
+* **a decision** - an episode still open ``decision_after_s`` (14 days) after its drift began
+  asks once for a person's decision: acknowledge and re-baseline if the change is the new
+  normal, or investigate (the engine's ``sustained`` update).
 
 A "check" is one scored window of a batch detector, or one block of ``window_size`` events of
 the online detector. Under no change, checks on disjoint windows are independent, so with a
@@ -36,6 +39,9 @@ class AlarmConfig(DetectorConfig):
     open_after: int = Field(default=2, ge=1)
     close_after: int = Field(default=3, ge=1)
     cooldown_checks: int = Field(default=2, ge=0)
+    decision_after_s: float | None = Field(default=14 * 86_400.0, gt=0)
+    """An episode open this long (event time, from the start of its drift) asks for a decision;
+    None: never."""
 
 
 class Transition(StrEnum):
@@ -63,6 +69,8 @@ class AlarmState(BaseModel):
     streak_started_at: float | None = None
     """Window start (POSIX seconds) of the first check in the current drifting streak: the
     "since when" of an alert."""
+    decision_asked: bool = False
+    """Whether the open episode has asked for a decision (once per episode)."""
     recent: int = 0
     """Bit i set: the i-th latest check left an episode open (the last :data:`RECENT_CHECKS`)."""
     recent_checks: int = 0
@@ -112,5 +120,20 @@ class AlarmState(BaseModel):
         self.in_episode = False
         self.quiet_streak = 0
         self.streak_started_at = None
+        self.decision_asked = False
         self.cooldown_left = config.cooldown_checks
         return Transition.ENDED
+
+    def needs_decision(self, now: float, config: AlarmConfig) -> bool:
+        """Whether the open episode has lasted ``decision_after_s`` by ``now`` (event time) and
+        has not asked yet; marks it asked."""
+        if (
+            not self.in_episode
+            or self.decision_asked
+            or config.decision_after_s is None
+            or self.streak_started_at is None
+            or now - self.streak_started_at < config.decision_after_s
+        ):
+            return False
+        self.decision_asked = True
+        return True

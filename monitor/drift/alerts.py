@@ -107,10 +107,11 @@ class Alert:
 
 @dataclass(frozen=True, slots=True)
 class AlertUpdate:
-    """Later news on an open episode: drift seen again, or drift no longer seen."""
+    """Later news on an open episode: drift seen again, drift sustained long enough to ask for a
+    decision, or drift no longer seen."""
 
     alert_id: uuid.UUID
-    kind: Literal["continued", "ended"]
+    kind: Literal["continued", "sustained", "ended"]
     at: datetime
     """Event time of the check."""
     effect_size: float | None = None

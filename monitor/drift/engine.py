@@ -229,6 +229,29 @@ def _alarm(stream: StreamState, config: EngineConfig, outcome: Outcome, event_ti
             )
             if transition == "ended":
                 del stream.open_alerts[check.detector]
+        _ask_for_decision(stream, config, outcome, check)
+
+
+def _ask_for_decision(
+    stream: StreamState, config: EngineConfig, outcome: Outcome, check: Check
+) -> None:
+    """An episode open for ``decision_after_s`` asks, once, for a person's decision."""
+    alarm = stream.alarms[check.detector]
+    alert_id = stream.open_alerts.get(check.detector)
+    at = check.window_end.timestamp()
+    if alert_id is None or not alarm.needs_decision(at, config.alarm_config(check.detector)):
+        return
+    assert alarm.streak_started_at is not None  # needs_decision checked it
+    days = (at - alarm.streak_started_at) / 86_400
+    outcome.updates.append(
+        AlertUpdate(
+            alert_id=alert_id,
+            kind="sustained",
+            at=check.window_end,
+            reason=f"sustained for {days:.0f} days: acknowledge and re-baseline if this is the "
+            "new normal, or investigate",
+        )
+    )
 
 
 __all__ = ["DriftEngine", "Outcome", "ReferenceInfo", "StreamKey"]

@@ -214,6 +214,9 @@ class AlertRow(Base):
     published_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     severity: Mapped[str] = mapped_column(String(16), server_default="warning")
     """info, warning or critical (``monitor.drift.severity``); the highest seen in the episode."""
+    decision_asked_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    """When the episode, open ``decision_after_s``, asked for a decision (event time)."""
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ReferenceChangeRow(Base):

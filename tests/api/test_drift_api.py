@@ -240,3 +240,22 @@ def _alert(alert_id: uuid.UUID, severity: Severity) -> Alert:
         reference_id=uuid.uuid4(),
         severity=severity,
     )
+
+
+def test_a_sustained_episode_asks_for_a_decision_until_someone_takes_it(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    chi2 = client.get("/alerts", params={"detector": "chi2"}).json()["items"][0]
+    assert chi2["needs_decision"] is False and chi2["decision_asked_at"] is None
+    asked_at = datetime(2026, 1, 20, tzinfo=UTC)
+    reason = "sustained for 15 days: acknowledge and re-baseline if this is the new normal"
+    with pg_engine.begin() as connection:
+        update_ = AlertUpdate(uuid.UUID(chi2["alert_id"]), "sustained", asked_at, reason=reason)
+        apply_updates(connection, [update_])
+    url = f"/alerts/{chi2['alert_id']}"
+    shown = client.get(url).json()
+    assert shown["needs_decision"] is True and shown["decision_reason"] == reason
+    assert datetime.fromisoformat(shown["decision_asked_at"]) == asked_at
+    assert shown["drift_active"] is True  # asking for a decision ends nothing by itself
+    acknowledged = client.post(f"{url}/acknowledge", json={"note": "new scanner: re-baseline"})
+    assert acknowledged.json()["needs_decision"] is False

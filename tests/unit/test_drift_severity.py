@@ -4,10 +4,11 @@ many detectors agree, missingness as data quality; and who acts on it (retrainin
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from monitor.drift.alarms import AlarmConfig
 from monitor.drift.base import DriftResult, FeatureAttribution
 from monitor.drift.config import EngineConfig, OnlineSettings, WindowConfig
 from monitor.drift.engine import DriftEngine
@@ -121,3 +122,53 @@ def test_info_alerts_never_start_a_retraining_job() -> None:
     assert decide(warning, policy, labels, None, now).trigger
     strict = policy.model_copy(update={"min_severity": Severity.CRITICAL})
     assert not decide(warning, strict, labels, None, now).trigger
+
+
+def test_an_episode_open_two_weeks_asks_once_for_a_decision() -> None:
+    """A scanner change that stays: its episodes are open from the second changed window on;
+    once 14 days of event time have passed since their drift began, each asks, once."""
+    engine = DriftEngine(FAST)
+    events = feature_stream(  # one study an hour: 200-study windows are about 8 days
+        FeatureStreamConfig(
+            n_events=2400, change_at=600, degraded_scanner=True, interval=timedelta(hours=1)
+        )
+    )
+    outcomes = [engine.process(event) for event in events]
+    alerts = {a.alert_id: a for o in outcomes for a in o.alerts}
+    asked = [u for o in outcomes for u in o.updates if u.kind == "sustained"]
+    chi2 = next(a for a in alerts.values() if a.detector == "chi2")
+    [chi2_asked] = [u for u in asked if u.alert_id == chi2.alert_id]  # once, not per check
+    assert (chi2_asked.at - chi2.since).days >= 14
+    assert chi2_asked.reason is not None and chi2_asked.reason.startswith("sustained for ")
+    assert "acknowledge and re-baseline" in chi2_asked.reason
+
+
+def test_a_short_episode_or_no_decision_span_never_asks() -> None:
+    events = list(
+        feature_stream(
+            FeatureStreamConfig(
+                n_events=2400,
+                change_at=600,
+                degraded_scanner=True,
+                interval=timedelta(hours=1),
+            )
+        )
+    )
+    never = FAST.model_copy(
+        update={"alarms": AlarmConfig(decision_after_s=None)},
+    )
+    engine = DriftEngine(never)
+    assert not [u for e in events for u in engine.process(e).updates if u.kind == "sustained"]
+    brief = list(
+        feature_stream(
+            FeatureStreamConfig(
+                n_events=2400,
+                change_at=600,
+                change_until=1100,  # about three weeks of change, then the old scanner
+                degraded_scanner=True,
+                interval=timedelta(minutes=10),
+            )
+        )
+    )
+    engine = DriftEngine(FAST)
+    assert not [u for e in brief for u in engine.process(e).updates if u.kind == "sustained"]

@@ -1,8 +1,9 @@
 """``radsentry backtest``: replay a file of inference events through the drift engine.
 
 Each event goes through :meth:`DriftEngine.process`, the live consumer's code, in event-time
-order; each alert raised is written as one JSON line, with ``ended_at`` (the event time of the
-check that ended its episode; null while still open at the end of the file). The summary gives,
+order; each alert raised is written as one JSON line, with ``decision_asked_at`` (when its
+episode, open long enough, asked for a decision) and ``ended_at`` (the event time of the check
+that ended its episode); each null when it did not happen by the end of the file. The summary gives,
 per stream and detector, the share of checks inside an open episode (time in alarm) and the
 alerts per month of monitored time. Memory stays bounded: a first streaming
 pass checks whether the file is already in ``occurred_at`` order; if so it is streamed again, if
@@ -347,10 +348,15 @@ def _replay(
         outcome = engine.process(event)
         summary.record(outcome, engine)
         for alert in outcome.alerts:
-            raised[str(alert.alert_id)] = alert.to_json() | {"ended_at": None}
+            raised[str(alert.alert_id)] = alert.to_json() | {
+                "decision_asked_at": None,
+                "ended_at": None,
+            }
         for update in outcome.updates:
-            if update.kind == "ended" and (record := raised.get(str(update.alert_id))):
-                record["ended_at"] = update.at.isoformat()
+            record = raised.get(str(update.alert_id))
+            if record is not None and update.kind in ("sustained", "ended"):
+                field = "ended_at" if update.kind == "ended" else "decision_asked_at"
+                record[field] = update.at.isoformat()
     for record in raised.values():
         sink.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
 

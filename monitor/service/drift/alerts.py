@@ -175,6 +175,12 @@ def apply_updates(connection: Connection, updates: Sequence[AlertUpdate]) -> Non
                     else_=table.c.severity,
                 )
             statement = update(table).where(where).values(**values)
+        elif item.kind == "sustained":
+            statement = (
+                update(table)
+                .where(where)
+                .values(decision_asked_at=item.at, decision_reason=item.reason)
+            )
         else:
             statement = (
                 update(table)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from monitor.drift.alerts import StreamKey
 from monitor.drift.severity import Severity
@@ -94,6 +94,18 @@ class AlertPublic(BaseModel):
         description="info, warning or critical: how far the effect lies beyond its threshold "
         "and how many detectors agree (docs/drift.md, Severity); the highest seen in the episode."
     )
+    decision_asked_at: datetime | None = Field(
+        None,
+        description="When the episode, still drifting after drift.alarms.decision_after_s "
+        "(14 days), asked for a decision; decision_reason says what to decide.",
+    )
+    decision_reason: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented pattern
+    @property
+    def needs_decision(self) -> bool:
+        """Still open (not acknowledged or resolved), drifting, and asking for a decision."""
+        return self.decision_asked_at is not None and self.status == "open" and self.drift_active
 
 
 class AlertPagePublic(BaseModel):
