@@ -69,6 +69,8 @@ class AlarmState(BaseModel):
     streak_started_at: float | None = None
     """Window start (POSIX seconds) of the first check in the current drifting streak: the
     "since when" of an alert."""
+    cusum: dict[str, float] = Field(default_factory=dict)
+    """The sequential rule's per-feature sums (``monitor.drift.sequential``), capped at h."""
     decision_asked: bool = False
     """Whether the open episode has asked for a decision (once per episode)."""
     recent: int = 0

@@ -63,6 +63,8 @@ class LearnedThreshold:
     mean: float
     sd: float
     chunks: int
+    values: tuple[float, ...] = ()
+    """The chunk effects themselves (the sequential rule draws its in-control values from them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class DetectorThresholds:
     thresholds: Mapping[str, LearnedThreshold]
     chunk_duration_s: float | None = None
     """Chunks by event time (this long each) instead of by ``chunk_size`` rows."""
+    cusum_h: float | None = None
+    """The sequential rule's decision interval (``monitor.drift.sequential``), when configured."""
 
     def for_feature(self, feature: str) -> LearnedThreshold | None:
         return self.thresholds.get(feature)
@@ -85,6 +89,7 @@ class DetectorThresholds:
             "chunk_size": self.chunk_size,
             "n_chunks": self.n_chunks,
             "chunk_duration_s": self.chunk_duration_s,
+            "cusum_h": self.cusum_h,
             "thresholds": {
                 name: dataclasses.asdict(value) for name, value in self.thresholds.items()
             },
@@ -97,8 +102,10 @@ class DetectorThresholds:
             chunk_size=int(document["chunk_size"]),
             n_chunks=int(document["n_chunks"]),
             chunk_duration_s=document.get("chunk_duration_s"),
+            cusum_h=document.get("cusum_h"),
             thresholds={
-                name: LearnedThreshold(**value) for name, value in document["thresholds"].items()
+                name: LearnedThreshold(**{**value, "values": tuple(value.get("values", ()))})
+                for name, value in document["thresholds"].items()
             },
         )
 
@@ -185,7 +192,13 @@ def _threshold(values: list[float], config: LearnedThresholdConfig) -> LearnedTh
         threshold = mean + config.k * sd
     else:
         threshold = float(np.quantile(array, config.quantile))
-    return LearnedThreshold(threshold=threshold, mean=mean, sd=sd, chunks=int(array.size))
+    return LearnedThreshold(
+        threshold=threshold,
+        mean=mean,
+        sd=sd,
+        chunks=int(array.size),
+        values=tuple(float(v) for v in array),
+    )
 
 
 def effect_threshold(

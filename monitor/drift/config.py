@@ -19,6 +19,7 @@ from monitor.drift.missingness import MissingnessConfig
 from monitor.drift.mmd import MMDConfig
 from monitor.drift.online import OnlineConfig
 from monitor.drift.scores import ScoreKSConfig
+from monitor.drift.sequential import SequentialConfig
 from monitor.drift.severity import SeverityConfig
 
 BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness"]
@@ -104,6 +105,15 @@ class EngineConfig(DetectorConfig):
     learned: LearnedThresholdConfig | None = None
     """Effect thresholds learned from the reference's chunk-to-chunk variation
     (``monitor.drift.calibration``); None: the detectors' configured floors alone."""
+    sequential: SequentialConfig | None = None
+    """A CUSUM across windows on the standardised effects (``monitor.drift.sequential``): a
+    check also counts as drifting when it crosses; needs ``learned``."""
+
+    @model_validator(mode="after")
+    def _sequential_needs_learned(self) -> Self:
+        if self.sequential is not None and self.learned is None:
+            raise ValueError("sequential needs learned: it standardises by the learned moments")
+        return self
 
     def chunk_size(self) -> int:
         """Rows per reference chunk when thresholds are learned by count (the window's size)."""

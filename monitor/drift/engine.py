@@ -21,11 +21,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.drift import severity, state
+from monitor.drift import sequential, severity, state
 from monitor.drift.alerts import Alert, AlertUpdate, Check, StreamKey, to_datetime
 from monitor.drift.base import InsufficientDataError
 from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
-from monitor.drift.stream import ReferenceInfo, ReferenceSource, StreamState, open_alert
+from monitor.drift.stream import (
+    ReferenceInfo,
+    ReferenceSource,
+    StreamState,
+    moments,
+    open_alert,
+)
 from monitor.events import InferenceEvent
 
 MIN_UPLOADED_REFERENCE = 50
@@ -204,8 +210,9 @@ def _alarm(stream: StreamState, config: EngineConfig, outcome: Outcome, event_ti
         if check.result is None:
             continue
         alarm = stream.alarms[check.detector]
+        crossed = _crossed(stream, config, check)  # updated on every check, drifting or not
         transition = alarm.observe(
-            check.result.is_drift,
+            check.result.is_drift or crossed,
             check.window_start.timestamp(),
             config.alarm_config(check.detector),
         )
@@ -230,6 +237,19 @@ def _alarm(stream: StreamState, config: EngineConfig, outcome: Outcome, event_ti
             if transition == "ended":
                 del stream.open_alerts[check.detector]
         _ask_for_decision(stream, config, outcome, check)
+
+
+def _crossed(stream: StreamState, config: EngineConfig, check: Check) -> bool:
+    """Whether the sequential rule's CUSUM, updated with this check, reaches ``h``."""
+    learned = stream.learned.get(check.detector)
+    if config.sequential is None or learned is None or learned.cusum_h is None:
+        return False
+    assert check.result is not None  # _alarm skips checks without one
+    alarm = stream.alarms[check.detector]
+    peak = sequential.update(
+        alarm.cusum, check.result, moments(learned), config.sequential.k, learned.cusum_h
+    )
+    return peak >= learned.cusum_h
 
 
 def _ask_for_decision(

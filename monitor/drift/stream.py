@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import uuid
@@ -13,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict
 
-from monitor.drift import calibration
+from monitor.drift import calibration, sequential
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import (
     Alert,
@@ -245,7 +246,7 @@ class StreamState:
                 config.chunk_duration_s(),
             )
             if learned is not None:
-                found[name] = learned
+                found[name] = _with_decision_interval(learned, config)
         return found
 
     def floor(self, detector: str) -> float:
@@ -370,6 +371,36 @@ def open_alert(
         reference_id=stream.reference_info.reference_id,
         severity=check.severity or Severity.WARNING,
     )
+
+
+def _with_decision_interval(
+    learned: calibration.DetectorThresholds, config: EngineConfig
+) -> calibration.DetectorThresholds:
+    """``learned`` with the sequential rule's ``h``, computed from its chunk effects."""
+    if config.sequential is None:
+        return learned
+    chunk_z = {
+        feature: sequential.standardised(value.values, value.mean, value.sd)
+        for feature, value in learned.thresholds.items()
+        if value.sd > 0 and _watched(feature, learned)
+    }
+    h = sequential.decision_interval(chunk_z, config.sequential)
+    return dataclasses.replace(learned, cusum_h=h)
+
+
+def _watched(feature: str, learned: calibration.DetectorThresholds) -> bool:
+    """Per-feature detectors are watched per feature; a multivariate one by its overall effect."""
+    per_feature = any(name != calibration.OVERALL for name in learned.thresholds)
+    return (feature != calibration.OVERALL) if per_feature else True
+
+
+def moments(learned: calibration.DetectorThresholds) -> dict[str, tuple[float, float]]:
+    """The chunk (mean, sd) of each feature the sequential rule watches."""
+    return {
+        feature: (value.mean, value.sd)
+        for feature, value in learned.thresholds.items()
+        if _watched(feature, learned)
+    }
 
 
 def _buffer(schema: FeatureSchema) -> RowBuffer:
