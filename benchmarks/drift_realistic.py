@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import platform
 import re
@@ -68,7 +69,7 @@ def main() -> None:
     limit_torch_threads()  # as `radsentry backtest` does
     started = time.perf_counter()
     configs = [(_label(name), _config(name)) for name in args.config]
-    reference = max(config.reference_size for _, config in configs)
+    reference = max(_reference_studies(config, args.per_day) for _, config in configs)
     print(f"# {datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, {_cpu()}")
     for label, config in configs:
         print(f"# config {label}: {config.fingerprint()[:12]}, {_describe(config)}")
@@ -140,12 +141,29 @@ def _label(name: str) -> str:
     return name if name == "default" else Path(name).stem
 
 
+def _reference_studies(config: EngineConfig, per_day: float) -> int:
+    """How many studies a stream's reference takes: ``reference_size``, or with a reference
+    by event time, the studies of that span at ``per_day`` (the first event of the next day
+    freezes it)."""
+    if config.reference_duration_s is None:
+        return config.reference_size
+    return math.ceil(config.reference_duration_s / 86_400 * per_day) + 1
+
+
 def _describe(config: EngineConfig) -> str:
     alarms = config.alarms
+    reference = (
+        f"{config.reference_size}"
+        if config.reference_duration_s is None
+        else f"{config.reference_duration_s / 86_400:g} days"
+    )
+    learned = "learned" if config.learned is None else f"learned k={config.learned.k:g}"
     return (
-        f"reference {config.reference_size}, window {config.window.size}, family_alpha "
+        f"reference {reference}, window {config.window.size}, family_alpha "
         f"{config.family_alpha}, open_after {alarms.open_after}, close_after "
         f"{alarms.close_after}, cooldown {alarms.cooldown_checks}"
+        + ("" if config.learned is None else f", {learned}")
+        + ("" if config.sequential is None else f", CUSUM k={config.sequential.k:g}")
     )
 
 
@@ -204,7 +222,8 @@ def _run_site(
     config: EngineConfig,
     args: argparse.Namespace,
 ) -> None:
-    onsets = _onsets(stream_config.n_studies, config.reference_size, args.horizon, args.onsets)
+    reference = _reference_studies(config, stream_config.studies_per_day)
+    onsets = _onsets(stream_config.n_studies, reference, args.horizon, args.onsets)
     stable = _replay(cell, "wandering", pool, stream_config, config, onsets, args)
     cell.stable.append(stable)
     cell.months += stable.studies / stream_config.studies_per_month
