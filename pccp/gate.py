@@ -449,29 +449,45 @@ def _group_lower_bound(criterion: BoundCriterion, evaluation: _Evaluation) -> Cr
         )
 
     rows = _per_group(criterion, evaluation, decide)
-    failed = [row for row in rows if row.evaluated and not row.passed]
     label = _LABELS[criterion.metric]
     numbers = {**_group_numbers(criterion, rows), "min": criterion.min}
+    bound = numbers["lowest_bound"]
+    return _group_result(
+        criterion,
+        rows,
+        numbers,
+        failing=f"lower 95% bound of {label} below {criterion.min:.2f}",
+        named=lambda row: f"{row.value} {row.candidate:.3f} (lower bound {row.lower_bound:.3f})",
+        passing=f"lower 95% bound of {label} >= {criterion.min:.2f}",
+        lowest=f"lowest {bound:.3f}" if isinstance(bound, float) else "",
+    )
+
+
+def _group_result(
+    criterion: BoundCriterion | NonInferiorityCriterion,
+    rows: list[GroupRow],
+    numbers: dict[str, Number],
+    *,
+    failing: str,
+    named: Callable[[GroupRow], str],
+    passing: str,
+    lowest: str,
+) -> CriterionResult:
+    """A per-group criterion's result: it fails when an evaluated group fails; the detail names
+    each failed group (``named``), or says all passed, or that no group was large enough."""
     evaluated = [row for row in rows if row.evaluated]
+    failed = [row for row in evaluated if not row.passed]
     if not evaluated:
         detail = (
             f"no {criterion.by} has {criterion.min_cases} or more cases of the metric's class: "
             "nothing to check"
         )
     elif failed:
-        named = "; ".join(
-            f"{row.value} {row.candidate:.3f} (lower bound {row.lower_bound:.3f})"
-            for row in failed
-            if row.candidate is not None and row.lower_bound is not None
-        )
-        detail = (
-            f"lower 95% bound of {label} below {criterion.min:.2f} in {len(failed)} of "
-            f"{len(evaluated)} {criterion.by} groups: {named}"
-        )
+        listed = "; ".join(named(row) for row in failed)
+        detail = f"{failing} in {len(failed)} of {len(evaluated)} {criterion.by} groups: {listed}"
     else:
         detail = (
-            f"lower 95% bound of {label} >= {criterion.min:.2f} in all {len(evaluated)} "
-            f"{criterion.by} groups (lowest {numbers['lowest_bound']:.3f}, "
+            f"{passing} in all {len(evaluated)} {criterion.by} groups ({lowest}, "
             f"{numbers['lowest_group']})"
         )
     result = _result(criterion, not failed, numbers, detail)
@@ -536,40 +552,28 @@ def _group_non_inferiority(
         return diff.candidate, diff.champion, diff.lower, paired.passed
 
     rows = _per_group(criterion, evaluation, decide)
-    evaluated = [row for row in rows if row.evaluated]
-    failed = [row for row in evaluated if not row.passed]
     label = _LABELS[metric]
     numbers = {
         **_group_numbers(criterion, rows),
         "margin": criterion.margin,
         "alpha": criterion.alpha,
     }
-    if not evaluated:
-        detail = (
-            f"no {criterion.by} has {criterion.min_cases} or more cases of the metric's class: "
-            "nothing to check"
-        )
-    elif failed:
-        named = "; ".join(
+    bound = numbers["lowest_bound"]
+    return _group_result(
+        criterion,
+        rows,
+        numbers,
+        failing=f"{label} not shown within {criterion.margin:g} of the champion",
+        named=lambda row: (
             f"{row.value} {row.candidate:.3f} vs {row.champion:.3f} (lower bound of the "
             f"difference {row.lower_bound:+.3f})"
-            for row in failed
-            if row.candidate is not None
-            and row.champion is not None
-            and row.lower_bound is not None
-        )
-        detail = (
-            f"{label} not shown within {criterion.margin:g} of the champion in {len(failed)} "
-            f"of {len(evaluated)} {criterion.by} groups: {named}"
-        )
-    else:
-        detail = (
+        ),
+        passing=(
             f"{label} within {criterion.margin:g} of the champion (one-sided "
-            f"{1 - criterion.alpha:.1%}) in all {len(evaluated)} {criterion.by} groups "
-            f"(lowest bound {numbers['lowest_bound']:+.3f}, {numbers['lowest_group']})"
-        )
-    result = _result(criterion, not failed, numbers, detail)
-    return result.model_copy(update={"groups": rows})
+            f"{1 - criterion.alpha:.1%})"
+        ),
+        lowest=f"lowest bound {bound:+.3f}" if isinstance(bound, float) else "",
+    )
 
 
 def _predictive_value(

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from monitor.service.models import CandidateRow
     from monitor.service.pccp.store import GateStatus
+    from pccp.threshold import ThresholdProvenance
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -138,3 +139,27 @@ def record_gate_outcome(
         champion_version=champion_version,
         actor="pccp-gate",
     )
+
+
+def threshold_provenance(**change: Any) -> ThresholdProvenance:
+    """A threshold the shipped plan's rule (``hold_champion_sensitivity``) set on a training
+    manifest's tuning split; ``change`` overrides any field."""
+    from pccp.plan import ThresholdRule
+    from pccp.threshold import ThresholdProvenance
+
+    values: dict[str, Any] = {
+        "rule": ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
+        "threshold": 0.5,
+        "source": "tuning_split",
+        "plan_id": "cxr-lesion-pccp",
+        "plan_version": "1.1.0",
+        "champion_version": "1",
+        "champion_threshold": 0.5,
+        "target_sensitivity": 0.9,
+        "training_manifest_sha256": "d" * 64,
+        "tuning_cases": 160,
+        "tuning_positives": 60,
+        "tuning_sensitivity": 0.9,
+        "tuning_specificity": 0.7,
+    }
+    return ThresholdProvenance(**(values | change))

@@ -25,8 +25,7 @@ from monitor.service.api import create_app
 from monitor.service.auth import Role, issue_local_token
 from pccp.catalog import SHIPPED_PLANS
 from pccp.gate import GateCases, ModelScores, build_report
-from pccp.plan import ThresholdRule, load_plan
-from pccp.threshold import ThresholdProvenance
+from pccp.plan import load_plan
 from tests.api.test_candidates_api import (
     ALICE,
     AUDITOR,
@@ -36,7 +35,7 @@ from tests.api.test_candidates_api import (
     FakeRegistry,
     propose,
 )
-from tests.factories import record_gate_outcome
+from tests.factories import record_gate_outcome, threshold_provenance
 
 pytestmark = pytest.mark.integration
 
@@ -84,21 +83,7 @@ def failing_report() -> dict[str, object]:
     cleared = np.flatnonzero((site == "site-02") & ~positive & (scores < 0.5))
     worse[cleared[::2]] = 0.9
     cases = GateCases(tuple(f"k{i}" for i in range(n)), positive, {"site": site, "PatientSex": sex})
-    provenance = ThresholdProvenance(
-        rule=ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
-        threshold=0.5,
-        source="tuning_split",
-        plan_id="cxr-lesion-pccp",
-        plan_version="1.1.0",
-        champion_version="1",
-        champion_threshold=0.5,
-        target_sensitivity=0.9,
-        training_manifest_sha256="b" * 64,
-        tuning_cases=160,
-        tuning_positives=60,
-        tuning_sensitivity=0.9,
-        tuning_specificity=0.7,
-    )
+    provenance = threshold_provenance(training_manifest_sha256="b" * 64)
     report = build_report(
         load_plan(SHIPPED_PLANS / "cxr-lesion.yaml"),
         cases,

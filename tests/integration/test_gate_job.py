@@ -30,13 +30,12 @@ from monitor.service.pccp.jobs import (
 )
 from pccp.catalog import SHIPPED_PLANS
 from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
-from pccp.plan import ThresholdRule
-from pccp.threshold import ThresholdProvenance
 from retrain.dataset import LockedTestSet, LockedTestSetError
 from retrain.initial import InitialConfig, render_cohort
 from retrain.mlflow_names import DATASET_TAG, INTENDED_USE_TAG, THRESHOLD_PROVENANCE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.tracking import RegisteredVersion
+from tests.factories import threshold_provenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -51,21 +50,7 @@ INTENDED_USE = "cxr-lesion-triage-v1"
 def in_plan(threshold: float = 0.5, **tags: str) -> dict[str, str]:
     """Tags of a version trained under the plan: its intended use, its training manifest, and
     a threshold the plan's policy selected on that manifest's tuning split."""
-    provenance = ThresholdProvenance(
-        rule=ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
-        threshold=threshold,
-        source="tuning_split",
-        plan_id="cxr-lesion-pccp",
-        plan_version="1.1.0",
-        champion_version="1",
-        champion_threshold=0.5,
-        target_sensitivity=0.9,
-        training_manifest_sha256="d" * 64,
-        tuning_cases=100,
-        tuning_positives=30,
-        tuning_sensitivity=0.9,
-        tuning_specificity=0.6,
-    )
+    provenance = threshold_provenance(threshold=threshold, tuning_cases=100, tuning_positives=30)
     return {
         INTENDED_USE_TAG: INTENDED_USE,
         DATASET_TAG: "d" * 64,

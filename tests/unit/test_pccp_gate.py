@@ -28,9 +28,9 @@ from pccp.gate import (
     evaluate_criteria,
     scope_violations,
 )
-from pccp.plan import Plan, ThresholdRule, load_plan
-from pccp.threshold import ThresholdProvenance
+from pccp.plan import Plan, load_plan
 from retrain.model import ModelSpec, expected_calibration_error
+from tests.factories import threshold_provenance
 
 torch.set_num_threads(1)  # retrain.model imports torch; the box has two cores
 
@@ -413,20 +413,8 @@ def test_the_shipped_plan_fails_only_calibration_for_squeezed_scores(shipped: Pl
 
 def held(threshold: float = 0.3, champion: float = 0.25) -> ThresholdFacts:
     """A threshold the shipped plan's rule set on the candidate's own tuning split."""
-    provenance = ThresholdProvenance(
-        rule=ThresholdRule.HOLD_CHAMPION_SENSITIVITY,
-        threshold=threshold,
-        source="tuning_split",
-        plan_id="cxr-lesion-pccp",
-        plan_version="1.1.0",
-        champion_version="1",
-        champion_threshold=champion,
-        target_sensitivity=0.9,
-        training_manifest_sha256="a" * 64,
-        tuning_cases=200,
-        tuning_positives=60,
-        tuning_sensitivity=0.9,
-        tuning_specificity=0.7,
+    provenance = threshold_provenance(
+        threshold=threshold, champion_threshold=champion, training_manifest_sha256="a" * 64
     )
     return ThresholdFacts(threshold, champion, "1", provenance, "a" * 64)
 
