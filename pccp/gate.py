@@ -376,31 +376,26 @@ def _per_group(
         in_group = values == value
         truth = evaluation.cases.positive[in_group]
         count, unit = _class_count(truth, criterion.metric)
-        positives = int(np.count_nonzero(truth))
+        group = {
+            "field": field,
+            "value": str(value),
+            "cases": int(in_group.sum()),
+            "positives": int(np.count_nonzero(truth)),
+        }
         # AUROC's DeLong interval needs two cases of each class, whatever the plan says.
         needed = max(criterion.min_cases, 2) if criterion.metric == "auroc" else criterion.min_cases
         if count < needed:
+            note = f"{count} {unit} cases, fewer than {needed}"
             rows.append(
                 GroupRow(
-                    field=field,
-                    value=str(value),
-                    cases=int(in_group.sum()),
-                    positives=positives,
-                    candidate=None,
-                    champion=None,
-                    evaluated=False,
-                    passed=None,
-                    note=f"{count} {unit} cases, fewer than {needed}",
+                    **group, candidate=None, champion=None, evaluated=False, passed=None, note=note
                 )
             )
             continue
         candidate, champion, lower, passed = decide(in_group)
         rows.append(
             GroupRow(
-                field=field,
-                value=str(value),
-                cases=int(in_group.sum()),
-                positives=positives,
+                **group,
                 candidate=candidate,
                 champion=champion,
                 evaluated=True,
