@@ -185,6 +185,8 @@ class StreamState:
         for alarm in self.alarms.values():
             alarm.drifting_streak = alarm.quiet_streak = alarm.cooldown_left = 0
             alarm.in_episode, alarm.streak_started_at = False, None
+            # The CUSUM's sums were standardised by the old reference's chunks.
+            alarm.cusum, alarm.decision_asked = {}, False
 
     def freeze(self, config: EngineConfig) -> ReferenceInfo:
         """Fit every detector on the collected reference; the stream starts monitoring."""

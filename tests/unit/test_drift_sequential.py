@@ -120,3 +120,12 @@ def test_the_sums_and_the_interval_survive_a_restart() -> None:
 def test_the_sequential_rule_needs_learned_thresholds() -> None:
     with pytest.raises(ValueError, match="sequential needs learned"):
         EngineConfig.model_validate({**LEARNED.model_dump(), "learned": None, "sequential": {}})
+
+
+def test_a_new_reference_starts_the_sums_afresh() -> None:
+    engine = DriftEngine(SEQUENTIAL)
+    for event in shifted(12, shift=1.0)[:3500]:
+        engine.process(event)
+    assert engine.streams[KEY].alarms["ks"].cusum
+    engine.rebaseline(KEY, requested_by="ml-ops", reason="new scanner", requested_at=0.0)
+    assert engine.streams[KEY].alarms["ks"].cusum == {}
