@@ -264,6 +264,7 @@ def _replay(
                 recorder.first_alerts(onset, stop),
                 unchanged.first_alerts(onset, stop),
                 open_at_onset,
+                recorder.first_alerts(onset, stop, notified=True),
             )
             cell.trials.setdefault((background, kind), []).append(trial)
     return unchanged

@@ -18,6 +18,7 @@ from scipy.stats import binomtest
 
 from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
 from monitor.drift.engine import Outcome
+from monitor.drift.severity import Severity
 from monitor.simulate.realistic import ChangeKind, SiteTemplate
 
 DETECTORS: Final = ("ks", "chi2", "missingness", "score_ks", "mmd", ONLINE_DETECTOR)
@@ -36,6 +37,10 @@ class Recorder:
     open: dict[uuid.UUID, str] = field(default_factory=dict)
     reference_at: int | None = None
     alerts: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
+    notified: list[tuple[int, str]] = field(default_factory=list)
+    """(study, detector) where an alert first reached ``warning``: opened at it or raised to it
+    by a later check. What pages people (``severity.notify_at_least``); ``info`` does not."""
+    severity: dict[uuid.UUID, Severity] = field(default_factory=dict)
     checks: Counter[str] = field(default_factory=Counter)
     drifting: Counter[str] = field(default_factory=Counter)
     windows: int = 0
@@ -59,18 +64,33 @@ class Recorder:
         for alert in outcome.alerts:
             self.alerts.append((index, alert.detector, alert.features))
             self.open[alert.alert_id] = alert.detector
+            self._raise(index, alert.alert_id, alert.detector, alert.severity)
         for update in outcome.updates:
             if update.kind == "ended":
                 self.open.pop(update.alert_id, None)
+            elif update.severity is not None and update.alert_id in self.open:
+                detector = self.open[update.alert_id]
+                self._raise(index, update.alert_id, detector, update.severity)
         if self.reference_at is not None and index > self.reference_at:
             self.studies += 1
             self.in_alarm.update(set(self.open.values()) | ({"any"} if self.open else set()))
 
-    def first_alerts(self, start: int, stop: int) -> dict[str, int]:
+    def _raise(self, index: int, alert_id: uuid.UUID, detector: str, level: Severity) -> None:
+        before = self.severity.get(alert_id)
+        if before is None or level.rank > before.rank:
+            self.severity[alert_id] = level
+            if level.at_least(Severity.WARNING) and not (
+                before is not None and before.at_least(Severity.WARNING)
+            ):
+                self.notified.append((index, detector))
+
+    def first_alerts(self, start: int, stop: int, notified: bool = False) -> dict[str, int]:
         """Detector (and "any") -> delay of its first alert in [start, stop): studies from
-        ``start`` up to and including the alerting one."""
+        ``start`` up to and including the alerting one; with ``notified``, of the first alert
+        reaching ``warning`` (the first page)."""
         first: dict[str, int] = {}
-        for index, detector, _ in self.alerts:
+        raised = self.notified if notified else [(i, d) for i, d, _ in self.alerts]
+        for index, detector in raised:
             if start <= index < stop:
                 first.setdefault(detector, index - start + 1)
         if first:
@@ -86,6 +106,8 @@ class Trial:
     delays: dict[str, int]
     background: dict[str, int]
     open_at_onset: bool
+    notified: dict[str, int] = field(default_factory=dict)
+    """Like ``delays``, for the first alert reaching ``warning``."""
 
 
 @dataclass
@@ -116,15 +138,22 @@ def report(cells: Cells, configs: Sequence[tuple[str, EngineConfig]], heading: s
 
 def _alerts_per_month(cells: Cells) -> None:
     print("Alerts per stable month and site, by detector:\n")
-    print(f"| config | template | site-months | {' | '.join(DETECTORS)} | all | per site-year |")
-    print("|---|---|---:|" + "---:|" * (len(DETECTORS) + 2))
+    print("(in brackets: those reaching warning, which notify; info alerts are only shown)\n")
+    print(
+        f"| config | template | site-months | {' | '.join(DETECTORS)} | all | per site-year | "
+        "notifying per site-year |"
+    )
+    print("|---|---|---:|" + "---:|" * (len(DETECTORS) + 3))
     for (label, template), cell in cells.items():
         alerts = Counter(d for r in cell.stable for _, d, _ in r.alerts)
-        rates = " | ".join(f"{alerts[d] / cell.months:.2f}" for d in DETECTORS)
+        notified = Counter(d for r in cell.stable for _, d in r.notified)
+        rates = " | ".join(
+            f"{alerts[d] / cell.months:.2f} ({notified[d] / cell.months:.2f})" for d in DETECTORS
+        )
         total = alerts.total() / cell.months
         print(
             f"| {label} | {template.value} | {cell.months:.1f} | {rates} | {total:.2f} | "
-            f"{12 * total:.1f} |"
+            f"{12 * total:.1f} | {12 * notified.total() / cell.months:.1f} |"
         )
 
 
@@ -168,9 +197,10 @@ def _changes(cells: Cells, background: Background) -> None:
     print("open: trials with an episode already open at the onset.\n")
     detectors = " | ".join(DETECTORS[:4])
     print(
-        f"| config | template | change | any | ≤ {GOAL_DELAY} | {detectors} | background | open |"
+        f"| config | template | change | any | ≤ {GOAL_DELAY} | first warning | "
+        f"≤ {GOAL_DELAY} | {detectors} | background | open |"
     )
-    print("|---|---|---|---|---:|" + "---|" * 4 + "---:|---:|")
+    print("|---|---|---|---|---:|---|---:|" + "---|" * 4 + "---:|---:|")
     for (label, template), cell in cells.items():
         for (kind_background, kind), trials in cell.trials.items():
             if kind_background != background:
@@ -180,11 +210,14 @@ def _changes(cells: Cells, background: Background) -> None:
                 for d in ("any", *DETECTORS[:4])
             ]
             within = sum(t.delays.get("any", GOAL_DELAY + 1) <= GOAL_DELAY for t in trials)
+            warned = _delay_cell([t.notified["any"] for t in trials if t.notified], len(trials))
+            warned_within = sum(t.notified.get("any", GOAL_DELAY + 1) <= GOAL_DELAY for t in trials)
             alerted = sum("any" in t.background for t in trials)
             opened = sum(t.open_at_onset for t in trials)
             n = len(trials)
             print(
                 f"| {label} | {template.value} | {kind.value} | {delays[0]} | {within}/{n} | "
+                f"{warned} | {warned_within}/{n} | "
                 f"{' | '.join(delays[1:])} | {alerted}/{n} | {opened}/{n} |"
             )
 
@@ -257,8 +290,11 @@ def _goal(cells: Cells) -> None:
     )
     for (label, template), cell in cells.items():
         alerts = Counter(d for r in cell.stable for _, d, _ in r.alerts)
+        notified = Counter(d for r in cell.stable for _, d in r.notified)
         worst = max(DETECTORS, key=lambda d: alerts[d])
         per_year = alerts[worst] / cell.months * 12
+        worst_notified = max(DETECTORS, key=lambda d: notified[d])
+        notified_per_year = notified[worst_notified] / cell.months * 12
         in_alarm = _ratio(
             sum(r.in_alarm["any"] for r in cell.stable), sum(r.studies for r in cell.stable)
         )
@@ -266,11 +302,13 @@ def _goal(cells: Cells) -> None:
         for background in ("wandering", "exchangeable"):
             trials = [t for (b, _), ts in cell.trials.items() if b == background for t in ts]
             within = sum(t.delays.get("any", GOAL_DELAY + 1) <= GOAL_DELAY for t in trials)
-            counts.append(f"{within}/{len(trials)} on the {background} stream")
+            warned = sum(t.notified.get("any", GOAL_DELAY + 1) <= GOAL_DELAY for t in trials)
+            counts.append(f"{within} ({warned} warning)/{len(trials)} on the {background} stream")
         print(
             f"- {label}, {template.value}: worst detector {worst}, {per_year:.1f} alerts per "
-            f"site-year; in alarm {in_alarm} of the time; changes alerted within {GOAL_DELAY} "
-            f"studies: {', '.join(counts)}"
+            f"site-year (notifying: {worst_notified}, {notified_per_year:.1f}); in alarm "
+            f"{in_alarm} of the time; changes alerted (warning) within {GOAL_DELAY} studies: "
+            f"{', '.join(counts)}"
         )
 
 

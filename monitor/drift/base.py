@@ -46,7 +46,10 @@ class FeatureAttribution:
     statistic: float
     effect_size: float
     p_value: float | None = None
+    """Adjusted for the number of features tested together (``multiple_testing``)."""
     explanation: str | None = None
+    p_value_raw: float | None = None
+    """The feature's own p-value, before that correction (the sequential rule's evidence)."""
 
 
 @dataclass(frozen=True, slots=True)

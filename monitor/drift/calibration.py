@@ -63,8 +63,6 @@ class LearnedThreshold:
     mean: float
     sd: float
     chunks: int
-    values: tuple[float, ...] = ()
-    """The chunk effects themselves (the sequential rule draws its in-control values from them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +102,12 @@ class DetectorThresholds:
             chunk_duration_s=document.get("chunk_duration_s"),
             cusum_h=document.get("cusum_h"),
             thresholds={
-                name: LearnedThreshold(**{**value, "values": tuple(value.get("values", ()))})
+                name: LearnedThreshold(
+                    threshold=value["threshold"],
+                    mean=value["mean"],
+                    sd=value["sd"],
+                    chunks=value["chunks"],
+                )
                 for name, value in document["thresholds"].items()
             },
         )
@@ -197,7 +200,6 @@ def _threshold(values: list[float], config: LearnedThresholdConfig) -> LearnedTh
         mean=mean,
         sd=sd,
         chunks=int(array.size),
-        values=tuple(float(v) for v in array),
     )
 
 

@@ -184,4 +184,5 @@ def _attribution(test: FeatureTest, adjusted_p: float) -> FeatureAttribution:
         effect_size=test.effect_size,
         p_value=adjusted_p,
         explanation=test.explanation,
+        p_value_raw=test.p_value,
     )

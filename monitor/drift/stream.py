@@ -355,6 +355,16 @@ def open_alert(
     if learned is not None and result.threshold is not None:
         drifting = calibration.drifting_features(result, learned, floor)
         features = tuple(feature for feature in features if feature in drifting)
+    explanation = explain(stream.key, check, result, since)
+    h = None if learned is None else learned.cusum_h
+    accumulated = sequential.crossing(alarm.cusum, h)
+    if accumulated and h is not None:
+        features += tuple(feature for feature in accumulated if feature not in features)
+        explanation += (
+            f" The sequential rule's evidence for {', '.join(accumulated)} accumulated over "
+            f"consecutive windows to its interval h = {h:.2f}: a sustained change, though no "
+            "single window need pass its threshold."
+        )
     return Alert(
         alert_id=alert_id_for(stream.key, check.detector, alarm.episodes),
         key=stream.key,
@@ -368,7 +378,7 @@ def open_alert(
         p_value=result.p_value,
         effect_size=result.effect_size,
         effect_size_name=result.effect_size_name,
-        explanation=explain(stream.key, check, result, since),
+        explanation=explanation,
         config_fingerprint=result.config_fingerprint,
         reference_id=stream.reference_info.reference_id,
         severity=check.severity or Severity.WARNING,
@@ -378,15 +388,10 @@ def open_alert(
 def _with_decision_interval(
     learned: calibration.DetectorThresholds, config: EngineConfig
 ) -> calibration.DetectorThresholds:
-    """``learned`` with the sequential rule's ``h``, computed from its chunk effects."""
+    """``learned`` with the sequential rule's ``h`` for the features it watches."""
     if config.sequential is None:
         return learned
-    chunk_z = {
-        feature: sequential.standardised(value.values, value.mean, value.sd)
-        for feature, value in learned.thresholds.items()
-        if value.sd > 0 and _watched(feature, learned)
-    }
-    h = sequential.decision_interval(chunk_z, config.sequential)
+    h = sequential.decision_interval(len(moments(learned)), config.sequential)
     return dataclasses.replace(learned, cusum_h=h)
 
 
@@ -397,11 +402,11 @@ def _watched(feature: str, learned: calibration.DetectorThresholds) -> bool:
 
 
 def moments(learned: calibration.DetectorThresholds) -> dict[str, tuple[float, float]]:
-    """The chunk (mean, sd) of each feature the sequential rule watches."""
+    """The chunk (mean, sd) of each feature the sequential rule watches (one with a spread)."""
     return {
         feature: (value.mean, value.sd)
         for feature, value in learned.thresholds.items()
-        if _watched(feature, learned)
+        if _watched(feature, learned) and value.sd > 0
     }
 
 
