@@ -14,6 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Protocol, TypedDict
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,6 +26,47 @@ from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile
 
 _EVENT_NAMESPACE = uuid.UUID("7d1f4a3e-9b1c-4e0b-8f55-2f8e6f3d9a20")
 _FINDINGS = ("lesion", "effusion")
+
+
+class SimulatedStream(Protocol):
+    """What a simulated stream's config says about where and when its events happen."""
+
+    @property
+    def site_id(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def start(self) -> datetime: ...
+    @property
+    def interval(self) -> timedelta: ...
+
+
+class EventIdentity(TypedDict):
+    event_id: uuid.UUID
+    site_id: str
+    model_name: str
+    model_version: str
+    occurred_at: datetime
+    study_key: str
+
+
+def event_identity(namespace: uuid.UUID, stream: SimulatedStream, index: int) -> EventIdentity:
+    """The identity of a simulated stream's ``index``-th event: a deterministic event id (one
+    namespace per simulator, so two simulators never share an id), the stream's site and model,
+    its time on the stream's regular clock, and a study key that is a hash, as the edge's is."""
+    event_id = uuid.uuid5(namespace, f"{stream.site_id}|{stream.seed}|{index}")
+    return EventIdentity(
+        event_id=event_id,
+        site_id=stream.site_id,
+        model_name=stream.model_name,
+        model_version=stream.model_version,
+        occurred_at=stream.start + index * stream.interval,
+        study_key=hashlib.sha256(event_id.bytes).hexdigest(),
+    )
 
 
 class FeatureStreamConfig(BaseModel):
@@ -94,14 +136,8 @@ def _event(
     pixels = mixing @ rng.normal(size=len(PIXEL_STAT_NAMES)) + pixel_shift
     logits = rng.normal(-1.5, 1.0, size=len(_FINDINGS)) + score_shift
     scores = 1.0 / (1.0 + np.exp(-logits))
-    event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{config.site_id}|{config.seed}|{index}")
     return InferenceEvent(
-        event_id=event_id,
-        site_id=config.site_id,
-        model_name=config.model_name,
-        model_version=config.model_version,
-        occurred_at=config.start + index * config.interval,
-        study_key=hashlib.sha256(event_id.bytes).hexdigest(),
+        **event_identity(_EVENT_NAMESPACE, config, index),
         modality=profile.modality,
         metadata=DicomMetadata(
             Modality=profile.modality,

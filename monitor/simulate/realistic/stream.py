@@ -8,7 +8,6 @@ and the first weeks do not depend on the stream's length.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 import zlib
@@ -23,7 +22,7 @@ from numpy.typing import NDArray
 
 from monitor.dicom.pixels import PIXEL_STAT_NAMES
 from monitor.events import DicomMetadata, InferenceEvent, Prediction
-from monitor.simulate.features import pixel_mixing
+from monitor.simulate.features import event_identity, pixel_mixing
 from monitor.simulate.realistic.config import (
     ChangeKind,
     ProtocolShift,
@@ -80,15 +79,9 @@ class RealisticStream:
         end = len(self) if stop is None else min(stop, len(self))
         for index in range(start, end):
             row, protocol = int(plan.rows[index]), bool(plan.protocol[index])
-            event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{config.site_id}|{config.seed}|{index}")
             pixels = None if self._pixels is None else self._pixels[index]
             yield InferenceEvent(
-                event_id=event_id,
-                site_id=config.site_id,
-                model_name=config.model_name,
-                model_version=config.model_version,
-                occurred_at=config.start + index * config.interval,
-                study_key=hashlib.sha256(event_id.bytes).hexdigest(),
+                **event_identity(_EVENT_NAMESPACE, config, index),
                 modality=table.modality[row],
                 metadata=self._row_metadata(row, protocol),
                 pixel_stats=_pixel_stats(pixels),
