@@ -76,14 +76,15 @@ def main() -> None:
     args = parser.parse_args()
     limit_torch_threads()  # as `radsentry consume` does
     config = EngineConfig()
+    n_reference = config.reference_events(FeatureStreamConfig().interval.total_seconds())
     name = f"radsentry_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.database, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     engine = make_engine(make_url(args.database).set(database=name).render_as_string(False))
     upgrade(engine)
-    reference = site_events(args.sites, 0, config.reference_size)
-    monitored = site_events(args.sites, config.reference_size, args.monitored)
+    reference = site_events(args.sites, 0, n_reference)
+    monitored = site_events(args.sites, n_reference, args.monitored)
     try:
         with EmbeddedBroker() as broker:
             settings = KafkaSettings(
@@ -113,10 +114,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
         f"config {config.fingerprint()[:12]}"
     )
-    print(
-        f"sites: {args.sites}; reference {config.reference_size}/site; "
-        f"monitored {args.monitored}/site"
-    )
+    print(f"sites: {args.sites}; reference {n_reference}/site; monitored {args.monitored}/site")
     print(
         f"reference phase (collect, fit, calibrate): {len(reference) / reference_s:,.0f} events/s"
     )

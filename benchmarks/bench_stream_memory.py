@@ -41,12 +41,13 @@ def main() -> None:
     args = parser.parse_args()
     limit_torch_threads()
     config = EngineConfig()
+    n_reference = config.reference_events(FeatureStreamConfig().interval.total_seconds())
     engine = DriftEngine(config)
-    feed(engine, 1, config.reference_size + args.monitored)  # warm-up: imports, caches, pools
+    feed(engine, 1, n_reference + args.monitored)  # warm-up: imports, caches, pools
     gc.collect()
     before = resident_mb()
     for site in range(2, args.streams + 2):
-        feed(engine, site, config.reference_size + args.monitored)
+        feed(engine, site, n_reference + args.monitored)
     gc.collect()
     per_stream = (resident_mb() - before) / args.streams
     buffers = sum(s.nbytes() for s in engine.streams.values()) / len(engine.streams) / 2**20
@@ -55,7 +56,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, Python {platform.python_version()}; "
         f"config {config.fingerprint()[:12]}"
     )
-    print(f"streams: {args.streams}, each {config.reference_size} + {args.monitored} events")
+    print(f"streams: {args.streams}, each {n_reference} + {args.monitored} events")
     print(f"resident memory per stream: {per_stream:.2f} MiB (row buffers alone {buffers:.2f} MiB)")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import platform
 import re
@@ -142,22 +141,23 @@ def _label(name: str) -> str:
 
 
 def _reference_studies(config: EngineConfig, per_day: float) -> int:
-    """How many studies a stream's reference takes: ``reference_size``, or with a reference
-    by event time, the studies of that span at ``per_day`` (the first event of the next day
-    freezes it)."""
-    if config.reference_duration_s is None:
-        return config.reference_size
-    return math.ceil(config.reference_duration_s / 86_400 * per_day) + 1
+    """How many studies a stream's reference takes at ``per_day`` studies a day."""
+    return config.reference_events(86_400 / per_day)
 
 
 def _describe(config: EngineConfig) -> str:
     alarms = config.alarms
-    reference = (
-        f"{config.reference_size}"
-        if config.reference_duration_s is None
-        else f"{config.reference_duration_s / 86_400:g} days"
+    reference = " and ".join(
+        part
+        for part in (
+            None if config.reference_size is None else f"{config.reference_size} events",
+            None
+            if config.reference_duration_s is None
+            else f"{config.reference_duration_s / 86_400:g} days",
+        )
+        if part is not None
     )
-    learned = "learned" if config.learned is None else f"learned k={config.learned.k:g}"
+    learned = "" if config.learned is None else f"learned k={config.learned.k:g}"
     return (
         f"reference {reference}, window {config.window.size}, family_alpha "
         f"{config.family_alpha}, open_after {alarms.open_after}, close_after "

@@ -38,6 +38,7 @@ from monitor.simulate.xrv.evaluate import (
     replay,
     two_site_scenario,
 )
+from monitor.simulate.xrv.streams import STUDY_INTERVAL
 
 DETECTORS = ("ks", "chi2", "score_ks", "missingness")
 """The window detectors that can run on header metadata (no pixel statistics: no mmd/online)."""
@@ -47,10 +48,13 @@ def main() -> None:
     args = _parser().parse_args()
     wheel = _timed_wheel()
     config = EngineConfig()
+    reference = config.reference_events(STUDY_INTERVAL.total_seconds())
+    args.n_before = args.n_before or reference + 1_100
+    args.stable_n = args.stable_n or reference + 6_000
     today, python = f"{datetime.now(UTC):%Y-%m-%d}", platform.python_version()
     print(f"# {today}, Python {python}, engine config {config.fingerprint()[:12]}")
     print(
-        f"# reference {config.reference_size}, window {config.window.size}, "
+        f"# reference {reference} events, window {config.window.size}, "
         f"open_after {config.alarms.open_after}, family_alpha {config.family_alpha}"
     )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -68,9 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--n-before", type=int, default=2100)
+    parser.add_argument(
+        "--n-before",
+        type=int,
+        help="default: the reference's events (a study every 30 min) + 1,100",
+    )
     parser.add_argument("--n-after", type=int, default=2750)
-    parser.add_argument("--stable-n", type=int, default=7000)
+    parser.add_argument("--stable-n", type=int, help="default: the reference's events + 6,000")
     parser.add_argument("--fields", choices=("shared", "all"), nargs="+", default=["shared", "all"])
     parser.add_argument("--jsonl", type=Path, help="write seed-0 scenarios here as JSONL")
     return parser

@@ -38,7 +38,7 @@ class AlarmConfig(DetectorConfig):
 
     open_after: int = Field(default=2, ge=1)
     close_after: int = Field(default=3, ge=1)
-    cooldown_checks: int = Field(default=2, ge=0)
+    cooldown_checks: int = Field(default=10, ge=0)
     decision_after_s: float | None = Field(default=14 * 86_400.0, gt=0)
     """An episode open this long (event time, from the start of its drift) asks for a decision;
     None: never."""

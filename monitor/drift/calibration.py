@@ -49,7 +49,7 @@ class LearnedThresholdConfig(DetectorConfig):
     min_chunks: int = Field(default=8, ge=3)
     """Fewest chunks to learn from; a shorter reference keeps the configured floors."""
     method: Literal["mean_sd", "quantile"] = "mean_sd"
-    k: float = Field(default=3.0, gt=0.0)
+    k: float = Field(default=4.0, gt=0.0)
     """For ``mean_sd``: the threshold is the chunk effects' mean plus ``k`` standard deviations."""
     quantile: float = Field(default=0.95, gt=0.5, lt=1.0)
     """For ``quantile``: this quantile of the chunk effects."""

@@ -6,7 +6,8 @@ like every detector config, so each stored result and alert names the configurat
 
 from __future__ import annotations
 
-from typing import Literal, Self
+import math
+from typing import Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -22,6 +23,11 @@ from monitor.drift.scores import ScoreKSConfig
 from monitor.drift.sequential import SequentialConfig
 from monitor.drift.severity import SeverityConfig
 
+WEEK_S: Final = 7 * 86_400.0
+REFERENCE_WEEKS: Final = 13
+"""The default reference spans a quarter: long enough to hold the week-to-week wander of a
+stable department (docs/drift.md, "Choosing the defaults")."""
+
 BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness"]
 ONLINE_DETECTOR = "online_hotelling"
 
@@ -36,9 +42,9 @@ class WindowConfig(DetectorConfig):
     arithmetic in docs/drift.md relies on.
     """
 
-    size: int | None = Field(default=250, ge=2)
+    size: int | None = Field(default=100, ge=2)
     duration_s: float | None = Field(default=None, gt=0)
-    min_size: int = Field(default=100, ge=2)
+    min_size: int = Field(default=50, ge=2)
 
     @model_validator(mode="after")
     def _some_bound(self) -> Self:
@@ -88,12 +94,13 @@ class EngineConfig(DetectorConfig):
     use each detector's own ``p_value_threshold``.
     """
 
-    reference_size: int = Field(default=1000, ge=50)
-    """Accepted events of a (site, model, version) that form its reference by default."""
-    reference_duration_s: float | None = Field(default=None, gt=0)
-    """When set, the reference is the first events spanning this much event time (at least 50
-    of them) instead of the first ``reference_size``: a reference of weeks or months, which
-    carries the department's week-to-week variation that learned thresholds need."""
+    reference_size: int | None = Field(default=1000, ge=50)
+    """Fewest accepted events of a (site, model, version) in its reference: with
+    ``reference_duration_s`` the reference needs both, alone it is the first this many events.
+    Set alone (in a config or a constructor), it means a reference by count only."""
+    reference_duration_s: float | None = Field(default=REFERENCE_WEEKS * WEEK_S, gt=0)
+    """Event time the reference must span (13 weeks by default), so that it carries the
+    department's week-to-week variation that the learned thresholds are learned from."""
     window: WindowConfig = WindowConfig()
     detectors: DetectorSet = DetectorSet()
     family_alpha: float | None = Field(default=0.05, gt=0.0, lt=1.0)
@@ -102,12 +109,31 @@ class EngineConfig(DetectorConfig):
     """Per-detector hysteresis/cooldown, keyed by detector name."""
     severity: SeverityConfig = SeverityConfig()
     """How serious a drifting check is: info, warning, critical (``monitor.drift.severity``)."""
-    learned: LearnedThresholdConfig | None = None
+    learned: LearnedThresholdConfig | None = LearnedThresholdConfig()
     """Effect thresholds learned from the reference's chunk-to-chunk variation
     (``monitor.drift.calibration``); None: the detectors' configured floors alone."""
     sequential: SequentialConfig | None = None
     """A CUSUM across windows on the standardised effects (``monitor.drift.sequential``): a
     check also counts as drifting when it crosses; needs ``learned``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_size_alone_means_by_count(cls, data: Any) -> Any:
+        """``reference_size`` given without ``reference_duration_s``: a reference by count,
+        as before references had a duration (so ``reference_size: 2000`` means what it says)."""
+        if (
+            isinstance(data, dict)
+            and data.get("reference_size") is not None
+            and "reference_duration_s" not in data
+        ):
+            return {**data, "reference_duration_s": None}
+        return data
+
+    @model_validator(mode="after")
+    def _some_reference_bound(self) -> Self:
+        if self.reference_size is None and self.reference_duration_s is None:
+            raise ValueError("a reference needs a reference_size, a reference_duration_s, or both")
+        return self
 
     @model_validator(mode="after")
     def _sequential_needs_learned(self) -> Self:
@@ -129,10 +155,19 @@ class EngineConfig(DetectorConfig):
         return self.window.duration_s if self.window.size is None else None
 
     def reference_complete(self, size: int, span_s: float) -> bool:
-        """Whether a reference of ``size`` events spanning ``span_s`` seconds is complete."""
-        if self.reference_duration_s is not None:
-            return size >= 50 and span_s >= self.reference_duration_s
-        return size >= self.reference_size
+        """Whether a reference of ``size`` events spanning ``span_s`` seconds is complete: it
+        holds ``reference_size`` events (at least 50) and spans ``reference_duration_s``."""
+        if size < max(50, self.reference_size or 0):
+            return False
+        return self.reference_duration_s is None or span_s >= self.reference_duration_s
+
+    def reference_events(self, every_s: float) -> int:
+        """How many events a stream with one event every ``every_s`` seconds (event time)
+        takes to complete its reference, the completing event included."""
+        size = max(50, self.reference_size or 0)
+        if self.reference_duration_s is None:
+            return size
+        return max(size, math.ceil(self.reference_duration_s / every_s) + 1)
 
     def batch_detectors(self) -> dict[str, DetectorConfig]:
         """Enabled window detectors with the family budget applied to their thresholds."""

@@ -10,7 +10,8 @@ windows hold only B and each drifts (their effects are far above the floors, see
 docs/benchmarks.md), so the alert comes at most ``window - 1 + open_after * window`` events after
 the switch, below ``(open_after + 1) * window``. Measured with the defaults of 2026-11-29
 (window 250, open_after 2): 400-650 events (docs/benchmarks.md, "Drift engine on real
-metadata").
+metadata"). Since issue 20 the default reference spans 13 weeks (4,369 studies at one every
+30 minutes) and the thresholds are learned from it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from monitor.drift.config import EngineConfig
 from monitor.simulate.xrv import XrvDataset, locate_wheel
 from monitor.simulate.xrv.evaluate import STABLE_SITE, SWITCHING_SITE, replay, two_site_scenario
+from monitor.simulate.xrv.streams import STUDY_INTERVAL
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,8 @@ def test_alert_soon_after_a_switch_and_never_without_one(
     window = config.window.size
     assert window is not None, "this scenario is written for count-based windows"
     # The switch falls 40% into a window, after four windows that hold only A.
-    n_before = config.reference_size + 4 * window + 2 * window // 5
+    reference = config.reference_events(STUDY_INTERVAL.total_seconds())
+    n_before = reference + 4 * window + 2 * window // 5
     n_after = (config.alarms.open_after + 2) * window
     bound = (config.alarms.open_after + 1) * window
 

@@ -206,7 +206,38 @@ def test_garbage_state_is_refused() -> None:
         DriftEngine(FAST).restore(state, other.export_reference(KEY))
 
 
-def test_stream_memory_stays_small_with_the_default_config() -> None:
-    engine = DriftEngine()
-    run(engine, stream(n_events=1300))
-    assert engine.streams[KEY].nbytes() < 1_000_000
+def test_stream_memory_is_a_few_hundred_bytes_per_reference_event() -> None:
+    """A stream's buffers grow with its reference only (the default 13-week reference at one
+    study every 10 minutes, 13,105 events, is 5.5 MB; docs/drift.md)."""
+    engine = DriftEngine(EngineConfig(reference_size=2000))
+    run(engine, stream(n_events=2300))
+    state = engine.streams[KEY]
+    assert state.reference_info.frozen
+    assert state.nbytes() < 500 * 2000
+
+
+WEEK = 7 * 86_400.0
+
+
+def test_the_default_reference_needs_a_quarter_and_a_thousand_events() -> None:
+    config = EngineConfig()
+    assert config.reference_duration_s == 13 * WEEK and config.reference_size == 1000
+    assert not config.reference_complete(1000, 13 * WEEK - 1)  # a thousand events, 12.9 weeks
+    assert not config.reference_complete(999, 20 * WEEK)  # a quiet site: too few events
+    assert config.reference_complete(1000, 13 * WEEK)
+    # One study every 30 minutes: 13 weeks hold 4,368 intervals, so 4,369 events.
+    assert config.reference_events(1800.0) == 4369
+    assert config.reference_events(13 * WEEK) == 1000  # at one a quarter, the count decides
+
+
+def test_a_reference_size_alone_means_a_reference_by_count() -> None:
+    for config in (
+        EngineConfig(reference_size=2000),
+        EngineConfig.model_validate({"reference_size": 2000}),
+    ):
+        assert config.reference_duration_s is None
+        assert config.reference_complete(2000, 0.0) and not config.reference_complete(1999, 1e9)
+    both = EngineConfig(reference_size=200, reference_duration_s=WEEK)
+    assert not both.reference_complete(200, WEEK / 2) and both.reference_complete(200, WEEK)
+    with pytest.raises(ValueError, match="a reference needs"):
+        EngineConfig(reference_size=None, reference_duration_s=None)

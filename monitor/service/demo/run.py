@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import structlog
 from rich.console import Console
 
+from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig, WindowConfig
 from monitor.performance.config import AurocDrop, ErrorRateCusum
 from monitor.performance.rules import RulesConfig
@@ -39,9 +40,16 @@ and failed PE-4 (non-inferiority), PE-7 (ECE) and PE-8 (regressions) of the ship
 these settings it passed all eight on seeds 7 and 8 (docs/pccp.md, "The demo")."""
 DEMO_SEED = 7
 """The demo's stream is the same on every machine unless ``--seed`` says otherwise."""
-DEMO_DRIFT = EngineConfig(reference_size=100, window=WindowConfig(size=50, min_size=25))
-"""Drift settings scaled to the demo's few hundred studies per site (references of 100 events,
-windows of 50); production keeps the defaults or sets ``RADSENTRY_DRIFT__*``."""
+DEMO_DRIFT = EngineConfig(
+    reference_size=100,
+    window=WindowConfig(size=50, min_size=25),
+    learned=None,
+    alarms=AlarmConfig(cooldown_checks=2),
+)
+"""Drift settings scaled to the demo's few hundred studies per site: references of the first
+100 events (too few chunks to learn thresholds from, so the detectors' floors), windows of 50,
+a cooldown of 2 windows; production keeps the defaults (a 13-week reference, learned
+thresholds; docs/drift.md) or sets ``RADSENTRY_DRIFT__*``."""
 DEMO_PERFORMANCE = PerformanceSettings(
     rolling_window=150,
     refresh_s=15,
