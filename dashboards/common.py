@@ -153,6 +153,29 @@ STATUS_MAPPINGS: list[model.ValueMapping] = [
 ]
 
 
+# Alert severity (docs/drift.md, "Severity"): only warning and critical notify.
+SEVERITY_MAPPINGS: list[model.ValueMapping] = [
+    model.ValueMap(
+        options={
+            "critical": model.ValueMappingResult(color="red", index=0),
+            "warning": model.ValueMappingResult(color="orange", index=1),
+            "info": model.ValueMappingResult(color="blue", index=2),
+        }
+    )
+]
+SQL_SEVERITY_RANK = "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END"
+"""Most serious first in an ``ORDER BY``."""
+
+
+def severity_cell() -> list[model.DynamicConfigValue]:
+    """A table column of severities, each cell coloured: critical red, warning amber, info
+    blue."""
+    return [
+        config_value("custom.cellOptions", {"type": "color-background"}),
+        config_value("mappings", SEVERITY_MAPPINGS),
+    ]
+
+
 def status_thresholds() -> builders.ThresholdsConfig:
     return (
         builders.ThresholdsConfig()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -170,6 +171,61 @@ def test_queries_use_only_the_contracts_metrics_labels_and_views() -> None:
                 assert not re.search(r'(?<!")\bwindow\b(?!")', query.query), (
                     f'{where}: `window` is reserved in SQL, write "window"'
                 )
+
+
+def _panel(uid: str, title: str) -> dict[str, Any]:
+    (panel,) = [p for p in _panels(BUILT[uid]) if p["title"] == title]
+    return panel
+
+
+def _overrides(panel: dict[str, Any]) -> dict[str, dict[str, object]]:
+    """Matcher option (a field name or regexp) -> its properties by id."""
+    return {
+        o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+        for o in panel["fieldConfig"]["overrides"]
+    }
+
+
+def test_the_site_overview_compares_effects_with_their_learned_thresholds() -> None:
+    panel = _panel("radsentry-site-overview", "Effect vs learned threshold")
+    assert panel["type"] == "timeseries"
+    effect, threshold = (target["expr"] for target in panel["targets"])
+    assert "radsentry_drift_effect_size" in effect and "radsentry_drift_effect_threshold" in effect
+    assert threshold.startswith("radsentry_drift_effect_threshold")
+    assert panel["targets"][1]["legendFormat"].endswith(" learned threshold")
+    assert _overrides(panel)["/ learned threshold$/"]["custom.lineStyle"]["fill"] == "dash"
+    assert "week-to-week" in panel["description"]
+    assert '"N x its learned threshold"' in panel["description"]
+
+
+def test_time_in_alarm_is_a_share_coloured_green_amber_red() -> None:
+    panel = _panel("radsentry-site-overview", "Time in alarm")
+    assert panel["type"] == "bargauge"
+    (target,) = panel["targets"]
+    assert target["expr"].startswith("radsentry_drift_time_in_alarm") and target["instant"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percentunit", 0, 1)
+    steps = [(step["value"], step["color"]) for step in defaults["thresholds"]["steps"]]
+    assert steps == [(None, "green"), (0.1, "orange"), (0.3, "red")]
+    assert "latest 50 checks" in panel["description"]
+    assert "re-baselining" in panel["description"]
+
+
+def test_alert_tables_colour_severity_and_show_decisions() -> None:
+    colours = {"critical": "red", "warning": "orange", "info": "blue"}
+    alerts = _panel("radsentry-site-overview", "Alerts not resolved")
+    fleet = _panel("radsentry-fleet", "Open alerts by severity")
+    for panel, column in ((alerts, "severity"), (fleet, "highest")):
+        (mapping,) = _overrides(panel)[column]["mappings"]
+        assert {value: shown["color"] for value, shown in mapping["options"].items()} == colours
+    sql = alerts["targets"][0]["rawSql"]
+    assert {"severity", "needs_decision", "decision_reason"} <= set(re.findall(r"\w+", sql))
+    assert "do not notify" in alerts["description"]
+    assert "needs_decision" in _overrides(alerts)
+    assert "needs_decision" in fleet["targets"][0]["rawSql"]
+    explanation = _panels(BUILT["radsentry-site-overview"])[0]["options"]["content"]
+    for title in ("Effect vs learned threshold", "Time in alarm", "Alerts not resolved"):
+        assert f"**{title}**" in explanation
 
 
 def test_panel_queries_lists_targets_and_annotations() -> None:
