@@ -10,6 +10,7 @@ from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from dashboards.common import (
+    NOTIFYING,
     POSTGRES,
     PROMETHEUS,
     SQL_MODEL,
@@ -36,7 +37,9 @@ EXPLANATION = """
 **All sites x models, worst first** (for ML ops; site managers use *Site overview*).
 
 * **Status now**: one cell per site and model: green OK, amber watch (a detector's latest check
-  found drift, or an alert is acknowledged), red alert (an open alert nobody acknowledged).
+  found drift, or an alert is acknowledged), red alert (an open alert nobody acknowledged). Only
+  warning and critical alerts count, here and in *open alerts*: info alerts do not notify, they
+  are listed in *Open alerts by severity* but do not turn a cell red.
 * **Status over time**: the same traffic light per site and model across the time range, to
   tell a one-off from a site that keeps drifting or a change that hit every site at once.
 * **By severity**: status, open alerts, detectors drifting and the lowest realised sensitivity
@@ -50,7 +53,8 @@ EXPLANATION = """
 
 FLEET = 'model_name=~"$model"'
 STATUS = status_expr(FLEET, "site_id, model_name")
-OPEN_ALERTS = f'sum by (site_id, model_name) (radsentry_alerts_open{{{FLEET}, status="open"}})'
+UNACKNOWLEDGED = f'radsentry_alerts_open{{{FLEET}, status="open", {NOTIFYING}}}'
+OPEN_ALERTS = f"sum by (site_id, model_name) ({UNACKNOWLEDGED})"
 DRIFTING = f"sum by (site_id, model_name) (radsentry_drift_detected{{{FLEET}}})"
 LOWEST_SENSITIVITY = (
     "min by (site_id, model_name) (radsentry_performance{"
@@ -123,7 +127,11 @@ def _severity_panel() -> table.Panel:
     return (
         table.Panel()
         .title("Sites and models by severity")
-        .description("Worst first: status, then open alerts, then detectors drifting.")
+        .description(
+            "Worst first: status, then open alerts (warning and critical, unacknowledged), then "
+            "detectors drifting. Info alerts count in neither status nor open alerts: see "
+            "Open alerts by severity."
+        )
         .datasource(PROMETHEUS)
         .with_target(_instant_table(STATUS, "A"))
         .with_target(_instant_table(OPEN_ALERTS, "B"))

@@ -12,6 +12,7 @@ from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards.common import (
     DASHED,
+    NOTIFYING,
     POSTGRES,
     PROMETHEUS,
     SITE,
@@ -48,8 +49,10 @@ EXPLANATION = f"""
 
 * **Status per model**: green = no drift in the latest checks and no alert; amber = a detector's
   latest check found drift, or an alert is acknowledged and being worked on; red = an open alert
-  (of any severity) nobody has acknowledged yet. Red: open the alert (red markers on the time
-  charts, table below), acknowledge it, and follow the runbook.
+  nobody has acknowledged yet. Only warning and critical alerts count, here and in *Open
+  alerts*: info alerts do not notify, they are listed in the table below but do not turn the
+  light red. Red: open the alert (red markers on the time charts, table below), acknowledge it,
+  and follow the runbook.
 * **Detector value vs threshold**: each detector's p-value (or its statistic, for detectors
   without one) over time, dashed: its threshold. A p-value *below* its threshold, or a statistic
   *above* it, is drift. Red markers are alerts (hover for the explanation).
@@ -71,7 +74,8 @@ EXPLANATION = f"""
 STATUS = status_expr(SITE_MODEL, "model_name")
 LAST_EVENT_AGE = f"time() - radsentry_site_last_event_timestamp_seconds{{{SITE}}}"
 EVENT_RATE = f"sum(rate(radsentry_events_consumed_total{{{SITE}}}[$__rate_interval])) * 3600"
-OPEN_ALERTS = f'sum(radsentry_alerts_open{{{SITE_MODEL}, status="open"}}) or vector(0)'
+UNACKNOWLEDGED = f'radsentry_alerts_open{{{SITE_MODEL}, status="open", {NOTIFYING}}}'
+OPEN_ALERTS = f"sum({UNACKNOWLEDGED}) or vector(0)"
 # The value each detector compares with its threshold: its p-value, or its statistic when it
 # has none (`or` keeps the p-value series where both exist).
 DETECTOR_VALUE = (
@@ -168,7 +172,8 @@ def _status_panel() -> stat.Panel:
         .title("Status per model")
         .description(
             "Green OK, amber watch (drift in a latest check or an acknowledged alert), "
-            "red alert (an open alert)."
+            "red alert (an open alert). Only warning and critical alerts count: info alerts "
+            "are listed in the table below but do not turn the light red (they do not notify)."
         )
         .datasource(PROMETHEUS)
         .with_target(
@@ -212,6 +217,10 @@ def _feed_panels() -> list[stat.Panel]:
     alerts = (
         stat_panel()
         .title("Open alerts")
+        .description(
+            "Warning and critical alerts nobody has acknowledged yet. Info alerts are listed "
+            "in the table below but not counted here: they do not notify."
+        )
         .datasource(PROMETHEUS)
         .with_target(prom.Dataquery().expr(OPEN_ALERTS).instant().ref_id("A"))
         .thresholds(thresholds((None, "green"), (1, "red")))

@@ -1,10 +1,13 @@
 """The dashboards as code: generated JSON up to date, the shape Grafana and site managers need,
 and every query within the data contract (the metrics and views tables of docs/dashboards.md).
-The queries themselves run against a real Prometheus and PostgreSQL in the integration tests."""
+The queries themselves run against a real Prometheus and PostgreSQL in the integration tests;
+the traffic light's PromQL also runs here, in promtool (Prometheus' own engine)."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -156,7 +159,7 @@ def test_queries_use_only_the_contracts_metrics_labels_and_views() -> None:
             where = f"{uid} / {query.panel_title} ({query.ref_id})"
             if query.kind == "prometheus":
                 assert set(re.findall(r"\bradsentry_\w+", query.query)) <= metrics, where
-                used = set(re.findall(r"(\w+)\s*=~?\s*\"", query.query))
+                used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", query.query))
                 for group in re.findall(r"by \(([^)]*)\)", query.query):
                     used.update(label.strip() for label in group.split(","))
                 assert used <= labels, (where, used - labels)
@@ -226,6 +229,91 @@ def test_alert_tables_colour_severity_and_show_decisions() -> None:
     explanation = _panels(BUILT["radsentry-site-overview"])[0]["options"]["content"]
     for title in ("Effect vs learned threshold", "Time in alarm", "Alerts not resolved"):
         assert f"**{title}**" in explanation
+
+
+def _query(uid: str, title: str, ref_id: str = "A") -> PanelQuery:
+    (found,) = [
+        q for q in panel_queries(BUILT[uid]) if q.panel_title == title and q.ref_id == ref_id
+    ]
+    return found
+
+
+Samples = list[tuple[str, float]]
+"""Expected result of an instant query: (labels as PromQL writes them, value)."""
+
+
+def _promtool_expr_test(
+    tmp_path: Path, series: dict[str, float], checks: list[tuple[str, Samples]]
+) -> None:
+    """Run each (PromQL, expected samples) of ``checks`` at 5 min in promtool, on ``series``
+    (series -> a constant value) scraped every minute."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (apt-get install prometheus; see test_alert_rules)")
+    case = {
+        "interval": "1m",
+        "input_series": [
+            {"series": name, "values": f"{value}x10"} for name, value in series.items()
+        ],
+        "promql_expr_test": [
+            {
+                "expr": expr,
+                "eval_time": "5m",
+                "exp_samples": [{"labels": labels, "value": value} for labels, value in samples],
+            }
+            for expr, samples in checks
+        ],
+    }
+    path = tmp_path / "dashboard_queries.test.yaml"
+    path.write_text(yaml.safe_dump({"tests": [case]}, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_warning_and_critical_alerts_turn_the_light_red_or_count_as_open(
+    tmp_path: Path,
+) -> None:
+    """Info alerts do not notify (docs/drift.md, "Severity"): the status light and the open-alert
+    counts leave them out; the alert tables list them. The queries as the dashboards hold them
+    run in promtool on one site where cxr-lesion has only an open info alert (green),
+    cxr-nodule an open warning (red) and cxr-pneumo an acknowledged critical beside open info
+    alerts (amber); no detector's latest check drifts."""
+    site = 'site_id="site-01"'
+    alerts = {
+        "cxr-lesion": [("open", "info", 1)],
+        "cxr-nodule": [("open", "warning", 2), ("acknowledged", "info", 1)],
+        "cxr-pneumo": [("acknowledged", "critical", 1), ("open", "info", 3)],
+    }
+    series: dict[str, float] = {}
+    for model_name, counts in alerts.items():
+        stream = f'{site}, model_name="{model_name}", detector="ks"'
+        series[f"radsentry_drift_detected{{{stream}}}"] = 0
+        for status, severity, count in counts:
+            labels = f'{stream}, status="{status}", severity="{severity}"'
+            series[f"radsentry_alerts_open{{{labels}}}"] = count
+    lights = {"cxr-lesion": 0, "cxr-nodule": 2, "cxr-pneumo": 1}
+    expected: list[tuple[PanelQuery, Samples]] = [
+        (
+            _query("radsentry-site-overview", "Status per model"),
+            [(f'{{model_name="{name}"}}', light) for name, light in lights.items()],
+        ),
+        (_query("radsentry-site-overview", "Open alerts"), [("{}", 2)]),
+        (
+            _query("radsentry-fleet", "Status now: sites x models"),
+            [(f'{{{site}, model_name="{name}"}}', light) for name, light in lights.items()],
+        ),
+        (
+            _query("radsentry-fleet", "Sites and models by severity", "B"),  # open alerts
+            [(f'{{{site}, model_name="cxr-nodule"}}', 2)],
+        ),
+    ]
+    now = datetime.now(UTC)
+    values = Substitution({"site": ["site-01"], "model": list(alerts)}, now, now)
+    _promtool_expr_test(
+        tmp_path, series, [(render(query, values), samples) for query, samples in expected]
+    )
 
 
 def test_panel_queries_lists_targets_and_annotations() -> None:
