@@ -43,6 +43,10 @@ SITE_MODEL_FINDING = 'site_id="$site", model_name=~"$model", finding=~"$finding"
 SQL_SITE = "site_id = ${site:sqlstring}"
 SQL_MODEL = "model_name IN (${model:sqlstring})"
 SQL_FINDING = "finding IN (${finding:sqlstring})"
+NOTIFYING = 'severity!="info"'
+"""The alerts that notify, warning and critical (docs/drift.md, "Severity"): only they change
+the traffic light or count as open alerts; info alerts are listed in the alert tables. ``!=``
+also keeps series scraped before ``radsentry_alerts_open`` had its ``severity`` label."""
 
 ALL = model.VariableOption(text="All", value="$__all")
 
@@ -153,6 +157,29 @@ STATUS_MAPPINGS: list[model.ValueMapping] = [
 ]
 
 
+# Alert severity (docs/drift.md, "Severity"): only warning and critical notify.
+SEVERITY_MAPPINGS: list[model.ValueMapping] = [
+    model.ValueMap(
+        options={
+            "critical": model.ValueMappingResult(color="red", index=0),
+            "warning": model.ValueMappingResult(color="orange", index=1),
+            "info": model.ValueMappingResult(color="blue", index=2),
+        }
+    )
+]
+SQL_SEVERITY_RANK = "CASE severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END"
+"""Most serious first in an ``ORDER BY``."""
+
+
+def severity_cell() -> list[model.DynamicConfigValue]:
+    """A table column of severities, each cell coloured: critical red, warning amber, info
+    blue."""
+    return [
+        config_value("custom.cellOptions", {"type": "color-background"}),
+        config_value("mappings", SEVERITY_MAPPINGS),
+    ]
+
+
 def status_thresholds() -> builders.ThresholdsConfig:
     return (
         builders.ThresholdsConfig()
@@ -168,14 +195,18 @@ def status_thresholds() -> builders.ThresholdsConfig:
 
 
 def status_expr(selector: str, by: str) -> str:
-    """PromQL of the traffic light per ``by``: 2 (red) with an open, unacknowledged alert; 1
-    (amber) when the latest check of a detector found drift or an alert is acknowledged; 0
-    (green) otherwise. Performance rules raise alerts too, so they count."""
+    """PromQL of the traffic light per ``by``: 2 (red) with an open, unacknowledged warning or
+    critical alert; 1 (amber) when the latest check of a detector found drift or such an alert
+    is acknowledged; 0 (green) otherwise. Info alerts do not notify, so they change nothing
+    here (their drifting check still shows amber while it lasts). Performance rules raise
+    alerts too, so they count."""
+    unacknowledged = f'radsentry_alerts_open{{{selector}, status="open", {NOTIFYING}}}'
+    acknowledged = f'radsentry_alerts_open{{{selector}, status="acknowledged", {NOTIFYING}}}'
     return (
         f"max by ({by}) (\n"
         f"  radsentry_drift_detected{{{selector}}}\n"
-        f'  or 2 * clamp_max(radsentry_alerts_open{{{selector}, status="open"}}, 1)\n'
-        f'  or clamp_max(radsentry_alerts_open{{{selector}, status="acknowledged"}}, 1)\n'
+        f"  or 2 * clamp_max({unacknowledged}, 1)\n"
+        f"  or clamp_max({acknowledged}, 1)\n"
         ")"
     )
 

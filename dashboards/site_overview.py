@@ -3,18 +3,22 @@ say, which features drift, and how do today's images compare with the reference?
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import barchart, stat, table, timeseries
+from grafana_foundation_sdk.builders import barchart, bargauge, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as viz_builders
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.models import common as viz
+from grafana_foundation_sdk.models import dashboard as model
 
 from dashboards.common import (
     DASHED,
+    NOTIFYING,
     POSTGRES,
     PROMETHEUS,
     SITE,
     SITE_MODEL,
     SQL_MODEL,
+    SQL_SEVERITY_RANK,
     SQL_SITE,
     STATUS_MAPPINGS,
     alerts_annotation,
@@ -22,6 +26,7 @@ from dashboards.common import (
     explainer,
     model_variable,
     new_dashboard,
+    severity_cell,
     site_variable,
     stat_panel,
     status_expr,
@@ -44,12 +49,23 @@ EXPLANATION = f"""
 
 * **Status per model**: green = no drift in the latest checks and no alert; amber = a detector's
   latest check found drift, or an alert is acknowledged and being worked on; red = an open alert
-  nobody has acknowledged yet. Red: open the alert (red markers on the time charts, table
-  below), acknowledge it, and follow the runbook.
+  nobody has acknowledged yet. Only warning and critical alerts count, here and in *Open
+  alerts*: info alerts do not notify, they are listed in the table below but do not turn the
+  light red. Red: open the alert (red markers on the time charts, table below), acknowledge it,
+  and follow the runbook.
 * **Detector value vs threshold**: each detector's p-value (or its statistic, for detectors
   without one) over time, dashed: its threshold. A p-value *below* its threshold, or a statistic
   *above* it, is drift. Red markers are alerts (hover for the explanation).
+* **Effect vs learned threshold**: how big each detector's change is, dashed: the threshold
+  learned from the reference's own variation, chunk to chunk (week to week with weekly
+  windows). Drift needs a significant test *and* an effect above it; the alert's explanation
+  says how far: "N x its learned threshold". Empty where thresholds are not learned.
+* **Time in alarm**: the share of each detector's latest 50 checks inside an open alert episode.
+  A bar red most of the time means the alarm needs re-baselining or tuning, not more attention.
 * **Features that drift most**: the features named by alert explanations in the time range.
+* **Alerts not resolved**: open critical first; severity critical (red), warning (amber), info
+  (blue). Info alerts are shown but do not notify. *needs_decision*: the drift has lasted
+  weeks; decide (re-baseline if it is the new normal, or investigate), then acknowledge.
 * **Reference vs current**: pixel statistics and DICOM metadata of the first {REFERENCE_DAYS}
   days of data (the reference) against the selected time range. A new scanner, protocol or
   population shows up here first.
@@ -58,19 +74,32 @@ EXPLANATION = f"""
 STATUS = status_expr(SITE_MODEL, "model_name")
 LAST_EVENT_AGE = f"time() - radsentry_site_last_event_timestamp_seconds{{{SITE}}}"
 EVENT_RATE = f"sum(rate(radsentry_events_consumed_total{{{SITE}}}[$__rate_interval])) * 3600"
-OPEN_ALERTS = f'sum(radsentry_alerts_open{{{SITE_MODEL}, status="open"}}) or vector(0)'
+UNACKNOWLEDGED = f'radsentry_alerts_open{{{SITE_MODEL}, status="open", {NOTIFYING}}}'
+OPEN_ALERTS = f"sum({UNACKNOWLEDGED}) or vector(0)"
 # The value each detector compares with its threshold: its p-value, or its statistic when it
 # has none (`or` keeps the p-value series where both exist).
 DETECTOR_VALUE = (
     f"radsentry_drift_p_value{{{SITE_MODEL}}}\n  or radsentry_drift_statistic{{{SITE_MODEL}}}"
 )
 DETECTOR_THRESHOLD = f"radsentry_drift_threshold{{{SITE_MODEL}}}"
+# Only detectors with a learned threshold: each effect line has its dashed threshold, on the
+# effect's own scale (per-feature detectors: the leading feature's effect and threshold).
+LEARNED_THRESHOLD = f"radsentry_drift_effect_threshold{{{SITE_MODEL}}}"
+EFFECT_SIZE = (
+    f"radsentry_drift_effect_size{{{SITE_MODEL}}}\n"
+    f"  and on (site_id, model_name, detector) {LEARNED_THRESHOLD}"
+)
+TIME_IN_ALARM = f"radsentry_drift_time_in_alarm{{{SITE_MODEL}}}"
 
+# Open before acknowledged, then the most serious; a decision asked for before the rest.
 OPEN_ALERTS_TABLE = f"""
-SELECT occurred_at, model_name, model_version, detector, status, since, features, explanation
+SELECT occurred_at, severity, model_name, model_version, detector, status, needs_decision,
+       CASE WHEN needs_decision THEN decision_reason END AS decision_reason,
+       since, features, explanation
 FROM grafana.alerts
 WHERE {SQL_SITE} AND {SQL_MODEL} AND status <> 'resolved'
-ORDER BY CASE status WHEN 'open' THEN 0 ELSE 1 END, occurred_at DESC
+ORDER BY CASE status WHEN 'open' THEN 0 ELSE 1 END, {SQL_SEVERITY_RANK},
+         needs_decision DESC, occurred_at DESC
 LIMIT 50
 """
 
@@ -143,7 +172,8 @@ def _status_panel() -> stat.Panel:
         .title("Status per model")
         .description(
             "Green OK, amber watch (drift in a latest check or an acknowledged alert), "
-            "red alert (an open alert)."
+            "red alert (an open alert). Only warning and critical alerts count: info alerts "
+            "are listed in the table below but do not turn the light red (they do not notify)."
         )
         .datasource(PROMETHEUS)
         .with_target(
@@ -187,6 +217,10 @@ def _feed_panels() -> list[stat.Panel]:
     alerts = (
         stat_panel()
         .title("Open alerts")
+        .description(
+            "Warning and critical alerts nobody has acknowledged yet. Info alerts are listed "
+            "in the table below but not counted here: they do not notify."
+        )
         .datasource(PROMETHEUS)
         .with_target(prom.Dataquery().expr(OPEN_ALERTS).instant().ref_id("A"))
         .thresholds(thresholds((None, "green"), (1, "red")))
@@ -219,7 +253,67 @@ def _detector_panel() -> timeseries.Panel:
             .ref_id("B")
         )
         .override_by_regexp("/ threshold$/", DASHED)
-        .span(24)
+        .span(12)
+        .height(9)
+    )
+
+
+def _effect_panel() -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title("Effect vs learned threshold")
+        .description(
+            "Effect size of each detector's latest check (per-feature detectors: the leading "
+            "feature's); dashed: its threshold, learned from the reference's own week-to-week "
+            "variation (between window-sized chunks of the reference: weeks when the windows "
+            "are weekly). An effect above it with a significant test is drift; the alert's "
+            'explanation says how far: "N x its learned threshold". Empty where '
+            "thresholds are not learned (drift.learned off)."
+        )
+        .datasource(PROMETHEUS)
+        .with_target(
+            prom.Dataquery()
+            .expr(EFFECT_SIZE)
+            .legend_format("{{model_name}} {{detector}}")
+            .ref_id("A")
+        )
+        .with_target(
+            prom.Dataquery()
+            .expr(LEARNED_THRESHOLD)
+            .legend_format("{{model_name}} {{detector}} learned threshold")
+            .ref_id("B")
+        )
+        .override_by_regexp("/ learned threshold$/", DASHED)
+        .span(12)
+        .height(9)
+    )
+
+
+def _time_in_alarm_panel() -> bargauge.Panel:
+    return (
+        bargauge.Panel()
+        .title("Time in alarm")
+        .description(
+            "Share of each detector's latest 50 checks after which an alert episode was open. "
+            "A bar red most of the time means the alarm needs re-baselining (POST "
+            "/sites/{site_id}/reference) or tuning, not more attention."
+        )
+        .datasource(PROMETHEUS)
+        .with_target(
+            prom.Dataquery()
+            .expr(TIME_IN_ALARM)
+            .instant()
+            .legend_format("{{model_name}} {{detector}}")
+            .ref_id("A")
+        )
+        .unit("percentunit")
+        .min(0)
+        .max(1)
+        .thresholds(thresholds((None, "green"), (0.1, "orange"), (0.3, "red")))
+        .orientation(viz.VizOrientation.HORIZONTAL)
+        .display_mode(viz.BarGaugeDisplayMode.BASIC)
+        .reduce_options(viz_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .span(12)
         .height(9)
     )
 
@@ -264,6 +358,16 @@ def _distribution_panels() -> list[table.Panel]:
     return [pixels, metadata]
 
 
+NEEDS_DECISION_MAPPINGS: list[model.ValueMapping] = [
+    model.ValueMap(
+        options={
+            "true": model.ValueMappingResult(text="yes", color="purple", index=0),
+            "false": model.ValueMappingResult(text="no", index=1),
+        }
+    )
+]
+
+
 def _alert_panels() -> list[barchart.Panel | table.Panel]:
     features = (
         barchart.Panel()
@@ -273,17 +377,32 @@ def _alert_panels() -> list[barchart.Panel | table.Panel]:
         .with_target(Sql(TOP_FEATURES).ref_id("A"))
         .x_field("feature")
         .orientation(viz.VizOrientation.HORIZONTAL)
-        .span(8)
+        .span(12)
         .height(9)
     )
     alerts = (
         table.Panel()
         .title("Alerts not resolved")
-        .description("Open first, then acknowledged; the explanation is machine-written.")
+        .description(
+            "Open first, most serious first (critical red, warning amber, info blue), then "
+            "acknowledged. Info alerts are shown here and kept for reports, but they do not "
+            "notify: only warning and critical are published on radsentry.alerts and may start "
+            "a retraining. needs_decision: the drift has "
+            "lasted long enough (14 days) to ask a person; decision_reason says what to "
+            "decide. Acknowledging the alert answers it. Explanations are machine-written."
+        )
         .datasource(POSTGRES)
         .with_target(Sql(OPEN_ALERTS_TABLE).ref_id("A"))
-        .span(16)
-        .height(9)
+        .override_by_name("severity", severity_cell())
+        .override_by_name(
+            "needs_decision",
+            [
+                config_value("custom.cellOptions", {"type": "color-text"}),
+                config_value("mappings", NEEDS_DECISION_MAPPINGS),
+            ],
+        )
+        .span(24)
+        .height(10)
     )
     return [features, alerts]
 
@@ -296,10 +415,12 @@ def build() -> builders.Dashboard:
         .with_variable(site_variable())
         .with_variable(model_variable())
         .annotation(alerts_annotation()),
-        explainer(EXPLANATION, height=8),
+        explainer(EXPLANATION, height=12),
         _status_panel(),
         *_feed_panels(),
         _detector_panel(),
+        _effect_panel(),
+        _time_in_alarm_panel(),
         *_alert_panels(),
         *_distribution_panels(),
     )

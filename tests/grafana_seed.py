@@ -3,24 +3,29 @@
 Two simulated sites (site-02 moves to the degraded scanner half-way, so drift checks raise
 alerts), ingested with ``store_batch`` and a ``DriftMonitor``; performance refreshed twice
 (history); a manual retrain request served; candidates proposed, gated, signed, promoted,
-rejected; the change log checkpointed. Used by the view tests and the dashboards' SQL tests.
+rejected; the change log checkpointed; at a third site, alerts of every severity and decision
+state (:func:`seed_alert_cases`). Used by the view tests and the dashboards' SQL tests.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
 
+from monitor.drift.alerts import Alert, AlertUpdate, StreamKey
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.drift.severity import Severity
 from monitor.events import InferenceEvent
 from monitor.performance.rules import RulesConfig
 from monitor.service.audit import store as change_log
 from monitor.service.audit.keys import entry_key
 from monitor.service.audit.signing import checkpoint
+from monitor.service.drift.alerts import apply_updates, transition, write_alerts
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
@@ -85,6 +90,7 @@ def seed_for_grafana(engine: Engine, studies_dir: Path) -> Seeded:
     refresh(engine, PERFORMANCE, now=now - timedelta(hours=1))
     refresh(engine, PERFORMANCE, now=now)
     govern(engine)
+    seed_alert_cases(engine)
     return Seeded(
         study_keys=frozenset(e.study_key for e in events if isinstance(e, InferenceEvent)),
         sites=tuple(SIMULATION.site_ids()),
@@ -139,3 +145,75 @@ def _gated(engine: Engine, version: str, site_id: str, request_id: uuid.UUID | N
     )
     record_gate_outcome(engine, row.candidate_id, report=gate_report(MODEL, int(version)))
     return row.candidate_id
+
+
+CASES_SITE = "site-03"
+"""The alert cases' site: no events, only alerts, so a dashboard on it shows these alone."""
+DECISION_REASON = (
+    "sustained for 15 days: acknowledge and re-baseline if this is the new normal, or investigate"
+)
+"""What the drift engine writes when an episode asks for a decision
+(``monitor.drift.engine._ask_for_decision``)."""
+
+
+def seed_alert_cases(engine: Engine, site_id: str = CASES_SITE) -> Mapping[str, uuid.UUID]:
+    """Alerts at ``site_id`` for each severity and decision state, written, updated and
+    acknowledged by the service's own alert functions; returns case name -> alert id.
+
+    * ``info``, ``critical``: open and drifting;
+    * ``decision``: warning, its episode asked for a decision: needs one;
+    * ``decided``: asked, then acknowledged: needs none any more;
+    * ``ended``: asked, then the drift ended: needs none;
+    * ``resolved``: info, resolved.
+    """
+    start = datetime(2026, 3, 10, tzinfo=UTC)
+    severities = {
+        "info": Severity.INFO,
+        "critical": Severity.CRITICAL,
+        "decision": Severity.WARNING,
+        "decided": Severity.WARNING,
+        "ended": Severity.WARNING,
+        "resolved": Severity.INFO,
+    }
+    ids = {name: uuid.uuid4() for name in severities}
+    alerts = [
+        _case_alert(ids[name], site_id, severity, start + timedelta(hours=hour))
+        for hour, (name, severity) in enumerate(severities.items())
+    ]
+    asked = start + timedelta(days=15)
+    with engine.begin() as connection:
+        write_alerts(connection, alerts, datetime.now(UTC))
+        apply_updates(
+            connection,
+            [
+                *(
+                    AlertUpdate(ids[name], "sustained", asked, reason=DECISION_REASON)
+                    for name in ("decision", "decided", "ended")
+                ),
+                AlertUpdate(ids["ended"], "ended", asked, reason="no drift in recent checks"),
+            ],
+        )
+    transition(engine, ids["decided"], "acknowledge", "site-manager", "new scanner: re-baseline")
+    transition(engine, ids["resolved"], "resolve", "site-manager", None)
+    return ids
+
+
+def _case_alert(alert_id: uuid.UUID, site_id: str, severity: Severity, at: datetime) -> Alert:
+    return Alert(
+        alert_id=alert_id,
+        key=StreamKey(site_id, MODEL, "1"),
+        detector="ks",
+        features=("KVP", "Exposure"),
+        occurred_at=at,
+        since=at - timedelta(days=1),
+        window_start=at - timedelta(days=1),
+        window_end=at,
+        statistic=0.4,
+        p_value=0.0001,
+        effect_size=0.3,
+        effect_size_name="wasserstein_norm",
+        explanation=f"KVP moved ({severity.value})",
+        config_fingerprint="f" * 64,
+        reference_id=uuid.uuid4(),
+        severity=severity,
+    )

@@ -6,8 +6,12 @@ API's ``/metrics`` asks the database instead: one short read-only query per scra
 statement timeout. When it fails the error is logged and the scrape is still served, without
 these families (their series go stale in Prometheus; ``/readyz`` reports the database).
 
-* ``radsentry_alerts_open{site_id, model_name, detector, status}``: alerts not resolved, by
-  status ``open`` or ``acknowledged``;
+* ``radsentry_alerts_open{site_id, model_name, detector, status, severity}``: alerts not
+  resolved, by status ``open`` or ``acknowledged`` and severity ``info``, ``warning`` or
+  ``critical`` (``monitor.drift.severity``; performance and ``retrain.failed`` alerts are
+  ``warning``). Only warning and above notify, so the paging rule and the dashboards' red light
+  leave ``info`` out. Three severities at most triple the series of a (site, model, detector,
+  status), and only combinations that have alerts are exported;
 * ``radsentry_candidates{model_name, status}``: candidates per lifecycle status;
 * ``radsentry_promotions_total{model_name}``, ``radsentry_rollbacks_total{model_name}``:
   candidates ever promoted / rolled back (``promoted_at`` / ``rolled_back_at`` set).
@@ -74,9 +78,9 @@ class DatabaseCollector(Collector):
         return _fill(rows)
 
 
-_Group = tuple[str, str | None, str, str | None, str, int, int, int]
-"""kind ('alert' or 'candidate'), site_id, model_name, detector, status, count, promoted,
-rolled back."""
+_Group = tuple[str, str | None, str, str | None, str, str | None, int, int, int]
+"""kind ('alert' or 'candidate'), site_id, model_name, detector, status, severity (alerts
+only), count, promoted, rolled back."""
 
 
 def _families() -> tuple[
@@ -85,8 +89,9 @@ def _families() -> tuple[
     return (
         GaugeMetricFamily(
             "radsentry_alerts_open",
-            "Alerts not resolved, by status (open or acknowledged).",
-            labels=["site_id", "model_name", "detector", "status"],
+            "Alerts not resolved, by status (open or acknowledged) and severity (info, warning "
+            "or critical; only warning and critical notify).",
+            labels=["site_id", "model_name", "detector", "status", "severity"],
         ),
         GaugeMetricFamily(
             "radsentry_candidates",
@@ -115,12 +120,19 @@ def _query(engine: Engine) -> list[_Group]:
             AlertRow.model_name,
             AlertRow.detector,
             AlertRow.status,
+            AlertRow.severity,
             func.count().label("n"),
             literal(0).label("promoted"),
             literal(0).label("rolled_back"),
         )
         .where(AlertRow.status != "resolved")
-        .group_by(AlertRow.site_id, AlertRow.model_name, AlertRow.detector, AlertRow.status)
+        .group_by(
+            AlertRow.site_id,
+            AlertRow.model_name,
+            AlertRow.detector,
+            AlertRow.status,
+            AlertRow.severity,
+        )
     )
     candidates = select(
         literal("candidate"),
@@ -128,6 +140,7 @@ def _query(engine: Engine) -> list[_Group]:
         CandidateRow.model_name,
         null(),
         CandidateRow.status,
+        null(),
         func.count(),
         func.count(CandidateRow.promoted_at),
         func.count(CandidateRow.rolled_back_at),
@@ -146,9 +159,10 @@ def _fill(rows: Iterable[_Group]) -> list[Metric]:
     alerts_open, candidates, promotions, rollbacks = _families()
     promoted: dict[str, int] = {}
     rolled_back: dict[str, int] = {}
-    for kind, site_id, model_name, detector, status, n, n_promoted, n_rolled_back in rows:
+    for kind, site_id, model_name, detector, status, severity, n, n_promoted, n_rolled_back in rows:
         if kind == "alert":
-            alerts_open.add_metric([site_id or "", model_name, detector or "", status], n)
+            labels = [site_id or "", model_name, detector or "", status, severity or ""]
+            alerts_open.add_metric(labels, n)
             continue
         candidates.add_metric([model_name, status], n)
         promoted[model_name] = promoted.get(model_name, 0) + n_promoted

@@ -67,9 +67,14 @@ def _env(data_dir: Path, pg_url: str, kafka: KafkaSettings) -> dict[str, str]:
         "RADSENTRY_KAFKA__GROUP_ID": kafka.group_id,
         "RADSENTRY_KAFKA__SESSION_TIMEOUT_MS": "6000",
         # Small windows so a few hundred studies per site make checks, alerts and snapshots.
-        "RADSENTRY_DRIFT__REFERENCE_SIZE": "60",
+        "RADSENTRY_DRIFT__REFERENCE_SIZE": "80",
         "RADSENTRY_DRIFT__WINDOW__SIZE": "40",
         "RADSENTRY_DRIFT__WINDOW__MIN_SIZE": "20",
+        # Thresholds learned from the reference's 4 chunks of 20, so that the effect threshold the
+        # site overview plots is exported (each chunk's detector is fitted on the other 60 rows;
+        # a reference of 60 leaves too few to fit on, and nothing is learned).
+        "RADSENTRY_DRIFT__LEARNED__CHUNK_SIZE": "20",
+        "RADSENTRY_DRIFT__LEARNED__MIN_CHUNKS": "3",
         "RADSENTRY_PERFORMANCE__REFRESH_S": "2",
         "RADSENTRY_PERFORMANCE__ROLLING_WINDOW": "60",
         "RADSENTRY_PERFORMANCE__ESTIMATE_REFERENCE": "150",

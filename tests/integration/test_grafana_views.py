@@ -1,5 +1,6 @@
-"""The Grafana views (migration 0011) on PostgreSQL: documented columns, rows and values that
-agree with the tables, no identifiers, and a role that reads the views and nothing else."""
+"""The Grafana views (migrations 0011 and 0016) on PostgreSQL: documented columns, rows and
+values that agree with the tables and the API, no identifiers, and a role that reads the views
+and nothing else."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from monitor.service.db import alembic_config, make_engine, upgrade
+from monitor.service.drift.api import AlertPublic
 from monitor.service.grafana.views import GRAFANA_ROLE, GRAFANA_SCHEMA, GRAFANA_VIEWS
 from monitor.service.models import (
     AlertRow,
@@ -28,13 +30,16 @@ from monitor.service.models import (
 )
 from monitor.service.performance.store import latest_snapshots
 from tests.conftest import empty_tables
-from tests.grafana_seed import Seeded, seed_for_grafana
+from tests.grafana_seed import CASES_SITE, DECISION_REASON, Seeded, seed_for_grafana
 
 pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).parents[2] / "docs" / "dashboards.md"
 IDENTIFYING = re.compile(r"study|event_id|uri|sha256|hash|signature|reason|note|_by$|^actor$")
 """Column names that would carry an identifier, a payload digest, a signature or typed text."""
+MACHINE_WRITTEN = {"decision_reason"}
+"""Named like typed text, but only the drift engine writes it (a "sustained" ``AlertUpdate``
+from ``DriftEngine``): allowed."""
 HEX64 = re.compile(r"[0-9a-f]{64}")
 WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 T = TypeVar("T", bound=Base)
@@ -111,6 +116,45 @@ def test_alert_features_are_listed_and_exploded(seeded: tuple[Engine, Seeded]) -
     assert Counter((r["alert_id"], r["feature"]) for r in exploded) == Counter(
         (a.alert_id, feature) for a in alerts.values() for feature in a.features
     )
+
+
+def test_alert_severity_and_decision_agree_with_the_api(seeded: tuple[Engine, Seeded]) -> None:
+    """``needs_decision`` is the API's rule, row for row, in both alert views; each seeded case
+    (info, critical, asked, asked then acknowledged, asked then ended) shows as it should."""
+    engine, _ = seeded
+    api = {
+        a.alert_id: AlertPublic.model_validate(a, from_attributes=True)
+        for a in stored(engine, AlertRow)
+    }
+    with engine.connect() as connection:
+        viewed = rows(connection, "alerts")
+        exploded = rows(connection, "alert_features")
+    for row in [*viewed, *exploded]:
+        public = api[row["alert_id"]]
+        assert (row["severity"], row["needs_decision"], row["decision_reason"]) == (
+            public.severity,
+            public.needs_decision,
+            public.decision_reason,
+        )
+    cases = sorted(
+        (r["severity"], r["status"], r["needs_decision"])
+        for r in viewed
+        if r["site_id"] == CASES_SITE
+    )
+    assert cases == [
+        ("critical", "open", False),
+        ("info", "open", False),
+        ("info", "resolved", False),
+        ("warning", "acknowledged", False),  # asked, then a person decided
+        ("warning", "open", False),  # asked, then the drift ended
+        ("warning", "open", True),
+    ]
+    assert {r["decision_reason"] for r in viewed} == {None, DECISION_REASON}
+    assert {r["severity"] for r in viewed if r["site_id"] != CASES_SITE} <= {
+        "info",
+        "warning",
+        "critical",
+    }
 
 
 def test_daily_distributions_count_every_event(seeded: tuple[Engine, Seeded]) -> None:
@@ -205,7 +249,8 @@ def test_no_view_shows_an_identifier(seeded: tuple[Engine, Seeded]) -> None:
     with engine.connect() as connection:
         event_ids = {str(e) for e in connection.scalars(select(InferenceEventRow.event_id))}
         for view, columns in GRAFANA_VIEWS.items():
-            assert not [c for c in columns if IDENTIFYING.search(c)], view
+            flagged = [c for c in columns if IDENTIFYING.search(c)]
+            assert not set(flagged) - MACHINE_WRITTEN, view
             for row in rows(connection, view):
                 for value in row.values():
                     shown = str(value)
@@ -273,6 +318,28 @@ def test_the_role_writes_nothing(seeded: tuple[Engine, Seeded]) -> None:
             f"CREATE VIEW {GRAFANA_SCHEMA}.planted AS SELECT 1",
         ):
             assert isinstance(refused(connection, statement), errors.InsufficientPrivilege)
+
+
+def test_downgrading_0016_restores_the_alert_views_and_their_grant(
+    seeded: tuple[Engine, Seeded],
+) -> None:
+    """0016 is undone by recreating 0011's alert views, which must be granted again."""
+    engine, _ = seeded
+    added = ("severity", "needs_decision", "decision_reason")
+    command.downgrade(alembic_config(engine), "0015")
+    try:
+        with engine.connect() as connection, connection.begin():
+            as_role(connection)
+            for view in ("alerts", "alert_features"):
+                result = connection.execute(text(f"SELECT * FROM {GRAFANA_SCHEMA}.{view}"))
+                assert tuple(result.keys()) == GRAFANA_VIEWS[view][: -len(added)], view
+                assert result.first() is not None, view
+    finally:
+        upgrade(engine)
+    with engine.connect() as connection, connection.begin():
+        as_role(connection)
+        result = connection.execute(text(f"SELECT * FROM {GRAFANA_SCHEMA}.alerts"))
+        assert tuple(result.keys())[-len(added) :] == added
 
 
 def test_downgrade_drops_the_views_and_upgrade_keeps_the_existing_role(

@@ -133,7 +133,7 @@ def test_a_restarted_consumer_seeds_the_newest_event_per_site_from_the_database(
     assert _sample("radsentry_site_last_event_timestamp_seconds", {"site_id": "site-73"}) is None
 
 
-def _alert(site_id: str, detector: str, status: str) -> dict[str, Any]:
+def _alert(site_id: str, detector: str, status: str, severity: str = "warning") -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
         "alert_id": uuid.uuid4(),
@@ -154,6 +154,7 @@ def _alert(site_id: str, detector: str, status: str) -> dict[str, Any]:
         "config_fingerprint": "f" * 16,
         "reference_id": uuid.uuid4(),
         "status": status,
+        "severity": severity,
         "drift_active": True,
         "drifting_checks": 1,
         "last_drift_at": now,
@@ -188,15 +189,19 @@ def _families(body: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 def test_the_api_exports_open_alerts_candidates_promotions_and_rollbacks(
     pg_engine: Engine,
 ) -> None:
+    """Open alerts per (site, model, detector, status, severity): an info alert beside warning
+    ones of the same detector is a series of its own, which the paging rule and the dashboards
+    leave out (``severity!="info"``)."""
     with pg_engine.begin() as connection:
         connection.execute(
             table_of(AlertRow).insert(),
             [
-                _alert("site-01", "mmd", "open"),
-                _alert("site-01", "mmd", "open"),
-                _alert("site-01", "mmd", "acknowledged"),
+                _alert("site-01", "mmd", "open", "warning"),
+                _alert("site-01", "mmd", "open", "warning"),
+                _alert("site-01", "mmd", "open", "info"),
+                _alert("site-01", "mmd", "acknowledged", "critical"),
                 _alert("site-02", "sensitivity_floor", "open"),
-                _alert("site-02", "ks", "resolved"),
+                _alert("site-02", "ks", "resolved", "info"),
             ],
         )
         connection.execute(
@@ -220,14 +225,13 @@ def test_the_api_exports_open_alerts_candidates_promotions_and_rollbacks(
     def labels(**values: str) -> tuple[tuple[str, str], ...]:
         return tuple(sorted(values.items()))
 
+    mmd = {"site_id": "site-01", "model_name": "cxr-lesion", "detector": "mmd"}
+    floor = {"site_id": "site-02", "model_name": "cxr-lesion", "detector": "sensitivity_floor"}
     assert found["radsentry_alerts_open"] == {
-        labels(site_id="site-01", model_name="cxr-lesion", detector="mmd", status="open"): 2,
-        labels(
-            site_id="site-01", model_name="cxr-lesion", detector="mmd", status="acknowledged"
-        ): 1,
-        labels(
-            site_id="site-02", model_name="cxr-lesion", detector="sensitivity_floor", status="open"
-        ): 1,
+        labels(**mmd, status="open", severity="warning"): 2,
+        labels(**mmd, status="open", severity="info"): 1,
+        labels(**mmd, status="acknowledged", severity="critical"): 1,
+        labels(**floor, status="open", severity="warning"): 1,
     }
     assert found["radsentry_candidates"] == {
         labels(model_name="cxr-lesion", status=status): 1
@@ -237,8 +241,8 @@ def test_the_api_exports_open_alerts_candidates_promotions_and_rollbacks(
     assert found["radsentry_rollbacks_total"] == {labels(model_name="cxr-lesion"): 1}
     assert "# TYPE radsentry_consumer_lag gauge" in body  # the process's own metrics too
     # Outside an app's lifespan no engine is bound: the families are simply not there.
-    open_mmd = {"site_id": "site-01", "model_name": "cxr-lesion", "detector": "mmd"}
-    assert _sample("radsentry_alerts_open", {**open_mmd, "status": "open"}) is None
+    open_mmd = {**mmd, "status": "open", "severity": "warning"}
+    assert _sample("radsentry_alerts_open", open_mmd) is None
     assert "radsentry_candidates{" not in generate_latest().decode()
 
 

@@ -1,12 +1,16 @@
 """The dashboards as code: generated JSON up to date, the shape Grafana and site managers need,
 and every query within the data contract (the metrics and views tables of docs/dashboards.md).
-The queries themselves run against a real Prometheus and PostgreSQL in the integration tests."""
+The queries themselves run against a real Prometheus and PostgreSQL in the integration tests;
+the traffic light's PromQL also runs here, in promtool (Prometheus' own engine)."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -155,7 +159,7 @@ def test_queries_use_only_the_contracts_metrics_labels_and_views() -> None:
             where = f"{uid} / {query.panel_title} ({query.ref_id})"
             if query.kind == "prometheus":
                 assert set(re.findall(r"\bradsentry_\w+", query.query)) <= metrics, where
-                used = set(re.findall(r"(\w+)\s*=~?\s*\"", query.query))
+                used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", query.query))
                 for group in re.findall(r"by \(([^)]*)\)", query.query):
                     used.update(label.strip() for label in group.split(","))
                 assert used <= labels, (where, used - labels)
@@ -170,6 +174,146 @@ def test_queries_use_only_the_contracts_metrics_labels_and_views() -> None:
                 assert not re.search(r'(?<!")\bwindow\b(?!")', query.query), (
                     f'{where}: `window` is reserved in SQL, write "window"'
                 )
+
+
+def _panel(uid: str, title: str) -> dict[str, Any]:
+    (panel,) = [p for p in _panels(BUILT[uid]) if p["title"] == title]
+    return panel
+
+
+def _overrides(panel: dict[str, Any]) -> dict[str, dict[str, object]]:
+    """Matcher option (a field name or regexp) -> its properties by id."""
+    return {
+        o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
+        for o in panel["fieldConfig"]["overrides"]
+    }
+
+
+def test_the_site_overview_compares_effects_with_their_learned_thresholds() -> None:
+    panel = _panel("radsentry-site-overview", "Effect vs learned threshold")
+    assert panel["type"] == "timeseries"
+    effect, threshold = (target["expr"] for target in panel["targets"])
+    assert "radsentry_drift_effect_size" in effect and "radsentry_drift_effect_threshold" in effect
+    assert threshold.startswith("radsentry_drift_effect_threshold")
+    assert panel["targets"][1]["legendFormat"].endswith(" learned threshold")
+    assert _overrides(panel)["/ learned threshold$/"]["custom.lineStyle"]["fill"] == "dash"
+    assert "week-to-week" in panel["description"]
+    assert '"N x its learned threshold"' in panel["description"]
+
+
+def test_time_in_alarm_is_a_share_coloured_green_amber_red() -> None:
+    panel = _panel("radsentry-site-overview", "Time in alarm")
+    assert panel["type"] == "bargauge"
+    (target,) = panel["targets"]
+    assert target["expr"].startswith("radsentry_drift_time_in_alarm") and target["instant"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert (defaults["unit"], defaults["min"], defaults["max"]) == ("percentunit", 0, 1)
+    steps = [(step["value"], step["color"]) for step in defaults["thresholds"]["steps"]]
+    assert steps == [(None, "green"), (0.1, "orange"), (0.3, "red")]
+    assert "latest 50 checks" in panel["description"]
+    assert "re-baselining" in panel["description"]
+
+
+def test_alert_tables_colour_severity_and_show_decisions() -> None:
+    colours = {"critical": "red", "warning": "orange", "info": "blue"}
+    alerts = _panel("radsentry-site-overview", "Alerts not resolved")
+    fleet = _panel("radsentry-fleet", "Open alerts by severity")
+    for panel, column in ((alerts, "severity"), (fleet, "highest")):
+        (mapping,) = _overrides(panel)[column]["mappings"]
+        assert {value: shown["color"] for value, shown in mapping["options"].items()} == colours
+    sql = alerts["targets"][0]["rawSql"]
+    assert {"severity", "needs_decision", "decision_reason"} <= set(re.findall(r"\w+", sql))
+    assert "do not notify" in alerts["description"]
+    assert "needs_decision" in _overrides(alerts)
+    assert "needs_decision" in fleet["targets"][0]["rawSql"]
+    explanation = _panels(BUILT["radsentry-site-overview"])[0]["options"]["content"]
+    for title in ("Effect vs learned threshold", "Time in alarm", "Alerts not resolved"):
+        assert f"**{title}**" in explanation
+
+
+def _query(uid: str, title: str, ref_id: str = "A") -> PanelQuery:
+    (found,) = [
+        q for q in panel_queries(BUILT[uid]) if q.panel_title == title and q.ref_id == ref_id
+    ]
+    return found
+
+
+Samples = list[tuple[str, float]]
+"""Expected result of an instant query: (labels as PromQL writes them, value)."""
+
+
+def _promtool_expr_test(
+    tmp_path: Path, series: dict[str, float], checks: list[tuple[str, Samples]]
+) -> None:
+    """Run each (PromQL, expected samples) of ``checks`` at 5 min in promtool, on ``series``
+    (series -> a constant value) scraped every minute."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found on PATH (apt-get install prometheus; see test_alert_rules)")
+    case = {
+        "interval": "1m",
+        "input_series": [
+            {"series": name, "values": f"{value}x10"} for name, value in series.items()
+        ],
+        "promql_expr_test": [
+            {
+                "expr": expr,
+                "eval_time": "5m",
+                "exp_samples": [{"labels": labels, "value": value} for labels, value in samples],
+            }
+            for expr, samples in checks
+        ],
+    }
+    path = tmp_path / "dashboard_queries.test.yaml"
+    path.write_text(yaml.safe_dump({"tests": [case]}, sort_keys=False), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_warning_and_critical_alerts_turn_the_light_red_or_count_as_open(
+    tmp_path: Path,
+) -> None:
+    """Info alerts do not notify (docs/drift.md, "Severity"): the status light and the open-alert
+    counts leave them out; the alert tables list them. The queries as the dashboards hold them
+    run in promtool on one site where cxr-lesion has only an open info alert (green),
+    cxr-nodule an open warning (red) and cxr-pneumo an acknowledged critical beside open info
+    alerts (amber); no detector's latest check drifts."""
+    site = 'site_id="site-01"'
+    alerts = {
+        "cxr-lesion": [("open", "info", 1)],
+        "cxr-nodule": [("open", "warning", 2), ("acknowledged", "info", 1)],
+        "cxr-pneumo": [("acknowledged", "critical", 1), ("open", "info", 3)],
+    }
+    series: dict[str, float] = {}
+    for model_name, counts in alerts.items():
+        stream = f'{site}, model_name="{model_name}", detector="ks"'
+        series[f"radsentry_drift_detected{{{stream}}}"] = 0
+        for status, severity, count in counts:
+            labels = f'{stream}, status="{status}", severity="{severity}"'
+            series[f"radsentry_alerts_open{{{labels}}}"] = count
+    lights = {"cxr-lesion": 0, "cxr-nodule": 2, "cxr-pneumo": 1}
+    expected: list[tuple[PanelQuery, Samples]] = [
+        (
+            _query("radsentry-site-overview", "Status per model"),
+            [(f'{{model_name="{name}"}}', light) for name, light in lights.items()],
+        ),
+        (_query("radsentry-site-overview", "Open alerts"), [("{}", 2)]),
+        (
+            _query("radsentry-fleet", "Status now: sites x models"),
+            [(f'{{{site}, model_name="{name}"}}', light) for name, light in lights.items()],
+        ),
+        (
+            _query("radsentry-fleet", "Sites and models by severity", "B"),  # open alerts
+            [(f'{{{site}, model_name="cxr-nodule"}}', 2)],
+        ),
+    ]
+    now = datetime.now(UTC)
+    values = Substitution({"site": ["site-01"], "model": list(alerts)}, now, now)
+    _promtool_expr_test(
+        tmp_path, series, [(render(query, values), samples) for query, samples in expected]
+    )
 
 
 def test_panel_queries_lists_targets_and_annotations() -> None:

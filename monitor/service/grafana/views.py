@@ -1,7 +1,8 @@
-"""The PostgreSQL views Grafana reads (migration 0011, docs/dashboards.md): names and columns.
+"""The PostgreSQL views Grafana reads (migrations 0011 and 0016, docs/dashboards.md): names and
+columns.
 
-The migration defines the views and does not import this (migrations are frozen); a test keeps
-both, and docs/dashboards.md, equal. Dashboards code checks its SQL panels against it. A new
+The migrations define the views and do not import this (migrations are frozen); a test keeps
+them, and docs/dashboards.md, equal. Dashboards code checks its SQL panels against it. A new
 view takes a new migration (CREATE VIEW, then GRANT SELECT to the role), a line here and one in
 the docs.
 """
@@ -14,6 +15,8 @@ GRAFANA_SCHEMA: Final = "grafana"
 GRAFANA_ROLE: Final = "radsentry_grafana"
 """Reads the views and nothing else; NOLOGIN until the deployment grants LOGIN and a password."""
 
+_DECISION = ("severity", "needs_decision", "decision_reason")
+"""Added by migration 0016: ``needs_decision`` is the API's rule (asked, open, still drifting)."""
 _LATEST = ("computed_at", "site_id", "model_name", "model_version", "finding", "window")
 
 GRAFANA_VIEWS: Final[dict[str, tuple[str, ...]]] = {
@@ -62,8 +65,17 @@ GRAFANA_VIEWS: Final[dict[str, tuple[str, ...]]] = {
         "effect_size_name",
         "features",
         "explanation",
+        *_DECISION,
     ),
-    "alert_features": ("alert_id", "site_id", "model_name", "detector", "occurred_at", "feature"),
+    "alert_features": (
+        "alert_id",
+        "site_id",
+        "model_name",
+        "detector",
+        "occurred_at",
+        "feature",
+        *_DECISION,
+    ),
     "pixel_stats_daily": (
         "day",
         "site_id",
