@@ -14,6 +14,7 @@ steps 2-3 rewinds the consumer to the batch start and retries with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -372,6 +373,9 @@ def observe_drift(batch: DriftBatch) -> None:
             metrics.DRIFT_THRESHOLD.labels(*labels).set(result.threshold)
         if result.effect_threshold is not None:
             metrics.DRIFT_EFFECT_THRESHOLD.labels(*labels).set(result.effect_threshold)
+        else:  # nothing learned now (learning off, a reference too short): no stale line
+            with contextlib.suppress(KeyError):
+                metrics.DRIFT_EFFECT_THRESHOLD.remove(*labels)
     for (key, detector), share in batch.time_in_alarm.items():
         metrics.DRIFT_TIME_IN_ALARM.labels(key.site_id, key.model_name, detector).set(share)
     for alert in batch.alerts:
