@@ -13,23 +13,12 @@ from monitor.drift.alerts import Check, StreamKey
 from monitor.drift.base import DriftResult
 from monitor.service.drift.store import DriftBatch
 from monitor.service.ingest.consumer import observe_drift
+from tests.unit.test_drift_severity import result
 
 KEY = StreamKey("site-metrics", "cxr-lesion", "1.0.0")
 LABELS = {"site_id": KEY.site_id, "model_name": KEY.model_name, "detector": "ks"}
 AT = datetime(2026, 3, 1, tzinfo=UTC)
-RESULT = DriftResult(
-    detector="ks",
-    is_drift=False,
-    statistic=0.1,
-    effect_size=0.4,
-    effect_size_name="wasserstein_norm",
-    n_reference=4000,
-    n_window=100,
-    config_fingerprint="f",
-    p_value=0.5,
-    threshold=0.01,
-    effect_threshold=1.3,
-)
+RESULT = result(0.4, drift=False, learned=1.3)
 
 
 def observe(result: DriftResult) -> None:
