@@ -39,10 +39,11 @@ from dashboards.sql import Sql
 UID = "radsentry-site-overview"
 TITLE = "RadSentry: site overview"
 
-REFERENCE_DAYS = 7
+REFERENCE_DAYS = 91
 """The reference of the distribution panels: the first days of data of the site and model. The
-drift streams' own reference (their first 1,000 events, or an uploaded one) is not in the
-contract's views; at a few hundred studies a day this is close to it."""
+drift streams' own reference (by default their first 13 weeks, ``EngineConfig``, or an uploaded
+one) is not in the contract's views; for a stream that started with the site's data this is
+the same period."""
 
 EXPLANATION = f"""
 **One site, every model.** Pick the site (top left); *Model* narrows the models.
