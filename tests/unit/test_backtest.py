@@ -328,3 +328,24 @@ def test_an_episode_still_open_at_the_end_has_no_end(
 ) -> None:
     alerts = alerts_in(baseline[1])
     assert alerts and all(a["ended_at"] is None for a in alerts)  # the change never reverts
+
+
+def test_a_history_shorter_than_the_default_reference_says_so_instead_of_staying_silent(
+    events_file: Path, tmp_path: Path
+) -> None:
+    """The default reference spans 13 weeks; the file holds 1,200 events per site over about
+    8 days: no check at all, and the summary says why and what to do."""
+    out = tmp_path / "alerts.jsonl"
+    result = runner.invoke(
+        app, ["backtest", "--events", str(events_file), "--out", str(out)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == b""
+    for site in ("site-01", "site-02"):
+        assert f"{site} cxr-lesion 1.0.0: still collecting its reference (1,200 events" in (
+            result.output
+        )
+    assert "it needs 1,000 events and 91 days" in result.output
+    assert "--reference" in result.output
+    summary = run_backtest(events_file, tmp_path / "again.jsonl", config=FAST)
+    assert summary.collecting == []  # references of 400 events: complete

@@ -27,7 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TaskID, TimeRemainingColumn
@@ -99,6 +101,33 @@ class DetectorTally:
         return self.alerts / ((self.last_at - self.first_at) / 86_400 / DAYS_PER_MONTH)
 
 
+@dataclass(frozen=True)
+class Collecting:
+    """A stream that ended the replay still collecting its reference, and what it lacked."""
+
+    key: StreamKey
+    events: int
+    span_s: float
+    needs: str
+    """What a complete reference takes under the config, e.g. "1,000 events and 91 days"."""
+
+    @classmethod
+    def of(cls, key: StreamKey, times: NDArray[np.float64], config: EngineConfig) -> Collecting:
+        needs = [f"{max(50, config.reference_size or 0):,} events"]
+        if config.reference_duration_s is not None:
+            needs.append(f"{config.reference_duration_s / 86_400:g} days")
+        span = float(times[-1] - times[0]) if len(times) else 0.0
+        return cls(key, len(times), span, " and ".join(needs))
+
+    def describe(self) -> str:
+        return (
+            f"{self.key.site_id} {self.key.model_name} {self.key.model_version}: still collecting "
+            f"its reference ({self.events:,} events over {self.span_s / 86_400:.1f} days; it "
+            f"needs {self.needs}), so it was never checked for drift. Replay more history, give "
+            "it a reference with --reference, or set reference_size alone in --config."
+        )
+
+
 @dataclass
 class BacktestSummary:
     """What a backtest did, for the summary table and for tests."""
@@ -114,6 +143,8 @@ class BacktestSummary:
     sorted_chunks: int = 0
     """0 when the file was already in event-time order, else the external sort's chunk count."""
     elapsed_s: float = 0.0
+    collecting: list[Collecting] = field(default_factory=list)
+    """Streams whose reference was still incomplete at the end: never checked for drift."""
 
     @property
     def invalid(self) -> int:
@@ -180,7 +211,8 @@ def run_backtest(
     """Replay ``events_path`` (JSONL, gzip allowed) in event-time order; alerts to ``out_path``.
 
     Streams found in ``reference_path`` start from those events (an uploaded reference); the
-    others from their first ``reference_size`` events. The alerts file is written only when the
+    others collect theirs from their first events (``EngineConfig.reference_complete``). The
+    alerts file is written only when the
     run completes. Raises :class:`BacktestError`, and OSError or EOFError for unreadable input.
     """
     started = time.perf_counter()
@@ -200,6 +232,11 @@ def run_backtest(
         sink.close()
         partial.replace(out_path)
     summary.streams = len(engine.streams)
+    summary.collecting = [
+        Collecting.of(key, stream.reference.times, engine.config)
+        for key, stream in engine.streams.items()
+        if not stream.reference_info.frozen
+    ]
     summary.elapsed_s = time.perf_counter() - started
     return summary
 
@@ -462,4 +499,8 @@ def print_summary(console: Console, summary: BacktestSummary) -> None:
         console.print(message, markup=False, highlight=False, soft_wrap=True)
     if (unlisted := summary.invalid - len(summary.invalid_lines)) > 0:
         console.print(f"... and {unlisted:,} more invalid lines")
+    for stream in summary.collecting[:MAX_REPORTED_INVALID]:
+        console.print(stream.describe(), markup=False, highlight=False, soft_wrap=True)
+    if (more := len(summary.collecting) - MAX_REPORTED_INVALID) > 0:
+        console.print(f"... and {more:,} more streams still collecting their reference")
     console.print(*summary_tables(summary))
