@@ -161,6 +161,13 @@ class EngineConfig(DetectorConfig):
             return False
         return self.reference_duration_s is None or span_s >= self.reference_duration_s
 
+    def reference_needs(self) -> str:
+        """What a collected reference needs before monitoring starts, in words."""
+        events = f"{max(50, self.reference_size or 0):,} events"
+        if self.reference_duration_s is None:
+            return events
+        return f"{events} spanning {self.reference_duration_s / 86_400:g} days"
+
     def reference_events(self, every_s: float) -> int:
         """How many events a stream with one event every ``every_s`` seconds (event time)
         takes to complete its reference, the completing event included."""

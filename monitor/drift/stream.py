@@ -188,6 +188,20 @@ class StreamState:
             # The CUSUM's sums were standardised by the old reference's chunks.
             alarm.cusum, alarm.decision_asked = {}, False
 
+    def reference_progress(self) -> ReferenceInfo:
+        """The reference's provenance, with its events and time span so far while it is still
+        being collected (a site manager's "monitoring starts when...")."""
+        if self.reference_info.frozen or not len(self.reference):
+            return self.reference_info
+        times = self.reference.times
+        return self.reference_info.model_copy(
+            update={
+                "n_events": len(self.reference),
+                "first_event_at": float(times.min()),
+                "last_event_at": float(times.max()),
+            }
+        )
+
     def freeze(self, config: EngineConfig) -> ReferenceInfo:
         """Fit every detector on the collected reference; the stream starts monitoring."""
         times = self.reference.times

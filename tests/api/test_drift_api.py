@@ -84,6 +84,21 @@ def test_site_drift_shows_streams_and_latest_check_per_detector(client: TestClie
     assert client.get("/sites/nowhere/drift").status_code == 404
 
 
+def test_a_stream_still_collecting_its_reference_shows_how_far_it_has_come(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    config = FeatureStreamConfig(site_id="site-07", n_events=120, seed=4)
+    events = list(feature_stream(config))
+    ingest(pg_engine, DriftMonitor(CONFIG), events)
+    [stream] = client.get("/sites/site-07/drift").json()["streams"]
+    reference = stream["reference"]
+    assert reference["frozen"] is False and reference["n_events"] == 120
+    assert reference["first_event_at"] == events[0].occurred_at.timestamp()
+    assert reference["last_event_at"] == events[-1].occurred_at.timestamp()
+    assert stream["reference_complete_when"] == "200 events"  # CONFIG: a reference by count
+    assert EngineConfig().reference_needs() == "1,000 events spanning 91 days"
+
+
 def test_alerts_filter_paginate_and_follow_their_lifecycle(client: TestClient) -> None:
     page = client.get("/alerts", params={"site_id": SITE}).json()
     assert page["total"] >= 2

@@ -345,7 +345,7 @@ def test_a_history_shorter_than_the_default_reference_says_so_instead_of_staying
         assert f"{site} cxr-lesion 1.0.0: still collecting its reference (1,200 events" in (
             result.output
         )
-    assert "it needs 1,000 events and 91 days" in result.output
+    assert "it needs 1,000 events spanning 91 days" in result.output
     assert "--reference" in result.output
     summary = run_backtest(events_file, tmp_path / "again.jsonl", config=FAST)
     assert summary.collecting == []  # references of 400 events: complete

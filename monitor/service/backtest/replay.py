@@ -109,15 +109,12 @@ class Collecting:
     events: int
     span_s: float
     needs: str
-    """What a complete reference takes under the config, e.g. "1,000 events and 91 days"."""
+    """What a complete reference takes under the config (``EngineConfig.reference_needs``)."""
 
     @classmethod
     def of(cls, key: StreamKey, times: NDArray[np.float64], config: EngineConfig) -> Collecting:
-        needs = [f"{max(50, config.reference_size or 0):,} events"]
-        if config.reference_duration_s is not None:
-            needs.append(f"{config.reference_duration_s / 86_400:g} days")
         span = float(times[-1] - times[0]) if len(times) else 0.0
-        return cls(key, len(times), span, " and ".join(needs))
+        return cls(key, len(times), span, config.reference_needs())
 
     def describe(self) -> str:
         return (

@@ -49,7 +49,14 @@ class StreamPublic(BaseModel):
     model_name: str
     model_version: str
     events_seen: int
-    reference: dict[str, Any]
+    reference: dict[str, Any] = Field(
+        description="Where the reference came from; while it is being collected (frozen false), "
+        "its events and first and last event times so far."
+    )
+    reference_complete_when: str = Field(
+        description="What the drift configuration needs before a collected reference is "
+        "complete and monitoring starts, e.g. '1,000 events spanning 91 days'."
+    )
     updated_at: datetime
 
 
@@ -138,9 +145,13 @@ one the consumer runs with."""
 
 
 @router.get("/sites/{site_id}/drift", tags=["drift"], responses={404: {}})
-def site_drift(site_id: Identifier, engine: EngineDep, principal: ReaderDep) -> SiteDriftPublic:
-    """Each stream's reference and the latest check of every detector at the site."""
+def site_drift(
+    site_id: Identifier, engine: EngineDep, settings: SettingsDep, principal: ReaderDep
+) -> SiteDriftPublic:
+    """Each stream's reference (or how far its collection has come) and the latest check of
+    every detector at the site."""
     check_site(principal, site_id)
+    needs = settings.drift.reference_needs()
     streams = streams_store.site_streams(engine, site_id)
     if not streams:
         raise streams_store.StreamNotFound(f"no monitored stream at site {site_id!r}")
@@ -152,6 +163,7 @@ def site_drift(site_id: Identifier, engine: EngineDep, principal: ReaderDep) -> 
                 model_version=s.model_version,
                 events_seen=s.events_seen,
                 reference=s.reference,
+                reference_complete_when=needs,
                 updated_at=s.updated_at,
             )
             for s in streams

@@ -170,7 +170,7 @@ class DriftMonitor:
             values: dict[str, Any] = {
                 "state": self.engine.export(key),
                 "state_version": version,
-                "reference": stream.reference_info.model_dump(mode="json"),
+                "reference": stream.reference_progress().model_dump(mode="json"),
                 "events_seen": seen,
                 "last_source": last_source.get(key),
                 "updated_at": now,
