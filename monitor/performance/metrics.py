@@ -254,15 +254,20 @@ def _auroc(
     positive_scores, negative_scores = score[positive], score[~positive]
     auroc, variance = delong(positive_scores, negative_scores)
     if config.auroc_ci == "delong":
-        half_width = float(norm.ppf(0.5 + config.confidence_level / 2.0)) * np.sqrt(variance)
-        lower, upper = max(0.0, auroc - half_width), min(1.0, auroc + half_width)
-        return Interval(auroc, float(lower), float(upper), "delong")
+        return delong_interval(auroc, variance, config.confidence_level)
     resampled = bootstrap_aurocs(
         positive_scores, negative_scores, config.n_bootstrap, np.random.default_rng(config.seed)
     )
     tail = (1.0 - config.confidence_level) / 2.0
     lower, upper = np.quantile(resampled, [tail, 1.0 - tail])
     return Interval(auroc, float(lower), float(upper), "bootstrap")
+
+
+def delong_interval(auroc: float, variance: float, confidence_level: float) -> Interval:
+    """``auroc +- z * sqrt(variance)`` clipped to [0, 1], z the normal quantile of the level."""
+    half_width = float(norm.ppf(0.5 + confidence_level / 2.0)) * np.sqrt(variance)
+    lower, upper = max(0.0, auroc - half_width), min(1.0, auroc + half_width)
+    return Interval(auroc, float(lower), float(upper), "delong")
 
 
 def _brier(

@@ -1,0 +1,413 @@
+"""Mergeable sufficient statistics of labelled predictions (issue 21, item 1; library only).
+
+A :class:`PerformanceSummary` holds, for one :class:`SummaryKey` (site, model, version, finding,
+subgroup value) and one time bucket, everything :func:`summary_metrics` needs, and nothing per
+case:
+
+* per label class, a histogram of the scores over ``SCORE_BINS`` (2048) equal-width bins of
+  [0, 1]: the AUROC and DeLong's variance are computed from it with every pair of cases in the
+  same bin counted as a tie (one half, as the Mann-Whitney statistic counts real ties);
+* the confusion counts at the operating threshold (a case is predicted positive when
+  ``score >= threshold``), so the threshold belongs to the :class:`SummaryLayout`;
+* per class and calibration bin (``sklearn.calibration_curve``'s assignment, as
+  :func:`monitor.performance._calibration.reliability_bins`): the count, the sum of the scores
+  and the sum of their squares, giving the reliability bins, the ECE and the Brier score.
+
+Every field is an integer array (score sums in fixed point, units of 2**-32), so ``add``,
+``subtract`` and :func:`merge` are exact: merging per-day summaries gives bit for bit the summary
+of the pooled cases, in any order and grouping.
+
+Why 2048 bins: binning only changes the order of a positive and a negative that share a bin, so
+``|AUROC from bins - exact AUROC| <= auroc_binning_bound()`` (half the share of pairs sharing a
+bin), and in practice far less because the errors cancel. The largest error measured by
+``benchmarks/bench_sufficient_resolution.py`` on the simulator's score model (AUROC 0.70 to near
+1, rare findings whose negatives crowd near 0, 500 to 20,000 cases) is 4.4e-4 for the AUROC and
+1.2e-4 for its DeLong standard error at 2048 bins, against 1.8e-3 at 500 bins and 6.6e-4 at
+1000: 2048 keeps the 1e-3 tolerance with a margin of two. A power of two makes every bin edge an
+exact binary fraction, so a score's bin does not depend on rounding. Two histograms of 2048
+int64 are 32 KiB in memory; ``to_dict`` stores only the non-empty bins.
+
+Hand-written: the histograms are two ``numpy.bincount`` calls, and no maintained library keeps
+DeLong's variance mergeable (see ``_auroc.py`` for DeLong itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Final
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from monitor.performance._calibration import ReliabilityBin, expected_calibration_error
+from monitor.performance.metrics import (
+    BinaryMetrics,
+    ConfusionCounts,
+    Interval,
+    PerformanceConfig,
+    PerformanceError,
+    _class_shortfall,
+    _wilson_intervals,
+    delong_interval,
+    validated,
+)
+
+SCORE_BINS: Final = 2048
+"""Bins of the per-class score histograms (see the module docstring for why)."""
+FIXED_POINT: Final = 2**32
+"""Score sums are integers in units of 1 / FIXED_POINT: exact under add, subtract and merge."""
+FORMAT_VERSION: Final = 1
+"""Version of :meth:`PerformanceSummary.to_dict`'s layout."""
+_INT = np.int64
+Counts = NDArray[np.int64]
+Deltas = tuple[Counts, Counts, Counts]
+
+
+class SummaryError(PerformanceError, ValueError):
+    """A summary operation that would give a wrong or meaningless summary."""
+
+
+class IncompatibleSummariesError(SummaryError):
+    """Summaries of different keys, thresholds or bins, which cannot be merged."""
+
+
+class NegativeCountError(SummaryError):
+    """Subtracting cases the summary does not hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryKey:
+    """What a summary describes. ``site_id`` None: pooled over all sites of the model."""
+
+    model_name: str
+    model_version: str
+    finding: str
+    site_id: str | None
+    subgroup_field: str | None = None
+    """None for all cases; else the metadata field the subgroup is a value of."""
+    subgroup_value: str | None = None
+    """The subgroup's value; None with a field set is the cases missing that field."""
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryLayout:
+    """What makes two summaries' numbers comparable: both must have the same to merge."""
+
+    threshold: float
+    score_bins: int = SCORE_BINS
+    calibration_bins: int = 10
+    """Equal to ``PerformanceConfig.ece_bins`` of the config the metrics are computed with."""
+
+
+class PerformanceSummary:
+    """Sufficient statistics of one key and bucket; ``add`` and ``subtract`` change it in place.
+
+    Arrays (read them, do not write them): ``histogram[label, bin]``, ``confusion[label,
+    predicted]`` and ``calibration[label, quantity, bin]`` with quantity 0 the count, 1 the
+    fixed-point score sum, 2 the fixed-point sum of squared scores.
+    """
+
+    __slots__ = ("calibration", "confusion", "histogram", "key", "layout")
+
+    def __init__(self, key: SummaryKey, layout: SummaryLayout) -> None:
+        if layout.score_bins < 2 or layout.calibration_bins < 2:
+            raise SummaryError("a summary needs at least two score and two calibration bins")
+        if not 0.0 <= layout.threshold <= 1.0:
+            raise SummaryError(f"threshold must lie in [0, 1], got {layout.threshold}")
+        self.key = key
+        self.layout = layout
+        self.histogram: Counts = np.zeros((2, layout.score_bins), dtype=_INT)
+        self.confusion: Counts = np.zeros((2, 2), dtype=_INT)
+        self.calibration: Counts = np.zeros((2, 3, layout.calibration_bins), dtype=_INT)
+
+    @property
+    def n(self) -> int:
+        """Cases summarised."""
+        return int(self.confusion.sum())
+
+    def add(self, labels: ArrayLike, scores: ArrayLike) -> None:
+        """Count cases (labels 0/1, scores in [0, 1]); InvalidInputError for bad input."""
+        for array, delta in zip(self._arrays(), self._deltas(labels, scores), strict=True):
+            array += delta
+
+    def subtract(self, labels: ArrayLike, scores: ArrayLike) -> None:
+        """Remove cases counted before; NegativeCountError (nothing changed) if not held.
+
+        The summary cannot tell which cases it holds, only that no count goes below zero:
+        subtract exactly the (label, score) pairs that were added.
+        """
+        self._apply(removed=self._deltas(labels, scores))
+
+    def relabel(self, scores: ArrayLike, old_labels: ArrayLike, new_labels: ArrayLike) -> None:
+        """Label corrections: each case's old contribution out, its new one in; all or nothing."""
+        self._apply(
+            removed=self._deltas(old_labels, scores), added=self._deltas(new_labels, scores)
+        )
+
+    def _apply(self, removed: Deltas, added: Deltas | None = None) -> None:
+        names = ("score histogram", "confusion counts", "calibration sums")
+        for name, array, delta in zip(names, self._arrays(), removed, strict=True):
+            if (array < delta).any():
+                raise NegativeCountError(
+                    f"subtracting {int(delta.sum())} cases from {self.key}: the {name} would go "
+                    "negative, so some of them were never added"
+                )
+        for array, minus, plus in zip(self._arrays(), removed, added or removed, strict=True):
+            array -= minus
+            if added is not None:
+                array += plus
+
+    def copy(self) -> PerformanceSummary:
+        clone = PerformanceSummary(self.key, self.layout)
+        for mine, theirs in zip(clone._arrays(), self._arrays(), strict=True):
+            mine += theirs
+        return clone
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PerformanceSummary):
+            return NotImplemented
+        return (self.key, self.layout) == (other.key, other.layout) and all(
+            np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays(), strict=True)
+        )
+
+    def __repr__(self) -> str:
+        return f"PerformanceSummary({self.key}, {self.layout}, n={self.n})"
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able dict: non-empty histogram bins as ``[bin, count]`` pairs, the rest dense."""
+        return {
+            "format": FORMAT_VERSION,
+            "key": asdict(self.key),
+            "layout": asdict(self.layout),
+            "histogram": [
+                np.column_stack([np.flatnonzero(row), row[row != 0]]).tolist()
+                for row in self.histogram
+            ],
+            "confusion": self.confusion.tolist(),
+            "calibration": self.calibration.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PerformanceSummary:
+        """The summary :meth:`to_dict` wrote; SummaryError for another format or bad counts."""
+        if data.get("format") != FORMAT_VERSION:
+            raise SummaryError(f"summary format {data.get('format')!r}, {FORMAT_VERSION} expected")
+        key, layout, histogram = data.get("key"), data.get("layout"), data.get("histogram")
+        if not (isinstance(key, Mapping) and isinstance(layout, Mapping)):
+            raise SummaryError("not a stored performance summary: no key or layout")
+        if not (isinstance(histogram, list) and len(histogram) == 2):
+            raise SummaryError("not a stored performance summary: two histograms expected")
+        try:
+            summary = cls(SummaryKey(**key), SummaryLayout(**layout))
+            for label, pairs in enumerate(histogram):
+                index = np.asarray(pairs, dtype=_INT).reshape(-1, 2)
+                summary.histogram[label, index[:, 0]] = index[:, 1]
+            summary.confusion[...] = np.asarray(data["confusion"], dtype=_INT)
+            summary.calibration[...] = np.asarray(data["calibration"], dtype=_INT)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise SummaryError(f"not a stored performance summary: {error}") from error
+        if any((array < 0).any() for array in summary._arrays()):
+            raise SummaryError("a stored performance summary holds a negative count")
+        return summary
+
+    def _arrays(self) -> Deltas:
+        return self.histogram, self.confusion, self.calibration
+
+    def _deltas(self, labels: ArrayLike, scores: ArrayLike) -> Deltas:
+        """What the cases add to each array."""
+        positive, score = validated(labels, scores, self.layout.threshold)
+        label = positive.astype(_INT)
+        bins = self.layout.score_bins
+        fine = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], score)
+        histogram = np.bincount(label * bins + fine, minlength=2 * bins).reshape(2, bins)
+        predicted = (score >= self.layout.threshold).astype(_INT)
+        confusion = np.bincount(label * 2 + predicted, minlength=4).reshape(2, 2)
+        return histogram, confusion, self._calibration_delta(label, score)
+
+    def _calibration_delta(self, label: Counts, score: NDArray[np.float64]) -> Counts:
+        coarse = self.layout.calibration_bins
+        edges = np.linspace(0.0, 1.0, coarse + 1)[1:-1]
+        slot = label * coarse + np.searchsorted(edges, score)
+        quantities = (
+            np.ones_like(label),
+            np.rint(score * FIXED_POINT).astype(_INT),
+            np.rint(score * score * FIXED_POINT).astype(_INT),
+        )
+        # bincount's weights are float64; group exact int64 sums with np.add.at instead.
+        delta = np.zeros((3, 2 * coarse), dtype=_INT)
+        for row, values in enumerate(quantities):
+            np.add.at(delta[row], slot, values)
+        return delta.reshape(3, 2, coarse).transpose(1, 0, 2).copy()
+
+
+def merge(
+    summaries: Iterable[PerformanceSummary], *, across_sites: bool = False
+) -> PerformanceSummary:
+    """The summary of all the given summaries' cases (any order, any grouping: exact).
+
+    All must share the layout (threshold and bins) and the key; with ``across_sites`` the site
+    may differ and the result's ``site_id`` is None (fleet-wide). IncompatibleSummariesError
+    otherwise, and for no summaries at all.
+    """
+    summaries = list(summaries)
+    if not summaries:
+        raise IncompatibleSummariesError("nothing to merge: at least one summary is needed")
+    first = summaries[0]
+    key = replace(first.key, site_id=None) if across_sites else first.key
+    result = PerformanceSummary(key, first.layout)
+    for summary in summaries:
+        theirs = replace(summary.key, site_id=None) if across_sites else summary.key
+        if summary.layout != first.layout:
+            raise IncompatibleSummariesError(
+                f"cannot merge {summary.layout} into {first.layout}: thresholds and bins must match"
+            )
+        if theirs != key:
+            raise IncompatibleSummariesError(f"cannot merge {summary.key} into {first.key}")
+        for mine, their_array in zip(result._arrays(), summary._arrays(), strict=True):
+            mine += their_array
+    return result
+
+
+def histogram_delong(summary: PerformanceSummary) -> tuple[float, float]:
+    """AUROC and DeLong's variance from the histograms (cases in one bin tie).
+
+    The same structural components as ``_auroc.structural_components``, one value per bin: a
+    positive in bin b outscores the negatives below b and ties the ones in b (``V10``); a
+    negative is outscored by the positives above b and ties the ones in b (``V01``). Needs at
+    least two cases per class.
+    """
+    negatives, positives = summary.histogram.astype(np.float64)
+    m, k = positives.sum(), negatives.sum()
+    if m < 2 or k < 2:
+        raise SummaryError(f"DeLong needs two cases per class, got {m:.0f} and {k:.0f}")
+    v10 = (np.cumsum(negatives) - 0.5 * negatives) / k
+    v01 = (m - np.cumsum(positives) + 0.5 * positives) / m
+    auroc = float(positives @ v10 / m)
+    var10 = float(positives @ (v10 - auroc) ** 2 / (m - 1))
+    var01 = float(negatives @ (v01 - auroc) ** 2 / (k - 1))
+    return auroc, var10 / m + var01 / k
+
+
+def auroc_binning_bound(summary: PerformanceSummary) -> float:
+    """Largest possible |AUROC from the histograms - exact AUROC|: half the share of
+    (positive, negative) pairs in one bin, the only pairs whose order binning hides."""
+    negatives, positives = summary.histogram.astype(np.float64)
+    pairs = positives.sum() * negatives.sum()
+    return float(0.5 * (positives @ negatives) / pairs) if pairs else 0.0
+
+
+def reliability_from_summary(summary: PerformanceSummary) -> tuple[ReliabilityBin, ...]:
+    """The reliability bins ``reliability_bins`` gives on the summarised cases."""
+    counts = summary.calibration[:, 0].sum(axis=0)
+    score_sums = summary.calibration[:, 1].sum(axis=0) / FIXED_POINT
+    positives = summary.calibration[1, 0]
+    bins = summary.layout.calibration_bins
+    return tuple(
+        ReliabilityBin(
+            lower=i / bins,
+            upper=(i + 1) / bins,
+            count=int(counts[i]),
+            mean_score=float(score_sums[i] / counts[i]) if counts[i] else None,
+            observed_rate=float(positives[i] / counts[i]) if counts[i] else None,
+        )
+        for i in range(bins)
+    )
+
+
+def brier_from_summary(summary: PerformanceSummary) -> float:
+    """``mean((s - y)^2) = (sum s^2 - 2 sum_{y=1} s + positives) / n``, to about 1e-9 (the
+    fixed-point rounding of each score and square). NaN for an empty summary."""
+    squares = int(summary.calibration[:, 2].sum())
+    positive_scores = int(summary.calibration[1, 1].sum())
+    positives = int(summary.calibration[1, 0].sum())
+    n = int(summary.calibration[:, 0].sum())
+    if n == 0:
+        return float("nan")
+    return (squares - 2 * positive_scores + positives * FIXED_POINT) / FIXED_POINT / n
+
+
+def summary_counts(summary: PerformanceSummary) -> ConfusionCounts:
+    """The confusion counts at the layout's threshold."""
+    (tn, fp), (fn, tp) = summary.confusion.tolist()
+    return ConfusionCounts(
+        n=tn + fp + fn + tp, positives=tp + fn, negatives=tn + fp, tp=tp, fp=fp, tn=tn, fn=fn
+    )
+
+
+def summary_metrics(
+    summary: PerformanceSummary, config: PerformanceConfig | None = None
+) -> BinaryMetrics:
+    """:func:`monitor.performance.metrics.binary_metrics` from a (merged) summary.
+
+    Same guards, Wilson intervals and reasons. Differences: the AUROC (DeLong only) is that of
+    the binned scores; the calibration slope and intercept are unavailable (a logistic fit
+    needs each score, which the summary does not keep). SummaryError when the config's
+    ``ece_bins`` differ from the summary's calibration bins or it asks for bootstrap intervals.
+    """
+    config = config or PerformanceConfig()
+    if config.ece_bins != summary.layout.calibration_bins:
+        raise SummaryError(
+            f"config has {config.ece_bins} calibration bins, the summary "
+            f"{summary.layout.calibration_bins}"
+        )
+    if config.auroc_ci != "delong":
+        raise SummaryError("a summary gives DeLong intervals only: the bootstrap needs the cases")
+    counts = summary_counts(summary)
+    unavailable: dict[str, str] = {}
+    wilson = _wilson_intervals(counts, config, unavailable)
+    reliability = _summary_reliability(summary, counts, config, unavailable)
+    reason = "not kept in sufficient statistics (needs each score)"
+    unavailable["calibration_slope"] = f"calibration slope: {reason}"
+    unavailable["calibration_intercept"] = f"calibration intercept: {reason}"
+    brier = None
+    if counts.n < config.min_cases:
+        unavailable["brier"] = f"Brier score: {counts.n} cases, at least {config.min_cases} needed"
+    else:
+        brier = brier_from_summary(summary)
+    return BinaryMetrics(
+        counts=counts,
+        threshold=summary.layout.threshold,
+        confidence_level=config.confidence_level,
+        config_fingerprint=config.fingerprint(),
+        prevalence=wilson["prevalence"],
+        auroc=_summary_auroc(summary, counts, config, unavailable),
+        sensitivity=wilson["sensitivity"],
+        specificity=wilson["specificity"],
+        ppv=wilson["ppv"],
+        npv=wilson["npv"],
+        brier=brier,
+        ece=expected_calibration_error(reliability) if reliability else None,
+        calibration_slope=None,
+        calibration_intercept=None,
+        reliability=reliability,
+        unavailable=unavailable,
+    )
+
+
+def _summary_auroc(
+    summary: PerformanceSummary,
+    counts: ConfusionCounts,
+    config: PerformanceConfig,
+    unavailable: dict[str, str],
+) -> Interval | None:
+    shortfall = _class_shortfall(counts, config)
+    if shortfall is not None:
+        unavailable["auroc"] = f"AUROC: {shortfall}"
+        return None
+    auroc, variance = histogram_delong(summary)
+    return delong_interval(auroc, variance, config.confidence_level)
+
+
+def _summary_reliability(
+    summary: PerformanceSummary,
+    counts: ConfusionCounts,
+    config: PerformanceConfig,
+    unavailable: dict[str, str],
+) -> tuple[ReliabilityBin, ...]:
+    if counts.n < config.min_calibration_cases:
+        reason = f"{counts.n} cases, at least {config.min_calibration_cases} needed"
+        unavailable["ece"] = f"ECE: {reason}"
+        unavailable["reliability"] = f"reliability diagram: {reason}"
+        return ()
+    return reliability_from_summary(summary)
