@@ -10,7 +10,8 @@ import functools
 import logging
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 import structlog
@@ -51,6 +52,25 @@ def configure_logging(settings: LoggingSettings) -> None:
     pydicom_log.propagate = False
     pydicom_log.setLevel(logging.CRITICAL + 1)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
+@contextmanager
+def warnings_only() -> Iterator[None]:
+    """Drop structlog's DEBUG and INFO events while the block runs (warnings and errors still
+    show), then restore the configured filter.
+
+    For a command that runs the service's code and reports on the terminal itself
+    (``radsentry backtest``): the lines the service logs per alert and per refresh would bury its
+    progress bar and summary. The service's own processes never enter this block. Loggers are
+    not cached (``cache_logger_on_first_use=False``), so module-level loggers obey it too.
+    """
+    previous = structlog.get_config()["wrapper_class"]
+    level = max(int(structlog.get_logger().get_effective_level()), logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=previous)
 
 
 P = ParamSpec("P")

@@ -1,0 +1,44 @@
+"""``warnings_only``: the backtest's quiet block, and the configured level restored after it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Literal
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from monitor.service.logging import configure_logging, warnings_only
+from monitor.service.settings import LoggingSettings
+
+
+@pytest.fixture(autouse=True)
+def _structlog_restored() -> Iterator[None]:
+    """Later tests capture INFO lines: leave structlog as it was found."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_info_lines_are_dropped_inside_the_block_and_logged_again_after_it() -> None:
+    configure_logging(LoggingSettings(level="INFO"))
+    log = structlog.get_logger("monitor.service.performance.store")  # made before the block
+    with capture_logs() as logs:
+        with warnings_only():
+            log.info("performance alerts raised", site_id="site-02", count=1)
+            log.warning("still shown")
+        log.info("performance alerts raised", site_id="site-02", count=1)
+    assert [entry["event"] for entry in logs] == ["still shown", "performance alerts raised"]
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "ERROR"])
+def test_the_block_never_lowers_a_stricter_level_and_restores_any(
+    level: Literal["DEBUG", "ERROR"],
+) -> None:
+    configure_logging(LoggingSettings(level=level))
+    configured = structlog.get_logger().get_effective_level()
+    with warnings_only():
+        assert structlog.get_logger().get_effective_level() == max(configured, logging.WARNING)
+    assert structlog.get_logger().get_effective_level() == configured
