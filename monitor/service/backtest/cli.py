@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from monitor.service.drift.store import limit_torch_threads
+from monitor.service.logging import warnings_only
 from monitor.service.runtime import console, load_settings
 
 app = typer.Typer()
@@ -86,31 +87,29 @@ def backtest(
 def _backtest_with_labels(
     events: Path, labels: Path, out: Path, reference: Path | None, config: Path | None, strict: bool
 ) -> None:
-    from monitor.service.backtest.labels import run_backtest_with_labels
-    from monitor.service.backtest.replay import BacktestError, load_config
+    """The replay with labels: a progress bar instead of the service's INFO lines (an alert or
+    refresh each), then the performance alerts' table and the totals."""
+    from monitor.service.backtest.labels import run_backtest_with_labels, summary_tables
+    from monitor.service.backtest.replay import BacktestError, load_config, rich_progress
 
     limit_torch_threads()
+    performance = load_settings().performance  # configures logging: before it is quietened
     try:
         engine_config = load_config(config)
         console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)
-        summary = run_backtest_with_labels(
-            events,
-            labels,
-            out,
-            config=engine_config,
-            performance=load_settings().performance,
-            reference_path=reference,
-            strict=strict,
-        )
+        with warnings_only(), rich_progress(console) as progress:
+            summary = run_backtest_with_labels(
+                events,
+                labels,
+                out,
+                config=engine_config,
+                performance=performance,
+                reference_path=reference,
+                strict=strict,
+                on_progress=progress,
+            )
     except (BacktestError, OSError, EOFError) as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    console.print(
-        f"events {summary.events.accepted:,} (invalid {summary.events.invalid}), labels "
-        f"{summary.labels.accepted:,} (invalid {summary.labels.invalid}), performance refreshed "
-        f"{summary.refreshes} times, {summary.elapsed_s:.1f} s",
-        soft_wrap=True,
-    )
-    for detector, count in sorted(summary.alerts_by_detector.items()):
-        console.print(f"  {detector}: {count} alerts", soft_wrap=True)
+    console.print(*summary_tables(summary))
     console.print(f"wrote {summary.alerts} alerts to {out}", soft_wrap=True)

@@ -25,7 +25,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import orjson
@@ -49,6 +49,7 @@ PROGRESS_EVERY = 4096
 _RECORD = struct.Struct("<dQI")  # event time, line number, length of the line that follows
 Line = tuple[int, bytes]
 """A non-blank line of an input file: its 1-based line number and its bytes."""
+Item = TypeVar("Item")
 
 
 class BacktestError(ServiceError):
@@ -224,7 +225,7 @@ def run_backtest(
         )
         sink = stack.enter_context(partial.open("wb"))
         stack.callback(partial.unlink, missing_ok=True)  # a no-op once renamed below
-        lines = _reported(lines, on_progress, "replaying", total)
+        lines = reported(lines, on_progress, "replaying", total)
         _replay(engine, lines, sink, summary, strict)
         sink.close()
         partial.replace(out_path)
@@ -298,7 +299,7 @@ def event_time(raw: bytes) -> float | None:
 def _lines_if_ordered(path: Path, on_progress: ProgressHook | None) -> int | None:
     """Pass 1: the number of lines when the events are in event-time order, else None."""
     latest, count = -math.inf, 0
-    for _, raw in _reported(read_lines(path), on_progress, "checking order"):
+    for _, raw in reported(read_lines(path), on_progress, "checking order"):
         count += 1
         moment = event_time(raw)
         if moment is not None and moment < latest:
@@ -313,7 +314,7 @@ def _write_chunks(
     """Write ``path`` as runs of ``chunk_lines`` lines sorted by (event time, line number)."""
     chunks: list[tuple[Path, int]] = []
     batch: list[tuple[float, int, bytes]] = []
-    for number, raw in _reported(read_lines(path), on_progress, "sorting"):
+    for number, raw in reported(read_lines(path), on_progress, "sorting"):
         moment = event_time(raw)
         batch.append((-math.inf if moment is None else moment, number, raw))
         if len(batch) >= chunk_lines:
@@ -418,15 +419,15 @@ def _apply_reference(
             raise BacktestError(f"reference for {key} in {path}: {exc}") from None
 
 
-def _reported(
-    lines: Iterable[Line], hook: ProgressHook | None, phase: str, total: int | None = None
-) -> Iterator[Line]:
-    """``lines``, telling ``hook`` how many have passed every :data:`PROGRESS_EVERY` lines."""
+def reported(
+    items: Iterable[Item], hook: ProgressHook | None, phase: str, total: int | None = None
+) -> Iterator[Item]:
+    """``items``, telling ``hook`` how many have passed every :data:`PROGRESS_EVERY` items."""
     count = 0
-    for count, line in enumerate(lines, start=1):
+    for count, item in enumerate(items, start=1):
         if hook is not None and count % PROGRESS_EVERY == 0:
             hook(phase, count, total)
-        yield line
+        yield item
     if hook is not None:
         hook(phase, count, count)
 
