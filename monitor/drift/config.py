@@ -154,16 +154,21 @@ class EngineConfig(DetectorConfig):
             return None
         return self.window.duration_s if self.window.size is None else None
 
+    @property
+    def reference_min_events(self) -> int:
+        """The fewest events a collected reference holds: ``reference_size``, at least 50."""
+        return max(50, self.reference_size or 0)
+
     def reference_complete(self, size: int, span_s: float) -> bool:
         """Whether a reference of ``size`` events spanning ``span_s`` seconds is complete: it
-        holds ``reference_size`` events (at least 50) and spans ``reference_duration_s``."""
-        if size < max(50, self.reference_size or 0):
+        holds :attr:`reference_min_events` and spans ``reference_duration_s``."""
+        if size < self.reference_min_events:
             return False
         return self.reference_duration_s is None or span_s >= self.reference_duration_s
 
     def reference_needs(self) -> str:
         """What a collected reference needs before monitoring starts, in words."""
-        events = f"{max(50, self.reference_size or 0):,} events"
+        events = f"{self.reference_min_events:,} events"
         if self.reference_duration_s is None:
             return events
         return f"{events} spanning {self.reference_duration_s / 86_400:g} days"
@@ -171,10 +176,10 @@ class EngineConfig(DetectorConfig):
     def reference_events(self, every_s: float) -> int:
         """How many events a stream with one event every ``every_s`` seconds (event time)
         takes to complete its reference, the completing event included."""
-        size = max(50, self.reference_size or 0)
         if self.reference_duration_s is None:
-            return size
-        return max(size, math.ceil(self.reference_duration_s / every_s) + 1)
+            return self.reference_min_events
+        by_time = math.ceil(self.reference_duration_s / every_s) + 1
+        return max(self.reference_min_events, by_time)
 
     def batch_detectors(self) -> dict[str, DetectorConfig]:
         """Enabled window detectors with the family budget applied to their thresholds."""
