@@ -34,7 +34,7 @@ DeLong's variance mergeable (see ``_auroc.py`` for DeLong itself).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Final
 
 import numpy as np
@@ -176,10 +176,11 @@ class PerformanceSummary:
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able dict: non-empty histogram bins as ``[bin, count]`` pairs, the rest dense."""
+        key, layout = self.key, self.layout
         return {
             "format": FORMAT_VERSION,
-            "key": asdict(self.key),
-            "layout": asdict(self.layout),
+            "key": {name: getattr(key, name) for name in _KEY_FIELDS},
+            "layout": {name: getattr(layout, name) for name in _LAYOUT_FIELDS},
             "histogram": [
                 np.column_stack([np.flatnonzero(row), row[row != 0]]).tolist()
                 for row in self.histogram
@@ -239,6 +240,10 @@ class PerformanceSummary:
         for row, values in enumerate(quantities):
             np.add.at(delta[row], slot, values)
         return delta.reshape(3, 2, coarse).transpose(1, 0, 2).copy()
+
+
+_KEY_FIELDS: Final = tuple(f.name for f in fields(SummaryKey))
+_LAYOUT_FIELDS: Final = tuple(f.name for f in fields(SummaryLayout))
 
 
 def merge(
@@ -411,3 +416,21 @@ def _summary_reliability(
         unavailable["reliability"] = f"reliability diagram: {reason}"
         return ()
     return reliability_from_summary(summary)
+
+
+def at_threshold(summary: PerformanceSummary, threshold: float) -> PerformanceSummary:
+    """The summary with its confusion counts re-scored at another ``threshold`` from the
+    histograms: a bin counts as predicted positive when its lower edge reaches the threshold.
+    Exact when no case scores inside the bin that holds the threshold (a case on a bin's
+    upper edge belongs to that bin); to the bin's width (1 / ``score_bins``) otherwise."""
+    if not 0.0 <= threshold <= 1.0:
+        raise SummaryError(f"threshold must lie in [0, 1], got {threshold}")
+    result = PerformanceSummary(summary.key, replace(summary.layout, threshold=threshold))
+    result.histogram += summary.histogram
+    result.calibration += summary.calibration
+    bins = summary.layout.score_bins
+    first_positive = int(np.ceil(threshold * bins - 1e-9))
+    for label in (0, 1):
+        row = summary.histogram[label]
+        result.confusion[label] = (row[:first_positive].sum(), row[first_positive:].sum())
+    return result

@@ -79,6 +79,14 @@ def refresh_performance_job(database_url: str | None = None) -> None:
     with_own_engine(lambda engine, s: refresh_performance(engine, s.performance), database_url)
 
 
+def verify_performance_job(database_url: str | None = None) -> None:
+    """The daily check of the performance statistics against the raw rows
+    (``performance.jobs.verify_performance``)."""
+    from monitor.service.performance.jobs import verify_performance
+
+    with_own_engine(lambda engine, s: verify_performance(engine, s.performance), database_url)
+
+
 def nightly_drift_reports_job(reports_dir: str, database_url: str | None = None) -> None:
     """Today's drift report of every stream under ``reports_dir``
     (``drift.jobs.nightly_drift_reports``)."""

@@ -110,6 +110,15 @@ PERFORMANCE_UPPER = Gauge(
     "when the snapshot has no interval.",
     _PERFORMANCE_LABELS,
 )
+PERFORMANCE_SUMMARIES_MISMATCHED = Gauge(
+    "radsentry_performance_summaries_mismatched",
+    "Cumulative windows whose sufficient statistics differed from the raw rows at the last "
+    "verification (scheduler job performance-verify); 0 when all agreed.",
+)
+PERFORMANCE_SUMMARIES_LAST_VERIFIED = Gauge(
+    "radsentry_performance_summaries_last_verified_timestamp_seconds",
+    "Unix time of the last completed verification of the performance statistics.",
+)
 ALERTS_OPENED = Counter(
     "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
 )

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false, text
 
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
 Timestamp = DateTime(timezone=True)
@@ -242,7 +243,16 @@ class CurrentLabelRow(Base):
     """The label in force per (site, model, study, finding): the latest by event time wins."""
 
     __tablename__ = "labels_current"
-    __table_args__ = (Index("ix_labels_current_expiry", "site_id", "expired_at", "labelled_at"),)
+    __table_args__ = (
+        Index("ix_labels_current_expiry", "site_id", "expired_at", "labelled_at"),
+        Index(
+            "ix_labels_current_pending",
+            "labelled_at",
+            postgresql_where=text("NOT matched AND expired_at IS NULL"),
+            sqlite_where=text("NOT matched AND expired_at IS NULL"),
+        ),
+        Index("ix_labels_current_joined", "site_id", "model_name", "finding", "labelled_at"),
+    )
 
     site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -258,6 +268,10 @@ class CurrentLabelRow(Base):
     """Label events seen for this finding beyond the first (corrections and repeats)."""
     expired_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
     """Set when no prediction had arrived within the horizon; an expired label is not joined."""
+    matched: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """A prediction of the study has arrived: the label can no longer expire. Only the labels
+    still waiting (not matched, not expired) are in ``ix_labels_current_pending``, which is all
+    that expiry reads."""
 
 
 class LabelChangeRow(Base):
@@ -305,6 +319,54 @@ class PerformanceSnapshotRow(Base):
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument, nullable=True)
     """The label-free estimate (rolling window only): values, trust, comparison with realised."""
     config_fingerprint: Mapped[str] = mapped_column(String(64))
+
+
+class PerformanceBucketRow(Base):
+    """Sufficient statistics of the labelled predictions of one key in one time bucket.
+
+    The key is (site, model, version, finding, subgroup field and value, operating threshold);
+    ``bucket`` is a UTC day of prediction time (``YYYY-MM-DD``) or ``total`` (every day: the
+    cumulative window in one row). Kept up to date in the batch transaction that joins a label
+    (``monitor/service/performance/summaries.py``); docs/performance.md says how they merge.
+    """
+
+    __tablename__ = "performance_buckets"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subgroup_field: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """Empty for all cases; else a metadata field whose value the subgroup shares."""
+    subgroup_value: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The field's value (empty with a field: the cases missing it)."""
+    bucket: Mapped[str] = mapped_column(String(10), primary_key=True)
+    """Before the threshold in the key: the latest days of a key are one backward index scan."""
+    threshold: Mapped[float] = mapped_column(Float, primary_key=True)
+    """The events' operating threshold; -1 for events that carried none (scored at 0.5)."""
+    summary: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
+    """``PerformanceSummary.to_dict()``."""
+    delays: Mapped[dict[str, int]] = mapped_column(JsonDocument)
+    """Label delay sketch (``DelaySketch.to_dict()``); empty in subgroup rows."""
+    n: Mapped[int] = mapped_column(Integer)
+    """Labelled cases summarised (``summary.n``): rolling windows pick their days by it."""
+    first_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    """Prediction time of the earliest case summarised (None while empty)."""
+    last_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class PredictionCountRow(Base):
+    """Predictions of one (site, model, version) per UTC day, and in all (``bucket`` total):
+    the denominator of label completeness, without counting ``inference_events``."""
+
+    __tablename__ = "prediction_counts"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(10), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
 
 
 class PerformanceAlarmRow(Base):

@@ -68,7 +68,8 @@ READ_ONLY = frozenset({"alembic_version", "change_log_unsigned"})
 """Written by migrations only: the runtime role reads them."""
 
 # Read from monitor/service/ingest (store.py, consumer.py) and what it calls: the drift engine's
-# monitor/service/drift/{store,streams,alerts}.py and performance/labels.apply_labels.
+# monitor/service/drift/{store,streams,alerts}.py, performance/labels.apply_labels and
+# performance/summaries.join_batch.
 # tests/security/test_roles.py runs the consumer's ingestion as this role. SELECT comes with
 # every INSERT: a one-row insert returns its new id (RETURNING needs SELECT), and the rows are
 # the consumer's own.
@@ -83,6 +84,10 @@ CONSUMER_PRIVILEGES: Mapping[str, Privileges] = {
     "drift_checks": APPEND,
     "reference_changes": APPEND,
     "alerts": READ_WRITE,  # new alerts, episodes continued or ended, published_at
+    # performance/summaries.join_batch: labelled cases counted as they join, rows locked with
+    # SELECT ... FOR UPDATE, new ones created with INSERT ... ON CONFLICT
+    "performance_buckets": READ_WRITE,
+    "prediction_counts": READ_WRITE,
 }
 
 GRAFANA_ROLE = "radsentry_grafana"

@@ -107,7 +107,9 @@ def default_jobs(
 ) -> list[JobSpec]:
     """RadSentry's standing jobs: the performance refresh, the retrain-trigger scan, the
     retraining job, the PCCP gate, the nightly drift reports, the daily signed change-log
-    checkpoint and the change log's verification (its outcome is a metric of this process).
+    checkpoint, the change log's verification (its outcome is a metric of this process) and the
+    daily check of the performance statistics against the raw rows (an hour after the
+    checkpoint).
     Extend by appending specs; ids must stay stable."""
     return [
         JobSpec(
@@ -143,6 +145,13 @@ def default_jobs(
             func_ref="monitor.service.jobs:audit_checkpoint_job",
             trigger="cron",
             trigger_args={"hour": checkpoint_hour, "minute": 0},
+            misfire_grace_time=report_grace_s,
+        ),
+        JobSpec(
+            id="performance-verify",
+            func_ref="monitor.service.jobs:verify_performance_job",
+            trigger="cron",
+            trigger_args={"hour": (checkpoint_hour + 1) % 24, "minute": 30},
             misfire_grace_time=report_grace_s,
         ),
         JobSpec(

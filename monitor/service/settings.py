@@ -9,7 +9,7 @@ connection: engines, producers and consumers are built by factories from these v
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,6 +158,9 @@ class ApiSettings(BaseModel):
     )
 
 
+DEFAULT_SUBGROUP_FIELDS: Final = ("PatientSex", "PatientAgeBand", "Manufacturer", "Modality")
+
+
 class PerformanceSettings(BaseModel):
     """Performance tracking on labels (docs/performance.md)."""
 
@@ -167,7 +170,9 @@ class PerformanceSettings(BaseModel):
         30.0, gt=0, description="A label without prediction this long after its event expires."
     )
     subgroup_fields: list[str] = Field(
-        default_factory=lambda: ["PatientSex", "PatientAgeBand", "Manufacturer", "Modality"]
+        default_factory=lambda: list(DEFAULT_SUBGROUP_FIELDS),
+        description="Metadata fields whose values get their own metrics. Counted as labels "
+        "join: a field added later has statistics from then on.",
     )
     metrics: PerformanceConfig = PerformanceConfig()
     estimate_reference: int = Field(
@@ -183,6 +188,15 @@ class PerformanceSettings(BaseModel):
     min_new_labels: int = Field(
         100, ge=1, description="New labelled predictions before the window rules check again."
     )
+
+    @model_validator(mode="after")
+    def _delong_only(self) -> PerformanceSettings:
+        if self.metrics.auroc_ci != "delong":
+            raise ValueError(
+                "performance.metrics.auroc_ci must be 'delong': the tracker computes its "
+                "windows from sufficient statistics, and a bootstrap needs each case"
+            )
+        return self
 
 
 class RetrainSettings(BaseModel):

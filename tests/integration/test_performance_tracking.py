@@ -19,7 +19,7 @@ from monitor.service.drift.alerts import list_alerts
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
-from monitor.service.performance.store import latest_snapshots, refresh
+from monitor.service.performance.store import FLEET, latest_snapshots, refresh
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
 from tests.auth_helpers import TEST_AUTH, bearer
@@ -75,14 +75,20 @@ def test_the_degraded_site_shows_lower_auroc_with_intervals_and_subgroups(tracke
     snapshots = refresh(tracked, PERFORMANCE)
     assert {(s.site_id, s.window) for s in snapshots} == {
         (site, window)
-        for site in ("site-01", "site-02", "site-03")
+        for site in ("site-01", "site-02", "site-03", FLEET)
         for window in ("rolling", "cumulative")
     }
     rolling = {s.site_id: s for s in snapshots if s.window == "rolling"}
-    for snapshot in rolling.values():
+    cumulative = {s.site_id: s for s in snapshots if s.window == "cumulative"}
+    for pooled in ("labelled", "predicted"):  # fleet-wide: every site's cases merged
+        assert getattr(cumulative[FLEET], pooled) == sum(
+            getattr(cumulative[site], pooled) for site in ("site-01", "site-02", "site-03")
+        )
+    for snapshot in (rolling[site] for site in ("site-01", "site-02", "site-03")):
         auroc = snapshot.metrics.auroc
         assert auroc is not None and auroc.lower < auroc.estimate < auroc.upper
-        assert snapshot.metrics.counts.n == 300
+        # The fewest latest days holding 300 labelled cases: at most a day's more.
+        assert 300 <= snapshot.metrics.counts.n < 300 + 100
         assert 0.6 < snapshot.labelled / snapshot.predicted < 0.95  # label_rate 0.8
         assert snapshot.label_delay_hours is not None and snapshot.label_delay_hours["p50"] > 0
         assert {g["field"] for g in snapshot.subgroups} >= {"PatientSex", "Manufacturer"}
@@ -126,7 +132,8 @@ def test_api_serves_the_latest_snapshots_per_site_and_per_model(tracked: Engine)
         ]
         assert site[0]["metrics"]["auroc"]["method"] == "delong"
         model = client.get("/models/cxr-lesion/performance").json()
-        assert len(model) == 6
+        assert len(model) == 8  # three sites and the fleet, two windows each
+        assert {s["site_id"] for s in model} == {"site-01", "site-02", "site-03", FLEET}
         metrics = client.get("/metrics").text
         assert 'radsentry_performance{finding="lesion",metric="auroc"' in metrics
     assert len(latest_snapshots(tracked, site_id="site-02")) == 2

@@ -236,8 +236,10 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
         "nightly-drift-reports",
         "audit-checkpoint",
         "audit-verify",
+        "performance-verify",
     }
     assert datetime.fromtimestamp(first["nightly-drift-reports"], UTC).hour == 2
+    assert datetime.fromtimestamp(first["performance-verify"], UTC).hour == 2  # checkpoint + 1
 
     assert stored_jobs(engine, default_jobs(tmp_path)) == first  # no duplicates, same times
 
@@ -326,9 +328,14 @@ def test_a_job_store_written_before_the_domain_move_keeps_every_job_and_its_sche
         start_scheduler(scheduler, default_jobs("/var/lib/radsentry/reports"))
     try:
         scheduler.pause()
-        assert [e["event"] for e in logs if e.get("job_id")] == ["job kept"] * 7  # none replaced
+        events = {e["job_id"]: e["event"] for e in logs if e.get("job_id")}
+        added_since = {"performance-verify"}  # a standing job the old store did not have
+        assert {j: e for j, e in events.items() if j not in added_since} == dict.fromkeys(
+            (job["id"] for job in written if job["id"] in events), "job kept"
+        )  # none replaced
+        assert len(events) == 8 and events["performance-verify"] != "job kept"
         stored = {job.id: job for job in scheduler.get_jobs()}
-        assert set(stored) == {job["id"] for job in written}
+        assert set(stored) == {job["id"] for job in written} | added_since
         for job in written:
             assert stored[job["id"]].next_run_time.timestamp() == job["next_run_time"]
             assert callable(stored[job["id"]].func)

@@ -9,9 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from monitor.performance.config import PerformanceConfig
 from monitor.service.auth import local_secret
 from monitor.service.runtime import edge_key
-from monitor.service.settings import AuthSettings, DatabaseSettings, EdgeSettings, Settings
+from monitor.service.settings import (
+    AuthSettings,
+    DatabaseSettings,
+    EdgeSettings,
+    PerformanceSettings,
+    Settings,
+)
 
 SITE_SECRET = "s3cret-of-this-site-32-bytes-long"
 
@@ -198,3 +205,9 @@ def test_a_secret_of_32_bytes_is_accepted_as_given(secret: str) -> None:
     settings = Settings(auth={"local_secret": secret}, edge={"hmac_key": secret})
     assert local_secret(settings) == secret.encode() == edge_key(settings)
     assert secret.strip() not in repr(settings)
+
+
+def test_performance_settings_refuse_bootstrap_intervals_the_statistics_cannot_give() -> None:
+    with pytest.raises(ValidationError, match="auroc_ci must be 'delong'"):
+        PerformanceSettings(metrics=PerformanceConfig(auroc_ci="bootstrap"))
+    assert PerformanceSettings().metrics.auroc_ci == "delong"

@@ -51,7 +51,7 @@ from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
 from monitor.service.models import AlertRow
 from monitor.service.performance.labels import expire_unmatched
-from monitor.service.performance.store import Snapshot, refresh
+from monitor.service.performance.store import FLEET, RefreshCache, Snapshot, refresh
 from monitor.service.settings import PerformanceSettings
 
 BATCH = 1000
@@ -185,6 +185,7 @@ def _replay(
 ) -> None:
     batch: list[Delivered] = []
     labels_since_refresh = 0
+    cache = RefreshCache()  # a refresh recomputes the streams that changed since the last
     moment = datetime.fromtimestamp(0, UTC)
     for position, (_, file, number, raw) in enumerate(lines):
         event = _accept(file, number, raw, summary, strict)
@@ -194,20 +195,22 @@ def _replay(
         batch.append(Delivered(event, f"backtest.{file}", 0, position))
         labels_since_refresh += isinstance(event, LabelEvent)
         if len(batch) >= BATCH or labels_since_refresh >= refresh_every:
-            store_batch(engine, batch, [], monitor.process)
+            store_batch(
+                engine, batch, [], monitor.process, subgroup_fields=performance.subgroup_fields
+            )
             batch = []
         if labels_since_refresh >= refresh_every:
-            _refresh(engine, performance, moment, summary)
+            _refresh(engine, performance, moment, summary, cache)
             labels_since_refresh = 0
     if batch:
-        store_batch(engine, batch, [], monitor.process)
-    snapshots = _refresh(engine, performance, moment, summary)
+        store_batch(engine, batch, [], monitor.process, subgroup_fields=performance.subgroup_fields)
+    snapshots = _refresh(engine, performance, moment, summary, cache)
     summary.coverage = {
         (StreamKey(s.site_id, s.model_name, s.model_version), s.finding): Coverage(
             s.predicted, s.labelled
         )
         for s in snapshots
-        if s.window == "cumulative"
+        if s.window == "cumulative" and s.site_id != FLEET  # the table is per site
     }
 
 
@@ -216,10 +219,11 @@ def _refresh(
     performance: PerformanceSettings,
     moment: datetime,
     summary: LabelBacktestSummary,
+    cache: RefreshCache,
 ) -> list[Snapshot]:
     """The tracker as its scheduled job runs it, at event time ``moment``."""
     expire_unmatched(engine, timedelta(days=performance.label_horizon_days), now=moment)
-    snapshots = refresh(engine, performance, now=moment)
+    snapshots = refresh(engine, performance, now=moment, cache=cache)
     summary.refreshes += 1
     return snapshots
 

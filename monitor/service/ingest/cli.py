@@ -61,7 +61,15 @@ def consume(
         producer = make_producer(bootstrap, settings.kafka)
         try:
             drift = DriftMonitor(settings.drift)
-            ingestor = Ingestor(engine, kafka_consumer, producer, settings.kafka, drift, health)
+            ingestor = Ingestor(
+                engine,
+                kafka_consumer,
+                producer,
+                settings.kafka,
+                drift,
+                health,
+                subgroup_fields=settings.performance.subgroup_fields,
+            )
             stats = ingestor.run(stopping.requested)
         finally:
             if probes is not None:

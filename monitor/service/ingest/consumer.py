@@ -46,7 +46,7 @@ from monitor.service.drift.store import DriftBatch, DriftMonitor, limit_torch_th
 from monitor.service.health import Health
 from monitor.service.ingest.store import BatchOutcome, latest_inference_times, store_batch
 from monitor.service.kafka import Delivered, Rejected, make_consumer, make_producer
-from monitor.service.settings import KafkaSettings, Settings
+from monitor.service.settings import DEFAULT_SUBGROUP_FIELDS, KafkaSettings, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -106,10 +106,13 @@ class Ingestor:
         settings: KafkaSettings,
         drift: DriftMonitor | None = None,
         health: Health | None = None,
+        subgroup_fields: Sequence[str] = DEFAULT_SUBGROUP_FIELDS,
     ) -> None:
         """``drift``: run the drift engine in each batch's transaction (None: store only);
-        ``health``: told of each round of the loop (the process's probes read it)."""
+        ``health``: told of each round of the loop (the process's probes read it);
+        ``subgroup_fields``: the performance settings' (labelled cases are counted per value)."""
         self.engine = engine
+        self.subgroup_fields = tuple(subgroup_fields)
         self.consumer = consumer
         self.producer = producer
         self.settings = settings
@@ -178,7 +181,13 @@ class Ingestor:
             assert self.drift is not None
             drift_batch = self.drift.process(connection, stored)
 
-        outcome = store_batch(self.engine, delivered, rejected, detect if self.drift else None)
+        outcome = store_batch(
+            self.engine,
+            delivered,
+            rejected,
+            detect if self.drift else None,
+            subgroup_fields=self.subgroup_fields,
+        )
         self._commit(records)
         committed = time.time()
         self._observe(outcome, delivered, rejected, records, committed)
@@ -430,6 +439,7 @@ class ConsumerThread:
                 producer,
                 self.settings.kafka,
                 DriftMonitor(self.settings.drift),
+                subgroup_fields=self.settings.performance.subgroup_fields,
             )
             ingestor.stats = self.stats
             ingestor.run(self.stop_event)

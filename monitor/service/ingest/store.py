@@ -26,6 +26,8 @@ from monitor.service.models import (
     ProcessedEvent,
 )
 from monitor.service.performance.labels import apply_labels
+from monitor.service.performance.summaries import join_batch
+from monitor.service.settings import DEFAULT_SUBGROUP_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,14 @@ def store_batch(
     delivered: Sequence[Delivered],
     rejected: Sequence[Rejected],
     after_store: AfterStore | None = None,
+    *,
+    subgroup_fields: Sequence[str] = DEFAULT_SUBGROUP_FIELDS,
 ) -> BatchOutcome:
-    """Store a batch exactly once, whatever part of it was stored before."""
+    """Store a batch exactly once, whatever part of it was stored before.
+
+    The labelled cases it forms or changes are counted in the performance summaries
+    (``performance.summaries.join_batch``) per value of each of ``subgroup_fields``.
+    """
     now = datetime.now(UTC)
     unique: dict[uuid.UUID, Delivered] = {}
     for item in delivered:
@@ -69,8 +77,9 @@ def store_batch(
         stored = [item for event_id, item in unique.items() if event_id in new_ids]
         _write_events(connection, stored, now)
         labels = [item.event for item in stored if isinstance(item.event, LabelEvent)]
-        if labels:
-            apply_labels(connection, labels, now)
+        transitions = apply_labels(connection, labels, now).transitions if labels else []
+        predictions = [item.event for item in stored if isinstance(item.event, InferenceEvent)]
+        join_batch(connection, predictions, transitions, subgroup_fields, now)
         if after_store is not None:
             after_store(connection, stored)
         dead_lettered = _write_dead_letters(connection, rejected, now)

@@ -1,4 +1,5 @@
-"""The performance domain's scheduled job: label expiry, then every snapshot recomputed.
+"""The performance domain's scheduled jobs: label expiry and every snapshot recomputed; the
+daily verification of the sufficient statistics against the raw rows.
 
 Entry points that the scheduler stores by reference are in ``monitor/service/jobs.py``.
 """
@@ -6,6 +7,7 @@ Entry points that the scheduler stores by reference are in ``monitor/service/job
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine
@@ -15,14 +17,58 @@ from monitor.service.settings import PerformanceSettings
 
 log = structlog.get_logger(__name__)
 
+_CACHES: dict[str, Any] = {}
+"""Per database, the ``RefreshCache`` of this process's refreshes (the scheduler's leader runs
+them; a process that starts or takes over recomputes every stream once)."""
+
 
 @job_boundary("performance refresh failed")
 def refresh_performance(engine: Engine, settings: PerformanceSettings) -> None:
     """Expire unmatched labels past the horizon, then recompute every performance snapshot."""
     # Imported here: the metrics pull in statsmodels, seconds to import, only when a job runs.
     from monitor.service.performance.labels import expire_unmatched
-    from monitor.service.performance.store import refresh
+    from monitor.service.performance.store import RefreshCache, refresh
 
     expired = expire_unmatched(engine, timedelta(days=settings.label_horizon_days))
-    snapshots = refresh(engine, settings)
+    cache = _CACHES.setdefault(engine.url.render_as_string(hide_password=True), RefreshCache())
+    snapshots = refresh(engine, settings, cache=cache)
     log.info("performance refreshed", snapshots=len(snapshots), labels_expired=expired)
+
+
+@job_boundary("performance verification failed")
+def verify_performance(engine: Engine, settings: PerformanceSettings) -> int:
+    """Recompute every cumulative window from the raw rows (the exact path) and compare it
+    with its sufficient statistics; log each mismatch, export how many; returns that number.
+
+    Reads every labelled prediction once a day: the price of checking the incremental path.
+    """
+    import time
+
+    from monitor.service import metrics
+    from monitor.service.performance.labels import joined_sample
+    from monitor.service.performance.summaries import tracked, verify
+
+    with engine.connect() as connection:
+        pairs = tracked(connection)
+    mismatched = 0
+    for stream, finding in pairs:
+        site_id, model_name, version = stream
+        raw = joined_sample(
+            engine, site_id, model_name, finding, model_version=version, with_metadata=False
+        )
+        with engine.connect() as connection:
+            problems = verify(connection, stream, finding, raw)
+        for problem in problems:
+            log.warning(
+                "performance statistics differ from the raw rows",
+                site_id=site_id,
+                model_name=model_name,
+                model_version=version,
+                finding=finding,
+                problem=problem.what,
+            )
+        mismatched += bool(problems)
+    metrics.PERFORMANCE_SUMMARIES_MISMATCHED.set(mismatched)
+    metrics.PERFORMANCE_SUMMARIES_LAST_VERIFIED.set(time.time())
+    log.info("performance statistics verified", windows=len(pairs), mismatched=mismatched)
+    return mismatched

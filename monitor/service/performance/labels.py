@@ -19,7 +19,7 @@ between prediction and label with ``label_completeness``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from sqlalchemy import (
     and_,
     exists,
     func,
+    literal,
     select,
     tuple_,
     update,
@@ -50,6 +51,20 @@ _KEYS_PER_QUERY = 500  # bound the size of one ``IN`` list
 
 
 @dataclass(frozen=True, slots=True)
+class LabelTransition:
+    """The label in force of one (site, model, study, finding) before and after a batch."""
+
+    site_id: str
+    model_name: str
+    study_key: str
+    finding: str
+    label: int
+    labelled_at: datetime
+    old_label: int | None
+    old_labelled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class LabelOutcome:
     new: int
     """Labels seen for the first time (per finding)."""
@@ -57,6 +72,9 @@ class LabelOutcome:
     """Corrections: a later label with another value."""
     unchanged: int
     """Repeats and late arrivals of older labels."""
+    transitions: list[LabelTransition] = field(default_factory=list)
+    """Labels in force that are new or changed value or event time, not expired: the cases
+    ``summaries.join_batch`` moves."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +124,7 @@ def apply_labels(
     if not incoming:
         return LabelOutcome(0, 0, 0)
     current = _current(connection, list(incoming))
+    before = {key: (row["label"], as_utc(row["labelled_at"])) for key, row in current.items()}
     new = changed = unchanged = 0
     table = _table(CurrentLabelRow)
     for key, updates in incoming.items():
@@ -115,6 +134,7 @@ def apply_labels(
             if row is None:
                 row = _new_row(key, event, label)
                 connection.execute(table.insert().values(**row))
+                current[key] = row
                 new += 1
                 continue
             row["revisions"] += 1
@@ -143,7 +163,20 @@ def apply_labels(
                     }
                 )
             )
-    return LabelOutcome(new, changed, unchanged)
+    transitions = [
+        LabelTransition(
+            *key,
+            label=row["label"],
+            labelled_at=row["labelled_at"],
+            old_label=old[0] if old else None,
+            old_labelled_at=old[1] if old else None,
+        )
+        for key, row in current.items()
+        if key in incoming
+        and row.get("expired_at") is None
+        and (old := before.get(key)) != (row["label"], as_utc(row["labelled_at"]))
+    ]
+    return LabelOutcome(new, changed, unchanged, transitions)
 
 
 def _current(
@@ -218,13 +251,22 @@ def _has_prediction() -> Any:
 
 
 def expire_unmatched(engine: Engine, horizon: timedelta, now: datetime | None = None) -> int:
-    """Expire labels still without a prediction ``horizon`` after their event time; how many."""
+    """Expire labels still without a prediction ``horizon`` after their event time; how many.
+
+    Reads only the labels still waiting (``ix_labels_current_pending``: not matched, not
+    expired), not the table. ``matched`` is set in the batch that brings the prediction, under
+    the row lock that batch holds, so a label cannot be counted and expired at once; the
+    ``EXISTS`` is a second guard for rows written before ``matched`` existed.
+    """
     now = now or datetime.now(UTC)
     table = _table(CurrentLabelRow)
     statement = (
         update(table)
         .where(
-            table.c.expired_at.is_(None), table.c.labelled_at < now - horizon, ~_has_prediction()
+            ~table.c.matched,
+            table.c.expired_at.is_(None),
+            table.c.labelled_at < now - horizon,
+            ~_has_prediction(),
         )
         .values(expired_at=now)
     )
@@ -262,18 +304,25 @@ def joined_sample(
     until: datetime | None = None,
     limit: int | None = None,
     earliest: bool = False,
+    with_metadata: bool = True,
 ) -> JoinedSample:
     """Labelled predictions of ``finding`` with prediction time in [since, until); with ``limit``,
     the latest ``limit`` of them (a rolling window; with ``earliest``, the first ``limit``: a
-    reference), else all (cumulative). Always returned in prediction-time order."""
+    reference), else all (cumulative). Always returned in prediction-time order.
+
+    The exact path: the tracker reads windows from sufficient statistics instead
+    (``summaries``); this serves bounded reads, verification and the tests. Without
+    ``with_metadata`` the DICOM metadata is not read (``metadata`` holds empty dicts).
+    """
     events, labels = InferenceEventRow, CurrentLabelRow
+    metadata_column = events.dicom_metadata if with_metadata else literal(None)
     query = (
         labelled_predictions(
             finding,
             events.occurred_at,
             events.scores,
             events.threshold,
-            events.dicom_metadata,
+            metadata_column.label("metadata"),
             labels.label,
             labels.labelled_at,
         )
@@ -299,7 +348,7 @@ def joined_sample(
         ),
         predicted_at=predicted_at,
         delays_h=np.array(delays, dtype=np.float64),
-        metadata=[dict(row.metadata) for row in rows],
+        metadata=[dict(row.metadata or {}) for row in rows],
     )
 
 

@@ -1,30 +1,38 @@
-"""Performance tracking: metrics of every site, model version and finding.
+"""Performance tracking: metrics of every site, model version and finding, and fleet-wide.
 
-``refresh`` recomputes, for each monitored stream (``drift_streams``) and each finding with
-labels, two windows of labelled predictions (``performance.labels.joined_sample``):
+``refresh`` computes, for each (site, model version, finding) with labelled cases, two windows
+from the sufficient statistics kept as labels join (``performance.summaries``): merges of a few
+rows, never a re-read of the predictions, so a refresh costs the same after ten years as after
+one week:
 
-* ``rolling``: the latest ``rolling_window`` labelled predictions of the model version;
-* ``cumulative``: all labelled predictions of the model version;
+* ``rolling``: the fewest latest UTC days of prediction time holding at least
+  ``rolling_window`` labelled cases (a whole day more at most);
+* ``cumulative``: every labelled case of the version (one ``total`` row);
 
-with :func:`monitor.performance.metrics.binary_metrics` (AUROC with DeLong CI, sensitivity,
-specificity, PPV, NPV with Wilson intervals, calibration) and
-:func:`monitor.performance.subgroups.subgroup_metrics` on the configured metadata fields, plus
-label completeness and delays. Each result is stored as a snapshot row (history for
-dashboards) and exported as Prometheus gauges. The operating threshold is the one the inference
-events carry (the latest); events without one are scored at 0.5, and the snapshot says so.
+and the same two windows with every site of a model version pooled (``site_id`` :data:`FLEET`).
+Metrics are :func:`monitor.performance.sufficient.summary_metrics` (AUROC with DeLong CI from
+2048-bin histograms, within 1e-3 of the exact values; sensitivity, specificity, PPV, NPV with
+Wilson intervals, exact; ECE and Brier score), per configured subgroup value too, with label
+completeness (predictions counted per day) and label delays (a log-binned sketch, 4 %).
+Each result is stored as a snapshot row (history for dashboards) and exported as Prometheus
+gauges. The operating threshold is the one the latest event carried; events without one are
+scored at 0.5, and the snapshot says so.
+
+The label-free estimate and the rules' reference read raw rows, a bounded number of them: the
+version's earliest ``estimate_reference`` labelled predictions and its latest
+``rolling_window`` predictions. ``summaries.verify`` compares the statistics with the raw rows.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-import numpy as np
 import structlog
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from monitor.drift.alerts import StreamKey
 from monitor.performance.estimate import (
@@ -34,23 +42,27 @@ from monitor.performance.estimate import (
     fit_calibration,
 )
 from monitor.performance.metrics import BinaryMetrics, Interval, binary_metrics
-from monitor.performance.subgroups import subgroup_metrics
+from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summary_metrics
 from monitor.service import metrics
-from monitor.service.models import CurrentLabelRow, DriftStreamRow, PerformanceSnapshotRow
+from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
 from monitor.service.performance.alerts import WindowFacts, evaluate
-from monitor.service.performance.labels import (
-    JoinedSample,
-    LabelCompleteness,
-    joined_sample,
-    label_completeness,
-    recent_predictions,
+from monitor.service.performance.labels import JoinedSample, joined_sample, recent_predictions
+from monitor.service.performance.summaries import (
+    NO_THRESHOLD,
+    layout_for,
+    pooled,
+    predicted,
+    read_window,
+    stream_marks,
 )
+from monitor.service.performance.summaries import Window as SummaryWindow
 from monitor.service.settings import PerformanceSettings
 
 log = structlog.get_logger(__name__)
 
 Window = Literal["rolling", "cumulative"]
-DEFAULT_THRESHOLD = 0.5
+FLEET = "*"
+"""``site_id`` of fleet-wide snapshots: every site of the model version (never a site id)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,49 +89,165 @@ class Snapshot:
     window_end: datetime | None = None
 
 
+@dataclass
+class RefreshCache:
+    """What one process's refreshes keep between runs (the scheduler's job holds one): each
+    stream's windows and snapshots with the marks they were computed at
+    (``summaries.stream_marks``). A refresh recomputes a stream only when its marks changed
+    (new or corrected labels, new predictions), so its cost follows what arrived, not the
+    number of sites; streams seen unchanged are stored and exported again as they were (their
+    count of expired labels too: it is read again when the stream next changes)."""
+
+    streams: dict[
+        tuple[tuple[str, str, str], str], tuple[tuple[Any, ...], _Read, list[Snapshot]]
+    ] = field(default_factory=dict)
+
+
 def refresh(
-    engine: Engine, settings: PerformanceSettings, now: datetime | None = None
+    engine: Engine,
+    settings: PerformanceSettings,
+    now: datetime | None = None,
+    cache: RefreshCache | None = None,
 ) -> list[Snapshot]:
-    """Recompute and store every snapshot; returns them (also exported as metrics)."""
+    """Recompute and store every snapshot; returns them (also exported as metrics).
+
+    Per site, then fleet-wide (``site_id`` :data:`FLEET`) per model version and finding: the
+    sites' windows pooled (the rolling one is every site's rolling window). With ``cache``,
+    only the streams whose statistics or predictions changed since its last use.
+    """
     now = now or datetime.now(UTC)
     snapshots = []
-    for stream, finding in _tracked(engine):
-        site_id, model_name, version = stream
-        # Each sample is read once: the cumulative one also gives the version's completeness,
-        # the reference serves both the estimate's calibration and the alert rules.
-        cumulative = joined_sample(engine, site_id, model_name, finding, model_version=version)
-        reference = joined_sample(
-            engine,
-            site_id,
-            model_name,
-            finding,
-            model_version=version,
-            limit=settings.estimate_reference,
-            earliest=True,
-        )
-        completeness = label_completeness(
-            engine, site_id, model_name, finding, model_version=version, sample=cumulative
-        )
-        rolling = _snapshot(engine, settings, stream, finding, "rolling", completeness, reference)
+    with engine.connect() as connection:
+        marks = stream_marks(connection)
+    sites: dict[tuple[str, str, str], list[_Read]] = {}
+    for key, mark in sorted(marks.items()):
+        stream, finding = key
+        kept = cache.streams.get(key) if cache is not None else None
+        if kept is not None and kept[0] == mark:
+            read, computed = kept[1], kept[2]
+        else:
+            read = _read(engine, settings, stream, finding)
+            computed = _site_snapshots(engine, settings, stream, finding, read)
+            if cache is not None:
+                cache.streams[key] = (mark, read, computed)
+        sites.setdefault((stream[1], stream[2], finding), []).append(read)
+        snapshots += computed
+    for (model_name, version, finding), reads in sorted(sites.items()):
+        stream = (FLEET, model_name, version)
         snapshots += [
-            rolling,
             _snapshot(
-                engine,
+                settings,
+                stream,
+                finding,
+                "rolling",
+                pooled([r.rolling for r in reads]),
+                sum(r.recent for r in reads),
+                sum(r.expired for r in reads),
+            ),
+            _snapshot(
                 settings,
                 stream,
                 finding,
                 "cumulative",
-                completeness,
-                reference,
-                sample=cumulative,
+                pooled([r.cumulative for r in reads]),
+                sum(r.predicted for r in reads),
+                sum(r.expired for r in reads),
             ),
         ]
-        if rolling.window_start is not None and rolling.window_end is not None:
-            _check_rules(engine, settings, rolling, reference, completeness.labelled)
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
     return snapshots
+
+
+def _site_snapshots(
+    engine: Engine,
+    settings: PerformanceSettings,
+    stream: tuple[str, str, str],
+    finding: str,
+    read: _Read,
+) -> list[Snapshot]:
+    """The rolling and cumulative snapshots of one site's stream; the rules checked."""
+    site_id, model_name, version = stream
+    # The version's earliest labelled predictions at the site: what the estimate is
+    # calibrated on and the rules compare with. Read raw, but a fixed number of them.
+    reference = joined_sample(
+        engine,
+        site_id,
+        model_name,
+        finding,
+        model_version=version,
+        limit=settings.estimate_reference,
+        earliest=True,
+        with_metadata=False,
+    )
+    rolling = _snapshot(
+        settings, stream, finding, "rolling", read.rolling, read.recent, read.expired
+    )
+    rolling = dataclasses.replace(
+        rolling,
+        estimate=_estimate(
+            engine, settings, stream, finding, rolling.metrics.threshold, rolling.metrics, reference
+        ),
+    )
+    cumulative = _snapshot(
+        settings, stream, finding, "cumulative", read.cumulative, read.predicted, read.expired
+    )
+    if rolling.window_start is not None and rolling.window_end is not None:
+        _check_rules(engine, settings, rolling, reference, read.cumulative.n)
+    return [rolling, cumulative]
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What one refresh reads of one (site, model version, finding)."""
+
+    cumulative: SummaryWindow
+    rolling: SummaryWindow
+    predicted: int
+    recent: int
+    """Predictions over the rolling window's days."""
+    expired: int
+
+
+def _read(
+    engine: Engine, settings: PerformanceSettings, stream: tuple[str, str, str], finding: str
+) -> _Read:
+    site_id, model_name, version = stream
+    with engine.connect() as connection:
+        rolling = read_window(
+            connection,
+            model_name,
+            version,
+            finding,
+            site_id=site_id,
+            rolling=settings.rolling_window,
+        )
+        return _Read(
+            cumulative=read_window(connection, model_name, version, finding, site_id=site_id),
+            rolling=rolling,
+            predicted=predicted(connection, model_name, version, site_id=site_id),
+            recent=predicted(
+                connection, model_name, version, site_id=site_id, buckets=rolling.buckets
+            ),
+            expired=_expired(connection, site_id, model_name),
+        )
+
+
+def _expired(connection: Connection, site_id: str, model_name: str) -> int:
+    """Labels of the site and model that expired without a prediction (all time); reads the
+    expired rows only (``ix_labels_current_expiry``)."""
+    labels = CurrentLabelRow
+    count = connection.scalar(
+        select(func.count())
+        .select_from(labels)
+        .where(
+            labels.site_id == site_id,
+            labels.expired_at.is_not(None),
+            labels.model_name == model_name,
+        )
+    )
+    return int(count or 0)
 
 
 def _check_rules(
@@ -153,94 +281,69 @@ def _check_rules(
         log.info("performance alerts raised", site_id=key.site_id, count=len(outcome.alerts))
 
 
-def _tracked(engine: Engine) -> list[tuple[tuple[str, str, str], str]]:
-    """(site, model, version) streams and the findings labelled for them."""
-    with engine.connect() as connection:
-        streams = connection.execute(
-            select(DriftStreamRow.site_id, DriftStreamRow.model_name, DriftStreamRow.model_version)
-        ).all()
-        findings = connection.execute(
-            select(
-                CurrentLabelRow.site_id, CurrentLabelRow.model_name, CurrentLabelRow.finding
-            ).distinct()
-        ).all()
-    by_model: dict[tuple[str, str], list[str]] = {}
-    for site_id, model_name, finding in findings:
-        by_model.setdefault((site_id, model_name), []).append(finding)
-    return [
-        ((site_id, model_name, version), finding)
-        for site_id, model_name, version in sorted(streams)
-        for finding in sorted(by_model.get((site_id, model_name), []))
-    ]
-
-
 def _snapshot(
-    engine: Engine,
     settings: PerformanceSettings,
     stream: tuple[str, str, str],
     finding: str,
     window: Window,
-    completeness: LabelCompleteness,
-    reference: JoinedSample,
-    sample: JoinedSample | None = None,
+    merged: SummaryWindow,
+    predicted_in_window: int,
+    expired: int,
 ) -> Snapshot:
-    """One window's snapshot; ``sample`` when the caller has already read the window."""
+    """One window's snapshot from its merged statistics."""
     site_id, model_name, version = stream
-    if sample is None:
-        limit = settings.rolling_window if window == "rolling" else None
-        sample = joined_sample(
-            engine, site_id, model_name, finding, model_version=version, limit=limit
-        )
-    if window == "rolling" and len(sample):
-        # The window's own completeness: predictions made over the span its cases cover.
-        completeness = label_completeness(
-            engine,
-            site_id,
-            model_name,
-            finding,
-            model_version=version,
-            since=sample.predicted_at[0],
-            until=sample.predicted_at[-1] + timedelta(microseconds=1),
-        )
-    threshold, source = _threshold(sample)
     config = settings.metrics
-    groups = {
-        name: [_text(md.get(name)) for md in sample.metadata] for name in settings.subgroup_fields
-    }
-    subgroups = (
-        subgroup_metrics(sample.labels, sample.scores, threshold, groups, config)
-        if len(sample)
-        else []
+    summary = merged.summary or PerformanceSummary(
+        SummaryKey(model_name, version, finding, site_id), layout_for(NO_THRESHOLD)
     )
-    realised = binary_metrics(sample.labels, sample.scores, threshold, config)
     return Snapshot(
         site_id=site_id,
         model_name=model_name,
         model_version=version,
         finding=finding,
         window=window,
-        predicted=completeness.predicted,
-        labelled=completeness.labelled,
-        expired_labels=completeness.expired,
-        label_delay_hours=completeness.delay_hours,
-        metrics=realised,
-        subgroups=[
-            {
-                "field": group.field,
-                "value": group.value,
-                "n": group.n,
-                "metrics": dataclasses.asdict(group.metrics) if group.metrics else None,
-                "unavailable_reason": group.unavailable_reason,
-            }
-            for group in subgroups
-        ],
-        threshold_source=source,
-        window_start=sample.predicted_at[0] if len(sample) else None,
-        window_end=sample.predicted_at[-1] if len(sample) else None,
-        estimate=_estimate(engine, settings, stream, finding, threshold, realised, reference)
-        if window == "rolling"
-        else None,
+        predicted=predicted_in_window,
+        labelled=merged.n,
+        expired_labels=expired,
+        label_delay_hours=merged.delays.summary(),
+        metrics=summary_metrics(summary, config),
+        subgroups=_subgroups(settings, merged),
+        threshold_source=merged.threshold_source,
+        window_start=merged.first_at,
+        window_end=merged.last_at,
     )
+
+
+def _subgroups(settings: PerformanceSettings, merged: SummaryWindow) -> list[dict[str, Any]]:
+    """Per configured field, its values in sorted order and the missing value last."""
+    config = settings.metrics
+    entries = []
+    for name in settings.subgroup_fields:
+        values = sorted(
+            (value for field_name, value in merged.subgroups if field_name == name),
+            key=lambda value: (value == "", value),
+        )
+        for value in values:
+            summary = merged.subgroups[(name, value)]
+            shown = value or None
+            who = f"{name} missing" if shown is None else f"{name}={shown}"
+            too_few = summary.n < config.min_subgroup_count
+            entries.append(
+                {
+                    "field": name,
+                    "value": shown,
+                    "n": summary.n,
+                    "metrics": None
+                    if too_few
+                    else dataclasses.asdict(summary_metrics(summary, config)),
+                    "unavailable_reason": (
+                        f"{who}: {summary.n} cases, at least {config.min_subgroup_count} needed"
+                        if too_few
+                        else None
+                    ),
+                }
+            )
+    return entries
 
 
 def _estimate(
@@ -283,21 +386,6 @@ def _estimate(
         "comparison": dataclasses.asdict(comparison),
         "labelled_in_window": len(labelled),
     }
-
-
-def _threshold(sample: JoinedSample) -> tuple[float, str]:
-    known = sample.thresholds[~np.isnan(sample.thresholds)]
-    if known.size:
-        return float(known[-1]), "the model's operating threshold (latest event)"
-    return DEFAULT_THRESHOLD, f"no threshold in the events: {DEFAULT_THRESHOLD} assumed"
-
-
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return "\\".join(str(v) for v in value)
-    return str(value)
 
 
 def _store(

@@ -1,0 +1,813 @@
+"""Sufficient statistics of labelled predictions, per day, kept in the batch that joins them.
+
+A prediction and the label in force for its study and finding form a *labelled case*. Each case
+is counted, in the transaction of the batch that forms or changes it, in
+``performance_buckets`` rows (:class:`monitor.performance.sufficient.PerformanceSummary` plus a
+:class:`monitor.performance.delays.DelaySketch` of label delays):
+
+* one row per UTC day of prediction time and one ``total`` row (every day), so the cumulative
+  window is one row and a rolling window the latest few;
+* per subgroup value of each configured metadata field (``PerformanceSettings.subgroup_fields``)
+  as well as for all cases; per operating threshold the events carried.
+
+A case forms when a label arrives for a stored prediction or a prediction for a stored label (not
+expired); a correction (a later label event) moves the case: its old label and delay out, the new
+ones in. Redelivered events change nothing (the inbox drops them before this runs). Predictions
+are counted per day in ``prediction_counts`` in the same transaction: the denominator of label
+completeness. Labels with a prediction are marked ``matched``, so expiry reads only the labels
+still waiting.
+
+The tracker (``performance.store``) reads windows with :func:`read_window`: merges of these rows,
+never the predictions. The raw path (``labels.joined_sample``) stays for the PCCP gate's exact
+numbers and for :func:`verify`, which recomputes a window from the raw rows and compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, NamedTuple, TypeVar
+
+import numpy as np
+from sqlalchemy import Connection, Table, and_, bindparam, func, select, tuple_, update
+
+from monitor.events import InferenceEvent
+from monitor.performance.delays import DelaySketch
+from monitor.performance.sufficient import (
+    PerformanceSummary,
+    SummaryKey,
+    SummaryLayout,
+    at_threshold,
+    merge,
+)
+from monitor.service.db import as_utc, insert_for, table_of
+from monitor.service.models import (
+    CurrentLabelRow,
+    InferenceEventRow,
+    PerformanceBucketRow,
+    PredictionCountRow,
+)
+from monitor.service.performance.labels import LabelTransition
+
+TOTAL: Final = "total"
+"""The bucket that holds every day's cases."""
+NO_THRESHOLD: Final = -1.0
+"""Stored threshold of events that carried none; they are scored at :data:`DEFAULT_THRESHOLD`."""
+DEFAULT_THRESHOLD: Final = 0.5
+ALL_CASES: Final = ""
+"""``subgroup_field`` of the rows that hold every case."""
+_KEYS_PER_QUERY = 200
+_DAYS_PER_PAGE = 64
+_T = TypeVar("_T")
+
+
+class BucketKey(NamedTuple):
+    """Primary key of a ``performance_buckets`` row, in column order."""
+
+    site_id: str
+    model_name: str
+    model_version: str
+    finding: str
+    subgroup_field: str
+    subgroup_value: str
+    bucket: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One labelled case's change: ``old_label`` None for a case that forms now."""
+
+    site_id: str
+    model_name: str
+    model_version: str
+    finding: str
+    threshold: float
+    predicted_at: datetime
+    score: float
+    groups: tuple[tuple[str, str], ...]
+    """(field, value) per subgroup field; value empty when the event lacks it."""
+    label: int
+    delay_h: float
+    old_label: int | None = None
+    old_delay_h: float | None = None
+
+    def bucket_keys(self) -> Iterator[BucketKey]:
+        day = as_utc(self.predicted_at).date().isoformat()
+        stream = (self.site_id, self.model_name, self.model_version, self.finding)
+        for bucket in (day, TOTAL):
+            yield BucketKey(*stream, ALL_CASES, "", bucket, self.threshold)
+            for name, value in self.groups:
+                yield BucketKey(*stream, name, value, bucket, self.threshold)
+
+
+@dataclass
+class _Changes:
+    """What a batch does to one row, gathered before the row is read."""
+
+    new_labels: list[int] = field(default_factory=list)
+    new_scores: list[float] = field(default_factory=list)
+    moved_scores: list[float] = field(default_factory=list)
+    moved_from: list[int] = field(default_factory=list)
+    moved_to: list[int] = field(default_factory=list)
+    delays_in: list[float] = field(default_factory=list)
+    delays_out: list[float] = field(default_factory=list)
+    times: list[datetime] = field(default_factory=list)
+
+    def take(self, case: Case, delays: bool) -> None:
+        if case.old_label is None:
+            self.new_labels.append(case.label)
+            self.new_scores.append(case.score)
+            self.times.append(as_utc(case.predicted_at))
+        elif case.old_label != case.label:
+            self.moved_scores.append(case.score)
+            self.moved_from.append(case.old_label)
+            self.moved_to.append(case.label)
+        if delays:
+            self.delays_in.append(case.delay_h)
+            if case.old_delay_h is not None:
+                self.delays_out.append(case.old_delay_h)
+
+    def apply(self, summary: PerformanceSummary, sketch: DelaySketch) -> None:
+        if self.new_labels:
+            summary.add(self.new_labels, self.new_scores)
+        if self.moved_scores:
+            summary.relabel(self.moved_scores, self.moved_from, self.moved_to)
+        if self.delays_out:
+            sketch.subtract(self.delays_out)
+        sketch.add(self.delays_in)
+
+
+def summary_key(key: BucketKey) -> SummaryKey:
+    grouped = key.subgroup_field != ALL_CASES
+    return SummaryKey(
+        model_name=key.model_name,
+        model_version=key.model_version,
+        finding=key.finding,
+        site_id=key.site_id,
+        subgroup_field=key.subgroup_field if grouped else None,
+        subgroup_value=(key.subgroup_value or None) if grouped else None,
+    )
+
+
+def layout_for(threshold: float) -> SummaryLayout:
+    return SummaryLayout(threshold=DEFAULT_THRESHOLD if threshold == NO_THRESHOLD else threshold)
+
+
+def subgroup_value(metadata: Mapping[str, Any], name: str) -> str:
+    """A metadata field as the subgroup rows key it: a list joined by backslashes, missing
+    as the empty string (the tracker reports it as the missing-value subgroup)."""
+    value = metadata.get(name)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+# --- writing: in the batch transaction -------------------------------------------------------
+
+
+def join_batch(
+    connection: Connection,
+    predictions: Sequence[InferenceEvent],
+    transitions: Sequence[LabelTransition],
+    subgroup_fields: Sequence[str],
+    now: datetime,
+) -> int:
+    """Count the cases this batch forms or changes; returns how many. Runs after the batch's
+    events are written and ``labels_current`` is brought up to date (``apply_labels``)."""
+    cases = [
+        *_cases_of_new_predictions(connection, predictions, subgroup_fields),
+        *_cases_of_new_labels(connection, predictions, transitions, subgroup_fields),
+    ]
+    count_predictions(connection, predictions)
+    record(connection, cases, now)
+    return len(cases)
+
+
+def _cases_of_new_predictions(
+    connection: Connection, predictions: Sequence[InferenceEvent], subgroup_fields: Sequence[str]
+) -> list[Case]:
+    """Predictions of this batch joined to the labels in force for their studies (locked, so
+    that expiry, which skips matched labels, cannot expire one this batch counts)."""
+    if not predictions:
+        return []
+    labels = table_of(CurrentLabelRow)
+    studies = sorted({(e.site_id, e.model_name, e.study_key) for e in predictions})
+    found: dict[tuple[str, str, str], list[Any]] = {}
+    for chunk in _chunks(studies):
+        statement = select(
+            labels.c.site_id,
+            labels.c.model_name,
+            labels.c.study_key,
+            labels.c.finding,
+            labels.c.label,
+            labels.c.labelled_at,
+            labels.c.expired_at,
+        ).where(tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk))
+        if connection.dialect.name == "postgresql":
+            statement = statement.with_for_update()
+        for row in connection.execute(statement):
+            found.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
+    cases = []
+    for event in predictions:
+        rows = found.get((event.site_id, event.model_name, event.study_key), [])
+        metadata = event.metadata.model_dump(exclude_none=True)
+        for row in rows:
+            score = event.prediction.scores.get(row.finding)
+            if row.expired_at is not None or score is None:
+                continue
+            cases.append(
+                _case(
+                    event.site_id,
+                    event.model_name,
+                    event.model_version,
+                    row.finding,
+                    event.prediction.threshold,
+                    event.occurred_at,
+                    score,
+                    metadata,
+                    subgroup_fields,
+                    label=row.label,
+                    labelled_at=row.labelled_at,
+                )
+            )
+    _mark_matched(connection, [s for s in studies if s in found])
+    return cases
+
+
+def _cases_of_new_labels(
+    connection: Connection,
+    predictions: Sequence[InferenceEvent],
+    transitions: Sequence[LabelTransition],
+    subgroup_fields: Sequence[str],
+) -> list[Case]:
+    """Label transitions applied to the predictions stored before this batch (this batch's
+    own predictions took the final label above)."""
+    if not transitions:
+        return []
+    events = table_of(InferenceEventRow)
+    in_batch = {e.event_id for e in predictions}
+    studies = sorted({(t.site_id, t.model_name, t.study_key) for t in transitions})
+    stored: dict[tuple[str, str, str], list[Any]] = {}
+    for chunk in _chunks(studies):
+        statement = select(
+            events.c.event_id,
+            events.c.site_id,
+            events.c.model_name,
+            events.c.model_version,
+            events.c.study_key,
+            events.c.occurred_at,
+            events.c.scores,
+            events.c.threshold,
+            events.c.metadata,
+        ).where(tuple_(events.c.site_id, events.c.model_name, events.c.study_key).in_(chunk))
+        for row in connection.execute(statement):
+            if row.event_id not in in_batch:
+                stored.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
+    cases = []
+    for change in transitions:
+        for row in stored.get((change.site_id, change.model_name, change.study_key), []):
+            score = row.scores.get(change.finding)
+            if score is None:
+                continue
+            old_delay = (
+                None
+                if change.old_labelled_at is None
+                else _hours(change.old_labelled_at, row.occurred_at)
+            )
+            cases.append(
+                _case(
+                    row.site_id,
+                    row.model_name,
+                    row.model_version,
+                    change.finding,
+                    row.threshold,
+                    row.occurred_at,
+                    score,
+                    row.metadata,
+                    subgroup_fields,
+                    label=change.label,
+                    labelled_at=change.labelled_at,
+                    old_label=change.old_label,
+                    old_delay_h=old_delay,
+                )
+            )
+    _mark_matched(connection, [s for s in studies if s in stored])
+    return cases
+
+
+def _case(
+    site_id: str,
+    model_name: str,
+    model_version: str,
+    finding: str,
+    threshold: float | None,
+    predicted_at: datetime,
+    score: float,
+    metadata: Mapping[str, Any],
+    subgroup_fields: Sequence[str],
+    *,
+    label: int,
+    labelled_at: datetime,
+    old_label: int | None = None,
+    old_delay_h: float | None = None,
+) -> Case:
+    return Case(
+        site_id=site_id,
+        model_name=model_name,
+        model_version=model_version,
+        finding=finding,
+        threshold=NO_THRESHOLD if threshold is None else float(threshold),
+        predicted_at=predicted_at,
+        score=float(score),
+        groups=tuple((name, subgroup_value(metadata, name)) for name in subgroup_fields),
+        label=int(label),
+        delay_h=_hours(labelled_at, predicted_at),
+        old_label=old_label,
+        old_delay_h=old_delay_h,
+    )
+
+
+def _hours(later: datetime, earlier: datetime) -> float:
+    return (as_utc(later) - as_utc(earlier)).total_seconds() / 3600
+
+
+def _mark_matched(connection: Connection, studies: list[tuple[str, str, str]]) -> None:
+    labels = table_of(CurrentLabelRow)
+    for chunk in _chunks(studies):
+        connection.execute(
+            update(labels)
+            .where(
+                tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk),
+                ~labels.c.matched,
+            )
+            .values(matched=True)
+        )
+
+
+def count_predictions(connection: Connection, predictions: Sequence[InferenceEvent]) -> None:
+    """Add this batch's predictions to their day's and the total count."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for event in predictions:
+        stream = (event.site_id, event.model_name, event.model_version)
+        for bucket in (as_utc(event.occurred_at).date().isoformat(), TOTAL):
+            counts[(*stream, bucket)] = counts.get((*stream, bucket), 0) + 1
+    if not counts:
+        return
+    table = table_of(PredictionCountRow)
+    statement = insert_for(connection, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["site_id", "model_name", "model_version", "bucket"],
+        set_={"n": table.c.n + statement.excluded.n},
+    )
+    rows = [
+        {"site_id": s, "model_name": m, "model_version": v, "bucket": b, "n": n}
+        for (s, m, v, b), n in sorted(counts.items())
+    ]
+    connection.execute(statement, rows)
+
+
+def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None:
+    """Apply ``cases`` to their rows: created empty if new, locked, changed, written back."""
+    changes: dict[BucketKey, _Changes] = {}
+    for case in cases:
+        for key in case.bucket_keys():
+            changes.setdefault(key, _Changes()).take(case, delays=key.subgroup_field == ALL_CASES)
+    if not changes:
+        return
+    keys = sorted(changes)
+    table = table_of(PerformanceBucketRow)
+    rows = _locked(connection, table, keys)
+    missing = [key for key in keys if key not in rows]
+    if missing:  # created empty (another batch may create them first), then locked as well
+        _create_missing(connection, table, missing, now)
+        rows |= _locked(connection, table, missing)
+    updates = []
+    for key in keys:
+        row = rows[key]
+        summary = PerformanceSummary.from_dict(row.summary)
+        sketch = DelaySketch.from_dict(row.delays)
+        change = changes[key]
+        change.apply(summary, sketch)
+        times = [t for t in (row.first_at, row.last_at) if t is not None] + change.times
+        updates.append(
+            {
+                **{f"k_{name}": value for name, value in key._asdict().items()},
+                "summary": summary.to_dict(),
+                "delays": sketch.to_dict(),
+                "n": summary.n,
+                "first_at": min(map(as_utc, times)) if times else None,
+                "last_at": max(map(as_utc, times)) if times else None,
+                "updated_at": now,
+            }
+        )
+    statement = (
+        update(table)
+        .where(*(table.c[name] == bindparam(f"k_{name}") for name in BucketKey._fields))
+        .values(
+            summary=bindparam("summary"),
+            delays=bindparam("delays"),
+            n=bindparam("n"),
+            first_at=bindparam("first_at"),
+            last_at=bindparam("last_at"),
+            updated_at=bindparam("updated_at"),
+        )
+    )
+    connection.execute(statement, updates)
+
+
+def _create_missing(
+    connection: Connection, table: Table, keys: list[BucketKey], now: datetime
+) -> None:
+    rows = [
+        {
+            **key._asdict(),
+            "summary": PerformanceSummary(summary_key(key), layout_for(key.threshold)).to_dict(),
+            "delays": {},
+            "n": 0,
+            "first_at": None,
+            "last_at": None,
+            "updated_at": now,
+        }
+        for key in keys
+    ]
+    statement = insert_for(connection, table).on_conflict_do_nothing(
+        index_elements=list(BucketKey._fields)
+    )
+    connection.execute(statement, rows)
+
+
+def _locked(connection: Connection, table: Table, keys: list[BucketKey]) -> dict[BucketKey, Any]:
+    columns = [table.c[name] for name in BucketKey._fields]
+    found: dict[BucketKey, Any] = {}
+    for chunk in _chunks(keys):
+        statement = (
+            select(table).where(tuple_(*columns).in_([tuple(k) for k in chunk])).order_by(*columns)
+        )
+        if connection.dialect.name == "postgresql":
+            statement = statement.with_for_update()
+        for row in connection.execute(statement):
+            found[BucketKey(*(getattr(row, name) for name in BucketKey._fields))] = row
+    return found
+
+
+def _chunks(items: Sequence[_T], size: int = _KEYS_PER_QUERY) -> Iterator[list[_T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# --- reading: merges -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A window's merged statistics: all cases, and per (field, value) subgroup."""
+
+    summary: PerformanceSummary | None
+    """None when the window has no labelled case."""
+    subgroups: dict[tuple[str, str], PerformanceSummary]
+    delays: DelaySketch
+    first_at: datetime | None
+    last_at: datetime | None
+    buckets: tuple[str, ...]
+    """The day buckets merged (empty for the cumulative window)."""
+    threshold_source: str
+
+    @property
+    def n(self) -> int:
+        return 0 if self.summary is None else self.summary.n
+
+
+def read_window(
+    connection: Connection,
+    model_name: str,
+    model_version: str,
+    finding: str,
+    *,
+    site_id: str | None,
+    rolling: int | None = None,
+) -> Window:
+    """The cumulative window (``rolling`` None) or the fewest latest days holding at least
+    ``rolling`` labelled cases; of one site, or of every site (``site_id`` None: fleet-wide)."""
+    table = table_of(PerformanceBucketRow)
+    where = [
+        table.c.model_name == model_name,
+        table.c.model_version == model_version,
+        table.c.finding == finding,
+    ]
+    if site_id is not None:
+        where.append(table.c.site_id == site_id)
+    buckets = (TOTAL,) if rolling is None else _latest_days(connection, table, where, rolling)
+    if not buckets:
+        return Window(None, {}, DelaySketch(), None, None, (), _source([]))
+    rows = connection.execute(select(table).where(*where, table.c.bucket.in_(buckets))).all()
+    everything = [row for row in rows if row.subgroup_field == ALL_CASES and row.n]
+    threshold, source = _threshold(everything)
+    summary = _merged(everything, threshold)
+    grouped: dict[tuple[str, str], list[Any]] = {}
+    for row in rows:
+        if row.subgroup_field != ALL_CASES and row.n:
+            grouped.setdefault((row.subgroup_field, row.subgroup_value), []).append(row)
+    delays = DelaySketch()
+    for row in everything:
+        delays.merge(DelaySketch.from_dict(row.delays))
+    return Window(
+        summary=summary,
+        subgroups={
+            group: merged
+            for group, members in sorted(grouped.items())
+            if (merged := _merged(members, threshold)) is not None
+        },
+        delays=delays,
+        first_at=min((as_utc(r.first_at) for r in everything), default=None),
+        last_at=max((as_utc(r.last_at) for r in everything), default=None),
+        buckets=() if rolling is None else buckets,
+        threshold_source=source,
+    )
+
+
+def pooled(windows: Sequence[Window]) -> Window:
+    """The windows of several sites as one (fleet-wide): their statistics merged, at the
+    threshold of the latest case among them."""
+    filled = [w for w in windows if w.summary is not None and w.last_at is not None]
+    if not filled:
+        return Window(None, {}, DelaySketch(), None, None, (), _source([]))
+    latest = max(filled, key=lambda w: w.last_at or datetime.min)
+    assert latest.summary is not None
+    target = latest.summary.layout.threshold
+    others = sum(w.n for w in filled if w.summary and w.summary.layout.threshold != target)
+
+    def at_target(summary: PerformanceSummary) -> PerformanceSummary:
+        return summary if summary.layout.threshold == target else at_threshold(summary, target)
+
+    groups: dict[tuple[str, str], list[PerformanceSummary]] = {}
+    for window in filled:
+        for group, summary in window.subgroups.items():
+            groups.setdefault(group, []).append(at_target(summary))
+    delays = DelaySketch()
+    for window in filled:
+        delays.merge(window.delays)
+    source = latest.threshold_source.split(";")[0]
+    if others:
+        source += f"; {others} cases of sites at another threshold are scored at this one"
+    return Window(
+        summary=merge([at_target(w.summary) for w in filled if w.summary], across_sites=True),
+        subgroups={g: merge(s, across_sites=True) for g, s in sorted(groups.items())},
+        delays=delays,
+        first_at=min(w.first_at for w in filled if w.first_at),
+        last_at=latest.last_at,
+        buckets=tuple(sorted({b for w in filled for b in w.buckets})),
+        threshold_source=source,
+    )
+
+
+def _latest_days(
+    connection: Connection, table: Table, where: list[Any], rolling: int
+) -> tuple[str, ...]:
+    """The latest day buckets whose cases add up to ``rolling`` (all of them if fewer).
+
+    Read a page of days at a time, newest first, down the primary key: the cost follows the
+    window, not the history.
+    """
+    chosen: list[str] = []
+    held = 0
+    upper, inclusive = TOTAL, False  # "total" sorts after every ISO day
+    while True:
+        page = connection.execute(
+            select(table.c.bucket, table.c.n)
+            .where(
+                *where,
+                table.c.subgroup_field == ALL_CASES,
+                table.c.subgroup_value == "",
+                table.c.bucket <= upper if inclusive else table.c.bucket < upper,
+            )
+            .order_by(table.c.bucket.desc())
+            .limit(_DAYS_PER_PAGE)
+        ).all()
+        days: dict[str, int] = {}
+        for bucket, n in page:
+            days[bucket] = days.get(bucket, 0) + int(n)
+        full = len(page) == _DAYS_PER_PAGE
+        if full and len(days) > 1:  # the last day may go on in the next page: read it again
+            upper, inclusive = list(days)[-1], True
+            del days[upper]
+        elif full:  # one day filled the page (a key with a page of thresholds): go past it
+            upper, inclusive = page[-1][0], False
+        for bucket, n in days.items():
+            if n:
+                chosen.append(bucket)
+                held += n
+            if held >= rolling:
+                return tuple(chosen)
+        if not full:
+            return tuple(chosen)
+
+
+def _threshold(rows: Sequence[Any]) -> tuple[float, str]:
+    """The threshold of the latest case's row, and how the snapshot should say it."""
+    if not rows:
+        return NO_THRESHOLD, _source([])
+    latest = max(rows, key=lambda r: as_utc(r.last_at))
+    return float(latest.threshold), _source(rows, float(latest.threshold))
+
+
+def _source(rows: Sequence[Any], threshold: float = NO_THRESHOLD) -> str:
+    if threshold == NO_THRESHOLD:
+        text = f"no threshold in the events: {DEFAULT_THRESHOLD} assumed"
+    else:
+        text = "the model's operating threshold (latest event)"
+    others = sum(int(r.n) for r in rows if float(r.threshold) != threshold)
+    if others:
+        text += (
+            f"; {others} cases predicted at another threshold are scored at this one to the "
+            f"histogram's resolution (1/{layout_for(threshold).score_bins})"
+        )
+    return text
+
+
+def _merged(rows: Sequence[Any], threshold: float) -> PerformanceSummary | None:
+    if not rows:
+        return None
+    target = layout_for(threshold).threshold
+    summaries = []
+    for row in rows:
+        summary = PerformanceSummary.from_dict(row.summary)
+        if summary.layout.threshold != target:
+            summary = at_threshold(summary, target)
+        summaries.append(summary)
+    return merge(summaries, across_sites=len({s.key.site_id for s in summaries}) > 1)
+
+
+def predicted(
+    connection: Connection,
+    model_name: str,
+    model_version: str,
+    *,
+    site_id: str | None,
+    buckets: Sequence[str] = (TOTAL,),
+) -> int:
+    """Predictions of the version in the given buckets (all of them by default), at one site
+    or (``site_id`` None) at all."""
+    table = table_of(PredictionCountRow)
+    where = [
+        table.c.model_name == model_name,
+        table.c.model_version == model_version,
+        table.c.bucket.in_(list(buckets)),
+    ]
+    if site_id is not None:
+        where.append(table.c.site_id == site_id)
+    return int(connection.scalar(select(func.sum(table.c.n)).where(*where)) or 0)
+
+
+def tracked(connection: Connection) -> list[tuple[tuple[str, str, str], str]]:
+    """((site, model, version), finding) pairs with labelled cases, sorted."""
+    return sorted(stream_marks(connection))
+
+
+def stream_marks(
+    connection: Connection,
+) -> dict[tuple[tuple[str, str, str], str], tuple[Any, ...]]:
+    """Per ((site, model, version), finding) with labelled cases, what changes whenever its
+    statistics or its predictions do: cases, last update of its ``total`` rows, predictions.
+    One query each over the ``total`` rows: a refresh compares them with the last ones."""
+    table, counts = table_of(PerformanceBucketRow), table_of(PredictionCountRow)
+    rows = connection.execute(
+        select(
+            table.c.site_id,
+            table.c.model_name,
+            table.c.model_version,
+            table.c.finding,
+            func.sum(table.c.n),
+            func.max(table.c.updated_at),
+        )
+        .where(table.c.bucket == TOTAL, table.c.subgroup_field == ALL_CASES)
+        .group_by(table.c.site_id, table.c.model_name, table.c.model_version, table.c.finding)
+    ).all()
+    predictions = {
+        (r.site_id, r.model_name, r.model_version): int(r.n)
+        for r in connection.execute(
+            select(counts.c.site_id, counts.c.model_name, counts.c.model_version, counts.c.n).where(
+                counts.c.bucket == TOTAL
+            )
+        )
+    }
+    return {
+        ((site, model, version), finding): (
+            int(n),
+            as_utc(at),
+            predictions.get((site, model, version), 0),
+        )
+        for site, model, version, finding, n, at in rows
+        if n
+    }
+
+
+# --- rebuilding and verifying from the raw rows ---------------------------------------------
+
+
+def rebuild(connection: Connection, subgroup_fields: Sequence[str], now: datetime) -> int:
+    """Count every labelled case and prediction from the raw rows into empty tables (the
+    migration that adds them, and tests); returns the cases counted."""
+    events, labels = table_of(InferenceEventRow), table_of(CurrentLabelRow)
+    count_rows = connection.execute(
+        select(
+            events.c.site_id,
+            events.c.model_name,
+            events.c.model_version,
+            events.c.occurred_at,
+        )
+    )
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for row in count_rows:
+        stream = (row.site_id, row.model_name, row.model_version)
+        for bucket in (as_utc(row.occurred_at).date().isoformat(), TOTAL):
+            counts[(*stream, bucket)] = counts.get((*stream, bucket), 0) + 1
+    if counts:
+        connection.execute(
+            table_of(PredictionCountRow).insert(),
+            [
+                {"site_id": s, "model_name": m, "model_version": v, "bucket": b, "n": n}
+                for (s, m, v, b), n in sorted(counts.items())
+            ],
+        )
+    joined = connection.execute(
+        select(
+            events.c.site_id,
+            events.c.model_name,
+            events.c.model_version,
+            events.c.occurred_at,
+            events.c.scores,
+            events.c.threshold,
+            events.c.metadata,
+            labels.c.finding,
+            labels.c.label,
+            labels.c.labelled_at,
+        )
+        .select_from(events)
+        .join(
+            labels,
+            and_(
+                labels.c.site_id == events.c.site_id,
+                labels.c.model_name == events.c.model_name,
+                labels.c.study_key == events.c.study_key,
+            ),
+        )
+        .where(labels.c.expired_at.is_(None))
+    )
+    total = 0
+    while batch := joined.fetchmany(5000):
+        cases = [
+            _case(
+                row.site_id,
+                row.model_name,
+                row.model_version,
+                row.finding,
+                row.threshold,
+                row.occurred_at,
+                row.scores[row.finding],
+                row.metadata,
+                subgroup_fields,
+                label=row.label,
+                labelled_at=row.labelled_at,
+            )
+            for row in batch
+            if row.finding in row.scores
+        ]
+        record(connection, cases, now)
+        total += len(cases)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A window whose statistics differ from the raw rows' (:func:`verify`)."""
+
+    stream: tuple[str, str, str]
+    finding: str
+    what: str
+
+
+def verify(
+    connection: Connection, stream: tuple[str, str, str], finding: str, raw: Any
+) -> list[Mismatch]:
+    """Compare the cumulative window's statistics with ``raw`` (its ``joined_sample``): the
+    counts and confusion matrix must be equal, the summary of the raw cases bit for bit."""
+    site_id, model_name, version = stream
+    window = read_window(connection, model_name, version, finding, site_id=site_id)
+    problems = []
+    if window.n != len(raw):
+        problems.append(f"{window.n} labelled cases summarised, {len(raw)} in the raw rows")
+    elif window.summary is not None:
+        expected = PerformanceSummary(window.summary.key, window.summary.layout)
+        expected.add(raw.labels, raw.scores)
+        if not np.array_equal(expected.histogram, window.summary.histogram):
+            problems.append("the score histograms differ from the raw rows'")
+        if not np.array_equal(expected.confusion, window.summary.confusion):
+            problems.append(
+                f"confusion counts {window.summary.confusion.tolist()} summarised, "
+                f"{expected.confusion.tolist()} in the raw rows"
+            )
+    return [Mismatch(stream, finding, what) for what in problems]
