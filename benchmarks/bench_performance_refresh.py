@@ -176,7 +176,7 @@ def _row(
         "subgroup_value": value,
         "bucket": bucket,
         "threshold": THRESHOLD,
-        "summary": summary.to_dict(),
+        "summary": summary.to_bytes(),
         "delays": sketch.to_dict(),
         "n": summary.n,
         "first_at": cases.at[index[0]],

@@ -344,8 +344,8 @@ class PerformanceBucketRow(Base):
     """Before the threshold in the key: the latest days of a key are one backward index scan."""
     threshold: Mapped[float] = mapped_column(Float, primary_key=True)
     """The events' operating threshold; -1 for events that carried none (scored at 0.5)."""
-    summary: Mapped[dict[str, Any]] = mapped_column(JsonDocument)
-    """``PerformanceSummary.to_dict()``."""
+    summary: Mapped[bytes] = mapped_column(LargeBinary)
+    """``PerformanceSummary.to_bytes()`` (the key and layout are the row's)."""
     delays: Mapped[dict[str, int]] = mapped_column(JsonDocument)
     """Label delay sketch (``DelaySketch.to_dict()``); empty in subgroup rows."""
     n: Mapped[int] = mapped_column(Integer)

@@ -11,6 +11,7 @@ merged per-day summaries equal the pooled summary exactly, merge is associative 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +30,7 @@ from monitor.performance.sufficient import (
     SummaryError,
     SummaryKey,
     SummaryLayout,
+    at_threshold,
     auroc_binning_bound,
     histogram_delong,
     merge,
@@ -301,3 +303,34 @@ def test_stored_summaries_that_are_not_valid_are_refused() -> None:
         PerformanceSummary.from_dict({**data, "confusion": [[-1, 0], [0, 0]]})
     with pytest.raises(SummaryError):
         PerformanceSummary.from_dict({**data, "calibration": [[1, 2]]})
+
+
+def test_storage_bytes_round_trip_and_refuse_what_does_not_fit() -> None:
+    summary = summarise(*cases(seed=13))
+    blob = summary.to_bytes()
+    assert PerformanceSummary.from_bytes(KEY, LAYOUT, blob) == summary
+    empty = PerformanceSummary(KEY, LAYOUT)
+    assert PerformanceSummary.from_bytes(KEY, LAYOUT, empty.to_bytes()) == empty
+    with pytest.raises(SummaryError, match="expected"):  # another layout's bins
+        PerformanceSummary.from_bytes(KEY, SummaryLayout(threshold=0.5, score_bins=1024), blob)
+    with pytest.raises(SummaryError, match="not a stored"):
+        PerformanceSummary.from_bytes(KEY, LAYOUT, b"not zlib")
+    negative = zlib.compress(
+        np.full(len(np.frombuffer(zlib.decompress(blob), "<i8")), -1, "<i8").tobytes()
+    )
+    with pytest.raises(SummaryError, match="negative"):
+        PerformanceSummary.from_bytes(KEY, LAYOUT, negative)
+
+
+def test_re_scoring_at_another_threshold_is_exact_on_bin_edges() -> None:
+    labels, scores = cases(seed=14)
+    at_half = summarise(labels, scores)
+    moved = at_threshold(at_half, 0.25)  # 512 / 2048: a bin edge
+    direct = PerformanceSummary(KEY, SummaryLayout(threshold=0.25))
+    direct.add(labels, scores)
+    assert moved.layout == direct.layout
+    if not np.isin(scores, [0.25]).any():  # a score exactly on the edge sits in the bin below
+        assert np.array_equal(moved.confusion, direct.confusion)
+    assert np.array_equal(moved.histogram, direct.histogram)
+    with pytest.raises(SummaryError):
+        at_threshold(at_half, 1.5)

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     literal,
@@ -48,6 +49,7 @@ from monitor.service.models import (
 )
 
 _KEYS_PER_QUERY = 500  # bound the size of one ``IN`` list
+_UPDATED = ("label", "label_event_id", "source", "labelled_at", "revisions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +128,20 @@ def apply_labels(
     current = _current(connection, list(incoming))
     before = {key: (row["label"], as_utc(row["labelled_at"])) for key, row in current.items()}
     new = changed = unchanged = 0
-    table = _table(CurrentLabelRow)
+    created: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    changes: list[dict[str, Any]] = []
     for key, updates in incoming.items():
         row = current.get(key)
         for event in updates:
             label = event.labels[key[3]]
             if row is None:
-                row = _new_row(key, event, label)
-                connection.execute(table.insert().values(**row))
-                current[key] = row
+                row = current[key] = created[key] = _new_row(key, event, label)
                 new += 1
                 continue
             row["revisions"] += 1
             wins = event.occurred_at >= as_utc(row["labelled_at"])
             if wins and label != row["label"]:
-                connection.execute(
-                    _table(LabelChangeRow).insert().values(**_change(key, row, event, label, now))
-                )
+                changes.append(_change(key, row, event, label, now))
                 changed += 1
             else:
                 unchanged += 1
@@ -153,16 +152,29 @@ def apply_labels(
                     "source": event.source.value,
                     "labelled_at": event.occurred_at,
                 }
-            connection.execute(
-                update(table)
-                .where(*_match(table, key))
-                .values(
-                    **{
-                        k: row[k]
-                        for k in ("label", "label_event_id", "source", "labelled_at", "revisions")
-                    }
-                )
+    # One statement per kind of write, each with all its rows (executemany).
+    table = _table(CurrentLabelRow)
+    if created:
+        connection.execute(table.insert(), list(created.values()))
+    updated = [
+        {f"k_{i}": part for i, part in enumerate(key)} | {f"v_{k}": row[k] for k in _UPDATED}
+        for key, row in current.items()
+        if key in incoming and key not in created
+    ]
+    if updated:
+        connection.execute(
+            update(table)
+            .where(
+                table.c.site_id == bindparam("k_0"),
+                table.c.model_name == bindparam("k_1"),
+                table.c.study_key == bindparam("k_2"),
+                table.c.finding == bindparam("k_3"),
             )
+            .values({k: bindparam(f"v_{k}") for k in _UPDATED}),
+            updated,
+        )
+    if changes:
+        connection.execute(_table(LabelChangeRow).insert(), changes)
     transitions = [
         LabelTransition(
             *key,
@@ -230,15 +242,6 @@ def _change(
         "changed_at": event.occurred_at,
         "recorded_at": now,
     }
-
-
-def _match(table: Table, key: tuple[str, str, str, str]) -> list[Any]:
-    return [
-        table.c.site_id == key[0],
-        table.c.model_name == key[1],
-        table.c.study_key == key[2],
-        table.c.finding == key[3],
-    ]
 
 
 def _has_prediction() -> Any:

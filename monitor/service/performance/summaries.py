@@ -388,7 +388,9 @@ def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None
     updates = []
     for key in keys:
         row = rows[key]
-        summary = PerformanceSummary.from_dict(row.summary)
+        summary = PerformanceSummary.from_bytes(
+            summary_key(key), layout_for(key.threshold), row.summary
+        )
         sketch = DelaySketch.from_dict(row.delays)
         change = changes[key]
         change.apply(summary, sketch)
@@ -396,7 +398,7 @@ def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None
         updates.append(
             {
                 **{f"k_{name}": value for name, value in key._asdict().items()},
-                "summary": summary.to_dict(),
+                "summary": summary.to_bytes(),
                 "delays": sketch.to_dict(),
                 "n": summary.n,
                 "first_at": min(map(as_utc, times)) if times else None,
@@ -425,7 +427,7 @@ def _create_missing(
     rows = [
         {
             **key._asdict(),
-            "summary": PerformanceSummary(summary_key(key), layout_for(key.threshold)).to_dict(),
+            "summary": PerformanceSummary(summary_key(key), layout_for(key.threshold)).to_bytes(),
             "delays": {},
             "n": 0,
             "first_at": None,
@@ -634,7 +636,10 @@ def _merged(rows: Sequence[Any], threshold: float) -> PerformanceSummary | None:
     target = layout_for(threshold).threshold
     summaries = []
     for row in rows:
-        summary = PerformanceSummary.from_dict(row.summary)
+        key = BucketKey(*(getattr(row, name) for name in BucketKey._fields))
+        summary = PerformanceSummary.from_bytes(
+            summary_key(key), layout_for(row.threshold), row.summary
+        )
         if summary.layout.threshold != target:
             summary = at_threshold(summary, target)
         summaries.append(summary)

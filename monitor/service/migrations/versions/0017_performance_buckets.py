@@ -72,7 +72,7 @@ def upgrade() -> None:
         sa.Column("subgroup_value", sa.String(128), nullable=False),
         sa.Column("bucket", sa.String(10), nullable=False),
         sa.Column("threshold", sa.Float(), nullable=False),
-        sa.Column("summary", JSON_DOCUMENT, nullable=False),
+        sa.Column("summary", sa.LargeBinary(), nullable=False),
         sa.Column("delays", JSON_DOCUMENT, nullable=False),
         sa.Column("n", sa.Integer(), nullable=False),
         sa.Column("first_at", TIMESTAMP, nullable=True),
