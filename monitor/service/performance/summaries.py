@@ -206,6 +206,7 @@ def _cases_of_new_predictions(
             labels.c.label,
             labels.c.labelled_at,
             labels.c.expired_at,
+            labels.c.matched,
         ).where(tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk))
         if connection.dialect.name == "postgresql":
             statement = statement.with_for_update()
@@ -234,7 +235,8 @@ def _cases_of_new_predictions(
                     labelled_at=row.labelled_at,
                 )
             )
-    _mark_matched(connection, [s for s in studies if s in found])
+    waiting = {study for study, rows in found.items() if not all(row.matched for row in rows)}
+    _mark_matched(connection, sorted(waiting))
     return cases
 
 
@@ -295,7 +297,10 @@ def _cases_of_new_labels(
                     old_delay_h=old_delay,
                 )
             )
-    _mark_matched(connection, [s for s in studies if s in stored])
+    # Labels in force before this batch whose prediction was stored were matched then: only
+    # the labels new in this batch can be waiting.
+    created = {(t.site_id, t.model_name, t.study_key) for t in transitions if t.old_label is None}
+    _mark_matched(connection, sorted(created & stored.keys()))
     return cases
 
 
