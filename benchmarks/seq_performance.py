@@ -1,0 +1,337 @@
+"""Sequential AUROC alarm vs NannyML's realised-performance chunks (issue 21, item 3).
+
+The world is the simulator's score model (``monitor/simulate/scores.py``): a catalogue scanner
+(AUROC 0.90) at prevalence 0.2, labelled cases in label-arrival order at 44 a day (16,000 a
+year: the ten-year hospital of issue 21 had about 160,000). Each seed draws one stable stream
+of 28,000 labelled cases. A *degradation* starts at a random case ``onset`` in 11,000-11,999:
+a new unit whose images score like the simulator's degraded scanner (separation 0.74, AUROC
+0.70) takes a share of the studies that grows linearly from 0 at ``onset`` to ``final`` over
+``ramp`` cases and then stays; before the onset the degraded stream is the stable one.
+
+Methods, all reading the same streams:
+
+* ``auroc_cusum`` (ours; ``monitor.performance.auroc_cusum``): reference = the first 500
+  labelled cases, every later case monitored; an alarm is a signal (the statistic rising to h);
+* ``error_rate_cusum`` (the existing rule, defaults, reference = the first 500 cases);
+* NannyML 0.13.1 ``PerformanceCalculator(metrics=["roc_auc"], chunk_size=c)`` with its default
+  thresholds (reference chunks' mean -/+ 3 standard deviations), reference = the first 10
+  chunks, run in ``.venv-nannyml`` (``seq_performance_nannyml.py``); an alarm is a chunk whose
+  AUROC is below the lower threshold (drops only; the upper threshold's alerts are not
+  counted), known when the chunk's last case is labelled; consecutive alarming chunks count
+  as one false alarm.
+
+Per method: detection delay in labelled cases after the onset (the first alarm whose case is
+at or after the onset; none within 16,000 cases: not detected), median and range over seeds,
+and false alarms per stable year from the stable streams (our CUSUMs over all their monitored
+cases, NannyML over its analysis chunks). Also our in-control ARL: the design's computed ARL0
+against (a) a simulation that draws new cases from the reference itself (where the computation
+is exact) and (b) the exact ARL under the true score distributions given each reference.
+
+    make bench-seq-performance    # builds .venv-nannyml, then runs this with --explore
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance [--seeds 100] [--explore]
+
+Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.stats import norm
+
+from monitor.performance._auroc_cusum import case_steps, placements
+from monitor.performance._grid_cusum import run_length
+from monitor.performance.auroc_cusum import (
+    AurocCusumState,
+    start_auroc_cusum,
+    update_auroc_cusum,
+)
+from monitor.performance.config import AurocCusum, ErrorRateCusum
+from monitor.performance.metrics import binary_metrics
+from monitor.performance.rules import case_errors, start_cusum, update_cusum
+from monitor.simulate.profiles import DEGRADED, default_profile
+from monitor.simulate.scores import THRESHOLD, lesion_scores, separation
+
+PREVALENCE = 0.2
+PER_DAY = 44
+YEAR = 16_000
+LENGTH = 28_000
+ONSET_FROM, HORIZON = 11_000, 16_000
+CHUNK_SIZES = (250, 500, 1000)
+SITE = default_profile("site-01")
+NANNYML_PYTHON = Path(".venv-nannyml/bin/python")
+
+Bools = NDArray[np.bool_]
+Floats = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    final: float
+    """Share of the studies from the new unit once the ramp is over."""
+    ramp: int
+    """Labelled cases over which the share grows linearly from 0."""
+
+
+SCENARIOS = (
+    Scenario("new unit to 50% over 4,000 cases", 0.5, 4000),
+    Scenario("new unit to 50% over 1,000 cases", 0.5, 1000),
+    Scenario("new unit to 30% over 8,000 cases", 0.3, 8000),
+)
+VARIANTS = {"auroc_cusum (defaults)": AurocCusum()}
+EXPLORE = {
+    "ARL0 10,000": AurocCusum(arl0=10_000),
+    "drop 0.05": AurocCusum(drop=0.05),
+    "allowance 0.9": AurocCusum(reference_confidence=0.9),
+    "reference 500, drop 0.05": AurocCusum(reference_cases=500, drop=0.05),
+}
+
+
+@dataclass
+class Streams:
+    labels: Bools
+    """seeds x (1 stable + scenarios) x LENGTH."""
+    scores: Floats
+    onsets: NDArray[np.int64]
+
+
+def draw(rng: np.random.Generator, new_share: Floats) -> tuple[Bools, Floats]:
+    """Labelled cases, each from the new unit with probability ``new_share``."""
+    labels = rng.random(new_share.size) < PREVALENCE
+    new_unit = rng.random(new_share.size) < new_share
+    scores = np.where(
+        new_unit, lesion_scores(DEGRADED, labels, rng), lesion_scores(SITE, labels, rng)
+    )
+    return labels, scores
+
+
+def make_streams(seeds: int) -> Streams:
+    labels = np.zeros((seeds, 1 + len(SCENARIOS), LENGTH), dtype=bool)
+    scores = np.zeros(labels.shape)
+    onsets = np.zeros(seeds, dtype=np.int64)
+    for seed in range(seeds):
+        rng = np.random.default_rng([21, 3, seed])
+        onsets[seed] = onset = ONSET_FROM + int(rng.integers(0, 1000))
+        labels[seed, :], scores[seed, :] = draw(rng, np.zeros(LENGTH))
+        after = np.arange(LENGTH - onset, dtype=np.float64)
+        for k, scenario in enumerate(SCENARIOS, start=1):
+            share = scenario.final * np.minimum(1.0, after / scenario.ramp)
+            labels[seed, k, onset:], scores[seed, k, onset:] = draw(rng, share)
+    return Streams(labels, scores, onsets)
+
+
+@dataclass
+class Outcome:
+    delays: list[list[int | None]]
+    """Per scenario, per seed: labelled cases from the onset to the alarm (None: none)."""
+    false_alarms: int
+    stable_cases: int
+
+
+def our_cusum(streams: Streams, config: AurocCusum) -> tuple[Outcome, list[AurocCusumState]]:
+    outcome = Outcome([[] for _ in SCENARIOS], 0, 0)
+    states = []
+    for seed, onset in enumerate(streams.onsets.tolist()):
+        labels, scores = streams.labels[seed], streams.scores[seed]
+        before, _ = update_auroc_cusum(
+            start_auroc_cusum(config), labels[0, :onset], scores[0, :onset], config
+        )
+        states.append(before)
+        stable, _ = update_auroc_cusum(before, labels[0, onset:], scores[0, onset:], config)
+        outcome.false_alarms += stable.signals
+        outcome.stable_cases += stable.cases
+        for k in range(len(SCENARIOS)):
+            stop = onset + HORIZON
+            _, result = update_auroc_cusum(
+                before, labels[k + 1, onset:stop], scores[k + 1, onset:stop], config
+            )
+            first = result.numbers.get("first_signal_at")
+            outcome.delays[k].append(None if first is None else int(first) - before.cases)
+    return outcome, states
+
+
+def error_rate_cusum(streams: Streams, reference_cases: int = 500) -> Outcome:
+    config = ErrorRateCusum()
+    outcome = Outcome([[] for _ in SCENARIOS], 0, 0)
+    for seed, onset in enumerate(streams.onsets.tolist()):
+        labels, scores = streams.labels[seed], streams.scores[seed]
+        reference = binary_metrics(
+            labels[0, :reference_cases], scores[0, :reference_cases], THRESHOLD
+        )
+        errors = np.stack(
+            [case_errors(y, s, THRESHOLD) for y, s in zip(labels, scores, strict=True)]
+        )
+        before, _ = update_cusum(start_cusum(reference, config), errors[0, :onset], config)
+        stable, _ = update_cusum(before, errors[0, onset:], config)
+        outcome.false_alarms += stable.signals
+        outcome.stable_cases += stable.cases
+        for k in range(len(SCENARIOS)):
+            _, result = update_cusum(before, errors[k + 1, onset : onset + HORIZON], config)
+            first = result.numbers.get("first_signal_at")
+            outcome.delays[k].append(None if first is None else int(first) - before.cases)
+    return outcome
+
+
+def nannyml(streams: Streams) -> dict[int, Outcome]:
+    """NannyML's chunks per chunk size, from the worker in its own virtualenv."""
+    if not NANNYML_PYTHON.exists():
+        raise SystemExit(f"{NANNYML_PYTHON} missing: run `make .venv-nannyml/.installed` first")
+    seeds, kinds, _ = streams.labels.shape
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "streams.npz", Path(folder) / "chunks.npz"
+        np.savez(
+            source,
+            labels=streams.labels.reshape(seeds * kinds, -1),
+            scores=streams.scores.reshape(seeds * kinds, -1),
+            chunk_sizes=np.array(CHUNK_SIZES),
+        )
+        worker = Path(__file__).with_name("seq_performance_nannyml.py")
+        subprocess.run(  # NannyML's usage statistics off: nothing leaves the machine
+            [str(NANNYML_PYTHON), str(worker), str(source), str(target)],
+            check=True,
+            env={**os.environ, "NML_DISABLE_USAGE_LOGGING": "1"},
+        )
+        chunks = dict(np.load(target))
+    outcomes = {}
+    for size in CHUNK_SIZES:
+        ends = chunks[f"end_{size}"].reshape(seeds, kinds, -1)
+        low = chunks[f"auroc_{size}"] < chunks[f"lower_{size}"]
+        low = low.reshape(seeds, kinds, -1)
+        episodes = low[:, 0, :] & ~np.pad(low[:, 0, :-1], ((0, 0), (1, 0)))
+        analysed = ends.shape[2] * size * seeds
+        outcome = Outcome([[] for _ in SCENARIOS], int(episodes.sum()), analysed)
+        for seed, onset in enumerate(streams.onsets.tolist()):
+            for k in range(len(SCENARIOS)):
+                hits = ends[seed, k + 1][low[seed, k + 1] & (ends[seed, k + 1] >= onset)]
+                delay = int(hits[0]) - onset + 1 if hits.size else None
+                outcome.delays[k].append(delay if delay is not None and delay <= HORIZON else None)
+        outcomes[size] = outcome
+    return outcomes
+
+
+def true_arl0(state: AurocCusumState, grid: int = 20_000) -> float:
+    """Exact in-control ARL given this reference, under the true score distributions: each
+    class's scores on a fine quantile grid, their steps, mixed at the true prevalence."""
+    design = state.design
+    assert design is not None
+    quantiles = norm.ppf((np.arange(grid) + 0.5) / grid)
+    half = separation(SITE) / 2
+    steps, weights = [], []
+    for positive, share in ((True, PREVALENCE), (False, 1.0 - PREVALENCE)):
+        logits = (half if positive else -half) + quantiles
+        scores = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        labels = np.full(grid, positive)
+        placement = placements(
+            labels,
+            scores,
+            np.asarray(state.reference_positive),
+            np.asarray(state.reference_negative),
+        )
+        steps.append(case_steps(design, labels, placement))
+        weights.append(np.full(grid, share / grid))
+    return run_length(np.concatenate(steps), np.concatenate(weights), design.limit)
+
+
+def exactness_check(streams: Streams, runs: int = 300) -> tuple[float, float, float]:
+    """Design ARL0 (reference distribution) vs the mean run length of the grid CUSUM fed with
+    cases drawn from the reference itself (ARL0 2,000, no allowance): (exact, mean, SE)."""
+    config = AurocCusum(arl0=2000, reference_confidence=0.5, reference_cases=500)
+    labels, scores = streams.labels[0, 0, :500], streams.scores[0, 0, :500]
+    start, _ = update_auroc_cusum(start_auroc_cusum(config), labels, scores, config)
+    assert start.design is not None
+    rng = np.random.default_rng(2103)
+    lengths = []
+    for _ in range(runs):
+        state = start
+        while True:  # first_signal_at counts monitored cases from the start
+            pick = rng.integers(0, 500, 4000)
+            state, result = update_auroc_cusum(state, labels[pick], scores[pick], config)
+            if "first_signal_at" in result.numbers:
+                lengths.append(int(result.numbers["first_signal_at"]))
+                break
+    mean, se = float(np.mean(lengths)), float(np.std(lengths) / np.sqrt(runs))
+    return start.design.arl0_reference, mean, se
+
+
+def summary(delays: list[int | None]) -> str:
+    found = [d for d in delays if d is not None]
+    if not found:
+        return f"none of {len(delays)}"
+    missed = len(delays) - len(found)
+    text = f"{int(np.median(found)):,} ({min(found):,}-{max(found):,})"
+    return text + (f", {missed} missed" if missed else "")
+
+
+def per_year(outcome: Outcome) -> str:
+    rate = outcome.false_alarms / outcome.stable_cases * YEAR
+    return f"{rate:.2f} ({outcome.false_alarms} in {outcome.stable_cases / YEAR:,.0f} y)"
+
+
+def medians(outcome: Outcome) -> list[float]:
+    return [float(np.median([d if d is not None else HORIZON for d in k])) for k in outcome.delays]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--explore", action="store_true", help="also the exploration variants")
+    parser.add_argument("--no-nannyml", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    streams = make_streams(args.seeds)
+    rows: dict[str, Outcome] = {}
+    variants = VARIANTS | (EXPLORE if args.explore else {})
+    arl_lines = []
+    for name, config in variants.items():
+        t = time.perf_counter()
+        rows[name], states = our_cusum(streams, config)
+        designs = [s.design for s in states if s.design is not None]
+        truths = np.array([true_arl0(s) for s in states if s.design is not None])
+        arl_lines.append(
+            f"| {name} | {np.median([d.decision_interval for d in designs]):.2f} | "
+            f"{np.median([d.arl0 for d in designs]):,.0f} | "
+            f"{np.median([d.arl0_reference for d in designs]):,.0f} | "
+            f"{np.median(truths):,.0f} | {np.quantile(truths, 0.1):,.0f} | "
+            f"{np.mean(truths >= config.arl0):.0%} | {np.median([d.arl1 for d in designs]):,.0f} |"
+            f" {time.perf_counter() - t:.0f} s |"
+        )
+    rows["error_rate_cusum (defaults)"] = error_rate_cusum(streams)
+    nanny = {} if args.no_nannyml else nannyml(streams)
+    for size, outcome in nanny.items():
+        rows[f"NannyML chunks of {size}"] = outcome
+    print(f"{args.seeds} seeds, {LENGTH:,} labelled cases per stream, {PER_DAY}/day\n")
+    header = " | ".join(s.name for s in SCENARIOS)
+    print(f"| method | {header} | false alarms per stable year |")
+    print("|---|" + "---|" * len(SCENARIOS) + "---|")
+    for name, outcome in rows.items():
+        cells = " | ".join(summary(d) for d in outcome.delays)
+        print(f"| {name} | {cells} | {per_year(outcome)} |")
+    ours = rows["auroc_cusum (defaults)"]
+    for size, outcome in nanny.items():
+        ratios = [a / b for a, b in zip(medians(ours), medians(outcome), strict=True)]
+        print(
+            f"\nmedian delay, ours / NannyML chunks of {size}: "
+            + ", ".join(f"{r:.2f}" for r in ratios)
+        )
+    print(
+        "\n| variant | median h | ARL0 design | ARL0 at the reference | true ARL0 (median) "
+        "| true ARL0 (10th pct) | true >= nominal | ARL1 at the drop | time |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(arl_lines))
+    exact, mean, se = exactness_check(streams)
+    print(f"\nexactness: ARL0 computed {exact:,.0f}, simulated {mean:,.0f} (SE {se:.0f}, 300 runs)")
+    print(f"elapsed {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
