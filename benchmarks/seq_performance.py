@@ -40,13 +40,16 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import norm
 
+from monitor.drift.alarms import AlarmState, Transition
 from monitor.performance._auroc_cusum import case_steps, placements
 from monitor.performance._grid_cusum import run_length
 from monitor.performance.auroc_cusum import (
@@ -54,9 +57,19 @@ from monitor.performance.auroc_cusum import (
     start_auroc_cusum,
     update_auroc_cusum,
 )
-from monitor.performance.config import AurocCusum, ErrorRateCusum
-from monitor.performance.metrics import binary_metrics
-from monitor.performance.rules import case_errors, start_cusum, update_cusum
+from monitor.performance.config import AurocCusum, ErrorRateCusum, PerformanceConfig
+from monitor.performance.metrics import BinaryMetrics, binary_metrics
+from monitor.performance.rules import (
+    CusumState,
+    RuleResult,
+    RulesConfig,
+    case_errors,
+    evaluate_rules,
+    observe_rule,
+    start_cusum,
+    update_cusum,
+)
+from monitor.service.settings import PerformanceSettings
 from monitor.simulate.profiles import DEGRADED, default_profile
 from monitor.simulate.scores import THRESHOLD, lesion_scores, separation
 
@@ -66,6 +79,11 @@ YEAR = 16_000
 LENGTH = 28_000
 ONSET_FROM, HORIZON = 11_000, 16_000
 CHUNK_SIZES = (250, 500, 1000)
+REFRESH = 100
+"""Labels between two checks: the tracker's ``min_new_labels``."""
+REFERENCE_CASES = WINDOW = 500
+"""The tracker's ``estimate_reference`` and ``rolling_window``."""
+ALARMS = PerformanceSettings().alarms
 SITE = default_profile("site-01")
 NANNYML_PYTHON = Path(".venv-nannyml/bin/python")
 
@@ -83,6 +101,7 @@ class Scenario:
 
 
 SCENARIOS = (
+    Scenario("new unit at 50% at once", 0.5, 1),
     Scenario("new unit to 50% over 4,000 cases", 0.5, 4000),
     Scenario("new unit to 50% over 1,000 cases", 0.5, 1000),
     Scenario("new unit to 30% over 8,000 cases", 0.3, 8000),
@@ -91,6 +110,7 @@ VARIANTS = {"auroc_cusum (defaults)": AurocCusum()}
 EXPLORE = {
     "ARL0 10,000": AurocCusum(arl0=10_000),
     "drop 0.05": AurocCusum(drop=0.05),
+    "drop 0.05, ARL0 10,000": AurocCusum(drop=0.05, arl0=10_000),
     "allowance 0.9": AurocCusum(reference_confidence=0.9),
     "reference 500, drop 0.05": AurocCusum(reference_cases=500, drop=0.05),
 }
@@ -134,50 +154,117 @@ class Outcome:
     delays: list[list[int | None]]
     """Per scenario, per seed: labelled cases from the onset to the alarm (None: none)."""
     false_alarms: int
+    """Stable streams: signals (CUSUMs), breaching checks after a quiet one (window rule),
+    runs of alarming chunks (NannyML)."""
     stable_cases: int
+    alerts: int | None = None
+    """Stable streams: alert episodes opened by the service's AlarmState (checks every
+    REFRESH labels; None for NannyML, whose runs of chunks are its episodes)."""
 
 
-def our_cusum(streams: Streams, config: AurocCusum) -> tuple[Outcome, list[AurocCusumState]]:
-    outcome = Outcome([[] for _ in SCENARIOS], 0, 0)
-    states = []
+State = TypeVar("State")
+Update = Callable[[State, Bools, Floats], tuple[State, RuleResult]]
+
+
+def refreshes(
+    update: Update[State], state: State, labels: Bools, scores: Floats, alarm: AlarmState
+) -> tuple[State, int, bool]:
+    """Feed ``labels``/``scores`` REFRESH at a time, each result to ``alarm`` as the tracker
+    does: the state, alerts opened, and whether a check breached after a quiet one."""
+    opened, quiet_then_breach, last = 0, 0, False
+    for start in range(0, labels.size, REFRESH):
+        stop = start + REFRESH
+        state, result = update(state, labels[start:stop], scores[start:stop])
+        transition = observe_rule(alarm, result, float(start), ALARMS)
+        opened += transition == Transition.OPENED
+        quiet_then_breach += bool(result.breached) and not last
+        last = bool(result.breached)
+    return state, opened, quiet_then_breach > 0
+
+
+def sequential(
+    streams: Streams,
+    start: Callable[[Bools, Floats], State],
+    update: Update[State],
+    signals: Callable[[State], tuple[int, int]],
+) -> tuple[Outcome, list[State]]:
+    """A CUSUM (``signals``: its signals and monitored cases so far) over every seed: the
+    stable stream refresh by refresh, each scenario from the onset in one batch."""
+    outcome, states = Outcome([[] for _ in SCENARIOS], 0, 0, 0), []
     for seed, onset in enumerate(streams.onsets.tolist()):
         labels, scores = streams.labels[seed], streams.scores[seed]
-        before, _ = update_auroc_cusum(
-            start_auroc_cusum(config), labels[0, :onset], scores[0, :onset], config
-        )
+        alarm = AlarmState()
+        state = start(labels[0], scores[0])
+        before, opened, _ = refreshes(update, state, labels[0, :onset], scores[0, :onset], alarm)
         states.append(before)
-        stable, _ = update_auroc_cusum(before, labels[0, onset:], scores[0, onset:], config)
-        outcome.false_alarms += stable.signals
-        outcome.stable_cases += stable.cases
+        stable, later, _ = refreshes(update, before, labels[0, onset:], scores[0, onset:], alarm)
+        count, cases = signals(stable)
+        outcome.false_alarms += count
+        outcome.stable_cases += cases
+        outcome.alerts = (outcome.alerts or 0) + opened + later
+        _, cases_before = signals(before)
         for k in range(len(SCENARIOS)):
-            stop = onset + HORIZON
-            _, result = update_auroc_cusum(
-                before, labels[k + 1, onset:stop], scores[k + 1, onset:stop], config
-            )
+            window = slice(onset, onset + HORIZON)
+            _, result = update(before, labels[k + 1, window], scores[k + 1, window])
             first = result.numbers.get("first_signal_at")
-            outcome.delays[k].append(None if first is None else int(first) - before.cases)
+            outcome.delays[k].append(None if first is None else int(first) - cases_before)
     return outcome, states
 
 
-def error_rate_cusum(streams: Streams, reference_cases: int = 500) -> Outcome:
+def our_cusum(streams: Streams, config: AurocCusum) -> tuple[Outcome, list[AurocCusumState]]:
+    return sequential(
+        streams,
+        lambda labels, scores: start_auroc_cusum(config),
+        lambda state, labels, scores: update_auroc_cusum(state, labels, scores, config),
+        lambda state: (state.signals, state.cases),
+    )
+
+
+def error_rate_cusum(streams: Streams) -> Outcome:
     config = ErrorRateCusum()
-    outcome = Outcome([[] for _ in SCENARIOS], 0, 0)
+
+    def start(labels: Bools, scores: Floats) -> CusumState:
+        cases = slice(0, REFERENCE_CASES)
+        return start_cusum(binary_metrics(labels[cases], scores[cases], THRESHOLD), config)
+
+    def update(state: CusumState, labels: Bools, scores: Floats) -> tuple[CusumState, RuleResult]:
+        return update_cusum(state, case_errors(labels, scores, THRESHOLD), config)
+
+    return sequential(streams, start, update, lambda state: (state.signals, state.cases))[0]
+
+
+def window_rule(streams: Streams) -> Outcome:
+    """The tracker's ``auroc_drop`` (defaults): the latest 500 labelled cases against the first
+    500, checked every REFRESH new labels, alerts through the same AlarmState."""
+    rules = RulesConfig(sensitivity_floor=None, calibration_limit=None, error_rate_cusum=None)
+    metrics = PerformanceConfig(min_calibration_cases=10**9)  # the AUROC only: faster
+    outcome = Outcome([[] for _ in SCENARIOS], 0, 0, 0)
+
+    def breaches(labels: Bools, scores: Floats, reference: BinaryMetrics, ends: range) -> Bools:
+        found = []
+        for end in ends:
+            window = slice(end - WINDOW, end)
+            current = binary_metrics(labels[window], scores[window], THRESHOLD, metrics)
+            found.append(evaluate_rules(current, reference, rules)[0].breached is True)
+        return np.array(found, dtype=bool)
+
     for seed, onset in enumerate(streams.onsets.tolist()):
         labels, scores = streams.labels[seed], streams.scores[seed]
-        reference = binary_metrics(
-            labels[0, :reference_cases], scores[0, :reference_cases], THRESHOLD
-        )
-        errors = np.stack(
-            [case_errors(y, s, THRESHOLD) for y, s in zip(labels, scores, strict=True)]
-        )
-        before, _ = update_cusum(start_cusum(reference, config), errors[0, :onset], config)
-        stable, _ = update_cusum(before, errors[0, onset:], config)
-        outcome.false_alarms += stable.signals
-        outcome.stable_cases += stable.cases
+        cases = slice(0, REFERENCE_CASES)
+        reference = binary_metrics(labels[0, cases], scores[0, cases], THRESHOLD, metrics)
+        ends = range(REFERENCE_CASES + REFRESH, LENGTH + 1, REFRESH)
+        stable = breaches(labels[0], scores[0], reference, ends)
+        alarm = AlarmState()
+        for index, breached in enumerate(stable.tolist()):
+            outcome.alerts = (outcome.alerts or 0) + (
+                alarm.observe(breached, float(index), ALARMS) == Transition.OPENED
+            )
+        outcome.false_alarms += int(np.sum(stable & ~np.pad(stable[:-1], (1, 0))))
+        outcome.stable_cases += LENGTH - REFERENCE_CASES
+        after = range(((onset + REFRESH - 1) // REFRESH) * REFRESH, onset + HORIZON + 1, REFRESH)
         for k in range(len(SCENARIOS)):
-            _, result = update_cusum(before, errors[k + 1, onset : onset + HORIZON], config)
-            first = result.numbers.get("first_signal_at")
-            outcome.delays[k].append(None if first is None else int(first) - before.cases)
+            hits = np.flatnonzero(breaches(labels[k + 1], scores[k + 1], reference, after))
+            outcome.delays[k].append(after[hits[0]] - onset if hits.size else None)
     return outcome
 
 
@@ -262,6 +349,28 @@ def exactness_check(streams: Streams, runs: int = 300) -> tuple[float, float, fl
     return start.design.arl0_reference, mean, se
 
 
+def common_shift(seeds: int = 10) -> list[str]:
+    """A monotone shift of every new score (logit + shift: AUROC unchanged, e.g. a recalibrated
+    model): monitored cases to the first signal of the default rule, per seed (None: none in
+    16,000). Placements against the reference are not invariant to it."""
+    config, lines = AurocCusum(), []
+    for shift in (-0.5, 0.5, 1.0):
+        found = []
+        for seed in range(seeds):
+            rng = np.random.default_rng([21, 4, seed])
+            start, _ = update_auroc_cusum(
+                start_auroc_cusum(config), *draw(rng, np.zeros(2000)), config
+            )
+            labels, scores = draw(rng, np.zeros(HORIZON))
+            logits = np.log(scores / (1.0 - scores)) + shift
+            shifted = 0.5 * (1.0 + np.tanh(0.5 * logits))
+            _, result = update_auroc_cusum(start, labels, shifted, config)
+            first = result.numbers.get("first_signal_at")
+            found.append(None if first is None else int(first))
+        lines.append(f"logit shift {shift:+.1f}: first signal after {found}")
+    return lines
+
+
 def summary(delays: list[int | None]) -> str:
     found = [d for d in delays if d is not None]
     if not found:
@@ -272,8 +381,11 @@ def summary(delays: list[int | None]) -> str:
 
 
 def per_year(outcome: Outcome) -> str:
-    rate = outcome.false_alarms / outcome.stable_cases * YEAR
-    return f"{rate:.2f} ({outcome.false_alarms} in {outcome.stable_cases / YEAR:,.0f} y)"
+    years = outcome.stable_cases / YEAR
+    text = f"{outcome.false_alarms / years:.2f}"
+    if outcome.alerts is not None:
+        text += f" / {outcome.alerts / years:.2f}"
+    return text + f" ({years:,.0f} y)"
 
 
 def medians(outcome: Outcome) -> list[float]:
@@ -285,7 +397,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--explore", action="store_true", help="also the exploration variants")
     parser.add_argument("--no-nannyml", action="store_true")
+    parser.add_argument("--common-shift", action="store_true", help="only the common-shift check")
     args = parser.parse_args()
+    if args.common_shift:
+        print("\n".join(common_shift()))
+        return
     started = time.perf_counter()
     streams = make_streams(args.seeds)
     rows: dict[str, Outcome] = {}
@@ -305,12 +421,13 @@ def main() -> None:
             f" {time.perf_counter() - t:.0f} s |"
         )
     rows["error_rate_cusum (defaults)"] = error_rate_cusum(streams)
+    rows["auroc_drop window rule (defaults)"] = window_rule(streams)
     nanny = {} if args.no_nannyml else nannyml(streams)
     for size, outcome in nanny.items():
         rows[f"NannyML chunks of {size}"] = outcome
     print(f"{args.seeds} seeds, {LENGTH:,} labelled cases per stream, {PER_DAY}/day\n")
     header = " | ".join(s.name for s in SCENARIOS)
-    print(f"| method | {header} | false alarms per stable year |")
+    print(f"| method | {header} | false alarms / alerts per stable year |")
     print("|---|" + "---|" * len(SCENARIOS) + "---|")
     for name, outcome in rows.items():
         cells = " | ".join(summary(d) for d in outcome.delays)

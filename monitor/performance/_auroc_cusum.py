@@ -40,6 +40,8 @@ follow the reference exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -168,64 +170,72 @@ def shortfall(
     return None
 
 
+class _Placed(NamedTuple):
+    """The reference's own placements, per class (positives first), and the class shares."""
+
+    by_class: tuple[FloatArray, FloatArray]
+    shares: tuple[float, float]
+
+    def mixture(self, thetas: Sequence[float]) -> FloatArray:
+        """Probability of each reference case's step when class ``c`` is tilted by
+        ``thetas[c]`` (0: the reference's own distribution), mixed at the class shares."""
+        return np.concatenate(
+            [
+                share * tilted_weights(values, theta)
+                for share, values, theta in zip(self.shares, self.by_class, thetas, strict=True)
+            ]
+        )
+
+
+def _placed(reference_positive: FloatArray, reference_negative: FloatArray) -> _Placed:
+    sizes = (reference_positive.size, reference_negative.size)
+    by_class = tuple(
+        placements(np.full(size, label), scores, reference_positive, reference_negative)
+        for label, size, scores in (
+            (True, sizes[0], reference_positive),
+            (False, sizes[1], reference_negative),
+        )
+    )
+    total = sizes[0] + sizes[1]
+    return _Placed((by_class[0], by_class[1]), (sizes[0] / total, sizes[1] / total))
+
+
 def design_auroc_cusum(
     reference_positive: FloatArray, reference_negative: FloatArray, config: AurocCusum
 ) -> AurocCusumDesign | str:
     """The design for this reference (sorted scores per class), or why there is none."""
-    positive = placements(
-        np.ones(reference_positive.size), reference_positive, reference_positive, reference_negative
-    )
-    negative = placements(
-        np.zeros(reference_negative.size),
-        reference_negative,
-        reference_positive,
-        reference_negative,
-    )
-    reason = shortfall(positive, negative, config.drop)
+    placed = _placed(reference_positive, reference_negative)
+    reason = shortfall(*placed.by_class, config.drop)
     if reason is not None:
         return reason
-    by_class = (positive, negative)
-    auroc = float(positive.mean())
-    tilts = tuple(tilt_to_mean(values, float(values.mean()) - config.drop) for values in by_class)
-    log_mgfs = [_log_mgf(values, theta) for values, theta in zip(by_class, tilts, strict=True)]
+    tilts = [tilt_to_mean(values, float(values.mean()) - config.drop) for values in placed.by_class]
+    log_mgfs = [
+        _log_mgf(values, theta) for values, theta in zip(placed.by_class, tilts, strict=True)
+    ]
     largest = max(
-        abs(-theta * x - m) for theta, m in zip(tilts, log_mgfs, strict=True) for x in (0.0, 1.0)
+        abs(theta * x + m) for theta, m in zip(tilts, log_mgfs, strict=True) for x in (0, 1)
     )
     scale = config.resolution / largest
     steps = np.concatenate(
-        [_steps(v, t, m, scale) for v, t, m in zip(by_class, tilts, log_mgfs, strict=True)]
+        [_steps(v, t, m, scale) for v, t, m in zip(placed.by_class, tilts, log_mgfs, strict=True)]
     )
-    shares = np.array([positive.size, negative.size], dtype=np.float64)
-    shares /= shares.sum()
-
-    def probabilities(means: tuple[float, float]) -> FloatArray:
-        return np.concatenate(
-            [
-                share * tilted_weights(values, tilt_to_mean(values, mean))
-                for share, values, mean in zip(shares, by_class, means, strict=True)
-            ]
-        )
-
-    means = (float(positive.mean()), float(negative.mean()))
     z = float(norm.ppf(config.reference_confidence))
-    pessimistic = probabilities(_least_favourable_means(by_class, (tilts[0], tilts[1]), z))
+    means = _least_favourable_means(placed.by_class, (tilts[0], tilts[1]), z)
+    pessimistic = placed.mixture(
+        [tilt_to_mean(values, mean) for values, mean in zip(placed.by_class, means, strict=True)]
+    )
     if float(pessimistic @ steps) >= 0.0:
         return (
-            f"a reference of {positive.size + negative.size} labelled cases is too uncertain to "
-            f"tell a drop of {config.drop:.2f} from its own sampling error (at "
-            f"{config.reference_confidence:.0%} confidence): a larger reference or drop is needed"
+            f"a reference of {reference_positive.size + reference_negative.size} labelled cases "
+            f"is too uncertain to tell a drop of {config.drop:.2f} from its own sampling error "
+            f"(at {config.reference_confidence:.0%} confidence): a larger reference or drop is "
+            "needed"
         )
     limit = smallest_limit(lambda h: run_length(steps, pessimistic, h), config.arl0, 1)
-    alternative = np.concatenate(
-        [
-            share * tilted_weights(values, theta)
-            for share, values, theta in zip(shares, by_class, tilts, strict=True)
-        ]
-    )
     return AurocCusumDesign(
-        reference_auroc=auroc,
-        positives=positive.size,
-        negatives=negative.size,
+        reference_auroc=float(placed.by_class[0].mean()),
+        positives=reference_positive.size,
+        negatives=reference_negative.size,
         drop=config.drop,
         tilt_positive=tilts[0],
         log_mgf_positive=log_mgfs[0],
@@ -235,8 +245,8 @@ def design_auroc_cusum(
         limit=limit,
         hold=max(limit, round(limit * config.hold_multiple)),
         arl0=run_length(steps, pessimistic, limit),
-        arl0_reference=run_length(steps, probabilities(means), limit),
-        arl1=run_length(steps, alternative, limit),
+        arl0_reference=run_length(steps, placed.mixture([0.0, 0.0]), limit),
+        arl1=run_length(steps, placed.mixture(tilts), limit),
     )
 
 
