@@ -108,9 +108,9 @@ SCENARIOS = (
 )
 VARIANTS = {"auroc_cusum (defaults)": AurocCusum()}
 EXPLORE = {
-    "ARL0 10,000": AurocCusum(arl0=10_000),
+    "ARL0 50,000": AurocCusum(arl0=50_000),
     "drop 0.05": AurocCusum(drop=0.05),
-    "drop 0.05, ARL0 10,000": AurocCusum(drop=0.05, arl0=10_000),
+    "drop 0.05, ARL0 50,000": AurocCusum(drop=0.05, arl0=50_000),
     "allowance 0.9": AurocCusum(reference_confidence=0.9),
     "reference 500, drop 0.05": AurocCusum(reference_cases=500, drop=0.05),
 }
@@ -154,12 +154,13 @@ class Outcome:
     delays: list[list[int | None]]
     """Per scenario, per seed: labelled cases from the onset to the alarm (None: none)."""
     false_alarms: int
-    """Stable streams: signals (CUSUMs), breaching checks after a quiet one (window rule),
-    runs of alarming chunks (NannyML)."""
+    """Stable streams: runs of breaching checks (every REFRESH labels for the CUSUMs and the
+    window rule, every chunk for NannyML)."""
     stable_cases: int
-    alerts: int | None = None
-    """Stable streams: alert episodes opened by the service's AlarmState (checks every
-    REFRESH labels; None for NannyML, whose runs of chunks are its episodes)."""
+    alerts: int = 0
+    """Stable streams: alert episodes the service's AlarmState opens on those checks."""
+    signals: int | None = None
+    """CUSUMs only: rises of the statistic to h (several can fall in one breaching check)."""
 
 
 State = TypeVar("State")
@@ -167,11 +168,16 @@ Update = Callable[[State, Bools, Floats], tuple[State, RuleResult]]
 
 
 def refreshes(
-    update: Update[State], state: State, labels: Bools, scores: Floats, alarm: AlarmState
-) -> tuple[State, int, bool]:
+    update: Update[State],
+    state: State,
+    labels: Bools,
+    scores: Floats,
+    alarm: AlarmState,
+    last: bool,
+) -> tuple[State, int, int, bool]:
     """Feed ``labels``/``scores`` REFRESH at a time, each result to ``alarm`` as the tracker
-    does: the state, alerts opened, and whether a check breached after a quiet one."""
-    opened, quiet_then_breach, last = 0, 0, False
+    does: the state, alerts opened, runs of breaching checks begun, whether the last breached."""
+    opened, quiet_then_breach = 0, 0
     for start in range(0, labels.size, REFRESH):
         stop = start + REFRESH
         state, result = update(state, labels[start:stop], scores[start:stop])
@@ -179,7 +185,7 @@ def refreshes(
         opened += transition == Transition.OPENED
         quiet_then_breach += bool(result.breached) and not last
         last = bool(result.breached)
-    return state, opened, quiet_then_breach > 0
+    return state, opened, quiet_then_breach, last
 
 
 def sequential(
@@ -190,18 +196,24 @@ def sequential(
 ) -> tuple[Outcome, list[State]]:
     """A CUSUM (``signals``: its signals and monitored cases so far) over every seed: the
     stable stream refresh by refresh, each scenario from the onset in one batch."""
-    outcome, states = Outcome([[] for _ in SCENARIOS], 0, 0, 0), []
+    outcome, states = Outcome([[] for _ in SCENARIOS], 0, 0, 0, 0), []
     for seed, onset in enumerate(streams.onsets.tolist()):
         labels, scores = streams.labels[seed], streams.scores[seed]
         alarm = AlarmState()
         state = start(labels[0], scores[0])
-        before, opened, _ = refreshes(update, state, labels[0, :onset], scores[0, :onset], alarm)
+        stable_labels, stable_scores = labels[0], scores[0]
+        before, opened, runs, last = refreshes(
+            update, state, stable_labels[:onset], stable_scores[:onset], alarm, False
+        )
         states.append(before)
-        stable, later, _ = refreshes(update, before, labels[0, onset:], scores[0, onset:], alarm)
+        stable, more_opened, more_runs, _ = refreshes(
+            update, before, stable_labels[onset:], stable_scores[onset:], alarm, last
+        )
         count, cases = signals(stable)
-        outcome.false_alarms += count
+        outcome.signals = (outcome.signals or 0) + count
+        outcome.false_alarms += runs + more_runs
         outcome.stable_cases += cases
-        outcome.alerts = (outcome.alerts or 0) + opened + later
+        outcome.alerts += opened + more_opened
         _, cases_before = signals(before)
         for k in range(len(SCENARIOS)):
             window = slice(onset, onset + HORIZON)
@@ -233,12 +245,26 @@ def error_rate_cusum(streams: Streams) -> Outcome:
     return sequential(streams, start, update, lambda state: (state.signals, state.cases))[0]
 
 
+def alerts_of(breaches: Bools) -> int:
+    """Alert episodes the service's AlarmState opens on this sequence of checks."""
+    alarm = AlarmState()
+    return sum(
+        alarm.observe(breached, float(index), ALARMS) == Transition.OPENED
+        for index, breached in enumerate(breaches.tolist())
+    )
+
+
+def runs_of(breaches: Bools) -> int:
+    """Runs of consecutive breaching checks."""
+    return int(np.sum(breaches & ~np.pad(breaches[:-1], (1, 0))))
+
+
 def window_rule(streams: Streams) -> Outcome:
     """The tracker's ``auroc_drop`` (defaults): the latest 500 labelled cases against the first
     500, checked every REFRESH new labels, alerts through the same AlarmState."""
     rules = RulesConfig(sensitivity_floor=None, calibration_limit=None, error_rate_cusum=None)
     metrics = PerformanceConfig(min_calibration_cases=10**9)  # the AUROC only: faster
-    outcome = Outcome([[] for _ in SCENARIOS], 0, 0, 0)
+    outcome = Outcome([[] for _ in SCENARIOS], 0, 0)
 
     def breaches(labels: Bools, scores: Floats, reference: BinaryMetrics, ends: range) -> Bools:
         found = []
@@ -254,12 +280,8 @@ def window_rule(streams: Streams) -> Outcome:
         reference = binary_metrics(labels[0, cases], scores[0, cases], THRESHOLD, metrics)
         ends = range(REFERENCE_CASES + REFRESH, LENGTH + 1, REFRESH)
         stable = breaches(labels[0], scores[0], reference, ends)
-        alarm = AlarmState()
-        for index, breached in enumerate(stable.tolist()):
-            outcome.alerts = (outcome.alerts or 0) + (
-                alarm.observe(breached, float(index), ALARMS) == Transition.OPENED
-            )
-        outcome.false_alarms += int(np.sum(stable & ~np.pad(stable[:-1], (1, 0))))
+        outcome.alerts += alerts_of(stable)
+        outcome.false_alarms += runs_of(stable)
         outcome.stable_cases += LENGTH - REFERENCE_CASES
         after = range(((onset + REFRESH - 1) // REFRESH) * REFRESH, onset + HORIZON + 1, REFRESH)
         for k in range(len(SCENARIOS)):
@@ -293,9 +315,13 @@ def nannyml(streams: Streams) -> dict[int, Outcome]:
         ends = chunks[f"end_{size}"].reshape(seeds, kinds, -1)
         low = chunks[f"auroc_{size}"] < chunks[f"lower_{size}"]
         low = low.reshape(seeds, kinds, -1)
-        episodes = low[:, 0, :] & ~np.pad(low[:, 0, :-1], ((0, 0), (1, 0)))
         analysed = ends.shape[2] * size * seeds
-        outcome = Outcome([[] for _ in SCENARIOS], int(episodes.sum()), analysed)
+        outcome = Outcome(
+            [[] for _ in SCENARIOS],
+            sum(runs_of(low[seed, 0]) for seed in range(seeds)),
+            analysed,
+            sum(alerts_of(low[seed, 0]) for seed in range(seeds)),
+        )
         for seed, onset in enumerate(streams.onsets.tolist()):
             for k in range(len(SCENARIOS)):
                 hits = ends[seed, k + 1][low[seed, k + 1] & (ends[seed, k + 1] >= onset)]
@@ -382,10 +408,9 @@ def summary(delays: list[int | None]) -> str:
 
 def per_year(outcome: Outcome) -> str:
     years = outcome.stable_cases / YEAR
-    text = f"{outcome.false_alarms / years:.2f}"
-    if outcome.alerts is not None:
-        text += f" / {outcome.alerts / years:.2f}"
-    return text + f" ({years:,.0f} y)"
+    signals = "" if outcome.signals is None else f" / {outcome.signals / years:.2f}"
+    counts = f"{outcome.false_alarms / years:.2f} / {outcome.alerts / years:.2f}{signals}"
+    return f"{counts} ({years:,.0f} y)"
 
 
 def medians(outcome: Outcome) -> list[float]:
@@ -427,7 +452,7 @@ def main() -> None:
         rows[f"NannyML chunks of {size}"] = outcome
     print(f"{args.seeds} seeds, {LENGTH:,} labelled cases per stream, {PER_DAY}/day\n")
     header = " | ".join(s.name for s in SCENARIOS)
-    print(f"| method | {header} | false alarms / alerts per stable year |")
+    print(f"| method | {header} | per stable year: breach runs / alerts / signals |")
     print("|---|" + "---|" * len(SCENARIOS) + "---|")
     for name, outcome in rows.items():
         cells = " | ".join(summary(d) for d in outcome.delays)
