@@ -12,7 +12,12 @@ ALIBI_STAMP := $(ALIBI_VENV)/.installed
 ALIBI_REQS  := 'alibi-detect[torch]>=0.13,<0.14' 'torch==2.13.0' 'scipy>=1.11' 'pydantic>=2.7' \
                'pytest>=8'
 
-.PHONY: run test test-alibi lint typecheck schemas dashboards clean
+# NannyML (benchmarks/seq_performance.py's comparison) gets a venv of its own too: heavy
+# dependencies, never imported by the service or the tests.
+NANNYML_VENV  := .venv-nannyml
+NANNYML_STAMP := $(NANNYML_VENV)/.installed
+
+.PHONY: run test test-alibi lint typecheck schemas dashboards clean bench-seq-performance
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +30,16 @@ $(ALIBI_STAMP): pyproject.toml
 	$(ALIBI_BIN)/pip install --quiet $(ALIBI_REQS)
 	$(ALIBI_BIN)/pip install --quiet --no-deps -e .
 	touch $(ALIBI_STAMP)
+
+$(NANNYML_STAMP):
+	$(PYTHON) -m venv $(NANNYML_VENV)
+	$(NANNYML_VENV)/bin/pip install --quiet --upgrade pip
+	$(NANNYML_VENV)/bin/pip install --quiet 'nannyml==0.13.1'
+	touch $(NANNYML_STAMP)
+
+## bench-seq-performance: the AUROC CUSUM against NannyML's chunks (docs/benchmarks.md)
+bench-seq-performance: $(STAMP) $(NANNYML_STAMP)
+	PYTHONPATH=. $(BIN)/python -m benchmarks.seq_performance --explore
 
 ## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites)
 run: $(STAMP)

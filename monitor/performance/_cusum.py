@@ -14,25 +14,21 @@ The CUSUM that runs is the one on the grid, so its statistic is a Markov chain o
 solution ``L`` of ``(I - Q) L = 1`` at state 0, ``Q`` the chain's transitions among the
 non-signalling states. ``limit`` is the smallest one whose in-control ARL reaches the target,
 found by doubling and then bisection (the ARL grows with the limit). No simulation: the same
-reference always gives the same ``h``.
+reference always gives the same ``h``. The chain, the search and the run over a batch are
+``_grid_cusum``'s, shared with the AUROC CUSUM (``_auroc_cusum``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
-from scipy.sparse import coo_matrix, identity
-from scipy.sparse.linalg import spsolve
 
+from monitor.performance._grid_cusum import Advance, advance, run_length, smallest_limit
 from monitor.performance.config import ErrorRateCusum as ErrorRateCusum
 from monitor.performance.metrics import BinaryMetrics, validated
-
-_MAX_LIMIT = 2_000_000
-"""Grid units beyond which the design gives up (an ARL0 no monitoring would ever ask for)."""
 
 
 class CusumDesign(BaseModel):
@@ -63,30 +59,9 @@ class CusumDesign(BaseModel):
         return self.limit / self.scale
 
 
-class Advance(NamedTuple):
-    """Where a batch of cases took the statistic."""
-
-    units: int
-    peak: int
-    """Highest value reached in the batch (the starting value if the batch is empty)."""
-    crossings: tuple[int, ...]
-    """1-based positions in the batch where the statistic rose from below to the limit."""
-    errors: int
-    """Errors in the batch."""
-
-
 def average_run_length(up: int, down: int, limit: int, error_rate: float) -> float:
     """Expected cases until the grid CUSUM, started at 0, first reaches ``limit``."""
-    states = np.arange(limit)
-    rises = states + up < limit
-    rows = np.concatenate([states[rises], states])
-    cols = np.concatenate([(states + up)[rises], np.maximum(states - down, 0)])
-    probabilities = np.concatenate(
-        [np.full(int(rises.sum()), error_rate), np.full(limit, 1.0 - error_rate)]
-    )
-    transitions = coo_matrix((probabilities, (rows, cols)), shape=(limit, limit)).tocsc()
-    run_lengths = spsolve(identity(limit, format="csc") - transitions, np.ones(limit))
-    return float(np.atleast_1d(run_lengths)[0])
+    return run_length([up, -down], [error_rate, 1.0 - error_rate], limit)
 
 
 def design_cusum(
@@ -104,15 +79,7 @@ def design_cusum(
     def arl(limit: int) -> float:
         return average_run_length(up, down, limit, p0)
 
-    high = up
-    while arl(high) < arl0:
-        if high > _MAX_LIMIT:
-            raise ValueError(f"no decision interval reaches an in-control ARL of {arl0}")
-        high *= 2
-    low = high // 2 if high > up else 0  # arl(low) < arl0 unless low == 0
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if arl(middle) >= arl0 else (middle, high)
+    high = smallest_limit(arl, arl0, up)
     return CusumDesign(
         p0=p0,
         p1=p1,
@@ -123,19 +90,6 @@ def design_cusum(
         hold=max(high, round(high * hold_multiple)),
         arl0=arl(high),
     )
-
-
-def advance(units: int, errors: list[bool], design: CusumDesign) -> Advance:
-    """Run the CUSUM over ``errors`` in order, from ``units``."""
-    peak, crossings = units, []
-    up, down, limit, hold = design.up, design.down, design.limit, design.hold
-    for position, error in enumerate(errors, start=1):
-        before = units
-        units = min(hold, units + up) if error else max(0, units - down)
-        peak = max(peak, units)
-        if units >= limit > before:
-            crossings.append(position)
-    return Advance(units, peak, tuple(crossings), sum(errors))
 
 
 class CusumState(BaseModel):
@@ -204,13 +158,14 @@ def continue_cusum(
     state: CusumState, design: CusumDesign, errors: list[bool]
 ) -> tuple[CusumState, Advance]:
     """The state after ``errors`` (``design`` is ``state.design``), and how the batch went."""
-    moved = advance(state.units, errors, design)
+    steps = [design.up if error else -design.down for error in errors]
+    moved = advance(state.units, steps, design.limit, design.hold)
     last_signal = state.cases + moved.crossings[-1] if moved.crossings else state.last_signal_at
     new_state = state.model_copy(
         update={
             "units": moved.units,
             "cases": state.cases + len(errors),
-            "errors": state.errors + moved.errors,
+            "errors": state.errors + sum(errors),
             "signals": state.signals + len(moved.crossings),
             "last_signal_at": last_signal,
         }

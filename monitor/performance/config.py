@@ -89,6 +89,39 @@ class ErrorRateCusum(DetectorConfig):
     the error rate is back to normal."""
 
 
+class AurocCusum(DetectorConfig):
+    """A CUSUM on placement values, tuned to an AUROC ``drop`` from the reference's.
+
+    The reference is the first ``reference_cases`` labelled cases the rule reads (more if a
+    class has fewer than its minimum); every later case is monitored (``_auroc_cusum``)."""
+
+    drop: float = Field(default=0.03, gt=0.0, lt=0.5)
+    """The AUROC drop to detect fastest: the alternative's mean placement, per class, is the
+    reference AUROC minus this."""
+    arl0: int = Field(default=10_000, ge=10, le=10_000_000)
+    """In-control average run length in monitored labelled cases, held with
+    ``reference_confidence`` over the reference's sampling error. Chosen in
+    benchmarks/seq_performance.py (docs/benchmarks.md): realised, 0.28 alerts per stable year
+    at 16,000 labelled cases a year (NannyML's chunks of 500: 0.42), and delays 15-30% shorter
+    than at 50,000 (0.02 alerts per year)."""
+    reference_cases: int = Field(default=2000, ge=20)
+    """Labelled cases that form the reference. 500 (the tracker's ``estimate_reference``) leaves
+    the reference AUROC uncertain by about 0.03 (95%), as large as the drop to find: h then has
+    to allow for it and the rule ends up slower and no quieter (docs/benchmarks.md)."""
+    min_positives: int = Field(default=30, ge=2)
+    """Fewest positive cases in the reference (it grows until it has them)."""
+    min_negatives: int = Field(default=30, ge=2)
+    """Fewest negative cases in the reference."""
+    reference_confidence: float = Field(default=0.99, ge=0.5, lt=1.0)
+    """The reference's placement distributions are estimates. ``h`` is set so that ``arl0`` holds
+    for the least favourable per-class mean placements within this one-sided confidence of the
+    reference's (0.5: for the reference's own distributions, no allowance)."""
+    resolution: int = Field(default=100, ge=10, le=1000)
+    """Grid units for the largest log-likelihood-ratio step of any placement."""
+    hold_multiple: float = Field(default=2.0, ge=1.0)
+    """The statistic is held at most this multiple of h, so an episode can end after recovery."""
+
+
 class SensitivityFloor(DetectorConfig):
     """Breach when the sensitivity's upper confidence bound is below ``floor``."""
 
@@ -123,3 +156,9 @@ class RulesConfig(DetectorConfig):
     auroc_drop: AurocDrop | None = Field(default_factory=AurocDrop)
     calibration_limit: CalibrationLimit | None = Field(default_factory=CalibrationLimit)
     error_rate_cusum: ErrorRateCusum | None = Field(default_factory=ErrorRateCusum)
+    auroc_cusum: AurocCusum | None = None
+    """Off by default (ADR 0011): it also signals when every score moves up with the AUROC
+    unchanged (a recalibration), needs 2,000 labelled cases before it runs, and its state (the
+    reference's scores) is read and written at every refresh; in benchmarks/seq_performance.py
+    it halves NannyML's delay on an abrupt change but not on ramps. Switch it on with
+    ``RADSENTRY_PERFORMANCE__RULES__AUROC_CUSUM__DROP=0.03`` (or any of its fields)."""

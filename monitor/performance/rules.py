@@ -36,7 +36,6 @@ from scipy.stats import norm
 from monitor.drift.alarms import AlarmConfig, AlarmState, Transition
 from monitor.drift.base import DetectorConfig
 from monitor.performance._cusum import (
-    Advance,
     CusumDesign,
     ErrorRateCusum,
     continue_cusum,
@@ -44,13 +43,16 @@ from monitor.performance._cusum import (
 from monitor.performance._cusum import CusumState as CusumState
 from monitor.performance._cusum import case_errors as case_errors
 from monitor.performance._cusum import start_cusum as start_cusum
+from monitor.performance._grid_cusum import Advance
 from monitor.performance.config import AurocDrop as AurocDrop
 from monitor.performance.config import CalibrationLimit as CalibrationLimit
 from monitor.performance.config import RulesConfig as RulesConfig
 from monitor.performance.config import SensitivityFloor as SensitivityFloor
 from monitor.performance.metrics import BinaryMetrics, Interval, PerformanceError
 
-RuleName = Literal["sensitivity_floor", "auroc_drop", "calibration_limit", "error_rate_cusum"]
+RuleName = Literal[
+    "sensitivity_floor", "auroc_drop", "calibration_limit", "error_rate_cusum", "auroc_cusum"
+]
 BreachWhen = Literal["below", "above", "at_or_above"]
 
 
@@ -111,7 +113,8 @@ def evaluate_rules(
     return results
 
 
-def _subject(metric: str, finding: str | None) -> str:
+def subject_of(metric: str, finding: str | None) -> str:
+    """ "AUROC for lesion", or the metric alone without a finding (explanations start so)."""
     return f"{metric} for {finding}" if finding else metric
 
 
@@ -124,7 +127,7 @@ def _one_sided_z(confidence_level: float) -> float:
     return float(norm.ppf(0.5 + confidence_level / 2.0))
 
 
-def _not_evaluated(
+def not_evaluated(
     rule: RuleName,
     subject: str,
     reason: str,
@@ -133,6 +136,7 @@ def _not_evaluated(
     n_cases: int,
     config: DetectorConfig,
 ) -> RuleResult:
+    """The result of a rule that could not judge: ``explanation`` is the subject and why."""
     return RuleResult(
         rule=rule,
         breached=None,
@@ -156,10 +160,10 @@ def _sensitivity_or_reason(window: BinaryMetrics, rule: SensitivityFloor) -> Int
 def _sensitivity_floor(
     window: BinaryMetrics, rule: SensitivityFloor, finding: str | None
 ) -> RuleResult:
-    subject, counts = _subject("sensitivity", finding), window.counts
+    subject, counts = subject_of("sensitivity", finding), window.counts
     interval = _sensitivity_or_reason(window, rule)
     if isinstance(interval, str):
-        return _not_evaluated(
+        return not_evaluated(
             "sensitivity_floor", subject, interval, rule.floor, "below", counts.n, rule
         )
     breached = interval.upper < rule.floor
@@ -211,12 +215,12 @@ def _standard_error(metrics: BinaryMetrics, interval: Interval) -> float:
 def _auroc_drop(
     window: BinaryMetrics, reference: BinaryMetrics | None, rule: AurocDrop, finding: str | None
 ) -> RuleResult:
-    subject, n = _subject("AUROC", finding), window.counts.n
+    subject, n = subject_of("AUROC", finding), window.counts.n
     reason = _auroc_shortfall(window, rule, "window") or _auroc_shortfall(
         reference, rule, "reference"
     )
     if reason is not None or reference is None or window.auroc is None or reference.auroc is None:
-        return _not_evaluated("auroc_drop", subject, str(reason), rule.margin, "above", n, rule)
+        return not_evaluated("auroc_drop", subject, str(reason), rule.margin, "above", n, rule)
     drop = reference.auroc.estimate - window.auroc.estimate
     se = float(
         np.hypot(_standard_error(window, window.auroc), _standard_error(reference, reference.auroc))
@@ -270,12 +274,12 @@ def calibration_noise(window: BinaryMetrics, draws: int, seed: int, quantile: fl
 def _calibration_limit(
     window: BinaryMetrics, rule: CalibrationLimit, finding: str | None
 ) -> RuleResult:
-    subject, n = _subject("calibration error (ECE)", finding), window.counts.n
+    subject, n = subject_of("calibration error (ECE)", finding), window.counts.n
     reason = f"{n} labelled cases, at least {rule.min_cases} needed"
     if n >= rule.min_cases:
         reason = window.unavailable.get("ece", "no ECE")
     if n < rule.min_cases or window.ece is None:
-        return _not_evaluated("calibration_limit", subject, reason, rule.max_ece, "above", n, rule)
+        return not_evaluated("calibration_limit", subject, reason, rule.max_ece, "above", n, rule)
     noise = calibration_noise(
         window, rule.null_draws, rule.seed, 0.5 + window.confidence_level / 2.0
     )
@@ -315,26 +319,28 @@ def update_cusum(
     if state.config_fingerprint != config.fingerprint():
         raise CusumConfigError("CUSUM state was started with another configuration")
     flags: list[bool] = np.asarray(errors, dtype=np.bool_).ravel().tolist()
-    subject, design = _subject("error-rate CUSUM", finding), state.design
+    subject, design = subject_of("error-rate CUSUM", finding), state.design
     if design is None:
         reason = str(state.not_ready)
-        result = _not_evaluated(
+        result = not_evaluated(
             "error_rate_cusum", subject, reason, None, "at_or_above", len(flags), config
         )
         return state, result
     new_state, moved = continue_cusum(state, design, flags)
-    return new_state, _cusum_result(new_state, design, moved, len(flags), config, subject)
+    batch = (len(flags), new_state.errors - state.errors)
+    return new_state, _cusum_result(new_state, design, moved, batch, config, subject)
 
 
 def _cusum_result(
     state: CusumState,
     design: CusumDesign,
     moved: Advance,
-    n_cases: int,
+    batch: tuple[int, int],
     config: ErrorRateCusum,
     subject: str,
 ) -> RuleResult:
-    peak, n_errors = moved.peak / design.scale, moved.errors
+    """``batch``: the batch's cases and errors."""
+    peak, (n_cases, n_errors) = moved.peak / design.scale, batch
     breached = moved.peak >= design.limit
     rate = f"{n_errors / n_cases:.1%}" if n_cases else "no new cases"
     numbers = {"peak": peak, "statistic": state.statistic, "p0": design.p0, "p1": design.p1}

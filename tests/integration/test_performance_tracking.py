@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.performance.config import AurocCusum
 from monitor.performance.rules import RulesConfig
 from monitor.service.api import create_app
 from monitor.service.auth import Role
@@ -182,6 +184,45 @@ def test_performance_alerts_the_degraded_site_only_once_and_links_its_drift(
     assert "Drift at this site in the same period" in auroc[0].explanation
     refresh(pg_engine, PERFORMANCE)  # no new labels: no new check, no duplicate alert
     assert len(_performance_alerts(pg_engine)) == len(alerts)
+
+
+def test_auroc_cusum_alerts_the_degraded_site_once_through_the_tracker(
+    pg_engine: Engine, simulated: list[object]
+) -> None:
+    """The AUROC CUSUM alone: its reference is the first 300 labels it reads at each site (all
+    from before site-02's change, labels lag their studies), then each label once."""
+    settings = PerformanceSettings(
+        rolling_window=300,
+        estimate_reference=300,
+        rules=RulesConfig(
+            sensitivity_floor=None,
+            auroc_drop=None,
+            calibration_limit=None,
+            error_rate_cusum=None,
+            auroc_cusum=AurocCusum(
+                reference_cases=300, drop=0.08, reference_confidence=0.9, arl0=20_000
+            ),
+        ),
+    )
+    half = len(simulated) * 2 // 5
+    ingest(pg_engine, simulated[:half])
+    refresh(pg_engine, settings)
+    assert _performance_alerts(pg_engine) == []
+
+    ingest(pg_engine, simulated[half:], first_offset=half)
+    refresh(pg_engine, settings)
+    alerts = _performance_alerts(pg_engine)
+    assert [(a.site_id, a.detector) for a in alerts] == [("site-02", "performance.auroc_cusum")]
+    explanation = alerts[0].explanation
+    assert explanation.startswith("AUROC CUSUM for lesion: evidence of a drop"), explanation
+    assert re.search(
+        r"rank like an AUROC of 0\.[67]\d against the reference's 0\.[89]\d "
+        r"\(300 cases\)",
+        explanation,
+    ), explanation
+    assert "Drift at this site in the same period" in explanation
+    refresh(pg_engine, settings)  # no new labels: nothing read again, no duplicate
+    assert len(_performance_alerts(pg_engine)) == 1
 
 
 def _performance_alerts(engine: Engine) -> list[object]:

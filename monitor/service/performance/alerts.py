@@ -6,15 +6,18 @@ Per (site, model version, finding), at each refresh:
 * the window rules (sensitivity floor, AUROC drop, calibration limit) check the rolling window
   once at least ``min_new_labels`` labelled predictions have joined since their last check, so
   successive checks do not re-judge the same cases;
-* the error-rate CUSUM reads each label exactly once, in (label time, study) order after a
-  saved watermark; a label corrected after it was counted is not counted again;
+* the sequential rules, the error-rate CUSUM and the AUROC CUSUM, read each label exactly once:
+  one read per refresh of the rows after a saved watermark, in (label time, study) order, fed
+  to both; a label corrected after it was counted is not counted again. The AUROC CUSUM's
+  reference is the first labelled cases it reads (``AurocCusum.reference_cases``), frozen in
+  its state;
 * every result goes to an ``AlarmState`` per rule (``AlarmState.observe``, as for drift), and
   transitions become alerts (detector ``performance.<rule>``, deterministic ids) and alert
   updates, published like drift alerts. A new alert names the site's drift alerts that were
   active in the same period.
 
-The state (alarm states, open alerts, CUSUM, watermark, label count at the last check) is one
-JSON row in ``performance_alarms``, saved in the transaction that writes the alerts.
+The state (alarm states, open alerts, both CUSUMs, watermark, label count at the last check) is
+one JSON row in ``performance_alarms``, saved in the transaction that writes the alerts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ from sqlalchemy import Connection, Engine, select, update
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey, alert_id_for
 from monitor.performance._cusum import CusumState
+from monitor.performance.auroc_cusum import (
+    AurocCusumState,
+    start_auroc_cusum,
+    update_auroc_cusum,
+)
 from monitor.performance.metrics import BinaryMetrics
 from monitor.performance.rules import (
     RuleResult,
@@ -57,6 +65,8 @@ class AlarmDocument(BaseModel):
     open_alerts: dict[str, uuid.UUID] = {}
     labelled_at_last_check: int | None = None
     cusum: CusumState | None = None
+    auroc_cusum: AurocCusumState | None = None
+    """With its frozen reference (sorted scores per class: about 40 KB of JSON at 2,000)."""
     watermark: tuple[datetime, str] | None = None
 
 
@@ -89,10 +99,7 @@ def evaluate(engine: Engine, settings: PerformanceSettings, facts: WindowFacts) 
     with engine.begin() as connection:
         document = _load(connection, facts)
         outcome = RuleOutcome(results=_window_rules(settings, facts, document))
-        if settings.rules.error_rate_cusum is not None:
-            cusum = _cusum(connection, settings, facts, document)
-            if cusum is not None:
-                outcome.results.append(cusum)
+        outcome.results += _sequential(connection, settings, facts, document)
         for result in outcome.results:
             _alarm(connection, settings, facts, document, result, outcome)
         write_alerts(connection, outcome.alerts, now)
@@ -111,29 +118,56 @@ def _window_rules(
     return evaluate_rules(facts.rolling, facts.reference, settings.rules, finding=facts.finding)
 
 
-def _cusum(
+def _sequential(
     connection: Connection,
     settings: PerformanceSettings,
     facts: WindowFacts,
     document: AlarmDocument,
-) -> RuleResult | None:
-    config = settings.rules.error_rate_cusum
-    assert config is not None
-    if (
-        document.cusum is None
-        or document.cusum.not_ready is not None  # the reference may have grown since
-        or document.cusum.config_fingerprint != config.fingerprint()
-    ):
-        document.cusum = start_cusum(facts.reference, config)
+) -> list[RuleResult]:
+    """The CUSUMs that are on, over the labels after the watermark: one read for both."""
+    rules = settings.rules
+    if rules.error_rate_cusum is None and rules.auroc_cusum is None:
+        return []
+    _start_sequential(settings, facts, document)
     rows = _labels_after(connection, facts, document.watermark)
     if not rows:
-        return None
-    errors = case_errors(
-        [row.label for row in rows], [row.scores[facts.finding] for row in rows], facts.threshold
-    )
-    document.cusum, result = update_cusum(document.cusum, errors, config, finding=facts.finding)
+        return []
+    labels = [row.label for row in rows]
+    scores = [row.scores[facts.finding] for row in rows]
+    results = []
+    if rules.error_rate_cusum is not None and document.cusum is not None:
+        errors = case_errors(labels, scores, facts.threshold)
+        document.cusum, result = update_cusum(
+            document.cusum, errors, rules.error_rate_cusum, finding=facts.finding
+        )
+        results.append(result)
+    if rules.auroc_cusum is not None and document.auroc_cusum is not None:
+        document.auroc_cusum, result = update_auroc_cusum(
+            document.auroc_cusum, labels, scores, rules.auroc_cusum, finding=facts.finding
+        )
+        results.append(result)
     document.watermark = (as_utc(rows[-1].labelled_at), rows[-1].study_key)
-    return result
+    return results
+
+
+def _start_sequential(
+    settings: PerformanceSettings, facts: WindowFacts, document: AlarmDocument
+) -> None:
+    """(Re)start a CUSUM that has no state, one under another config, and the error-rate CUSUM
+    while it is not ready (its reference, ``facts.reference``, may have grown since). The AUROC
+    CUSUM keeps its reference scores across a restart and grows them itself."""
+    error_rate, auroc = settings.rules.error_rate_cusum, settings.rules.auroc_cusum
+    if error_rate is not None and (
+        document.cusum is None
+        or document.cusum.not_ready is not None
+        or document.cusum.config_fingerprint != error_rate.fingerprint()
+    ):
+        document.cusum = start_cusum(facts.reference, error_rate)
+    if auroc is not None and (
+        document.auroc_cusum is None
+        or document.auroc_cusum.config_fingerprint != auroc.fingerprint()
+    ):
+        document.auroc_cusum = start_auroc_cusum(auroc, previous=document.auroc_cusum)
 
 
 def _labels_after(

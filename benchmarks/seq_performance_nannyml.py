@@ -1,0 +1,74 @@
+"""NannyML's realised-performance AUROC chunks on the streams of benchmarks/seq_performance.py.
+
+Runs in its own virtualenv (``make .venv-nannyml/.installed``: nannyml 0.13.1 and its
+dependencies, never imported by the service or the tests) and imports nothing of ours:
+
+    .venv-nannyml/bin/python benchmarks/seq_performance_nannyml.py STREAMS.npz OUT.npz
+
+``STREAMS.npz`` holds ``labels`` and ``scores`` (streams x cases, label-arrival order) and
+``chunk_sizes``. For each stream and chunk size ``c``, NannyML's ``PerformanceCalculator``
+(binary classification, metric ``roc_auc``, ``chunk_size=c``, default thresholds: the
+reference chunks' mean AUROC minus and plus 3 standard deviations) is fitted on the first 10
+chunks of the stream (its reference period) and calculates the rest, cut to whole chunks.
+``OUT.npz`` holds, per chunk size, ``end_<c>`` (the stream position of each analysis chunk's
+last case), ``auroc_<c>``, ``lower_<c>`` (its lower threshold) and ``alert_<c>`` (NannyML's
+own alert flag, which is also set above the upper threshold), each streams x chunks.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import nannyml as nml
+import numpy as np
+import pandas as pd
+
+REFERENCE_CHUNKS = 10
+
+
+def _frame(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"score": scores, "pred": (scores >= 0.5).astype(int), "label": labels.astype(int)}
+    )
+
+
+def chunks(labels: np.ndarray, scores: np.ndarray, chunk_size: int) -> pd.DataFrame:
+    """The analysis chunks of one stream (reference: its first REFERENCE_CHUNKS chunks)."""
+    start = REFERENCE_CHUNKS * chunk_size
+    stop = start + (labels.size - start) // chunk_size * chunk_size
+    calculator = nml.PerformanceCalculator(
+        y_pred_proba="score",
+        y_pred="pred",
+        y_true="label",
+        problem_type="classification_binary",
+        metrics=["roc_auc"],
+        chunk_size=chunk_size,
+    )
+    calculator.fit(_frame(labels[:start], scores[:start]))
+    result = calculator.calculate(_frame(labels[start:stop], scores[start:stop]))
+    frame = result.filter(period="analysis").to_df()
+    return pd.DataFrame(
+        {
+            "end": frame[("chunk", "end_index")].to_numpy() + start,
+            "auroc": frame[("roc_auc", "value")].to_numpy(),
+            "lower": frame[("roc_auc", "lower_threshold")].to_numpy(),
+            "alert": frame[("roc_auc", "alert")].to_numpy(dtype=bool),
+        }
+    )
+
+
+def main(streams_path: str, out_path: str) -> None:
+    data = np.load(streams_path)
+    labels, scores = data["labels"], data["scores"]
+    out: dict[str, np.ndarray] = {}
+    for chunk_size in data["chunk_sizes"].tolist():
+        tables = [chunks(labels[i], scores[i], chunk_size) for i in range(labels.shape[0])]
+        for column in ("end", "auroc", "lower", "alert"):
+            out[f"{column}_{chunk_size}"] = np.stack([t[column].to_numpy() for t in tables])
+    np.savez(out_path, **out)
+
+
+if __name__ == "__main__":
+    warnings.filterwarnings("ignore")
+    main(sys.argv[1], sys.argv[2])

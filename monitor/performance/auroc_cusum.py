@@ -1,0 +1,233 @@
+"""The ``auroc_cusum`` rule: a CUSUM on placement values that reads each labelled case once and
+signals an AUROC drop, with its in-control average run length computed exactly.
+
+```python
+state = start_auroc_cusum(config)                       # collects its reference first
+state, result = update_auroc_cusum(state, labels, scores, config, finding="lesion")
+```
+
+Cases come in label arrival order. The first ``reference_cases`` (more while a class is below
+its minimum) form the frozen reference, kept in the state as sorted scores per class; then
+the design is made (``_auroc_cusum``: maths and why) and every later case adds its step. The
+state is JSON (pydantic) for the runtime. Details: docs/performance.md, "AUROC CUSUM".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict
+
+from monitor.performance._auroc_cusum import (
+    AurocCusumDesign,
+    case_steps,
+    design_auroc_cusum,
+    placements,
+)
+from monitor.performance._grid_cusum import Advance, advance
+from monitor.performance.config import AurocCusum
+from monitor.performance.metrics import validated
+from monitor.performance.rules import CusumConfigError, RuleResult, not_evaluated, subject_of
+
+COLLECT_MULTIPLE = 4
+"""A reference that cannot give a design (classes separated perfectly) grows up to this many
+times ``reference_cases``, then stops growing: the state stays small."""
+
+
+class AurocCusumState(BaseModel):
+    """Where one (site, model, version, finding) AUROC CUSUM stands; plain values, JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config_fingerprint: str
+    reference_positive: list[float] = []
+    """Scores of the reference's positive cases, sorted."""
+    reference_negative: list[float] = []
+    design: AurocCusumDesign | None = None
+    not_ready: str | None = None
+    units: int = 0
+    """The statistic in grid units (``statistic`` in log-likelihood-ratio units)."""
+    cases: int = 0
+    """Monitored labelled cases (after the reference)."""
+    signals: int = 0
+    """Times the statistic rose from below h to h or above."""
+    last_signal_at: int | None = None
+    """Monitored case number (1-based) of the latest signal."""
+
+    @property
+    def statistic(self) -> float:
+        """The CUSUM in units of log-likelihood ratio (0 before a design exists)."""
+        return self.units / self.design.scale if self.design else 0.0
+
+
+def start_auroc_cusum(
+    config: AurocCusum, previous: AurocCusumState | None = None
+) -> AurocCusumState:
+    """A fresh CUSUM for ``config``. The reference scores of ``previous`` (a state under another
+    config) are kept: a reference is data, and it is designed anew when it is large enough."""
+    state = AurocCusumState(config_fingerprint=config.fingerprint())
+    if previous is not None:
+        state = state.model_copy(
+            update={
+                "reference_positive": previous.reference_positive,
+                "reference_negative": previous.reference_negative,
+            }
+        )
+    return _designed(state, config)
+
+
+def update_auroc_cusum(
+    state: AurocCusumState,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    config: AurocCusum,
+    *,
+    finding: str | None = None,
+) -> tuple[AurocCusumState, RuleResult]:
+    """Continue over newly labelled cases (label arrival order): first the reference, then the
+    CUSUM. The result is breached when the statistic was at or above h anywhere in the batch
+    (or still is); not evaluated while there is no design. CusumConfigError for a state started
+    under another config (restart it with :func:`start_auroc_cusum`)."""
+    if state.config_fingerprint != config.fingerprint():
+        raise CusumConfigError("AUROC CUSUM state was started with another configuration")
+    positive, score = validated(labels, scores, 0.5)
+    taken = 0 if state.design is not None else _reference_need(state, positive, config)
+    if taken:
+        state = _designed(_with_reference(state, positive[:taken], score[:taken]), config)
+    subject = subject_of("AUROC CUSUM", finding)
+    design = state.design
+    if design is None:
+        reason = str(state.not_ready)
+        return state, not_evaluated(
+            "auroc_cusum", subject, reason, None, "at_or_above", positive.size, config
+        )
+    positive, score = positive[taken:], score[taken:]
+    placement = placements(
+        positive,
+        score,
+        np.asarray(state.reference_positive),
+        np.asarray(state.reference_negative),
+    )
+    moved = advance(
+        state.units, case_steps(design, positive, placement).tolist(), design.limit, design.hold
+    )
+    last = state.cases + moved.crossings[-1] if moved.crossings else state.last_signal_at
+    state = state.model_copy(
+        update={
+            "units": moved.units,
+            "cases": state.cases + positive.size,
+            "signals": state.signals + len(moved.crossings),
+            "last_signal_at": last,
+        }
+    )
+    return state, _result(state, design, moved, (positive, placement), config, subject)
+
+
+def _reference_need(state: AurocCusumState, positive: NDArray[np.bool_], config: AurocCusum) -> int:
+    """How many of the batch's leading cases go to the reference: up to the first case that
+    completes it; the whole batch (up to the cap) when it is complete in counts but gave no
+    design (too uncertain for the drop), so that it grows until it does."""
+    have_positive, have_negative = len(state.reference_positive), len(state.reference_negative)
+    room = COLLECT_MULTIPLE * config.reference_cases - have_positive - have_negative
+    if room <= 0:
+        return 0
+    if _complete(have_positive, have_negative, config):
+        return min(room, positive.size)
+    positives = have_positive + np.cumsum(positive)
+    negatives = have_negative + np.cumsum(~positive)
+    complete = _complete(positives, negatives, config)
+    return int(np.argmax(complete)) + 1 if complete.any() else min(room, positive.size)
+
+
+def _complete(positives: Any, negatives: Any, config: AurocCusum) -> Any:
+    """Whether a reference with these counts (numbers or arrays) is large enough to design."""
+    return (
+        (positives + negatives >= config.reference_cases)
+        & (positives >= config.min_positives)
+        & (negatives >= config.min_negatives)
+    )
+
+
+def _with_reference(
+    state: AurocCusumState, positive: NDArray[np.bool_], score: NDArray[np.float64]
+) -> AurocCusumState:
+    return state.model_copy(
+        update={
+            "reference_positive": sorted([*state.reference_positive, *score[positive].tolist()]),
+            "reference_negative": sorted([*state.reference_negative, *score[~positive].tolist()]),
+        }
+    )
+
+
+def _designed(state: AurocCusumState, config: AurocCusum) -> AurocCusumState:
+    """The state with its design, or with the reason why there is none yet."""
+    n_positive, n_negative = len(state.reference_positive), len(state.reference_negative)
+    if not _complete(n_positive, n_negative, config):
+        reason = (
+            f"collecting the reference: {n_positive + n_negative} of {config.reference_cases} "
+            f"labelled cases ({n_positive} positive, {n_negative} negative; at least "
+            f"{config.min_positives} and {config.min_negatives} needed)"
+        )
+        return state.model_copy(update={"design": None, "not_ready": reason})
+    design = design_auroc_cusum(
+        np.asarray(state.reference_positive), np.asarray(state.reference_negative), config
+    )
+    if isinstance(design, str):
+        return state.model_copy(update={"design": None, "not_ready": design})
+    return state.model_copy(update={"design": design, "not_ready": None})
+
+
+def _batch_auroc(positive: NDArray[np.bool_], placement: NDArray[np.float64]) -> float | None:
+    """The batch's AUROC against the reference: the mean of its per-class mean placements."""
+    means = [float(placement[which].mean()) for which in (positive, ~positive) if which.any()]
+    return sum(means) / len(means) if means else None
+
+
+def _result(
+    state: AurocCusumState,
+    design: AurocCusumDesign,
+    moved: Advance,
+    batch: tuple[NDArray[np.bool_], NDArray[np.float64]],
+    config: AurocCusum,
+    subject: str,
+) -> RuleResult:
+    positive, placement = batch
+    n_cases, peak = positive.size, moved.peak / design.scale
+    breached = moved.peak >= design.limit
+    numbers = {
+        "peak": peak,
+        "statistic": state.statistic,
+        "reference_auroc": design.reference_auroc,
+        "drop": design.drop,
+        "arl0": design.arl0,
+    }
+    batch_auroc = _batch_auroc(positive, placement)
+    ranked = "no new labelled cases"
+    if batch_auroc is not None:
+        numbers["batch_auroc"] = batch_auroc
+        ranked = (
+            f"the {n_cases} cases labelled since the last check ({int(positive.sum())} positive) "
+            f"rank like an AUROC of {batch_auroc:.2f} against the reference's "
+            f"{design.reference_auroc:.2f} ({design.positives + design.negatives} cases)"
+        )
+    if moved.crossings:  # the monitored case that first took the statistic to h in this batch
+        numbers["first_signal_at"] = float(state.cases - n_cases + moved.crossings[0])
+    return RuleResult(
+        rule="auroc_cusum",
+        breached=breached,
+        statistic=peak,
+        threshold=design.decision_interval,
+        breach_when="at_or_above",
+        explanation=(
+            f"{subject}: evidence of a drop {peak:.2f} (now {state.statistic:.2f}), "
+            f"{'at or above' if breached else 'below'} the alarm level "
+            f"{design.decision_interval:.2f}; {ranked}. Tuned to find a drop of {design.drop:.2f} "
+            f"within about {design.arl1:,.0f} labelled cases, with one false alarm per "
+            f"{design.arl0:,.0f} or more"
+        ),
+        n_cases=n_cases,
+        numbers=numbers,
+        config_fingerprint=config.fingerprint(),
+    )
