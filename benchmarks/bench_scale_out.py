@@ -17,8 +17,10 @@ consumer group, and goes in two phases:
    as the leader of the next generation, and two new members then wait for ever (ADR 0001).
 
 Over the timed phase the script also reads, from /proc, the CPU seconds of the consumers, of
-the broker and of PostgreSQL (this run's backends and the server's own processes), and how
-many events each consumer stored.
+the broker and of PostgreSQL (this run's backends and the server's own processes), the whole
+machine's busy CPU (other work included), and how many events each consumer stored. With
+``--py-spy PATH`` it samples the first consumer over the timed phase and prints the share of
+each stage of a batch (``benchmarks/consumer_profile.py``).
 
     .venv/bin/python -m benchmarks.bench_scale_out --sites 100 --reference 1000 --monitored 1000
 """
@@ -36,7 +38,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +47,7 @@ from kafka import KafkaAdminClient
 from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from benchmarks.consumer_profile import recording, stages
 from monitor.events import Event, InferenceEvent
 from monitor.service.broker import EmbeddedBroker
 from monitor.service.db import make_engine, upgrade
@@ -116,6 +119,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, all processes)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS_PER_S
+
+
 def processes(name: str) -> dict[int, str]:
     """Live processes called ``name``, with their command lines."""
     found = {}
@@ -135,9 +145,11 @@ class Phase:
     events: int
     seconds: float
     cpu: dict[str, float] = field(default_factory=dict)
-    """CPU seconds over the phase: consumers, broker, postgres."""
+    """CPU seconds over the phase: consumers, broker, postgres, and machine (everything)."""
     stored_by: list[int] = field(default_factory=list)
     """Events stored by each consumer process (from its closing line)."""
+    profile: dict[str, float] = field(default_factory=dict)
+    """Share of the first consumer's samples per stage (with ``--py-spy``)."""
 
     @property
     def rate(self) -> float:
@@ -155,6 +167,7 @@ class Run:
         reference: int,
         broker_pid: int | None,
         logs: Path,
+        py_spy: Path | None = None,
     ) -> None:
         self.engine = engine
         self.database = engine.url.database or ""
@@ -163,6 +176,7 @@ class Run:
         self.reference = reference
         self.broker_pid = broker_pid
         self.logs = logs
+        self.py_spy = py_spy
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
         self.started = 0
 
@@ -180,25 +194,31 @@ class Run:
             "RADSENTRY_LOGGING__LEVEL": "WARNING",
         }
 
-    def consume(self, group: str, total: int) -> Phase:
+    def consume(self, group: str, total: int, profile: bool = False) -> Phase:
         """Start the consumers in ``group``, wait until ``total`` events are stored in all,
         stop them; the phase from the first batch stored on (the events of that first batch
-        are not counted: they were polled before the clock started)."""
+        are not counted: they were polled before the clock started). ``profile``: sample the
+        first consumer with py-spy meanwhile."""
         before = self.stored()
         self._start(group)
         while (first_batch := self.stored()) == before:
             self._check_alive()
             time.sleep(0.05)
-        started, first = time.perf_counter(), self._cpu()
-        while self.stored() < total:
-            self._check_alive()
-            time.sleep(0.5)
-        seconds, last = time.perf_counter() - started, self._cpu()
+        raw = self.logs / f"{self.database}-{self.started}.py-spy"
+        with ExitStack() as sampling:
+            if profile and self.py_spy is not None:
+                sampling.enter_context(recording(self.py_spy, self.processes[0][0].pid, raw))
+            started, first = time.perf_counter(), self._cpu()
+            while self.stored() < total:
+                self._check_alive()
+                time.sleep(0.5)
+            seconds, last = time.perf_counter() - started, self._cpu()
         cpu = {
             role: sum(used - first[role].get(pid, 0.0) for pid, used in pids.items())
             for role, pids in last.items()
         }
-        return Phase(total - first_batch, seconds, cpu, self._stop())
+        shares = stages(raw) if raw.exists() else {}
+        return Phase(total - first_batch, seconds, cpu, self._stop(), shares)
 
     def stored(self) -> int:
         with self.engine.connect() as connection:
@@ -246,7 +266,8 @@ class Run:
             "broker": [self.broker_pid] if self.broker_pid else [],
             "postgres": postgres,
         }
-        return {role: {pid: cpu_seconds(pid) for pid in pids} for role, pids in roles.items()}
+        used = {role: {pid: cpu_seconds(pid) for pid in pids} for role, pids in roles.items()}
+        return used | {"machine": {0: machine_busy_seconds()}}
 
 
 @contextmanager
@@ -290,14 +311,14 @@ def measure(
     producer = make_producer([broker.bootstrap], topics)
     results = []
     with fresh_database(args.database) as engine:
-        run = Run(engine, topics, consumers, args.reference, broker_pid, logs)
+        run = Run(engine, topics, consumers, args.reference, broker_pid, logs, args.py_spy)
         total = 0
         for number, events in enumerate(phases):
             total += publish(producer, events, topics)
             group = f"{name}-{number}"
             if number:
                 copy_offsets(broker.bootstrap, f"{name}-{number - 1}", group)
-            results.append(run.consume(group, total))
+            results.append(run.consume(group, total, profile=number == len(phases) - 1))
     producer.close()
     return results
 
@@ -324,12 +345,15 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=1000, help="studies per site")
     parser.add_argument("--monitored", type=int, default=1000, help="studies per site, timed")
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--label-rate", type=float, default=0.5, help="share of studies labelled")
+    parser.add_argument("--py-spy", type=Path, help="py-spy binary: profile the timed phase")
     parser.add_argument(
         "--database", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     args = parser.parse_args()
     per_site = args.reference + args.monitored
-    events = workload(args.sites, per_site, change_at=args.reference + args.monitored // 2)
+    change_at = args.reference + args.monitored // 2
+    events = workload(args.sites, per_site, change_at, label_rate=args.label_rate)
     cut = reference_end(events, args.reference)
     phases = [events[:cut], events[cut:]]
     print(
@@ -364,19 +388,25 @@ def _table(rows: list[tuple[int, Phase, Phase]]) -> None:
     print()
     print(
         "| consumers | reference phase events/s | timed phase events/s | vs the first row | "
-        "timed phase: seconds | CPU s consumers / broker / PostgreSQL | CPU busy | "
+        "timed phase s | CPU s: consumers / broker / PostgreSQL / whole machine | "
         "stored per consumer |"
     )
-    print("|---:|---:|---:|---:|---:|---|---:|---|")
+    print("|---:|---:|---:|---:|---:|---|---|")
     for consumers, reference, timed in rows:
         cpu = timed.cpu
-        busy = sum(cpu.values()) / (timed.seconds * cores)
+        machine = (
+            f"{cpu['machine']:.1f} ({cpu['machine'] / (timed.seconds * cores):.0%} of {cores})"
+        )
         print(
             f"| {consumers} | {reference.rate:,.0f} | {timed.rate:,.0f} | "
             f"{timed.rate / base:.2f}x | {timed.seconds:.1f} | {cpu['consumers']:.1f} / "
-            f"{cpu['broker']:.1f} / {cpu['postgres']:.1f} | {busy:.0%} of {cores} cores | "
+            f"{cpu['broker']:.1f} / {cpu['postgres']:.1f} / {machine} | "
             f"{' / '.join(f'{n:,}' for n in timed.stored_by)} |"
         )
+    for consumers, _, timed in rows:
+        if timed.profile:
+            shares = ", ".join(f"{stage} {share:.0%}" for stage, share in timed.profile.items())
+            print(f"\nfirst consumer of {consumers}, timed phase (py-spy): {shares}")
 
 
 if __name__ == "__main__":
