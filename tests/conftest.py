@@ -106,8 +106,10 @@ def kafka_settings(broker: str) -> KafkaSettings:
     return kafka_topics(broker)
 
 
-def kafka_topics(broker: str, prefix: str = "test", **settings: object) -> KafkaSettings:
-    """Fresh topics (three partitions each) and a consumer group on ``broker``; ``settings``
+def kafka_topics(
+    broker: str, prefix: str = "test", partitions: int = 3, **settings: object
+) -> KafkaSettings:
+    """Fresh topics (``partitions`` each) and a consumer group on ``broker``; ``settings``
     override the tests' other Kafka settings."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     kafka = KafkaSettings.model_validate(
@@ -123,7 +125,7 @@ def kafka_topics(broker: str, prefix: str = "test", **settings: object) -> Kafka
             **settings,
         }
     )
-    ensure_topics([broker], all_topics(kafka), partitions=3)
+    ensure_topics([broker], all_topics(kafka), partitions=partitions)
     return kafka
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypedDict
 
@@ -21,10 +21,18 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.dicom.pixels import PIXEL_STAT_NAMES
-from monitor.events import AGE_BANDS, DicomMetadata, InferenceEvent, Prediction
+from monitor.events import (
+    AGE_BANDS,
+    DicomMetadata,
+    InferenceEvent,
+    LabelEvent,
+    LabelSource,
+    Prediction,
+)
 from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile
 
 _EVENT_NAMESPACE = uuid.UUID("7d1f4a3e-9b1c-4e0b-8f55-2f8e6f3d9a20")
+_LABEL_NAMESPACE = uuid.UUID("c2a9e0d4-51b7-4f6e-9a1d-6e3b8f0c7d15")
 _FINDINGS = ("lesion", "effusion")
 
 
@@ -158,3 +166,44 @@ def _event(
         pixel_stats={name: float(v) for name, v in zip(PIXEL_STAT_NAMES, pixels, strict=True)},
         prediction=Prediction(scores=dict(zip(_FINDINGS, map(float, scores), strict=True))),
     )
+
+
+class FeatureLabelConfig(BaseModel):
+    """Which studies of a feature stream get a label, and when; equal configs give equal labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label_rate: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of studies that get a label."""
+    mean_delay: timedelta = Field(timedelta(hours=72), gt=timedelta(0))
+    """Mean of the exponential delay between a study and its label, in event time."""
+    seed: int = 0
+
+
+def feature_labels(
+    events: Iterable[InferenceEvent], config: FeatureLabelConfig | None = None
+) -> Iterator[LabelEvent]:
+    """Label events for a share of ``events``, in the order of their studies.
+
+    Each finding's truth is drawn with the probability its score gives (the model is
+    calibrated), so metrics computed on the labels are those of a real, imperfect model. A
+    study's draws come from a generator seeded by (seed, event id): its label does not depend on
+    which other events are given, or in what order.
+    """
+    config = config or FeatureLabelConfig()
+    for event in events:
+        rng = np.random.default_rng([config.seed, *event.event_id.fields])
+        labelled = rng.random() < config.label_rate
+        delay = timedelta(seconds=round(rng.exponential(config.mean_delay.total_seconds())))
+        truths = {f: int(rng.random() < s) for f, s in sorted(event.prediction.scores.items())}
+        if not labelled:
+            continue
+        yield LabelEvent(
+            event_id=uuid.uuid5(_LABEL_NAMESPACE, f"{event.event_id}|{config.seed}"),
+            site_id=event.site_id,
+            model_name=event.model_name,
+            study_key=event.study_key,
+            occurred_at=event.occurred_at + delay,
+            labels=truths,
+            source=LabelSource.RADIOLOGIST,
+        )

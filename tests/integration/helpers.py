@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
+import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from sqlalchemy import Engine, func, select
 
 from monitor.events import Event, to_json
+from monitor.service.db import table_of
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.health import Health
 from monitor.service.ingest.consumer import Ingestor, IngestStats
 from monitor.service.kafka import make_consumer, make_producer
-from monitor.service.models import DeadLetter, InferenceEventRow, LabelEventRow, ProcessedEvent
+from monitor.service.models import (
+    Base,
+    DeadLetter,
+    InferenceEventRow,
+    LabelEventRow,
+    ProcessedEvent,
+)
 from monitor.service.publish import topic_for
 from monitor.service.settings import KafkaSettings
 
@@ -26,6 +34,27 @@ def count_rows(engine: Engine) -> dict[str, int]:
             model.__tablename__: connection.scalar(select(func.count()).select_from(model)) or 0
             for model in (InferenceEventRow, LabelEventRow, ProcessedEvent, DeadLetter)
         }
+
+
+def table_rows(engine: Engine, model: type[Base], left_out: Collection[str] = ()) -> list[str]:
+    """Every row of ``model``'s table but the ``left_out`` columns, as canonical JSON (floats
+    written exactly), sorted: two databases that should agree are compared value for value."""
+    table = table_of(model)
+    unknown = set(left_out) - set(table.c.keys())
+    assert not unknown, f"{table.name} has no column {sorted(unknown)}"
+    columns = [column for column in table.c if column.name not in left_out]
+    with engine.connect() as connection:
+        rows = connection.execute(select(*columns)).mappings().all()
+    return sorted(
+        orjson.dumps(dict(row), option=orjson.OPT_SORT_KEYS, default=_bytes_hex).decode()
+        for row in rows
+    )
+
+
+def _bytes_hex(value: object) -> str:
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def send(producer: KafkaProducer, settings: KafkaSettings, events: Iterable[Event]) -> None:
