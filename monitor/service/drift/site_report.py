@@ -3,6 +3,7 @@
 The reference rows come from the stream's saved engine state, the current rows from the
 stream's latest stored events, both through the engine's own feature layout
 (:class:`~monitor.drift.features.FeatureSchema`), so the report shows what the detectors see.
+The site drift page (:mod:`monitor.service.drift.site_page`) draws the same two samples.
 Evidently is imported only here, when a report is asked for (it takes seconds to import).
 """
 
