@@ -164,6 +164,31 @@ def test_a_site_without_drift_says_so(client: TestClient, pg_engine: Engine) -> 
     assert page.count("<svg") == len(re.findall(r"<tr>\s*<td><code>", page)) > 40
 
 
+def test_fields_that_go_missing_get_a_card_of_their_own(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    config = FeatureStreamConfig(site_id=HOSTILE_SITE, n_events=500, seed=7)
+    events = [
+        e.model_copy(
+            update={"pixel_stats": None, "metadata": e.metadata.model_copy(update={"KVP": None})}
+        )
+        if i >= 300
+        else e
+        for i, e in enumerate(feature_stream(config))
+    ]
+    ingest(pg_engine, DriftMonitor(CONFIG), events)
+    mlops = bearer(SETTINGS, "mlops-ann", Role.MLOPS)
+    page = client.get(f"/sites/{HOSTILE_SITE}/drift-report", headers=mlops).text
+    assert "Drift: 2 features changed (KVP missing, pixel_stats missing)" in text_of(page)
+    cards = section(page, "changed").split('<article class="feature">')[1:]
+    assert len(cards) == 2
+    for card in cards:
+        words = text_of(card)
+        assert "missing field" in words and "missing_share_difference" in words
+        # The plot: 0% of the reference and 100% of the current sample miss the field.
+        assert "reference: 0.0%" in card and "current: 100.0%" in card
+
+
 def test_unknown_sites_and_other_sites_are_refused(client: TestClient) -> None:
     assert client.get("/sites/nowhere/drift-report").status_code == 403  # not the manager's
     mlops = bearer(SETTINGS, "mlops-ann", Role.MLOPS)

@@ -63,6 +63,10 @@ def test_a_long_label_is_shortened_and_an_empty_side_is_said() -> None:
     assert max(len(label.text) for label in chart.labels) <= 28
     empty = charts.numeric_chart(np.array([np.nan]), np.array([1.0]))
     assert empty.bars == () and empty.caption == "No values in the reference to draw."
+    nothing = charts.missing_chart(0.0, float("nan"))
+    assert nothing.bars == () and nothing.caption == "No values in the current sample to draw."
+    missing = charts.missing_chart(0.0, 1.0)
+    assert (shares(missing, "reference"), shares(missing, "current")) == ([0.0], [1.0])
 
 
 def test_every_feature_has_a_meaning_of_its_own() -> None:

@@ -4,13 +4,14 @@ Values in, a :class:`Chart` out; the site drift page's template turns it into ``
 ``<text>`` elements, so every label is escaped by Jinja2's autoescape like the rest of the page.
 Not matplotlib: one of its small SVG figures costs about 50 ms and 13 KB (and its import
 0.4 s) on the 2-core box, against well under a millisecond and 2-4 KB here, and a drift page
-can hold forty plots (docs/benchmarks.md, "Site drift page").
+can hold forty-six plots (docs/benchmarks.md, "Site drift page vs the Evidently page").
 
 Shares, not counts, so a 1,000-event reference and a 100-event window compare by shape.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,7 +126,11 @@ def categorical_chart(reference: Sequence[str | None], current: Sequence[str | N
 
 
 def missing_chart(reference_missing: float, current_missing: float) -> Chart:
-    """The share of events missing a field, in the reference and in the current sample."""
+    """The share of events missing a field, in the reference and in the current sample (NaN:
+    a sample without events)."""
+    if math.isnan(reference_missing) or math.isnan(current_missing):
+        sides = (int(not math.isnan(reference_missing)), int(not math.isnan(current_missing)))
+        return _empty(_missing_side(*sides))
     return _category_chart(
         [("missing", round(reference_missing * 1000), round(current_missing * 1000))],
         1000,

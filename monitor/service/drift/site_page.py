@@ -351,10 +351,6 @@ def _when(value: datetime | None) -> str:
     return "–" if value is None else f"{value.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
 
 
-def _number(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3g}"
-
-
 @cache
 def _environment() -> Environment:
     environment = Environment(
@@ -365,5 +361,4 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     environment.filters["when"] = _when
-    environment.filters["number"] = _number
     return environment

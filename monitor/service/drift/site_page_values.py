@@ -125,7 +125,7 @@ class FeatureView:
         explains the other changes), then the largest effect for its threshold."""
         rank = self.severity.rank if self.severity is not None else -1
         ratio = self.evidence.ratio if self.evidence is not None else None
-        return (-rank, self.name not in EQUIPMENT, -(ratio or 0.0))
+        return (-rank, self.title not in EQUIPMENT, -(ratio or 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,7 @@ class SitePage:
         return tuple(
             f.evidence.sentence
             for f in self.drifting
-            if f.name in EQUIPMENT and f.evidence is not None and f.evidence.sentence
+            if f.title in EQUIPMENT and f.evidence is not None and f.evidence.sentence
         )
 
     @property
@@ -164,7 +164,7 @@ class SitePage:
                 "thresholds, and no alert of this stream is drifting."
             )
         count = len(self.drifting)
-        names = ", ".join(f.name for f in self.drifting[:4])
+        names = ", ".join(f.title for f in self.drifting[:4])
         more = f" and {count - 4} more" if count > 4 else ""
         active = [a.severity for a in self.alerts if a.drift_active]
         alerts = (
