@@ -75,3 +75,4 @@ def test_every_feature_has_a_meaning_of_its_own() -> None:
     assert "A monitored feature." not in meanings
     assert len(set(meanings)) == len(meanings)
     assert "brightness bin 1 of 8" in glossary.describe("hist_0")
+    assert glossary.describe("p01").startswith("The 1st percentile")

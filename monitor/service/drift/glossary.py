@@ -13,12 +13,18 @@ from typing import Final
 from monitor.dicom.pixels import HIST_BINS, PERCENTILES
 from monitor.drift.features import CATEGORICAL_METADATA, NUMERIC_METADATA, PIXEL_FIELD
 
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 _PIXELS: Final = {
     "mean": "Mean pixel value of the image (after the rescale: Hounsfield units for CT, "
     "stored values for radiographs): overall brightness.",
     "std": "Standard deviation of the pixel values: overall contrast.",
     **{
-        f"p{q:02d}": f"The {q}th percentile of the pixel values: {q}% of pixels are darker."
+        f"p{q:02d}": f"The {_ordinal(q)} percentile of the pixel values: {q}% of pixels are darker."
         for q in PERCENTILES
     },
     **{
