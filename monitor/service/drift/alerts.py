@@ -68,6 +68,23 @@ def list_alerts(
     return page_of(engine, AlertRow, conditions, order, limit, offset)
 
 
+def stream_alerts(engine: Engine, key: StreamKey, limit: int = 20) -> list[AlertRow]:
+    """The stream's ``limit`` newest alerts, drifting ones first (the site drift page's)."""
+    order = (AlertRow.drift_active.desc(), AlertRow.occurred_at.desc(), AlertRow.alert_id)
+    query = (
+        select(AlertRow)
+        .where(
+            AlertRow.site_id == key.site_id,
+            AlertRow.model_name == key.model_name,
+            AlertRow.model_version == key.model_version,
+        )
+        .order_by(*order)
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return [AlertRow(**row._mapping) for row in connection.execute(query)]
+
+
 def get_alert(engine: Engine, alert_id: uuid.UUID) -> AlertRow:
     with engine.connect() as connection:
         row = connection.execute(select(AlertRow).where(AlertRow.alert_id == alert_id)).first()

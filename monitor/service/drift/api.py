@@ -23,6 +23,7 @@ from monitor.service.deps import EngineDep, Note, PageOffset, Reason, SettingsDe
 from monitor.service.drift import alerts as alerts_store
 from monitor.service.drift import streams as streams_store
 from monitor.service.drift.alerts import AlertNotFound, AlertStatus
+from monitor.service.drift.site_page import page_html
 from monitor.service.drift.site_report import site_report
 
 
@@ -280,10 +281,40 @@ async def report(
     model_name: Identifier | None = None,
     model_version: Identifier | None = None,
 ) -> HTMLResponse:
-    """Evidently report: the stream's reference against its latest window of events."""
+    """Evidently report: the stream's reference against its latest window of events (the
+    detailed appendix of ``/sites/{site_id}/drift-report``)."""
     check_site(principal, site_id)
     _, html = await run_in_threadpool(
         site_report,
+        engine,
+        settings.drift,
+        site_id,
+        model_name=model_name,
+        model_version=model_version,
+    )
+    return HTMLResponse(html)
+
+
+@router.get(
+    "/sites/{site_id}/drift-report",
+    tags=["drift"],
+    response_class=HTMLResponse,
+    responses={404: {}},
+)
+async def drift_report_page(
+    site_id: Identifier,
+    engine: EngineDep,
+    settings: SettingsDep,
+    principal: ReaderDep,
+    model_name: Identifier | None = None,
+    model_version: Identifier | None = None,
+) -> HTMLResponse:
+    """The site drift page: the drifting features first, each with its evidence and a
+    reference-vs-current plot, the alerts, the window dates and a glossary; the Evidently
+    report (``/sites/{site_id}/report``) is its detailed appendix."""
+    check_site(principal, site_id)
+    html = await run_in_threadpool(
+        page_html,
         engine,
         settings.drift,
         site_id,

@@ -1,14 +1,16 @@
-"""A site manager's drift report: a stream's reference against its latest events (Evidently).
+"""A stream's reference against its latest events: loading both, and the Evidently report.
 
 The reference rows come from the stream's saved engine state, the current rows from the
 stream's latest stored events, both through the engine's own feature layout
 (:class:`~monitor.drift.features.FeatureSchema`), so the report shows what the detectors see.
+The site drift page (:mod:`monitor.service.drift.site_page`) draws the same two samples.
 Evidently is imported only here, when a report is asked for (it takes seconds to import).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, RowMapping, select
 
@@ -16,12 +18,47 @@ from monitor.drift.alerts import StreamKey
 from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.drift.features import FeatureSchema, RowBuffer, Vocabulary
+from monitor.drift.stream import StreamState
 from monitor.events import InferenceEvent
 from monitor.service.db import as_utc
 from monitor.service.drift.streams import StreamNotFound
 from monitor.service.models import DriftStreamRow, InferenceEventRow
 
 Row = dict[str, float | str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSamples:
+    """A frozen stream restored from its saved state, and its latest events (``current``)."""
+
+    key: StreamKey
+    stream: StreamState
+    current: RowBuffer
+
+
+def load_samples(
+    engine: Engine,
+    config: EngineConfig,
+    site_id: str,
+    *,
+    model_name: str | None = None,
+    model_version: str | None = None,
+    current_size: int | None = None,
+) -> StreamSamples:
+    """The most recently updated stream at ``site_id`` that matches, and its latest
+    ``current_size`` events (default: the configured window size, else 250).
+
+    Raises StreamNotFound when the site has no stream with a reference yet.
+    """
+    key, blob, reference_blob = _stream(engine, site_id, model_name, model_version)
+    drift = DriftEngine(config)
+    drift.restore(blob, reference_blob)
+    stream = drift.streams[key]
+    if not stream.reference_info.frozen:
+        raise StreamNotFound(f"{key} is still collecting its reference")
+    size = current_size or config.window.size or 250
+    current = _latest(engine, key, stream.schema, stream.vocabulary, size)
+    return StreamSamples(key, stream, current)
 
 
 def site_report(
@@ -33,30 +70,22 @@ def site_report(
     model_version: str | None = None,
     current_size: int | None = None,
 ) -> tuple[StreamKey, str]:
-    """The HTML report of one stream at ``site_id`` (the most recently updated one that matches).
-
-    ``current_size`` events (default: the configured window size, else 250) form the current
-    sample. Raises StreamNotFound when the site has no stream with a reference yet.
-    """
+    """The Evidently HTML report of one stream at ``site_id`` (see :func:`load_samples`)."""
     # Evidently takes seconds to import: only when a report is asked for.
     from monitor.service.drift.report import drift_report
 
-    key, blob, reference_blob = _stream(engine, site_id, model_name, model_version)
-    drift = DriftEngine(config)
-    drift.restore(blob, reference_blob)
-    stream = drift.streams[key]
-    if not stream.reference_info.frozen:
-        raise StreamNotFound(f"{key} is still collecting its reference")
-    schema, vocabulary = stream.schema, stream.vocabulary
-    reference = rows(schema, vocabulary, stream.reference)
-    current = rows(
-        schema,
-        vocabulary,
-        _latest(engine, key, schema, vocabulary, current_size or config.window.size or 250),
+    samples = load_samples(
+        engine,
+        config,
+        site_id,
+        model_name=model_name,
+        model_version=model_version,
+        current_size=current_size,
     )
+    key, schema, vocabulary = samples.key, samples.stream.schema, samples.stream.vocabulary
     report = drift_report(
-        reference,
-        current,
+        rows(schema, vocabulary, samples.stream.reference),
+        rows(schema, vocabulary, samples.current),
         numeric=schema.numeric,
         categorical=schema.categorical,
         title=f"Drift report: {key.site_id}, {key.model_name} {key.model_version}",
