@@ -12,7 +12,7 @@ import sys
 import warnings
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TextIO, TypeVar
 
 import structlog
 
@@ -23,15 +23,16 @@ class _NamedPrintLogger(structlog.PrintLogger):
     """A PrintLogger that knows the name it was asked for (``get_logger(__name__)``), so that
     a processor can tell whose event it is (:func:`_routine_at_debug`)."""
 
-    def __init__(self, name: str | None) -> None:
-        super().__init__(file=sys.stderr)
+    def __init__(self, file: TextIO | None = None, name: str | None = None) -> None:
+        super().__init__(file=file)
         self.name = name
 
 
 def _stderr_logger(*args: object) -> structlog.PrintLogger:
     # Resolve sys.stderr when a logger is made, not once at configuration: test runners and
     # embedding tools swap the stream, and a logger bound to a closed stream raises.
-    return _NamedPrintLogger(args[0] if args and isinstance(args[0], str) else None)
+    name = args[0] if args and isinstance(args[0], str) else None
+    return _NamedPrintLogger(file=sys.stderr, name=name)
 
 
 def _routine_at_debug(routine: Collection[str], level: int) -> structlog.typing.Processor:

@@ -172,6 +172,12 @@ class DemoLoop:
         self.state.candidate_id = self.record.candidate_id
         self.state.model_version = self.record.model_version
         self.resumed = frozenset(self.record.reached)
+        previous_url, self.record.api_url = self.record.api_url, self.api_url
+        if previous_url and previous_url != self.api_url:  # links that work now
+            self.record.summaries = {
+                stage: text.replace(previous_url, self.api_url)
+                for stage, text in self.record.summaries.items()
+            }
         return {stage: self.record.summaries.get(stage, "") for stage in self.record.reached}
 
     def _record(self, stage: Stage, summary: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TextIO
 
 import structlog
 from rich.console import Console
@@ -19,7 +19,7 @@ from monitor.service.api import create_app
 from monitor.service.audit.config import record_config
 from monitor.service.db import make_engine
 from monitor.service.demo import state as demo_state
-from monitor.service.demo.loop import DemoLoop, StageFailed
+from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed
 from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
 from monitor.service.demo.state import FRESH_HINT, CannotResume, DemoRecord
@@ -165,11 +165,19 @@ def run_demo(
             if until is None and loop.state.instructions and sys.stdin.isatty():
                 console.print("(press Enter to show these instructions again)")
                 threading.Thread(
-                    target=_reprint_on_enter, args=(loop,), name="radsentry-demo-keys", daemon=True
+                    target=reprint_on_enter,
+                    args=(loop.state, sys.stdin),
+                    name="radsentry-demo-keys",
+                    daemon=True,
                 ).start()
         except StageFailed as exc:
-            log.warning("demo stage failed", reason=str(exc))
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
+            if not stop.is_set():
+                console.print(
+                    f"Run the demo again to resume from this stage (the stages before it are "
+                    f"kept), or start over with {FRESH_HINT}.",
+                    soft_wrap=True,
+                )
             outcome["code"] = 1
         except Exception:  # the driver's boundary: say so, keep nothing running
             log.exception("demo loop failed")
@@ -221,9 +229,9 @@ def _begin(
     return config, record
 
 
-def _reprint_on_enter(loop: DemoLoop) -> None:
-    """Enter on the demo's terminal prints the last instructions again (the API's and jobs'
-    lines may have scrolled them away). A daemon thread: it ends with the process."""
-    for _line in sys.stdin:
-        if loop.state.instructions:
-            console.print(loop.state.instructions, soft_wrap=True)
+def reprint_on_enter(state: LoopState, keys: TextIO) -> None:
+    """Each Enter on the demo's terminal (``keys``) prints the last instructions again: the
+    API's lines may have scrolled them away. Run on a daemon thread: it ends with the process."""
+    for _line in keys:
+        if state.instructions:
+            console.print(state.instructions, soft_wrap=True)

@@ -55,6 +55,8 @@ class DemoRecord(BaseModel):
     started_at: AwareDatetime
     reached: list[Stage] = Field(default_factory=list)
     summaries: dict[Stage, str] = Field(default_factory=dict)
+    api_url: str | None = None
+    """The API's address when the summaries were written (a rerun may serve on another)."""
     stream_scores: str | None = None
     """Who scored the stored stream: ``champion`` (every full run), or ``auto``/``score-model``
     (a stream-only run, ``--until stream``), which a full run cannot build on."""
