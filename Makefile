@@ -41,9 +41,10 @@ $(NANNYML_STAMP):
 bench-seq-performance: $(STAMP) $(NANNYML_STAMP)
 	PYTHONPATH=. $(BIN)/python -m benchmarks.seq_performance --explore
 
-## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites)
+## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites); run again,
+## it resumes; `make run ARGS=--fresh` starts over (ARGS: any `radsentry demo` options)
 run: $(STAMP)
-	$(BIN)/radsentry demo
+	$(BIN)/radsentry demo $(ARGS)
 
 ## test: lint, type check, then the whole suite (PostgreSQL must be reachable; the tests start
 ## the bundled broker themselves), then the alibi-detect cross-checks in their own venv

@@ -10,22 +10,51 @@ import functools
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TextIO, TypeVar
 
 import structlog
 
 from monitor.service.settings import LoggingSettings
 
 
-def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A PrintLogger that knows the name it was asked for (``get_logger(__name__)``), so that
+    a processor can tell whose event it is (:func:`_routine_at_debug`)."""
+
+    def __init__(self, file: TextIO | None = None, name: str | None = None) -> None:
+        super().__init__(file=file)
+        self.name = name
+
+
+def _stderr_logger(*args: object) -> structlog.PrintLogger:
     # Resolve sys.stderr when a logger is made, not once at configuration: test runners and
     # embedding tools swap the stream, and a logger bound to a closed stream raises.
-    return structlog.PrintLogger(file=sys.stderr)
+    name = args[0] if args and isinstance(args[0], str) else None
+    return _NamedPrintLogger(file=sys.stderr, name=name)
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+def _routine_at_debug(routine: Collection[str], level: int) -> structlog.typing.Processor:
+    """INFO events of the ``routine`` loggers become DEBUG events: dropped unless the level
+    is DEBUG, and shown as debug then."""
+
+    def demote(
+        logger: object, method_name: str, event_dict: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        if method_name == "info" and getattr(logger, "name", None) in routine:
+            if level > logging.DEBUG:
+                raise structlog.DropEvent
+            event_dict["level"] = "debug"
+        return event_dict
+
+    return demote
+
+
+def configure_logging(settings: LoggingSettings, *, routine: Collection[str] = ()) -> None:
+    """Configure structlog (and the standard library's loggers) from ``settings``. The INFO
+    events of the ``routine`` loggers (module names) are logged at DEBUG: what the demo does
+    with the periodic jobs' lines, which would scroll its instructions away."""
     level = logging.getLevelName(settings.level)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -36,6 +65,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _routine_at_debug(frozenset(routine), level),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,

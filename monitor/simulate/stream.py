@@ -118,6 +118,26 @@ class SimulationConfig(BaseModel):
         studies = (moment - self.start) / self.study_interval - position / self.sites
         return max(0, math.ceil(studies))
 
+    def span(self) -> timedelta:
+        """Event time from ``start`` to the stream's last event (a study or a late label).
+
+        Drawn as :func:`simulate` draws it, without rendering a study: the label delays come
+        from each study's own outcome stream, so this is exact, not an estimate.
+        """
+        latest = timedelta(0)
+        for index in range(self.studies_per_site):
+            for position, site_id in enumerate(self.site_ids()):
+                acquired = _acquired_at(self, position, index) - self.start
+                outcome_seed = _seeds(self, site_id, index)[0]
+                outcome = _draw_outcome(self, np.random.default_rng(outcome_seed))
+                latest = max(latest, acquired + (outcome.label_delay or timedelta(0)))
+        return latest
+
+    def ending_at(self, moment: datetime) -> Self:
+        """This schedule moved so that its last event happens at ``moment`` (a simulated
+        stream "up to now" is never dated in the future)."""
+        return self.model_copy(update={"start": moment - self.span()})
+
     def fingerprint(self) -> str:
         """SHA-256 of the canonical config; the master key enters only as its own hash."""
         document = self.model_dump_json(exclude={"master_key"})
@@ -196,12 +216,10 @@ def _study(
 ) -> tuple[InferenceEvent, LabelEvent | None]:
     """One study end to end: its inference event and, if it will be labelled, its label."""
     site_id, index = study.site_id, study.index
-    outcome_seed, image_seed = np.random.SeedSequence(
-        [config.seed, int(site_id.rpartition("-")[2]), index]
-    ).spawn(2)
+    outcome_seed, image_seed = _seeds(config, site_id, index)
     outcome = _draw_outcome(config, np.random.default_rng(outcome_seed))
-    profile = config.profile_for(site_id, index)
     image_rng = np.random.default_rng(image_seed)
+    profile = config.profile_for(site_id, index)
     patient = FakePatient.generate(image_rng, study.acquired_at.date())
     identity = StudyIdentity.derive(
         seed=config.seed, site_id=site_id, index=index, acquired_at=study.acquired_at
@@ -253,6 +271,11 @@ def _write_and_extract(
     finally:
         partial.unlink(missing_ok=True)
     return features, path
+
+
+def _seeds(config: SimulationConfig, site_id: str, index: int) -> list[np.random.SeedSequence]:
+    """The study's two independent streams: its outcome's, then its image's."""
+    return np.random.SeedSequence([config.seed, int(site_id.rpartition("-")[2]), index]).spawn(2)
 
 
 def _draw_outcome(config: SimulationConfig, rng: np.random.Generator) -> _Outcome:

@@ -72,6 +72,49 @@ def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
     assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
 
 
+def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            RADSENTRY,
+            "demo",
+            *("--sites", "2", "--studies", "15", "--seed", str(seed), "--change-at", "8"),
+            *("--rate", "0", "--port", str(free_port()), "--exit-when-done", *extra),
+        ],
+        env=_embedded_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_a_second_demo_resumes_and_fresh_starts_over(tmp_path: Path) -> None:
+    """Issue 22: a second `make run` on the same clone failed. Now it resumes what the first
+    stored (the stream is not published again), --fresh deletes it and starts over, and a run
+    asking for another stream says what to do. The periodic jobs' INFO lines (the refresh
+    every 15 s) stay out of the demo's console."""
+    first = _stream_demo(tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "✓ stream (" in first.stderr and "since the demo started" in first.stderr
+    assert "performance refreshed" not in first.stderr
+
+    second = _stream_demo(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming the demo run of" in second.stderr
+    assert "✓ stream (previous run): stream done: 54 events published" in second.stderr
+    assert _counts(tmp_path) == (30, 24)
+
+    other = _stream_demo(tmp_path, seed=4)
+    assert other.returncode == 2
+    assert "seed 3 then, 4 now" in other.stderr and "ARGS=--fresh" in other.stderr
+
+    fresh = _stream_demo(tmp_path, "--fresh", seed=4)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "starting over" in fresh.stderr and "resuming" not in fresh.stderr
+    assert "since the demo started): stream done" in fresh.stderr
+    inference, _labels = _counts(tmp_path)
+    assert inference == 30  # seed 4's stream alone: seed 3's was deleted
+
+
 LOOP = (
     "initial-model",
     "stream",

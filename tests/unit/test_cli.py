@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -120,3 +121,22 @@ def test_debug_raises_the_settings_error_with_its_traceback() -> None:
     result = runner.invoke(app, ["--debug", *TOKEN], env={"RADSENTRY_AUTH_MODE": "oidc"})
     assert isinstance(result.exception, SettingsInvalid)
     assert result.exception.problems[0].variable == "RADSENTRY_AUTH_MODE"
+
+
+def test_simulate_without_a_start_ends_now_never_in_the_future(tmp_path: Path) -> None:
+    """Issue 22: a "live" simulation was dated from now on, its labels days ahead of the
+    clock. Without --start the last event (a late label, usually) happens at the latest now."""
+    out = tmp_path / "events.jsonl"
+    before = datetime.now(UTC).replace(microsecond=0)
+    result = runner.invoke(
+        app, ["simulate", "--sites", "2", "--studies", "4", "--seed", "9", "--jsonl", str(out)]
+    )
+    after = datetime.now(UTC)
+    assert result.exit_code == 0, result.output
+    times = [
+        datetime.fromisoformat(orjson.loads(line)["occurred_at"])
+        for line in out.read_bytes().splitlines()
+    ]
+    assert len(times) > 8  # the studies and some labels
+    assert before <= max(times) <= after
+    assert min(times) < before - timedelta(hours=1)  # the stream lies in the past

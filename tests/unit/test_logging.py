@@ -42,3 +42,29 @@ def test_the_block_never_lowers_a_stricter_level_and_restores_any(
     with warnings_only():
         assert structlog.get_logger().get_effective_level() == max(configured, logging.WARNING)
     assert structlog.get_logger().get_effective_level() == configured
+
+
+def test_the_demo_logs_its_routine_jobs_at_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 22: "performance refreshed" every 15 s scrolled the demo's approval block away.
+    In the demo (``run_demo``'s configuration) the jobs' INFO lines are DEBUG lines: gone at
+    INFO, shown as debug at DEBUG; their warnings, and other modules' INFO lines, still show."""
+    from monitor.service.demo.run import ROUTINE_LOGGERS
+    from monitor.service.performance.jobs import log as job_log
+
+    assert "monitor.service.performance.jobs" in ROUTINE_LOGGERS
+    configure_logging(LoggingSettings(level="INFO"), routine=ROUTINE_LOGGERS)
+    job_log.info("performance refreshed", snapshots=3)
+    job_log.warning("performance refresh slow")
+    structlog.get_logger("monitor.service.ingest.consumer").info("ingestion started")
+    shown = capsys.readouterr().err
+    assert "performance refreshed" not in shown
+    assert "performance refresh slow" in shown and "ingestion started" in shown
+
+    configure_logging(LoggingSettings(level="DEBUG"), routine=ROUTINE_LOGGERS)
+    job_log.info("performance refreshed", snapshots=3)
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "refreshed" in line]
+    assert "debug" in line
+
+    configure_logging(LoggingSettings(level="INFO"))  # outside the demo: INFO as before
+    job_log.info("performance refreshed", snapshots=3)
+    assert "performance refreshed" in capsys.readouterr().err

@@ -348,3 +348,20 @@ def test_change_time_maps_to_the_first_study_at_or_after_it() -> None:
     assert config.first_index_at("site-02", datetime(2026, 1, 1, 1, 20, tzinfo=UTC)) == 1
     assert config.first_index_at("site-02", datetime(2026, 1, 1, 1, 21, tzinfo=UTC)) == 2
     assert config.first_index_at("site-01", datetime(2025, 12, 31, tzinfo=UTC)) == 0
+
+
+def test_span_is_the_time_to_the_last_event_and_ending_at_moves_the_stream_there(
+    tmp_path: Path,
+) -> None:
+    config = SimulationConfig(
+        seed=4, start=datetime(2026, 1, 1, tzinfo=UTC), sites=2, studies_per_site=6
+    )
+    events = list(simulate(config, tmp_path / "a"))
+    assert max(e.occurred_at for e in events) == config.start + config.span()
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    moved = config.ending_at(now)
+    moved_events = list(simulate(moved, tmp_path / "b"))
+    assert max(e.occurred_at for e in moved_events) == now
+    # Only the times move: the same studies, labels and ids.
+    assert [e.event_id for e in moved_events] == [e.event_id for e in events]
+    assert moved.span() == config.span()

@@ -91,14 +91,20 @@ def _simulation_config(
 ) -> SimulationConfig:
     if change_at is not None and change_from is not None:
         raise typer.BadParameter("give --change-at or --change-from, not both")
+    now = datetime.now(UTC).replace(microsecond=0)
     schedule = {
         "seed": seed if seed is not None else secrets.randbelow(2**31),
         "sites": sites,
         "studies_per_site": studies,
-        "start": _as_utc(start or datetime.now(UTC).replace(microsecond=0)),
+        "start": _as_utc(start or now),
     }
     try:
         config = SimulationConfig.model_validate(schedule)
+        if start is None:
+            # Without --start the stream ends now: a "live" simulation is never dated in the
+            # future (the label of the last study comes days after it).
+            config = config.ending_at(now)
+            schedule["start"] = config.start
         if change_site in config.site_ids() and change_from is not None:
             change_at = config.first_index_at(change_site, _as_utc(change_from))
         if change_site is not None or change_at is not None:
@@ -123,7 +129,8 @@ def simulate(
     change_at: ChangeAtOption = None,
     change_from: ChangeFromOption = None,
     start: Annotated[
-        datetime | None, typer.Option(help="Event time of the first studies (default: now).")
+        datetime | None,
+        typer.Option(help="Event time of the first studies (default: the stream ends now)."),
     ] = None,
     rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0,
     jsonl: Annotated[
@@ -174,11 +181,19 @@ def demo(
         bool, typer.Option(help="Same as --until stream (the stream alone, then exit).")
     ] = False,
     scores: ScoresOption = Scores.AUTO,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            help="Start over: delete what earlier demo runs stored (the database's tables, the "
+            "embedded MLflow store, the simulated studies) instead of resuming."
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on one machine (bundled broker, SQLite, local MLflow): the initial model,
     simulated sites with a scanner change at one of them, drift and performance alerts, a
     retrain, the candidate in MLflow, the PCCP gate, then waiting for two approvals. Ctrl-C
-    stops everything."""
+    stops everything. Run again, it resumes where the previous run stopped (same options), or
+    starts over with --fresh."""
     from monitor.service.demo.run import DEMO_SEED, run_demo
     from retrain.initial import InitialConfig
 
@@ -197,5 +212,6 @@ def demo(
         port=port,
         until=stop_at,
         scores=scores.value,
+        fresh=fresh,
     )
     raise typer.Exit(code)

@@ -21,7 +21,9 @@ running (``demo.run_demo``), :class:`DemoLoop` drives what production spreads ov
 
 Every stage calls the same functions the scheduler and the API do; the loop only runs them now
 instead of on their schedules, and waits for what the consumer thread does. A stage that does
-not happen within its time raises :class:`StageFailed` with what was seen instead.
+not happen within its time raises :class:`StageFailed` with what was seen instead, and what to
+do. A rerun on the same data dir resumes: the stages an earlier run finished (``demo.state``)
+are shown, not done again, and the decision is looked at anew (approved or promoted since?).
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
+from monitor.service.demo import state as demo_state
 from monitor.service.demo.simulation import ScoresChoice, publish_simulation
 from monitor.service.demo.stages import STAGES, Stage
+from monitor.service.demo.state import FRESH_HINT, DemoRecord
 from monitor.service.drift import alerts as alerts_store
 from monitor.service.errors import ServiceError
 from monitor.service.ingest import store
-from monitor.service.models import AlertRow, CandidateRow
+from monitor.service.models import AlertRow, CandidateRow, RetrainRequestRow
 from monitor.service.pccp import jobs as gate_job
 from monitor.service.pccp import store as candidates_store
 from monitor.service.pccp.jobs import gate_context
@@ -85,6 +89,8 @@ class LoopState:
     seconds: dict[Stage, float] = field(default_factory=dict)
     candidate_id: uuid.UUID | None = None
     model_version: str | None = None
+    instructions: str | None = None
+    """The last block of what a person does next (approval or decision), for a reprint."""
 
 
 @dataclass
@@ -100,7 +106,12 @@ class DemoLoop:
     rate: float | None = None
     scores: ScoresChoice = "auto"
     """How the stream is scored when the loop stops at the stream (the champion otherwise)."""
+    record: DemoRecord | None = None
+    """What earlier runs on this data dir finished (``demo.state``): those stages are not done
+    again; the record is saved after every stage. None: nothing is recorded (tests)."""
     state: LoopState = field(default_factory=LoopState)
+    resumed: frozenset[Stage] = frozenset()
+    """The stages an earlier run finished (set by :meth:`run` from the record)."""
 
     def run(self, until: Stage, stop: threading.Event) -> LoopState:
         """Run the stages in order up to ``until`` (inclusive); StageFailed if one fails."""
@@ -118,20 +129,69 @@ class DemoLoop:
         stages = STAGES[: STAGES.index(until) + 1]
         if until == Stage.STREAM and self.scores != "champion":
             stages = stages[1:]  # a stream alone needs no model (the score model stands in)
+        previous = self._resume(scored_by="champion" if Stage.INITIAL_MODEL in stages else None)
         for stage in stages:
             if stop.is_set():
                 break
+            if stage in previous and stage != Stage.DECISION:  # a decision is looked at anew
+                self.state.reached.append(stage)
+                self.console.print(
+                    f"[green]✓[/green] [bold]{stage}[/bold] (previous run): "
+                    f"{escape(previous[stage])}",
+                    soft_wrap=True,
+                )
+                continue
             began = time.monotonic()
             with self.console.status(f"[bold]{stage}[/bold]: working"):
                 summary = steps[stage](stop)
             self.state.reached.append(stage)
-            self.state.seconds[stage] = time.monotonic() - began
+            self.state.seconds[stage] = took = time.monotonic() - began
+            self._record(stage, summary)
             self.console.print(
-                f"[green]✓[/green] [bold]{stage}[/bold] ({time.monotonic() - started:.0f} s): "
+                f"[green]✓[/green] [bold]{stage}[/bold] ({duration(took)}; "
+                f"{duration(time.monotonic() - started)} since the demo started): "
                 f"{escape(summary)}",
                 soft_wrap=True,
             )
         return self.state
+
+    def _resume(self, *, scored_by: str | None) -> dict[Stage, str]:
+        """The summaries of the stages an earlier run finished; their results restored.
+        ``scored_by``: who must have scored a stored stream for this run to build on it."""
+        if self.record is None:
+            return {}
+        if (
+            scored_by is not None
+            and Stage.STREAM in self.record.reached
+            and self.record.stream_scores != scored_by
+        ):
+            raise StageFailed(
+                f"the stored stream was scored by {self.record.stream_scores} (a stream-only "
+                f"run), this run needs it scored by the {scored_by}: start over with {FRESH_HINT}"
+            )
+        self.state.candidate_id = self.record.candidate_id
+        self.state.model_version = self.record.model_version
+        self.resumed = frozenset(self.record.reached)
+        previous_url, self.record.api_url = self.record.api_url, self.api_url
+        if previous_url and previous_url != self.api_url:  # links that work now
+            self.record.summaries = {
+                stage: text.replace(previous_url, self.api_url)
+                for stage, text in self.record.summaries.items()
+            }
+        return {stage: self.record.summaries.get(stage, "") for stage in self.record.reached}
+
+    def _record(self, stage: Stage, summary: str) -> None:
+        if self.record is None:
+            return
+        record = self.record
+        if stage not in record.reached:
+            record.reached.append(stage)
+        record.summaries[stage] = summary
+        record.candidate_id, record.model_version = (
+            self.state.candidate_id,
+            self.state.model_version,
+        )
+        demo_state.save(self.settings, record)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -155,6 +215,8 @@ class DemoLoop:
 
         config = self.simulation
         choice = "champion" if Stage.INITIAL_MODEL in self.state.reached else self.scores
+        if self.record is not None:
+            self.record.stream_scores = choice
         scorer = champion_scorer(self.settings, config.model_name, choice)
         self.console.print(
             f"  {config.sites} sites x {config.studies_per_site} studies; "
@@ -200,17 +262,23 @@ class DemoLoop:
         return f"[{alert.detector}] {alert.explanation}"
 
     def _retrain_request(self, _stop: threading.Event) -> str:
-        retrain_store.consider_alerts(self.engine, self.settings.retrain.policy)
-        pending = retrain_store.list_requests(
-            self.engine, model_name=self.simulation.model_name, status="pending"
-        ).items
-        if not pending:
-            raise StageFailed(
-                "the retraining policy made no request from the alerts (its reasons are in the "
-                "log: labels since the last request, cooldown, triggers)"
-            )
-        request = pending[0]
-        return f"request {request.request_id} ({request.trigger}, {request.reason})"
+        review = retrain_store.review_alerts(self.engine, self.settings.retrain.policy)
+        model = self.simulation.model_name
+        pending = retrain_store.list_requests(self.engine, model_name=model, status="pending").items
+        if pending:
+            request = pending[0]
+            return f"request {request.request_id} ({request.trigger}, {request.reason})"
+        reasons = [f"{d.detector} alert at {d.site_id}: {d.reason}" for d in review.declined]
+        earlier = retrain_store.list_requests(self.engine, model_name=model, limit=3).items
+        reasons += [f"already requested: {_describe(r)}" for r in earlier]
+        reasons = reasons or [f"no active alert of {model} to consider"]
+        log.warning("no retrain request from the alerts", model_name=model, reasons=reasons)
+        raise StageFailed(
+            f"the retraining policy made no request from the alerts: {'; '.join(reasons)}. "
+            f"To see the loop again, start over with {FRESH_HINT}; or relax the policy "
+            "(RADSENTRY_RETRAIN__POLICY__MIN_NEW_LABELS, ..._MIN_NEW_LABELS_SITE, "
+            "..._COOLDOWN_HOURS)"
+        )
 
     def _candidate(self, _stop: threading.Event) -> str:
         registry = registry_for(self.settings)
@@ -219,14 +287,20 @@ class DemoLoop:
             registry=registry,
             config=self.settings.retrain.job,
             work_dir=(self.settings.data_dir / "retrain").resolve(),
-            lease=timedelta(seconds=self.settings.retrain.lease_s),
+            lease=self._lease(),
             plans_dir=self.settings.plans_dir,
         )
         self.console.print("  training the candidate, warm-started from the champion")
         served = serve_pending(context, limit=1)
         if not served or served[0].status != "succeeded":
             error = served[0].error if served else "no request to serve"
-            raise StageFailed(f"the retraining job did not register a candidate: {error}")
+            model = self.simulation.model_name
+            requests = retrain_store.list_requests(self.engine, model_name=model, limit=3).items
+            seen = "; ".join(_describe(r) for r in requests) or "none"
+            raise StageFailed(
+                f"the retraining job did not register a candidate: {error} (requests of "
+                f"{model}: {seen}). Start over with {FRESH_HINT}"
+            )
         row = candidates_store.find(
             self.engine, self.simulation.model_name, str(served[0].model_version)
         )
@@ -244,8 +318,10 @@ class DemoLoop:
 
     def _gate(self, _stop: threading.Event) -> str:
         assert self.state.candidate_id is not None
-        context = gate_context(self.engine, self.settings, registry_for(self.settings))
-        row = gate_job.evaluate(context, self.state.candidate_id)
+        row = candidates_store.get(self.engine, self.state.candidate_id)
+        if row.status == "candidate":  # else an interrupted run's gate already decided
+            context = gate_context(self.engine, self.settings, registry_for(self.settings))
+            row = gate_job.evaluate(context, self.state.candidate_id)
         self.console.print(_criteria_table(row))
         failed = [c["id"] for c in (row.report or {}).get("criteria", []) if not c["passed"]]
         verdict = (
@@ -258,18 +334,35 @@ class DemoLoop:
     def _decision(self, _stop: threading.Event) -> str:
         assert self.state.candidate_id is not None
         row = candidates_store.get(self.engine, self.state.candidate_id)
-        if row.status == "passed":
-            self.console.print(
-                approval_instructions(self.api_url, row, self.simulation), soft_wrap=True
-            )
+        if row.status in ("passed", "approved"):
+            self._instruct(approval_instructions(self.api_url, row, self.simulation))
             return f"{row.model_name} version {row.model_version} waits for two approvals"
+        if row.status in ("promoted", "rejected", "rolled_back"):
+            self._instruct(None)
+            return (
+                f"{row.model_name} version {row.model_version} was {row.status.replace('_', ' ')}"
+                f" after the previous run: this run's loop is complete; to see it again, "
+                f"start over with {FRESH_HINT}"
+            )
         alert = self._alert(performance=True) or self._alert(performance=False)
-        self.console.print(
-            decision_instructions(self.api_url, row, self.simulation, alert), soft_wrap=True
-        )
+        self._instruct(decision_instructions(self.api_url, row, self.simulation, alert))
         return why_not_promotable(row, self.simulation.change_site)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _lease(self) -> timedelta:
+        if Stage.RETRAIN_REQUEST in self.resumed:
+            # The request is an earlier run's: one still "running" was left by a demo that
+            # stopped mid-training (this process serves nothing else), so take it over now
+            # (resuming from its checkpoints) rather than after the lease.
+            return timedelta(0)
+        return timedelta(seconds=self.settings.retrain.lease_s)
+
+    def _instruct(self, block: str | None) -> None:
+        """Print what a person does next, and keep it for a reprint (``demo.run``)."""
+        self.state.instructions = block
+        if block is not None:
+            self.console.print(block, soft_wrap=True)
 
     def _alert(self, *, performance: bool) -> AlertRow | None:
         for alert in alerts_store.list_alerts(
@@ -295,6 +388,17 @@ class DemoLoop:
                 raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(1.0)
         raise StageFailed("stopped")
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 04 s``: how long a stage took, as the console says it."""
+    whole = round(seconds)
+    return f"{whole} s" if whole < 60 else f"{whole // 60} min {whole % 60:02d} s"
+
+
+def _describe(request: RetrainRequestRow) -> str:
+    error = f", {request.error}" if request.error else ""
+    return f"request {request.request_id} {request.status} ({request.reason}{error})"
 
 
 def _criteria_table(row: CandidateRow) -> Table:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TextIO
 
 import structlog
 from rich.console import Console
@@ -15,19 +17,24 @@ from monitor.performance.config import AurocDrop, ErrorRateCusum
 from monitor.performance.rules import RulesConfig
 from monitor.service.api import create_app
 from monitor.service.audit.config import record_config
-from monitor.service.db import make_engine, upgrade
-from monitor.service.demo.loop import DemoLoop, StageFailed
+from monitor.service.db import make_engine
+from monitor.service.demo import state as demo_state
+from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed
 from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
+from monitor.service.demo.state import FRESH_HINT, CannotResume, DemoRecord
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
+from monitor.service.logging import configure_logging
 from monitor.service.runtime import start_broker_if_needed
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig
 from retrain.config import JobConfig, TrainConfig
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from retrain.initial import InitialConfig
 
 log = structlog.get_logger(__name__)
@@ -71,6 +78,21 @@ calibration rule is off."""
 
 DEMO_STOP_BOUND_S = 45.0
 
+ROUTINE_LOGGERS: Final = frozenset(
+    {
+        "monitor.service.performance.jobs",
+        "monitor.service.retrain.jobs",
+        "monitor.service.retrain.store",
+        "monitor.service.pccp.jobs",
+        "monitor.service.audit.jobs",
+        "monitor.service.drift.jobs",
+        "retrain.tracking",
+    }
+)
+"""The periodic jobs and the steps the loop reports itself: their INFO lines ("performance
+refreshed" every 15 s...) are DEBUG in the demo, so the stage lines and the approval block stay
+on screen; warnings and errors still show, and RADSENTRY_LOGGING__LEVEL=DEBUG shows them all."""
+
 
 def run_demo(
     settings: Settings,
@@ -81,10 +103,18 @@ def run_demo(
     until: Stage | None,
     scores: ScoresChoice = "auto",
     initial: InitialConfig | None = None,
+    fresh: bool = False,
 ) -> int:
     """Serve the API, consumer and jobs, and drive the loop (``demo.loop``) to ``until`` then
-    exit, or through every stage and keep serving until Ctrl-C (None). The exit code."""
+    exit, or through every stage and keep serving until Ctrl-C (None). The exit code.
+
+    A rerun on the same data dir resumes the previous run (``demo.state``); ``fresh`` deletes
+    what it stored first. A run that cannot resume exits 2 saying what to do."""
     from retrain.initial import InitialConfig
+
+    configure_logging(settings.logging, routine=ROUTINE_LOGGERS)
+    # MLflow's download progress bars would scroll the instructions away as the log lines do.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     if settings.drift == EngineConfig():
         # A few hundred studies per site would never fill the service's 1,000-event references.
@@ -95,7 +125,12 @@ def run_demo(
         retrain = settings.retrain.model_copy(update={"job": DEMO_JOB})
         settings = settings.model_copy(update={"retrain": retrain})
     engine = make_engine(settings.database_url)
-    upgrade(engine)
+    try:
+        config, record = _begin(settings, engine, config, fresh=fresh)
+    except CannotResume as exc:
+        console.print(f"[red]cannot resume:[/red] {exc}", soft_wrap=True)
+        engine.dispose()
+        return 2
     record_config(engine, settings, actor="radsentry-demo")
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
@@ -118,6 +153,7 @@ def run_demo(
         console=console,
         rate=rate,
         scores=scores,
+        record=record,
     )
     outcome: dict[str, int] = {}
     stop = threading.Event()
@@ -126,8 +162,22 @@ def run_demo(
         try:
             loop.run(until or Stage.DECISION, stop)
             outcome["code"] = 0
+            if until is None and loop.state.instructions and sys.stdin.isatty():
+                console.print("(press Enter to show these instructions again)")
+                threading.Thread(
+                    target=reprint_on_enter,
+                    args=(loop.state, sys.stdin),
+                    name="radsentry-demo-keys",
+                    daemon=True,
+                ).start()
         except StageFailed as exc:
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
+            if not stop.is_set():
+                console.print(
+                    f"Run the demo again to resume from this stage (the stages before it are "
+                    f"kept), or start over with {FRESH_HINT}.",
+                    soft_wrap=True,
+                )
             outcome["code"] = 1
         except Exception:  # the driver's boundary: say so, keep nothing running
             log.exception("demo loop failed")
@@ -160,3 +210,28 @@ def run_demo(
                 broker.stop()
             engine.dispose()
     return outcome.get("code", 0)
+
+
+def _begin(
+    settings: Settings, engine: Engine, config: SimulationConfig, *, fresh: bool
+) -> tuple[SimulationConfig, DemoRecord]:
+    """``demo_state.begin``, saying on the console what it chose."""
+    if fresh:
+        console.print(f"starting over in {settings.data_dir}: deleting what earlier runs stored")
+    config, record = demo_state.begin(settings, engine, config, fresh=fresh)
+    if record.reached:
+        done = ", ".join(record.reached)
+        console.print(
+            f"resuming the demo run of {record.started_at:%Y-%m-%d %H:%M} UTC (done: {done}); "
+            f"{FRESH_HINT} starts over",
+            soft_wrap=True,
+        )
+    return config, record
+
+
+def reprint_on_enter(state: LoopState, keys: TextIO) -> None:
+    """Each Enter on the demo's terminal (``keys``) prints the last instructions again: the
+    API's lines may have scrolled them away. Run on a daemon thread: it ends with the process."""
+    for _line in keys:
+        if state.instructions:
+            console.print(state.instructions, soft_wrap=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -59,12 +60,39 @@ def request_manual(
     return get_request(engine, row["request_id"])
 
 
+@dataclass(frozen=True)
+class Declined:
+    """An active alert the policy did not turn into a request, and the policy's reason."""
+
+    alert_id: uuid.UUID
+    detector: str
+    site_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AlertReview:
+    """One scan of the active alerts: the requests created, and the alerts declined with why.
+    Alerts that already have a request are not looked at again (neither list holds them)."""
+
+    created: list[uuid.UUID] = field(default_factory=list)
+    declined: list[Declined] = field(default_factory=list)
+
+
 def consider_alerts(
     engine: Engine, policy: RetrainPolicy, now: datetime | None = None
 ) -> list[uuid.UUID]:
     """Create the requests the policy asks for from active alerts; their ids."""
+    return review_alerts(engine, policy, now).created
+
+
+def review_alerts(
+    engine: Engine, policy: RetrainPolicy, now: datetime | None = None
+) -> AlertReview:
+    """:func:`consider_alerts`, keeping the policy's reason for every alert it declined (for a
+    caller that must say why no request came, as the demo does)."""
     now = now or datetime.now(UTC)
-    created: list[uuid.UUID] = []
+    review = AlertReview()
     with engine.begin() as connection:
         for alert in _candidate_alerts(connection):
             last = _last_request_at(connection, alert.model_name)
@@ -87,6 +115,9 @@ def consider_alerts(
                     alert_id=str(alert.alert_id),
                     reason=decision.reason,
                 )
+                review.declined.append(
+                    Declined(alert.alert_id, alert.detector, alert.site_id, decision.reason)
+                )
                 continue
             row = _row(alert.model_name, "alert", "retrain-policy", decision.reason, now)
             row |= {
@@ -103,11 +134,11 @@ def consider_alerts(
             )
             if connection.execute(statement, row).rowcount:
                 _log_request(connection, row)
-                created.append(row["request_id"])
+                review.created.append(row["request_id"])
                 log.info(
                     "retrain requested", model_name=alert.model_name, alert_id=str(alert.alert_id)
                 )
-    return created
+    return review
 
 
 def list_requests(
