@@ -219,7 +219,17 @@ def local_secret(settings: Settings) -> bytes:
     demo's pseudonymisation key is. Every process on the same data_dir shares it."""
     if settings.auth.local_secret is not None:
         return settings.auth.local_secret.get_secret_value().encode()
-    path = settings.data_dir / LOCAL_KEY_FILE
+    return secret_in_data_dir(
+        settings,
+        LOCAL_KEY_FILE,
+        "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
+    )
+
+
+def secret_in_data_dir(settings: Settings, file_name: str, created: str) -> bytes:
+    """A random secret kept in ``data_dir/file_name`` (0600), created on first use (logging
+    ``created`` as a warning); every process on the same data_dir shares it."""
+    path = settings.data_dir / file_name
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:  # O_EXCL: of two processes starting together, one writes and both read it
@@ -229,10 +239,7 @@ def local_secret(settings: Settings) -> bytes:
         else:
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_hex(32))
-            log.warning(
-                "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
-                path=str(path),
-            )
+            log.warning(created, path=str(path))
     return path.read_text().strip().encode()
 
 
@@ -285,10 +292,11 @@ _bearer = HTTPBearer(
 )
 
 
-def current_principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+"""The request's bearer credentials, if any (not yet verified)."""
+
+
+def current_principal(request: Request, credentials: BearerDep) -> Principal:
     """The verified caller of this request; 401 without a trustworthy bearer token. A plain
     ``def``: a JWKS fetch blocks, so FastAPI runs it in its thread pool."""
     if credentials is None:
@@ -321,11 +329,25 @@ def require_roles(*roles: Role) -> params.Depends:
 
     def authorised(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.roles & allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this role may not do this")
+            raise HTTPException(status.HTTP_403_FORBIDDEN, role_refusal(principal, allowed))
         return principal
 
     dependency: params.Depends = Depends(authorised)
     return dependency
+
+
+def role_refusal(principal: Principal, allowed: Iterable[Role]) -> str:
+    """A 403's detail: the role(s) this needs and those the token holds, so that the caller
+    knows which token to ask for (docs/security.md, Roles)."""
+    needed = sorted(role.value for role in allowed)
+    held = ", ".join(sorted(role.value for role in principal.roles)) or "no RadSentry role"
+    wanted = (
+        f"the role {needed[0]}" if len(needed) == 1 else "one of the roles " + ", ".join(needed)
+    )
+    return (
+        f"this needs {wanted}; the token of {principal.subject} holds {held}: "
+        "use a token issued with that role"
+    )
 
 
 def fresh_signer(
