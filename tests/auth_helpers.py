@@ -14,7 +14,6 @@ from monitor.service.settings import AuthSettings, Settings
 
 TEST_AUTH = AuthSettings(
     local_secret=SecretStr("radsentry-tests-local-secret-not-for-use"),
-    link_secret=SecretStr("radsentry-tests-page-link-secret-not-for-use"),
     signing_max_age_s=24 * 3600.0,
 )
 """Local mode with a secret of the tests' own: no key file is written into a data dir. Tokens

@@ -219,17 +219,7 @@ def local_secret(settings: Settings) -> bytes:
     demo's pseudonymisation key is. Every process on the same data_dir shares it."""
     if settings.auth.local_secret is not None:
         return settings.auth.local_secret.get_secret_value().encode()
-    return secret_in_data_dir(
-        settings,
-        LOCAL_KEY_FILE,
-        "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
-    )
-
-
-def secret_in_data_dir(settings: Settings, file_name: str, created: str) -> bytes:
-    """A random secret kept in ``data_dir/file_name`` (0600), created on first use (logging
-    ``created`` as a warning); every process on the same data_dir shares it."""
-    path = settings.data_dir / file_name
+    path = settings.data_dir / LOCAL_KEY_FILE
     if not path.exists():
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:  # O_EXCL: of two processes starting together, one writes and both read it
@@ -239,7 +229,10 @@ def secret_in_data_dir(settings: Settings, file_name: str, created: str) -> byte
         else:
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_hex(32))
-            log.warning(created, path=str(path))
+            log.warning(
+                "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
+                path=str(path),
+            )
     return path.read_text().strip().encode()
 
 

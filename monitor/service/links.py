@@ -3,8 +3,9 @@
 A browser sends no ``Authorization`` header when a person opens a URL, so a page behind a
 bearer token answers 401 there. ``POST /links`` (any role, with its bearer token) answers a URL
 to one page with ``?link=`` appended: a JWT signed with the API's link key (HS256, PyJWT, as
-local-mode tokens are, ``monitor.service.auth``), bound to the page's path and to the caller
-(subject, roles, sites), valid ``auth.link_ttl_s`` seconds (10 minutes by default). The page
+local-mode tokens are, ``monitor.service.auth``; the key: :func:`link_key`), bound to the page's
+path and to the caller (subject, roles, sites), valid ``auth.link_ttl_s`` seconds (10 minutes
+by default). The page
 then reads the link as it would read the caller's token: a site manager's link to another
 site's page is refused as the token would be.
 
@@ -22,10 +23,13 @@ from typing import Annotated, Any
 
 import jwt
 import structlog
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 from starlette.routing import compile_path
 
+from monitor.service.audit.keys import signing_key
 from monitor.service.auth import (
     BearerDep,
     Principal,
@@ -33,37 +37,37 @@ from monitor.service.auth import (
     Role,
     current_principal,
     role_refusal,
-    secret_in_data_dir,
 )
 from monitor.service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-LINK_KEY_FILE = "auth-links.key"
 LINK_AUDIENCE = "radsentry-link"
 LINK_ISSUER = "radsentry"
 LINK_ALGORITHM = "HS256"
 LINK_PARAMETER = "link"
+_DERIVATION = b"radsentry/page-links/v1"
+"""HKDF's info: the link key derived from the audit key is for links only (domain separation)."""
 
 
 def link_key(settings: Settings) -> bytes:
-    """The links' HS256 key: configured (``auth.link_secret``), or created once in data_dir."""
+    """The links' HS256 key: ``auth.link_secret``, else one derived (HKDF-SHA256) from the
+    audit signing key, which every API replica already holds: nothing new to distribute, and
+    the derived key tells nothing of the audit key."""
     if settings.auth.link_secret is not None:
         return settings.auth.link_secret.get_secret_value().encode()
-    return secret_in_data_dir(
-        settings,
-        LINK_KEY_FILE,
-        "created a key for signed page links; with several API replicas set "
-        "RADSENTRY_AUTH__LINK_SECRET",
+    raw = signing_key(settings).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DERIVATION).derive(raw)
 
 
 def issue_link(
-    settings: Settings, principal: Principal, path: str, now: datetime | None = None
+    key: bytes, ttl_s: int, principal: Principal, path: str, now: datetime | None = None
 ) -> tuple[str, datetime]:
     """A link token for ``path`` that stands for ``principal``, and when it expires."""
     issued = now or datetime.now(UTC)
-    expires = issued + timedelta(seconds=settings.auth.link_ttl_s)
+    expires = issued + timedelta(seconds=ttl_s)
     claims = {
         "iss": LINK_ISSUER,
         "aud": LINK_AUDIENCE,
@@ -75,23 +79,23 @@ def issue_link(
         "iat": issued,
         "exp": expires,
     }
-    return jwt.encode(claims, link_key(settings), algorithm=LINK_ALGORITHM), expires
+    return jwt.encode(claims, key, algorithm=LINK_ALGORITHM), expires
 
 
 class LinkRefused(Exception):
     """A link that does not open this page; the message says why, never its claims."""
 
 
-def verify_link(settings: Settings, token: str, path: str) -> Principal:
+def verify_link(key: bytes, token: str, path: str, leeway_s: float = 0) -> Principal:
     """The caller a link stands for, if it is intact, unexpired and for ``path``."""
     try:
         claims = jwt.decode(
             token,
-            link_key(settings),
+            key,
             algorithms=[LINK_ALGORITHM],
             audience=LINK_AUDIENCE,
             issuer=LINK_ISSUER,
-            leeway=settings.auth.leeway_s,
+            leeway=leeway_s,
             options={"require": ["exp", "iat", "sub", "path"]},
         )
     except jwt.ExpiredSignatureError:
@@ -139,7 +143,9 @@ def page_reader(
     else:
         settings: Settings = request.app.state.settings
         try:
-            principal = verify_link(settings, link, request.url.path)
+            principal = verify_link(
+                app_link_key(request), link, request.url.path, settings.auth.leeway_s
+            )
         except LinkRefused as exc:
             log.info("page link refused", reason=str(exc), path=request.url.path)
             raise HTTPException(
@@ -148,6 +154,14 @@ def page_reader(
     if not principal.roles:
         raise HTTPException(status.HTTP_403_FORBIDDEN, role_refusal(principal, Role))
     return principal
+
+
+def app_link_key(request: Request) -> bytes:
+    """The app's link key, derived once (``app.state.link_key``)."""
+    key: bytes | None = getattr(request.app.state, "link_key", None)
+    if key is None:
+        key = request.app.state.link_key = link_key(request.app.state.settings)
+    return key
 
 
 PageReaderDep = Annotated[Principal, Depends(page_reader)]
@@ -182,7 +196,8 @@ def create_link(body: LinkRequest, request: Request, principal: ReaderDep) -> Li
             f"{body.path} is not a page that opens through a link; pages: "
             + ", ".join(sorted(_pages(request))),
         )
-    token, expires = issue_link(request.app.state.settings, principal, body.path)
+    ttl_s = request.app.state.settings.auth.link_ttl_s
+    token, expires = issue_link(app_link_key(request), ttl_s, principal, body.path)
     url = request.url.replace(path=body.path, query=f"{LINK_PARAMETER}={token}")
     return LinkPublic(url=str(url), path=body.path, expires_at=expires)
 

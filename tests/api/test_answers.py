@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 
 from monitor.service.api import create_app
 from monitor.service.auth import Principal, Role
-from monitor.service.links import issue_link
+from monitor.service.links import issue_link, link_key
 from tests.api.test_candidates_api import (
     ALICE,
     AUDITOR,
@@ -27,6 +27,7 @@ from tests.auth_helpers import bearer
 from tests.factories import record_gate_outcome
 
 pytestmark = pytest.mark.integration
+LINK_KEY = link_key(SETTINGS)  # derived from the session's audit key (tests/conftest.py)
 
 CAROL = bearer(SETTINGS, "carol", Role.MLOPS)
 MANAGER = bearer(SETTINGS, "manager-mo", Role.SITE_MANAGER, sites=["site-01"])
@@ -172,10 +173,10 @@ def test_a_signed_link_opens_its_page_without_a_bearer_header_and_only_that_page
     as_bearer = client.get(url, headers={"Authorization": f"Bearer {token}"})
     assert as_bearer.status_code == 401
     auditor = Principal("audrey", frozenset({Role.AUDITOR}))
-    old, _ = issue_link(SETTINGS, auditor, page, now=datetime.now(UTC) - timedelta(hours=1))
+    old, _ = issue_link(LINK_KEY, 600, auditor, page, now=datetime.now(UTC) - timedelta(hours=1))
     expired = client.get(page, params={"link": old})
     assert expired.status_code == 401 and "expired" in expired.json()["detail"]
-    other, _ = issue_link(SETTINGS, auditor, "/sites/site-01/report")
+    other, _ = issue_link(LINK_KEY, 600, auditor, "/sites/site-01/report")
     assert client.get(page, params={"link": other}).status_code == 401
 
 

@@ -24,13 +24,14 @@ from sqlalchemy import Engine
 
 from monitor.service.api import create_app
 from monitor.service.auth import Principal, Role
-from monitor.service.links import issue_link
+from monitor.service.links import issue_link, link_key
 from monitor.service.pccp import store as candidates_store
 from tests.api.test_candidates_api import AUDITOR, MODEL, SETTINGS, FakeRegistry
 from tests.api.test_evidence_browser import CHROMIUM
 from tests.factories import record_gate_outcome
 
 pytestmark = pytest.mark.integration
+LINK_KEY = link_key(SETTINGS)  # derived from the session's audit key (tests/conftest.py)
 
 OFFLINE = [
     # No name resolves but the app's own address, and every proxied request (all but those to
@@ -147,5 +148,5 @@ def test_the_evidence_page_opens_through_a_signed_link_and_a_bad_link_is_refused
     )
     assert "this link is not valid" in page_text(chromium, tampered)
     auditor = Principal("audrey", frozenset({Role.AUDITOR}))
-    old, _ = issue_link(SETTINGS, auditor, page, now=datetime.now(UTC) - timedelta(hours=2))
+    old, _ = issue_link(LINK_KEY, 600, auditor, page, now=datetime.now(UTC) - timedelta(hours=2))
     assert "this link has expired" in page_text(chromium, f"{base_url}{page}?link={old}")
