@@ -290,3 +290,16 @@ def test_a_sustained_episode_asks_for_a_decision_until_someone_takes_it(
     assert shown["drift_active"] is True  # asking for a decision ends nothing by itself
     acknowledged = client.post(f"{url}/acknowledge", json={"note": "new scanner: re-baseline"})
     assert acknowledged.json()["needs_decision"] is False
+
+
+def test_the_drift_report_opens_in_a_browser_through_a_signed_link(client: TestClient) -> None:
+    browser = TestClient(client.app)  # no bearer header, as a browser opening a URL
+    page = f"/sites/{SITE}/report"
+    assert browser.get(page).status_code == 401
+    link = client.post("/links", json={"path": page})
+    assert link.status_code == 201, link.text
+    opened = browser.get(link.json()["url"])
+    assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
+    assert (
+        browser.get(f"/sites/site-01/report?{link.json()['url'].split('?')[1]}").status_code == 401
+    )
