@@ -64,7 +64,7 @@ def test_a_promotion_short_of_approvals_says_how_many_are_needed_and_held(
     assert one.status_code == 409
     detail = one.json()["detail"]
     assert "needs 2 approvals from distinct mlops users, has 1 (bob)" in detail
-    assert f"POST {url}/approve" in detail and "not the proposer alice" in detail
+    assert f"POST {url}/approve" in detail and "not alice, nor one who signed" in detail
 
 
 def test_a_promotion_before_the_gate_says_the_gate_has_not_run(client: TestClient) -> None:
@@ -74,6 +74,20 @@ def test_a_promotion_before_the_gate_says_the_gate_has_not_run(client: TestClien
     )
     assert refused.status_code == 409
     assert "not yet evaluated by the acceptance gate" in refused.json()["detail"]
+
+
+def test_a_failed_candidate_says_it_is_final_and_what_to_do_instead(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    created = propose(client)
+    record_gate_outcome(pg_engine, created["candidate_id"], "failed")  # type: ignore[arg-type]
+    url = f"/candidates/{created['candidate_id']}"
+    refused = client.post(f"{url}/promote", json={"reason": "go"}, headers=BOB)
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"cannot promote {MODEL} version 2: it is failed, which is final: ask for a retrain "
+        f"(POST /models/{MODEL}/retrain) or propose another version"
+    )
 
 
 def test_a_refused_role_names_the_role_needed_and_the_roles_held(client: TestClient) -> None:

@@ -187,25 +187,38 @@ def _promoted_version(connection: Connection, model_name: str, version: str) -> 
     return CandidateRow(**found._mapping)
 
 
+_FINAL = (
+    "which is final: ask for a retrain (POST /models/{model}/retrain) or propose another version"
+)
+_NOT_PROMOTABLE = {
+    "candidate": "not yet evaluated by the acceptance gate (the scheduler's gate job looks every "
+    "RADSENTRY_PCCP__GATE_S seconds); approve it once it has passed",
+    "failed": _FINAL,
+    "out_of_scope": _FINAL,
+    "rejected": _FINAL,
+    "promoted": "the champion already (GET /models/{model})",
+    "rolled_back": _FINAL,
+}
+"""What a promotion refused by the candidate's status says to do, by status."""
+
+
 def _require_promotable(row: CandidateRow, signed: Sequence[SignatureRow]) -> None:
     """Refuse a promotion the candidate's status does not allow, saying what is missing: for
     a passed candidate, the approvals needed and those held."""
+    name = f"{row.model_name} version {row.model_version}"
     if row.status == "passed":
         approvers = sorted({s.signer for s in signed if s.decision == "approve"})
         needed = lifecycle.approvals_threshold(row.approvals_required)
         held = f"has {len(approvers)}" + (f" ({', '.join(approvers)})" if approvers else "")
+        barred = ", ".join(sorted({row.proposed_by, row.triggered_by or row.proposed_by}))
         raise IllegalTransition(
-            f"cannot promote {row.model_name} version {row.model_version}: it is passed and "
-            f"needs {needed} approvals from distinct mlops users, {held}; another mlops user "
-            f"(not the proposer {row.proposed_by}) approves it with POST "
-            f"/candidates/{row.candidate_id}/approve, then promote again"
+            f"cannot promote {name}: it is passed and needs {needed} approvals from distinct "
+            f"mlops users, {held}; another mlops user (not {barred}, nor one who signed) "
+            f"approves it with POST /candidates/{row.candidate_id}/approve, then promote again"
         )
-    if row.status == "candidate":
-        raise IllegalTransition(
-            f"cannot promote {row.model_name} version {row.model_version}: it is candidate, "
-            "not yet evaluated by the acceptance gate (the scheduler's gate job looks every "
-            "RADSENTRY_PCCP__GATE_S seconds); approve it once it has passed"
-        )
+    if row.status in _NOT_PROMOTABLE:
+        hint = _NOT_PROMOTABLE[row.status].format(model=row.model_name)
+        raise IllegalTransition(f"cannot promote {name}: it is {row.status}, {hint}")
     lifecycle.require(store.as_candidate(row), "promote")
 
 
