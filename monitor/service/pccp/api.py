@@ -5,8 +5,8 @@ change needs ``mlops``, and who signs is the token's subject, never a field of t
 lifecycle rules (legal transitions, four eyes) live in ``pccp.lifecycle``, applied by the
 candidates store (``monitor.service.pccp.store``) and, for the champion, by
 ``monitor.service.pccp.champion``; here they become HTTP answers: 404 for an unknown (or another
-site's) candidate, 409 for an illegal transition or a promotion check that fails, 403 for a
-signature the four-eyes rule forbids.
+site's) candidate or an unknown model, 409 for an illegal transition or a promotion check that
+fails (saying what is missing), 403 for a signature the four-eyes rule forbids.
 """
 
 from __future__ import annotations
