@@ -163,3 +163,22 @@ def threshold_provenance(**change: Any) -> ThresholdProvenance:
         "tuning_specificity": 0.7,
     }
     return ThresholdProvenance(**(values | change))
+
+
+def record_initial_champion(
+    engine: Engine, model_name: str = "cxr-lesion", version: str = "1"
+) -> None:
+    """The change-log entry `radsentry train-initial` writes for a first champion: from then on
+    the service knows the model (a retrain request for it is accepted)."""
+    from monitor.service.audit import store as change_log
+
+    change_log.record(
+        engine,
+        change_log.Entry(
+            actor="train-initial",
+            action="champion.initial",
+            subject=f"{model_name}/version/{version}",
+            details={},
+            reason="initial model of a model without a champion",
+        ),
+    )

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import Engine
@@ -29,8 +30,10 @@ from monitor.service.errors import Conflict, Forbidden, NotFound
 from monitor.service.ingest.api import router as sites_router
 from monitor.service.kafka import broker_reachable
 from monitor.service.limits import RequestLimits
+from monitor.service.links import router as links_router
 from monitor.service.metrics_db import database_collector
 from monitor.service.pccp.api import router as candidates_router
+from monitor.service.pccp.model_api import router as models_router
 from monitor.service.performance.api import router as performance_router
 from monitor.service.retrain.api import router as retrain_router
 from monitor.service.settings import Settings
@@ -106,8 +109,10 @@ ROUTERS = (
     performance_router,
     retrain_router,
     candidates_router,
+    models_router,
     audit_router,
     sites_router,
+    links_router,
 )
 """Every domain's router, in the order the OpenAPI document lists them."""
 
@@ -161,6 +166,12 @@ class _LazyRegistry:
     def move_champion(self, model_name: str, version: str) -> str | None:
         return self._connected().move_champion(model_name, version)
 
+    def challenger_version(self, model_name: str) -> str | None:
+        from retrain.mlflow_names import CHALLENGER
+
+        found = self._connected().version_by_alias(model_name, CHALLENGER)
+        return None if found is None else found.version
+
     def has_version(self, model_name: str, version: str) -> bool:
         from mlflow.exceptions import MlflowException
 
@@ -203,7 +214,7 @@ def create_app(
         if owned:
             app.state.engine.dispose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI and ReDoc from the package's files, not a CDN
         title="RadSentry",
         version="0.1.0",
         summary="Post-market monitoring and change control for medical-imaging AI.",

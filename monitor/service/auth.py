@@ -285,10 +285,11 @@ _bearer = HTTPBearer(
 )
 
 
-def current_principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+"""The request's bearer credentials, if any (not yet verified)."""
+
+
+def current_principal(request: Request, credentials: BearerDep) -> Principal:
     """The verified caller of this request; 401 without a trustworthy bearer token. A plain
     ``def``: a JWKS fetch blocks, so FastAPI runs it in its thread pool."""
     if credentials is None:
@@ -321,11 +322,25 @@ def require_roles(*roles: Role) -> params.Depends:
 
     def authorised(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if not principal.roles & allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "this role may not do this")
+            raise HTTPException(status.HTTP_403_FORBIDDEN, role_refusal(principal, allowed))
         return principal
 
     dependency: params.Depends = Depends(authorised)
     return dependency
+
+
+def role_refusal(principal: Principal, allowed: Iterable[Role]) -> str:
+    """A 403's detail: the role(s) this needs and those the token holds, so that the caller
+    knows which token to ask for (docs/security.md, Roles)."""
+    needed = sorted(role.value for role in allowed)
+    held = ", ".join(sorted(role.value for role in principal.roles)) or "no RadSentry role"
+    wanted = (
+        f"the role {needed[0]}" if len(needed) == 1 else "one of the roles " + ", ".join(needed)
+    )
+    return (
+        f"this needs {wanted}; the token of {principal.subject} holds {held}: "
+        "use a token issued with that role"
+    )
 
 
 def fresh_signer(

@@ -306,6 +306,15 @@ class AuthSettings(BaseModel):
         description="local: the HS256 secret, at least 32 bytes. Unset: a random one created "
         "once in data_dir.",
     )
+    link_secret: Secret | None = Field(
+        None,
+        description="The key of the signed links to pages a browser opens (POST /links), at "
+        "least 32 bytes, the same on every API replica. Unset: derived (HKDF) from the audit "
+        "signing key, which every replica holds.",
+    )
+    link_ttl_s: int = Field(
+        600, gt=0, le=3600, description="How long a signed link to a page stays valid."
+    )
 
     @model_validator(mode="after")
     def _oidc_is_complete(self) -> AuthSettings:

@@ -33,6 +33,7 @@ from monitor.service.auth import (
 from monitor.service.cli import app as cli
 from monitor.service.settings import AuthSettings, Settings
 from tests.auth_helpers import TEST_AUTH, bearer, local_claims, signed_locally
+from tests.factories import record_initial_champion
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +148,9 @@ def auth(token: str) -> dict[str, str]:
 
 
 def test_valid_rs256_and_es256_tokens_are_accepted_and_name_the_actor(
-    oidc_client: TestClient, jwks: JwksServer
+    oidc_client: TestClient, jwks: JwksServer, pg_engine: Engine
 ) -> None:
+    record_initial_champion(pg_engine)  # a model the service knows
     assert oidc_client.get("/sites", headers=auth(signed(claims()))).status_code == 200
     es256 = signed(claims(), EC_KEY, "ES256", "ec-1")
     asked = oidc_client.post(

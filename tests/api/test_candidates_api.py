@@ -30,6 +30,7 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.champion = "1"
+        self.challenger: str | None = None
         self.down = False
 
     def champion_version(self, model_name: str) -> str | None:
@@ -40,6 +41,10 @@ class FakeRegistry:
         self._check()
         previous, self.champion = self.champion, version
         return previous
+
+    def challenger_version(self, model_name: str) -> str | None:
+        self._check()
+        return self.challenger
 
     def has_version(self, model_name: str, version: str) -> bool:
         self._check()

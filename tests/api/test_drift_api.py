@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -93,8 +93,12 @@ def test_a_stream_still_collecting_its_reference_shows_how_far_it_has_come(
     [stream] = client.get("/sites/site-07/drift").json()["streams"]
     reference = stream["reference"]
     assert reference["frozen"] is False and reference["n_events"] == 120
-    assert reference["first_event_at"] == events[0].occurred_at.timestamp()
-    assert reference["last_event_at"] == events[-1].occurred_at.timestamp()
+    # ISO 8601 UTC, as every other time the API answers (the engine keeps POSIX seconds).
+    first, last = (
+        datetime.fromisoformat(reference[k]) for k in ("first_event_at", "last_event_at")
+    )
+    assert first == events[0].occurred_at and last == events[-1].occurred_at
+    assert first.utcoffset() == timedelta(0) and reference["requested_at"] is None
     assert stream["reference_complete_when"] == "200 events"  # CONFIG: a reference by count
     assert EngineConfig().reference_needs() == "1,000 events spanning 91 days"
 
@@ -124,6 +128,16 @@ def test_alerts_filter_paginate_and_follow_their_lifecycle(client: TestClient) -
     assert client.post(missing, json={}).status_code == 404
 
 
+def test_a_sites_alerts_are_where_a_site_manager_looks_for_them(client: TestClient) -> None:
+    by_query = client.get("/alerts", params={"site_id": SITE, "limit": 2}).json()
+    by_path = client.get(f"/sites/{SITE}/alerts", params={"limit": 2}).json()
+    assert by_path == by_query and by_path["total"] >= 2
+    chi2 = client.get(f"/sites/{SITE}/alerts", params={"detector": "chi2"}).json()
+    assert [a["detector"] for a in chi2["items"]] == ["chi2"] * len(chi2["items"]) != []
+    manager = bearer(SETTINGS, "manager-mo", Role.SITE_MANAGER, sites=["site-99"])
+    assert client.get(f"/sites/{SITE}/alerts", headers=manager).status_code == 403
+
+
 def test_the_actor_comes_from_the_token_never_from_the_body(client: TestClient) -> None:
     alert = client.get("/alerts", params={"site_id": SITE}).json()["items"][0]
     forged = client.post(f"/alerts/{alert['alert_id']}/acknowledge", json={"actor": "someone"})
@@ -139,6 +153,8 @@ def test_rebaseline_records_who_and_why_and_the_consumer_follows(
     response = client.post(f"/sites/{SITE}/reference", json=body)
     assert response.status_code == 202
     assert (response.json()["generation"], response.json()["source"]) == (1, "next_events")
+    requested_at = datetime.fromisoformat(response.json()["requested_at"])
+    assert abs(datetime.now(UTC) - requested_at) < timedelta(minutes=1)
     open_alerts = client.get("/alerts", params={"site_id": SITE}).json()["items"]
     assert all(not a["drift_active"] for a in open_alerts)
     assert all(a["ended_reason"].startswith("re-baselined") for a in open_alerts)
@@ -274,3 +290,16 @@ def test_a_sustained_episode_asks_for_a_decision_until_someone_takes_it(
     assert shown["drift_active"] is True  # asking for a decision ends nothing by itself
     acknowledged = client.post(f"{url}/acknowledge", json={"note": "new scanner: re-baseline"})
     assert acknowledged.json()["needs_decision"] is False
+
+
+def test_the_drift_report_opens_in_a_browser_through_a_signed_link(client: TestClient) -> None:
+    browser = TestClient(client.app)  # no bearer header, as a browser opening a URL
+    page = f"/sites/{SITE}/report"
+    assert browser.get(page).status_code == 401
+    link = client.post("/links", json={"path": page})
+    assert link.status_code == 201, link.text
+    opened = browser.get(link.json()["url"])
+    assert opened.status_code == 200 and opened.headers["content-type"].startswith("text/html")
+    assert (
+        browser.get(f"/sites/site-01/report?{link.json()['url'].split('?')[1]}").status_code == 401
+    )

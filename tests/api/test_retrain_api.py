@@ -23,7 +23,7 @@ from monitor.service.retrain.store import consider_alerts
 from monitor.service.settings import Settings
 from retrain.policy import RetrainPolicy
 from tests.auth_helpers import TEST_AUTH, bearer
-from tests.factories import inference_event, label_event
+from tests.factories import inference_event, label_event, record_initial_champion
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +56,7 @@ def drift_alert(detector: str, site_id: str = "site-01", effect: float = 0.05) -
 def client(pg_engine: Engine) -> Iterator[TestClient]:
     events = [inference_event(i) for i in range(30)] + [label_event(i) for i in range(30)]
     store_batch(pg_engine, [Delivered(e, "t", 0, n) for n, e in enumerate(events)], [])
+    record_initial_champion(pg_engine)
     app = create_app(SETTINGS, engine=pg_engine)
     with TestClient(app, headers=bearer(SETTINGS, "mlops-ann", Role.MLOPS)) as test_client:
         yield test_client
@@ -99,6 +100,8 @@ def test_cooldown_after_a_request_and_label_minimum(client: TestClient, pg_engin
 def test_people_ask_through_the_api_and_the_cli(
     client: TestClient, pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    misspelt = client.post("/models/cxr-lesoin/retrain", json={"reason": "new site onboarded"})
+    assert misspelt.status_code == 404 and "did you mean cxr-lesion" in misspelt.json()["detail"]
     response = client.post("/models/cxr-lesion/retrain", json={"reason": "new site onboarded"})
     assert response.status_code == 202
     assert (response.json()["trigger"], response.json()["requested_by"]) == ("manual", "mlops-ann")

@@ -37,6 +37,7 @@ from monitor.service.models import PerformanceSnapshotRow, RetrainRequestRow
 from monitor.service.pccp import store as candidates_store
 from monitor.service.settings import Settings
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
+from tests.api.test_candidates_api import FakeRegistry
 from tests.auth_helpers import TEST_AUTH, bearer, local_claims, signed_locally
 from tests.conftest import empty_tables
 from tests.factories import gate_report, record_gate_outcome
@@ -126,6 +127,7 @@ ROUTES = [
     Case("GET", "/sites/{site_id}/performance", SITE_READ),
     Case("GET", "/models/{model_name}/performance", LISTED),
     Case("GET", "/alerts", LISTED),
+    Case("GET", "/sites/{site_id}/alerts", SITE_READ),
     Case("GET", "/alerts/{alert_id}", BY_ID_READ),
     Case("POST", "/alerts/{alert_id}/acknowledge", MLOPS_WRITE, body={"note": "on it"}),
     Case("POST", "/alerts/{alert_id}/resolve", MLOPS_WRITE, body={}),
@@ -159,6 +161,8 @@ ROUTES = [
         access({Caller.MLOPS}, AUTHORISED),  # version 1 was never promoted: 409
         body={"expected_version": "1", **REASON},
     ),
+    Case("GET", "/models/{model_name}", LISTED),  # a site manager: its sites' candidates
+    Case("POST", "/links", LISTED, body={"path": "/sites/site-01/report"}),
     Case("GET", "/audit", CHANGE_LOG_READ),
     Case("GET", "/audit/verify", CHANGE_LOG_READ),
 ]
@@ -292,7 +296,10 @@ def seeded(pg_url: str) -> Iterator[tuple[Engine, dict[str, dict[str, str]]]]:
 
 @pytest.fixture(scope="module")
 def client(seeded: tuple[Engine, dict[str, dict[str, str]]]) -> Iterator[TestClient]:
-    with TestClient(create_app(SETTINGS, engine=seeded[0])) as test_client:
+    app = create_app(SETTINGS, engine=seeded[0])
+    registry = FakeRegistry()  # GET /models/{model_name} reads the champion: no MLflow here
+    app.state.registry_factory = lambda: registry
+    with TestClient(app) as test_client:
         yield test_client
 
 

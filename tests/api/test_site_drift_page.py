@@ -111,6 +111,25 @@ def test_the_page_shows_the_windows_and_links_the_alerts_and_the_appendix(
     )
 
 
+def test_opened_through_a_signed_link_the_page_links_its_appendix_with_a_link_of_its_own(
+    client: TestClient,
+) -> None:
+    browser = TestClient(client.app)  # no bearer header, as a browser opening a URL
+    page_path = f"/sites/{SITE}/drift-report"
+    assert browser.get(page_path).status_code == 401
+    link = client.post("/links", json={"path": page_path})
+    assert link.status_code == 201, link.text
+    opened = browser.get(link.json()["url"])
+    assert opened.status_code == 200, opened.text
+    appendix = re.search(r'href="(/sites/site-02/report\?[^"]+)"', opened.text)
+    assert appendix is not None and "link=" in appendix.group(1)
+    followed = browser.get(html.unescape(appendix.group(1)))
+    assert followed.status_code == 200 and followed.headers["content-type"].startswith("text/html")
+    # The appendix's link opens the appendix only, not the page it came from.
+    token = html.unescape(appendix.group(1)).split("link=")[1]
+    assert browser.get(page_path, params={"link": token}).status_code == 401
+
+
 def test_the_glossary_explains_the_pixel_statistics_and_the_page_is_small_and_offline(
     client: TestClient,
 ) -> None:

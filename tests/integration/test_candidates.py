@@ -19,6 +19,7 @@ from monitor.service.audit.store import entries, verify
 from monitor.service.errors import IllegalTransition
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion, store
+from monitor.service.pccp.history import ModelNotFound
 from monitor.service.pccp.store import FourEyesViolation
 from tests.factories import record_gate_outcome
 
@@ -260,7 +261,11 @@ def test_a_candidate_outside_the_plan_can_never_be_promoted(pg_engine: Engine) -
 
 
 def test_rollback_without_a_promotion_is_refused(pg_engine: Engine) -> None:
-    with pytest.raises(IllegalTransition, match="no promotion"):
+    # A model the service has no record of is not found (HTTP 404), not a conflict.
+    with pytest.raises(ModelNotFound, match=f"no model '{MODEL}' is known here"):
+        rollback(pg_engine, "2", FakeRegistry())
+    proposed(pg_engine)
+    with pytest.raises(IllegalTransition, match="was never promoted"):
         rollback(pg_engine, "2", FakeRegistry())
 
 

@@ -7,16 +7,18 @@ acknowledgement, resolution and re-baselining; request bodies do not name it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from monitor.drift.alerts import StreamKey
 from monitor.drift.severity import Severity
+from monitor.drift.stream import ReferenceSource
 from monitor.events import Identifier, InferenceEvent
 from monitor.service.auth import MlopsDep, ReaderDep, check_site
 from monitor.service.deps import EngineDep, Note, PageOffset, Reason, SettingsDep, StoredText
@@ -25,6 +27,7 @@ from monitor.service.drift import streams as streams_store
 from monitor.service.drift.alerts import AlertNotFound, AlertStatus
 from monitor.service.drift.site_page import page_html
 from monitor.service.drift.site_report import site_report
+from monitor.service.links import LINK_PARAMETER, PageReaderDep, app_link_key, issue_link
 
 
 class CheckPublic(BaseModel):
@@ -46,11 +49,40 @@ class CheckPublic(BaseModel):
     skipped: str | None
 
 
+class ReferencePublic(BaseModel):
+    """Where a stream's reference came from (``monitor.drift.stream.ReferenceInfo``), its times
+    in ISO 8601 UTC: the engine keeps POSIX seconds, the API speaks one time format."""
+
+    reference_id: uuid.UUID
+    generation: int
+    source: ReferenceSource
+    requested_by: str | None = None
+    reason: str | None = None
+    requested_at: datetime | None = Field(None, description="When re-baselining was asked.")
+    frozen: bool = False
+    n_events: int = 0
+    first_event_at: datetime | None = None
+    last_event_at: datetime | None = None
+
+    @classmethod
+    def of(cls, stored: Mapping[str, Any]) -> ReferencePublic:
+        """From the stored provenance, POSIX seconds read as UTC times."""
+        times = {name: _utc(stored.get(name)) for name in _TIMES}
+        return cls.model_validate({**stored, **times})
+
+
+_TIMES = ("requested_at", "first_event_at", "last_event_at")
+
+
+def _utc(seconds: Any) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(float(seconds), UTC)
+
+
 class StreamPublic(BaseModel):
     model_name: str
     model_version: str
     events_seen: int
-    reference: dict[str, Any] = Field(
+    reference: ReferencePublic = Field(
         description="Where the reference came from; while it is being collected (frozen false), "
         "its events and first and last event times so far."
     )
@@ -163,7 +195,7 @@ def site_drift(
                 model_name=s.model_name,
                 model_version=s.model_version,
                 events_seen=s.events_seen,
-                reference=s.reference,
+                reference=ReferencePublic.of(s.reference),
                 reference_complete_when=needs,
                 updated_at=s.updated_at,
             )
@@ -209,6 +241,31 @@ def list_alerts(
     )
 
 
+@router.get("/sites/{site_id}/alerts", tags=["alerts"])
+def site_alerts(
+    site_id: Identifier,
+    engine: EngineDep,
+    principal: ReaderDep,
+    alert_status: Annotated[AlertStatus | None, Query(alias="status")] = None,
+    detector: StoredText | None = None,
+    min_severity: Severity | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: PageOffset = 0,
+) -> AlertPagePublic:
+    """The site's alerts, the same answer as ``GET /alerts?site_id=`` (a site manager: 403 for
+    another site)."""
+    return list_alerts(
+        engine,
+        principal,
+        site_id=site_id,
+        alert_status=alert_status,
+        detector=detector,
+        min_severity=min_severity,
+        limit=limit,
+        offset=offset,
+    )
+
+
 @router.get("/alerts/{alert_id}", tags=["alerts"], responses={404: {}})
 def get_alert(alert_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> AlertPublic:
     """One alert; another site's alert is not found for a site manager."""
@@ -248,7 +305,7 @@ def rebaseline(
     engine: EngineDep,
     settings: SettingsDep,
     principal: MlopsDep,
-) -> dict[str, Any]:
+) -> ReferencePublic:
     """Record who (the token's subject) re-baselines and why; the new reference is the
     upload or the next events."""
     if body.events is not None and any(e.site_id != site_id for e in body.events):
@@ -257,7 +314,7 @@ def rebaseline(
             "uploaded events must all belong to the site in the path",
         )
     key = StreamKey(site_id, body.model_name, body.model_version)
-    return streams_store.rebaseline(
+    stored = streams_store.rebaseline(
         engine,
         settings.drift,
         key,
@@ -265,6 +322,7 @@ def rebaseline(
         reason=body.reason,
         events=body.events,
     )
+    return ReferencePublic.of(stored)
 
 
 @router.get(
@@ -277,12 +335,13 @@ async def report(
     site_id: Identifier,
     engine: EngineDep,
     settings: SettingsDep,
-    principal: ReaderDep,
+    principal: PageReaderDep,
     model_name: Identifier | None = None,
     model_version: Identifier | None = None,
 ) -> HTMLResponse:
     """Evidently report: the stream's reference against its latest window of events (the
-    detailed appendix of ``/sites/{site_id}/drift-report``)."""
+    detailed appendix of ``/sites/{site_id}/drift-report``). A browser opens it through a
+    signed link (POST /links)."""
     check_site(principal, site_id)
     _, html = await run_in_threadpool(
         site_report,
@@ -305,14 +364,24 @@ async def drift_report_page(
     site_id: Identifier,
     engine: EngineDep,
     settings: SettingsDep,
-    principal: ReaderDep,
+    principal: PageReaderDep,
+    request: Request,
     model_name: Identifier | None = None,
     model_version: Identifier | None = None,
 ) -> HTMLResponse:
     """The site drift page: the drifting features first, each with its evidence and a
     reference-vs-current plot, the alerts, the window dates and a glossary; the Evidently
-    report (``/sites/{site_id}/report``) is its detailed appendix."""
+    report (``/sites/{site_id}/report``) is its detailed appendix. A browser opens it through
+    a signed link (POST /links); the page then links its appendix with a link of its own."""
     check_site(principal, site_id)
+    appendix_link = None
+    if LINK_PARAMETER in request.query_params:
+        appendix_link, _ = issue_link(
+            app_link_key(request),
+            settings.auth.link_ttl_s,
+            principal,
+            f"/sites/{site_id}/report",
+        )
     html = await run_in_threadpool(
         page_html,
         engine,
@@ -320,5 +389,6 @@ async def drift_report_page(
         site_id,
         model_name=model_name,
         model_version=model_version,
+        appendix_link=appendix_link,
     )
     return HTMLResponse(html)

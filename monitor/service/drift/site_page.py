@@ -61,6 +61,7 @@ def build_page(
     model_version: str | None = None,
     current_size: int | None = None,
     now: datetime | None = None,
+    appendix_link: str | None = None,
 ) -> SitePage:
     """The page's values for the most recently updated stream at ``site_id`` that matches.
 
@@ -88,6 +89,7 @@ def build_page(
     views = _feature_views(samples, checks, flagged) + _missing_views(samples, checks, flagged)
     drifting = sorted((v for v in views if v.drifting), key=lambda v: v.sort_key)
     query = {"model_name": key.model_name, "model_version": key.model_version}
+    appendix_query = query if appendix_link is None else {**query, "link": appendix_link}
     return SitePage(
         key=key,
         generated_at=now or datetime.now(UTC),
@@ -98,7 +100,7 @@ def build_page(
         drifting=tuple(drifting),
         stable=tuple(v for v in views if not v.drifting and v.group != "missing field"),
         glossary=tuple(glossary.glossary(samples.stream.schema.findings)),
-        appendix_url=f"/sites/{quote(key.site_id)}/report?{urlencode(query)}",
+        appendix_url=f"/sites/{quote(key.site_id)}/report?{urlencode(appendix_query)}",
         alerts_url=f"/alerts?{urlencode({'site_id': key.site_id})}",
         checks=tuple(_check_summary(check) for check in checks.values()),
     )
@@ -112,6 +114,7 @@ def page_html(
     model_name: str | None = None,
     model_version: str | None = None,
     current_size: int | None = None,
+    appendix_link: str | None = None,
 ) -> str:
     """:func:`build_page` and :func:`render` in one call (the API runs it in a thread)."""
     page = build_page(
@@ -121,6 +124,7 @@ def page_html(
         model_name=model_name,
         model_version=model_version,
         current_size=current_size,
+        appendix_link=appendix_link,
     )
     return render(page)
 

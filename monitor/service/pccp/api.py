@@ -5,8 +5,8 @@ change needs ``mlops``, and who signs is the token's subject, never a field of t
 lifecycle rules (legal transitions, four eyes) live in ``pccp.lifecycle``, applied by the
 candidates store (``monitor.service.pccp.store``) and, for the champion, by
 ``monitor.service.pccp.champion``; here they become HTTP answers: 404 for an unknown (or another
-site's) candidate, 409 for an illegal transition or a promotion check that fails, 403 for a
-signature the four-eyes rule forbids.
+site's) candidate or an unknown model, 409 for an illegal transition or a promotion check that
+fails (saying what is missing), 403 for a signature the four-eyes rule forbids.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from monitor.events import Identifier
 from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
 from monitor.service.deps import EngineDep, PageOffset, Reason
+from monitor.service.links import PageReaderDep
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
@@ -33,10 +34,12 @@ from monitor.service.pccp.store import CandidateStatus, Decision
 
 
 class CandidateRegistry(ChampionRegistry, Protocol):
-    """What the API needs of the registry: reading and moving ``champion``, and whether a version
-    exists."""
+    """What the API needs of the registry: reading and moving ``champion``, whether a version
+    exists, and which version the ``challenger`` alias names."""
 
     def has_version(self, model_name: str, version: str) -> bool: ...
+
+    def challenger_version(self, model_name: str) -> str | None: ...
 
 
 RegistryFactory = Callable[[], CandidateRegistry]
@@ -248,10 +251,11 @@ def get_candidate(
     response_class=HTMLResponse,
     responses={404: {}},
 )
-def evidence_html(candidate_id: uuid.UUID, engine: EngineDep, principal: ReaderDep) -> str:
+def evidence_html(candidate_id: uuid.UUID, engine: EngineDep, principal: PageReaderDep) -> str:
     """The gate's evidence report as a readable page, with the decision record as of now, read
     from the change log: the status history, each signature (printed name, UTC time, meaning),
-    the promotion and the rollback, the entries it was rendered from and how to verify them."""
+    the promotion and the rollback, the entries it was rendered from and how to verify them.
+    A browser opens it through a signed link (POST /links)."""
     from monitor.service.pccp.jobs import report_of  # torch, mlflow: only when asked
     from pccp.evidence import report_html
 
@@ -335,7 +339,7 @@ def promote(
     return _detail(engine, row, request)
 
 
-@router.post("/models/{model_name}/rollback", responses={409: {}, 503: REGISTRY_DOWN})
+@router.post("/models/{model_name}/rollback", responses={404: {}, 409: {}, 503: REGISTRY_DOWN})
 def rollback(
     model_name: Identifier,
     body: RollbackRequest,
@@ -345,7 +349,8 @@ def rollback(
     request: Request,
 ) -> CandidateDetail:
     """Undo the promotion of ``expected_version``, the champion: the version it replaced is
-    restored. Another champion is 409; asked again once undone, the same answer, nothing new."""
+    restored. Another champion is 409; asked again once undone, the same answer, nothing new.
+    A model the service has no record of is 404 (the detail names the known models)."""
     row = champion.rollback(
         engine,
         model_name,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -41,8 +41,9 @@ from monitor.service.audit import keys
 from monitor.service.audit import store as change_log
 from monitor.service.db import table_of
 from monitor.service.errors import Conflict, IllegalTransition
-from monitor.service.models import CandidateRow, clip_reason
+from monitor.service.models import CandidateRow, SignatureRow, clip_reason
 from monitor.service.pccp import store
+from monitor.service.pccp.history import ModelNotFound, known_model, unknown_model_message
 from pccp import lifecycle, promotion
 
 __all__ = ["ChampionRegistry", "lock_model", "promote", "rollback"]
@@ -79,12 +80,10 @@ def promote(
         row = store.locked(connection, candidate_id)
         if row.model_name != model_name:  # renamed between the read and the lock
             raise Conflict(f"not promoted: the candidate's model changed to {row.model_name}")
-        lifecycle.require(store.as_candidate(row), "promote")
+        signed = store.signatures_in(connection, candidate_id)
+        _require_promotable(row, signed)
         claim = _claim(row)
-        signatures = [
-            promotion.Signature(s.signer, s.decision, s.change_log_seq)
-            for s in store.signatures_in(connection, candidate_id)
-        ]
+        signatures = [promotion.Signature(s.signer, s.decision, s.change_log_seq) for s in signed]
         verified = promotion.verify(claim, _logged(connection, row), signatures)
         current = registry.champion_version(model_name)
         previous = promotion.replaced_champion(verified, current, claim)
@@ -177,9 +176,50 @@ def _promoted_version(connection: Connection, model_name: str, version: str) -> 
         .where(CandidateRow.model_name == model_name, CandidateRow.model_version == version)
         .with_for_update()
     ).first()
+    if found is None and not known_model(connection, model_name):
+        raise ModelNotFound(unknown_model_message(connection, model_name))
     if found is None or found.promoted_at is None:
-        raise IllegalTransition(f"{model_name} version {version} has no promotion to roll back")
+        raise IllegalTransition(
+            f"{model_name} version {version} was never promoted, so there is no promotion of it "
+            "to roll back: name the champion in expected_version (GET /models/"
+            f"{model_name} says which version it is)"
+        )
     return CandidateRow(**found._mapping)
+
+
+_FINAL = (
+    "which is final: ask for a retrain (POST /models/{model}/retrain) or propose another version"
+)
+_NOT_PROMOTABLE = {
+    "candidate": "not yet evaluated by the acceptance gate (the scheduler's gate job looks every "
+    "RADSENTRY_PCCP__GATE_S seconds); approve it once it has passed",
+    "failed": _FINAL,
+    "out_of_scope": _FINAL,
+    "rejected": _FINAL,
+    "promoted": "the champion already (GET /models/{model})",
+    "rolled_back": _FINAL,
+}
+"""What a promotion refused by the candidate's status says to do, by status."""
+
+
+def _require_promotable(row: CandidateRow, signed: Sequence[SignatureRow]) -> None:
+    """Refuse a promotion the candidate's status does not allow, saying what is missing: for
+    a passed candidate, the approvals needed and those held."""
+    name = f"{row.model_name} version {row.model_version}"
+    if row.status == "passed":
+        approvers = sorted({s.signer for s in signed if s.decision == "approve"})
+        needed = lifecycle.approvals_threshold(row.approvals_required)
+        held = f"has {len(approvers)}" + (f" ({', '.join(approvers)})" if approvers else "")
+        barred = ", ".join(sorted({row.proposed_by, row.triggered_by or row.proposed_by}))
+        raise IllegalTransition(
+            f"cannot promote {name}: it is passed and needs {needed} approvals from distinct "
+            f"mlops users, {held}; another mlops user (not {barred}, nor one who signed) "
+            f"approves it with POST /candidates/{row.candidate_id}/approve, then promote again"
+        )
+    if row.status in _NOT_PROMOTABLE:
+        hint = _NOT_PROMOTABLE[row.status].format(model=row.model_name)
+        raise IllegalTransition(f"cannot promote {name}: it is {row.status}, {hint}")
+    lifecycle.require(store.as_candidate(row), "promote")
 
 
 def _check_logged_promotion(connection: Connection, row: CandidateRow, restored: str) -> None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from monitor.events import Identifier
 from monitor.service.auth import ReaderDep, RetrainerDep
 from monitor.service.deps import EngineDep, PageOffset, Reason
+from monitor.service.pccp.history import require_known
 from monitor.service.retrain import store as retrain_store
 from monitor.service.retrain.store import RequestNotFound
 
@@ -64,12 +65,16 @@ class RetrainAsk(BaseModel):
 router = APIRouter(tags=["retraining"])
 
 
-@router.post("/models/{model_name}/retrain", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/models/{model_name}/retrain", status_code=status.HTTP_202_ACCEPTED, responses={404: {}}
+)
 def ask(
     model_name: Identifier, body: RetrainAsk, engine: EngineDep, principal: RetrainerDep
 ) -> RetrainRequestPublic:
     """Request a candidate model: recorded with who (the token's subject) and why, served
-    by the retrain job. Nothing here changes which model serves (only a PCCP promotion can)."""
+    by the retrain job. Nothing here changes which model serves (only a PCCP promotion can).
+    A model the service has no record of is 404 (the detail names the known models)."""
+    require_known(engine, model_name)
     row = retrain_store.request_manual(engine, model_name, principal.subject, body.reason)
     return RetrainRequestPublic.model_validate(row)
 
