@@ -13,6 +13,7 @@ is created and dropped):
 * ``fleet``: ``--sites`` sites with 100,000 labelled cases each (1,000 a day). The statistics
   hold every case (the ``total`` rows) and the latest 30 days; the raw tables hold what the
   refresh reads raw, a bounded number of rows: each site's first 1,000 and latest 1,000 cases.
+  With ``--baseline REV`` the full refresh of revision ``REV`` runs on the same database too.
 
 Statistics rows are written directly in the format ``performance.summaries.record`` writes
 (one summary per day and key, plus ``total``), which is what a consumer run would leave
@@ -20,7 +21,7 @@ Statistics rows are written directly in the format ``performance.summaries.recor
 through the consumer would take hours at this size.
 
     .venv/bin/python -m benchmarks.bench_performance_refresh curve --baseline 45191bd
-    .venv/bin/python -m benchmarks.bench_performance_refresh fleet --sites 100
+    .venv/bin/python -m benchmarks.bench_performance_refresh fleet --sites 100 --baseline f7768cb
 """
 
 from __future__ import annotations
@@ -381,10 +382,15 @@ def fleet(args: argparse.Namespace) -> None:
         )
         every = timed_refresh(engine, args.repeat)
         changed = cached_refresh(engine, args.sites, args.changed, args.repeat)
+        theirs = baseline_refresh(url, args.baseline, args.repeat) if args.baseline else None
         print(
             "| sites | labelled cases | every site recomputed | "
-            f"{args.changed} sites with new labels (RefreshCache) |\n|---:|---:|---:|---:|\n"
-            f"| {args.sites} | {args.sites * per_site:,} | {every:,.2f} s | {changed:,.2f} s |"
+            f"{args.changed} sites with new labels (RefreshCache) |"
+            + (f" every site recomputed ({args.baseline}) | ratio |" if theirs else "")
+            + "\n|---:|---:|---:|---:|"
+            + ("---:|---:|" if theirs else "")
+            + f"\n| {args.sites} | {args.sites * per_site:,} | {every:,.2f} s | {changed:,.2f} s |"
+            + (f" {theirs:,.2f} s | {theirs / every:,.1f}x |" if theirs else "")
         )
         engine.dispose()
 
@@ -420,7 +426,9 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--changed", type=int, default=10, help="fleet: sites with new labels")
-    parser.add_argument("--baseline", help="a git revision to run side by side (curve)")
+    parser.add_argument(
+        "--baseline", help="a git revision whose full refresh runs side by side, same database"
+    )
     args = parser.parse_args()
     print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.python_version()}, "

@@ -21,8 +21,10 @@ Every metric has a minimum count. Below it the metric is ``None`` and ``unavaila
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -94,6 +96,33 @@ class BinaryMetrics:
     """``ece_bins`` bins, empty ones included; an empty tuple when unavailable."""
     unavailable: dict[str, str]
     """Metric name (a field of this class) -> why it is not reported."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``dataclasses.asdict`` gives, built field by field: asdict's generic deep copy
+        was a quarter of a tracker refresh (two dozen windows per site)."""
+        plain = {name: getattr(self, name) for name in _METRICS_FIELDS}
+        plain["counts"] = _flat(self.counts)
+        for name in _INTERVAL_FIELDS:
+            interval = plain[name]
+            plain[name] = None if interval is None else _flat(interval)
+        plain["reliability"] = tuple(_flat(one) for one in self.reliability)
+        plain["unavailable"] = dict(self.unavailable)
+        return plain
+
+
+_METRICS_FIELDS: Final = tuple(f.name for f in fields(BinaryMetrics))
+_INTERVAL_FIELDS: Final = ("prevalence", "auroc", "sensitivity", "specificity", "ppv", "npv")
+
+
+def _flat(record: Interval | ConfusionCounts | ReliabilityBin) -> dict[str, Any]:
+    """A dataclass of scalars as a dict (``asdict`` for one level)."""
+    return {name: getattr(record, name) for name in _FIELD_NAMES[type(record)]}
+
+
+_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
+    kind: tuple(f.name for f in fields(kind))
+    for kind in (Interval, ConfusionCounts, ReliabilityBin)
+}
 
 
 def binary_metrics(
@@ -206,28 +235,47 @@ def _proportions(counts: ConfusionCounts, config: PerformanceConfig) -> tuple[_P
 def _wilson_intervals(
     counts: ConfusionCounts, config: PerformanceConfig, unavailable: dict[str, str]
 ) -> dict[str, Interval | None]:
-    """Prevalence, sensitivity, specificity, PPV and NPV with Wilson intervals.
+    """Prevalence, sensitivity, specificity, PPV and NPV with Wilson intervals."""
+    return wilson_intervals_of([counts], config, [unavailable])[0]
 
-    One vectorised ``statsmodels`` ``proportion_confint(method="wilson")`` call for all five.
+
+def wilson_intervals_of(
+    windows: Sequence[ConfusionCounts],
+    config: PerformanceConfig,
+    unavailable: Sequence[dict[str, str]],
+) -> list[dict[str, Interval | None]]:
+    """:func:`_wilson_intervals` of several windows (reasons into each one's ``unavailable``).
+
+    One vectorised ``statsmodels`` ``proportion_confint(method="wilson")`` call for all five
+    proportions of every window: the tracker computes a few dozen windows per site, and the
+    call's fixed cost (input checks, the normal quantile) is most of its time.
     """
-    proportions = _proportions(counts, config)
+    proportions = [_proportions(counts, config) for counts in windows]
+    flat = [p for five in proportions for p in five]
+    if not flat:
+        return []
     lower, upper = proportion_confint(
-        np.array([p.successes for p in proportions]),
-        np.array([max(p.total, 1) for p in proportions]),
+        np.array([p.successes for p in flat]),
+        np.array([max(p.total, 1) for p in flat]),
         alpha=1.0 - config.confidence_level,
         method="wilson",
     )
-    intervals: dict[str, Interval | None] = {}
-    for i, p in enumerate(proportions):
-        if p.total < p.minimum:
-            unavailable[p.name] = f"{p.label}: {p.total} {p.unit}, at least {p.minimum} needed"
-            intervals[p.name] = None
-        else:
-            estimate = p.successes / p.total
-            # At 0 or all successes statsmodels' bound can miss the estimate by rounding noise.
-            low, high = min(float(lower[i]), estimate), max(float(upper[i]), estimate)
-            intervals[p.name] = Interval(estimate, low, high, "wilson")
-    return intervals
+    lower_bounds, upper_bounds = lower.tolist(), upper.tolist()
+    results = []
+    for w, (five, reasons) in enumerate(zip(proportions, unavailable, strict=True)):
+        intervals: dict[str, Interval | None] = {}
+        for i, p in enumerate(five, start=5 * w):
+            if p.total < p.minimum:
+                reasons[p.name] = f"{p.label}: {p.total} {p.unit}, at least {p.minimum} needed"
+                intervals[p.name] = None
+            else:
+                estimate = p.successes / p.total
+                # At 0 or all successes statsmodels' bound can miss the estimate by rounding.
+                low = min(lower_bounds[i], estimate)
+                high = max(upper_bounds[i], estimate)
+                intervals[p.name] = Interval(estimate, low, high, "wilson")
+        results.append(intervals)
+    return results
 
 
 def _class_shortfall(counts: ConfusionCounts, config: PerformanceConfig) -> str | None:
@@ -263,9 +311,16 @@ def _auroc(
     return Interval(auroc, float(lower), float(upper), "bootstrap")
 
 
+@functools.lru_cache(maxsize=16)
+def _normal_quantile(probability: float) -> float:
+    """``norm.ppf``, kept per level: scipy's call costs ~100 us, and the tracker asks for the
+    same level a few thousand times per refresh."""
+    return float(norm.ppf(probability))
+
+
 def delong_interval(auroc: float, variance: float, confidence_level: float) -> Interval:
     """``auroc +- z * sqrt(variance)`` clipped to [0, 1], z the normal quantile of the level."""
-    half_width = float(norm.ppf(0.5 + confidence_level / 2.0)) * np.sqrt(variance)
+    half_width = _normal_quantile(0.5 + confidence_level / 2.0) * np.sqrt(variance)
     lower, upper = max(0.0, auroc - half_width), min(1.0, auroc + half_width)
     return Interval(auroc, float(lower), float(upper), "delong")
 

@@ -22,13 +22,15 @@ one JSON row in ``performance_alarms``, saved in the transaction that writes the
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, select, update
 
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey, alert_id_for
@@ -77,13 +79,21 @@ class WindowFacts:
     key: StreamKey
     finding: str
     rolling: BinaryMetrics
-    reference: BinaryMetrics | None
+    reference_metrics: Callable[[], BinaryMetrics | None]
+    """Computes the reference's metrics (None without a reference), called only when a rule
+    needs them (:attr:`reference`): a logistic fit most refreshes can skip."""
     threshold: float
     labelled: int
     """Labelled predictions of the version so far: the window rules re-check after
     ``min_new_labels`` more."""
     window_start: datetime
     window_end: datetime
+
+    @functools.cached_property
+    def reference(self) -> BinaryMetrics | None:
+        """The version's reference window's metrics: what the window rules compare with and
+        the error-rate CUSUM starts from."""
+        return self.reference_metrics()
 
 
 @dataclass
@@ -93,18 +103,20 @@ class RuleOutcome:
     updates: list[AlertUpdate] = field(default_factory=list)
 
 
-def evaluate(engine: Engine, settings: PerformanceSettings, facts: WindowFacts) -> RuleOutcome:
-    """Check the rules for one (site, model version, finding); store alerts and state."""
+def evaluate(
+    connection: Connection, settings: PerformanceSettings, facts: WindowFacts
+) -> RuleOutcome:
+    """Check the rules for one (site, model version, finding); store alerts and state, in the
+    caller's transaction (the state row is locked until it ends)."""
     now = datetime.now(UTC)
-    with engine.begin() as connection:
-        document = _load(connection, facts)
-        outcome = RuleOutcome(results=_window_rules(settings, facts, document))
-        outcome.results += _sequential(connection, settings, facts, document)
-        for result in outcome.results:
-            _alarm(connection, settings, facts, document, result, outcome)
-        write_alerts(connection, outcome.alerts, now)
-        apply_updates(connection, outcome.updates)
-        _save(connection, facts, document, now)
+    stored, document = _load(connection, facts)
+    outcome = RuleOutcome(results=_window_rules(settings, facts, document))
+    outcome.results += _sequential(connection, settings, facts, document)
+    for result in outcome.results:
+        _alarm(connection, settings, facts, document, result, outcome)
+    write_alerts(connection, outcome.alerts, now)
+    apply_updates(connection, outcome.updates)
+    _save(connection, facts, stored, document, now)
     return outcome
 
 
@@ -269,18 +281,27 @@ def _drift_links(connection: Connection, facts: WindowFacts) -> str:
     return f" Drift at this site in the same period: {links}."
 
 
-def _load(connection: Connection, facts: WindowFacts) -> AlarmDocument:
+def _load(connection: Connection, facts: WindowFacts) -> tuple[Any, AlarmDocument]:
+    """The stored state (None if there is none) and the document it holds."""
     statement = select(PerformanceAlarmRow.state).where(*_match(facts))
     if connection.dialect.name == "postgresql":
         statement = statement.with_for_update()
     state = connection.execute(statement).scalar_one_or_none()
-    return AlarmDocument() if state is None else AlarmDocument.model_validate(state)
+    return state, AlarmDocument() if state is None else AlarmDocument.model_validate(state)
 
 
 def _save(
-    connection: Connection, facts: WindowFacts, document: AlarmDocument, now: datetime
+    connection: Connection,
+    facts: WindowFacts,
+    stored: Any,
+    document: AlarmDocument,
+    now: datetime,
 ) -> None:
+    """Write the state back, unless it is what was stored: a refresh without new labels
+    leaves it as it was, and it holds the AUROC CUSUM's reference (tens of KB)."""
     state = document.model_dump(mode="json")
+    if state == stored:
+        return
     table = PerformanceAlarmRow.__table__
     changed = connection.execute(
         update(table).where(*_match(facts)).values(state=state, updated_at=now)  # type: ignore[arg-type]

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, tuple_
 
 from monitor.drift.alerts import StreamKey
 from monitor.performance.estimate import (
@@ -41,18 +42,27 @@ from monitor.performance.estimate import (
     estimate_performance,
     fit_calibration,
 )
-from monitor.performance.metrics import BinaryMetrics, Interval, binary_metrics
-from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summary_metrics
+from monitor.performance.metrics import (
+    BinaryMetrics,
+    Interval,
+    PerformanceConfig,
+    binary_metrics,
+)
+from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summaries_metrics
 from monitor.service import metrics
 from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
-from monitor.service.performance.alerts import WindowFacts, evaluate
-from monitor.service.performance.labels import JoinedSample, joined_sample, recent_predictions
+from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
+from monitor.service.performance.labels import (
+    LabelledScores,
+    RecentWindow,
+    earliest_labelled,
+    recent_windows,
+)
 from monitor.service.performance.summaries import (
     NO_THRESHOLD,
     layout_for,
     pooled,
-    predicted,
-    read_window,
+    read_streams,
     stream_marks,
 )
 from monitor.service.performance.summaries import Window as SummaryWindow
@@ -114,93 +124,112 @@ def refresh(
     Per site, then fleet-wide (``site_id`` :data:`FLEET`) per model version and finding: the
     sites' windows pooled (the rolling one is every site's rolling window). With ``cache``,
     only the streams whose statistics or predictions changed since its last use.
+
+    The streams to recompute are read on one connection (their statistics in a few queries
+    per 200 streams, then two bounded raw reads each), their metrics computed in one
+    vectorised call, and their rules checked in one transaction.
     """
     now = now or datetime.now(UTC)
-    snapshots = []
     with engine.connect() as connection:
         marks = stream_marks(connection)
+        kept = {
+            key: entry
+            for key, mark in marks.items()
+            if cache is not None and (entry := cache.streams.get(key)) and entry[0] == mark
+        }
+        stale = sorted(key for key in marks if key not in kept)
+        reads = _read_all(connection, settings, stale)
+        raws = _raw_all(connection, settings, stale)
+    computed = _site_snapshots(engine, settings, reads, raws)
+    snapshots = []
     sites: dict[tuple[str, str, str], list[_Read]] = {}
-    for key, mark in sorted(marks.items()):
+    for key in sorted(marks):
         stream, finding = key
-        kept = cache.streams.get(key) if cache is not None else None
-        if kept is not None and kept[0] == mark:
-            read, computed = kept[1], kept[2]
+        if key in kept:
+            read, site_snapshots = kept[key][1], kept[key][2]
         else:
-            read = _read(engine, settings, stream, finding)
-            computed = _site_snapshots(engine, settings, stream, finding, read)
+            read, site_snapshots = reads[key], computed[key]
             if cache is not None:
-                cache.streams[key] = (mark, read, computed)
+                cache.streams[key] = (marks[key], read, site_snapshots)
         sites.setdefault((stream[1], stream[2], finding), []).append(read)
-        snapshots += computed
-    for (model_name, version, finding), reads in sorted(sites.items()):
-        stream = (FLEET, model_name, version)
-        snapshots += [
-            _snapshot(
-                settings,
-                stream,
-                finding,
-                "rolling",
-                pooled([r.rolling for r in reads]),
-                sum(r.recent for r in reads),
-                sum(r.expired for r in reads),
-            ),
-            _snapshot(
-                settings,
-                stream,
-                finding,
-                "cumulative",
-                pooled([r.cumulative for r in reads]),
-                sum(r.predicted for r in reads),
-                sum(r.expired for r in reads),
-            ),
-        ]
+        snapshots += site_snapshots
+    snapshots += _snapshots(
+        settings,
+        [
+            window
+            for (model_name, version, finding), site_reads in sorted(sites.items())
+            for window in _fleet_windows((FLEET, model_name, version), finding, site_reads)
+        ],
+    )
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
     return snapshots
 
 
+StreamFinding = tuple[tuple[str, str, str], str]
+"""((site, model, version), finding): how the tracker keys a stream."""
+
+
+def _fleet_windows(stream: tuple[str, str, str], finding: str, reads: list[_Read]) -> list[_Window]:
+    expired = sum(r.expired for r in reads)
+    rolling = pooled([r.rolling for r in reads])
+    cumulative = pooled([r.cumulative for r in reads])
+    return [
+        _Window(stream, finding, "rolling", rolling, sum(r.recent for r in reads), expired),
+        _Window(
+            stream, finding, "cumulative", cumulative, sum(r.predicted for r in reads), expired
+        ),
+    ]
+
+
 def _site_snapshots(
     engine: Engine,
     settings: PerformanceSettings,
-    stream: tuple[str, str, str],
-    finding: str,
-    read: _Read,
-) -> list[Snapshot]:
-    """The rolling and cumulative snapshots of one site's stream; the rules checked."""
-    site_id, model_name, version = stream
-    # The version's earliest labelled predictions at the site: what the estimate is
-    # calibrated on and the rules compare with. Read raw, but a fixed number of them.
-    reference = joined_sample(
-        engine,
-        site_id,
-        model_name,
-        finding,
-        model_version=version,
-        limit=settings.estimate_reference,
-        earliest=True,
-        with_metadata=False,
-    )
-    rolling = _snapshot(
-        settings, stream, finding, "rolling", read.rolling, read.recent, read.expired
-    )
-    rolling = dataclasses.replace(
-        rolling,
-        estimate=_estimate(
-            engine, settings, stream, finding, rolling.metrics.threshold, rolling.metrics, reference
-        ),
-    )
-    cumulative = _snapshot(
-        settings, stream, finding, "cumulative", read.cumulative, read.predicted, read.expired
-    )
-    if rolling.window_start is not None and rolling.window_end is not None:
-        _check_rules(engine, settings, rolling, reference, read.cumulative.n)
-    return [rolling, cumulative]
+    reads: dict[StreamFinding, _Read],
+    raws: dict[StreamFinding, _Raw],
+) -> dict[StreamFinding, list[Snapshot]]:
+    """The rolling and cumulative snapshots of each site's stream; the rules checked (all
+    streams in one transaction)."""
+    keys = list(reads)
+    windows = [
+        window
+        for (stream, finding), read in reads.items()
+        for window in (
+            _Window(stream, finding, "rolling", read.rolling, read.recent, read.expired),
+            _Window(stream, finding, "cumulative", read.cumulative, read.predicted, read.expired),
+        )
+    ]
+    snapshots = _snapshots(settings, windows)
+    computed: dict[StreamFinding, list[Snapshot]] = {}
+    for index, key in enumerate(keys):
+        rolling, cumulative = snapshots[2 * index : 2 * index + 2]
+        raw = raws[key]
+        estimate = _estimate(settings, rolling.metrics, raw.reference, raw.recent)
+        computed[key] = [dataclasses.replace(rolling, estimate=estimate), cumulative]
+    outcomes: list[tuple[StreamKey, RuleOutcome]] = []
+    with engine.begin() as connection:
+        for key, (rolling, _) in computed.items():
+            if rolling.window_start is not None and rolling.window_end is not None:
+                outcome = _check_rules(
+                    connection, settings, rolling, raws[key].reference, reads[key].cumulative.n
+                )
+                outcomes.append((StreamKey(*key[0]), outcome))
+    for stream_key, outcome in outcomes:
+        for alert in outcome.alerts:
+            metrics.ALERTS_OPENED.labels(
+                stream_key.site_id, stream_key.model_name, alert.detector
+            ).inc()
+        if outcome.alerts:
+            log.info(
+                "performance alerts raised", site_id=stream_key.site_id, count=len(outcome.alerts)
+            )
+    return computed
 
 
 @dataclass(frozen=True, slots=True)
 class _Read:
-    """What one refresh reads of one (site, model version, finding)."""
+    """What one refresh reads of one (site, model version, finding)'s statistics."""
 
     cumulative: SummaryWindow
     rolling: SummaryWindow
@@ -210,169 +239,207 @@ class _Read:
     expired: int
 
 
-def _read(
-    engine: Engine, settings: PerformanceSettings, stream: tuple[str, str, str], finding: str
-) -> _Read:
-    site_id, model_name, version = stream
-    with engine.connect() as connection:
-        rolling = read_window(
-            connection,
-            model_name,
-            version,
-            finding,
-            site_id=site_id,
-            rolling=settings.rolling_window,
-        )
-        return _Read(
-            cumulative=read_window(connection, model_name, version, finding, site_id=site_id),
-            rolling=rolling,
-            predicted=predicted(connection, model_name, version, site_id=site_id),
-            recent=predicted(
-                connection, model_name, version, site_id=site_id, buckets=rolling.buckets
-            ),
-            expired=_expired(connection, site_id, model_name),
-        )
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """The bounded raw reads of one stream: the version's earliest labelled predictions at
+    the site (what the estimate is calibrated on and the rules compare with) and its latest
+    predictions (what the estimate estimates)."""
+
+    reference: LabelledScores
+    recent: RecentWindow
 
 
-def _expired(connection: Connection, site_id: str, model_name: str) -> int:
-    """Labels of the site and model that expired without a prediction (all time); reads the
+def _read_all(
+    connection: Connection, settings: PerformanceSettings, keys: list[StreamFinding]
+) -> dict[StreamFinding, _Read]:
+    streams = {key: (*key[0], key[1]) for key in keys}
+    windows = read_streams(connection, list(streams.values()), settings.rolling_window)
+    expired = _expired(connection, sorted({key[0][:2] for key in keys}))
+    return {
+        key: _Read(
+            cumulative=windows[stream].cumulative,
+            rolling=windows[stream].rolling,
+            predicted=windows[stream].predicted,
+            recent=windows[stream].recent,
+            expired=expired.get(key[0][:2], 0),
+        )
+        for key, stream in streams.items()
+    }
+
+
+def _raw_all(
+    connection: Connection, settings: PerformanceSettings, keys: list[StreamFinding]
+) -> dict[StreamFinding, _Raw]:
+    streams = {key: (*key[0], key[1]) for key in keys}
+    references = earliest_labelled(connection, list(streams.values()), settings.estimate_reference)
+    recent = recent_windows(connection, list(streams.values()), settings.rolling_window)
+    return {key: _Raw(references[stream], recent[stream]) for key, stream in streams.items()}
+
+
+def _expired(connection: Connection, sites: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Per (site, model): labels that expired without a prediction (all time); reads the
     expired rows only (``ix_labels_current_expiry``)."""
     labels = CurrentLabelRow
-    count = connection.scalar(
-        select(func.count())
-        .select_from(labels)
-        .where(
-            labels.site_id == site_id,
-            labels.expired_at.is_not(None),
-            labels.model_name == model_name,
+    counts: dict[tuple[str, str], int] = {}
+    for start in range(0, len(sites), 200):
+        chunk = sites[start : start + 200]
+        rows = connection.execute(
+            select(labels.site_id, labels.model_name, func.count())
+            .where(
+                labels.site_id.in_(sorted({site for site, _ in chunk})),
+                labels.expired_at.is_not(None),
+                tuple_(labels.site_id, labels.model_name).in_(chunk),
+            )
+            .group_by(labels.site_id, labels.model_name)
         )
-    )
-    return int(count or 0)
+        counts.update({(site, model): int(n) for site, model, n in rows})
+    return counts
 
 
 def _check_rules(
-    engine: Engine,
+    connection: Connection,
     settings: PerformanceSettings,
     rolling: Snapshot,
-    reference: JoinedSample,
+    reference: LabelledScores,
     labelled_total: int,
-) -> None:
+) -> RuleOutcome:
     """The performance alert rules on the rolling window, against the version's reference
     (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
     assert rolling.window_start is not None and rolling.window_end is not None
-    key = StreamKey(rolling.site_id, rolling.model_name, rolling.model_version)
     threshold = rolling.metrics.threshold
+
+    def reference_metrics() -> BinaryMetrics | None:
+        if not len(reference):
+            return None
+        return binary_metrics(reference.labels, reference.scores, threshold, settings.metrics)
+
     facts = WindowFacts(
-        key=key,
+        key=StreamKey(rolling.site_id, rolling.model_name, rolling.model_version),
         finding=rolling.finding,
         rolling=rolling.metrics,
-        reference=binary_metrics(reference.labels, reference.scores, threshold, settings.metrics)
-        if len(reference)
-        else None,
+        reference_metrics=reference_metrics,
         threshold=threshold,
         labelled=labelled_total,
         window_start=rolling.window_start,
         window_end=rolling.window_end,
     )
-    outcome = evaluate(engine, settings, facts)
-    for alert in outcome.alerts:
-        metrics.ALERTS_OPENED.labels(key.site_id, key.model_name, alert.detector).inc()
-    if outcome.alerts:
-        log.info("performance alerts raised", site_id=key.site_id, count=len(outcome.alerts))
+    return evaluate(connection, settings, facts)
 
 
-def _snapshot(
-    settings: PerformanceSettings,
-    stream: tuple[str, str, str],
-    finding: str,
-    window: Window,
-    merged: SummaryWindow,
-    predicted_in_window: int,
-    expired: int,
-) -> Snapshot:
-    """One window's snapshot from its merged statistics."""
-    site_id, model_name, version = stream
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One snapshot to compute: a window's merged statistics and its counts."""
+
+    stream: tuple[str, str, str]
+    finding: str
+    window: Window
+    merged: SummaryWindow
+    predicted: int
+    expired: int
+
+
+def _snapshots(settings: PerformanceSettings, windows: list[_Window]) -> list[Snapshot]:
+    """The windows' snapshots from their merged statistics: the metrics of every window and
+    subgroup value computed in one ``summaries_metrics`` call (per window, its fixed costs
+    were most of a refresh)."""
     config = settings.metrics
-    summary = merged.summary or PerformanceSummary(
-        SummaryKey(model_name, version, finding, site_id), layout_for(NO_THRESHOLD)
-    )
-    return Snapshot(
-        site_id=site_id,
-        model_name=model_name,
-        model_version=version,
-        finding=finding,
-        window=window,
-        predicted=predicted_in_window,
-        labelled=merged.n,
-        expired_labels=expired,
-        label_delay_hours=merged.delays.summary(),
-        metrics=summary_metrics(summary, config),
-        subgroups=_subgroups(settings, merged),
-        threshold_source=merged.threshold_source,
-        window_start=merged.first_at,
-        window_end=merged.last_at,
-    )
+    summaries: list[PerformanceSummary] = []
+    plans = []
+    for spec in windows:
+        site_id, model_name, version = spec.stream
+        summary = spec.merged.summary or PerformanceSummary(
+            SummaryKey(model_name, version, spec.finding, site_id), layout_for(NO_THRESHOLD)
+        )
+        shown = _shown_subgroups(settings, spec.merged)
+        plans.append((spec, shown, len(summaries)))
+        summaries += [summary, *(s for _, _, s in shown if s.n >= config.min_subgroup_count)]
+    computed = summaries_metrics(summaries, config)
+    return [
+        Snapshot(
+            site_id=spec.stream[0],
+            model_name=spec.stream[1],
+            model_version=spec.stream[2],
+            finding=spec.finding,
+            window=spec.window,
+            predicted=spec.predicted,
+            labelled=spec.merged.n,
+            expired_labels=spec.expired,
+            label_delay_hours=spec.merged.delays.summary(),
+            metrics=computed[start],
+            subgroups=_subgroups(config, shown, iter(computed[start + 1 :])),
+            threshold_source=spec.merged.threshold_source,
+            window_start=spec.merged.first_at,
+            window_end=spec.merged.last_at,
+        )
+        for spec, shown, start in plans
+    ]
 
 
-def _subgroups(settings: PerformanceSettings, merged: SummaryWindow) -> list[dict[str, Any]]:
+def _shown_subgroups(
+    settings: PerformanceSettings, merged: SummaryWindow
+) -> list[tuple[str, str, PerformanceSummary]]:
     """Per configured field, its values in sorted order and the missing value last."""
-    config = settings.metrics
-    entries = []
+    shown = []
     for name in settings.subgroup_fields:
         values = sorted(
             (value for field_name, value in merged.subgroups if field_name == name),
             key=lambda value: (value == "", value),
         )
-        for value in values:
-            summary = merged.subgroups[(name, value)]
-            shown = value or None
-            who = f"{name} missing" if shown is None else f"{name}={shown}"
-            too_few = summary.n < config.min_subgroup_count
-            entries.append(
-                {
-                    "field": name,
-                    "value": shown,
-                    "n": summary.n,
-                    "metrics": None
+        shown += [(name, value, merged.subgroups[(name, value)]) for value in values]
+    return shown
+
+
+def _subgroups(
+    config: PerformanceConfig,
+    shown: list[tuple[str, str, PerformanceSummary]],
+    computed: Iterator[BinaryMetrics],
+) -> list[dict[str, Any]]:
+    """The snapshot's subgroup entries; ``computed`` holds the metrics of the values with
+    at least ``min_subgroup_count`` cases, in order."""
+    entries = []
+    for name, value, summary in shown:
+        shown_value = value or None
+        who = f"{name} missing" if shown_value is None else f"{name}={shown_value}"
+        too_few = summary.n < config.min_subgroup_count
+        entries.append(
+            {
+                "field": name,
+                "value": shown_value,
+                "n": summary.n,
+                "metrics": None if too_few else next(computed).as_dict(),
+                "unavailable_reason": (
+                    f"{who}: {summary.n} cases, at least {config.min_subgroup_count} needed"
                     if too_few
-                    else dataclasses.asdict(summary_metrics(summary, config)),
-                    "unavailable_reason": (
-                        f"{who}: {summary.n} cases, at least {config.min_subgroup_count} needed"
-                        if too_few
-                        else None
-                    ),
-                }
-            )
+                    else None
+                ),
+            }
+        )
     return entries
 
 
 def _estimate(
-    engine: Engine,
     settings: PerformanceSettings,
-    stream: tuple[str, str, str],
-    finding: str,
-    threshold: float,
     realised: BinaryMetrics,
-    reference: JoinedSample,
+    reference: LabelledScores,
+    recent: RecentWindow,
 ) -> dict[str, Any]:
     """CBPE on the latest predictions (labelled or not), calibrated on ``reference`` (the
     version's earliest labelled predictions), checked against the labels that have arrived for
     that window."""
-    site_id, model_name, version = stream
     try:
         calibration = fit_calibration(reference.labels, reference.scores, settings.estimate)
     except InsufficientReferenceError as exc:
         return {"unavailable": str(exc)}
-    scores, oldest = recent_predictions(
-        engine, site_id, model_name, finding, model_version=version, limit=settings.rolling_window
-    )
-    if oldest is None:
+    if recent.oldest is None:
         return {"unavailable": "no predictions yet"}
-    labelled = joined_sample(
-        engine, site_id, model_name, finding, model_version=version, since=oldest
-    )
+    labelled = recent.labelled
     estimate = estimate_performance(
-        scores, threshold, calibration, settings.estimate, labelled.scores, labelled.labels
+        recent.scores,
+        realised.threshold,
+        calibration,
+        settings.estimate,
+        labelled.scores,
+        labelled.labels,
     )
     comparison = compare(
         estimate,
@@ -405,7 +472,7 @@ def _store(
             "labelled": s.labelled,
             "expired_labels": s.expired_labels,
             "label_delay_hours": s.label_delay_hours,
-            "metrics": {**dataclasses.asdict(s.metrics), "threshold_source": s.threshold_source},
+            "metrics": {**s.metrics.as_dict(), "threshold_source": s.threshold_source},
             "subgroups": s.subgroups,
             "estimate": s.estimate,
             "config_fingerprint": settings.metrics.fingerprint(),

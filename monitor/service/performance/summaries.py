@@ -30,7 +30,18 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
-from sqlalchemy import Connection, Table, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 
 from monitor.events import InferenceEvent
 from monitor.performance.delays import DelaySketch
@@ -509,8 +520,14 @@ def read_window(
         where.append(table.c.site_id == site_id)
     buckets = (TOTAL,) if rolling is None else _latest_days(connection, table, where, rolling)
     if not buckets:
-        return Window(None, {}, DelaySketch(), None, None, (), _source([]))
+        return _empty()
     rows = connection.execute(select(table).where(*where, table.c.bucket.in_(buckets))).all()
+    return _window_of(rows, () if rolling is None else buckets)
+
+
+def _window_of(rows: Sequence[Any], buckets: tuple[str, ...]) -> Window:
+    """The window merged from its ``performance_buckets`` rows (``buckets``: its days, empty
+    for the cumulative window)."""
     everything = [row for row in rows if row.subgroup_field == ALL_CASES and row.n]
     threshold, source = _threshold(everything)
     summary = _merged(everything, threshold)
@@ -531,9 +548,165 @@ def read_window(
         delays=delays,
         first_at=min((as_utc(r.first_at) for r in everything), default=None),
         last_at=max((as_utc(r.last_at) for r in everything), default=None),
-        buckets=() if rolling is None else buckets,
+        buckets=buckets,
         threshold_source=source,
     )
+
+
+def _empty() -> Window:
+    """A window without labelled cases."""
+    return Window(None, {}, DelaySketch(), None, None, (), _source([]))
+
+
+Stream = tuple[str, str, str, str]
+"""(site, model name, model version, finding)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWindows:
+    """What the tracker reads of one (site, model version, finding): :func:`read_streams`."""
+
+    cumulative: Window
+    rolling: Window
+    predicted: int
+    """Predictions of the version at the site."""
+    recent: int
+    """Predictions over the rolling window's days."""
+
+
+def read_streams(
+    connection: Connection, streams: Sequence[Stream], rolling: int
+) -> dict[Stream, StreamWindows]:
+    """:func:`read_window` (cumulative and rolling) and :func:`predicted` (all, and over the
+    rolling window's days) of many streams at once: a few queries per 200 streams instead of
+    six per stream (round trips were most of a fleet refresh). Same results."""
+    found: dict[Stream, StreamWindows] = {}
+    for chunk in _chunks(sorted(set(streams))):
+        days = _latest_days_of(connection, chunk, rolling)
+        rows = _rows_of(connection, chunk, {day for chosen in days.values() for day in chosen})
+        counts = _counts_of(connection, chunk, days)
+        for stream in chunk:
+            chosen = days[stream]
+            in_window = set(chosen)
+            mine = rows.get(stream, [])
+            site_id, model_name, version, _ = stream
+            per_bucket = counts.get((site_id, model_name, version), {})
+            found[stream] = StreamWindows(
+                cumulative=_window_of([r for r in mine if r.bucket == TOTAL], ()),
+                rolling=_window_of([r for r in mine if r.bucket in in_window], chosen)
+                if chosen
+                else _empty(),
+                predicted=per_bucket.get(TOTAL, 0),
+                recent=sum(per_bucket.get(day, 0) for day in in_window),
+            )
+    return found
+
+
+def _stream_columns(table: Table) -> list[Any]:
+    return [table.c.site_id, table.c.model_name, table.c.model_version, table.c.finding]
+
+
+def _latest_days_of(
+    connection: Connection, streams: list[Stream], rolling: int
+) -> dict[Stream, tuple[str, ...]]:
+    """:func:`_latest_days` of each stream: the first page of every stream in one query
+    (a ``UNION ALL`` of the per-stream page reads); a stream whose window goes past its first
+    page (rare: a page is 64 days) is read page by page as before."""
+    table = table_of(PerformanceBucketRow)
+    pages = [
+        select(literal(index).label("stream"), table.c.bucket.label("bucket"), table.c.n.label("n"))
+        .where(
+            *_stream_where(table, stream),
+            table.c.subgroup_field == ALL_CASES,
+            table.c.subgroup_value == "",
+            table.c.bucket < TOTAL,
+        )
+        .order_by(table.c.bucket.desc())
+        .limit(_DAYS_PER_PAGE)
+        .subquery()
+        for index, stream in enumerate(streams)
+    ]
+    read: dict[int, list[tuple[str, int]]] = {}
+    query = union_all(*(select(page) for page in pages))
+    for row in connection.execute(query.order_by(query.selected_columns.stream)):
+        read.setdefault(row.stream, []).append((row.bucket, int(row.n)))
+    chosen: dict[Stream, tuple[str, ...]] = {}
+    for index, stream in enumerate(streams):
+        page = sorted(read.get(index, []), key=lambda day: day[0], reverse=True)
+        days = _days_of_first_page(page, rolling)
+        if days is None:
+            days = _latest_days(connection, table, _stream_where(table, stream), rolling)
+        chosen[stream] = days
+    return chosen
+
+
+def _days_of_first_page(page: list[tuple[str, int]], rolling: int) -> tuple[str, ...] | None:
+    """What :func:`_latest_days` returns after reading ``page`` as its first page, or None
+    when it would read on."""
+    days: dict[str, int] = {}
+    for bucket, n in page:
+        days[bucket] = days.get(bucket, 0) + n
+    full = len(page) == _DAYS_PER_PAGE
+    if full and len(days) == 1:
+        return None
+    if full:
+        del days[list(days)[-1]]
+    chosen: list[str] = []
+    held = 0
+    for bucket, n in days.items():
+        if n:
+            chosen.append(bucket)
+            held += n
+        if held >= rolling:
+            return tuple(chosen)
+    return None if full else tuple(chosen)
+
+
+def _stream_where(table: Table, stream: Stream) -> list[Any]:
+    site_id, model_name, version, finding = stream
+    return [
+        table.c.model_name == model_name,
+        table.c.model_version == version,
+        table.c.finding == finding,
+        table.c.site_id == site_id,
+    ]
+
+
+def _rows_of(
+    connection: Connection, streams: list[Stream], days: set[str]
+) -> dict[Stream, list[Any]]:
+    """The ``total`` rows and those of ``days`` of the streams, by stream."""
+    table = table_of(PerformanceBucketRow)
+    rows: dict[Stream, list[Any]] = {}
+    statement = select(table).where(
+        tuple_(*_stream_columns(table)).in_(streams),
+        table.c.bucket.in_(sorted(days | {TOTAL})),
+    )
+    for row in connection.execute(statement).all():
+        stream = (row.site_id, row.model_name, row.model_version, row.finding)
+        rows.setdefault(stream, []).append(row)
+    return rows
+
+
+def _counts_of(
+    connection: Connection, streams: list[Stream], days: Mapping[Stream, tuple[str, ...]]
+) -> dict[tuple[str, str, str], dict[str, int]]:
+    """Predictions per bucket (``total`` and the rolling windows' days) of the streams'
+    (site, model, version)."""
+    table = table_of(PredictionCountRow)
+    versions = sorted({stream[:3] for stream in streams})
+    buckets = sorted({day for chosen in days.values() for day in chosen} | {TOTAL})
+    counts: dict[tuple[str, str, str], dict[str, int]] = {}
+    statement = select(
+        table.c.site_id, table.c.model_name, table.c.model_version, table.c.bucket, table.c.n
+    ).where(
+        tuple_(table.c.site_id, table.c.model_name, table.c.model_version).in_(versions),
+        table.c.bucket.in_(buckets),
+    )
+    for row in connection.execute(statement):
+        key = (row.site_id, row.model_name, row.model_version)
+        counts.setdefault(key, {})[row.bucket] = int(row.n)
+    return counts
 
 
 def pooled(windows: Sequence[Window]) -> Window:
@@ -541,7 +714,7 @@ def pooled(windows: Sequence[Window]) -> Window:
     threshold of the latest case among them."""
     filled = [w for w in windows if w.summary is not None and w.last_at is not None]
     if not filled:
-        return Window(None, {}, DelaySketch(), None, None, (), _source([]))
+        return _empty()
     latest = max(filled, key=lambda w: w.last_at or datetime.min)
     assert latest.summary is not None
     target = latest.summary.layout.threshold
