@@ -243,9 +243,7 @@ def apply(result: DriftResult, thresholds: DetectorThresholds, floor: float) -> 
             attribution = dataclasses.replace(
                 attribution,
                 explanation=f"{attribution.explanation or attribution.feature}; "
-                f"{attribution.effect_size / limit:.1f}x its learned threshold {limit:.3g} "
-                f"(the reference's chunk-to-chunk variation: mean {learned.mean:.3g}, "
-                f"sd {learned.sd:.3g} over {learned.chunks} chunks)",
+                f"{attribution.effect_size / limit:.1f}x {_threshold_words(limit, learned)}",
             )
         ranked.append((drifting, attribution.effect_size, attribution, limit))
     # Drifting first, then by effect; Python's sort is stable for equal keys.
@@ -259,6 +257,21 @@ def apply(result: DriftResult, thresholds: DetectorThresholds, floor: float) -> 
         effect_threshold=leading[3] if leading else None,
         attributions=tuple(item[2] for item in ranked) + tuple(untested),
     )
+
+
+def _threshold_words(limit: float, learned: LearnedThreshold) -> str:
+    """The threshold an effect was held to and what it came from, for an explanation: the
+    learned one, or the configured floor where that is higher."""
+    variation = (
+        f"the reference's chunk-to-chunk variation: mean {learned.mean:.3g}, "
+        f"sd {learned.sd:.3g} over {learned.chunks} chunks"
+    )
+    if limit > learned.threshold:
+        return (
+            f"the configured floor {limit:.3g} (above the threshold learned from {variation}: "
+            f"{learned.threshold:.3g})"
+        )
+    return f"its learned threshold {limit:.3g} ({variation})"
 
 
 def drifting_features(

@@ -3,10 +3,15 @@
 For each feature the reference and window counts form a 2 x K contingency table over the union
 of their categories, tested with ``scipy.stats.chi2_contingency`` (no continuity correction);
 p-values are corrected across features (:mod:`monitor.drift.multiple_testing`). The effect size
-is Cramér's V or, when larger, the share of the window in categories the reference never had.
-V of a 2 x K table depends on the reference-to-window size ratio: a new scanner model at 30% of
-the window gives V = 0.51 against a reference five times the window, but only 0.19 against a
-reference a tenth of its size. The unseen share reads the same at any ratio.
+is Cramér's V of the two samples' category *shares* (each side weighted equally) or, when
+larger, the share of the window in categories the reference never had.
+
+Why shares: V of the raw 2 x K table depends on the reference-to-window size ratio. The same
+change in view mix gives about 0.45 w (w: Cohen's effect size) against a reference four times
+the window, but only 0.15 w against a 13-week reference forty-six times a window of 100, so a
+fixed floor of 0.1 meant a small change with a short reference and an enormous one with a long
+reference. Balanced, V is about 0.5 w at any ratio: 0 for equal shares, 1 for disjoint
+categories. The unseen share reads the same at any ratio too.
 
 Rare reference categories are pooled into ``"(other)"`` first, because the chi-square
 approximation needs expected counts of about five or more; categories absent from the reference
@@ -25,7 +30,6 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 from scipy.stats import chi2_contingency
-from scipy.stats.contingency import association
 
 from monitor.drift.base import (
     CategoricalColumns,
@@ -212,7 +216,7 @@ def _chi_square(name: str, table: _Table) -> FeatureTest:
         )
     result = chi2_contingency(table.counts, correction=False)
     statistic, p_value = float(result.statistic), float(result.pvalue)
-    cramers_v = float(association(table.counts, method="cramer", correction=False))
+    cramers_v = balanced_cramers_v(table.counts)
     window_row = table.counts[1]
     share_unseen = float(window_row[len(window_row) - table.n_unseen :].sum() / window_row.sum())
     unseen_leads = share_unseen > cramers_v
@@ -227,6 +231,15 @@ def _chi_square(name: str, table: _Table) -> FeatureTest:
             f"(chi-square {statistic:.1f}, Cramér's V {cramers_v:.2f})"
         ),
     )
+
+
+def balanced_cramers_v(counts: NDArray[np.int64]) -> float:
+    """Cramér's V of a 2 x K table with each row rescaled to the same total: V of the two
+    samples' category shares, whatever their sizes (0 when equal, 1 when disjoint)."""
+    shares = counts / counts.sum(axis=1, keepdims=True)
+    expected = shares.mean(axis=0)  # each row holds a total of 1; every column total is > 0
+    statistic = float((((shares - expected) ** 2) / expected).sum())
+    return float(np.sqrt(statistic / 2.0))  # N = 2 and min(rows, columns) - 1 = 1
 
 
 def _describe_change(name: str, table: _Table) -> str:

@@ -223,3 +223,39 @@ def test_count_chunks_are_consecutive_runs_and_drop_a_partial_tail() -> None:
         list(range(100)),
         list(range(100, 200)),
     ]
+
+
+def test_an_explanation_names_the_floor_when_the_floor_is_the_higher_threshold() -> None:
+    from monitor.drift.base import DriftResult, FeatureAttribution
+
+    learned = calibration.DetectorThresholds(
+        detector="chi2",
+        chunk_size=WINDOW,
+        n_chunks=20,
+        thresholds={
+            "Modality": calibration.LearnedThreshold(threshold=0.0, mean=0.0, sd=0.0, chunks=20),
+            "ViewPosition": calibration.LearnedThreshold(
+                threshold=0.3, mean=0.1, sd=0.05, chunks=20
+            ),
+        },
+    )
+    result = DriftResult(
+        detector="chi2",
+        is_drift=True,
+        statistic=80.0,
+        effect_size=0.6,
+        effect_size_name="cramers_v",
+        n_reference=4000,
+        n_window=100,
+        config_fingerprint="x",
+        p_value=1e-9,
+        threshold=0.01,
+        attributions=(
+            FeatureAttribution("Modality", 80.0, 0.6, p_value=1e-9, explanation="Modality = DX"),
+            FeatureAttribution("ViewPosition", 40.0, 0.45, p_value=1e-6, explanation="AP share"),
+        ),
+    )
+    decided = calibration.apply(result, learned, floor=0.1)
+    words = {a.feature: a.explanation or "" for a in decided.attributions}
+    assert "6.0x the configured floor 0.1 (above the threshold learned from" in words["Modality"]
+    assert "1.5x its learned threshold 0.3 (" in words["ViewPosition"]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
+from scipy.stats.contingency import association
 
 from monitor.drift.base import DETECTORS, InsufficientDataError, NotFittedError
 from monitor.drift.categorical import ChiSquareConfig, ChiSquareDetector
@@ -64,11 +65,30 @@ def test_statistics_match_scipy_on_the_same_table() -> None:
     modality = next(a for a in result.attributions if a.feature == "Modality")
     counts = table(reference["Modality"], window["Modality"])
     expected = chi2_contingency(counts, correction=False)
-    cramers_v = np.sqrt(expected.statistic / counts.sum())  # 2 rows: min(r, c) - 1 = 1
+    cramers_v = balanced_v(counts)
     assert modality.statistic == pytest.approx(expected.statistic)
     assert modality.p_value == pytest.approx(min(1.0, expected.pvalue * 3))
     assert modality.effect_size == pytest.approx(max(cramers_v, share_of(window, "DX")))
     assert result.statistic == pytest.approx(max(a.statistic for a in result.attributions))
+
+
+def balanced_v(counts: np.ndarray) -> float:
+    """scipy's Cramér's V of the table with each row scaled to the other's total (integers, so
+    both samples weigh the same): V of the category shares."""
+    scaled = np.array([counts[0] * counts[1].sum(), counts[1] * counts[0].sum()])
+    return float(association(scaled, method="cramer", correction=False))
+
+
+def test_v_reads_the_same_change_the_same_against_any_reference_size() -> None:
+    window = np.array([70, 30])
+    short, long = np.array([[850, 150], window]), np.array([[3910, 690], window])
+    raw = [association(t, method="cramer", correction=False) for t in (short, long)]
+    assert raw[1] < 0.7 * raw[0]  # the raw V shrinks as the reference grows
+    for counts in (short, long):
+        v = ChiSquareDetector().fit({"View": ["PA"] * counts[0][0] + ["AP"] * counts[0][1]})
+        result = v.score({"View": ["PA"] * 70 + ["AP"] * 30})
+        assert result.effect_size == pytest.approx(balanced_v(counts))
+        assert result.effect_size == pytest.approx(0.1796, abs=1e-3)
 
 
 def share_of(columns: dict[str, list[str | None]], category: str) -> float:
@@ -168,15 +188,16 @@ def test_unseen_categories_only_in_the_window() -> None:
     window = {"Modality": ["MR"] * 350 + ["CT"] * 150}
     result = ChiSquareDetector().fit(reference).score(window)
     assert result.is_drift
-    # The reference is small next to the window, so V (0.32) understates the 70% new share.
-    assert result.effect_size_name == "share_unseen"
-    assert result.effect_size == pytest.approx(0.7)
-    expected = chi2_contingency(np.array([[60, 0], [150, 350]]), correction=False)
+    # V of the shares (0.73) is not diluted by the small reference, so it leads the 70% share.
+    counts = np.array([[60, 0], [150, 350]])
+    assert result.effect_size_name == "cramers_v"
+    assert result.effect_size == pytest.approx(balanced_v(counts))
+    assert result.effect_size > 0.7
+    expected = chi2_contingency(counts, correction=False)
     assert result.statistic == pytest.approx(expected.statistic)
     assert result.attributions[0].explanation == (
         "Modality = MR: 70% of the window, absent from the reference "
-        f"(chi-square {expected.statistic:.1f}, Cramér's V "
-        f"{np.sqrt(expected.statistic / 560):.2f})"
+        f"(chi-square {expected.statistic:.1f}, Cramér's V {balanced_v(counts):.2f})"
     )
 
 
