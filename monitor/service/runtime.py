@@ -302,8 +302,10 @@ def open_existing_database(
 ) -> Iterator[Engine]:
     """:func:`open_database` for a read-only command, which creates nothing: no SQLite file, no
     schema, no upgrade. A SQLite file that does not exist ends the command (:class:`NoDatabase`,
-    :data:`EXIT_SETTINGS`), and so does a schema that is not this release's."""
+    :data:`EXIT_SETTINGS`); so does a query that fails on a schema that is not this release's
+    (Alembic, which tells, is imported only then: it is a tenth of the command's start)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
 
     from monitor.service.db import SchemaNotCurrent, schema_revisions
 
@@ -311,19 +313,22 @@ def open_existing_database(
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database or "")
         if not path.exists():
-            exc = NoDatabase(
+            missing = NoDatabase(
                 f"no database at {path.resolve()}, so nothing to read; this command creates "
                 f"none (`radsentry serve` or `make run` does), check {setting} or "
                 f"{PREFIX}DATA_DIR"
             )
-            fail(exc, [str(exc)], EXIT_SETTINGS)
+            fail(missing, [str(missing)], EXIT_SETTINGS)
     with open_database(url, migrate=False, setting=setting) as engine:
-        current, head = schema_revisions(engine)
-        if current != head:
+        try:
+            yield engine
+        except DBAPIError:
+            current, head = schema_revisions(engine)
+            if current == head:
+                raise
             found = f"revision {current}" if current else "no RadSentry schema"
-            exc_schema = SchemaNotCurrent(
+            behind = SchemaNotCurrent(
                 f"the database ({database_location(engine.url)}) has {found}, this release "
                 f"reads {head}; this command changes nothing: run `radsentry migrate` first"
             )
-            fail(exc_schema, [str(exc_schema)], EXIT_SETTINGS)
-        yield engine
+            fail(behind, [str(behind)], EXIT_SETTINGS)
