@@ -9,7 +9,7 @@ and check site-scoped reads with :func:`check_site` or :meth:`Principal.can_read
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
