@@ -17,7 +17,13 @@ ALIBI_REQS  := 'alibi-detect[torch]>=0.13,<0.14' 'torch==2.13.0' 'scipy>=1.11' '
 NANNYML_VENV  := .venv-nannyml
 NANNYML_STAMP := $(NANNYML_VENV)/.installed
 
-.PHONY: run test test-alibi lint typecheck schemas dashboards clean bench-seq-performance
+.PHONY: help run test test-alibi lint typecheck schemas dashboards clean bench-seq-performance
+
+## help: list these targets and what each does (the `## target: text` comments here)
+help:
+	@awk '/^## [a-z-]+:/ { sub(/^## /, ""); at = index($$0, ":"); \
+	        printf "  %-22s %s\n", substr($$0, 1, at - 1), substr($$0, at + 2); next } \
+	      /^## / { sub(/^## /, ""); printf "  %-22s %s\n", "", $$0 }' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +48,8 @@ bench-seq-performance: $(STAMP) $(NANNYML_STAMP)
 	PYTHONPATH=. $(BIN)/python -m benchmarks.seq_performance --explore
 
 ## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites); run again,
-## it resumes; `make run ARGS=--fresh` starts over (ARGS: any `radsentry demo` options)
+## it resumes; `make run ARGS=--fresh` starts over (ARGS: any `radsentry demo` options);
+## Ctrl-C stops it with status 0
 run: $(STAMP)
 	$(BIN)/radsentry demo $(ARGS)
 
@@ -57,13 +64,16 @@ test: lint typecheck
 test-alibi: $(ALIBI_STAMP)
 	$(ALIBI_BIN)/python -m pytest tests/alibi --confcutdir=tests/alibi
 
+## lint: ruff check and ruff format --check
 lint: $(STAMP)
 	$(BIN)/ruff check monitor retrain pccp dashboards tests benchmarks
 	$(BIN)/ruff format --check monitor retrain pccp dashboards tests benchmarks
 
+## typecheck: mypy --strict on the packages
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## schemas: regenerate the JSON Schemas in docs/schemas
 schemas: $(STAMP)
 	$(BIN)/radsentry schemas --out docs/schemas
 
@@ -72,5 +82,6 @@ dashboards: $(STAMP)
 	rm -f dashboards/generated/*.json
 	$(BIN)/radsentry dashboards export --out dashboards/generated
 
+## clean: remove the virtual environments and the embedded data (.radsentry)
 clean:
 	rm -rf $(VENV) $(ALIBI_VENV) .radsentry .pytest_cache .mypy_cache .ruff_cache

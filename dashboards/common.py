@@ -19,12 +19,10 @@ from grafana_foundation_sdk.models import common as viz
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.text import TextMode
 
+from dashboards import FOLDER as FOLDER
 from dashboards.sql import SqlAnnotation
 
 TAG = "radsentry"
-FOLDER = "RadSentry"
-"""Grafana folder of every dashboard: the provisioning provider's folder and `dashboards push`'s
-default."""
 
 PROMETHEUS_TYPE = "prometheus"
 POSTGRES_TYPE = "grafana-postgresql-datasource"

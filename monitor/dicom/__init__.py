@@ -24,7 +24,8 @@ from monitor.dicom.metadata import (
     screen_metadata,
     study_key_for,
 )
-from monitor.dicom.pixels import MAX_FRAMES, PIXEL_STAT_NAMES, pixel_statistics
+from monitor.dicom.pixels import MAX_FRAMES, pixel_statistics
+from monitor.pixel_names import PIXEL_STAT_NAMES
 
 __all__ = [
     "MAX_FRAMES",

@@ -35,13 +35,8 @@ from monitor.dicom.errors import (
     UnsupportedPixelDataError,
 )
 from monitor.dicom.metadata import first_item, get_value
+from monitor.pixel_names import HIST_BINS, PERCENTILES
 
-PERCENTILES: Final = (1, 5, 25, 50, 75, 95, 99)
-HIST_BINS: Final = 8
-PIXEL_STAT_NAMES: Final = (
-    "mean", "std", *(f"p{q:02d}" for q in PERCENTILES), *(f"hist_{i}" for i in range(HIST_BINS)),
-    "entropy", "frac_at_min", "frac_at_max",
-)  # fmt: skip
 MAX_FRAMES: Final = 64
 """Frames beyond this are sampled: 64 evenly spaced frames, first and last included."""
 

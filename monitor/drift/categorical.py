@@ -29,7 +29,6 @@ from typing import ClassVar, Self
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
-from scipy.stats import chi2_contingency
 
 from monitor.drift.base import (
     CategoricalColumns,
@@ -40,6 +39,9 @@ from monitor.drift.base import (
     register,
 )
 from monitor.drift.multiple_testing import FeatureTest, FeatureTestConfig, decide, skipped_feature
+
+# scipy is imported in the functions that call it: the service settings import this module's
+# config, so every `radsentry` command would pay for it (docs/benchmarks.md, "CLI start").
 
 OTHER = "(other)"
 _MAX_UNSEEN_NAMED = 3  # beyond this an explanation stops being readable
@@ -214,6 +216,8 @@ def _chi_square(name: str, table: _Table) -> FeatureTest:
             effect_size_name="cramers_v",
             explanation=f"{name}: a single category ({table.labels[0]}) in reference and window",
         )
+    from scipy.stats import chi2_contingency
+
     result = chi2_contingency(table.counts, correction=False)
     statistic, p_value = float(result.statistic), float(result.pvalue)
     cramers_v = balanced_cramers_v(table.counts)

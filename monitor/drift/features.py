@@ -16,9 +16,9 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.dicom.pixels import PIXEL_STAT_NAMES
 from monitor.drift.base import CategoricalColumns, FeatureMatrix
 from monitor.events import DicomMetadata, InferenceEvent
+from monitor.pixel_names import PIXEL_STAT_NAMES
 
 NUMERIC_METADATA: Final = (
     "KVP",

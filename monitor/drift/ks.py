@@ -17,7 +17,6 @@ from typing import ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import ks_2samp, wasserstein_distance
 
 from monitor.drift.base import (
     DriftResult,
@@ -29,6 +28,9 @@ from monitor.drift.base import (
     spread,
 )
 from monitor.drift.multiple_testing import FeatureTest, FeatureTestConfig, decide, skipped_feature
+
+# scipy is imported in the functions that call it: the service settings import this module's
+# config, so every `radsentry` command would pay for it (docs/benchmarks.md, "CLI start").
 
 Column = NDArray[np.float64]
 ChangeDescription = Callable[[Column, Column], str]
@@ -147,6 +149,8 @@ class KSDetector:
         return self._reference
 
     def _test(self, name: str, reference: Column, window: Column, scale: float) -> FeatureTest:
+        from scipy.stats import ks_2samp
+
         result = ks_2samp(reference, window)
         statistic, p_value = float(result.statistic), float(result.pvalue)
         effect = _normalised_wasserstein(reference, window, scale)
@@ -176,6 +180,8 @@ def _normalised_wasserstein(reference: Column, window: Column, scale: float) -> 
     deviation is used instead, so a move away from the constant still gets a finite, comparable
     size (and a window at the same constant gets 0).
     """
+    from scipy.stats import wasserstein_distance
+
     distance = float(wasserstein_distance(reference, window))
     if scale == 0.0:
         scale = float(spread(np.concatenate([reference, window])))

@@ -18,7 +18,6 @@ from typing import ClassVar, Self
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import fisher_exact
 
 from monitor.drift.base import (
     CategoricalColumns,
@@ -30,6 +29,9 @@ from monitor.drift.base import (
 )
 from monitor.drift.categorical import format_share, rows_in
 from monitor.drift.multiple_testing import FeatureTest, FeatureTestConfig, decide
+
+# scipy is imported in the functions that call it: the service settings import this module's
+# config, so every `radsentry` command would pay for it (docs/benchmarks.md, "CLI start").
 
 Fields = CategoricalColumns | FeatureMatrix
 """Either kind of sample: a categorical value of None or a numeric NaN is missing."""
@@ -156,6 +158,8 @@ def _fisher(
     name: str, ref_missing: int, ref_rows: int, window_missing: int, window_rows: int
 ) -> FeatureTest:
     """Fisher's exact test on [[missing, present] reference, [missing, present] window]."""
+    from scipy.stats import fisher_exact
+
     table = [[ref_missing, ref_rows - ref_missing], [window_missing, window_rows - window_missing]]
     p_value = float(fisher_exact(table).pvalue)
     reference_share, window_share = ref_missing / ref_rows, window_missing / window_rows

@@ -34,15 +34,12 @@ rounding; and alibi keeps ``sigma`` in float32, which moves MMD^2 by about 1e-8.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
-from scipy.stats import wasserstein_distance
 
 from monitor.drift.base import (
     DetectorConfig,
@@ -55,8 +52,12 @@ from monitor.drift.base import (
     spread,
 )
 
-_DISTANCE_FLOOR = 1e-30  # alibi's clip; also keeps sigma > 0 when most reference rows repeat
-_TIE_TOLERANCE = 1e-12  # MMD^2 lies in [-2, 2]; float64 rounding is far below this
+if TYPE_CHECKING:
+    import torch
+
+# torch and scipy are imported where a detector fits or scores, not here: the service settings
+# import MMDConfig, and every `radsentry` command reads the settings (docs/benchmarks.md, "CLI
+# start"). The torch arithmetic lives in monitor.drift.mmd_kernel.
 
 
 class MMDConfig(DetectorConfig):
@@ -145,10 +146,11 @@ class MMDDetector:
         constant = std == 0.0
         scale = np.where(constant, 1.0, std)
         standardised = (clean - mean) / scale
+        from monitor.drift import mmd_kernel
+
         kept = _subsample(standardised, self.config.max_reference, self.config.seed)
-        points = torch.from_numpy(kept)
-        distances = _squared_distances(points, points)
-        sigma = _median_sigma(distances)
+        points = mmd_kernel.as_points(kept)
+        sigma = mmd_kernel.median_sigma(points)
         self._reference = _FittedReference(
             names=reference.names,
             mean=mean,
@@ -182,8 +184,16 @@ class MMDDetector:
                 f"window has {len(clean)} complete rows ({dropped} dropped for missing values); "
                 f"at least {self.config.min_window} are needed"
             )
+        from monitor.drift.mmd_kernel import permutation_test
+
         standardised = (clean - reference.mean) / reference.scale
-        mmd2, p_value = self._permutation_test(reference, torch.from_numpy(standardised))
+        mmd2, p_value = permutation_test(
+            reference.points,
+            reference.sigma,
+            standardised,
+            self.config.n_permutations,
+            self.config.seed,
+        )
         is_drift = p_value < self.config.p_value_threshold and mmd2 >= self.config.min_effect_size
         return DriftResult(
             detector=self.name,
@@ -204,18 +214,6 @@ class MMDDetector:
             raise NotFittedError("call fit(reference) before score(window)")
         return self._reference
 
-    def _permutation_test(
-        self, reference: _FittedReference, window: torch.Tensor
-    ) -> tuple[float, float]:
-        """Observed MMD^2 and its permutation p-value (alibi's definition, see module doc)."""
-        kernel = _joint_kernel(reference, window)
-        n_ref, n_window = len(reference.points), len(window)
-        masks = _reference_masks(n_ref, n_window, self.config.n_permutations, self.config.seed)
-        mmd2 = _batched_mmd2(kernel, masks, n_ref, n_window)
-        observed, permuted = mmd2[0], mmd2[1:]
-        p_value = (permuted >= observed - _TIE_TOLERANCE).double().mean()
-        return float(observed), float(p_value)
-
 
 def _complete_rows(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], int]:
     """Rows without NaN or infinity (float64), and how many rows were dropped."""
@@ -232,87 +230,6 @@ def _subsample(values: NDArray[np.float64], limit: int | None, seed: int) -> NDA
     return values[np.sort(chosen)]
 
 
-def _squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared Euclidean distances, computed and clipped as alibi-detect does."""
-    x_norms = x.pow(2).sum(dim=1, keepdim=True)
-    y_norms = y.pow(2).sum(dim=1, keepdim=True)
-    distances = torch.addmm(y_norms.T, x, y.T, alpha=-2.0).add_(x_norms)
-    return distances.clamp_min_(_DISTANCE_FLOOR)
-
-
-def _median_sigma(reference_distances: torch.Tensor) -> float:
-    """alibi's ``sigma_median`` for a sample against itself (rule in the module docstring)."""
-    n = reference_distances.shape[0]
-    median_index = n + (n * n - n) // 2 - 1
-    # kthvalue is 1-based and selects in linear time what sort()[median_index] would give.
-    median = torch.kthvalue(reference_distances.flatten(), median_index + 1).values
-    return float((0.5 * median) ** 0.5)
-
-
-def _gaussian_kernel(squared_distances: torch.Tensor, sigma: float) -> torch.Tensor:
-    return torch.exp(-squared_distances / (2.0 * sigma**2))
-
-
-def _zero_diagonal(kernel: torch.Tensor) -> torch.Tensor:
-    return kernel.fill_diagonal_(0.0)
-
-
-def _joint_kernel(reference: _FittedReference, window: torch.Tensor) -> torch.Tensor:
-    """The (n + m) x (n + m) kernel matrix, reference rows first, diagonal zeroed."""
-    sigma, points = reference.sigma, reference.points
-    # The reference block is recomputed, not cached: at 500 reference rows it is 2 MB per stream
-    # (the largest part of a stream's memory) and costs about a tenth of the permutation product.
-    within_reference = _zero_diagonal(_gaussian_kernel(_squared_distances(points, points), sigma))
-    cross = _gaussian_kernel(_squared_distances(points, window), sigma)
-    within = _zero_diagonal(_gaussian_kernel(_squared_distances(window, window), sigma))
-    top = torch.cat([within_reference, cross], dim=1)
-    bottom = torch.cat([cross.T, within], dim=1)
-    return torch.cat([top, bottom], dim=0)
-
-
-@functools.lru_cache(maxsize=16)
-def _reference_masks(n_ref: int, n_window: int, n_permutations: int, seed: int) -> torch.Tensor:
-    """0/1 rows marking which pooled rows play the reference: the observed split, then one row
-    per permutation.
-
-    The loop only draws indices, one ``randperm`` per permutation exactly as alibi-detect does,
-    so that both see the same permutations for the same seed; the statistics are batched.
-    Cached: a stream's windows mostly have the same sizes, and drawing the permutations cost
-    about as much as the kernel matrix. Callers must not modify the returned tensor.
-    """
-    total = n_ref + n_window
-    generator = torch.Generator().manual_seed(seed)
-    orders = torch.stack(
-        [torch.arange(total)]
-        + [torch.randperm(total, generator=generator) for _ in range(n_permutations)]
-    )
-    masks = torch.zeros(n_permutations + 1, total, dtype=torch.float64)
-    masks.scatter_(1, orders[:, :n_ref], 1.0)
-    return masks
-
-
-def _batched_mmd2(
-    kernel: torch.Tensor, reference_masks: torch.Tensor, n_ref: int, n_window: int
-) -> torch.Tensor:
-    """Unbiased MMD^2 for every row of ``reference_masks`` from one matrix product.
-
-    With ``a`` the 0/1 reference mask and ``b = 1 - a``, the block sums are quadratic forms:
-    ``sum(K_xx) = a K a``, ``sum(K_yy) = b K b``, ``sum(K_xy) = a K b``; the zeroed diagonal
-    already removes the ``i == j`` terms the unbiased estimator leaves out.
-    """
-    window_masks = 1.0 - reference_masks
-    kernel_a = reference_masks @ kernel  # K is symmetric, so row p holds (K a_p)^T
-    kernel_b = kernel.sum(dim=0) - kernel_a
-    sum_xx = (kernel_a * reference_masks).sum(dim=1)
-    sum_yy = (kernel_b * window_masks).sum(dim=1)
-    sum_xy = (kernel_a * window_masks).sum(dim=1)
-    return (
-        sum_xx / (n_ref * (n_ref - 1))
-        + sum_yy / (n_window * (n_window - 1))
-        - 2.0 * sum_xy / (n_ref * n_window)
-    )
-
-
 def _attributions(
     reference: _FittedReference, window: NDArray[np.float64]
 ) -> tuple[FeatureAttribution, ...]:
@@ -322,6 +239,8 @@ def _attributions(
     The Wasserstein distance ranks because it also sees a change of spread or shape, which MMD
     detects but a mean difference misses; it is never smaller than the mean difference.
     """
+    from scipy.stats import wasserstein_distance
+
     attributions = []
     for column, name in enumerate(reference.names):
         shift = float(window[:, column].mean() - reference.standardised[:, column].mean())

@@ -24,7 +24,6 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import Field
-from scipy.stats import false_discovery_control
 
 from monitor.drift.base import DetectorConfig, DriftResult, FeatureAttribution
 
@@ -51,6 +50,9 @@ def adjust(p_values: ArrayLike, method: Correction) -> NDArray[np.float64]:
     if method == "bonferroni":
         return np.minimum(1.0, p * p.size)
     if method == "fdr_bh":
+        # Imported here: the settings import this module's config (docs/benchmarks.md, "CLI start").
+        from scipy.stats import false_discovery_control
+
         return np.asarray(false_discovery_control(p, method="bh"), dtype=np.float64)
     raise ValueError(f"unknown correction {method!r}")
 

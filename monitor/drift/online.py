@@ -24,7 +24,6 @@ from typing import ClassVar, Literal, Self
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
-from scipy.special import ndtri
 
 from monitor.drift.base import (
     DetectorConfig,
@@ -36,6 +35,9 @@ from monitor.drift.base import (
     NotFittedError,
     register,
 )
+
+# scipy is imported in the functions that call it: the service settings import this module's
+# config, so every `radsentry` command would pay for it (docs/benchmarks.md, "CLI start").
 
 # Directions of the reference covariance with less variance than this (relative to the largest)
 # carry no information to calibrate against (constant or collinear features), so they are dropped.
@@ -156,6 +158,8 @@ def _normal_scores(
     below: NDArray[np.intp], at_most: NDArray[np.intp], total: NDArray[np.intp]
 ) -> NDArray[np.float64]:
     """Inverse normal CDF of the mid-rank: (count below + count at most + 1) / 2 of total + 1."""
+    from scipy.special import ndtri
+
     return np.asarray(ndtri((0.5 * (below + at_most) + 0.5) / (total + 1)), dtype=np.float64)
 
 

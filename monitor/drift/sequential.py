@@ -40,11 +40,12 @@ from collections.abc import Mapping
 from typing import Final
 
 from pydantic import Field
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from monitor.drift.base import DetectorConfig, DriftResult
 from monitor.drift.calibration import OVERALL
+
+# scipy is imported in the functions that call it: the service settings import this module's
+# config, so every `radsentry` command would pay for it (docs/benchmarks.md, "CLI start").
 
 Z_CAP: Final = 8.0
 """Standardised evidence is clipped to ±8: a p-value of 0 or an effect of many spreads adds a
@@ -84,11 +85,15 @@ def decision_interval(n_features: int, config: SequentialConfig) -> float | None
         high *= 2.0
     if siegmund_arl(0.0, config.k) >= target:
         return 0.0
+    from scipy.optimize import brentq
+
     return float(brentq(lambda h: siegmund_arl(h, config.k) - target, 0.0, high))
 
 
 def z_test(p_value: float) -> float:
     """A p-value as a standard normal score, ``Φ⁻¹(1 - p)``, clipped to ±:data:`Z_CAP`."""
+    from scipy.stats import norm
+
     return float(min(Z_CAP, max(-Z_CAP, norm.isf(min(max(p_value, 0.0), 1.0)))))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.drift.base import InsufficientDataError
 from monitor.service.audit.api import router as audit_router
+from monitor.service.audit.jobs import verify_change_log
 from monitor.service.audit.keys import SigningKeyError, sign_entries_with
 from monitor.service.auth import TokenVerifier, warn_if_local
 from monitor.service.db import make_engine, ping
@@ -209,8 +211,15 @@ def create_app(
         owned = engine is None
         app.state.engine = engine or make_engine(settings.database_url)
         warn_if_local(settings.auth)
+        # The audit gauges of this process say what the log's state is from the start, not 0
+        # until a scheduler's first run (which contradicted GET /audit/verify); in the
+        # background, since verifying re-reads the whole change log.
+        verifying = asyncio.create_task(
+            run_in_threadpool(verify_change_log, app.state.engine, settings)
+        )
         with database_collector().bound(app.state.engine):  # /metrics: alerts, candidates
             yield
+        await verifying
         if owned:
             app.state.engine.dispose()
 

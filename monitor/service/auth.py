@@ -9,12 +9,9 @@ and check site-scoped reads with :func:`check_site` or :meth:`Principal.can_read
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import jwt
@@ -25,25 +22,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from monitor.service.errors import ServiceError
 from monitor.service.settings import AuthSettings, Settings
+
+# Issuing local tokens needs no web framework, so `radsentry token` imports only tokens.py;
+# its names stay importable from here.
+from monitor.service.tokens import LOCAL_ALGORITHM
+from monitor.service.tokens import LOCAL_ISSUER as LOCAL_ISSUER
+from monitor.service.tokens import LocalModeOnly as LocalModeOnly
+from monitor.service.tokens import Role as Role
+from monitor.service.tokens import issue_local_token as issue_local_token
+from monitor.service.tokens import local_secret as local_secret
 from pccp.lifecycle import normalised_subject
 
 log = structlog.get_logger(__name__)
 
-LOCAL_KEY_FILE = "auth-local.key"
-LOCAL_ISSUER = "radsentry-local"
-LOCAL_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["exp", "iat", "sub", "iss", "aud"]
-
-
-class Role(StrEnum):
-    SITE_MANAGER = "site_manager"
-    """Reads the sites in its token's ``sites`` claim, nothing else."""
-    MLOPS = "mlops"
-    """Reads everything; acts on alerts, references, retraining and candidates."""
-    AUDITOR = "auditor"
-    """Reads everything, the change log included; changes nothing."""
-    SERVICE = "service"
-    """Automation: reads everything and asks for retraining."""
 
 
 _ROLE_VALUES = frozenset(role.value for role in Role)
@@ -88,10 +80,6 @@ class InvalidToken(ServiceError):
 
 class AuthUnavailable(ServiceError, RuntimeError):
     """The identity provider's keys cannot be fetched: no token can be checked right now."""
-
-
-class LocalModeOnly(ServiceError, RuntimeError):
-    """Tokens are issued here only in local mode; in oidc mode the identity provider does."""
 
 
 class TokenVerifier:
@@ -212,62 +200,6 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [item for item in value if isinstance(item, str)]
     return []
-
-
-def local_secret(settings: Settings) -> bytes:
-    """The local-mode HS256 secret: configured, or created once in data_dir (0600), as the
-    demo's pseudonymisation key is. Every process on the same data_dir shares it."""
-    if settings.auth.local_secret is not None:
-        return settings.auth.local_secret.get_secret_value().encode()
-    path = settings.data_dir / LOCAL_KEY_FILE
-    if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        try:  # O_EXCL: of two processes starting together, one writes and both read it
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(descriptor, "w") as file:
-                file.write(secrets.token_hex(32))
-            log.warning(
-                "created a local token secret; production sets RADSENTRY_AUTH__MODE=oidc",
-                path=str(path),
-            )
-    return path.read_text().strip().encode()
-
-
-def issue_local_token(
-    settings: Settings,
-    subject: str,
-    roles: Iterable[Role | str],
-    sites: Iterable[str] = (),
-    ttl_s: int = 3600,
-    name: str | None = None,
-) -> str:
-    """A local-mode token for ``subject`` with ``roles`` (and ``sites`` for a site manager),
-    valid ``ttl_s`` seconds; ``name``: the printed name its signatures show (default: the
-    subject). Issuing it counts as authenticating now (``auth_time``). Raises
-    :class:`LocalModeOnly` in oidc mode, ``ValueError`` for a blank or unreadable subject."""
-    if settings.auth.mode != "local":
-        raise LocalModeOnly(
-            "tokens are issued by the identity provider in oidc mode (RADSENTRY_AUTH__MODE)"
-        )
-    if ttl_s <= 0:
-        raise ValueError("a token needs a positive lifetime")
-    subject = normalised_subject(subject)  # ValueError: blank, or control characters
-    now = datetime.now(UTC)
-    claims = {
-        "sub": subject,
-        "name": normalised_subject(name) if name is not None else subject,
-        "auth_time": int(now.timestamp()),
-        "iss": LOCAL_ISSUER,
-        "aud": settings.auth.audience,
-        "iat": now,
-        "exp": now + timedelta(seconds=ttl_s),
-        "roles": sorted(Role(role).value for role in roles),
-        "sites": sorted(set(sites)),
-    }
-    return jwt.encode(claims, local_secret(settings), algorithm=LOCAL_ALGORITHM)
 
 
 def warn_if_local(auth: AuthSettings) -> None:

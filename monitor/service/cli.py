@@ -1,5 +1,11 @@
 """The ``radsentry`` command line: the platform's commands (serve, scheduler, migrate, token,
-schemas, broker), and every domain's commands mounted from its ``cli.py``."""
+schemas, broker), and every domain's commands mounted from its ``cli.py``.
+
+Importing this module, and every domain's ``cli.py``, imports no heavy library (torch, scipy,
+MLflow, Evidently, FastAPI, SQLAlchemy, Kafka): each command imports what it needs when it
+runs, so that ``radsentry --help``, ``radsentry token`` and ``radsentry audit verify`` start in
+well under a second (docs/benchmarks.md, "CLI start"; tests/unit/test_cli_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -10,34 +16,18 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.api import create_app
 from monitor.service.audit import cli as audit_cli
-from monitor.service.audit.config import record_config
 from monitor.service.audit.keys import sign_entries_with
-from monitor.service.auth import LocalModeOnly, Role, issue_local_token
 from monitor.service.backtest import cli as backtest_cli
-from monitor.service.db import upgrade
 from monitor.service.demo import cli as demo_cli
 from monitor.service.drift import cli as drift_cli
 from monitor.service.grafana import cli as grafana_cli
-from monitor.service.health import Health, serve_probes
 from monitor.service.ingest import cli as ingest_cli
-from monitor.service.ingest.consumer import ConsumerThread
-from monitor.service.jobs import start_jobs
-from monitor.service.lifecycle import STOP_BOUND_S, GracefulStop, api_server
-from monitor.service.limits import server_limits
 from monitor.service.pccp import cli as pccp_cli
 from monitor.service.retrain import cli as retrain_cli
-from monitor.service.roles import RoleSetupError, grant_roles, take_ownership
-from monitor.service.runtime import (
-    configured_bootstrap,
-    console,
-    load_settings,
-    open_database,
-    run_options,
-    start_broker_if_needed,
-)
+from monitor.service.runtime import console, load_settings, run_options
 from monitor.service.settings import Settings
+from monitor.service.tokens import LocalModeOnly, Role, issue_local_token
 
 app = typer.Typer(
     name="radsentry",
@@ -73,6 +63,9 @@ def migrate() -> None:
     schema's owner (RADSENTRY_DATABASE__MIGRATION_URL, else RADSENTRY_DATABASE__URL). On
     PostgreSQL, then grant RADSENTRY_DATABASE__RUNTIME_ROLE and __CONSUMER_ROLE exactly what
     their components need (docs/deploy.md, "Database roles")."""
+    from monitor.service.db import upgrade
+    from monitor.service.roles import RoleSetupError, grant_roles, take_ownership
+    from monitor.service.runtime import open_database
     from monitor.service.scheduler import create_job_store
 
     settings = load_settings()
@@ -129,6 +122,14 @@ def serve(
     configured and none is running. SIGTERM or Ctrl-C: the API finishes its requests, the
     consumer its batch (committed), the jobs their run, the bundled broker stops; exit 0
     (docs/operations.md, "Starting and stopping")."""
+    from monitor.service.api import create_app
+    from monitor.service.audit.config import record_config
+    from monitor.service.ingest.consumer import ConsumerThread
+    from monitor.service.jobs import start_jobs
+    from monitor.service.lifecycle import STOP_BOUND_S, GracefulStop, api_server
+    from monitor.service.limits import server_limits
+    from monitor.service.runtime import open_database, start_broker_if_needed
+
     settings = load_settings()
     with (
         GracefulStop("serve") as stopping,
@@ -186,6 +187,7 @@ def broker(
 ) -> None:
     """Run the bundled Kafka-protocol broker in the foreground (development and tests)."""
     from monitor.service.broker import EmbeddedBroker
+    from monitor.service.runtime import configured_bootstrap
 
     settings = load_settings()
     if configured_bootstrap(settings):
@@ -259,15 +261,23 @@ def scheduler(
     replicas: a PostgreSQL advisory lock lets one lead and the others stand by. Run
     `serve --no-jobs` beside it. SIGTERM or Ctrl-C: running jobs finish, the lock is
     released; exit 0."""
+    from monitor.service.audit.config import record_config
+    from monitor.service.audit.jobs import verify_change_log
+    from monitor.service.lifecycle import GracefulStop
+    from monitor.service.runtime import open_database
+
     settings = load_settings()
     with GracefulStop("scheduler") as stopping:
         with open_database(settings.database_url) as engine:
             record_config(engine, settings, actor="radsentry-scheduler")
+            # The audit gauges hold from the start, not from the first audit-verify run.
+            verify_change_log(engine, settings)
         _run_scheduler(settings, stopping.requested, metrics_port)
     console.print("stopped cleanly")
 
 
 def _run_scheduler(settings: Settings, stop: threading.Event, metrics_port: int) -> None:
+    from monitor.service.health import Health, serve_probes
     from monitor.service.scheduler import default_jobs, run_scheduler
 
     jobs = default_jobs(
@@ -294,3 +304,6 @@ for domain_app in (ingest_cli.app, demo_cli.app, backtest_cli.app, drift_cli.app
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(pccp_cli.app, name="pccp")
 app.add_typer(grafana_cli.app, name="dashboards")
+
+if __name__ == "__main__":  # `python -m monitor.service.cli`, which pasteable_cli may print
+    app()

@@ -8,13 +8,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, Connection, Engine, Table, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -22,6 +18,12 @@ from sqlalchemy.exc import DBAPIError
 
 from monitor.service.errors import ServiceError
 from monitor.service.models import Base
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where the schema is read or changed, not here: a quarter of a second that
+# read-only commands (`radsentry audit verify`) need not pay (docs/benchmarks.md, "CLI start").
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -77,6 +79,8 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 
 def alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -85,6 +89,8 @@ def alembic_config(engine: Engine) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent; safe to run at every start)."""
+    from alembic import command
+
     command.upgrade(alembic_config(engine), revision)
 
 
@@ -98,6 +104,9 @@ class SchemaNotCurrent(ServiceError, RuntimeError):
 
 def schema_revisions(engine: Engine) -> tuple[str | None, str | None]:
     """The database's schema revision (None: none yet) and this release's head."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     return current, ScriptDirectory.from_config(alembic_config(engine)).get_current_head()

@@ -9,6 +9,8 @@ every metric with the process that exposes it.
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
@@ -142,8 +144,12 @@ RETRAIN_JOB_SECONDS = Histogram(
 AUDIT_CHAIN_OK = Gauge(
     "radsentry_audit_chain_ok",
     "1 when the change log's hash chain and its signed checkpoints verified at the last check "
-    "(scheduler job audit-verify), 0 when not.",
+    "(at the start of the API and the scheduler, then scheduler job audit-verify), 0 when not; "
+    "NaN until this process has checked.",
 )
+# NaN, not prometheus_client's 0, until a check: every process serving this registry (the
+# consumer too) exported "0", which the RadSentryAuditChainBroken rule (== 0) read as broken.
+AUDIT_CHAIN_OK.set(math.nan)
 AUDIT_CHAIN_LAST_VERIFIED = Gauge(
     "radsentry_audit_chain_last_verified_timestamp_seconds",
     "Unix time of the last completed verification of the change log (ok or not).",

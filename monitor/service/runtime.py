@@ -9,12 +9,17 @@ error instead, with its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 import typer
@@ -22,12 +27,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
 from monitor.service.broker import EmbeddedBroker, running_embedded_broker
-from monitor.service.db import SchemaNotCurrent, engine_scope, ping, upgrade_at_start
 from monitor.service.environment import (
     PREFIX,
     Problem,
@@ -36,9 +37,15 @@ from monitor.service.environment import (
     validation_problems,
 )
 from monitor.service.errors import ServiceError
-from monitor.service.kafka import all_topics, ensure_topics
 from monitor.service.logging import configure_logging
 from monitor.service.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+# The database layer (SQLAlchemy, the ORM models) is imported by the functions that open a
+# database, so that commands which open none start quickly (docs/benchmarks.md, "CLI start").
 
 log = structlog.get_logger(__name__)
 
@@ -80,6 +87,10 @@ class SettingsInvalid(ServiceError, ValueError):
 
 class DatabaseUnreachable(ServiceError, ConnectionError):
     """The database did not answer at start; the message names where, never the password."""
+
+
+class NoDatabase(ServiceError, LookupError):
+    """A read-only command found no RadSentry database where the settings point."""
 
 
 def fail(exc: Exception, lines: list[str], code: int) -> NoReturn:
@@ -133,6 +144,10 @@ def database_location(url: URL) -> str:
 def check_reachable(engine: Engine, setting: str) -> None:
     """DatabaseUnreachable unless the database answers a query; the driver's first line of
     reason is kept (libpq's messages name the host, never the password)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from monitor.service.db import ping
+
     try:
         ping(engine)
     except DBAPIError as exc:
@@ -153,6 +168,8 @@ def open_database(
     database that does not answer ends the command in one line (:data:`EXIT_UNREACHABLE`),
     naming ``setting``; so does a schema that this role may not bring to head
     (:data:`EXIT_SETTINGS`)."""
+    from monitor.service.db import SchemaNotCurrent, engine_scope, upgrade_at_start
+
     with ExitStack() as stack:
         engine = stack.enter_context(engine_scope(url, migrate=False))
         try:
@@ -188,6 +205,11 @@ def require_bootstrap(settings: Settings) -> list[str]:
 
 def start_broker_if_needed(settings: Settings) -> tuple[list[str], EmbeddedBroker | None]:
     """Use the configured cluster or a running bundled broker; otherwise start one."""
+    from monitor.service.kafka import (
+        all_topics,
+        ensure_topics,
+    )  # kafka-python: commands that need it
+
     servers = configured_bootstrap(settings)
     broker = None
     if servers is None:
@@ -195,6 +217,68 @@ def start_broker_if_needed(settings: Settings) -> tuple[list[str], EmbeddedBroke
         servers = [broker.bootstrap]
     ensure_topics(servers, all_topics(settings.kafka))
     return servers, broker
+
+
+@contextmanager
+def terminal_foreground() -> Iterator[None]:
+    """Make this process the terminal's foreground process group for the block, so that Ctrl-C
+    reaches this command (and its children) only, not the program that started it.
+
+    GNU make dies of a SIGINT it receives itself ("*** [run] Interrupt", status 130) whatever
+    its recipe does, so `make run` could not end 0 on Ctrl-C while make shared the demo's
+    process group. A process without a terminal, or in the background, is left as it is; the
+    terminal goes back to the previous group at the end.
+    """
+    try:
+        terminal = os.open("/dev/tty", os.O_RDWR)
+    except OSError:  # no controlling terminal (CI, a service): nothing to take
+        yield
+        return
+    try:
+        previous = os.tcgetpgrp(terminal)
+        if previous != os.getpgrp():  # a background job: Ctrl-C is not ours to take
+            yield
+            return
+        _as_foreground(terminal, _own_group)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # the previous group may have gone
+                _as_foreground(terminal, lambda: previous)
+    finally:
+        os.close(terminal)
+
+
+def _own_group() -> int:
+    os.setpgid(0, 0)  # a process group of its own (its children join it)
+    return os.getpgrp()
+
+
+def _as_foreground(terminal: int, group: Callable[[], int]) -> None:
+    # A background group that changes the foreground gets SIGTTOU (which would stop it).
+    handler = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(terminal, group())
+    finally:
+        signal.signal(signal.SIGTTOU, handler)
+
+
+def pasteable_cli(data_dir: Path) -> str:
+    """``radsentry`` as a command line that works pasted into a new shell, in any directory.
+
+    A new shell has no activated virtual environment, so a bare ``radsentry`` is not on its
+    PATH (it lives in ``.venv/bin``); and a relative ``.venv/bin/radsentry`` or data dir holds
+    only in the repository root. So: the absolute path of the console script installed beside
+    this interpreter (else this interpreter running the CLI module), with this process's data
+    dir, where the local token secret lives, as an absolute ``RADSENTRY_DATA_DIR``.
+    """
+    script = Path(sys.executable).parent / "radsentry"
+    program = (
+        shlex.quote(str(script))
+        if script.is_file()
+        else f"{shlex.quote(sys.executable)} -m monitor.service.cli"
+    )
+    return f"{PREFIX}DATA_DIR={shlex.quote(str(data_dir.resolve()))} {program}"
 
 
 def edge_key(settings: Settings) -> bytes:
@@ -210,3 +294,41 @@ def edge_key(settings: Settings) -> bytes:
             "created a demo pseudonymisation key; set RADSENTRY_EDGE__HMAC_KEY in production"
         )
     return path.read_text().strip().encode()
+
+
+@contextmanager
+def open_existing_database(
+    url: str, *, setting: str = "RADSENTRY_DATABASE__URL"
+) -> Iterator[Engine]:
+    """:func:`open_database` for a read-only command, which creates nothing: no SQLite file, no
+    schema, no upgrade. A SQLite file that does not exist ends the command (:class:`NoDatabase`,
+    :data:`EXIT_SETTINGS`); so does a query that fails on a schema that is not this release's
+    (Alembic, which tells, is imported only then: it is a tenth of the command's start)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    from monitor.service.db import SchemaNotCurrent, schema_revisions
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database or "")
+        if not path.exists():
+            missing = NoDatabase(
+                f"no database at {path.resolve()}, so nothing to read; this command creates "
+                f"none (`radsentry serve` or `make run` does), check {setting} or "
+                f"{PREFIX}DATA_DIR"
+            )
+            fail(missing, [str(missing)], EXIT_SETTINGS)
+    with open_database(url, migrate=False, setting=setting) as engine:
+        try:
+            yield engine
+        except DBAPIError:
+            current, head = schema_revisions(engine)
+            if current == head:
+                raise
+            found = f"revision {current}" if current else "no RadSentry schema"
+            behind = SchemaNotCurrent(
+                f"the database ({database_location(engine.url)}) has {found}, this release "
+                f"reads {head}; this command changes nothing: run `radsentry migrate` first"
+            )
+            fail(behind, [str(behind)], EXIT_SETTINGS)

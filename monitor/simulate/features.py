@@ -20,7 +20,6 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.dicom.pixels import PIXEL_STAT_NAMES
 from monitor.events import (
     AGE_BANDS,
     DicomMetadata,
@@ -29,6 +28,7 @@ from monitor.events import (
     LabelSource,
     Prediction,
 )
+from monitor.pixel_names import PIXEL_STAT_NAMES
 from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile
 
 _EVENT_NAMESPACE = uuid.UUID("7d1f4a3e-9b1c-4e0b-8f55-2f8e6f3d9a20")

@@ -6,6 +6,8 @@ or a study key."""
 
 from __future__ import annotations
 
+import math
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,7 @@ from monitor.performance.metrics import Interval
 from monitor.service import metrics
 from monitor.service.api import create_app
 from monitor.service.audit.jobs import verify_change_log
+from monitor.service.auth import Role
 from monitor.service.db import table_of
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.consumer import Ingestor, Records
@@ -33,7 +36,7 @@ from monitor.service.models import AlertRow, CandidateRow, DriftCheckRow
 from monitor.service.performance.store import _export_bounds
 from monitor.service.settings import AuditSettings, KafkaSettings, Settings
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
-from tests.auth_helpers import TEST_AUTH
+from tests.auth_helpers import TEST_AUTH, bearer
 from tests.integration.helpers import ingest_until, send
 
 pytestmark = pytest.mark.integration
@@ -306,3 +309,59 @@ def test_performance_bounds_are_set_with_an_interval_and_removed_without_one() -
     assert _sample("radsentry_performance_lower", as_dict) is None
     assert _sample("radsentry_performance_upper", as_dict) is None
     _export_bounds(labels, None)  # never had one: nothing to remove, no error
+
+
+def test_the_api_verifies_the_change_log_at_start_so_its_gauge_agrees_with_audit_verify(
+    pg_engine: Engine, tmp_path: Path
+) -> None:
+    # Issue 22: /metrics said radsentry_audit_chain_ok 0 (and last verified at 0) while
+    # GET /audit/verify said the chain was intact, so the paging rule fired falsely.
+    from monitor.service.audit import store as change_log
+
+    for number in range(2):
+        change_log.record(
+            pg_engine,
+            change_log.Entry(actor="mlops", action="test", subject=f"s/{number}", details={}),
+        )
+    metrics.AUDIT_CHAIN_OK.set(math.nan)  # as in a process that has not checked yet
+    metrics.AUDIT_CHAIN_LAST_VERIFIED.set(0)
+    started = datetime.now(UTC).timestamp()
+    settings = Settings(auth=TEST_AUTH, data_dir=tmp_path)
+    with TestClient(create_app(settings, engine=pg_engine)) as client:
+        deadline = time.monotonic() + 30
+        while _scraped(client, "radsentry_audit_chain_ok") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        scraped_ok = _scraped(client, "radsentry_audit_chain_ok")
+        verified_at = _scraped(client, "radsentry_audit_chain_last_verified_timestamp_seconds")
+        answer = client.get("/audit/verify", headers=bearer(settings, "audra", Role.AUDITOR))
+    assert answer.status_code == 200 and answer.json()["ok"] is True
+    assert answer.json()["entries"] == 2
+    assert scraped_ok == 1
+    assert verified_at is not None and verified_at >= started
+
+
+def test_a_process_that_has_not_verified_exports_no_broken_chain() -> None:
+    # Every process serving the default registry (the consumer's :9101 too) exported
+    # radsentry_audit_chain_ok 0 before any check, which RadSentryAuditChainBroken (== 0) read
+    # as a broken chain. Until a check it is NaN, which no comparison matches.
+    import subprocess
+    import sys
+
+    script = (
+        "from prometheus_client import REGISTRY\n"
+        "import monitor.service.metrics\n"
+        "print(REGISTRY.get_sample_value('radsentry_audit_chain_ok'))\n"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert math.isnan(float(printed))
+
+
+def _scraped(client: TestClient, name: str) -> float | None:
+    """The value of an unlabelled sample in the app's /metrics exposition."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return None

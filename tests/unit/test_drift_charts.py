@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monitor.dicom.pixels import PIXEL_STAT_NAMES
 from monitor.drift.features import CATEGORICAL_METADATA, NUMERIC_METADATA
+from monitor.pixel_names import PIXEL_STAT_NAMES
 from monitor.service.drift import charts, glossary
 
 

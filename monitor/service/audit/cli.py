@@ -1,4 +1,9 @@
-"""`radsentry audit`: verify the change log's chain and checkpoints, sign its head, export it."""
+"""`radsentry audit`: verify the change log's chain and checkpoints, sign its head, export it.
+
+``verify`` and ``export`` only read: they create no database, schema or key
+(:func:`~monitor.service.runtime.open_existing_database`). The database layer is imported in
+the commands, not here (docs/benchmarks.md, "CLI start").
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,7 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.audit import store as change_log
-from monitor.service.db import engine_scope
-from monitor.service.runtime import console, load_settings
+from monitor.service.runtime import console, load_settings, open_existing_database
 
 app = typer.Typer(help="The change log: verify its hash chain, export it for auditors.")
 
@@ -46,6 +49,7 @@ def audit_verify(
     hold (unsigned, forged, or not matching its hash), or each checkpoint or anchor that does
     not, when the newest checkpoint is older than RADSENTRY_AUDIT__MAX_CHECKPOINT_AGE_H, or
     when there is no checkpoint at all (unless --allow-unanchored)."""
+    from monitor.service.audit import store as change_log
     from monitor.service.audit.anchors import problems_of
     from monitor.service.audit.keys import SigningKeyError, keyring, load_public_key, trusted_keys
     from monitor.service.audit.signing import checkpoints, verify_checkpoints
@@ -60,7 +64,7 @@ def audit_verify(
     except SigningKeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    with engine_scope(settings.database_url) as engine:
+    with open_existing_database(settings.database_url) as engine:
         result = change_log.verify(engine, trusted)
         problems = verify_checkpoints(engine, trusted)
         problems += problems_of(
@@ -90,6 +94,7 @@ def audit_checkpoint() -> None:
     from monitor.service.audit.anchors import sign_and_anchor
     from monitor.service.audit.keys import SigningKeyError, keyring, signing_key, trusted_keys
     from monitor.service.audit.signing import CheckpointError
+    from monitor.service.db import engine_scope
 
     settings = load_settings()
     try:
@@ -115,7 +120,9 @@ def audit_export(
 ) -> None:
     """Write the whole change log for auditors (JSON lines or CSV, hashes, key ids and
     signatures included)."""
+    from monitor.service.audit import store as change_log
+
     settings = load_settings()
-    with engine_scope(settings.database_url) as engine:
+    with open_existing_database(settings.database_url) as engine:
         out.write_text(change_log.export(engine, fmt.value), encoding="utf-8")
     console.print(f"wrote the change log to {out}")

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.drift.store import limit_torch_threads
 from monitor.service.logging import warnings_only
 from monitor.service.runtime import console, load_settings
 
@@ -63,6 +62,7 @@ def backtest(
         rich_progress,
         run_backtest,
     )
+    from monitor.service.drift.store import limit_torch_threads
 
     limit_torch_threads()  # as the consumer: small kernels, no thread contention
     try:
@@ -91,6 +91,7 @@ def _backtest_with_labels(
     refresh each), then the performance alerts' table and the totals."""
     from monitor.service.backtest.labels import run_backtest_with_labels, summary_tables
     from monitor.service.backtest.replay import BacktestError, load_config, rich_progress
+    from monitor.service.drift.store import limit_torch_threads
 
     limit_torch_threads()
     performance = load_settings().performance  # configures logging: before it is quietened

@@ -13,11 +13,17 @@ from pydantic import ValidationError
 
 from monitor.events import describe_errors
 from monitor.service.demo.stages import Stage
-from monitor.service.runtime import BrokerNotFound, console, load_settings, require_bootstrap
+from monitor.service.runtime import (
+    BrokerNotFound,
+    console,
+    load_settings,
+    require_bootstrap,
+    terminal_foreground,
+)
 from monitor.service.settings import Settings
-from monitor.simulate import SimulationConfig
 
 if TYPE_CHECKING:
+    from monitor.simulate import SimulationConfig
     from monitor.simulate.stream import StudyScorer
 
 
@@ -89,6 +95,8 @@ def _simulation_config(
     start: datetime | None,
     change_from: datetime | None = None,
 ) -> SimulationConfig:
+    from monitor.simulate import SimulationConfig  # pydicom: not at `radsentry --help`
+
     if change_at is not None and change_from is not None:
         raise typer.BadParameter("give --change-at or --change-from, not both")
     now = datetime.now(UTC).replace(microsecond=0)
@@ -192,26 +200,32 @@ def demo(
     """The whole loop on one machine (bundled broker, SQLite, local MLflow): the initial model,
     simulated sites with a scanner change at one of them, drift and performance alerts, a
     retrain, the candidate in MLflow, the PCCP gate, then waiting for two approvals. Ctrl-C
-    stops everything. Run again, it resumes where the previous run stopped (same options), or
-    starts over with --fresh."""
-    from monitor.service.demo.run import DEMO_SEED, run_demo
-    from retrain.initial import InitialConfig
+    stops everything (exit status 0). Run again, it resumes where the previous run stopped
+    (same options), or starts over with --fresh."""
+    # Ctrl-C reaches the demo alone, not make around it (terminal_foreground); before
+    # run_demo's own stop handling is set up, it is a KeyboardInterrupt. Either way: status 0.
+    with terminal_foreground():
+        try:
+            from monitor.service.demo.run import DEMO_SEED, run_demo
+            from retrain.initial import InitialConfig
 
-    settings = load_settings()
-    config = _simulation_config(
-        sites, studies, DEMO_SEED if seed is None else seed, change_site, change_at, None
-    )
-    # The deployed population is the development cohort's (same prevalence): only the scanner
-    # changes, which is the story the demo tells and the shift retraining can repair.
-    config = config.model_copy(update={"prevalence": InitialConfig().prevalence})
-    stop_at = Stage.STREAM if exit_when_done else until
-    code = run_demo(
-        settings,
-        config,
-        rate=rate or None,
-        port=port,
-        until=stop_at,
-        scores=scores.value,
-        fresh=fresh,
-    )
+            settings = load_settings()
+            config = _simulation_config(
+                sites, studies, DEMO_SEED if seed is None else seed, change_site, change_at, None
+            )
+            # The deployed population is the development cohort's (same prevalence): only the
+            # scanner changes, the story the demo tells and the shift retraining can repair.
+            config = config.model_copy(update={"prevalence": InitialConfig().prevalence})
+            code = run_demo(
+                settings,
+                config,
+                rate=rate or None,
+                port=port,
+                until=Stage.STREAM if exit_when_done else until,
+                scores=scores.value,
+                fresh=fresh,
+            )
+        except KeyboardInterrupt:
+            console.print("stopped (Ctrl-C)")
+            code = 0
     raise typer.Exit(code)

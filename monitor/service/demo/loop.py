@@ -57,6 +57,7 @@ from monitor.service.registry import registry_for
 from monitor.service.retrain import store as retrain_store
 from monitor.service.retrain.initial import record_initial, register_initial
 from monitor.service.retrain.jobs import JobContext, serve_pending
+from monitor.service.runtime import pasteable_cli
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig
 from retrain.mlflow_names import CHAMPION
@@ -335,7 +336,7 @@ class DemoLoop:
         assert self.state.candidate_id is not None
         row = candidates_store.get(self.engine, self.state.candidate_id)
         if row.status in ("passed", "approved"):
-            self._instruct(approval_instructions(self.api_url, row, self.simulation))
+            self._instruct(approval_instructions(self.api_url, row, self.simulation, self._cli()))
             return f"{row.model_name} version {row.model_version} waits for two approvals"
         if row.status in ("promoted", "rejected", "rolled_back"):
             self._instruct(None)
@@ -345,7 +346,9 @@ class DemoLoop:
                 f"start over with {FRESH_HINT}"
             )
         alert = self._alert(performance=True) or self._alert(performance=False)
-        self._instruct(decision_instructions(self.api_url, row, self.simulation, alert))
+        self._instruct(
+            decision_instructions(self.api_url, row, self.simulation, alert, self._cli())
+        )
         return why_not_promotable(row, self.simulation.change_site)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -363,6 +366,10 @@ class DemoLoop:
         self.state.instructions = block
         if block is not None:
             self.console.print(block, soft_wrap=True)
+
+    def _cli(self) -> str:
+        """`radsentry` as the printed commands spell it, to work pasted into a new shell."""
+        return pasteable_cli(self.settings.data_dir)
 
     def _alert(self, *, performance: bool) -> AlertRow | None:
         for alert in alerts_store.list_alerts(
@@ -414,8 +421,11 @@ def _criteria_table(row: CandidateRow) -> Table:
     return table
 
 
-def approval_instructions(api_url: str, row: CandidateRow, simulation: SimulationConfig) -> str:
-    """What to open and run next: the URLs, and the commands of two demo ML-ops identities."""
+def approval_instructions(
+    api_url: str, row: CandidateRow, simulation: SimulationConfig, cli: str
+) -> str:
+    """What to open and run next: the URLs, and the commands of two demo ML-ops identities
+    (``cli``: how they call ``radsentry``, :func:`~monitor.service.runtime.pasteable_cli`)."""
     candidate = f"{api_url}/candidates/{row.candidate_id}"
     site = simulation.change_site or "site-01"
     post = "curl -s -X POST -H 'Content-Type: application/json'"
@@ -427,8 +437,8 @@ def approval_instructions(api_url: str, row: CandidateRow, simulation: Simulatio
             f"  drift report:      {api_url}/sites/{site}/report?model_name={row.model_name}",
             f"  evidence:          {candidate}/evidence",
             "Two demo ML-ops identities approve, then one promotes (four eyes):",
-            "  ALICE=$(radsentry token --subject alice --role mlops)",
-            "  BOB=$(radsentry token --subject bob --role mlops)",
+            f"  ALICE=$({cli} token --subject alice --role mlops)",
+            f"  BOB=$({cli} token --subject bob --role mlops)",
             f'  {post} -H "Authorization: Bearer $ALICE" '
             f'-d \'{{"reason": "evidence reviewed"}}\' {candidate}/approve',
             f'  {post} -H "Authorization: Bearer $BOB" '
@@ -464,9 +474,14 @@ def why_not_promotable(row: CandidateRow, site: str | None) -> str:
 
 
 def decision_instructions(
-    api_url: str, row: CandidateRow, simulation: SimulationConfig, alert: AlertRow | None
+    api_url: str,
+    row: CandidateRow,
+    simulation: SimulationConfig,
+    alert: AlertRow | None,
+    cli: str,
 ) -> str:
-    """What a person must decide after a failed gate, and the commands for each choice."""
+    """What a person must decide after a failed gate, and the commands for each choice
+    (``cli`` as for :func:`approval_instructions`)."""
     candidate = f"{api_url}/candidates/{row.candidate_id}"
     site = simulation.change_site or "site-01"
     post = "curl -s -X POST -H 'Content-Type: application/json'"
@@ -492,7 +507,7 @@ def decision_instructions(
     lines += [
         f"  evidence:          {candidate}/evidence",
         f"A person decides what {site} gets now (ML ops; a token: "
-        "ALICE=$(radsentry token --subject alice --role mlops)):",
+        f"ALICE=$({cli} token --subject alice --role mlops)):",
     ]
     auth = '-H "Authorization: Bearer $ALICE"'
     if alert is not None:

@@ -27,7 +27,7 @@ from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
 from monitor.service.logging import configure_logging
-from monitor.service.runtime import start_broker_if_needed
+from monitor.service.runtime import pasteable_cli, start_broker_if_needed
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig
 from retrain.config import JobConfig, TrainConfig
@@ -171,13 +171,14 @@ def run_demo(
                     daemon=True,
                 ).start()
         except StageFailed as exc:
+            if stop.is_set():  # Ctrl-C stopped it: nothing failed, the exit status stays 0
+                return
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
-            if not stop.is_set():
-                console.print(
-                    f"Run the demo again to resume from this stage (the stages before it are "
-                    f"kept), or start over with {FRESH_HINT}.",
-                    soft_wrap=True,
-                )
+            console.print(
+                f"Run the demo again to resume from this stage (the stages before it are "
+                f"kept), or start over with {FRESH_HINT}.",
+                soft_wrap=True,
+            )
             outcome["code"] = 1
         except Exception:  # the driver's boundary: say so, keep nothing running
             log.exception("demo loop failed")
@@ -189,7 +190,8 @@ def run_demo(
 
     console.print(f"RadSentry demo: API on {api_url}/docs (data in {settings.data_dir})")
     if settings.auth.mode == "local":
-        console.print("  a token for it: radsentry token --subject you --role auditor")
+        token = f"{pasteable_cli(settings.data_dir)} token --subject you --role auditor"
+        console.print(f"  a token for it: {token}", soft_wrap=True, markup=False)
     driver = threading.Thread(target=drive, name="radsentry-demo-loop", daemon=True)
     driver.start()
     # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py); the bound leaves

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.db import engine_scope
 from monitor.service.runtime import console, load_settings
 
 app = typer.Typer()
@@ -23,6 +22,7 @@ def report(
 ) -> None:
     """Write a site's Evidently drift report (reference vs its latest window of events), the
     page `GET /sites/{site_id}/report` serves, from the configured database."""
+    from monitor.service.db import engine_scope
     from monitor.service.drift.site_report import site_report
     from monitor.service.drift.streams import StreamNotFound
 

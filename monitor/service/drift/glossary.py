@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from monitor.dicom.pixels import HIST_BINS, PERCENTILES
 from monitor.drift.features import CATEGORICAL_METADATA, NUMERIC_METADATA, PIXEL_FIELD
+from monitor.pixel_names import HIST_BINS, PERCENTILES
 
 
 def _ordinal(n: int) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dashboards.common import FOLDER
+from dashboards import FOLDER
 from monitor.service.runtime import console
 
 app = typer.Typer(help="Grafana dashboards: export their JSON, push them to Grafana.")

@@ -8,11 +8,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.drift.store import DriftMonitor, limit_torch_threads
-from monitor.service.health import Health, serve_probes
-from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
-from monitor.service.kafka import make_consumer, make_producer
-from monitor.service.lifecycle import GracefulStop
 from monitor.service.runtime import (
     BrokerNotFound,
     console,
@@ -41,6 +36,11 @@ def consume(
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions). On either, the batch in
     hand is stored and committed, then the process exits 0."""
+    from monitor.service.drift.store import DriftMonitor, limit_torch_threads
+    from monitor.service.health import Health, serve_probes
+    from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
+    from monitor.service.kafka import make_consumer, make_producer
+    from monitor.service.lifecycle import GracefulStop
 
     settings = load_settings()
     try:

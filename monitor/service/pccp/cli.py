@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.db import engine_scope
 from monitor.service.runtime import console, load_settings
 
 app = typer.Typer(help="PCCP change control: check plans, evaluate candidates.")
@@ -51,6 +50,7 @@ def evaluate(
     """Run the acceptance gate: the candidate and the champion on the locked test set, every
     criterion of the plan, the scope guard; the evidence goes to MLflow and the change log.
     A version that is not yet a candidate is proposed first (by the operator's login)."""
+    from monitor.service.db import engine_scope
     from monitor.service.pccp import store as candidates_store
     from monitor.service.pccp.jobs import evaluate as run_gate
     from monitor.service.pccp.jobs import evaluate_pending, gate_context

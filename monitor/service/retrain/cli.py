@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.db import engine_scope
 from monitor.service.runtime import console, load_settings
 
 app = typer.Typer()
@@ -25,6 +24,7 @@ def retrain(
     the retraining job serves pending requests. Which model serves does not change. The --by
     name is recorded as claimed, not verified: it may not approve the result, and it signs
     nothing (signatures go through the API with a token)."""
+    from monitor.service.db import engine_scope
     from monitor.service.retrain.store import request_manual
     from pccp.lifecycle import normalised_subject
 
@@ -49,6 +49,7 @@ def train_initial(
     """Train the initial model (v1) on a synthetic pre-deployment cohort, log it to MLflow and
     make it the champion; from then on `simulate` and `demo` score with it. Refused when the
     model already has a champion (only a PCCP promotion replaces one)."""
+    from monitor.service.db import engine_scope
     from monitor.service.retrain.initial import ChampionExists, record_initial, register_initial
     from retrain.initial import InitialConfig
 

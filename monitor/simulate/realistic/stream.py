@@ -20,8 +20,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
-from monitor.dicom.pixels import PIXEL_STAT_NAMES
 from monitor.events import DicomMetadata, InferenceEvent, Prediction
+from monitor.pixel_names import PIXEL_STAT_NAMES
 from monitor.simulate.features import event_identity, pixel_mixing
 from monitor.simulate.realistic.config import (
     ChangeKind,
