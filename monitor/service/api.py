@@ -24,6 +24,7 @@ from monitor.drift.base import InsufficientDataError
 from monitor.service.audit.api import router as audit_router
 from monitor.service.audit.jobs import verify_change_log
 from monitor.service.audit.keys import SigningKeyError, sign_entries_with
+from monitor.service.audit.links import router as links_router
 from monitor.service.auth import TokenVerifier, warn_if_local
 from monitor.service.db import make_engine, ping
 from monitor.service.deps import EngineDep
@@ -32,7 +33,6 @@ from monitor.service.errors import Conflict, Forbidden, NotFound
 from monitor.service.ingest.api import router as sites_router
 from monitor.service.kafka import broker_reachable
 from monitor.service.limits import RequestLimits
-from monitor.service.links import router as links_router
 from monitor.service.metrics_db import database_collector
 from monitor.service.pccp.api import router as candidates_router
 from monitor.service.pccp.model_api import router as models_router

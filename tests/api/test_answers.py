@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from monitor.service.api import create_app
+from monitor.service.audit.links import issue_link, link_key
 from monitor.service.auth import Principal, Role
-from monitor.service.links import issue_link, link_key
 from tests.api.test_candidates_api import (
     ALICE,
     AUDITOR,

@@ -23,8 +23,8 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from monitor.service.api import create_app
+from monitor.service.audit.links import issue_link, link_key
 from monitor.service.auth import Principal, Role
-from monitor.service.links import issue_link, link_key
 from monitor.service.pccp import store as candidates_store
 from tests.api.test_candidates_api import AUDITOR, MODEL, SETTINGS, FakeRegistry
 from tests.api.test_evidence_browser import CHROMIUM

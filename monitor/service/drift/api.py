@@ -20,6 +20,7 @@ from monitor.drift.alerts import StreamKey
 from monitor.drift.severity import Severity
 from monitor.drift.stream import ReferenceSource
 from monitor.events import Identifier, InferenceEvent
+from monitor.service.audit.links import LINK_PARAMETER, PageReaderDep, app_link_key, issue_link
 from monitor.service.auth import MlopsDep, ReaderDep, check_site
 from monitor.service.deps import EngineDep, Note, PageOffset, Reason, SettingsDep, StoredText
 from monitor.service.drift import alerts as alerts_store
@@ -27,7 +28,6 @@ from monitor.service.drift import streams as streams_store
 from monitor.service.drift.alerts import AlertNotFound, AlertStatus
 from monitor.service.drift.site_page import page_html
 from monitor.service.drift.site_report import site_report
-from monitor.service.links import LINK_PARAMETER, PageReaderDep, app_link_key, issue_link
 
 
 class CheckPublic(BaseModel):

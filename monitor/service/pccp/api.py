@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
 from monitor.events import Identifier
+from monitor.service.audit.links import PageReaderDep
 from monitor.service.auth import MlopsDep, Principal, ReaderDep, SignerDep
 from monitor.service.deps import EngineDep, PageOffset, Reason
-from monitor.service.links import PageReaderDep
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import champion
 from monitor.service.pccp import store as candidates_store
