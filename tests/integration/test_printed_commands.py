@@ -6,6 +6,7 @@ PostgreSQL; the token lines run the real console script."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
@@ -115,7 +117,8 @@ def test_the_printed_approval_commands_approve_promote_and_roll_back(
         if line.strip().startswith(("ALICE=", "BOB=", "curl "))
     ]
     assert [c.split("=")[0] for c in commands[:2]] == ["ALICE", "BOB"]
-    assert len(commands) == 6  # two tokens, two approvals, the promotion, the rollback
+    # two tokens, links to the drift page and the evidence, two approvals, promote, roll back
+    assert len(commands) == 8
     # Each curl answer on a line of its own, then the tokens' lengths.
     script = "\n".join(f"{c}; echo" if c.startswith("curl ") else c for c in commands)
     elsewhere = tmp_path / "another-directory"
@@ -125,6 +128,15 @@ def test_the_printed_approval_commands_approve_promote_and_roll_back(
     answers = ran.stdout.splitlines()
     assert all(int(length) > 100 for length in answers[-1].split())  # JWTs, not empty
     assert "bearer token is required" not in ran.stdout
+    # The link commands answer urls that a browser (no bearer header) opens.
+    links = [json.loads(answer) for answer in answers if '"url"' in answer]
+    assert [link["path"] for link in links] == [
+        "/sites/site-02/drift-report",
+        f"/candidates/{row.candidate_id}/evidence",
+    ]
+    evidence = httpx.get(links[1]["url"], timeout=30)
+    assert evidence.status_code == 200 and "Decision record" in evidence.text
+    assert httpx.get(f"{url}/candidates/{row.candidate_id}/evidence").status_code == 401
     assert registry.champion == "1"  # promoted to 2, then rolled back to 1
     promoted = candidates_store.get(pg_engine, row.candidate_id)
     assert promoted.promoted_at is not None and promoted.rolled_back_at is not None
@@ -139,11 +151,14 @@ def test_the_printed_decision_commands_work_too(
     printed = decision_instructions(url, row, SIMULATION, None, pasteable_cli(settings.data_dir))
     token = re.search(r"(ALICE=\$\(.+ --role mlops\))\):", printed)
     assert token is not None, printed
-    retrain = [line[line.index("curl ") :] for line in printed.splitlines() if "curl " in line]
-    assert len(retrain) == 1  # no alert: only "ask for another retrain"
-    ran = _in_a_new_shell(f"{token.group(1)}\n{retrain[0]}", tmp_path)
+    commands = [line[line.index("curl ") :] for line in printed.splitlines() if "curl " in line]
+    # No alert: the evidence's link and "ask for another retrain".
+    assert len(commands) == 2 and commands[0].endswith("/links")
+    ran = _in_a_new_shell(f"{token.group(1)}\n{commands[0]}; echo\n{commands[1]}", tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "bearer token is required" not in ran.stdout
+    link = json.loads(ran.stdout.splitlines()[0])
+    assert httpx.get(link["url"], timeout=30).status_code == 200
     requests = retrain_store.list_requests(pg_engine).items
     assert [(r.model_name, r.requested_by) for r in requests] == [(MODEL, "alice")]
 

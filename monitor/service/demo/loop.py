@@ -432,13 +432,13 @@ def approval_instructions(
     return "\n".join(
         [
             "",
-            "[bold]Waiting for approval.[/bold] Open, with a token (Authorize in /docs):",
-            f"  API docs:          {api_url}/docs",
-            f"  drift report:      {api_url}/sites/{site}/report?model_name={row.model_name}",
-            f"  evidence:          {candidate}/evidence",
-            "Two demo ML-ops identities approve, then one promotes (four eyes):",
+            "[bold]Waiting for approval.[/bold] Two demo ML-ops identities (paste into any shell):",
             f"  ALICE=$({cli} token --subject alice --role mlops)",
             f"  BOB=$({cli} token --subject bob --role mlops)",
+            f"Open in a browser: the API docs at {api_url}/docs; the pages through signed links",
+            "(each command answers a url to open, valid 10 minutes):",
+            *_link_commands(api_url, f"/sites/{site}/drift-report", f"{candidate}/evidence"),
+            "Both approve, then one promotes (four eyes):",
             f'  {post} -H "Authorization: Bearer $ALICE" '
             f'-d \'{{"reason": "evidence reviewed"}}\' {candidate}/approve',
             f'  {post} -H "Authorization: Bearer $BOB" '
@@ -452,6 +452,17 @@ def approval_instructions(
             "Ctrl-C stops everything.",
         ]
     )
+
+
+def _link_commands(api_url: str, *pages: str) -> list[str]:
+    """For each page (a path, or a URL under ``api_url``), the command that asks the API for a
+    signed link to it (``POST /links``, as ALICE): a browser sends no bearer token."""
+    post = "curl -s -X POST -H 'Content-Type: application/json'"
+    return [
+        f'    {post} -H "Authorization: Bearer $ALICE" '
+        f'-d \'{{"path": "{page.removeprefix(api_url)}"}}\' {api_url}/links'
+        for page in pages
+    ]
 
 
 def why_not_promotable(row: CandidateRow, site: str | None) -> str:
@@ -505,9 +516,10 @@ def decision_instructions(
         lines.append(f"The evidence flags {len(flagged)} regression(s) beyond the noise, e.g.:")
         lines.extend(f"  {escape(r['sentence'])}" for r in flagged[:3])
     lines += [
-        f"  evidence:          {candidate}/evidence",
         f"A person decides what {site} gets now (ML ops; a token: "
         f"ALICE=$({cli} token --subject alice --role mlops)):",
+        "  the evidence in a browser (answers a url to open, valid 10 minutes):",
+        *_link_commands(api_url, f"{candidate}/evidence"),
     ]
     auth = '-H "Authorization: Bearer $ALICE"'
     if alert is not None:
