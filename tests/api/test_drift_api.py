@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -210,9 +211,17 @@ def test_report_command_writes_the_same_page(
         "RADSENTRY_DATABASE__URL", pg_engine.url.render_as_string(hide_password=False)
     )
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(app, ["report", "--site", SITE, "--out", str(out)])
+    result = CliRunner().invoke(app, ["report", "--site", SITE, "--out", str(out), "--evidently"])
     assert result.exit_code == 0, result.output
     assert "Drift report: site-02, cxr-lesion 1.0.0" in out.read_text()
+    page = tmp_path / "page.html"
+    result = CliRunner().invoke(app, ["report", "--site", SITE, "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    # The page the API serves, but for the minute it was generated in.
+    served, written = client.get(f"/sites/{SITE}/drift-report").text, page.read_text()
+    changed = re.compile(r'<section id="changed">.*?</section>', re.S)
+    assert changed.search(written) is not None
+    assert changed.findall(written) == changed.findall(served)
     missing = CliRunner().invoke(app, ["report", "--site", "nowhere", "--out", str(out)])
     assert missing.exit_code == 1 and "no monitored stream" in missing.output
 
