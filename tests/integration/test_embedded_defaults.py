@@ -1,4 +1,5 @@
-"""The main job on embedded defaults: no configured servers, a SQLite file, the bundled broker."""
+"""The main job on embedded defaults: no configured servers; RadSentry's own PostgreSQL server
+(cluster in the data dir) and the bundled broker, both stopped when the command ends."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from monitor.service.audit.store import entries, verify
 from monitor.service.broker import free_port
 from monitor.service.db import make_engine
+from monitor.service.embedded_pg import (
+    CLUSTER_DIR,
+    close_embedded_database,
+    database_url,
+    migration_database_url,
+    open_embedded_database,
+)
 from monitor.service.models import InferenceEventRow, LabelEventRow
 from monitor.service.pccp import store as candidates_store
+from monitor.service.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +42,48 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def embedded_engine(data_dir: Path) -> Iterator[Engine]:
+    """An engine on ``data_dir``'s embedded database, its server started again for the block."""
+    engine = make_engine(open_embedded_database(data_dir).url())
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        close_embedded_database(data_dir)
+
+
+def server_stopped(data_dir: Path) -> bool:
+    """No embedded server runs in ``data_dir`` (PostgreSQL removes postmaster.pid on a clean
+    stop)."""
+    return not (data_dir / CLUSTER_DIR / "postmaster.pid").exists()
+
+
 def _counts(data_dir: Path) -> tuple[int, int]:
-    engine = make_engine(f"sqlite:///{data_dir / 'radsentry.db'}")
-    with engine.connect() as connection:
+    with embedded_engine(data_dir) as engine, engine.connect() as connection:
         inference = connection.scalar(select(func.count()).select_from(InferenceEventRow))
         labels = connection.scalar(select(func.count()).select_from(LabelEventRow))
-    engine.dispose()
     return inference or 0, labels or 0
+
+
+def test_with_no_database_configured_the_services_get_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in [name for name in os.environ if name.startswith("RADSENTRY_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(data_dir=tmp_path)
+    try:
+        url = database_url(settings)
+        assert migration_database_url(settings) == url
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            assert engine.dialect.name == "postgresql"
+            assert connection.exec_driver_sql("SELECT current_database()").scalar() == "radsentry"
+        engine.dispose()
+        assert (tmp_path / CLUSTER_DIR / "PG_VERSION").exists()
+    finally:
+        close_embedded_database(tmp_path)
+    assert server_stopped(tmp_path)
 
 
 def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
@@ -70,6 +116,7 @@ def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
     assert inference == 30
     assert 0 < labels <= 30
     assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"
 
 
 def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.CompletedProcess[str]:
@@ -147,13 +194,11 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-4000:]
     for stage in LOOP:
         assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
-    engine = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
-    try:
+    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"
+    with embedded_engine(tmp_path) as engine:
         assert verify(engine).ok
         logged = {entry.action for entry in entries(engine)}
         [candidate] = candidates_store.list_candidates(engine).items
-    finally:
-        engine.dispose()
     assert {
         "champion.initial",
         "retrain.requested",
@@ -237,3 +282,4 @@ def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
         serve.wait(60)
     assert serve.returncode == 0
     assert not (tmp_path / "broker.json").exists()
+    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"

@@ -128,12 +128,13 @@ def test_every_entry_command_runs() -> None:
 
 
 def test_the_migration_command_runs_with_the_images_environment(tmp_path: Path) -> None:
-    """The Job's command for real, on the embedded SQLite default, with the runtime stage's
+    """The Job's command for real, on the embedded PostgreSQL default, with the runtime stage's
     ENV (data_dir moved to a temporary folder, HOME too: both are mounts in the chart)."""
     runtime = " ".join(a for i, a in _stages()[-1] if i == "ENV")
     env = dict(re.findall(r"(\w+)=(\S+)", runtime))
     env.update(
-        PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        # sbin: as root the embedded server's first start creates its user with useradd.
+        PATH=f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
         HOME=str(tmp_path),
         MPLCONFIGDIR=str(tmp_path / "matplotlib"),
         RADSENTRY_DATA_DIR=str(tmp_path / "data"),
@@ -149,4 +150,5 @@ def test_the_migration_command_runs_with_the_images_environment(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "database at revision head" in result.stderr
-    assert (tmp_path / "data" / "radsentry.db").is_file()
+    assert (tmp_path / "data" / "pg" / "PG_VERSION").is_file()  # the embedded cluster
+    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists()  # stopped at exit
