@@ -146,3 +146,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir for a test that lets RadSentry start its embedded PostgreSQL server: outside
+    pytest's temporary folders, because as root the server runs as another user, and a pytest
+    session starting meanwhile makes /tmp/pytest-of-root private to root again."""
+    folder = Path(tempfile.mkdtemp(prefix="radsentry-embedded-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -67,11 +67,11 @@ def _counts(data_dir: Path) -> tuple[int, int]:
 
 
 def test_with_no_database_configured_the_services_get_the_embedded_server(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
 ) -> None:
     for name in [name for name in os.environ if name.startswith("RADSENTRY_")]:
         monkeypatch.delenv(name)
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=data_dir)
     try:
         url = database_url(settings)
         assert migration_database_url(settings) == url
@@ -80,13 +80,13 @@ def test_with_no_database_configured_the_services_get_the_embedded_server(
             assert engine.dialect.name == "postgresql"
             assert connection.exec_driver_sql("SELECT current_database()").scalar() == "radsentry"
         engine.dispose()
-        assert (tmp_path / CLUSTER_DIR / "PG_VERSION").exists()
+        assert (data_dir / CLUSTER_DIR / "PG_VERSION").exists()
     finally:
-        close_embedded_database(tmp_path)
-    assert server_stopped(tmp_path)
+        close_embedded_database(data_dir)
+    assert server_stopped(data_dir)
 
 
-def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
+def test_demo_runs_headless_and_stores_the_stream(data_dir: Path) -> None:
     result = subprocess.run(
         [
             RADSENTRY,
@@ -105,18 +105,18 @@ def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
             str(free_port()),
             "--exit-when-done",
         ],
-        env=_embedded_env(tmp_path),
+        env=_embedded_env(data_dir),
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stream done" in result.stderr
-    inference, labels = _counts(tmp_path)
+    inference, labels = _counts(data_dir)
     assert inference == 30
     assert 0 < labels <= 30
-    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
-    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"
+    assert not (data_dir / "broker.json").exists(), "the bundled broker must be stopped"
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
 
 
 def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.CompletedProcess[str]:
@@ -174,7 +174,7 @@ LOOP = (
 )
 
 
-def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path) -> None:
     """`make run`'s loop on a fresh data dir, headless: v1 trained and made champion, the
     stream, both kinds of alert at the changed site, the request, a challenger in the local
     MLflow store with its threshold set by the plan's policy, the PCCP gate on the locked test
@@ -186,7 +186,7 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     port = free_port()
     result = subprocess.run(
         [RADSENTRY, "demo", "--until", "decision", "--rate", "0", "--port", str(port)],
-        env=_embedded_env(tmp_path),
+        env=_embedded_env(data_dir),
         capture_output=True,
         text=True,
         timeout=900,
@@ -194,8 +194,8 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-4000:]
     for stage in LOOP:
         assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
-    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"
-    with embedded_engine(tmp_path) as engine:
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
+    with embedded_engine(data_dir) as engine:
         assert verify(engine).ok
         logged = {entry.action for entry in entries(engine)}
         [candidate] = candidates_store.list_candidates(engine).items
@@ -226,13 +226,13 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     assert ("site", "site-02", "specificity") in flagged
     assert "Not promotable" in result.stderr and "At site-02, specificity is" in result.stderr
     assert "radsentry token --subject alice --role mlops" in result.stderr  # the choices left
-    assert (tmp_path / "locked-test" / "cxr-lesion-pccp.jsonl").exists()
-    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+    assert (data_dir / "locked-test" / "cxr-lesion-pccp.jsonl").exists()
+    assert not (data_dir / "broker.json").exists(), "the bundled broker must be stopped"
 
 
-def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
+def test_serve_then_simulate_in_another_process(data_dir: Path) -> None:
     port = free_port()
-    env = _embedded_env(tmp_path)
+    env = _embedded_env(data_dir)
     serve = subprocess.Popen(
         [RADSENTRY, "serve", "--port", str(port)],
         env=env,
@@ -281,5 +281,5 @@ def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
         serve.send_signal(signal.SIGINT)
         serve.wait(60)
     assert serve.returncode == 0
-    assert not (tmp_path / "broker.json").exists()
-    assert server_stopped(tmp_path), "the embedded PostgreSQL server must be stopped"
+    assert not (data_dir / "broker.json").exists()
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
