@@ -134,31 +134,31 @@ def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.Compl
     )
 
 
-def test_a_second_demo_resumes_and_fresh_starts_over(tmp_path: Path) -> None:
+def test_a_second_demo_resumes_and_fresh_starts_over(data_dir: Path) -> None:
     """Issue 22: a second `make run` on the same clone failed. Now it resumes what the first
     stored (the stream is not published again), --fresh deletes it and starts over, and a run
     asking for another stream says what to do. The periodic jobs' INFO lines (the refresh
     every 15 s) stay out of the demo's console."""
-    first = _stream_demo(tmp_path)
+    first = _stream_demo(data_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "✓ stream (" in first.stderr and "since the demo started" in first.stderr
     assert "performance refreshed" not in first.stderr
 
-    second = _stream_demo(tmp_path)
+    second = _stream_demo(data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming the demo run of" in second.stderr
     assert "✓ stream (previous run): stream done: 54 events published" in second.stderr
-    assert _counts(tmp_path) == (30, 24)
+    assert _counts(data_dir) == (30, 24)
 
-    other = _stream_demo(tmp_path, seed=4)
+    other = _stream_demo(data_dir, seed=4)
     assert other.returncode == 2
     assert "seed 3 then, 4 now" in other.stderr and "ARGS=--fresh" in other.stderr
 
-    fresh = _stream_demo(tmp_path, "--fresh", seed=4)
+    fresh = _stream_demo(data_dir, "--fresh", seed=4)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "starting over" in fresh.stderr and "resuming" not in fresh.stderr
     assert "since the demo started): stream done" in fresh.stderr
-    inference, _labels = _counts(tmp_path)
+    inference, _labels = _counts(data_dir)
     assert inference == 30  # seed 4's stream alone: seed 3's was deleted
 
 

@@ -10,8 +10,8 @@ with other options, or a data dir holding data no demo recorded, is refused with
 ``--fresh`` starts over on whichever PostgreSQL serves the demo (the embedded server, its
 cluster in ``data_dir/pg``, which stays, or a configured one): the schema is taken down to
 Alembic's base and up again (the migrations' own downgrades), and the demo's files under
-``data_dir`` are deleted. Secrets (token, pseudonymisation and signing keys) and the initial model's rendered
-cohort (a deterministic cache) are kept.
+``data_dir`` are deleted. Secrets (token, pseudonymisation and signing keys) and the initial
+model's rendered cohort (a deterministic cache) are kept.
 """
 
 from __future__ import annotations
