@@ -154,7 +154,7 @@ def existing_database_url(settings: Settings) -> str:
     cluster = settings.data_dir / CLUSTER_DIR
     if not settings.database.url and not (cluster / "PG_VERSION").exists():
         missing = NoDatabase(
-            f"no database in {cluster.resolve()}, so nothing to read; this command creates "
+            f"no database at {cluster.resolve()}, so nothing to read; this command creates "
             f"none (`radsentry serve` or `make run` does), check {PREFIX}DATABASE__URL or "
             f"{PREFIX}DATA_DIR"
         )
