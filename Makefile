@@ -17,7 +17,7 @@ ALIBI_REQS  := 'alibi-detect[torch]>=0.13,<0.14' 'torch==2.13.0' 'scipy>=1.11' '
 NANNYML_VENV  := .venv-nannyml
 NANNYML_STAMP := $(NANNYML_VENV)/.installed
 
-.PHONY: help run test test-alibi lint typecheck schemas dashboards clean bench-seq-performance
+.PHONY: help run test test-tools test-alibi lint typecheck schemas dashboards clean bench-seq-performance
 
 ## help: list these targets and what each does (the `## target: text` comments here)
 help:
@@ -47,15 +47,17 @@ $(NANNYML_STAMP):
 bench-seq-performance: $(STAMP) $(NANNYML_STAMP)
 	PYTHONPATH=. $(BIN)/python -m benchmarks.seq_performance --explore
 
-## run: the main job on embedded defaults (SQLite, bundled broker, simulated sites); run again,
-## it resumes; `make run ARGS=--fresh` starts over (ARGS: any `radsentry demo` options);
-## Ctrl-C stops it with status 0
+## run: the main job on embedded defaults (its own PostgreSQL server with the cluster in
+## .radsentry/pg, bundled broker, simulated sites; RADSENTRY_DATABASE__URL names a server
+## instead); run again, it resumes; `make run ARGS=--fresh` starts over (ARGS: any `radsentry
+## demo` options); Ctrl-C stops it with status 0
 run: $(STAMP)
 	$(BIN)/radsentry demo $(ARGS)
 
-## test: lint, type check, then the whole suite (PostgreSQL must be reachable; the tests start
-## the bundled broker themselves), then the alibi-detect cross-checks in their own venv
-test: lint typecheck
+## test: lint, type check, then the whole suite, then the alibi-detect cross-checks in their own
+## venv. Nothing to start by hand: the tests start an embedded PostgreSQL server (or use the one
+## RADSENTRY_TEST_PG_URL names) and the bundled broker themselves.
+test: test-tools lint typecheck
 	$(BIN)/python -m pytest
 	$(MAKE) test-alibi
 
@@ -63,6 +65,29 @@ test: lint typecheck
 ## --confcutdir keeps tests/conftest.py, which needs the service's dependencies, out of it
 test-alibi: $(ALIBI_STAMP)
 	$(ALIBI_BIN)/python -m pytest tests/alibi --confcutdir=tests/alibi
+
+# Debian packages the tests run: promtool checks and unit-tests the alert rules, prometheus serves
+# the dashboards' queries, Chromium renders pages headless. As root they are installed here (as
+# .ci/run did); otherwise the command to run is printed and make stops.
+TEST_TOOLS := promtool:prometheus prometheus:prometheus chromium:chromium
+
+## test-tools: install (as root) or ask for the Debian packages the tests need
+test-tools:
+	@missing=""; \
+	for pair in $(TEST_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || case " $$missing " in \
+	    *" $${pair##*:} "*) ;; *) missing="$$missing $${pair##*:}";; esac; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (Debian packages the tests need)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "make test needs the Debian packages$$missing; install them with:" >&2; \
+	    echo "    sudo apt-get install -y$$missing" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 ## lint: ruff check and ruff format --check
 lint: $(STAMP)

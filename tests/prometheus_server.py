@@ -1,4 +1,4 @@
-"""A real Prometheus server for the integration tests (the Debian package; `.ci/run` installs it).
+"""A real Prometheus server for the integration tests (the Debian package; `make test` installs it).
 
 It scrapes the given targets every second into a throw-away TSDB and answers PromQL over its
 HTTP API, so dashboard queries run exactly as Grafana would send them.
@@ -31,7 +31,7 @@ def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
         raise PrometheusMissing(
-            "the prometheus binary is not installed: `.ci/run` installs the Debian package "
+            "the prometheus binary is not installed: `make test` installs the Debian package "
             "(apt-get install prometheus)"
         )
     return found

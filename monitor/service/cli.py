@@ -25,7 +25,7 @@ from monitor.service.grafana import cli as grafana_cli
 from monitor.service.ingest import cli as ingest_cli
 from monitor.service.pccp import cli as pccp_cli
 from monitor.service.retrain import cli as retrain_cli
-from monitor.service.runtime import console, load_settings, run_options
+from monitor.service.runtime import console, database_url, load_settings, run_options
 from monitor.service.settings import Settings
 from monitor.service.tokens import LocalModeOnly, Role, issue_local_token
 
@@ -33,8 +33,8 @@ app = typer.Typer(
     name="radsentry",
     help="RadSentry: watch deployed medical-imaging AI models site by site.\n\n"
     "Settings come from RADSENTRY_* environment variables (see README). With none set, "
-    "everything runs on embedded defaults: a SQLite file and a bundled Kafka-protocol broker "
-    "under ./.radsentry.",
+    "everything runs on embedded defaults: a PostgreSQL server and a Kafka-protocol broker "
+    "of RadSentry's own, their data under ./.radsentry.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -72,18 +72,16 @@ def migrate() -> None:
     runtime_role, consumer_role = settings.database.runtime_role, settings.database.consumer_role
     owner_setting = "MIGRATION_URL" if settings.database.migration_url else "URL"
     with open_database(
-        settings.migration_database_url,
+        settings.database.migration_url or database_url(settings),
         migrate=False,
         setting=f"RADSENTRY_DATABASE__{owner_setting}",
     ) as engine:
-        postgres = engine.dialect.name == "postgresql"
-        granting = postgres and bool(runtime_role or consumer_role)
+        granting = bool(runtime_role or consumer_role)
         try:
             # Ownership first, so that the upgrade runs as the owner of everything.
             taken = take_ownership(engine, runtime_role, consumer_role) if granting else []
             upgrade(engine)
-            if postgres:
-                create_job_store(engine)
+            create_job_store(engine)
             report = grant_roles(engine, runtime_role, consumer_role) if granting else None
         except RoleSetupError as exc:
             console.print(f"[red]error:[/red] {exc}")
@@ -94,8 +92,6 @@ def migrate() -> None:
             console.print(f"ownership taken over by {report.owner}: {moved}")
         for grants in report.granted:
             console.print(grants.summary(), soft_wrap=True)
-    elif not postgres:
-        console.print(f"{engine.dialect.name}: no database roles, nothing to grant")
     else:
         console.print(
             f"no RADSENTRY_DATABASE__RUNTIME_ROLE: every component connects as "
@@ -133,7 +129,7 @@ def serve(
     settings = load_settings()
     with (
         GracefulStop("serve") as stopping,
-        open_database(settings.database_url, migrate=migrate_db) as engine,
+        open_database(database_url(settings), migrate=migrate_db) as engine,
     ):
         record_config(engine, settings, actor="radsentry-serve")
         bootstrap, broker = start_broker_if_needed(settings)
@@ -268,7 +264,7 @@ def scheduler(
 
     settings = load_settings()
     with GracefulStop("scheduler") as stopping:
-        with open_database(settings.database_url) as engine:
+        with open_database(database_url(settings)) as engine:
             record_config(engine, settings, actor="radsentry-scheduler")
             # The audit gauges hold from the start, not from the first audit-verify run.
             verify_change_log(engine, settings)
@@ -293,7 +289,7 @@ def _run_scheduler(settings: Settings, stop: threading.Event, metrics_port: int)
     probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
     console.print(f"scheduler: {', '.join(job.id for job in jobs)}", soft_wrap=True)
     try:
-        run_scheduler(settings.database_url, stop, jobs, health=health)
+        run_scheduler(database_url(settings), stop, jobs, health=health)
     finally:
         if probes is not None:
             probes.shutdown()

@@ -1,4 +1,4 @@
-"""Engines, migrations and the helpers every store shares (pages, dialect-aware inserts).
+"""Engines, migrations and the helpers every store shares (pages, upserts).
 Nothing connects at import time."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Engine, Table, create_engine, event, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Engine, Table, create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -34,7 +33,7 @@ A ``connect_timeout`` in the URL's query wins."""
 
 
 def as_utc(value: datetime) -> datetime:
-    """A stored timestamp as an aware UTC datetime (SQLite returns naive ones; all are UTC)."""
+    """A timestamp as an aware UTC datetime (a naive one is taken as UTC: every stored time is)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -42,23 +41,22 @@ def _json_dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+class UnsupportedDatabase(ServiceError, ValueError):
+    """The URL names a database other than PostgreSQL."""
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create the engine for ``url``; SQLite files get WAL and a parent directory."""
+    """Create the engine for ``url``, a PostgreSQL URL (UnsupportedDatabase otherwise: the
+    change log's triggers, the advisory locks and the Grafana views are PostgreSQL's; with no
+    URL configured RadSentry runs an embedded PostgreSQL server, ``embedded_pg``)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            echo=echo,
-            json_serializer=_json_dumps,
-            json_deserializer=orjson.loads,
-            connect_args={"timeout": 30, "check_same_thread": False},
+    if parsed.get_backend_name() != "postgresql":
+        raise UnsupportedDatabase(
+            f"RadSentry needs PostgreSQL, not {parsed.get_backend_name()}; unset "
+            "RADSENTRY_DATABASE__URL to use the embedded PostgreSQL server"
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
     connect_args = {}
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+    if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
     return create_engine(
         url,
@@ -68,14 +66,6 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         pool_pre_ping=True,
         connect_args=connect_args,
     )
-
-
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -186,12 +176,3 @@ def page_of(
         total = connection.scalar(select(func.count()).select_from(query.subquery())) or 0
         rows = connection.execute(query.order_by(*order_by).limit(limit).offset(offset))
         return Page([model(**row._mapping) for row in rows], total)
-
-
-def insert_for(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"database dialect {dialect!r} is not supported")

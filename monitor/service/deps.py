@@ -35,7 +35,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 MAX_OFFSET = 2**63 - 1
-"""OFFSET is a signed 64-bit integer in PostgreSQL (and SQLite)."""
+"""OFFSET is a signed 64-bit integer in PostgreSQL."""
 
 PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 """How many rows of a listing to skip."""

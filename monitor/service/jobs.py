@@ -24,6 +24,7 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from sqlalchemy import Engine
 
+from monitor.service import embedded_pg
 from monitor.service.db import engine_scope
 from monitor.service.settings import PerformanceSettings, RetrainSettings, Settings
 
@@ -32,7 +33,7 @@ def with_own_engine(action: Callable[[Engine, Settings], object], database_url: 
     """Run ``action`` on this process's settings and an engine of its own: the job store keeps
     only references and plain arguments, so each run builds what it needs."""
     settings = Settings()
-    with engine_scope(database_url or settings.database_url, migrate=False) as engine:
+    with engine_scope(database_url or embedded_pg.database_url(settings), migrate=False) as engine:
         action(engine, settings)
 
 

@@ -39,7 +39,7 @@ from monitor.service.models import AlertRow, CandidateRow
 log = structlog.get_logger(__name__)
 
 STATEMENT_TIMEOUT_MS = 5_000
-"""A scrape never waits long on a slow database (PostgreSQL; SQLite has no such setting)."""
+"""A scrape never waits long on a slow database."""
 
 
 class DatabaseCollector(Collector):
@@ -147,9 +147,8 @@ def _query(engine: Engine) -> list[_Group]:
     ).group_by(CandidateRow.model_name, CandidateRow.status)
     statement: Executable = union_all(alerts, candidates)
     with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SET TRANSACTION READ ONLY"))
-            connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+        connection.execute(text("SET TRANSACTION READ ONLY"))
+        connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
         rows = [cast(_Group, tuple(row)) for row in connection.execute(statement)]
         connection.rollback()  # read only: nothing to keep
     return rows

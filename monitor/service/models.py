@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -28,7 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import false, text
 
-JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+JsonDocument = JSONB()
 Timestamp = DateTime(timezone=True)
 
 
@@ -108,7 +107,7 @@ class DeadLetter(Base):
         Index("ix_dead_letters_code", "topic", "code"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
     topic: Mapped[str] = mapped_column(String(249))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
@@ -150,7 +149,7 @@ class DriftCheckRow(Base):
         Index("ix_drift_checks_stream", "site_id", "model_name", "detector", "window_end"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
     site_id: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
@@ -226,7 +225,7 @@ class ReferenceChangeRow(Base):
     __tablename__ = "reference_changes"
     __table_args__ = (Index("ix_reference_changes_stream", "site_id", "model_name"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
     site_id: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
@@ -249,7 +248,6 @@ class CurrentLabelRow(Base):
             "ix_labels_current_pending",
             "labelled_at",
             postgresql_where=text("NOT matched AND expired_at IS NULL"),
-            sqlite_where=text("NOT matched AND expired_at IS NULL"),
         ),
         Index("ix_labels_current_joined", "site_id", "model_name", "finding", "labelled_at"),
     )
@@ -280,7 +278,7 @@ class LabelChangeRow(Base):
     __tablename__ = "label_changes"
     __table_args__ = (Index("ix_label_changes_study", "site_id", "model_name", "study_key"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
     site_id: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(64))
     study_key: Mapped[str] = mapped_column(String(64))
@@ -302,7 +300,7 @@ class PerformanceSnapshotRow(Base):
         Index("ix_performance_snapshots_stream", "site_id", "model_name", "finding", "computed_at"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True)
     site_id: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
@@ -366,7 +364,7 @@ class PredictionCountRow(Base):
     model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     bucket: Mapped[str] = mapped_column(String(10), primary_key=True)
-    n: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    n: Mapped[int] = mapped_column(BigInteger())
 
 
 class PerformanceAlarmRow(Base):
@@ -432,9 +430,7 @@ class ChangeLogRow(Base):
     __tablename__ = "change_log"
     __table_args__ = (Index("ix_change_log_action", "action", "recorded_at"),)
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    )
+    seq: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
     recorded_at: Mapped[datetime] = mapped_column(Timestamp)
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
@@ -458,9 +454,7 @@ class ChangeLogUnsignedRow(Base):
 
     __tablename__ = "change_log_unsigned"
 
-    through_seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    )
+    through_seq: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
     recorded_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
@@ -469,9 +463,7 @@ class ChangeLogCheckpointRow(Base):
 
     __tablename__ = "change_log_checkpoints"
 
-    seq: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    )
+    seq: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
     head_hash: Mapped[str] = mapped_column(String(64))
     signed_at: Mapped[datetime] = mapped_column(Timestamp)
     key_id: Mapped[str] = mapped_column(String(64))
@@ -543,7 +535,7 @@ class SignatureRow(Base):
     meaning: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     signed_at: Mapped[datetime] = mapped_column(Timestamp)
-    change_log_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    change_log_seq: Mapped[int] = mapped_column(BigInteger())
     """The change-log entry that records this signature."""
 
 

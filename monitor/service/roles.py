@@ -152,9 +152,7 @@ def take_ownership(
     engine: Engine, runtime_role: str | None, consumer_role: str | None
 ) -> list[str]:
     """Check the roles and move to the connected role whatever of ours another role owns (run
-    before an upgrade, so that it runs as the owner). Returns what moved. PostgreSQL only."""
-    if engine.dialect.name != "postgresql":
-        raise RoleSetupError(f"database roles are PostgreSQL's; {engine.dialect.name} has none")
+    before an upgrade, so that it runs as the owner). Returns what moved."""
     with engine.begin() as connection:
         roles = _checked_roles(connection, runtime_role, consumer_role)
         return _take_ownership(connection, roles)
@@ -162,9 +160,7 @@ def take_ownership(
 
 def grant_roles(engine: Engine, runtime_role: str | None, consumer_role: str | None) -> RolesReport:
     """Set the runtime and the consumer role's privileges exactly (see the module docstring);
-    ``None`` leaves that role out. PostgreSQL only."""
-    if engine.dialect.name != "postgresql":
-        raise RoleSetupError(f"database roles are PostgreSQL's; {engine.dialect.name} has none")
+    ``None`` leaves that role out."""
     with engine.begin() as connection:
         roles = _checked_roles(connection, runtime_role, consumer_role)
         taken_over = _take_ownership(connection, roles)

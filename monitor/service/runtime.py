@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.engine import URL
 
+    from monitor.service.embedded_pg import EmbeddedPostgres
+
 # The database layer (SQLAlchemy, the ORM models) is imported by the functions that open a
 # database, so that commands which open none start quickly (docs/benchmarks.md, "CLI start").
 
@@ -131,11 +133,51 @@ def load_settings() -> Settings:
     return settings
 
 
+def database_url(settings: Settings) -> str:
+    """The database a command connects to (:func:`monitor.service.embedded_pg.database_url`:
+    the configured one, else the embedded server's); an embedded server that does not start
+    ends the command with its reason and its log's tail (:data:`EXIT_UNREACHABLE`)."""
+    from monitor.service import embedded_pg  # SQLAlchemy: only commands that connect
+
+    try:
+        return embedded_pg.database_url(settings)
+    except embedded_pg.EmbeddedDatabaseError as exc:
+        fail(exc, str(exc).splitlines(), EXIT_UNREACHABLE)
+
+
+def existing_database_url(settings: Settings) -> str:
+    """:func:`database_url` for a read-only command, which creates nothing: with no database
+    configured and no embedded cluster in the data dir yet, the command ends
+    (:class:`NoDatabase`, :data:`EXIT_SETTINGS`) instead of creating one."""
+    from monitor.service.embedded_pg import CLUSTER_DIR
+
+    cluster = settings.data_dir / CLUSTER_DIR
+    if not settings.database.url and not (cluster / "PG_VERSION").exists():
+        missing = NoDatabase(
+            f"no database at {cluster.resolve()}, so nothing to read; this command creates "
+            f"none (`radsentry serve` or `make run` does), check {PREFIX}DATABASE__URL or "
+            f"{PREFIX}DATA_DIR"
+        )
+        fail(missing, [str(missing)], EXIT_SETTINGS)
+    return database_url(settings)
+
+
+def embedded_database(settings: Settings) -> EmbeddedPostgres | None:
+    """The embedded server, started or joined, when no database is configured (the demo holds
+    it for its whole run); None when one is. Fails as :func:`database_url` does."""
+    from monitor.service import embedded_pg
+
+    if settings.database.url:
+        return None
+    try:
+        return embedded_pg.open_embedded_database(settings.data_dir)
+    except embedded_pg.EmbeddedDatabaseError as exc:
+        fail(exc, str(exc).splitlines(), EXIT_UNREACHABLE)
+
+
 def database_location(url: URL) -> str:
     """Where ``url`` points, for messages: host, port, database and user, never a password."""
-    if url.get_backend_name() == "sqlite":
-        return f"sqlite file {url.database}"
-    host = url.host or "the local socket"
+    host = url.host or url.query.get("host") or "the local socket"
     port = f":{url.port}" if url.port else ""
     user = f" as {url.username}" if url.username else ""
     return f"{url.get_backend_name()} at {host}{port}/{url.database or ''}{user}"
@@ -300,25 +342,15 @@ def edge_key(settings: Settings) -> bytes:
 def open_existing_database(
     url: str, *, setting: str = "RADSENTRY_DATABASE__URL"
 ) -> Iterator[Engine]:
-    """:func:`open_database` for a read-only command, which creates nothing: no SQLite file, no
-    schema, no upgrade. A SQLite file that does not exist ends the command (:class:`NoDatabase`,
-    :data:`EXIT_SETTINGS`); so does a query that fails on a schema that is not this release's
-    (Alembic, which tells, is imported only then: it is a tenth of the command's start)."""
-    from sqlalchemy.engine import make_url
+    """:func:`open_database` for a read-only command, which creates nothing: no schema, no
+    upgrade (``url`` from :func:`existing_database_url`, which creates no embedded cluster). A
+    query that fails on a schema that is not this release's ends the command
+    (:data:`EXIT_SETTINGS`; Alembic, which tells, is imported only then: it is a tenth of the
+    command's start)."""
     from sqlalchemy.exc import DBAPIError
 
     from monitor.service.db import SchemaNotCurrent, schema_revisions
 
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        path = Path(parsed.database or "")
-        if not path.exists():
-            missing = NoDatabase(
-                f"no database at {path.resolve()}, so nothing to read; this command creates "
-                f"none (`radsentry serve` or `make run` does), check {setting} or "
-                f"{PREFIX}DATA_DIR"
-            )
-            fail(missing, [str(missing)], EXIT_SETTINGS)
     with open_database(url, migrate=False, setting=setting) as engine:
         try:
             yield engine

@@ -21,7 +21,6 @@
   checks its lock's session every ``poll_s`` and, if it is gone, stops its jobs and stands by
   again (so two leaders can overlap by at most ``poll_s``; the jobs are idempotent). The same
   tick wakes the scheduler: jobs other processes add to the store start within ``poll_s``.
-* SQLite (the embedded defaults) means one process by design: the lock is a logged no-op.
 
 Knobs (the CLI passes them from settings): ``lock_key`` (default :data:`LOCK_KEY`), ``poll_s``
 (standby poll and leader health check, default 5 s), and in :func:`default_jobs` the refresh
@@ -180,15 +179,13 @@ nightly_drift_reports = jobs.nightly_drift_reports_job
 
 @dataclass
 class Leadership:
-    """Held leadership: the connection whose session holds the lock (None on SQLite)."""
+    """Held leadership: the connection whose session holds the lock."""
 
-    connection: Connection | None
+    connection: Connection
     key: int
 
     def alive(self) -> bool:
         """Whether the lock is still held: its session answers (a lost session lost the lock)."""
-        if self.connection is None:
-            return True
         try:
             self.connection.execute(text("SELECT 1"))
         except SQLAlchemyError:
@@ -210,14 +207,8 @@ def leader_lock(
 
     Yields None when ``stop`` is set before the lock was acquired. On PostgreSQL the lock is
     a session-level advisory lock on a dedicated connection, released on exit (or by the
-    server when the process dies). On SQLite it is a logged no-op.
+    server when the process dies).
     """
-    if engine.dialect.name == "sqlite":
-        log.info("SQLite database: a single process by design, no scheduler lock")
-        yield Leadership(None, key)
-        return
-    if engine.dialect.name != "postgresql":
-        raise ValueError(f"no scheduler lock for {engine.dialect.name}; use PostgreSQL")
     connection = _acquire(engine, key, stop or threading.Event(), poll_s, health or Health(inf))
     if connection is None:
         yield None

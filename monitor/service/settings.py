@@ -1,7 +1,8 @@
 """One settings object for the runtime, read from ``RADSENTRY_*`` environment variables.
 
-Defaults are embedded (a SQLite file under ``data_dir``, the bundled Kafka-protocol broker) so a
-fresh clone runs with nothing installed; production sets ``RADSENTRY_DATABASE__URL`` to PostgreSQL
+Defaults are embedded (a PostgreSQL server of RadSentry's own with its cluster under ``data_dir``,
+started by ``monitor.service.embedded_pg``; the bundled Kafka-protocol broker) so a fresh clone
+runs with nothing installed; production sets ``RADSENTRY_DATABASE__URL`` to PostgreSQL
 and ``RADSENTRY_KAFKA__BOOTSTRAP_SERVERS`` to the site's Kafka cluster. Nothing here opens a
 connection: engines, producers and consumers are built by factories from these values.
 """
@@ -54,13 +55,14 @@ class DatabaseSettings(BaseModel):
     url: str | None = Field(
         None,
         description="SQLAlchemy URL the services connect with, e.g. "
-        "postgresql+psycopg://radsentry_app@db/radsentry. Unset: a SQLite file in data_dir.",
+        "postgresql+psycopg://radsentry_app@db/radsentry. Unset: the embedded PostgreSQL "
+        "server, its cluster in data_dir/pg (started when a command needs it).",
     )
     migration_url: str | None = Field(
         None,
         description="SQLAlchemy URL of the role that owns the schema, used by `radsentry "
         "migrate` only. Unset: the same as url (one role for everything, and the embedded "
-        "SQLite default).",
+        "default).",
     )
     runtime_role: str | None = Field(
         None,
@@ -394,17 +396,6 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     pccp: PccpSettings = PccpSettings()
-
-    @property
-    def database_url(self) -> str:
-        if self.database.url:
-            return self.database.url
-        return f"sqlite:///{(self.data_dir / 'radsentry.db').resolve()}"
-
-    @property
-    def migration_database_url(self) -> str:
-        """The schema owner's URL (``radsentry migrate``), else the services' own."""
-        return self.database.migration_url or self.database_url
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -3,8 +3,8 @@ no external asset, and shows what a signer must see: the outcome, every flagged 
 with its sentence, the threshold's provenance, and the decision record read from the change
 log with how to verify it.
 
-Chromium is installed by `.ci/run`; elsewhere the test is skipped when it is missing, except in
-CI (``CI`` set), where a missing browser fails it."""
+Chromium is installed by `make test` (its test-tools target); elsewhere the test is skipped
+when it is missing, except in CI (``CI`` set), where a missing browser fails it."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"
 def chromium() -> str:
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: .ci/run installs it (apt-get install chromium)")
+            pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium)")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     return CHROMIUM
 

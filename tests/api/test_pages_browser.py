@@ -100,7 +100,7 @@ def page_text(chromium: str, url: str) -> str:
 def browser() -> str:
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: .ci/run installs it (apt-get install chromium)")
+            pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium)")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     return CHROMIUM
 

@@ -220,7 +220,7 @@ def test_unknown_sites_and_other_sites_are_refused(client: TestClient) -> None:
 def chromium() -> str:
     if CHROMIUM is None:
         if os.environ.get("CI"):
-            pytest.fail("Chromium is missing: .ci/run installs it (apt-get install chromium)")
+            pytest.fail("Chromium is missing: `make test` installs it (apt-get install chromium)")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     return CHROMIUM
 

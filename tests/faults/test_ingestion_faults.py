@@ -37,7 +37,7 @@ from monitor.service.db import make_engine, upgrade
 from monitor.service.kafka import make_producer
 from monitor.service.settings import KafkaSettings
 from monitor.simulate.features import FeatureStreamConfig, feature_stream
-from tests.conftest import PG_ADMIN_URL, kafka_topics
+from tests.conftest import kafka_topics
 from tests.factories import label_event
 from tests.faults.harness import (
     DurableBroker,
@@ -50,7 +50,7 @@ from tests.faults.harness import (
     unpublished_alerts,
 )
 from tests.integration.helpers import committed_lag, count_rows, read_all, wait_for
-from tests.servers import fresh_database
+from tests.servers import fresh_database, pg_admin_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -332,7 +332,7 @@ def running(broker: DurableBroker, admin_url: str, workdir: Path) -> Iterator[Ru
 
 @pytest.fixture
 def run(durable_broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
-    with running(durable_broker, PG_ADMIN_URL, tmp_path) as this:
+    with running(durable_broker, pg_admin_url(), tmp_path) as this:
         yield this
 
 
@@ -340,7 +340,7 @@ def run(durable_broker: DurableBroker, tmp_path: Path) -> Iterator[Run]:
 def undisturbed(durable_broker: DurableBroker, tmp_path_factory: pytest.TempPathFactory) -> Tally:
     """The workload's tally with nothing going wrong."""
     workdir = tmp_path_factory.mktemp("undisturbed")
-    with running(durable_broker, PG_ADMIN_URL, workdir) as baseline:
+    with running(durable_broker, pg_admin_url(), workdir) as baseline:
         baseline.consumer.start()
         result = baseline.finish(baseline.publish())
     # The workload does what it is for: drift alerts at the changed site only, dead letters.

@@ -45,12 +45,11 @@ from monitor.service.settings import DatabaseSettings, PccpSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.initial import InitialConfig
-from tests.conftest import PG_ADMIN_URL
 from tests.faults.harness import Process, Tally, probe, radsentry_env, tally
 from tests.integration.helpers import wait_for
 from tests.integration.test_retrain_e2e import DRIFT, write_test_plan
 from tests.mlflow_server import MLFLOW_DATABASE, MlflowServer
-from tests.servers import fresh_database
+from tests.servers import fresh_database, pg_admin_url
 
 pytestmark = [
     pytest.mark.integration,
@@ -118,8 +117,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     plans.mkdir()
     write_test_plan(plans, workdir / "scratch", INITIAL)
     with (
-        fresh_database(PG_ADMIN_URL, MLFLOW_DATABASE) as store,
-        fresh_database(PG_ADMIN_URL, "radsentry_faults") as template,
+        fresh_database(pg_admin_url(), MLFLOW_DATABASE) as store,
+        fresh_database(pg_admin_url(), "radsentry_faults") as template,
     ):
         mlflow = MlflowServer(store, workdir)
         mlflow.start()
@@ -231,7 +230,7 @@ class Run:
 @contextmanager
 def copied_run(deployment: Deployment, workdir: Path) -> Iterator[Run]:
     template = make_url(deployment.template).database
-    with fresh_database(PG_ADMIN_URL, "radsentry_faults", template=template) as url:
+    with fresh_database(pg_admin_url(), "radsentry_faults", template=template) as url:
         run = Run(deployment, url, workdir)
         try:
             yield run

@@ -1,4 +1,4 @@
-"""The hash-chained change log against a real PostgreSQL database (and SQLite)."""
+"""The hash-chained change log against a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from monitor.service.audit.signing import (
     verify_checkpoints,
 )
 from monitor.service.audit.store import GENESIS, Entry, entries, entry_hash, export, record, verify
-from monitor.service.db import make_engine, upgrade
 from monitor.service.models import ChangeLogRow
 
 pytestmark = pytest.mark.integration
@@ -136,21 +135,6 @@ def test_exports_hold_every_entry_with_its_hashes(logged: Engine) -> None:
     rows = list(csv.DictReader(io.StringIO(export(logged, "csv"))))
     assert [row["entry_hash"] for row in rows] == [line["entry_hash"] for line in lines]
     assert json.loads(rows[0]["details"]) == lines[0]["details"]
-
-
-def test_the_embedded_sqlite_log_chains_and_verifies(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
-    upgrade(engine)
-    try:
-        for number in range(1, 6):
-            record(engine, entry(number))
-        assert verify(engine).entries == 5
-        with engine.begin() as connection:
-            connection.execute(text("UPDATE change_log SET reason = 'edited' WHERE seq = 2"))
-        result = verify(engine)
-        assert (result.ok, result.first_bad_seq) == (False, 2)
-    finally:
-        engine.dispose()
 
 
 def test_checkpoints_sign_the_head_and_catch_a_rewritten_log(

@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select as sql_select
 
 from monitor.service.broker import free_port
+from monitor.service.models import ChangeLogRow
+from tests.integration.test_embedded_defaults import embedded_engine
 
 pytestmark = pytest.mark.integration
 
@@ -42,32 +45,44 @@ def _radsentry(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+CLUSTER = Path(".radsentry") / "pg"
+"""The embedded PostgreSQL cluster: a server that starts rewrites its own files there (its log,
+statistics, pid file), so it is compared by what the database holds instead."""
+
+
 def _files(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` and its content (SQLite's -wal and -shm files included)."""
+    """Every file under ``root`` and its content, the embedded cluster's aside."""
     return {
-        str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not path.relative_to(root).is_relative_to(CLUSTER)
     }
 
 
-def test_audit_verify_in_a_fresh_directory_creates_nothing(tmp_path: Path) -> None:
-    verified = _radsentry("audit", "verify", cwd=tmp_path)
+def _change_log(root: Path) -> list[tuple[object, ...]]:
+    with embedded_engine(root / ".radsentry") as engine, engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sql_select(ChangeLogRow.__table__))]
+
+
+def test_audit_verify_in_a_fresh_directory_creates_nothing(data_dir: Path) -> None:
+    verified = _radsentry("audit", "verify", cwd=data_dir)
     assert verified.returncode == 2, verified.stderr
     assert "no database at" in verified.stderr and "creates none" in verified.stderr
-    assert list(tmp_path.iterdir()) == []  # no database, no key, no cache in HOME
+    assert list(data_dir.iterdir()) == []  # no database cluster, no key, no cache in HOME
 
 
-def test_audit_verify_of_an_existing_log_changes_nothing(tmp_path: Path) -> None:
-    assert _radsentry("migrate", cwd=tmp_path).returncode == 0
-    token = _radsentry("token", "--subject", "alice", "--role", "mlops", cwd=tmp_path)
+def test_audit_verify_of_an_existing_log_changes_nothing(data_dir: Path) -> None:
+    assert _radsentry("migrate", cwd=data_dir).returncode == 0
+    token = _radsentry("token", "--subject", "alice", "--role", "mlops", cwd=data_dir)
     assert token.returncode == 0 and token.stdout.strip()
-    before = _files(tmp_path)
-    verified = _radsentry("audit", "verify", "--allow-unanchored", cwd=tmp_path)
+    before, logged = _files(data_dir), _change_log(data_dir)
+    verified = _radsentry("audit", "verify", "--allow-unanchored", cwd=data_dir)
     assert verified.returncode == 0, verified.stderr
     assert "change log intact" in verified.stderr
-    after = _files(tmp_path)
-    assert after.keys() == before.keys()  # no signing key (nor anything else) created
+    after = _files(data_dir)
+    assert after == before  # no signing key (nor anything else) created or changed
     assert not [name for name in after if "audit" in name and name.endswith(".key")]
-    assert after[".radsentry/radsentry.db"] == before[".radsentry/radsentry.db"]
+    assert _change_log(data_dir) == logged
 
 
 def test_make_help_lists_every_target() -> None:

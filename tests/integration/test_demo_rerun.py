@@ -1,12 +1,11 @@
 """`make run` twice on one clone (issue 22): resume, start over with --fresh, and a stage that
 fails says why (the policy's own reasons) and what to do. The stage-level parts against real
-PostgreSQL and SQLite; the whole demo, twice, in real processes in test_embedded_defaults.py."""
+PostgreSQL; the whole demo, twice, in real processes in test_embedded_defaults.py."""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
 from monitor.drift.alerts import Alert, StreamKey
-from monitor.service.db import make_engine
 from monitor.service.demo import state as demo_state
 from monitor.service.demo.loop import DemoLoop, StageFailed
 from monitor.service.demo.stages import Stage
@@ -40,15 +38,10 @@ SIMULATION = SimulationConfig(
 )
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """The demo's database on either engine: --fresh must not care which."""
-    if request.param == "postgresql":
-        yield request.getfixturevalue("pg_engine")
-        return
-    sqlite = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
-    yield sqlite
-    sqlite.dispose()
+@pytest.fixture
+def engine(pg_engine: Engine) -> Engine:
+    """The demo's database (PostgreSQL: the embedded server's engine in the demo itself)."""
+    return pg_engine
 
 
 def _store_events(engine: Engine, count: int) -> None:

@@ -1,4 +1,5 @@
-"""The main job on embedded defaults: no configured servers, a SQLite file, the bundled broker."""
+"""The main job on embedded defaults: no configured servers; RadSentry's own PostgreSQL server
+(cluster in the data dir) and the bundled broker, both stopped when the command ends."""
 
 from __future__ import annotations
 
@@ -7,17 +8,27 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from monitor.service.audit.store import entries, verify
 from monitor.service.broker import free_port
 from monitor.service.db import make_engine
+from monitor.service.embedded_pg import (
+    CLUSTER_DIR,
+    close_embedded_database,
+    database_url,
+    migration_database_url,
+    open_embedded_database,
+)
 from monitor.service.models import InferenceEventRow, LabelEventRow
 from monitor.service.pccp import store as candidates_store
+from monitor.service.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +42,51 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def embedded_engine(data_dir: Path) -> Iterator[Engine]:
+    """An engine on ``data_dir``'s embedded database, its server started again for the block."""
+    engine = make_engine(open_embedded_database(data_dir).url())
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        close_embedded_database(data_dir)
+
+
+def server_stopped(data_dir: Path) -> bool:
+    """No embedded server runs in ``data_dir`` (PostgreSQL removes postmaster.pid on a clean
+    stop)."""
+    return not (data_dir / CLUSTER_DIR / "postmaster.pid").exists()
+
+
 def _counts(data_dir: Path) -> tuple[int, int]:
-    engine = make_engine(f"sqlite:///{data_dir / 'radsentry.db'}")
-    with engine.connect() as connection:
+    with embedded_engine(data_dir) as engine, engine.connect() as connection:
         inference = connection.scalar(select(func.count()).select_from(InferenceEventRow))
         labels = connection.scalar(select(func.count()).select_from(LabelEventRow))
-    engine.dispose()
     return inference or 0, labels or 0
 
 
-def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
+def test_with_no_database_configured_the_services_get_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    for name in [name for name in os.environ if name.startswith("RADSENTRY_")]:
+        monkeypatch.delenv(name)
+    settings = Settings(data_dir=data_dir)
+    try:
+        url = database_url(settings)
+        assert migration_database_url(settings) == url
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            assert engine.dialect.name == "postgresql"
+            assert connection.exec_driver_sql("SELECT current_database()").scalar() == "radsentry"
+        engine.dispose()
+        assert (data_dir / CLUSTER_DIR / "PG_VERSION").exists()
+    finally:
+        close_embedded_database(data_dir)
+    assert server_stopped(data_dir)
+
+
+def test_demo_runs_headless_and_stores_the_stream(data_dir: Path) -> None:
     result = subprocess.run(
         [
             RADSENTRY,
@@ -59,17 +105,18 @@ def test_demo_runs_headless_and_stores_the_stream(tmp_path: Path) -> None:
             str(free_port()),
             "--exit-when-done",
         ],
-        env=_embedded_env(tmp_path),
+        env=_embedded_env(data_dir),
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stream done" in result.stderr
-    inference, labels = _counts(tmp_path)
+    inference, labels = _counts(data_dir)
     assert inference == 30
     assert 0 < labels <= 30
-    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+    assert not (data_dir / "broker.json").exists(), "the bundled broker must be stopped"
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
 
 
 def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.CompletedProcess[str]:
@@ -87,31 +134,31 @@ def _stream_demo(data_dir: Path, *extra: str, seed: int = 3) -> subprocess.Compl
     )
 
 
-def test_a_second_demo_resumes_and_fresh_starts_over(tmp_path: Path) -> None:
+def test_a_second_demo_resumes_and_fresh_starts_over(data_dir: Path) -> None:
     """Issue 22: a second `make run` on the same clone failed. Now it resumes what the first
     stored (the stream is not published again), --fresh deletes it and starts over, and a run
     asking for another stream says what to do. The periodic jobs' INFO lines (the refresh
     every 15 s) stay out of the demo's console."""
-    first = _stream_demo(tmp_path)
+    first = _stream_demo(data_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "✓ stream (" in first.stderr and "since the demo started" in first.stderr
     assert "performance refreshed" not in first.stderr
 
-    second = _stream_demo(tmp_path)
+    second = _stream_demo(data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resuming the demo run of" in second.stderr
     assert "✓ stream (previous run): stream done: 54 events published" in second.stderr
-    assert _counts(tmp_path) == (30, 24)
+    assert _counts(data_dir) == (30, 24)
 
-    other = _stream_demo(tmp_path, seed=4)
+    other = _stream_demo(data_dir, seed=4)
     assert other.returncode == 2
     assert "seed 3 then, 4 now" in other.stderr and "ARGS=--fresh" in other.stderr
 
-    fresh = _stream_demo(tmp_path, "--fresh", seed=4)
+    fresh = _stream_demo(data_dir, "--fresh", seed=4)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "starting over" in fresh.stderr and "resuming" not in fresh.stderr
     assert "since the demo started): stream done" in fresh.stderr
-    inference, _labels = _counts(tmp_path)
+    inference, _labels = _counts(data_dir)
     assert inference == 30  # seed 4's stream alone: seed 3's was deleted
 
 
@@ -127,7 +174,7 @@ LOOP = (
 )
 
 
-def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path) -> None:
     """`make run`'s loop on a fresh data dir, headless: v1 trained and made champion, the
     stream, both kinds of alert at the changed site, the request, a challenger in the local
     MLflow store with its threshold set by the plan's policy, the PCCP gate on the locked test
@@ -139,7 +186,7 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     port = free_port()
     result = subprocess.run(
         [RADSENTRY, "demo", "--until", "decision", "--rate", "0", "--port", str(port)],
-        env=_embedded_env(tmp_path),
+        env=_embedded_env(data_dir),
         capture_output=True,
         text=True,
         timeout=900,
@@ -147,13 +194,11 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-4000:]
     for stage in LOOP:
         assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
-    engine = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
-    try:
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
+    with embedded_engine(data_dir) as engine:
         assert verify(engine).ok
         logged = {entry.action for entry in entries(engine)}
         [candidate] = candidates_store.list_candidates(engine).items
-    finally:
-        engine.dispose()
     assert {
         "champion.initial",
         "retrain.requested",
@@ -181,13 +226,13 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(tmp_path: Path) -> None
     assert ("site", "site-02", "specificity") in flagged
     assert "Not promotable" in result.stderr and "At site-02, specificity is" in result.stderr
     assert "radsentry token --subject alice --role mlops" in result.stderr  # the choices left
-    assert (tmp_path / "locked-test" / "cxr-lesion-pccp.jsonl").exists()
-    assert not (tmp_path / "broker.json").exists(), "the bundled broker must be stopped"
+    assert (data_dir / "locked-test" / "cxr-lesion-pccp.jsonl").exists()
+    assert not (data_dir / "broker.json").exists(), "the bundled broker must be stopped"
 
 
-def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
+def test_serve_then_simulate_in_another_process(data_dir: Path) -> None:
     port = free_port()
-    env = _embedded_env(tmp_path)
+    env = _embedded_env(data_dir)
     serve = subprocess.Popen(
         [RADSENTRY, "serve", "--port", str(port)],
         env=env,
@@ -236,4 +281,5 @@ def test_serve_then_simulate_in_another_process(tmp_path: Path) -> None:
         serve.send_signal(signal.SIGINT)
         serve.wait(60)
     assert serve.returncode == 0
-    assert not (tmp_path / "broker.json").exists()
+    assert not (data_dir / "broker.json").exists()
+    assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"

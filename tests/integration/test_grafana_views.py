@@ -357,12 +357,3 @@ def test_downgrade_drops_the_views_and_upgrade_keeps_the_existing_role(
     with engine.connect() as connection, connection.begin():
         as_role(connection)
         assert connection.execute(text(f"SELECT * FROM {GRAFANA_SCHEMA}.candidates")).first()
-
-
-def test_sqlite_upgrade_is_a_no_op(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
-    upgrade(engine, "0011")
-    with engine.connect() as connection:
-        assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0011"
-        assert inspect(connection).get_view_names() == []
-    engine.dispose()

@@ -1,4 +1,5 @@
-"""Alembic migrations run on SQLite and PostgreSQL and match the models exactly."""
+"""Alembic migrations run on PostgreSQL and match the models exactly; other databases are
+refused."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from monitor.service.db import alembic_config, make_engine, upgrade
+from monitor.service.db import UnsupportedDatabase, alembic_config, make_engine, upgrade
 from monitor.service.models import JOB_STORE_TABLE, Base
 
 pytestmark = pytest.mark.integration
@@ -40,8 +41,10 @@ def _check(engine: Engine) -> None:
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
 
 
-def test_migrations_on_sqlite(tmp_path: Path) -> None:
-    _check(make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}"))
+def test_a_database_other_than_postgresql_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedDatabase, match="unset RADSENTRY_DATABASE__URL"):
+        make_engine(f"sqlite:///{tmp_path / 'radsentry.db'}")
+    assert not (tmp_path / "radsentry.db").exists()
 
 
 def test_migrations_on_postgresql(pg_engine: Engine) -> None:

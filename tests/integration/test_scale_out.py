@@ -51,10 +51,10 @@ from monitor.service.models import (
 from monitor.service.performance.labels import expire_unmatched
 from monitor.service.performance.store import refresh
 from monitor.service.settings import KafkaSettings, PerformanceSettings
-from tests.conftest import PG_ADMIN_URL, kafka_topics
+from tests.conftest import kafka_topics
 from tests.faults.harness import Process, radsentry_env, tally, unpublished_alerts
 from tests.integration.helpers import committed_lag, read_all, send, table_rows, wait_for
-from tests.servers import fresh_database
+from tests.servers import fresh_database, pg_admin_url
 
 pytestmark = pytest.mark.integration
 
@@ -156,8 +156,8 @@ def stored(engine: Engine) -> int:
 def databases() -> Iterator[tuple[Engine, Engine]]:
     """Two migrated databases: the consumer group's and the single consumer's."""
     with (
-        fresh_database(PG_ADMIN_URL, "radsentry_scale") as group_url,
-        fresh_database(PG_ADMIN_URL, "radsentry_single") as single_url,
+        fresh_database(pg_admin_url(), "radsentry_scale") as group_url,
+        fresh_database(pg_admin_url(), "radsentry_single") as single_url,
     ):
         engines = make_engine(group_url), make_engine(single_url)
         try:

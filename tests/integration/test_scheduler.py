@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, inspect, text
 from structlog.testing import capture_logs
 
-from monitor.service.db import make_engine, upgrade
+from monitor.service.db import make_engine
 from monitor.service.drift.jobs import write_drift_reports
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.health import Health
@@ -26,7 +26,6 @@ from monitor.service.scheduler import (
     JobSpec,
     build_scheduler,
     default_jobs,
-    leader_lock,
     run_scheduler,
     start_scheduler,
     submit_job,
@@ -249,28 +248,6 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
     assert changed["performance-refresh"] < first["performance-refresh"]  # the new spec won
 
 
-def test_on_sqlite_the_lock_is_a_no_op_and_jobs_run(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'radsentry.db'}"
-    sqlite = make_engine(url)
-    with sqlite.connect():  # WAL set before the engines below race on a new file's first connect
-        pass
-    with leader_lock(sqlite) as leadership:
-        assert leadership is not None and leadership.connection is None and leadership.alive()
-
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_scheduler, args=(url, stop, [tick_job(url)]), kwargs={"poll_s": 0.2}
-    )
-    thread.start()
-    try:
-        wait_for(lambda: len(runs(sqlite)) >= 1, 10, "a tick on SQLite")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
-    sqlite.dispose()
-
-
 def test_nightly_reports_write_one_page_per_stream_with_a_reference(
     pg_engine: Engine, tmp_path: Path
 ) -> None:
@@ -287,11 +264,9 @@ def test_nightly_reports_write_one_page_per_stream_with_a_reference(
 
 
 def test_the_standing_jobs_run_on_the_configured_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_url: str, pg_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'radsentry.db'}"
-    upgrade(make_engine(url))
-    monkeypatch.setenv("RADSENTRY_DATABASE__URL", url)
+    monkeypatch.setenv("RADSENTRY_DATABASE__URL", pg_url)  # pg_engine: migrated and empty
     jobs = {spec.id: spec for spec in default_jobs(tmp_path / "reports")}
     with capture_logs() as logs:
         for spec in jobs.values():

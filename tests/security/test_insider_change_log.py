@@ -23,8 +23,7 @@ from monitor.service.audit.store import GENESIS, Entry, entry_hash, record, veri
 from monitor.service.cli import app
 from monitor.service.db import make_engine, upgrade
 from monitor.service.models import ChangeLogCheckpointRow
-from tests.conftest import PG_ADMIN_URL
-from tests.servers import fresh_database
+from tests.servers import fresh_database, pg_admin_url
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +173,7 @@ def test_checkpoints_the_table_owner_deletes_are_named_by_their_anchors(
 def test_entries_from_before_the_upgrade_are_reported_and_no_later_unsigned_one_passes(
     audit_key: Ed25519PrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with fresh_database(PG_ADMIN_URL, "radsentry_upgrade") as url:
+    with fresh_database(pg_admin_url(), "radsentry_upgrade") as url:
         engine = make_engine(url)
         try:
             upgrade(engine, "0013")  # a deployment before entries were signed

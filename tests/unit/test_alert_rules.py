@@ -2,7 +2,7 @@
 pass, every rule is tested, every metric they read is one RadSentry exposes, and every runbook
 link lands on a heading of docs/operations.md.
 
-promtool is a required tool of the test suite, like PostgreSQL: `.ci/run` installs it (Debian
+promtool is a required tool of the test suite: `make test` installs it (Debian
 package `prometheus`). Without it these tests fail rather than skip, so CI cannot pass on rules
 nobody checked.
 """
@@ -40,7 +40,7 @@ def _promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         pytest.fail(
-            "promtool not found on PATH: the alert rules cannot be checked. `.ci/run` installs "
+            "promtool not found on PATH: the alert rules cannot be checked. `make test` installs "
             "it (apt-get install prometheus); on a workstation install Prometheus's promtool."
         )
     return path

@@ -127,16 +127,21 @@ def test_every_entry_command_runs() -> None:
         assert "Usage: radsentry" in output, name
 
 
-def test_the_migration_command_runs_with_the_images_environment(tmp_path: Path) -> None:
-    """The Job's command for real, on the embedded SQLite default, with the runtime stage's
+def test_the_migration_command_runs_with_the_images_environment(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The Job's command for real, on the embedded PostgreSQL default, with the runtime stage's
     ENV (data_dir moved to a temporary folder, HOME too: both are mounts in the chart)."""
     runtime = " ".join(a for i, a in _stages()[-1] if i == "ENV")
     env = dict(re.findall(r"(\w+)=(\S+)", runtime))
     env.update(
-        PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        # sbin: as root the embedded server's first start creates its user with useradd.
+        PATH=f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
         HOME=str(tmp_path),
         MPLCONFIGDIR=str(tmp_path / "matplotlib"),
-        RADSENTRY_DATA_DIR=str(tmp_path / "data"),
+        # Outside pytest's folders, which another session may make private to root while the
+        # embedded server (another user, as root) needs them (test_embedded_defaults.data_dir).
+        RADSENTRY_DATA_DIR=str(data_dir),
     )
     result = subprocess.run(
         ["radsentry", *_commands()["migrate"]],
@@ -149,4 +154,5 @@ def test_the_migration_command_runs_with_the_images_environment(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "database at revision head" in result.stderr
-    assert (tmp_path / "data" / "radsentry.db").is_file()
+    assert (data_dir / "pg" / "PG_VERSION").is_file()  # the embedded cluster
+    assert not (data_dir / "pg" / "postmaster.pid").exists()  # stopped at exit

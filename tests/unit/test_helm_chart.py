@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from monitor.service.embedded_pg import migration_database_url
 from monitor.service.environment import environment_problems
 from monitor.service.settings import Settings
 
@@ -294,7 +295,7 @@ def test_the_rendered_environment_is_valid_settings(
     for key, value in _environment(release, job).items():
         monkeypatch.setenv(key, value)
     settings = Settings()
-    assert settings.migration_database_url.startswith("postgresql+psycopg://")
+    assert migration_database_url(settings).startswith("postgresql+psycopg://")
     if values == "production":
         assert settings.database.runtime_role == "radsentry_app"
         assert settings.database.consumer_role == "radsentry_consumer"

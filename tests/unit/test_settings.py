@@ -11,6 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from monitor.performance.config import PerformanceConfig
 from monitor.service.auth import local_secret
+from monitor.service.embedded_pg import database_url, migration_database_url
 from monitor.service.runtime import edge_key
 from monitor.service.settings import (
     AuthSettings,
@@ -29,7 +30,7 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     settings = Settings()
-    assert settings.database_url == f"sqlite:///{tmp_path / '.radsentry' / 'radsentry.db'}"
+    assert settings.database.url is None  # the embedded server's, started when a command needs it
     assert settings.uses_embedded_broker
     assert not (tmp_path / ".radsentry").exists(), "reading settings must not touch the disk"
 
@@ -40,7 +41,7 @@ def test_production_values_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RADSENTRY_KAFKA__GROUP_ID", "site-ingest")
     monkeypatch.setenv("RADSENTRY_EDGE__HMAC_KEY", SITE_SECRET)
     settings = Settings()
-    assert settings.database_url == "postgresql+psycopg://rs@db/radsentry"
+    assert database_url(settings) == "postgresql+psycopg://rs@db/radsentry"
     assert settings.kafka.bootstrap_servers == ["k1:9092", "k2:9092"]
     assert settings.kafka.group_id == "site-ingest"
     assert not settings.uses_embedded_broker
@@ -132,20 +133,19 @@ def test_local_token_secret_is_created_once_private_and_never_shown(
 
 
 def test_the_migration_connects_as_the_owner_else_as_the_services(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for name in list(os.environ):
         if name.startswith("RADSENTRY_"):
             monkeypatch.delenv(name)
-    embedded = Settings(data_dir=tmp_path)
-    assert embedded.migration_database_url == embedded.database_url
+    # Unset, both are the embedded server's (tests/integration/test_embedded_defaults.py).
     monkeypatch.setenv("RADSENTRY_DATABASE__URL", "postgresql+psycopg://radsentry_app@db/rs")
     monkeypatch.setenv("RADSENTRY_DATABASE__MIGRATION_URL", "postgresql+psycopg://owner@db/rs")
     monkeypatch.setenv("RADSENTRY_DATABASE__RUNTIME_ROLE", "radsentry_app")
     monkeypatch.setenv("RADSENTRY_DATABASE__CONSUMER_ROLE", "radsentry_consumer")
     settings = Settings()
-    assert settings.migration_database_url == "postgresql+psycopg://owner@db/rs"
-    assert settings.database_url == "postgresql+psycopg://radsentry_app@db/rs"
+    assert migration_database_url(settings) == "postgresql+psycopg://owner@db/rs"
+    assert database_url(settings) == "postgresql+psycopg://radsentry_app@db/rs"
     assert (settings.database.runtime_role, settings.database.consumer_role) == (
         "radsentry_app",
         "radsentry_consumer",

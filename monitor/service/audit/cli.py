@@ -14,7 +14,13 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.runtime import console, load_settings, open_existing_database
+from monitor.service.runtime import (
+    console,
+    database_url,
+    existing_database_url,
+    load_settings,
+    open_existing_database,
+)
 
 app = typer.Typer(help="The change log: verify its hash chain, export it for auditors.")
 
@@ -64,7 +70,7 @@ def audit_verify(
     except SigningKeyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    with open_existing_database(settings.database_url) as engine:
+    with open_existing_database(existing_database_url(settings)) as engine:
         result = change_log.verify(engine, trusted)
         problems = verify_checkpoints(engine, trusted)
         problems += problems_of(
@@ -100,7 +106,7 @@ def audit_checkpoint() -> None:
     try:
         key = signing_key(settings)
         trusted = {**trusted_keys(settings), **keyring(key.public_key())}
-        with engine_scope(settings.database_url) as engine:
+        with engine_scope(database_url(settings)) as engine:
             signed = sign_and_anchor(engine, key, settings.audit_anchor_dir, trusted)
     except (CheckpointError, SigningKeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -123,6 +129,6 @@ def audit_export(
     from monitor.service.audit import store as change_log
 
     settings = load_settings()
-    with open_existing_database(settings.database_url) as engine:
+    with open_existing_database(existing_database_url(settings)) as engine:
         out.write_text(change_log.export(engine, fmt.value), encoding="utf-8")
     console.print(f"wrote the change log to {out}")

@@ -8,9 +8,9 @@ database never holds: a row inserted with database credentials alone, however we
 named by :func:`verify` as unsigned or forged. Entries written before signing began (migration
 0014) are reported as unsigned history, covered by the first signed checkpoint. Appends are
 serialised by a transaction-scoped PostgreSQL advisory lock, so two writers never give two
-entries one sequence number (the chain never forks); on SQLite the database's single writer does
-the same. On PostgreSQL, triggers refuse UPDATE, DELETE and TRUNCATE on the table (migration
-0008), so even the service's own database user cannot rewrite history without dropping them.
+entries one sequence number (the chain never forks). Triggers refuse UPDATE, DELETE and
+TRUNCATE on the table (migration 0008), so even the service's own database user cannot rewrite
+history without dropping them.
 
 Entries carry who (``actor``), what (``action``, ``subject``, ``details``), when
 (``recorded_at``, UTC, microseconds), why (``reason``) and the PCCP plan version. They must never
@@ -142,10 +142,9 @@ def authentic(row: ChangeLogRow, trusted: keys.Keyring, unsigned_history: int) -
 
 
 def lock(connection: Connection) -> None:
-    """Take the change log's append lock until the transaction ends (PostgreSQL; SQLite has a
-    single writer). Callers that read the log to decide whether to append take it first."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    """Take the change log's append lock (an advisory lock) until the transaction ends.
+    Callers that read the log to decide whether to append take it first."""
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
 
 
 def append(connection: Connection, entry: Entry, now: datetime | None = None) -> ChangeLogRow:

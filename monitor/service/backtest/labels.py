@@ -2,7 +2,8 @@
 service's own code.
 
 Performance tracking reads joined labels from the database, so a backtest with labels replays
-both files, merged in event-time order, into a scratch SQLite database exactly as the consumer
+both files, merged in event-time order, into a scratch PostgreSQL database (an embedded server
+of its own in the temporary folder, ``embedded_pg.scratch_database``) exactly as the consumer
 stores a batch (``ingest.store.store_batch`` with :class:`DriftMonitor`: inbox, events, label join,
 drift engine), and runs the tracker (``performance.store.refresh``, with label expiry at event
 time) every ``refresh_every`` labels and at the end. The alerts file holds every alert the
@@ -47,6 +48,7 @@ from monitor.service.db import as_utc, engine_scope
 from monitor.service.drift.alerts import alert_document
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.drift.streams import rebaseline
+from monitor.service.embedded_pg import scratch_database
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
 from monitor.service.models import AlertRow
@@ -140,7 +142,8 @@ def run_backtest_with_labels(
     summary = LabelBacktestSummary(config_fingerprint=config.fingerprint())
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=temp_dir)))
-        engine = stack.enter_context(engine_scope(f"sqlite:///{work / 'backtest.db'}"))
+        database = stack.enter_context(scratch_database(work / "pg"))
+        engine = stack.enter_context(engine_scope(database))
         if reference_path is not None:
             _upload_references(engine, config, reference_path, strict)
         events, n_events, _ = ordered_lines(

@@ -197,10 +197,10 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """The whole loop on one machine (bundled broker, SQLite, local MLflow): the initial model,
-    simulated sites with a scanner change at one of them, drift and performance alerts, a
-    retrain, the candidate in MLflow, the PCCP gate, then waiting for two approvals. Ctrl-C
-    stops everything (exit status 0). Run again, it resumes where the previous run stopped
+    """The whole loop on one machine (bundled broker, embedded PostgreSQL, local MLflow): the
+    initial model, simulated sites with a scanner change at one of them, drift and performance
+    alerts, a retrain, the candidate in MLflow, the PCCP gate, then waiting for two approvals.
+    Ctrl-C stops everything (exit status 0). Run again, it resumes where the previous run stopped
     (same options), or starts over with --fresh."""
     # Ctrl-C reaches the demo alone, not make around it (terminal_foreground); before
     # run_demo's own stop handling is set up, it is a KeyboardInterrupt. Either way: status 0.

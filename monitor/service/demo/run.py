@@ -1,5 +1,6 @@
-"""``radsentry demo``: everything on embedded defaults, driven through the whole loop
-(``demo.loop``): initial model, stream, alerts, retrain, candidate, gate, a person's decision."""
+"""``radsentry demo``: everything on embedded defaults (PostgreSQL and the broker, started
+here), driven through the whole loop (``demo.loop``): initial model, stream, alerts, retrain,
+candidate, gate, a person's decision."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig, WindowConfig
 from monitor.performance.config import AurocDrop, ErrorRateCusum
 from monitor.performance.rules import RulesConfig
+from monitor.service import embedded_pg
 from monitor.service.api import create_app
 from monitor.service.audit.config import record_config
 from monitor.service.db import make_engine
@@ -27,7 +29,12 @@ from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
 from monitor.service.logging import configure_logging
-from monitor.service.runtime import pasteable_cli, start_broker_if_needed
+from monitor.service.runtime import (
+    database_url,
+    embedded_database,
+    pasteable_cli,
+    start_broker_if_needed,
+)
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig
 from retrain.config import JobConfig, TrainConfig
@@ -124,12 +131,18 @@ def run_demo(
     if settings.retrain.job == JobConfig():
         retrain = settings.retrain.model_copy(update={"job": DEMO_JOB})
         settings = settings.model_copy(update={"retrain": retrain})
-    engine = make_engine(settings.database_url)
+    # Unless a database is configured, the demo runs its own PostgreSQL server (cluster in
+    # <data_dir>/pg, which --fresh keeps: it empties the database instead) for its whole life
+    # and stops it at the end, as it does the broker.
+    embedded = embedded_database(settings)
+    engine = make_engine(database_url(settings))
     try:
         config, record = _begin(settings, engine, config, fresh=fresh)
     except CannotResume as exc:
         console.print(f"[red]cannot resume:[/red] {exc}", soft_wrap=True)
         engine.dispose()
+        if embedded is not None:
+            embedded_pg.close_embedded_database(settings.data_dir)
         return 2
     record_config(engine, settings, actor="radsentry-demo")
     bootstrap, broker = start_broker_if_needed(settings)
@@ -211,6 +224,8 @@ def run_demo(
             if broker is not None:
                 broker.stop()
             engine.dispose()
+            if embedded is not None:
+                embedded_pg.close_embedded_database(settings.data_dir)
     return outcome.get("code", 0)
 
 

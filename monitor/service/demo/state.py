@@ -7,11 +7,11 @@ finished. A rerun with the same options resumes from the first unfinished stage;
 with other options, or a data dir holding data no demo recorded, is refused with what to do
 (``--fresh``), since starting over deletes data.
 
-``--fresh`` starts over without knowing which database engine serves the demo: the schema is
-taken down to Alembic's base and up again on the configured database URL (the migrations'
-own downgrades, tested on PostgreSQL and SQLite), and the demo's files under ``data_dir`` are
-deleted. Secrets (token, pseudonymisation and signing keys) and the initial model's rendered
-cohort (a deterministic cache) are kept.
+``--fresh`` starts over on whichever PostgreSQL serves the demo (the embedded server, its
+cluster in ``data_dir/pg``, which stays, or a configured one): the schema is taken down to
+Alembic's base and up again (the migrations' own downgrades), and the demo's files under
+``data_dir`` are deleted. Secrets (token, pseudonymisation and signing keys) and the initial
+model's rendered cohort (a deterministic cache) are kept.
 """
 
 from __future__ import annotations

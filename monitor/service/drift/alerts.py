@@ -17,10 +17,11 @@ from typing import Any, Literal
 import orjson
 from kafka import KafkaProducer
 from sqlalchemy import Connection, Engine, case, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey
 from monitor.drift.severity import Severity, at_least
-from monitor.service.db import Page, as_utc, insert_for, page_of, table_of
+from monitor.service.db import Page, as_utc, page_of, table_of
 from monitor.service.errors import IllegalTransition, NotFound
 from monitor.service.models import AlertRow
 
@@ -169,7 +170,7 @@ def write_alerts(
         }
         for alert in alerts
     ]
-    statement = insert_for(connection, table).on_conflict_do_nothing(index_elements=["alert_id"])
+    statement = pg_insert(table).on_conflict_do_nothing(index_elements=["alert_id"])
     return connection.execute(statement, rows).rowcount
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.runtime import console, load_settings
+from monitor.service.runtime import console, database_url, load_settings
 
 app = typer.Typer()
 """Top-level commands; the root CLI (``monitor/service/cli.py``) mounts them."""
@@ -33,7 +33,7 @@ def report(
 
     settings = load_settings()
     try:
-        with engine_scope(settings.database_url, migrate=False) as engine:
+        with engine_scope(database_url(settings), migrate=False) as engine:
             if evidently:
                 key, html = site_report(
                     engine, settings.drift, site, model_name=model_name, model_version=model_version

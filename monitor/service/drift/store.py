@@ -135,11 +135,11 @@ class DriftMonitor:
     def _sync(self, connection: Connection, keys: set[StreamKey]) -> None:
         table = table_of(DriftStreamRow)
         columns = (table.c.site_id, table.c.model_name, table.c.model_version)
-        statement = select(*columns, table.c.state_version, table.c.events_seen).where(
-            tuple_(*columns).in_([(k.site_id, k.model_name, k.model_version) for k in keys])
+        statement = (
+            select(*columns, table.c.state_version, table.c.events_seen)
+            .where(tuple_(*columns).in_([(k.site_id, k.model_name, k.model_version) for k in keys]))
+            .with_for_update()
         )
-        if connection.dialect.name == "postgresql":
-            statement = statement.with_for_update()
         stored = {StreamKey(*row[:3]): (row[3], row[4]) for row in connection.execute(statement)}
         for key in keys:
             if key not in stored:

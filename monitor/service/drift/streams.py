@@ -125,9 +125,7 @@ def _locked_stream(connection: Connection, key: StreamKey) -> Any:
     statement = select(table.c.state, table.c.reference_state, table.c.state_version).where(
         stream_matches(table, key)
     )
-    if connection.dialect.name == "postgresql":
-        statement = statement.with_for_update()
-    return connection.execute(statement).first()
+    return connection.execute(statement.with_for_update()).first()
 
 
 def record_references(

@@ -11,6 +11,7 @@ import typer
 from monitor.service.runtime import (
     BrokerNotFound,
     console,
+    database_url,
     edge_key,
     load_settings,
     open_database,
@@ -52,7 +53,7 @@ def consume(
     # "Database roles"). Its settings are the ones serve and the scheduler record at start.
     with (
         GracefulStop("consume") as stopping,
-        open_database(settings.database_url, migrate=False) as engine,
+        open_database(database_url(settings), migrate=False) as engine,
     ):
         limit_torch_threads()
         health = Health(settings.health.stale_after_s)

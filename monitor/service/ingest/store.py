@@ -15,15 +15,15 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.events import InferenceEvent, LabelEvent
-from monitor.service.db import as_utc, insert_for, table_of
+from monitor.service.db import as_utc, table_of
 from monitor.service.kafka import Delivered, Rejected
 from monitor.service.models import (
     DeadLetter,
     InferenceEventRow,
     LabelEventRow,
-    ProcessedEvent,
 )
 from monitor.service.performance.labels import apply_labels
 from monitor.service.performance.summaries import join_batch
@@ -106,34 +106,15 @@ def _claim(connection: Connection, items: list[Delivered], now: datetime) -> set
     """Insert the inbox rows; return the event ids that were not there before."""
     if not items:
         return set()
-    if connection.dialect.name == "postgresql":
-        parameters = {
-            "event_ids": [item.event.event_id for item in items],
-            "schema_ids": [item.event.schema_id for item in items],
-            "topics": [item.topic for item in items],
-            "partitions": [item.partition for item in items],
-            "offsets": [item.offset for item in items],
-            "processed_at": now,
-        }
-        return set(connection.scalars(_CLAIM_POSTGRESQL, parameters))
-    table = table_of(ProcessedEvent)
-    rows = [
-        {
-            "event_id": item.event.event_id,
-            "schema_id": item.event.schema_id,
-            "topic": item.topic,
-            "partition": item.partition,
-            "offset": item.offset,
-            "processed_at": now,
-        }
-        for item in items
-    ]
-    statement = (
-        insert_for(connection, table)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(table.c.event_id)
-    )
-    return set(connection.scalars(statement, rows))
+    parameters = {
+        "event_ids": [item.event.event_id for item in items],
+        "schema_ids": [item.event.schema_id for item in items],
+        "topics": [item.topic for item in items],
+        "partitions": [item.partition for item in items],
+        "offsets": [item.offset for item in items],
+        "processed_at": now,
+    }
+    return set(connection.scalars(_CLAIM_POSTGRESQL, parameters))
 
 
 def _write_events(connection: Connection, stored: list[Delivered], now: datetime) -> None:
@@ -147,10 +128,7 @@ def _write_events(connection: Connection, stored: list[Delivered], now: datetime
     ):
         if not rows:
             continue
-        if connection.dialect.name == "postgresql":
-            _copy(connection, table, rows)
-        else:
-            connection.execute(table.insert(), rows)
+        _copy(connection, table, rows)
 
 
 def _copy(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -220,7 +198,7 @@ def _write_dead_letters(connection: Connection, rejected: Sequence[Rejected], no
         for r in rejected
     ]
     statement = (
-        insert_for(connection, table)
+        pg_insert(table)
         .on_conflict_do_nothing(index_elements=["topic", "partition", "offset"])
         .returning(table.c.id)
     )

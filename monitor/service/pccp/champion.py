@@ -139,11 +139,9 @@ def rollback(
 
 
 def lock_model(connection: Connection, model_name: str) -> None:
-    """Serialise the champion's moves of one model until the transaction ends (PostgreSQL;
-    SQLite has a single writer). The key is the first 8 bytes of a SHA-256 of the name, the
+    """Serialise the champion's moves of one model until the transaction ends (an advisory
+    lock). The key is the first 8 bytes of a SHA-256 of the name, the
     same in every process and release (Python's ``hash`` is salted per process)."""
-    if connection.dialect.name != "postgresql":
-        return
     digest = hashlib.sha256(f"radsentry.champion/{model_name}".encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
     connection.execute(text("SELECT pg_advisory_xact_lock(CAST(:key AS bigint))"), {"key": key})

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.runtime import console, load_settings
+from monitor.service.runtime import console, database_url, load_settings
 
 app = typer.Typer(help="PCCP change control: check plans, evaluate candidates.")
 
@@ -63,7 +63,7 @@ def evaluate(
         raise typer.Exit(2)
     settings = load_settings()
     try:
-        with engine_scope(settings.database_url) as engine:
+        with engine_scope(database_url(settings)) as engine:
             context = gate_context(engine, settings, registry_for(settings))
             if pending:
                 rows = evaluate_pending(context, limit=1000)

@@ -24,9 +24,10 @@ from typing import Any, Final, cast
 
 import structlog
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.service.audit import store as change_log
-from monitor.service.db import Page, insert_for, page_of, table_of
+from monitor.service.db import Page, page_of, table_of
 from monitor.service.errors import Forbidden, IllegalTransition, NotFound
 from monitor.service.models import CandidateRow, SignatureRow, clip_reason
 from pccp import lifecycle, promotion
@@ -106,7 +107,7 @@ def propose(
     }
     with engine.begin() as connection:
         inserted = connection.execute(
-            insert_for(connection, table_of(CandidateRow))
+            pg_insert(table_of(CandidateRow))
             .values(**row)
             .on_conflict_do_nothing(index_elements=["model_name", "model_version"])
             .returning(CandidateRow.candidate_id)

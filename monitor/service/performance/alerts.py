@@ -283,9 +283,7 @@ def _drift_links(connection: Connection, facts: WindowFacts) -> str:
 
 def _load(connection: Connection, facts: WindowFacts) -> tuple[Any, AlarmDocument]:
     """The stored state (None if there is none) and the document it holds."""
-    statement = select(PerformanceAlarmRow.state).where(*_match(facts))
-    if connection.dialect.name == "postgresql":
-        statement = statement.with_for_update()
+    statement = select(PerformanceAlarmRow.state).where(*_match(facts)).with_for_update()
     state = connection.execute(statement).scalar_one_or_none()
     return state, AlarmDocument() if state is None else AlarmDocument.model_validate(state)
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.events import InferenceEvent
 from monitor.performance.delays import DelaySketch
@@ -52,7 +53,7 @@ from monitor.performance.sufficient import (
     at_threshold,
     merge,
 )
-from monitor.service.db import as_utc, insert_for, table_of
+from monitor.service.db import as_utc, table_of
 from monitor.service.models import (
     CurrentLabelRow,
     InferenceEventRow,
@@ -219,8 +220,7 @@ def _cases_of_new_predictions(
             labels.c.expired_at,
             labels.c.matched,
         ).where(tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk))
-        if connection.dialect.name == "postgresql":
-            statement = statement.with_for_update()
+        statement = statement.with_for_update()
         for row in connection.execute(statement):
             found.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
     cases = []
@@ -374,7 +374,7 @@ def count_predictions(connection: Connection, predictions: Sequence[InferenceEve
     if not counts:
         return
     table = table_of(PredictionCountRow)
-    statement = insert_for(connection, table)
+    statement = pg_insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=["site_id", "model_name", "model_version", "bucket"],
         set_={"n": table.c.n + statement.excluded.n},
@@ -452,9 +452,7 @@ def _create_missing(
         }
         for key in keys
     ]
-    statement = insert_for(connection, table).on_conflict_do_nothing(
-        index_elements=list(BucketKey._fields)
-    )
+    statement = pg_insert(table).on_conflict_do_nothing(index_elements=list(BucketKey._fields))
     connection.execute(statement, rows)
 
 
@@ -463,10 +461,11 @@ def _locked(connection: Connection, table: Table, keys: list[BucketKey]) -> dict
     found: dict[BucketKey, Any] = {}
     for chunk in _chunks(keys):
         statement = (
-            select(table).where(tuple_(*columns).in_([tuple(k) for k in chunk])).order_by(*columns)
+            select(table)
+            .where(tuple_(*columns).in_([tuple(k) for k in chunk]))
+            .order_by(*columns)
+            .with_for_update()
         )
-        if connection.dialect.name == "postgresql":
-            statement = statement.with_for_update()
         for row in connection.execute(statement):
             found[BucketKey(*(getattr(row, name) for name in BucketKey._fields))] = row
     return found

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from monitor.service.runtime import console, load_settings
+from monitor.service.runtime import console, database_url, load_settings
 
 app = typer.Typer()
 """Top-level commands; the root CLI (``monitor/service/cli.py``) mounts them."""
@@ -33,7 +33,7 @@ def retrain(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--by") from None
     settings = load_settings()
-    with engine_scope(settings.database_url) as engine:
+    with engine_scope(database_url(settings)) as engine:
         row = request_manual(engine, model, requested_by, reason, identity="claimed")
     console.print(f"retrain request {row.request_id} for {model}: {row.status}", soft_wrap=True)
 
@@ -67,7 +67,7 @@ def train_initial(
     except ChampionExists as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    with engine_scope(settings.database_url) as engine:
+    with engine_scope(database_url(settings)) as engine:
         record_initial(engine, registered)
     result = registered.model.result
     console.print(

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import structlog
 from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.drift.severity import Severity
 from monitor.service.audit import store as change_log
-from monitor.service.db import Page, as_utc, insert_for, page_of, table_of
+from monitor.service.db import Page, as_utc, page_of, table_of
 from monitor.service.errors import NotFound
 from monitor.service.models import AlertRow, CurrentLabelRow, RetrainRequestRow
 from retrain.policy import AlertFacts, LabelCounts, RetrainPolicy, decide
@@ -129,7 +130,7 @@ def review_alerts(
                     "labels": {"overall": labels.overall, "site": labels.site},
                 },
             }
-            statement = insert_for(connection, table_of(RetrainRequestRow)).on_conflict_do_nothing(
+            statement = pg_insert(table_of(RetrainRequestRow)).on_conflict_do_nothing(
                 index_elements=["model_name", "alert_id"]
             )
             if connection.execute(statement, row).rowcount:

@@ -16,7 +16,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
 
 
@@ -65,7 +65,7 @@ def upgrade() -> None:
     op.create_index("ix_label_events_study", "label_events", ["site_id", "model_name", "study_key"])
     op.create_table(
         "dead_letters",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("id", sa.BigInteger(), primary_key=True),
         sa.Column("topic", sa.String(249), nullable=False),
         sa.Column("partition", sa.Integer(), nullable=False),
         sa.Column("offset", sa.BigInteger(), nullable=False),

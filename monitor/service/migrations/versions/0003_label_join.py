@@ -16,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 TIMESTAMP = sa.DateTime(timezone=True)
-ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+ROW_ID = sa.BigInteger()
 
 
 def upgrade() -> None:

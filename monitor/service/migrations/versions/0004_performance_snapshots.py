@@ -16,9 +16,9 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
-ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+ROW_ID = sa.BigInteger()
 
 
 def upgrade() -> None:

@@ -16,7 +16,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
 
 

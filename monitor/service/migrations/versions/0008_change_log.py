@@ -16,7 +16,7 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
 
 REFUSE = """
@@ -31,7 +31,7 @@ $$ LANGUAGE plpgsql
 def upgrade() -> None:
     op.create_table(
         "change_log",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("seq", sa.BigInteger(), primary_key=True),
         sa.Column("recorded_at", TIMESTAMP, nullable=False),
         sa.Column("actor", sa.String(128), nullable=False),
         sa.Column("action", sa.String(64), nullable=False),
@@ -43,21 +43,19 @@ def upgrade() -> None:
         sa.Column("entry_hash", sa.String(64), nullable=False),
     )
     op.create_index("ix_change_log_action", "change_log", ["action", "recorded_at"])
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(REFUSE)
-        op.execute(
-            "CREATE TRIGGER change_log_no_update_delete BEFORE UPDATE OR DELETE ON change_log "
-            "FOR EACH ROW EXECUTE FUNCTION radsentry_change_log_append_only()"
-        )
-        op.execute(
-            "CREATE TRIGGER change_log_no_truncate BEFORE TRUNCATE ON change_log "
-            "FOR EACH STATEMENT EXECUTE FUNCTION radsentry_change_log_append_only()"
-        )
+    op.execute(REFUSE)
+    op.execute(
+        "CREATE TRIGGER change_log_no_update_delete BEFORE UPDATE OR DELETE ON change_log "
+        "FOR EACH ROW EXECUTE FUNCTION radsentry_change_log_append_only()"
+    )
+    op.execute(
+        "CREATE TRIGGER change_log_no_truncate BEFORE TRUNCATE ON change_log "
+        "FOR EACH STATEMENT EXECUTE FUNCTION radsentry_change_log_append_only()"
+    )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER change_log_no_truncate ON change_log")
-        op.execute("DROP TRIGGER change_log_no_update_delete ON change_log")
-        op.execute("DROP FUNCTION radsentry_change_log_append_only()")
+    op.execute("DROP TRIGGER change_log_no_truncate ON change_log")
+    op.execute("DROP TRIGGER change_log_no_update_delete ON change_log")
+    op.execute("DROP FUNCTION radsentry_change_log_append_only()")
     op.drop_table("change_log")

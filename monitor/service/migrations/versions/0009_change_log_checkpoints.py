@@ -19,7 +19,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "change_log_checkpoints",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+        sa.Column("seq", sa.BigInteger(), primary_key=True),
         sa.Column("head_hash", sa.String(64), nullable=False),
         sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("key_id", sa.String(64), nullable=False),

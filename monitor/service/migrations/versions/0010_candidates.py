@@ -16,7 +16,7 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
 
 
@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.Column("meaning", sa.Text(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("signed_at", TIMESTAMP, nullable=False),
-        sa.Column(
-            "change_log_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
+        sa.Column("change_log_seq", sa.BigInteger(), nullable=False),
     )
     op.create_index(
         "uq_candidate_signatures_signer",

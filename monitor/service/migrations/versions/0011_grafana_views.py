@@ -1,8 +1,5 @@
 """PHI-free views for Grafana in schema ``grafana``, readable by the role ``radsentry_grafana``.
 
-PostgreSQL only: Grafana reads PostgreSQL, so on SQLite (the embedded default) ``upgrade`` and
-``downgrade`` do nothing.
-
 The views hold aggregates and machine-written values only: no study key, event id, DICOM
 locator, payload hash, signature, or reason or note typed by a person (docs/dashboards.md).
 A view runs with its owner's rights (``security_invoker`` is off by default), so the role reads
@@ -229,8 +226,6 @@ $$
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     op.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
     for name, query in VIEWS.items():
         op.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.{name} AS {query}")
@@ -244,8 +239,6 @@ def downgrade() -> None:
     """Drops the views and the schema (their grants go with them). The role stays: it is
     cluster-wide and other databases may use it; once no database grants it anything, a DBA
     drops it with ``DROP ROLE radsentry_grafana``."""
-    if op.get_bind().dialect.name != "postgresql":
-        return
     for name in reversed(VIEWS):
         op.execute(f"DROP VIEW IF EXISTS {SCHEMA}.{name}")
     op.execute(f"DROP SCHEMA IF EXISTS {SCHEMA}")

@@ -1,8 +1,8 @@
 """The change log's signed checkpoints become append-only, like the change log itself.
 
 Without this, anyone holding the services' database credentials could delete the checkpoints
-and leave a rewritten-and-rehashed log with nothing signed to contradict it. PostgreSQL only:
-triggers refuse UPDATE, DELETE and TRUNCATE (SQLite, the embedded default, is one process).
+and leave a rewritten-and-rehashed log with nothing signed to contradict it: triggers refuse
+UPDATE, DELETE and TRUNCATE.
 
 Revision ID: 0013
 Revises: 0012
@@ -28,8 +28,6 @@ $$ LANGUAGE plpgsql
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     op.execute(REFUSE)
     op.execute(
         "CREATE TRIGGER change_log_checkpoints_no_update_delete BEFORE UPDATE OR DELETE "
@@ -44,8 +42,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     op.execute("DROP TRIGGER change_log_checkpoints_no_truncate ON change_log_checkpoints")
     op.execute("DROP TRIGGER change_log_checkpoints_no_update_delete ON change_log_checkpoints")
     op.execute("DROP FUNCTION radsentry_checkpoints_append_only()")

@@ -33,7 +33,7 @@ def upgrade() -> None:
         "change_log_unsigned",
         sa.Column(
             "through_seq",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.BigInteger(),
             primary_key=True,
             autoincrement=False,
         ),

@@ -13,7 +13,7 @@
 ``CREATE OR REPLACE VIEW`` may only append columns, which is what this does, so each view keeps
 its owner and its grants; the grant to ``radsentry_grafana`` is stated again all the same.
 Downgrading drops the new columns: the views are recreated as 0011 defined them and granted
-again. PostgreSQL only, like 0011: on SQLite both do nothing.
+again.
 
 Revision ID: 0016
 Revises: 0015
@@ -81,16 +81,12 @@ VIEWS_0011: dict[str, str] = {"alerts": ALERTS_0011, "alert_features": ALERT_FEA
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     for name, query in VIEWS.items():
         op.execute(f"CREATE OR REPLACE VIEW {SCHEMA}.{name} AS {query}")
         op.execute(f"GRANT SELECT ON {SCHEMA}.{name} TO {ROLE}")
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
     for name, query in VIEWS_0011.items():
         # Columns cannot be dropped from a view in place: drop it and create it again.
         op.execute(f"DROP VIEW {SCHEMA}.{name}")

@@ -31,7 +31,7 @@ down_revision = "0016"
 branch_labels = None
 depends_on = None
 
-JSON_DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+JSON_DOCUMENT = postgresql.JSONB()
 TIMESTAMP = sa.DateTime(timezone=True)
 PENDING = "NOT matched AND expired_at IS NULL"
 
@@ -55,7 +55,6 @@ def upgrade() -> None:
         "labels_current",
         ["labelled_at"],
         postgresql_where=sa.text(PENDING),
-        sqlite_where=sa.text(PENDING),
     )
     op.create_index(
         "ix_labels_current_joined",
@@ -95,7 +94,7 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(64), nullable=False),
         sa.Column("model_version", sa.String(64), nullable=False),
         sa.Column("bucket", sa.String(10), nullable=False),
-        sa.Column("n", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("n", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("site_id", "model_name", "model_version", "bucket"),
     )
     # Imported here, not at the top: only an upgrade that reaches this point needs the code.
