@@ -139,3 +139,41 @@ def test_an_unknown_alias_and_file_key_with_a_model_are_refused(tmp_path: Path) 
     assert unknown.exit_code == 2 and "error" in unknown.stderr
     both = runner.invoke(app, ["extract", "--model", "m", "--file-key", str(clean)])
     assert both.exit_code == 2 and "--file-key does not go with --model" in both.stderr
+
+
+def test_simulate_with_embeddings_writes_v2_events_of_the_champion(
+    trained: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`radsentry simulate --embeddings` with the embedded MLflow store (its own, in data_dir)."""
+    from monitor.service.registry import registry_for
+    from monitor.service.runtime import load_settings
+
+    monkeypatch.delenv("RADSENTRY_MLFLOW__TRACKING_URI")
+    out = tmp_path / "events.jsonl"
+    command = ["simulate", "--sites", "1", "--studies", "2", "--seed", "4", "--jsonl", str(out)]
+    refused = runner.invoke(app, [*command, "--embeddings", "--scores", "score-model"])
+    assert refused.exit_code == 2 and "has no champion" in refused.stderr
+
+    registry = registry_for(load_settings())
+    manifest = assemble(
+        labelled_cases(12, sites=2), LockedTestSet.from_keys([]), seed=0,
+        content_sha256=fake_content_hash,
+    ).manifest  # fmt: skip
+    record = RunRecord(
+        model_name="cxr-lesion", result=trained, train_config=CONFIG, manifest=manifest,
+        tags={"radsentry.request_id": "simulate"}, params={}, metrics={},
+    )  # fmt: skip
+    version = registry.log_and_register(record).version
+    registry.set_initial_champion("cxr-lesion", version)
+
+    result = runner.invoke(app, [*command, "--embeddings", "--scores", "score-model"])
+
+    assert result.exit_code == 0, result.output
+    lines = out.read_bytes().splitlines()
+    inferences = [parse_event(line) for line in lines if b'"inference-event/' in line]
+    assert len(inferences) == 2
+    for event in inferences:
+        assert isinstance(event, InferenceEventV2) and event.embedding is not None
+        assert len(event.embedding) == 8
+        assert trained.projection is not None
+        assert event.embedding_id == trained.projection.embedding_id("cxr-lesion", version)
