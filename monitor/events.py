@@ -1,4 +1,4 @@
-"""Event contract v1: the typed records that travel on Kafka.
+"""Event contract: the typed records that travel on Kafka (inference v1 and v2, label v1).
 
 Every record carries ``schema`` ("<type>/v<version>") so a consumer rejects versions it does not
 know. Models are strict about shape (no extra fields, finite numbers, bounded strings) because the
@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
@@ -31,8 +32,12 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from monitor.phi import DESCRIPTIONS, looks_like_uid, screen_text
 
 INFERENCE_SCHEMA: Final = "inference-event/v1"
+INFERENCE_SCHEMA_V2: Final = "inference-event/v2"
 LABEL_SCHEMA: Final = "label-event/v1"
-KNOWN_SCHEMAS: Final = (INFERENCE_SCHEMA, LABEL_SCHEMA)
+KNOWN_SCHEMAS: Final = (INFERENCE_SCHEMA, INFERENCE_SCHEMA_V2, LABEL_SCHEMA)
+EMBEDDING_MAX_LENGTH: Final = 32
+"""The longest embedding an event may carry. The bound is part of the PHI argument
+(docs/events.md, "Embeddings"): a few dozen projected features cannot hold an image."""
 MAX_EVENT_BYTES: Final = 1_000_000
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
@@ -163,6 +168,36 @@ class InferenceEvent(_Strict):
     prediction: Prediction
 
 
+EmbeddingId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@/:+-]{0,127}$")]
+"""Which projection produced an embedding: model name, version and projection fingerprint."""
+
+Embedding = Annotated[list[Number], Field(min_length=1, max_length=EMBEDDING_MAX_LENGTH)]
+
+
+class InferenceEventV2(InferenceEvent):
+    """v1 plus the deployed model's own view of the image: ``embedding`` is a projection (PCA)
+    of the model's penultimate features, at most :data:`EMBEDDING_MAX_LENGTH` finite numbers,
+    and ``embedding_id`` names the projection (required with an embedding). A subclass, so
+    every consumer of :class:`InferenceEvent` takes a v2 event unchanged."""
+
+    # The override narrows the schema literal to this version; mypy sees a changed type.
+    schema_id: Literal["inference-event/v2"] = Field(  # type: ignore[assignment]
+        INFERENCE_SCHEMA_V2, alias="schema"
+    )
+    embedding: Embedding | None = None
+    embedding_id: EmbeddingId | None = Field(None, validate_default=True)
+
+    @field_validator("embedding_id", mode="after")
+    @classmethod
+    def _embedding_is_identified(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Runs after ``embedding`` (declared first); an invalid embedding is not in info.data.
+        if value is None and info.data.get("embedding") is not None:
+            raise PydanticCustomError(
+                "embedding_id_missing", "required when embedding is present (which projection)"
+            )
+        return value
+
+
 class LabelSource(StrEnum):
     RADIOLOGIST = "radiologist"
     PATHOLOGY = "pathology"
@@ -194,6 +229,7 @@ class LabelEvent(_Strict):
 Event = InferenceEvent | LabelEvent
 EVENT_MODELS: Final[dict[str, type[InferenceEvent] | type[LabelEvent]]] = {
     INFERENCE_SCHEMA: InferenceEvent,
+    INFERENCE_SCHEMA_V2: InferenceEventV2,
     LABEL_SCHEMA: LabelEvent,
 }
 

@@ -7,10 +7,18 @@ from typing import Any
 
 import orjson
 
-from monitor.events import INFERENCE_SCHEMA, LABEL_SCHEMA, InferenceEvent, LabelEvent
+from monitor.events import (
+    INFERENCE_SCHEMA,
+    INFERENCE_SCHEMA_V2,
+    LABEL_SCHEMA,
+    InferenceEvent,
+    InferenceEventV2,
+    LabelEvent,
+)
 
 SCHEMA_FILES: dict[str, type[InferenceEvent] | type[LabelEvent]] = {
     INFERENCE_SCHEMA.replace("/", ".") + ".schema.json": InferenceEvent,
+    INFERENCE_SCHEMA_V2.replace("/", ".") + ".schema.json": InferenceEventV2,
     LABEL_SCHEMA.replace("/", ".") + ".schema.json": LabelEvent,
 }
 

@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 
 from retrain import tracking_content as content
 from retrain.config import MlflowConfig
+from retrain.embedding import Projection
 from retrain.mlflow_calls import MlflowCalls, TrackingError
 from retrain.mlflow_names import (
     CHALLENGER,
@@ -53,6 +54,7 @@ log = structlog.get_logger(__name__)
 
 MANIFEST_ARTIFACT: Final = "dataset/manifest.json"
 BUNDLE_ARTIFACT: Final = "bundle/trained_model.pt"
+PROJECTION_ARTIFACT: Final = "projection/projection.json"
 _MLFLOW_MODEL_NAME: Final = "model"
 _ALREADY_EXISTS: Final = "RESOURCE_ALREADY_EXISTS"
 _NOT_FOUND: Final = "RESOURCE_DOES_NOT_EXIST"
@@ -187,6 +189,31 @@ class Registry:
                 tracking_uri=self._call.uri,
             )
             return TrainedModel.load(Path(path))
+
+    def log_projection(self, model_name: str, version: str, projection: Projection) -> None:
+        """Store ``projection`` with a registered version (for versions trained before
+        training fitted one; ``log_run`` stores it with every new run). Logging it again
+        replaces it."""
+        run_id = self._version(model_name, version).run_id
+        self._log_projection(run_id, projection)
+
+    def load_projection(self, model_name: str, version: str) -> Projection:
+        """The embedding projection stored with the version (TrackingError if it has none)."""
+        run_id = self._version(model_name, version).run_id
+        with tempfile.TemporaryDirectory(prefix="radsentry-projection-") as folder:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=PROJECTION_ARTIFACT,
+                    dst_path=folder,
+                    tracking_uri=self._call.uri,
+                )
+            except (MlflowException, OSError):
+                raise TrackingError(
+                    f"{model_name} version {version} has no embedding projection; fit one with "
+                    "retrain.embedding.fit_projection_on_images and Registry.log_projection"
+                ) from None
+            return Projection.from_json(Path(path).read_bytes())
 
     def set_initial_champion(self, model_name: str, version: str) -> None:
         """Bootstrap only: make ``version`` the champion of a model that has none yet."""
@@ -336,10 +363,19 @@ class Registry:
             for path, artifact in ((manifest, MANIFEST_ARTIFACT), (bundle, BUNDLE_ARTIFACT)):
                 directory = str(Path(artifact).parent)
                 self._call(f"log {artifact}", self._client.log_artifact, run_id, path, directory)
+        if record.result.projection is not None:
+            self._log_projection(run_id, record.result.projection)
         model_id = self._call(
             "log MLflow model", self._log_mlflow_model, experiment_id, run_id, record
         )
         self._call("tag run", self._client.set_tag, run_id, MODEL_ID_TAG, model_id)
+
+    def _log_projection(self, run_id: str, projection: Projection) -> None:
+        with tempfile.TemporaryDirectory(prefix="radsentry-projection-") as folder:
+            path = Path(folder, Path(PROJECTION_ARTIFACT).name)
+            path.write_bytes(projection.to_json())
+            directory = str(Path(PROJECTION_ARTIFACT).parent)
+            self._call("log projection", self._client.log_artifact, run_id, path, directory)
 
     def _log_mlflow_model(self, experiment_id: str, run_id: str, record: RunRecord) -> str:
         """The PyTorch-flavour model (pt2: a traced graph, loadable without unpickling)."""

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from retrain.config import TrainConfig
+from retrain.embedding import Projection, fit_projection, penultimate_features
 from retrain.model import (
     CalibrationReport,
     ModelSpec,
@@ -80,6 +81,9 @@ class TrainResult:
     spec_fingerprint: str
     resumed_from_epoch: int | None = None
     extra: Mapping[str, float] = field(default_factory=dict)
+    projection: Projection | None = None
+    """PCA of the trained model's penultimate features on its training images: what the edge
+    projects ``inference-event/v2`` embeddings with (``retrain.embedding``)."""
 
 
 @dataclass
@@ -153,8 +157,9 @@ def train(
         calibrated, labels.numpy(), config.threshold_policy, config.target_sensitivity
     )
     weights = {name: value.detach().cpu().clone() for name, value in run.model.state_dict().items()}
+    trained = TrainedModel(spec, weights, temperature, thresholds)
     return TrainResult(
-        model=TrainedModel(spec, weights, temperature, thresholds),
+        model=trained,
         history=tuple(state.history),
         best_epoch=state.best_epoch,
         stopped_early=state.stopped_early,
@@ -163,7 +168,16 @@ def train(
         config_fingerprint=config.fingerprint(),
         spec_fingerprint=spec.fingerprint(),
         resumed_from_epoch=resumed_from,
+        projection=_fit_projection(run, trained, train_data),
     )
+
+
+def _fit_projection(run: _Run, trained: TrainedModel, train_data: TrainData) -> Projection:
+    """The embedding projection, fitted on the training images with the final weights (one
+    forward pass in eval mode, cheaper than an epoch)."""
+    batches = (images for images, _ in _loader(train_data, run.config, shuffle_epoch=None))
+    features = penultimate_features(run.model, batches, run.device)
+    return fit_projection(trained, features)
 
 
 def _start(

@@ -79,6 +79,9 @@ class InferenceEventRow(Base):
     scores: Mapped[dict[str, float]] = mapped_column(JsonDocument)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     dicom_uri: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    embedding: Mapped[list[float] | None] = mapped_column(JsonDocument, nullable=True)
+    """inference-event/v2's projected penultimate features (at most 32 numbers), else NULL."""
+    embedding_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class LabelEventRow(Base):

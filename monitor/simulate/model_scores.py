@@ -19,6 +19,7 @@ from pydicom import Dataset
 
 from monitor.events import Identifier
 from monitor.simulate.scores import FINDING
+from retrain.embedding import Projection, check_fits, penultimate_features
 from retrain.images import modality_values, to_training_image
 from retrain.model import ModelError, TrainedModel
 
@@ -67,3 +68,29 @@ class TrainedModelScorer:
             probabilities = torch.sigmoid(self._module(batch) / self._temperature)[0]
         values = probabilities.double().tolist()
         return dict(zip(self._findings, values, strict=True))
+
+
+class TrainedModelEmbedder:
+    """Embeds simulated studies with a trained model and its projection (``retrain.embedding``):
+    the ``stream.StudyEmbedder`` that makes the simulator emit ``inference-event/v2``."""
+
+    def __init__(
+        self, model: TrainedModel, projection: Projection, model_name: str, version: str
+    ) -> None:
+        check_fits(projection, model)
+        self._projection = projection
+        self._embedding_id = projection.embedding_id(model_name, version)
+        self._size = model.spec.input_size
+        self._module = model.module()
+
+    @property
+    def embedding_id(self) -> str:
+        """``<model>@<version>/pca<k>-<fingerprint>``."""
+        return self._embedding_id
+
+    def embed(self, ds: Dataset) -> list[float]:
+        """The projected penultimate features of the image in ``ds``."""
+        image = to_training_image(modality_values(ds), self._size)
+        batch = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+        features = penultimate_features(self._module, [batch])
+        return [float(value) for value in self._projection.project(features)[0]]

@@ -30,6 +30,7 @@ from monitor.dicom import StudyFeatures, extract_features
 from monitor.events import (
     Identifier,
     InferenceEvent,
+    InferenceEventV2,
     LabelEvent,
     LabelSource,
     Prediction,
@@ -57,6 +58,21 @@ class StudyScorer(Protocol):
 
     def score(self, ds: Dataset) -> dict[str, float]:
         """Calibrated probability per finding, ``FINDING`` among them."""
+        ...
+
+
+class StudyEmbedder(Protocol):
+    """Our port to a model's embedding of a study's image (``model_scores.TrainedModelEmbedder``).
+
+    With one, the simulator emits ``inference-event/v2`` events carrying the embedding."""
+
+    @property
+    def embedding_id(self) -> str:
+        """The ``embedding_id`` of the events (model, version and projection fingerprint)."""
+        ...
+
+    def embed(self, ds: Dataset) -> list[float]:
+        """The embedding of the image in ``ds`` (at most 32 numbers)."""
         ...
 
 
@@ -174,13 +190,17 @@ class _Outcome:
 
 
 def simulate(
-    config: SimulationConfig, out_dir: Path, scorer: StudyScorer | None = None
+    config: SimulationConfig,
+    out_dir: Path,
+    scorer: StudyScorer | None = None,
+    embedder: StudyEmbedder | None = None,
 ) -> Iterator[InferenceEvent | LabelEvent]:
     """Render, write, extract and score every study; yield events in event-time order.
 
     Scores come from the score model, or from ``scorer`` when given: then the scores, the
     threshold and ``model_version`` are the scorer's, and everything else (event ids, times,
-    labels, files) is what the same config gives without it.
+    labels, files) is what the same config gives without it. With ``embedder`` the inference
+    events are ``inference-event/v2`` with the image's embedding; nothing else changes.
 
     Sites take turns (site k's study i happens at ``start + (i + k / sites) * study_interval``).
     A label is yielded as soon as the simulated clock passes its ``occurred_at``; labels still
@@ -199,7 +219,7 @@ def simulate(
             while pending and pending[0][0] <= acquired_at:
                 yield heapq.heappop(pending)[2]
             study = _Study(site_id, index, acquired_at, keys[site_id])
-            inference, label = _study(config, study, root, scorer)
+            inference, label = _study(config, study, root, scorer, embedder)
             yield inference
             if label is not None:
                 heapq.heappush(pending, (label.occurred_at, len(sites) * index + position, label))
@@ -212,7 +232,11 @@ def _acquired_at(config: SimulationConfig, position: int, index: int) -> datetim
 
 
 def _study(
-    config: SimulationConfig, study: _Study, root: Path, scorer: StudyScorer | None
+    config: SimulationConfig,
+    study: _Study,
+    root: Path,
+    scorer: StudyScorer | None,
+    embedder: StudyEmbedder | None = None,
 ) -> tuple[InferenceEvent, LabelEvent | None]:
     """One study end to end: its inference event and, if it will be labelled, its label."""
     site_id, index = study.site_id, study.index
@@ -253,6 +277,12 @@ def _study(
         dicom_uri=path.as_uri(),
         prediction=Prediction(scores=scores, threshold=threshold),
     )
+    if embedder is not None:
+        inference = InferenceEventV2(
+            **inference.model_dump(exclude={"schema_id"}),
+            embedding=embedder.embed(ds),
+            embedding_id=embedder.embedding_id,
+        )
     return inference, _label(config, inference, outcome)
 
 

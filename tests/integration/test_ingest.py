@@ -72,7 +72,7 @@ def test_labels_are_stored_with_their_study_key(
 def _poison_records() -> dict[str, tuple[bytes, str]]:
     """Refused records and the reject code each must get."""
     good = orjson.loads(to_json(inference_event(10_000)))
-    wrong_version = {**good, "schema": "inference-event/v2"}
+    wrong_version = {**good, "schema": "inference-event/v3"}
     nan_score = to_json(inference_event(10_001)).replace(b'"lesion":0.3', b'"lesion":NaN')
     phi_metadata = {**good, "metadata": {**good["metadata"], "PatientName": "Doe^John"}}
     out_of_range = {**good, "prediction": {"scores": {"lesion": 1.7}}}

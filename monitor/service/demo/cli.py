@@ -24,7 +24,7 @@ from monitor.service.settings import Settings
 
 if TYPE_CHECKING:
     from monitor.simulate import SimulationConfig
-    from monitor.simulate.stream import StudyScorer
+    from monitor.simulate.stream import StudyEmbedder, StudyScorer
 
 
 app = typer.Typer()
@@ -86,6 +86,18 @@ def _scorer(settings: Settings, scores: Scores, model_name: str) -> StudyScorer 
     return scorer
 
 
+def _embedder(settings: Settings, model_name: str) -> StudyEmbedder:
+    from monitor.service.demo.simulation import NoChampion, champion_embedder
+
+    try:
+        embedder = champion_embedder(settings, model_name)
+    except NoChampion as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"embeddings from {embedder.embedding_id}", highlight=False)
+    return embedder
+
+
 def _simulation_config(
     sites: int,
     studies: int,
@@ -145,6 +157,13 @@ def simulate(
         Path | None, typer.Option(help="Write the events to this file instead of Kafka.")
     ] = None,
     scores: ScoresOption = Scores.AUTO,
+    embeddings: Annotated[
+        bool,
+        typer.Option(
+            help="Emit inference-event/v2 with each image's embedding by the champion and its "
+            "stored projection (needs a champion that has one)."
+        ),
+    ] = False,
 ) -> None:
     """Write synthetic DICOM studies for N sites, extract them at the 'edge', score them and
     publish their inference events and delayed label events (see docs/simulate.md)."""
@@ -154,9 +173,10 @@ def simulate(
     settings = load_settings()
     config = _simulation_config(sites, studies, seed, change_site, change_at, start, change_from)
     scorer = _scorer(settings, scores, config.model_name)
+    embedder = _embedder(settings, config.model_name) if embeddings else None
     console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
     if jsonl is not None:
-        events = simulated_events(config, output_dir(settings, config.seed), scorer)
+        events = simulated_events(config, output_dir(settings, config.seed), scorer, embedder)
         written = write_jsonl(events, jsonl)
         console.print(f"wrote {written} events to {jsonl}")
         return
@@ -165,7 +185,9 @@ def simulate(
     except BrokerNotFound as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    sent = publish_simulation(settings, config, bootstrap, rate=rate or None, scorer=scorer)
+    sent = publish_simulation(
+        settings, config, bootstrap, rate=rate or None, scorer=scorer, embedder=embedder
+    )
     console.print(f"published {sent} events to {','.join(bootstrap)}")
 
 

@@ -15,11 +15,11 @@ from monitor.service.publish import publish
 from monitor.service.registry import registry_for
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig, simulate
-from monitor.simulate.stream import StudyScorer
+from monitor.simulate.stream import StudyEmbedder, StudyScorer
 from retrain.mlflow_names import CHAMPION
 
 if TYPE_CHECKING:
-    from monitor.simulate.model_scores import TrainedModelScorer
+    from monitor.simulate.model_scores import TrainedModelEmbedder, TrainedModelScorer
 
 ScoresChoice = Literal["auto", "champion", "score-model"]
 
@@ -41,12 +41,13 @@ def publish_simulation(
     rate: float | None = None,
     stop: threading.Event | None = None,
     scorer: StudyScorer | None = None,
+    embedder: StudyEmbedder | None = None,
 ) -> int:
-    """Render, extract, score (``scorer``, or the score model) and publish every simulated
-    event; returns how many were sent."""
+    """Render, extract, score (``scorer``, or the score model), embed (``embedder``, if given:
+    inference-event/v2) and publish every simulated event; returns how many were sent."""
     producer = make_producer(bootstrap, settings.kafka)
     try:
-        events = simulate(config, output_dir(settings, config.seed), scorer)
+        events = simulate(config, output_dir(settings, config.seed), scorer, embedder)
         return publish(producer, events, settings.kafka, rate=rate, stop=stop)
     finally:
         producer.close()
@@ -84,3 +85,21 @@ def champion_scorer(
             raise NoChampion(f"{model_name} has no champion; run `radsentry train-initial`")
         return None
     return TrainedModelScorer(registry.load_model(model_name, version.version), version.version)
+
+
+def champion_embedder(settings: Settings, model_name: str) -> TrainedModelEmbedder:
+    """The champion's model and projection as the simulator's embedder (``simulate
+    --embeddings``); NoChampion when there is no champion or it has no projection."""
+    from monitor.simulate.model_scores import TrainedModelEmbedder
+    from retrain.tracking import TrackingError
+
+    registry = registry_for(settings)
+    version = registry.version_by_alias(model_name, CHAMPION)
+    if version is None:
+        raise NoChampion(f"{model_name} has no champion; run `radsentry train-initial`")
+    try:
+        projection = registry.load_projection(model_name, version.version)
+    except TrackingError as exc:
+        raise NoChampion(str(exc)) from None
+    trained = registry.load_model(model_name, version.version)
+    return TrainedModelEmbedder(trained, projection, model_name, version.version)

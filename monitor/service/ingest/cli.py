@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +18,10 @@ from monitor.service.runtime import (
     open_database,
     require_bootstrap,
 )
+
+if TYPE_CHECKING:
+    from monitor.service.ingest.edge import Extracted
+    from monitor.service.settings import Settings
 
 app = typer.Typer()
 """Top-level commands; the root CLI (``monitor/service/cli.py``) mounts them."""
@@ -94,13 +99,24 @@ def extract(
             "files (the path itself is never written).",
         ),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            metavar="NAME[@ALIAS|@VERSION]",
+            help="Score and embed each image with this registered model version (default alias: "
+            "champion) and the projection stored with it; write inference-event/v2 lines "
+            "(site: RADSENTRY_EDGE__SITE_ID). Not with --file-key.",
+        ),
+    ] = None,
 ) -> None:
     """Extract the PHI-free features of DICOM files, one JSON line per file on stdout.
 
     Each line holds the study_key, modality, allowlisted metadata, pixel statistics and the
     text fields dropped as possible PHI (names and rules, never values), or the typed error for a
-    file that cannot be used. The study_key and file_key are keyed with the site secret
-    (RADSENTRY_EDGE__HMAC_KEY). Exit status 1 when any file failed.
+    file that cannot be used. With --model each line is an inference-event/v2 instead, with the
+    model's scores and its embedding of the image. The study_key and file_key are keyed with
+    the site secret (RADSENTRY_EDGE__HMAC_KEY). Exit status 1 when any file failed.
     """
     from monitor.service.ingest.edge import extract_paths
 
@@ -108,7 +124,12 @@ def extract(
     failures = 0
     total = 0
     dropped: Counter[str] = Counter()
-    for result in extract_paths(paths, edge_key(settings), file_keys=file_key):
+    results: Iterator[Extracted]
+    if model is None:
+        results = extract_paths(paths, edge_key(settings), file_keys=file_key)
+    else:
+        results = _event_lines(paths, settings, model, file_key)
+    for result in results:
         typer.echo(result.line)
         total += 1
         failures += not result.ok
@@ -124,3 +145,24 @@ def extract(
         )
     if failures:
         raise typer.Exit(1)
+
+
+def _event_lines(
+    paths: list[Path], settings: Settings, reference: str, file_key: bool
+) -> Iterator[Extracted]:
+    """`extract --model`'s lines, or exit 2 on a model that cannot be used."""
+    from monitor.service.ingest.edge_events import EdgeModelError, event_lines, load_edge_model
+    from monitor.service.registry import registry_for
+    from retrain.embedding import EmbeddingError
+
+    if file_key:
+        console.print(
+            "[red]error:[/red] --file-key does not go with --model (events have no file_key)"
+        )
+        raise typer.Exit(2)
+    try:
+        edge_model = load_edge_model(registry_for(settings), reference)
+    except (EdgeModelError, EmbeddingError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return event_lines(paths, edge_key(settings), settings.edge.site_id, edge_model)

@@ -17,7 +17,7 @@ import orjson
 from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from monitor.events import InferenceEvent, LabelEvent
+from monitor.events import InferenceEvent, InferenceEventV2, LabelEvent
 from monitor.service.db import as_utc, table_of
 from monitor.service.kafka import Delivered, Rejected
 from monitor.service.models import (
@@ -146,10 +146,12 @@ def _copy(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> N
 
 
 def _copy_value(value: Any) -> Any:
-    return orjson.dumps(value).decode() if isinstance(value, dict) else value
+    # JSON columns hold objects or (the embedding) arrays; psycopg would send a list as an array.
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
 def _inference_row(event: InferenceEvent, now: datetime) -> dict[str, Any]:
+    v2 = event if isinstance(event, InferenceEventV2) else None
     return {
         "event_id": event.event_id,
         "site_id": event.site_id,
@@ -164,6 +166,8 @@ def _inference_row(event: InferenceEvent, now: datetime) -> dict[str, Any]:
         "scores": event.prediction.scores,
         "threshold": event.prediction.threshold,
         "dicom_uri": event.dicom_uri,
+        "embedding": v2.embedding if v2 is not None else None,
+        "embedding_id": v2.embedding_id if v2 is not None else None,
     }
 
 
