@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from monitor.service.broker import free_port
+from monitor.service.embedded_pg import stop_embedded_postgres
 from monitor.service.kafka import make_producer
 from monitor.service.lifecycle import STOP_BOUND_S
 from monitor.service.settings import KafkaSettings
@@ -157,7 +158,11 @@ def test_serve_killed_with_sigkill_takes_its_broker_along(tmp_path: Path) -> Non
         broker_pid = json.loads((tmp_path / "broker.json").read_text())["pid"]
     finally:
         serve.kill()
+        # The embedded PostgreSQL outlives a SIGKILL (the next start joins it): stop it here,
+        # as the next `radsentry` run's --fresh would, so no test leaves a server running.
+        stopped = stop_embedded_postgres(tmp_path)
     wait_for(lambda: not _alive(broker_pid), 15, "the orphaned broker to end")
+    assert stopped, "serve ran on an embedded server of its own"
 
 
 def test_serve_drains_and_commits_on_sigint(
