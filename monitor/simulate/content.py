@@ -73,6 +73,17 @@ class ContentShift(BaseModel):
         return value
 
 
+def parse_content_shift(text: str) -> ContentShift:
+    """``KIND:SITE[:FROM_INDEX[:SHARE]]`` (``radsentry simulate --content-shift``), e.g.
+    ``lateral:site-02:150:0.3``. Raises ValueError (a pydantic ``ValidationError`` for bad
+    values) on anything else."""
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4:
+        raise ValueError(f"{text!r}: expected KIND:SITE[:FROM_INDEX[:SHARE]]")
+    names = ("kind", "site_id", "from_index", "share")
+    return ContentShift.model_validate(dict(zip(names, parts, strict=False)))
+
+
 def check_shares(shifts: Sequence[ContentShift]) -> None:
     """Raise ValueError when a site's shifts take more than all of its studies."""
     for site_id in {shift.site_id for shift in shifts}:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from monitor.dicom.metadata import age_band
+from monitor.service.cli import app
 from monitor.simulate import DEGRADED, SimulationConfig
 from monitor.simulate.anatomy import ADULT_FRONTAL, LATERAL, UNEXPOSED, anatomy_template
 from monitor.simulate.content import ContentShift, ContentShiftKind
@@ -20,6 +24,7 @@ from monitor.simulate.stream import RenderedStudy, rendered_studies
 from retrain.images import modality_values
 
 SIZE = 64
+runner = CliRunner()
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -195,3 +200,28 @@ def _body_share(study: RenderedStudy) -> float:
 
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
+
+
+def test_simulate_command_takes_content_shifts_and_refuses_malformed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RADSENTRY_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "events.jsonl"
+    common = ["simulate", "--sites", "2", "--studies", "6", "--seed", "3", "--scores"]
+    options = [*common, "score-model", "--start", "2026-03-01T00:00:00", "--jsonl", str(out)]
+    result = runner.invoke(app, [*options, "--content-shift", "lateral:site-02:2:1"])
+    assert result.exit_code == 0, result.output
+    views = [
+        (e["site_id"], e["metadata"]["ViewPosition"])
+        for e in map(orjson.loads, out.read_bytes().splitlines())
+        if e["schema"] == "inference-event/v1"
+    ]
+    assert [view for site, view in views if site == "site-01"] == ["PA"] * 6
+    assert [view in ("LL", "LATERAL") for site, view in views if site == "site-02"] == [
+        False,
+        False,
+        *[True] * 4,
+    ]
+    for bad, reason in [("lateral", "KIND:SITE"), ("sideways:site-01", "kind")]:
+        refused = runner.invoke(app, [*options, "--content-shift", bad])
+        assert refused.exit_code == 2 and reason in refused.output, refused.output
