@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -325,6 +326,8 @@ def trained_model(args: argparse.Namespace) -> Model:
     assert fitted is not None  # train() always fits one
     initial.model.save(cached / "model.pt")
     (cached / "projection.json").write_bytes(fitted.to_json())
+    for scratch in ("cohort", "work"):  # the DICOM files and checkpoints: 100+ MB, not needed
+        shutil.rmtree(cached / scratch)
     print(f"# trained on {len(cases)} studies in {time.perf_counter() - started:.0f} s")
     return Model(initial.model, fitted, cached)
 
