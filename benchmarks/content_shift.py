@@ -3,18 +3,19 @@
 One small model is trained once on simulated images (``retrain.initial``: the
 ``train-initial`` path, on a smaller cohort; cached under ``.radsentry-cache/content_shift/``).
 Then one site's studies are rendered into pools (``monitor.simulate.rendered_studies`` with the
-model as scorer): the reference (500 studies), a pool of baseline studies for windows, and one
-pool per content shift (every study shifted). The edge extractor reads each study and the model
-scores and embeds it, so each study becomes exactly the row the drift engine sees
-(``monitor.drift.features.FeatureSchema``) plus its embedding.
+model as scorer): 1,500 baseline studies and one pool per content shift (every study shifted).
+The edge extractor reads each study and the model scores and embeds it, so each study becomes
+exactly the row the drift engine sees (``monitor.drift.features.FeatureSchema``) plus its
+embedding. Pools are cached beside the model.
 
 For each scenario (no shift, and each shift at ``--share`` of the studies) and window size,
-``--trials`` windows are drawn: each study of a window is shifted with probability ``share``
-and drawn without replacement from that pool. Every window goes to every detector family,
-fitted once on the same reference: pixel-statistic MMD, metadata KS, metadata chi-square,
-model-score KS and embedding MMD, each at ``family_alpha / k`` of the engine (k: its window
-detectors plus ``embedding_mmd``). The learned effect thresholds and the alarm layer are not
-applied: this is the per-window decision of each test.
+``--trials`` trials: each draws a reference of ``--reference`` (500) studies from the baseline
+pool and a window from the rest, each study of which is shifted with probability ``share``
+(drawn without replacement from that shift's pool). Every family scores the same window against
+the same reference: pixel-statistic MMD, metadata KS, metadata chi-square, model-score KS and
+embedding MMD, each at ``family_alpha / k`` of the engine (k: its window detectors plus
+``embedding_mmd``). The learned effect thresholds and the alarm layer are not applied: this is
+the per-window decision of each test.
 
     .venv/bin/python -m benchmarks.content_shift              # docs/benchmarks.md
     .venv/bin/python -m benchmarks.content_shift --quick      # smoke run, about a minute
