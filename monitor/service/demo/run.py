@@ -21,7 +21,7 @@ from monitor.service.api import create_app
 from monitor.service.audit.config import record_config
 from monitor.service.db import make_engine
 from monitor.service.demo import state as demo_state
-from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed
+from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed, StageStopped
 from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
 from monitor.service.demo.state import FRESH_HINT, CannotResume, DemoRecord
@@ -84,6 +84,9 @@ calibration rule is off."""
 
 
 DEMO_STOP_BOUND_S = 45.0
+"""From Ctrl-C to the exit, whatever is still draining then (exit status 1). Every stage stops
+within a second or two, training included (it is asked between batches); the bound is for a
+step that cannot be asked, such as the gate's evaluation or an MLflow call with its retries."""
 
 ROUTINE_LOGGERS: Final = frozenset(
     {
@@ -183,8 +186,11 @@ def run_demo(
                     name="radsentry-demo-keys",
                     daemon=True,
                 ).start()
+        except StageStopped as exc:  # Ctrl-C: nothing failed, the exit status stays 0
+            console.print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
+            return
         except StageFailed as exc:
-            if stop.is_set():  # Ctrl-C stopped it: nothing failed, the exit status stays 0
+            if stop.is_set():  # as above, from a step that saw the stop its own way
                 return
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
             console.print(
@@ -207,8 +213,7 @@ def run_demo(
         console.print(f"  a token for it: {token}", soft_wrap=True, markup=False)
     driver = threading.Thread(target=drive, name="radsentry-demo-loop", daemon=True)
     driver.start()
-    # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py); the bound leaves
-    # the loop's driver its 30 s to finish a stage's step.
+    # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py).
     with GracefulStop("demo", bound_s=DEMO_STOP_BOUND_S) as stopping:
         if broker is not None:
             stopping.on_abandon(broker.stop)
@@ -226,6 +231,8 @@ def run_demo(
             engine.dispose()
             if embedded is not None:
                 embedded_pg.close_embedded_database(settings.data_dir)
+    if stopping.requested.is_set():
+        console.print("stopped (Ctrl-C)")
     return outcome.get("code", 0)
 
 
