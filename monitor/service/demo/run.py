@@ -24,7 +24,13 @@ from monitor.service.demo import state as demo_state
 from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed, StageStopped
 from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
-from monitor.service.demo.state import FRESH_HINT, CannotResume, DemoRecord
+from monitor.service.demo.state import (
+    DEMO_ACTOR,
+    FRESH_HINT,
+    CannotResume,
+    DemoRecord,
+    NotTheDemosDatabase,
+)
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
@@ -119,7 +125,8 @@ def run_demo(
     exit, or through every stage and keep serving until Ctrl-C (None). The exit code.
 
     A rerun on the same data dir resumes the previous run (``demo.state``); ``fresh`` deletes
-    what it stored first. A run that cannot resume exits 2 saying what to do."""
+    what it stored first (only the demo's own database: ``demo.state.check_wipeable``). A run
+    that cannot resume, or cannot start over, exits 2 saying what to do."""
     from retrain.initial import InitialConfig
 
     configure_logging(settings.logging, routine=ROUTINE_LOGGERS)
@@ -141,13 +148,14 @@ def run_demo(
     engine = make_engine(database_url(settings))
     try:
         config, record = _begin(settings, engine, config, fresh=fresh)
-    except CannotResume as exc:
-        console.print(f"[red]cannot resume:[/red] {exc}", soft_wrap=True)
+    except (CannotResume, NotTheDemosDatabase) as exc:
+        refusal = "cannot resume" if isinstance(exc, CannotResume) else "will not start over"
+        console.print(f"[red]{refusal}:[/red] {exc}", soft_wrap=True)
         engine.dispose()
         if embedded is not None:
             embedded_pg.close_embedded_database(settings.data_dir)
         return 2
-    record_config(engine, settings, actor="radsentry-demo")
+    record_config(engine, settings, actor=DEMO_ACTOR)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
     scheduler = start_jobs(engine, settings.performance, settings.retrain)
@@ -241,6 +249,7 @@ def _begin(
 ) -> tuple[SimulationConfig, DemoRecord]:
     """``demo_state.begin``, saying on the console what it chose."""
     if fresh:
+        demo_state.check_wipeable(settings, engine)  # before saying it deletes anything
         console.print(f"starting over in {settings.data_dir}: deleting what earlier runs stored")
     config, record = demo_state.begin(settings, engine, config, fresh=fresh)
     if record.reached:
