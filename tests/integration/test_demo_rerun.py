@@ -18,7 +18,7 @@ from monitor.drift.alerts import Alert, StreamKey
 from monitor.service.audit import store as change_log
 from monitor.service.audit.config import record_config
 from monitor.service.demo import state as demo_state
-from monitor.service.demo.loop import DemoLoop, StageFailed
+from monitor.service.demo.loop import DemoLoop, StageFailed, StageStopped
 from monitor.service.demo.stages import Stage
 from monitor.service.drift.alerts import write_alerts
 from monitor.service.ingest.consumer import ConsumerThread
@@ -208,6 +208,26 @@ def test_a_request_made_by_an_earlier_run_is_named_when_none_is_pending(
     retrain_store.finish(pg_engine, request.request_id, "succeeded")
     with pytest.raises(StageFailed, match=rf"already requested: request {request.request_id} "):
         _loop(settings, pg_engine)._retrain_request(_never())
+
+
+def test_a_stop_during_a_stage_is_a_stop_not_a_failure(pg_engine: Engine, tmp_path: Path) -> None:
+    """Ctrl-C while a stage waits (or trains): StageStopped names the stage, which is not
+    recorded as reached, so the next run takes it up again."""
+    loop = _loop(Settings(data_dir=tmp_path), pg_engine)
+    done = [Stage.INITIAL_MODEL, Stage.STREAM]
+    loop.record = demo_state.DemoRecord(
+        simulation=demo_state.schedule_of(SIMULATION),
+        start=T0,
+        started_at=T0,
+        reached=list(done),
+        stream_scores="champion",
+    )
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()  # no drift alert comes: the stage waits for one
+    with pytest.raises(StageStopped, match="stopped during the drift-alert stage") as stopped:
+        loop.run(Stage.DRIFT_ALERT, stop)
+    assert stopped.value.stage == Stage.DRIFT_ALERT
+    assert loop.state.reached == done and loop.record.reached == done
 
 
 def _never() -> threading.Event:
