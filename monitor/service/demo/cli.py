@@ -16,6 +16,7 @@ from monitor.service.demo.stages import Stage
 from monitor.service.runtime import (
     BrokerNotFound,
     console,
+    exit_process,
     load_settings,
     require_bootstrap,
     terminal_foreground,
@@ -269,4 +270,4 @@ def demo(
         except KeyboardInterrupt:
             console.print("stopped (Ctrl-C)")
             code = 0
-    raise typer.Exit(code)
+    exit_process(code)
