@@ -56,7 +56,7 @@ def outcomes_of(engine: DriftEngine, events: Iterable[InferenceEvent]) -> list[O
 def test_no_alarm_beyond_the_nominal_rate_on_an_unchanged_embedding_stream() -> None:
     config = EngineConfig(
         reference_size=500,
-        window=WindowConfig(size=100, min_size=50),
+        window=WindowConfig(size=50, min_size=50),
         detectors=DetectorSet(
             mmd=None, ks=None, chi2=None, score_ks=None, missingness=None, online=None
         ),
@@ -65,7 +65,7 @@ def test_no_alarm_beyond_the_nominal_rate_on_an_unchanged_embedding_stream() -> 
     engine = DriftEngine(config, directions)
     checks = []
     for seed in range(4):
-        events = v1_stream(site_id=f"site-{seed + 1:02d}", seed=seed, n_events=4500)
+        events = v1_stream(site_id=f"site-{seed + 1:02d}", seed=seed, n_events=2500)
         checks += checks_of(engine, with_embeddings(events, seed))
     results = [check.result for check in checks if check.result is not None]
     assert len(results) == 160 and {check.detector for check in checks} == {"embedding_mmd"}
