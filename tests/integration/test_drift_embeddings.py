@@ -99,7 +99,7 @@ def test_a_content_shift_alerts_and_the_api_explains_it_by_a_known_direction(
     page = response.text
     assert "image content in the model&#39;s embedding (MMD)" in page
     assert "window mean moved towards lateral views" in page
-    assert "emb_01" in page
+    assert "emb_01" in page and "Component 2 of the model&#39;s embedding" in page
 
 
 def test_a_v1_site_runs_without_the_detector_and_says_why(client: TestClient) -> None:
