@@ -408,7 +408,10 @@ def open_alert(
     floor = stream.floor(check.detector)
     learned = stream.learned.get(check.detector)
     features = drifting_features(result, floor)
-    if learned is not None and result.threshold is not None:
+    per_feature = any(a.p_value is not None for a in result.attributions)
+    # A multivariate result (MMD) has no per-feature thresholds: its features are its leading
+    # contributors, which the filter below would empty.
+    if learned is not None and result.threshold is not None and per_feature:
         drifting = calibration.drifting_features(result, learned, floor)
         features = tuple(feature for feature in features if feature in drifting)
     explanation = explain(stream.key, check, result, since)

@@ -169,3 +169,19 @@ def test_a_reference_uploaded_with_embeddings_enables_the_detector() -> None:
     engine.rebaseline(KEY, requested_by="tester", reason="v2 edge", requested_at=0.0, events=upload)
     stream = engine.streams[KEY]
     assert stream.schema.embedding_id == EMBEDDING_ID and "embedding_mmd" in stream.detectors
+
+
+def test_with_learned_thresholds_multivariate_alerts_still_name_their_features() -> None:
+    # Regression: the learned-threshold filter kept only per-feature drifting features, so an
+    # MMD alert (pixel or embedding) past its learned MMD^2 threshold named none.
+    config = EngineConfig(
+        reference_size=1000, window=WindowConfig(size=100, min_size=50), detectors=ALL.detectors
+    )
+    base = v1_stream(n_events=1800, change_at=1300, pixel_shift_sd=0.5)
+    events = with_embeddings(base, 0, change_at=1300, shift=0.8 * LATERAL)
+    engine = DriftEngine(config, directions)
+    alerts = {a.detector: a for outcome in outcomes_of(engine, events) for a in outcome.alerts}
+    assert {"mmd", "embedding_mmd"} <= set(alerts)
+    assert set(engine.streams[KEY].learned) >= {"mmd", "embedding_mmd"}
+    assert len(alerts["mmd"].features) == 3
+    assert alerts["embedding_mmd"].features[0] == "direction:lateral_views"
