@@ -3,9 +3,11 @@ a known direction, v1 streams untouched, missing embeddings, state restored exac
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 
 import numpy as np
+import orjson
 import pytest
 from scipy.stats import binomtest
 
@@ -185,3 +187,24 @@ def test_with_learned_thresholds_multivariate_alerts_still_name_their_features()
     assert set(engine.streams[KEY].learned) >= {"mmd", "embedding_mmd"}
     assert len(alerts["mmd"].features) == 3
     assert alerts["embedding_mmd"].features[0] == "direction:lateral_views"
+
+
+def test_a_state_saved_before_embeddings_existed_still_loads() -> None:
+    engine = DriftEngine(ALL)
+    outcomes_of(engine, v1_stream(n_events=450))
+    blob = engine.export(KEY)
+    archive = np.load(io.BytesIO(blob), allow_pickle=False)
+    meta = orjson.loads(archive["meta"].tobytes())
+    for name in ("embedding", "embedding_id"):
+        del meta["schema"][name]
+    del meta["reference_info"]["not_run"]
+    arrays = {name: archive[name] for name in archive.files if name != "meta"}
+    old = io.BytesIO()
+    np.savez(old, meta=np.frombuffer(orjson.dumps(meta), dtype=np.uint8), **arrays)
+
+    restored = DriftEngine(ALL)
+    restored.restore(old.getvalue(), engine.export_reference(KEY))
+    stream = restored.streams[KEY]
+    assert stream.schema == engine.streams[KEY].schema and stream.schema.embedding == ()
+    later = v1_stream(n_events=700)[450:]
+    assert checks_of(restored, later) == checks_of(engine, later)
