@@ -1,0 +1,60 @@
+"""The consumer's direction source: lazy, cached per model version, bound to the projection."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from monitor.drift.alerts import StreamKey
+from monitor.drift.directions import DirectionSet, fit_direction
+from monitor.service.drift.directions import RegistryDirections
+from retrain.mlflow_calls import TrackingError
+
+KEY = StreamKey("site-01", "cxr", "3")
+FINGERPRINT = "ab" * 32
+DIRECTIONS = DirectionSet(
+    projection_fingerprint=FINGERPRINT,
+    directions=(
+        fit_direction(
+            "lateral_views",
+            "towards lateral views",
+            np.eye(3)[:2],
+            np.add(np.eye(3)[:2], [0.0, 0.0, 1.0]),
+        ),
+    ),
+)
+
+
+class CountingRegistry:
+    """Our registry's one method the source uses, counting the calls."""
+
+    def __init__(self, found: DirectionSet | None, fail: bool = False) -> None:
+        self.found, self.fail, self.calls = found, fail, 0
+
+    def load_directions(self, model_name: str, version: str) -> DirectionSet | None:
+        self.calls += 1
+        if self.fail:
+            raise TrackingError("load directions failed after 3 attempts: connection refused")
+        return self.found
+
+
+def test_directions_are_read_once_per_version_and_only_for_their_projection() -> None:
+    registry = CountingRegistry(DIRECTIONS)
+    built: list[CountingRegistry] = []
+
+    def build() -> CountingRegistry:
+        built.append(registry)
+        return registry
+
+    source = RegistryDirections(build)  # type: ignore[arg-type]
+    assert built == []  # nothing opened before a stream asks
+    assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == DIRECTIONS.directions
+    assert source(KEY, "cxr@3/pca3-ffffffffffff") == ()
+    assert registry.calls == 1 and len(built) == 1
+
+
+def test_an_unreachable_registry_means_no_directions_not_a_failed_batch() -> None:
+    registry = CountingRegistry(None, fail=True)
+    source = RegistryDirections(lambda: registry)  # type: ignore[arg-type,return-value]
+    assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()
+    assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()
+    assert registry.calls == 1
