@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from monitor.drift.alerts import StreamKey
 from monitor.drift.directions import DirectionSet, fit_direction
@@ -27,13 +28,13 @@ DIRECTIONS = DirectionSet(
 class CountingRegistry:
     """Our registry's one method the source uses, counting the calls."""
 
-    def __init__(self, found: DirectionSet | None, fail: bool = False) -> None:
+    def __init__(self, found: DirectionSet | None, fail: Exception | None = None) -> None:
         self.found, self.fail, self.calls = found, fail, 0
 
     def load_directions(self, model_name: str, version: str) -> DirectionSet | None:
         self.calls += 1
-        if self.fail:
-            raise TrackingError("load directions failed after 3 attempts: connection refused")
+        if self.fail is not None:
+            raise self.fail
         return self.found
 
 
@@ -52,8 +53,17 @@ def test_directions_are_read_once_per_version_and_only_for_their_projection() ->
     assert registry.calls == 1 and len(built) == 1
 
 
-def test_an_unreachable_registry_means_no_directions_not_a_failed_batch() -> None:
-    registry = CountingRegistry(None, fail=True)
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TrackingError("load directions failed after 3 attempts: connection refused"),
+        ValueError("1 validation error for DirectionSet"),
+    ],
+)
+def test_an_unreachable_registry_or_bad_document_means_no_directions_not_a_failed_batch(
+    failure: Exception,
+) -> None:
+    registry = CountingRegistry(None, fail=failure)
     source = RegistryDirections(lambda: registry)  # type: ignore[arg-type,return-value]
     assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()
     assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()

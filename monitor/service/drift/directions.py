@@ -50,7 +50,10 @@ class RegistryDirections:
                 if self._registry is None:
                     self._registry = self._make_registry()
                 self._cache[cached] = self._registry.load_directions(model_name, version)
-            except TrackingError as exc:  # unregistered version or MLflow down: no names
+            # An unregistered version, MLflow down, or an unreadable document (a ValueError from
+            # its validation): explanations without names, never a consumer batch that fails
+            # and is redelivered for ever.
+            except (TrackingError, ValueError, OSError) as exc:
                 log.warning(
                     "no embedding directions", model=model_name, version=version, error=str(exc)
                 )
