@@ -42,9 +42,10 @@ MIN_UPLOADED_REFERENCE = 50
 
 class DirectionSource(Protocol):
     """The known directions (:mod:`monitor.drift.directions`) of a stream's embedding
-    projection, ``embedding_id`` naming it; () when there are none. The engine asks once per
-    stream and process, when it first scores the stream's embedding detector; the service's
-    source reads them from MLflow (``monitor.service.drift.directions``)."""
+    projection, ``embedding_id`` naming it; () when there are none. The engine asks before
+    each window its embedding detector scores (a source caches: directions logged after the
+    stream started are then picked up); the service's source reads them from MLflow
+    (``monitor.service.drift.directions``)."""
 
     def __call__(self, key: StreamKey, embedding_id: str) -> tuple[Direction, ...]: ...
 
@@ -81,11 +82,7 @@ class DriftEngine:
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = StreamState.new(key, event, self.config)
-        if stream.directions is None and EMBEDDING_DETECTOR in stream.detectors:
-            embedding_id = stream.schema.embedding_id
-            found = self.directions(key, embedding_id) if self.directions and embedding_id else ()
-            stream.directions = tuple(found)
-        return _process(stream, event, self.config)
+        return _process(stream, event, self.config, self.directions)
 
     def export(self, key: StreamKey) -> bytes:
         """The changing state of stream ``key`` as bytes (:mod:`monitor.drift.state`)."""
@@ -139,7 +136,12 @@ class DriftEngine:
         return outcome
 
 
-def _process(stream: StreamState, event: InferenceEvent, config: EngineConfig) -> Outcome:
+def _process(
+    stream: StreamState,
+    event: InferenceEvent,
+    config: EngineConfig,
+    directions: DirectionSource | None = None,
+) -> Outcome:
     if not stream.reference_info.frozen:
         stream.append_reference(event)
         times = stream.reference.times
@@ -155,15 +157,23 @@ def _process(stream: StreamState, event: InferenceEvent, config: EngineConfig) -
         and len(window) >= window_config.min_size
         and time - window.times[0] >= window_config.duration_s
     ):
-        outcome.extend(_score_window(stream, config, event_time=time))
+        outcome.extend(_score_window(stream, config, time, directions))
     window.append(numeric, codes, time)
     if window_config.size is not None and len(window) >= window_config.size:
-        outcome.extend(_score_window(stream, config, event_time=time))
+        outcome.extend(_score_window(stream, config, time, directions))
     outcome.extend(_online(stream, config, numeric, time))
     return outcome
 
 
-def _score_window(stream: StreamState, config: EngineConfig, event_time: float) -> Outcome:
+def _score_window(
+    stream: StreamState,
+    config: EngineConfig,
+    event_time: float,
+    directions: DirectionSource | None = None,
+) -> Outcome:
+    embedding_id = stream.schema.embedding_id
+    if directions is not None and embedding_id and EMBEDDING_DETECTOR in stream.detectors:
+        stream.directions = tuple(directions(stream.key, embedding_id))
     window = stream.window
     start, end = to_datetime(float(window.times.min())), to_datetime(float(window.times.max()))
     outcome = Outcome()

@@ -145,8 +145,8 @@ class StreamState:
     """Effect thresholds learned from the reference, by detector (empty when not configured,
     or when the reference is too short to learn from)."""
     directions: tuple[Direction, ...] | None = None
-    """The known directions of the stream's embedding projection, once the engine has asked
-    for them (not persisted: asked again after a restart)."""
+    """The known directions of the stream's embedding projection, as the engine last got them
+    (not persisted: the engine asks its source before each window)."""
     reference_revision: int = 0
     """Counts changes to the reference rows in this process (not persisted): a store saves the
     rows again only when this moved since its last save."""

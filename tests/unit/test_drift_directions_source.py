@@ -68,3 +68,18 @@ def test_an_unreachable_registry_or_bad_document_means_no_directions_not_a_faile
     assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()
     assert source(KEY, "cxr@3/pca3-" + FINGERPRINT[:12]) == ()
     assert registry.calls == 1
+
+
+def test_a_version_without_directions_is_asked_again_after_the_retry_interval() -> None:
+    registry = CountingRegistry(None)
+    now = [0.0]
+    source = RegistryDirections(lambda: registry, retry_s=600, clock=lambda: now[0])  # type: ignore[arg-type,return-value]
+    embedding_id = "cxr@3/pca3-" + FINGERPRINT[:12]
+    assert source(KEY, embedding_id) == ()
+    registry.found = DIRECTIONS  # logged after the consumer started
+    now[0] = 599.0
+    assert source(KEY, embedding_id) == () and registry.calls == 1
+    now[0] = 601.0
+    assert source(KEY, embedding_id) == DIRECTIONS.directions and registry.calls == 2
+    now[0] = 5000.0
+    assert source(KEY, embedding_id) == DIRECTIONS.directions and registry.calls == 2
