@@ -52,7 +52,8 @@ def register_initial(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> InitialRegistration:
-    """Render the cohort, train v1, log and register it, and make it the champion.
+    """Render the cohort, train v1, log and register it with its known embedding directions
+    (``monitor.simulate.examples.simulated_directions``), and make it the champion.
 
     ``should_stop`` is asked while the cohort renders and between training batches; when it
     answers True, ``retrain.train.TrainingStopped`` is raised before anything is registered.
@@ -88,6 +89,15 @@ def register_initial(
     )
     intended_use = governing.plan.description.fixed.intended_use_id if governing else None
     version = registry.log_and_register(_record(config, initial, intended_use), alias=INITIAL)
+    if initial.result.projection is not None:
+        # Known directions, so the embedding detector's alerts name the content that moved
+        # ("towards lateral views"): fitted from the simulator's content shifts, a few seconds.
+        from monitor.simulate.examples import simulated_directions
+
+        directions = simulated_directions(
+            initial.model, initial.result.projection, seed=config.seed
+        )
+        registry.log_directions(config.model_name, version.version, directions)
     registry.set_initial_champion(config.model_name, version.version)
     log.info("initial champion registered", model_name=config.model_name, version=version.version)
     return InitialRegistration(version, initial, cohort_dir)
