@@ -119,6 +119,16 @@ def _restore_learned(
     }
 
 
+def stored_learned(blob: bytes) -> dict[str, calibration.DetectorThresholds]:
+    """The learned thresholds a :func:`dump` blob holds (empty when none were learned), without
+    restoring the stream: the health score reads their chunk moments."""
+    meta, _ = _unarchive(blob)
+    return {
+        name: calibration.DetectorThresholds.from_json(document)
+        for name, document in meta.get("learned", {}).items()
+    }
+
+
 def _archive(meta: dict[str, Any], arrays: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.frombuffer(orjson.dumps(meta), dtype=np.uint8), **arrays)

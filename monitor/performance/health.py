@@ -60,6 +60,8 @@ class HealthConfig(DetectorConfig):
     n_bootstrap: int = Field(default=200, ge=20)
     confidence: float = Field(default=0.9, gt=0.5, lt=1.0)
     seed: int = 0
+    min_cases_per_class: int = Field(default=5, ge=2)
+    """A window has a realised AUROC only with this many positives and negatives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,9 +221,7 @@ def score(
     lower, upper = (float(v) for v in np.quantile(health_of(replicates), [tail, 1.0 - tail]))
     expected = None
     if weights.source == "learned":
-        expected = float(
-            sum(weights.auroc_per_spread[d] * max(z[d] or 0.0, 0.0) for d in present)
-        )
+        expected = float(sum(weights.auroc_per_spread[d] * max(z[d] or 0.0, 0.0) for d in present))
     return HealthScore(
         float(health_of(index)),
         min(lower, float(health_of(index))),
