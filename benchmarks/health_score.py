@@ -171,6 +171,7 @@ def evaluate(
         end for end, h, a in zip(run.ends, health, after, strict=True) if a and h < ALARM_BELOW
     ]
     return {
+        "pairs": list(zip(health[both], realised[both], strict=True)),
         "pearson": float(pearsonr(health[both], realised[both])[0]),
         "spearman": float(spearmanr(health[both], realised[both])[0]),
         "false_alarms": f"{int((health[~after] < ALARM_BELOW).sum())}/{int((~after).sum())}",
@@ -208,9 +209,12 @@ def main() -> None:
                 lead = (
                     None if moves_at is None or realised_at is None else realised_at - int(moves_at)  # type: ignore[call-overload]
                 )
+                summary = ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in found.items()
+                )
                 print(
-                    f"seed {args.seed + offset} {name} weights: {found}; realised AUROC moves at "
-                    f"study {realised_at}; lead {lead} studies "
+                    f"seed {args.seed + offset} {name} weights: {summary}; realised AUROC moves "
+                    f"at study {realised_at}; lead {lead} studies "
                     f"({None if lead is None else round(lead / CONFIG.window.size, 1)} windows)"
                 )
 
