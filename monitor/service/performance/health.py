@@ -122,7 +122,7 @@ def stream_health(
 ) -> StreamHealth | None:
     """The latest window's health of ``stream`` (None before any scored window)."""
     moments = moments_of(bytes(stream.state))
-    checks = _checks(engine, stream, max_windows * 4)
+    checks = _checks(engine, stream, set(moments), max_windows)
     windows = windows_of(checks, set(moments))[-max_windows:]
     if not windows:
         return None
@@ -181,22 +181,40 @@ def all_health(engine: Engine, config: HealthConfig) -> list[StreamHealth]:
     return [health for site in sorted(sites) for health in site_health(engine, site, config)]
 
 
-def _checks(engine: Engine, stream: DriftStreamRow, limit: int) -> list[DriftCheckRow]:
+def _checks(
+    engine: Engine, stream: DriftStreamRow, detectors: set[str], max_windows: int
+) -> list[DriftCheckRow]:
+    """The latest ``max_windows`` windows' checks of the detectors with moments, and every
+    other detector's check of the latest of those windows (listed in its components). Other
+    detectors' checks are not read in bulk: the online detector checks every block."""
+    table = DriftCheckRow
+    stream_rows = (
+        table.site_id == stream.site_id,
+        table.model_name == stream.model_name,
+        table.model_version == stream.model_version,
+    )
     with engine.connect() as connection:
         rows = [
-            DriftCheckRow(**row._mapping)
+            table(**row._mapping)
             for row in connection.execute(
-                select(DriftCheckRow)
-                .where(
-                    DriftCheckRow.site_id == stream.site_id,
-                    DriftCheckRow.model_name == stream.model_name,
-                    DriftCheckRow.model_version == stream.model_version,
-                )
-                .order_by(DriftCheckRow.window_end.desc(), DriftCheckRow.id.desc())
-                .limit(limit)
+                select(table)
+                .where(*stream_rows, table.detector.in_(sorted(detectors)))
+                .order_by(table.window_end.desc(), table.id.desc())
+                .limit(max_windows * max(len(detectors), 1))
             )
         ]
-    return list(reversed(rows))
+        if rows:
+            rows += [
+                table(**row._mapping)
+                for row in connection.execute(
+                    select(table).where(
+                        *stream_rows,
+                        table.detector.not_in(sorted(detectors)),
+                        table.window_end == rows[0].window_end,
+                    )
+                )
+            ]
+    return sorted(rows, key=lambda row: (as_utc(row.window_end), row.id))
 
 
 def _finding(engine: Engine, stream: DriftStreamRow) -> str | None:
