@@ -11,18 +11,19 @@ here: any detector the engine runs, present or future, takes part once it has mo
 
 **Combining.** ``drift index = sum_j w_j * z_j`` with non-negative weights summing to 1. The
 weights are learned from labelled history when there is enough of it: over the windows with a
-realised AUROC, non-negative least squares (ridge-regularised, intercept by centring) of the
-AUROC *drop* on the detectors' ``z``; a detector whose ``z`` predicts the drop gets weight, one
-that moves without hurting the model gets little or none. The raw coefficients are AUROC per
-reference spread, so ``expected_auroc_drop`` (relative to a window at the reference's level) is
-reported too. With fewer than ``min_labelled_windows`` labelled windows, or when no detector
+realised AUROC, non-negative least squares (intercept by centring, a ridge penalty that shrinks
+towards equal weights) of the AUROC *drop* on the detectors' ``z``; a detector whose ``z``
+predicts the drop gets weight, one that moves without hurting the model gets little or none.
+The raw coefficients are AUROC per reference spread, so ``expected_auroc_drop`` (the drop the
+window's positive ``z`` predict, against a window at the reference's level) is reported too.
+With fewer than ``min_labelled_windows`` labelled windows, or when no detector
 predicts the drop at all, every detector with moments weighs the same: ``default weights``,
 said so in the result.
 
 **Scale.** ``health = 100 - (100 / Z_CAP) * max(drift index, 0)``: 100 is a window at or below
 the reference's usual variation, each reference spread of the weighted detectors costs 12.5
 points, and 0 is every weighted detector at its cap (8 spreads). On an unchanged stream the
-index is about standard normal or narrower, so health stays above about 80 (index below 2)
+index is about standard normal or narrower, so health stays above about 80 (index below 1.6)
 in roughly 97% of windows.
 
 **Band.** Learned weights: a bootstrap over the labelled windows, each replicate also drawing
@@ -55,8 +56,10 @@ class HealthConfig(DetectorConfig):
 
     min_labelled_windows: int = Field(default=8, ge=3)
     """Fewest windows with a realised AUROC to learn weights from; fewer: default weights."""
-    ridge: float = Field(default=1.0, ge=0.0)
-    """Ridge penalty on the weights (in squared AUROC per squared spread, times windows)."""
+    ridge: float = Field(default=0.1, ge=0.0)
+    """Ridge penalty on the weights' differences from equal weights, relative to the labelled
+    windows' mean column energy: with few windows or detectors that move together the weights
+    stay near equal, instead of resting on one detector by chance."""
     n_bootstrap: int = Field(default=200, ge=20)
     confidence: float = Field(default=0.9, gt=0.5, lt=1.0)
     seed: int = 0
@@ -135,11 +138,16 @@ def default_weights(detectors: Sequence[str], reason: str, labelled: int = 0) ->
 
 
 def _fit(z: NDArray[np.float64], drop: NDArray[np.float64], ridge: float) -> NDArray[np.float64]:
-    """Non-negative ridge least squares of ``drop`` on ``z``, intercept removed by centring."""
+    """Non-negative least squares of ``drop`` on ``z``, intercept removed by centring, with a
+    ridge penalty on the coefficients' differences from their mean (shrinking towards equal
+    weights, the default), ``ridge`` times the design's mean column energy."""
     from scipy.optimize import nnls
 
     centred_z, centred_drop = z - z.mean(axis=0), drop - drop.mean()
-    penalty = np.sqrt(ridge) * np.eye(z.shape[1])
+    columns = z.shape[1]
+    energy = float((centred_z**2).sum()) / columns
+    to_equal = np.eye(columns) - np.full((columns, columns), 1.0 / columns)
+    penalty = np.sqrt(ridge * energy) * to_equal
     design = np.vstack([centred_z, penalty])
     target = np.concatenate([centred_drop, np.zeros(z.shape[1])])
     coefficients, _ = nnls(design, target)
@@ -180,7 +188,8 @@ def learn_weights(
     return Weights(
         weights={d: float(c) / total for d, c in zip(detectors, coefficients, strict=True)},
         source="learned",
-        reason=f"non-negative ridge regression of the AUROC drop on {len(usable)} windows",
+        reason=f"non-negative regression of the AUROC drop on {len(usable)} windows, "
+        "shrunk towards equal weights",
         labelled_windows=len(usable),
         auroc_per_spread={d: float(c) for d, c in zip(detectors, coefficients, strict=True)},
     )

@@ -60,7 +60,9 @@ def test_a_detector_without_moments_is_listed_with_no_weight() -> None:
 def test_weights_learned_recover_the_planted_relation() -> None:
     weights = learn_weights(_history(np.random.default_rng(0), 60), DETECTORS, CONFIG)
     assert weights.source == "learned" and weights.labelled_windows == 60
-    assert weights.weights["ks_pixels"] > 0.9
+    # Shrunk towards equal weights (ridge 0.1), the predictive detector still carries most.
+    assert weights.weights["ks_pixels"] > 0.7
+    assert weights.weights["ks_pixels"] == max(weights.weights.values())
     assert weights.auroc_per_spread["ks_pixels"] == pytest.approx(0.02, rel=0.15)
     assert sum(weights.weights.values()) == pytest.approx(1.0)
 
