@@ -24,7 +24,7 @@ said so in the result.
 the reference's usual variation, each reference spread of the weighted detectors costs 12.5
 points, and 0 is every weighted detector at its cap (8 spreads). On an unchanged stream the
 index is about standard normal or narrower, so health stays above about 80 (index below 1.6)
-in roughly 97% of windows.
+in about 95% of windows.
 
 **Band.** Learned weights: a bootstrap over the labelled windows, each replicate also drawing
 every window's AUROC from its sampling distribution (DeLong variance), refits the weights and
