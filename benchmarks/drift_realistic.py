@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.drift_realistic_tally import Background, Cell, Cells, Recorder, Trial, report
-from monitor.drift.config import EngineConfig
+from monitor.drift.config import EMBEDDING_DETECTOR, EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.events import ALLOWED_METADATA_KEYS, InferenceEvent, to_json
 from monitor.service.backtest.replay import load_config
@@ -242,7 +242,8 @@ def _replay(
 ) -> Recorder:
     """Replay the unchanged stream, copying the engine at each onset; then every change from
     each copy. Returns the unchanged run's record."""
-    batch = frozenset(config.batch_detectors())
+    # The realistic streams are v1 (no embeddings): the detectors and k of such a stream.
+    batch = frozenset(config.batch_detectors(without=(EMBEDDING_DETECTOR,)))
     engine, unchanged = DriftEngine(config), Recorder(batch)
     snapshots: dict[int, tuple[DriftEngine, dict[uuid.UUID, str]]] = {}
     for index, event in enumerate(RealisticStream(stream_config, pool).events()):

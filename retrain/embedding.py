@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.decomposition import PCA  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
+from monitor.drift.directions import Direction, DirectionSet, fit_direction
 from monitor.events import EMBEDDING_MAX_LENGTH
 from retrain.model import ModelError, TrainedModel, as_image_batch
 
@@ -190,3 +191,30 @@ def embed(
     batch = as_image_batch(trained.spec, images)
     chunks = (batch[start : start + _BATCH] for start in range(0, len(batch), _BATCH))
     return projection.project(penultimate_features(trained.module(), chunks))
+
+
+def fit_direction_on_images(
+    trained: TrainedModel,
+    projection: Projection,
+    name: str,
+    description: str,
+    baseline: Tensor | npt.NDArray[np.floating],
+    shifted: Tensor | npt.NDArray[np.floating],
+) -> Direction:
+    """A known direction (``monitor.drift.directions``) from two example image sets, embedded
+    with ``projection``: e.g. PA views (baseline) and lateral views (shifted), "towards lateral
+    views". Log a model version's directions with ``Registry.log_directions`` as a
+    :func:`direction_set`."""
+    return fit_direction(
+        name,
+        description,
+        embed(trained, projection, baseline),
+        embed(trained, projection, shifted),
+    )
+
+
+def direction_set(projection: Projection, directions: Iterable[Direction]) -> DirectionSet:
+    """``directions`` bound to the projection they were fitted in."""
+    return DirectionSet(
+        projection_fingerprint=projection.fingerprint(), directions=tuple(directions)
+    )

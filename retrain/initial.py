@@ -15,7 +15,7 @@ on a held-out part of the cohort. Registration and tracking are the caller's (no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from retrain.data import load_dataset, tensors_for
 from retrain.dataset import DatasetManifest, LabelledCase, LockedTestSet
 from retrain.images import DicomWebSource
 from retrain.model import ModelSpec, TrainedModel, predict
-from retrain.train import TrainResult, train
+from retrain.train import TrainingStopped, TrainResult, train
 
 COHORT_MASTER_KEY: Final = b"radsentry-initial-cohort-master-key"
 """Keys the cohort's study pseudonyms; differs from ``monitor.simulate.DEFAULT_MASTER_KEY``."""
@@ -160,15 +160,20 @@ def render_cohort(
     part: CohortPart = "development",
     *,
     studies_per_site: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[LabelledCase, ...]:
     """Render one part of the cohort under ``out_dir/<site_id>/<study_key>.dcm``.
 
     Returns one labelled case per study, in acquisition order, with ``file://`` URIs.
+    ``should_stop`` is asked after every study; when it answers True, :class:`TrainingStopped`
+    is raised (the studies rendered so far stay: a rerun renders them again, identically).
     """
     simulation = cohort_simulation(config, part, studies_per_site)
     predictions: dict[str, InferenceEvent] = {}
     cases: dict[str, LabelledCase] = {}
     for event in simulate(simulation, out_dir):
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(0, config.train.max_epochs)
         if isinstance(event, InferenceEvent):
             predictions[event.study_key] = event
         else:
@@ -198,11 +203,15 @@ def train_initial(
     locked: LockedTestSet | None = None,
     progress: bool = False,
     dicomweb: DicomWebSource | None = None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> InitialModel:
     """Train v1 on ``cases`` (split as the retraining job splits) and evaluate it on ``test_cases``.
 
     ``locked`` is the PCCP locked test set (empty by default); a case in it is an error
-    (``LockedTestOverlapError``). Checkpoints go to ``workdir / "checkpoints"``.
+    (``LockedTestOverlapError``). Checkpoints go to ``workdir / "checkpoints"``; ``resume``
+    continues from one there (``workdir`` must then be this config's and these cases' own).
+    ``should_stop``: as for ``retrain.train.train`` (:class:`TrainingStopped`).
     """
     spec = config.spec
     data = load_dataset(
@@ -222,6 +231,8 @@ def train_initial(
         data.validation_side(),
         checkpoint_dir=workdir / "checkpoints",
         progress=progress,
+        resume=resume,
+        should_stop=should_stop,
     )
     test = (
         evaluate(result.model, test_cases, workers=config.image_workers, dicomweb=dicomweb)

@@ -41,6 +41,7 @@ class RetrainPolicy(DetectorConfig):
     triggers: tuple[Trigger, ...] = (
         Trigger(detector="performance.*"),
         Trigger(detector="mmd"),
+        Trigger(detector="embedding_mmd"),
         Trigger(detector="chi2", min_effect_size=0.3),
         Trigger(detector="score_ks", min_effect_size=0.3),
     )

@@ -32,9 +32,10 @@ from mlflow.entities import Param
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
+from monitor.drift.directions import DirectionSet
 from retrain import tracking_content as content
 from retrain.config import MlflowConfig
-from retrain.embedding import Projection
+from retrain.embedding import EmbeddingError, Projection
 from retrain.mlflow_calls import MlflowCalls, TrackingError
 from retrain.mlflow_names import (
     CHALLENGER,
@@ -55,6 +56,7 @@ log = structlog.get_logger(__name__)
 MANIFEST_ARTIFACT: Final = "dataset/manifest.json"
 BUNDLE_ARTIFACT: Final = "bundle/trained_model.pt"
 PROJECTION_ARTIFACT: Final = "projection/projection.json"
+DIRECTIONS_ARTIFACT: Final = "projection/directions.json"
 _MLFLOW_MODEL_NAME: Final = "model"
 _ALREADY_EXISTS: Final = "RESOURCE_ALREADY_EXISTS"
 _NOT_FOUND: Final = "RESOURCE_DOES_NOT_EXIST"
@@ -214,6 +216,39 @@ class Registry:
                     "retrain.embedding.fit_projection_on_images and Registry.log_projection"
                 ) from None
             return Projection.from_json(Path(path).read_bytes())
+
+    def log_directions(self, model_name: str, version: str, directions: DirectionSet) -> None:
+        """Store known directions beside the version's projection (replacing any stored).
+
+        Raises EmbeddingError when they were fitted in another projection (fingerprint or
+        dimension), TrackingError when the version has no projection."""
+        projection = self.load_projection(model_name, version)
+        if directions.projection_fingerprint != projection.fingerprint():
+            raise EmbeddingError("the directions were fitted in another projection")
+        if any(len(d.vector) != projection.dimensions for d in directions.directions):
+            raise EmbeddingError(f"directions must have the projection's {projection.dimensions}")
+        run_id = self._version(model_name, version).run_id
+        with tempfile.TemporaryDirectory(prefix="radsentry-directions-") as folder:
+            path = Path(folder, Path(DIRECTIONS_ARTIFACT).name)
+            path.write_bytes(directions.to_json())
+            directory = str(Path(DIRECTIONS_ARTIFACT).parent)
+            self._call("log directions", self._client.log_artifact, run_id, path, directory)
+
+    def load_directions(self, model_name: str, version: str) -> DirectionSet | None:
+        """The known directions stored with the version; None when it has none (versions
+        registered before directions existed, or without examples)."""
+        run_id = self._version(model_name, version).run_id
+        with tempfile.TemporaryDirectory(prefix="radsentry-directions-") as folder:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=DIRECTIONS_ARTIFACT,
+                    dst_path=folder,
+                    tracking_uri=self._call.uri,
+                )
+            except (MlflowException, OSError):
+                return None
+            return DirectionSet.from_json(Path(path).read_bytes())
 
     def set_initial_champion(self, model_name: str, version: str) -> None:
         """Bootstrap only: make ``version`` the champion of a model that has none yet."""

@@ -5,8 +5,10 @@ validation loss and restores the best epoch's weights, fits one temperature per 
 validation logits, and picks each finding's operating threshold on the calibrated validation
 probabilities. A checkpoint (weights, optimizer, early-stopping state, history, RNG states) is
 written atomically after every ``checkpoint_every`` epochs, and ``resume=True`` continues from it
-to the same weights an uninterrupted run reaches (on the same device). The calibration and
-threshold fits live beside the bundle in :mod:`retrain.model`.
+to the same weights an uninterrupted run reaches (on the same device). ``should_stop`` (asked
+between batches) ends training early with :class:`TrainingStopped`; a stopped run resumes from
+its checkpoint like a killed one. The calibration and threshold fits
+live beside the bundle in :mod:`retrain.model`.
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ class TrainError(Exception):
 
 class ResumeError(TrainError):
     """The checkpoint belongs to another spec or another training configuration."""
+
+
+class TrainingStopped(TrainError):
+    """``should_stop`` asked training to stop before it finished: nothing was returned.
+
+    ``epochs_done`` epochs were finished; an epoch stopped part-way is dropped. The checkpoint
+    holds the last finished epoch (with ``checkpoint_every`` above 1, the last one written), so
+    ``resume=True`` continues from there to the weights an uninterrupted run reaches."""
+
+    def __init__(self, epochs_done: int, max_epochs: int) -> None:
+        super().__init__(f"training stopped after {epochs_done} of at most {max_epochs} epochs")
+        self.epochs_done = epochs_done
+        self.max_epochs = max_epochs
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +148,7 @@ def train(
     init_state: Mapping[str, Tensor] | None = None,
     resume: bool = False,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train ``spec`` on ``train_data``, early-stop and calibrate on ``val_data``.
 
@@ -140,6 +156,8 @@ def train(
     ``resume`` the run continues from ``checkpoint_dir``'s checkpoint when there is one (its
     spec and configuration, ``max_epochs`` aside, must match; without one it starts afresh).
     ``on_epoch_end`` is called after each epoch, once its checkpoint is written.
+    ``should_stop`` is asked after every batch (a batch of this family takes well under a
+    second on a CPU); when it answers True, :class:`TrainingStopped` is raised.
     """
     with _deterministic():
         run = _start(spec, config, checkpoint_dir / CHECKPOINT_NAME, init_state)
@@ -148,7 +166,8 @@ def train(
             state = _load_checkpoint(run)
             resumed_from = state.epoch
         val_loader = _loader(val_data, config, shuffle_epoch=None)
-        _run_epochs(run, state, train_data, val_loader, progress, on_epoch_end)
+        hooks = _Hooks(on_epoch_end, should_stop or _never)
+        _run_epochs(run, state, train_data, val_loader, progress, hooks)
         run.model.load_state_dict(state.best_state or run.model.state_dict())
         logits, labels = _predict_logits(run.model, val_loader, run.device)
     temperature, report = calibrate(logits, labels)
@@ -196,15 +215,36 @@ def _start(
     return _Run(model, optimizer, config, spec.fingerprint(), device, checkpoint)
 
 
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    """The caller's view into the loop: told each epoch's numbers, asked whether to stop."""
+
+    on_epoch_end: Callable[[EpochMetrics], None] | None
+    should_stop: Callable[[], bool]
+
+    def check(self) -> None:
+        """Between two batches: :class:`_StoppedPartWay` when the caller asks to stop."""
+        if self.should_stop():
+            raise _StoppedPartWay
+
+
+class _StoppedPartWay(Exception):
+    """Inside an epoch's passes; :func:`_run_epochs` turns it into :class:`TrainingStopped`."""
+
+
 def _run_epochs(
     run: _Run,
     state: _State,
     train_data: TrainData,
     val_loader: DataLoader[Sample],
     progress: bool,
-    on_epoch_end: Callable[[EpochMetrics], None] | None,
+    hooks: _Hooks,
 ) -> None:
-    """Epochs from ``state.epoch + 1`` until ``max_epochs`` or early stopping."""
+    """Epochs from ``state.epoch + 1`` until ``max_epochs``, early stopping or a stop."""
     config = run.config
     with Progress(disable=not progress, transient=True) as bar:
         while state.epoch < config.max_epochs and not state.stopped_early:
@@ -212,19 +252,27 @@ def _run_epochs(
             loader = _loader(train_data, config, shuffle_epoch=epoch)
             task = bar.add_task(f"epoch {epoch}/{config.max_epochs}", total=len(loader))
             started = time.perf_counter()
-            train_loss = _train_epoch(run, loader, partial(bar.advance, task))
-            seconds = time.perf_counter() - started
+            try:
+                train_loss = _train_epoch(run, loader, partial(bar.advance, task), hooks)
+                seconds = time.perf_counter() - started
+                logits, labels = _predict_logits(run.model, val_loader, run.device, hooks)
+            except _StoppedPartWay:  # the epoch is dropped; the checkpoint is the last one's
+                raise TrainingStopped(state.epoch, config.max_epochs) from None
             bar.remove_task(task)
-            logits, labels = _predict_logits(run.model, val_loader, run.device)
             metrics = EpochMetrics(
                 epoch, train_loss, _bce(logits, labels), _aurocs(logits, labels), seconds
             )
             _record(state, metrics, run.model, config)
             finished = state.stopped_early or state.epoch == config.max_epochs
-            if finished or state.epoch % config.checkpoint_every == 0:
+            saved = finished or state.epoch % config.checkpoint_every == 0
+            if saved:
                 _save_checkpoint(run, state)
-            if on_epoch_end is not None:
-                on_epoch_end(metrics)
+            if hooks.on_epoch_end is not None:
+                hooks.on_epoch_end(metrics)
+            if not finished and hooks.should_stop():
+                if not saved:  # a stopped run resumes from its last finished epoch
+                    _save_checkpoint(run, state)
+                raise TrainingStopped(state.epoch, config.max_epochs)
 
 
 def _record(state: _State, metrics: EpochMetrics, model: nn.Module, config: TrainConfig) -> None:
@@ -241,7 +289,9 @@ def _record(state: _State, metrics: EpochMetrics, model: nn.Module, config: Trai
         state.stopped_early = state.stale_epochs >= config.patience
 
 
-def _train_epoch(run: _Run, loader: DataLoader[Sample], advance: Callable[[], None]) -> float:
+def _train_epoch(
+    run: _Run, loader: DataLoader[Sample], advance: Callable[[], None], hooks: _Hooks
+) -> float:
     """One pass over the training data; the mean per-image loss."""
     model, optimizer, device = run.model, run.optimizer, run.device
     model.train()
@@ -256,11 +306,12 @@ def _train_epoch(run: _Run, loader: DataLoader[Sample], advance: Callable[[], No
         total += float(loss.detach()) * len(images)
         count += len(images)
         advance()
+        hooks.check()
     return total / max(count, 1)
 
 
 def _predict_logits(
-    model: nn.Module, loader: DataLoader[Sample], device: torch.device
+    model: nn.Module, loader: DataLoader[Sample], device: torch.device, hooks: _Hooks | None = None
 ) -> tuple[Tensor, Tensor]:
     """All logits and labels of ``loader``, on the CPU, in eval mode."""
     model.eval()
@@ -269,6 +320,8 @@ def _predict_logits(
         for images, batch_labels in loader:
             logits.append(model(images.to(device)).float().cpu())
             labels.append(batch_labels.float())
+            if hooks is not None:
+                hooks.check()
     return torch.cat(logits), torch.cat(labels)
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from monitor.drift.base import DriftResult, FeatureAttribution
+from monitor.drift.directions import DIRECTION_PREFIX
 from monitor.drift.severity import Severity
 
 ALERT_NAMESPACE = uuid.UUID("5f0b6a43-7f55-4c2e-9a58-5f4f0e0d5a11")
@@ -21,6 +22,7 @@ DETECTOR_LABELS = {
     "score_ks": "model output scores (KS)",
     "missingness": "missing fields (Fisher)",
     "online_hotelling": "pixel statistics, per event (online)",
+    "embedding_mmd": "image content in the model's embedding (MMD)",
 }
 _FEATURES_NAMED = 3
 
@@ -138,8 +140,7 @@ def drifting_features(result: DriftResult, min_effect_size: float) -> tuple[str,
             for a in tested
             if a.p_value is not None and a.p_value <= threshold and a.effect_size >= min_effect_size
         )
-    ranked = sorted(result.attributions, key=lambda a: abs(a.effect_size), reverse=True)
-    return tuple(a.feature for a in ranked[:_FEATURES_NAMED])
+    return tuple(a.feature for a in _ranked(result.attributions)[:_FEATURES_NAMED])
 
 
 def explain(key: StreamKey, check: Check, result: DriftResult, since: datetime) -> str:
@@ -159,7 +160,16 @@ def explain(key: StreamKey, check: Check, result: DriftResult, since: datetime) 
 def _leading(attributions: tuple[FeatureAttribution, ...]) -> list[FeatureAttribution]:
     if any(a.p_value is not None for a in attributions):
         return [a for a in attributions if a.p_value is not None][:_FEATURES_NAMED]
-    return sorted(attributions, key=lambda a: abs(a.effect_size), reverse=True)[:_FEATURES_NAMED]
+    return _ranked(attributions)[:_FEATURES_NAMED]
+
+
+def _ranked(attributions: tuple[FeatureAttribution, ...]) -> list[FeatureAttribution]:
+    """A multivariate result's attributions, largest effect first; a known direction the shift
+    points to (``monitor.drift.directions``) leads whatever its size."""
+    return sorted(
+        attributions,
+        key=lambda a: (not a.feature.startswith(DIRECTION_PREFIX), -abs(a.effect_size)),
+    )
 
 
 def _describe(attribution: FeatureAttribution) -> str:

@@ -7,6 +7,7 @@ like every detector config, so each stored result and alert names the configurat
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
@@ -15,6 +16,7 @@ from monitor.drift.alarms import AlarmConfig
 from monitor.drift.base import DetectorConfig
 from monitor.drift.calibration import LearnedThresholdConfig
 from monitor.drift.categorical import ChiSquareConfig
+from monitor.drift.embedding_mmd import EmbeddingMMDConfig
 from monitor.drift.ks import KSConfig
 from monitor.drift.missingness import MissingnessConfig
 from monitor.drift.mmd import MMDConfig
@@ -28,8 +30,9 @@ REFERENCE_WEEKS: Final = 13
 """The default reference spans a quarter: long enough to hold the week-to-week wander of a
 stable department (docs/drift.md, "Choosing the defaults")."""
 
-BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness"]
+BatchDetectorName = Literal["mmd", "ks", "chi2", "score_ks", "missingness", "embedding_mmd"]
 ONLINE_DETECTOR = "online_hotelling"
+EMBEDDING_DETECTOR = "embedding_mmd"
 
 
 class WindowConfig(DetectorConfig):
@@ -71,6 +74,9 @@ class DetectorSet(DetectorConfig):
     score_ks: ScoreKSConfig | None = ScoreKSConfig()
     missingness: MissingnessConfig | None = MissingnessConfig()
     online: OnlineSettings | None = OnlineSettings()
+    embedding_mmd: EmbeddingMMDConfig | None = EmbeddingMMDConfig(max_reference=500)
+    """MMD on the model's embeddings (``inference-event/v2``); a stream whose reference carries
+    none runs without it, and it does not count in that stream's ``family_alpha`` split."""
 
     def batch(self) -> dict[str, DetectorConfig]:
         """The enabled window detectors by registry name, in a fixed order."""
@@ -80,6 +86,7 @@ class DetectorSet(DetectorConfig):
             "chi2": self.chi2,
             "score_ks": self.score_ks,
             "missingness": self.missingness,
+            EMBEDDING_DETECTOR: self.embedding_mmd,
         }
         return {name: config for name, config in configs.items() if config is not None}
 
@@ -181,9 +188,13 @@ class EngineConfig(DetectorConfig):
         by_time = math.ceil(self.reference_duration_s / every_s) + 1
         return max(self.reference_min_events, by_time)
 
-    def batch_detectors(self) -> dict[str, DetectorConfig]:
-        """Enabled window detectors with the family budget applied to their thresholds."""
-        configs = self.detectors.batch()
+    def batch_detectors(self, without: Collection[str] = ()) -> dict[str, DetectorConfig]:
+        """Enabled window detectors, less ``without`` (those a stream cannot run, such as the
+        embedding detector on a stream without embeddings), with the family budget split over
+        the rest: Bonferroni's k counts only the detectors that test."""
+        configs = {
+            name: config for name, config in self.detectors.batch().items() if name not in without
+        }
         if self.family_alpha is None or not configs:
             return configs
         threshold = self.family_alpha / len(configs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,8 +25,10 @@ from numpy.typing import NDArray
 from monitor.drift import sequential, severity, state
 from monitor.drift.alerts import Alert, AlertUpdate, Check, StreamKey, to_datetime
 from monitor.drift.base import InsufficientDataError
-from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
+from monitor.drift.config import EMBEDDING_DETECTOR, ONLINE_DETECTOR, EngineConfig
+from monitor.drift.directions import Direction
 from monitor.drift.stream import (
+    NO_EMBEDDINGS,
     ReferenceInfo,
     ReferenceSource,
     StreamState,
@@ -35,6 +38,16 @@ from monitor.drift.stream import (
 from monitor.events import InferenceEvent
 
 MIN_UPLOADED_REFERENCE = 50
+
+
+class DirectionSource(Protocol):
+    """The known directions (:mod:`monitor.drift.directions`) of a stream's embedding
+    projection, ``embedding_id`` naming it; () when there are none. The engine asks before
+    each window its embedding detector scores (a source caches: directions logged after the
+    stream started are then picked up); the service's source reads them from MLflow
+    (``monitor.service.drift.directions``)."""
+
+    def __call__(self, key: StreamKey, embedding_id: str) -> tuple[Direction, ...]: ...
 
 
 @dataclass
@@ -56,9 +69,12 @@ class Outcome:
 class DriftEngine:
     """Holds every stream's state and routes events to it."""
 
-    def __init__(self, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig | None = None, directions: DirectionSource | None = None
+    ) -> None:
         self.config = config or EngineConfig()
         self.streams: dict[StreamKey, StreamState] = {}
+        self.directions = directions
 
     def process(self, event: InferenceEvent) -> Outcome:
         """Feed one accepted event; events of a stream must come in a fixed (arrival) order."""
@@ -66,7 +82,7 @@ class DriftEngine:
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = StreamState.new(key, event, self.config)
-        return _process(stream, event, self.config)
+        return _process(stream, event, self.config, self.directions)
 
     def export(self, key: StreamKey) -> bytes:
         """The changing state of stream ``key`` as bytes (:mod:`monitor.drift.state`)."""
@@ -120,7 +136,12 @@ class DriftEngine:
         return outcome
 
 
-def _process(stream: StreamState, event: InferenceEvent, config: EngineConfig) -> Outcome:
+def _process(
+    stream: StreamState,
+    event: InferenceEvent,
+    config: EngineConfig,
+    directions: DirectionSource | None = None,
+) -> Outcome:
     if not stream.reference_info.frozen:
         stream.append_reference(event)
         times = stream.reference.times
@@ -136,30 +157,40 @@ def _process(stream: StreamState, event: InferenceEvent, config: EngineConfig) -
         and len(window) >= window_config.min_size
         and time - window.times[0] >= window_config.duration_s
     ):
-        outcome.extend(_score_window(stream, config, event_time=time))
+        outcome.extend(_score_window(stream, config, time, directions))
     window.append(numeric, codes, time)
     if window_config.size is not None and len(window) >= window_config.size:
-        outcome.extend(_score_window(stream, config, event_time=time))
+        outcome.extend(_score_window(stream, config, time, directions))
     outcome.extend(_online(stream, config, numeric, time))
     return outcome
 
 
-def _score_window(stream: StreamState, config: EngineConfig, event_time: float) -> Outcome:
+def _score_window(
+    stream: StreamState,
+    config: EngineConfig,
+    event_time: float,
+    directions: DirectionSource | None = None,
+) -> Outcome:
+    embedding_id = stream.schema.embedding_id
+    if directions is not None and embedding_id and EMBEDDING_DETECTOR in stream.detectors:
+        stream.directions = tuple(directions(stream.key, embedding_id))
     window = stream.window
     start, end = to_datetime(float(window.times.min())), to_datetime(float(window.times.max()))
     outcome = Outcome()
-    for name, detector in stream.detectors.items():
+    for name in stream.detectors:
         skipped = None
         result = None
         try:
-            result = stream.decided(name, detector.score(stream.sample_for(name, window)))
+            result = stream.score(name, window)
         except InsufficientDataError as exc:
             skipped = str(exc)
         outcome.checks.append(Check(stream.key, name, start, end, len(window), result, skipped))
     agreeing = sum(check.result is not None and check.result.is_drift for check in outcome.checks)
     outcome.checks = [_with_severity(stream, config, check, agreeing) for check in outcome.checks]
     for name, reason in stream.disabled.items():
-        if name != ONLINE_DETECTOR:
+        # A detector the stream's layout cannot feed is no skipped window: said once, in the
+        # reference's ``not_run``, so a v1 stream's checks are those of an engine without it.
+        if name != ONLINE_DETECTOR and reason != NO_EMBEDDINGS:
             outcome.checks.append(Check(stream.key, name, start, end, len(window), None, reason))
     window.clear()
     _alarm(stream, config, outcome, event_time)
@@ -274,4 +305,4 @@ def _ask_for_decision(
     )
 
 
-__all__ = ["DriftEngine", "Outcome", "ReferenceInfo", "StreamKey"]
+__all__ = ["DirectionSource", "DriftEngine", "Outcome", "ReferenceInfo", "StreamKey"]

@@ -9,6 +9,7 @@ so per-site state stays a few hundred kilobytes and restores exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -17,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from monitor.drift.base import CategoricalColumns, FeatureMatrix
-from monitor.events import DicomMetadata, InferenceEvent
+from monitor.events import DicomMetadata, InferenceEvent, InferenceEventV2
 from monitor.pixel_names import PIXEL_STAT_NAMES
 
 NUMERIC_METADATA: Final = (
@@ -52,27 +53,45 @@ CATEGORICAL_METADATA: Final = (
 )
 """Categorical allowlisted attributes; a multi-valued one counts as its values joined by '\\'."""
 
+EMBEDDING_PREFIX: Final = "emb_"
+"""Embedding components are named ``emb_00``, ``emb_01``, ... in the projection's order."""
+
 PIXEL_FIELD: Final = "pixel_stats"
 """The name missingness uses for the pixel-statistic block (present or absent as a whole)."""
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureSchema:
-    """Column layout of one (site, model, version): fixed when its first event arrives."""
+    """Column layout of one (site, model, version): fixed when its first event arrives.
+
+    The embedding columns (``emb_00`` ...) and ``embedding_id`` come from the first event of
+    the reference (:meth:`with_embedding_of`): a v1 stream, or one whose first reference event
+    carries no embedding, has none, and its rows are exactly those of a stream before
+    embeddings existed.
+    """
 
     findings: tuple[str, ...]
     pixels: tuple[str, ...] = PIXEL_STAT_NAMES
     metadata: tuple[str, ...] = NUMERIC_METADATA
     categorical: tuple[str, ...] = CATEGORICAL_METADATA
+    embedding: tuple[str, ...] = ()
+    embedding_id: str | None = None
+    """The projection the embedding columns hold; another projection's embedding is missing."""
 
     @classmethod
     def for_event(cls, event: InferenceEvent) -> FeatureSchema:
         """The schema of a model whose outputs are those of ``event`` (sorted findings)."""
-        return cls(findings=tuple(sorted(event.prediction.scores)))
+        return cls(findings=tuple(sorted(event.prediction.scores))).with_embedding_of(event)
+
+    def with_embedding_of(self, event: InferenceEvent) -> FeatureSchema:
+        """This schema with the embedding layout of ``event`` (none when it carries none)."""
+        vector, embedding_id = _embedding(event)
+        names = tuple(f"{EMBEDDING_PREFIX}{i:02d}" for i in range(len(vector or ())))
+        return dataclasses.replace(self, embedding=names, embedding_id=embedding_id)
 
     @property
     def numeric(self) -> tuple[str, ...]:
-        return (*self.pixels, *self.metadata, *self.findings)
+        return (*self.pixels, *self.metadata, *self.findings, *self.embedding)
 
     def pixel_columns(self) -> slice:
         return slice(0, len(self.pixels))
@@ -82,7 +101,12 @@ class FeatureSchema:
         return slice(start, start + len(self.metadata))
 
     def finding_columns(self) -> slice:
-        return slice(len(self.pixels) + len(self.metadata), len(self.numeric))
+        start = len(self.pixels) + len(self.metadata)
+        return slice(start, start + len(self.findings))
+
+    def embedding_columns(self) -> slice:
+        start = len(self.pixels) + len(self.metadata) + len(self.findings)
+        return slice(start, start + len(self.embedding))
 
     def numeric_row(self, event: InferenceEvent) -> NDArray[np.float64]:
         """Pixel statistics, numeric metadata and scores of ``event``; NaN where absent.
@@ -95,10 +119,23 @@ class FeatureSchema:
         values = [pixel_stats.get(name, np.nan) for name in self.pixels]
         values += [_number(event.metadata, name) for name in self.metadata]
         values += [scores.get(name, np.nan) for name in self.findings]
+        if self.embedding:
+            vector, embedding_id = _embedding(event)
+            matches = embedding_id == self.embedding_id and len(vector or ()) == len(self.embedding)
+            values += (
+                list(vector) if vector is not None and matches else [np.nan] * len(self.embedding)
+            )
         return np.array(values, dtype=np.float64)
 
     def categorical_row(self, event: InferenceEvent) -> list[str | None]:
         return [_text(event.metadata, name) for name in self.categorical]
+
+
+def _embedding(event: InferenceEvent) -> tuple[list[float] | None, str | None]:
+    """The event's embedding and its projection id (None, None for v1 or no embedding)."""
+    if isinstance(event, InferenceEventV2) and event.embedding is not None:
+        return [float(value) for value in event.embedding], event.embedding_id
+    return None, None
 
 
 def _number(metadata: DicomMetadata, name: str) -> float:

@@ -85,10 +85,9 @@ def load(blob: bytes, reference_blob: bytes, config: EngineConfig) -> StreamStat
     reference_meta, reference_arrays = _unarchive(reference_blob)
     if reference_meta.get("reference_digest") != meta["reference_digest"]:
         raise StateFormatError("the reference rows do not belong to this state")
-    schema = meta["schema"]
     stream = StreamState(
         key=StreamKey(**meta["key"]),
-        schema=FeatureSchema(**{name: tuple(values) for name, values in schema.items()}),
+        schema=_schema(meta["schema"]),
         vocabulary=Vocabulary(meta["vocabulary"]),
         reference=_buffer(reference_arrays, "reference"),
         reference_info=ReferenceInfo.model_validate(meta["reference_info"]),
@@ -127,6 +126,13 @@ def stored_learned(blob: bytes) -> dict[str, calibration.DetectorThresholds]:
         name: calibration.DetectorThresholds.from_json(document)
         for name, document in meta.get("learned", {}).items()
     }
+
+
+def _schema(document: dict[str, Any]) -> FeatureSchema:
+    """The stored schema; states written before embeddings have neither field (none)."""
+    embedding_id = document.get("embedding_id")
+    columns = {name: tuple(v) for name, v in document.items() if name != "embedding_id"}
+    return FeatureSchema(**columns, embedding_id=embedding_id)
 
 
 def _archive(meta: dict[str, Any], arrays: dict[str, Any]) -> bytes:

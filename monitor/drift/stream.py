@@ -28,7 +28,9 @@ from monitor.drift.alerts import (
 )
 from monitor.drift.base import DetectorConfig, DriftResult, FeatureMatrix, InsufficientDataError
 from monitor.drift.categorical import ChiSquareDetector
-from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
+from monitor.drift.config import EMBEDDING_DETECTOR, ONLINE_DETECTOR, EngineConfig
+from monitor.drift.directions import Direction
+from monitor.drift.embedding_mmd import EmbeddingMMDDetector
 from monitor.drift.features import PIXEL_FIELD, FeatureSchema, RowBuffer, Vocabulary
 from monitor.drift.ks import KSDetector
 from monitor.drift.missingness import MissingnessDetector
@@ -54,7 +56,12 @@ _CLASSES: dict[str, type] = {
     "chi2": ChiSquareDetector,
     "score_ks": ScoreKSDetector,
     "missingness": MissingnessDetector,
+    EMBEDDING_DETECTOR: EmbeddingMMDDetector,
 }
+NO_EMBEDDINGS = (
+    "not run: the reference carries no embeddings (inference-event/v1, or v2 without one), "
+    "so this stream is tested without it"
+)
 
 
 class ReferenceInfo(BaseModel):
@@ -73,6 +80,8 @@ class ReferenceInfo(BaseModel):
     n_events: int = 0
     first_event_at: float | None = None
     last_event_at: float | None = None
+    not_run: dict[str, str] = {}
+    """Detectors the frozen reference cannot feed, with the reason (e.g. no embeddings)."""
 
 
 def reference_id_for(key: StreamKey, generation: int) -> uuid.UUID:
@@ -135,6 +144,9 @@ class StreamState:
     learned: dict[str, calibration.DetectorThresholds] = field(default_factory=dict)
     """Effect thresholds learned from the reference, by detector (empty when not configured,
     or when the reference is too short to learn from)."""
+    directions: tuple[Direction, ...] | None = None
+    """The known directions of the stream's embedding projection, as the engine last got them
+    (not persisted: the engine asks its source before each window)."""
     reference_revision: int = 0
     """Counts changes to the reference rows in this process (not persisted): a store saves the
     rows again only when this moved since its last save."""
@@ -143,7 +155,7 @@ class StreamState:
     @classmethod
     def new(cls, key: StreamKey, first: InferenceEvent, config: EngineConfig) -> StreamState:
         schema = FeatureSchema.for_event(first)
-        names = [*config.batch_detectors(), ONLINE_DETECTOR]
+        names = [*config.batch_detectors(_unavailable(schema)), ONLINE_DETECTOR]
         return cls(
             key=key,
             schema=schema,
@@ -161,9 +173,20 @@ class StreamState:
         return self.schema.numeric_row(event), codes, event.occurred_at.timestamp()
 
     def append_reference(self, event: InferenceEvent) -> None:
+        if not len(self.reference):
+            self._fix_embedding(event)
         numeric, codes, time = self.row(event)
         self.reference.append(numeric, codes, time)
         self.reference_revision += 1
+
+    def _fix_embedding(self, event: InferenceEvent) -> None:
+        """The reference's first event fixes the embedding layout (a re-baselined reference may
+        bring one, or another projection); both buffers are empty at this point."""
+        schema = self.schema.with_embedding_of(event)
+        if schema != self.schema:
+            self.schema = schema
+            self.reference, self.window = _buffer(schema), _buffer(schema)
+            self.directions = None
 
     def restart_reference(
         self, source: ReferenceSource, requested_by: str, reason: str, requested_at: float
@@ -214,6 +237,9 @@ class StreamState:
             }
         )
         self.fit(config)
+        self.reference_info = self.reference_info.model_copy(
+            update={"not_run": dict(self.disabled)}
+        )
         return self.reference_info
 
     def fit(
@@ -226,7 +252,12 @@ class StreamState:
         already restored (else the online detector is calibrated and, when configured, the
         effect thresholds learned here)."""
         self.detectors, self.disabled = {}, {}
-        self.detector_configs = dict(config.batch_detectors())
+        unavailable = _unavailable(self.schema)
+        self.detector_configs = dict(config.batch_detectors(unavailable))
+        configured = config.detectors.batch()
+        self.disabled.update({name: NO_EMBEDDINGS for name in unavailable if name in configured})
+        for name in self.detector_configs:
+            self.alarms.setdefault(name, AlarmState())
         for name, detector_config in self.detector_configs.items():
             detector: WindowDetector = _CLASSES[name](detector_config)
             try:
@@ -264,6 +295,15 @@ class StreamState:
             if learned is not None:
                 found[name] = _with_decision_interval(learned, config)
         return found
+
+    def score(self, name: str, buffer: RowBuffer) -> DriftResult:
+        """Detector ``name``'s result on ``buffer`` (the embedding detector with the stream's
+        known directions), decided with its learned thresholds."""
+        detector, sample = self.detectors[name], self.sample_for(name, buffer)
+        if isinstance(detector, EmbeddingMMDDetector):
+            assert isinstance(sample, FeatureMatrix)
+            return self.decided(name, detector.score(sample, self.directions or ()))
+        return self.decided(name, detector.score(sample))
 
     def floor(self, detector: str) -> float:
         """The configured effect floor of ``detector`` (0 when it has none)."""
@@ -309,6 +349,8 @@ class StreamState:
             return buffer.matrix(schema.pixels, schema.pixel_columns())
         if name == "ks":
             return buffer.matrix(schema.metadata, schema.metadata_columns())
+        if name == EMBEDDING_DETECTOR:
+            return buffer.matrix(schema.embedding, schema.embedding_columns())
         if name == "score_ks":
             scores = buffer.numeric[:, schema.finding_columns()]
             return {finding: scores[:, i] for i, finding in enumerate(schema.findings)}
@@ -366,7 +408,10 @@ def open_alert(
     floor = stream.floor(check.detector)
     learned = stream.learned.get(check.detector)
     features = drifting_features(result, floor)
-    if learned is not None and result.threshold is not None:
+    per_feature = any(a.p_value is not None for a in result.attributions)
+    # A multivariate result (MMD) has no per-feature thresholds: its features are its leading
+    # contributors, which the filter below would empty.
+    if learned is not None and result.threshold is not None and per_feature:
         drifting = calibration.drifting_features(result, learned, floor)
         features = tuple(feature for feature in features if feature in drifting)
     explanation = explain(stream.key, check, result, since)
@@ -422,6 +467,11 @@ def moments(learned: calibration.DetectorThresholds) -> dict[str, tuple[float, f
         for feature, value in learned.thresholds.items()
         if _watched(feature, learned) and value.sd > 0
     }
+
+
+def _unavailable(schema: FeatureSchema) -> tuple[str, ...]:
+    """Window detectors the stream's layout cannot feed: the embedding detector without one."""
+    return () if schema.embedding else (EMBEDDING_DETECTOR,)
 
 
 def _buffer(schema: FeatureSchema) -> RowBuffer:

@@ -89,8 +89,8 @@ def verify_performance_job(database_url: str | None = None) -> None:
 
 
 def nightly_drift_reports_job(reports_dir: str, database_url: str | None = None) -> None:
-    """Today's drift report of every stream under ``reports_dir``
-    (``drift.jobs.nightly_drift_reports``)."""
+    """Today's site drift page of every stream under ``reports_dir``, with its Evidently
+    appendix when configured (``drift.jobs.nightly_drift_reports``)."""
     from monitor.service.drift.jobs import nightly_drift_reports
 
     with_own_engine(

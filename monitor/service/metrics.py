@@ -147,12 +147,13 @@ ALERTS_OPENED = Counter(
 
 RETRAIN_JOBS = Counter(
     "radsentry_retrain_jobs",
-    "Retraining job attempts by outcome: succeeded, failed (for good) or retried.",
+    "Retraining job attempts by outcome: succeeded, failed (for good), retried, or stopped "
+    "(asked to stop mid-training; the request waits, its attempt not counted).",
     ["outcome"],
 )
 # Every outcome exported from the start: a counter series born at 1 hides its first increase
 # from increase()/rate(), and the alert on failed jobs would miss a process's first failure.
-for _outcome in ("succeeded", "failed", "retried"):
+for _outcome in ("succeeded", "failed", "retried", "stopped"):
     RETRAIN_JOBS.labels(outcome=_outcome)
 RETRAIN_JOB_SECONDS = Histogram(
     "radsentry_retrain_job_seconds",

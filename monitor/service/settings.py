@@ -357,6 +357,17 @@ class PccpSettings(BaseModel):
     image_workers: int = Field(4, ge=1, description="Threads reading locked-test images.")
 
 
+class ReportSettings(BaseModel):
+    """The nightly drift reports (the scheduler's ``nightly-drift-reports`` job)."""
+
+    evidently_appendix: bool = Field(
+        False,
+        description="Also write each stream's Evidently report beside its site drift page "
+        "(<model>-<version>.evidently.html, linked from the page): about 5 MB and seconds per "
+        "stream. The API serves it on demand either way (GET /sites/{site_id}/report).",
+    )
+
+
 class HealthSettings(BaseModel):
     """The worker processes' probes (``monitor/service/health.py``)."""
 
@@ -399,6 +410,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     pccp: PccpSettings = PccpSettings()
+    reports: ReportSettings = ReportSettings()
 
     @property
     def mlflow_tracking_uri(self) -> str:

@@ -4,7 +4,14 @@ Pure apart from writing the rendered DICOM files under the ``out_dir`` it is giv
 no database, no clock. ``simulate(config, out_dir)`` is the entry point.
 """
 
-from monitor.simulate.images import FakePatient, StudyIdentity, anatomy_template, render_study
+from monitor.simulate.content import ContentShift, ContentShiftKind
+from monitor.simulate.images import (
+    FakePatient,
+    StudyContent,
+    StudyIdentity,
+    anatomy_template,
+    render_study,
+)
 from monitor.simulate.profiles import (
     CATALOGUE,
     DEGRADED,
@@ -37,10 +44,13 @@ __all__ = [
     "FINDING",
     "PROFILES",
     "THRESHOLD",
+    "ContentShift",
+    "ContentShiftKind",
     "FakePatient",
     "ScannerProfile",
     "ScoreModel",
     "SimulationConfig",
+    "StudyContent",
     "StudyIdentity",
     "anatomy_template",
     "default_profile",

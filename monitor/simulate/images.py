@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from typing import Final, Literal
 
 import numpy as np
@@ -28,21 +27,53 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from monitor.simulate.anatomy import (
+    ADULT_FRONTAL,
+    Anatomy,
+    FloatImage,
+    Positioning,
+    anatomy_template,
+    background_brightness,
+    lesion_centres,
+    reposition,
+)
 from monitor.simulate.profiles import ScannerProfile
 
-FloatImage = npt.NDArray[np.float32]
+__all__ = [
+    "ADULT_AGE_DAYS",
+    "CHILD_AGE_DAYS",
+    "FakePatient",
+    "StudyContent",
+    "StudyIdentity",
+    "anatomy_template",
+    "lesion_centres",
+    "render_study",
+]
 
 _SOP_CLASS: Final = {
     "CR": ComputedRadiographyImageStorage,
     "DX": DigitalXRayImageStorageForPresentation,
 }
-_EDGE: Final = 0.04
-"""Width of the soft edge of every anatomical shape, in half-image units."""
 _EXPOSURE_GAIN_SD: Final = 0.04
 _EXPOSURE_OFFSET_SD: Final = 0.02
 _LESION_SIGMA: Final = (0.002, 0.06)
 """Range of the lesion's Gaussian sigma, as a share of the image size: from specks that a 64 px
 model cannot resolve to large nodules (docs/simulate.md: what a model learns from them)."""
+ADULT_AGE_DAYS: Final = (18 * 366, 95 * 365)
+"""Ages of a simulated patient, in days: 18 to 94 years."""
+CHILD_AGE_DAYS: Final = (366, 16 * 365)
+"""Ages of a simulated child (a paediatric population): 1 to 15 years."""
+
+
+@dataclass(frozen=True, slots=True)
+class StudyContent:
+    """What a content-shifted study shows instead of its room's usual adult PA/AP chest
+    (``monitor.simulate.content``): another anatomy, a positioning and collimation change, and
+    the ViewPosition its header then says (None: the profile's)."""
+
+    anatomy: Anatomy = ADULT_FRONTAL
+    positioning: Positioning | None = None
+    view_position: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +86,21 @@ class FakePatient:
     sex: Literal["M", "F"]
 
     @classmethod
-    def generate(cls, rng: np.random.Generator, acquired_on: date) -> FakePatient:
-        """A patient aged 18 to 94 on ``acquired_on``, drawn from ``rng``."""
+    def generate(
+        cls,
+        rng: np.random.Generator,
+        acquired_on: date,
+        age_days: tuple[int, int] = ADULT_AGE_DAYS,
+    ) -> FakePatient:
+        """A patient aged ``age_days`` (low inclusive, high exclusive; by default 18 to 94
+        years) on ``acquired_on``, drawn from ``rng``."""
         number = int(rng.integers(0, 1_000_000))
         sex: Literal["M", "F"] = "M" if rng.random() < 0.5 else "F"
-        age_days = int(rng.integers(18 * 366, 95 * 365))
+        age_days_drawn = int(rng.integers(*age_days))
         return cls(
             name=f"SIM^PATIENT{number:06d}",
             patient_id=f"SIMPID{number:06d}",
-            birth_date=acquired_on - timedelta(days=age_days),
+            birth_date=acquired_on - timedelta(days=age_days_drawn),
             sex=sex,
         )
 
@@ -117,35 +154,49 @@ def render_study(
     *,
     patient: FakePatient,
     identity: StudyIdentity | None = None,
+    content: StudyContent | None = None,
 ) -> Dataset:
     """A synthetic chest radiograph of ``patient`` on ``profile``, as a file-ready data set.
 
     ``identity`` supplies the UIDs, accession number, date and institution; without it they are
-    drawn from ``rng`` (acquired at 2020-01-01 UTC). The data set has file meta (Explicit VR
-    Little Endian) and is written with ``ds.save_as(path, enforce_file_format=True)``.
+    drawn from ``rng`` (acquired at 2020-01-01 UTC). ``content`` renders another anatomy or
+    positioning (a content shift); without it, the adult PA/AP chest. The random draws are the
+    same either way. The data set has file meta (Explicit VR Little Endian) and is written with
+    ``ds.save_as(path, enforce_file_format=True)``.
     """
     if identity is None:
         identity = StudyIdentity.random(rng, datetime(2020, 1, 1, tzinfo=UTC))
-    stored = _quantise(_pixels(profile, has_lesion, rng, size), profile)
+    content = content or StudyContent()
+    stored = _quantise(_pixels(profile, has_lesion, rng, size, content), profile)
     ds = _header(profile, size, patient, identity)
+    if content.view_position is not None:
+        ds.ViewPosition = content.view_position
     ds.add_new(0x7FE00010, "OW", stored.tobytes())
     return ds
 
 
 def _pixels(
-    profile: ScannerProfile, has_lesion: bool, rng: np.random.Generator, size: int
+    profile: ScannerProfile,
+    has_lesion: bool,
+    rng: np.random.Generator,
+    size: int,
+    content: StudyContent,
 ) -> FloatImage:
     """Normalised MONOCHROME2 brightness (bone bright, air dark), before quantisation."""
     gain = 1.0 + _EXPOSURE_GAIN_SD * rng.standard_normal()
     offset = _EXPOSURE_OFFSET_SD * rng.standard_normal()
     # Drawn whether or not there is a lesion, so the noise that follows is the same either way.
-    centres = lesion_centres(size)
+    centres = lesion_centres(size, content.anatomy)
     row, col = (int(i) for i in centres[int(rng.integers(0, len(centres)))])
     sigma = float(rng.uniform(*_LESION_SIGMA)) * size
-    image = anatomy_template(profile.contrast, size) * np.float32(gain)
+    image = anatomy_template(profile.contrast, size, content.anatomy) * np.float32(gain)
     image += np.float32(offset)
     if has_lesion:
         _add_blob(image, row, col, sigma, profile.lesion_contrast * gain)
+    if content.positioning is not None:
+        # Moved with the lesion (it is in the patient); the exposure applies to the air too.
+        air = background_brightness(profile.contrast) * gain + offset
+        image = reposition(image, content.positioning, air)
     noise = rng.standard_normal((size, size), dtype=np.float32)
     noise *= np.float32(profile.noise_sd)
     image += noise
@@ -174,71 +225,6 @@ def _quantise(image: FloatImage, profile: ScannerProfile) -> npt.NDArray[np.uint
     if profile.photometric == "MONOCHROME1":
         np.subtract(np.uint16(top), stored, out=stored)
     return stored
-
-
-@lru_cache(maxsize=64)
-def anatomy_template(contrast: float, size: int) -> FloatImage:
-    """The noise-free anatomy at ``size`` x ``size`` with tissue contrast ``contrast``.
-
-    Cached because it is the only costly part of rendering and depends on these two numbers
-    alone; the array is read-only so no caller can corrupt the cache.
-    """
-    v, u = _grid(size)
-    body = _ellipse(u, v, 0.0, 0.1, 0.88, 1.05)
-    lungs = np.maximum(
-        _ellipse(u, v, -0.4, -0.08, 0.27, 0.62), _ellipse(u, v, 0.4, -0.08, 0.29, 0.64)
-    )
-    heart = _ellipse(u, v, 0.08, 0.32, 0.3, 0.26)
-    spine = _soft_band(np.abs(u), 0.07) * body
-    # Ribs: curved bands that sag towards the sides, visible only over the lungs.
-    ribs = (0.5 + 0.5 * np.cos(2 * np.pi * (v - 0.3 * u**2) * 5.5)) ** 4 * lungs * (1.0 - heart)
-    brightness = 0.04 + 0.56 * body
-    brightness -= 0.36 * lungs * (1.0 - heart)
-    brightness += 0.12 * heart + 0.15 * spine + 0.09 * ribs
-    mid_grey = 0.45
-    template = (mid_grey + contrast * (brightness - mid_grey)).astype(np.float32)
-    template.setflags(write=False)
-    return template
-
-
-@lru_cache(maxsize=16)
-def lesion_centres(size: int) -> npt.NDArray[np.intp]:
-    """(row, col) of every pixel deep inside a lung field and clear of the heart."""
-    v, u = _grid(size)
-    inner = np.maximum(
-        _ellipse(u, v, -0.4, -0.08, 0.2, 0.5), _ellipse(u, v, 0.4, -0.08, 0.22, 0.52)
-    )
-    heart = _ellipse(u, v, 0.08, 0.32, 0.38, 0.34)
-    centres = np.argwhere((inner > 0.95) & (heart < 0.05))
-    centres.setflags(write=False)
-    return centres
-
-
-def _grid(size: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Row (v, downwards) and column (u) coordinates in [-1, 1]."""
-    axis = np.linspace(-1.0, 1.0, size)
-    return axis[:, None] * np.ones(size), np.ones(size)[:, None] * axis
-
-
-def _ellipse(
-    u: npt.NDArray[np.float64],
-    v: npt.NDArray[np.float64],
-    cu: float,
-    cv: float,
-    ru: float,
-    rv: float,
-) -> npt.NDArray[np.float64]:
-    """A filled ellipse with a soft edge: 1 inside, 0 outside."""
-    radius = np.sqrt(((u - cu) / ru) ** 2 + ((v - cv) / rv) ** 2)
-    return _sigmoid((1.0 - radius) / _EDGE)
-
-
-def _soft_band(distance: npt.NDArray[np.float64], half_width: float) -> npt.NDArray[np.float64]:
-    return _sigmoid((half_width - distance) / _EDGE)
-
-
-def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 def _header(

@@ -35,7 +35,17 @@ from monitor.events import (
     LabelSource,
     Prediction,
 )
-from monitor.simulate.images import FakePatient, StudyIdentity, render_study
+from monitor.simulate.content import (
+    Candidate,
+    ContentShift,
+    ContentShiftKind,
+    age_days,
+    check_shares,
+    draw_shift,
+    hardest,
+    study_content,
+)
+from monitor.simulate.images import FakePatient, StudyContent, StudyIdentity, render_study
 from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile, site_ids
 from monitor.simulate.scores import FINDING, THRESHOLD, lesion_score
 
@@ -101,6 +111,8 @@ class SimulationConfig(BaseModel):
     """Site that switches to the degraded scanner (``profiles.DEGRADED``), if any."""
     change_at_index: int | None = Field(None, ge=0)
     """First study index at ``change_site`` acquired on the degraded scanner."""
+    content_shifts: tuple[ContentShift, ...] = ()
+    """Shares of studies at a site that show other content (``monitor.simulate.content``)."""
     master_key: bytes = Field(DEFAULT_MASTER_KEY, min_length=1, repr=False)
     """From which each site's HMAC key is derived (:func:`site_key_for`)."""
 
@@ -110,6 +122,10 @@ class SimulationConfig(BaseModel):
             raise ValueError("change_site and change_at_index go together")
         if self.change_site is not None and self.change_site not in self.site_ids():
             raise ValueError(f"change_site must be one of site-01..site-{self.sites:02d}")
+        unknown = {shift.site_id for shift in self.content_shifts} - set(self.site_ids())
+        if unknown:
+            raise ValueError(f"content shifts at sites outside the simulation: {sorted(unknown)}")
+        check_shares(self.content_shifts)
         return self
 
     def site_ids(self) -> list[str]:
@@ -156,7 +172,10 @@ class SimulationConfig(BaseModel):
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical config; the master key enters only as its own hash."""
-        document = self.model_dump_json(exclude={"master_key"})
+        # Without content shifts the field is left out, so configs written before it existed
+        # keep their fingerprints.
+        excluded = {"master_key"} | (set() if self.content_shifts else {"content_shifts"})
+        document = self.model_dump_json(exclude=excluded)
         key_digest = hashlib.sha256(self.master_key).hexdigest()
         return hashlib.sha256(f"{document}|{key_digest}".encode()).hexdigest()
 
@@ -239,31 +258,12 @@ def _study(
     embedder: StudyEmbedder | None = None,
 ) -> tuple[InferenceEvent, LabelEvent | None]:
     """One study end to end: its inference event and, if it will be labelled, its label."""
-    site_id, index = study.site_id, study.index
-    outcome_seed, image_seed = _seeds(config, site_id, index)
-    outcome = _draw_outcome(config, np.random.default_rng(outcome_seed))
-    image_rng = np.random.default_rng(image_seed)
-    profile = config.profile_for(site_id, index)
-    patient = FakePatient.generate(image_rng, study.acquired_at.date())
-    identity = StudyIdentity.derive(
-        seed=config.seed, site_id=site_id, index=index, acquired_at=study.acquired_at
-    )
-    ds = render_study(
-        profile,
-        outcome.has_lesion,
-        image_rng,
-        config.image_size,
-        patient=patient,
-        identity=identity,
-    )
-    features, path = _write_and_extract(ds, root / site_id, index, study.site_key)
-    if scorer is None:
-        # The score model's draw comes last in the outcome stream, so skipping it with a scorer
-        # changes no other value of the study.
-        scores = {FINDING: lesion_score(profile, outcome.has_lesion, outcome.score_rng)}
-        version, threshold = config.model_version, THRESHOLD
-    else:
-        scores, version, threshold = scorer.score(ds), scorer.version, scorer.threshold
+    site_id = study.site_id
+    rendered, outcome = _render(config, site_id, study.index, study.acquired_at, scorer)
+    ds, scores = rendered.dataset, rendered.scores
+    features, path = _write_and_extract(ds, root / site_id, study.index, study.site_key)
+    version = config.model_version if scorer is None else scorer.version
+    threshold = THRESHOLD if scorer is None else scorer.threshold
     inference = InferenceEvent(
         event_id=outcome.inference_id,
         site_id=site_id,
@@ -286,6 +286,77 @@ def _study(
     return inference, _label(config, inference, outcome)
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedStudy:
+    """One simulated study before the edge sees it: its data set, truth, scores and shift."""
+
+    site_id: str
+    index: int
+    dataset: Dataset
+    has_lesion: bool
+    scores: dict[str, float]
+    """The scorer's, or the score model's ``{FINDING: score}``."""
+    shift: ContentShiftKind | None
+    """The content shift the study was drawn into, if any."""
+
+
+def rendered_studies(
+    config: SimulationConfig, scorer: StudyScorer | None = None
+) -> Iterator[RenderedStudy]:
+    """The studies :func:`simulate` renders, in its order, without writing or extracting them
+    (what benchmarks and ``examples.content_examples`` sample from)."""
+    for index in range(config.studies_per_site):
+        for position, site_id in enumerate(config.site_ids()):
+            acquired_at = _acquired_at(config, position, index)
+            yield _render(config, site_id, index, acquired_at, scorer)[0]
+
+
+def _render(
+    config: SimulationConfig,
+    site_id: str,
+    index: int,
+    acquired_at: datetime,
+    scorer: StudyScorer | None,
+) -> tuple[RenderedStudy, _Outcome]:
+    """Draw, render and score one study (a content shift, when drawn, changes what is
+    rendered; its draws come from the study's third stream, so unshifted studies are exactly
+    what a run without shifts gives)."""
+    outcome_seed, image_seed = _seeds(config, site_id, index)
+    outcome = _draw_outcome(config, np.random.default_rng(outcome_seed))
+    shift = draw_shift(config.content_shifts, _shift_seed(config, site_id, index), site_id, index)
+    kind = shift.kind if shift is not None else None
+    profile = DEGRADED if kind is ContentShiftKind.SCANNER else config.profile_for(site_id, index)
+    identity = StudyIdentity.derive(
+        seed=config.seed, site_id=site_id, index=index, acquired_at=acquired_at
+    )
+
+    def candidate(image_rng: np.random.Generator, score_rng: np.random.Generator) -> Candidate:
+        content = study_content(shift.kind, shift.rng) if shift is not None else StudyContent()
+        patient = FakePatient.generate(image_rng, acquired_at.date(), age_days(kind))
+        ds = render_study(
+            profile,
+            outcome.has_lesion,
+            image_rng,
+            config.image_size,
+            patient=patient,
+            identity=identity,
+            content=content,
+        )
+        if scorer is not None:
+            return ds, scorer.score(ds)
+        # The score model's draw comes last in the outcome stream, so skipping it with a scorer
+        # changes no other value of the study.
+        return ds, {FINDING: lesion_score(profile, outcome.has_lesion, score_rng)}
+
+    if shift is not None and kind is ContentShiftKind.HARDER:
+        threshold = THRESHOLD if scorer is None else scorer.threshold
+        ds, scores = hardest(lambda rng: candidate(rng, rng), shift.seed, FINDING, threshold)
+    else:
+        ds, scores = candidate(np.random.default_rng(image_seed), outcome.score_rng)
+    rendered = RenderedStudy(site_id, index, ds, outcome.has_lesion, scores, kind)
+    return rendered, outcome
+
+
 def _write_and_extract(
     ds: Dataset, site_dir: Path, index: int, site_key: bytes
 ) -> tuple[StudyFeatures, Path]:
@@ -306,6 +377,12 @@ def _write_and_extract(
 def _seeds(config: SimulationConfig, site_id: str, index: int) -> list[np.random.SeedSequence]:
     """The study's two independent streams: its outcome's, then its image's."""
     return np.random.SeedSequence([config.seed, int(site_id.rpartition("-")[2]), index]).spawn(2)
+
+
+def _shift_seed(config: SimulationConfig, site_id: str, index: int) -> np.random.SeedSequence:
+    """The study's third stream, for its content shift: spawned beside the two of
+    :func:`_seeds`, which it leaves unchanged."""
+    return np.random.SeedSequence([config.seed, int(site_id.rpartition("-")[2]), index]).spawn(3)[2]
 
 
 def _draw_outcome(config: SimulationConfig, rng: np.random.Generator) -> _Outcome:

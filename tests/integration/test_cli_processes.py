@@ -4,6 +4,7 @@ around it, with status 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -121,6 +122,44 @@ def test_ctrl_c_stops_the_demo_with_status_0(tmp_path: Path) -> None:
     assert demo.returncode == 0, output[-3000:]
     assert "stage failed" not in output
     assert not (tmp_path / ".radsentry" / "broker.json").exists(), "the broker must be stopped"
+
+
+def test_ctrl_c_while_the_initial_model_trains_stops_the_demo_at_once(tmp_path: Path) -> None:
+    """It waited 45 s for training to end and exited 1 (issue 22). Now the stage is asked
+    to stop between two studies of the cohort and two training batches; nothing is
+    registered, and the next run takes the stage up again."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "monitor.service.cli", "demo", "--until", "initial-model"],
+        cwd=tmp_path,
+        env={**_user_env(tmp_path), "RADSENTRY_API__PORT": str(free_port())},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    seen: list[str] = []
+    for line in demo.stdout:
+        seen.append(line)
+        if "training cxr-lesion v1" in line:
+            break
+    time.sleep(2)  # the cohort renders, then the model trains: stopped either way
+    os.killpg(demo.pid, signal.SIGINT)
+    stopped_at, said = time.monotonic(), float("inf")
+    for line in demo.stdout:
+        seen.append(line)
+        if "stopped during the initial-model stage" in line:
+            said = time.monotonic() - stopped_at
+            break
+    demo.wait(timeout=60)
+    exited = time.monotonic() - stopped_at
+    output = "".join(seen)
+    assert demo.returncode == 0, output[-3000:]
+    assert "the next run takes it up again" in output and "stage failed" not in output
+    # Measured on a loaded 2-core machine: said at once, exited 3.4 s later (docs/benchmarks.md).
+    assert said < 5 and exited < 20, (said, exited)
+    record = json.loads((tmp_path / ".radsentry" / "demo-state.json").read_text())
+    assert "initial-model" not in record["reached"]
 
 
 def test_ctrl_c_at_the_terminal_ends_make_with_status_0(tmp_path: Path) -> None:

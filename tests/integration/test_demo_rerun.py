@@ -15,8 +15,10 @@ from sqlalchemy import Engine, func, select
 from structlog.testing import capture_logs
 
 from monitor.drift.alerts import Alert, StreamKey
+from monitor.service.audit import store as change_log
+from monitor.service.audit.config import record_config
 from monitor.service.demo import state as demo_state
-from monitor.service.demo.loop import DemoLoop, StageFailed
+from monitor.service.demo.loop import DemoLoop, StageFailed, StageStopped
 from monitor.service.demo.stages import Stage
 from monitor.service.drift.alerts import write_alerts
 from monitor.service.ingest.consumer import ConsumerThread
@@ -24,7 +26,7 @@ from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
 from monitor.service.models import InferenceEventRow
 from monitor.service.retrain import store as retrain_store
-from monitor.service.settings import RetrainSettings, Settings
+from monitor.service.settings import DatabaseSettings, RetrainSettings, Settings
 from monitor.simulate import SimulationConfig
 from retrain.initial import InitialConfig
 from retrain.policy import RetrainPolicy
@@ -96,6 +98,37 @@ def test_data_no_demo_recorded_is_not_resumed_without_fresh(engine: Engine, tmp_
     _store_events(engine, 3)
     with pytest.raises(demo_state.CannotResume, match=r"no demo run recorded.*ARGS=--fresh"):
         demo_state.begin(settings, engine, SIMULATION, fresh=False)
+
+
+def test_fresh_refuses_to_wipe_a_configured_database_that_is_not_a_demos(
+    pg_url: str, pg_engine: Engine, tmp_path: Path
+) -> None:
+    """`--fresh` deletes every table: a stray RADSENTRY_DATABASE__URL naming a production
+    database must not take it down (issue 22)."""
+    configured = Settings(data_dir=tmp_path / "data", database=DatabaseSettings(url=pg_url))
+    # A database the services have run on: its change log begins with their first start.
+    record_config(pg_engine, configured, actor="radsentry-serve")
+    _store_events(pg_engine, 3)
+    with pytest.raises(
+        demo_state.NotTheDemosDatabase,
+        match=r"began with radsentry-serve.*"
+        r"Nothing was deleted.*Unset RADSENTRY_DATABASE__URL",
+    ):
+        demo_state.begin(configured, pg_engine, SIMULATION, fresh=True)
+    assert _stored(pg_engine) == 3 and len(list(change_log.entries(pg_engine))) == 1
+
+    # The same database once the demo started it (its first entry the demo's): wiped.
+    demo_state.wipe(configured, pg_engine)
+    demo_state.upgrade(pg_engine)
+    record_config(pg_engine, configured, actor=demo_state.DEMO_ACTOR)
+    _store_events(pg_engine, 3)
+    _, record = demo_state.begin(configured, pg_engine, SIMULATION, fresh=True)
+    assert record.reached == [] and _stored(pg_engine) == 0
+    # An empty configured database, and the embedded server's (never another's), start over.
+    assert demo_state.begin(configured, pg_engine, SIMULATION, fresh=True)[1].reached == []
+    record_config(pg_engine, configured, actor="radsentry-serve")
+    embedded = Settings(data_dir=tmp_path / "data")
+    assert demo_state.begin(embedded, pg_engine, SIMULATION, fresh=True)[1].reached == []
 
 
 def _loop(settings: Settings, engine: Engine) -> DemoLoop:
@@ -175,6 +208,26 @@ def test_a_request_made_by_an_earlier_run_is_named_when_none_is_pending(
     retrain_store.finish(pg_engine, request.request_id, "succeeded")
     with pytest.raises(StageFailed, match=rf"already requested: request {request.request_id} "):
         _loop(settings, pg_engine)._retrain_request(_never())
+
+
+def test_a_stop_during_a_stage_is_a_stop_not_a_failure(pg_engine: Engine, tmp_path: Path) -> None:
+    """Ctrl-C while a stage waits (or trains): StageStopped names the stage, which is not
+    recorded as reached, so the next run takes it up again."""
+    loop = _loop(Settings(data_dir=tmp_path), pg_engine)
+    done = [Stage.INITIAL_MODEL, Stage.STREAM]
+    loop.record = demo_state.DemoRecord(
+        simulation=demo_state.schedule_of(SIMULATION),
+        start=T0,
+        started_at=T0,
+        reached=list(done),
+        stream_scores="champion",
+    )
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()  # no drift alert comes: the stage waits for one
+    with pytest.raises(StageStopped, match="stopped during the drift-alert stage") as stopped:
+        loop.run(Stage.DRIFT_ALERT, stop)
+    assert stopped.value.stage == Stage.DRIFT_ALERT
+    assert loop.state.reached == done and loop.record.reached == done
 
 
 def _never() -> threading.Event:

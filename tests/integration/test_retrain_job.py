@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from retrain.mlflow_names import THRESHOLD_PROVENANCE_TAG, THRESHOLD_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.policy import RetrainPolicy, Trigger
 from retrain.tracking import RegisteredVersion, RunRecord, TrackingError
+from retrain.train import TrainingStopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -320,3 +321,40 @@ def test_a_rule_with_too_few_positive_tuning_cases_fails_the_job(
     assert served.status == "failed" and served.attempts == 1  # retrying cannot help
     assert served.error is not None and "needs at least 500" in served.error
     assert registry.records == []  # nothing registered
+
+
+def test_a_stopped_job_registers_nothing_and_its_next_attempt_resumes(
+    stored: Engine, tmp_path: Path
+) -> None:
+    """Ctrl-C in the demo while the candidate trains (issue 22): the job stops between two
+    batches, the request waits as it was (its attempt not counted), and the next attempt
+    resumes from the last finished epoch and registers one version."""
+    registry = FakeRegistry(untrained_champion())
+    request = request_manual(stored, MODEL, "ml-ops@example.org", "stop test")
+    before = counter("stopped")
+
+    def after_first_epoch() -> bool:  # what a Ctrl-C during the second epoch looks like
+        progress = retrain_store.get_request(stored, request.request_id).progress or {}
+        return int(progress.get("epoch", 0)) >= 1
+
+    stopping = replace(context(stored, registry, tmp_path), should_stop=after_first_epoch)
+    with pytest.raises(TrainingStopped, match="after 1 of at most 2 epochs"):
+        serve_pending(stopping)
+
+    waiting = retrain_store.get_request(stored, request.request_id)
+    assert (waiting.status, waiting.attempts, waiting.error) == ("pending", 0, None)
+    assert waiting.progress is not None and waiting.progress["stage"] == "stopped"
+    assert "stopped after 1 of at most 2 epochs" in waiting.progress["stopped"]
+    assert registry.records == []  # nothing logged to MLflow, nothing registered
+    assert candidates_store.list_candidates(stored).items == []
+    assert [e.action for e in change_log.entries(stored)] == ["retrain.requested"]
+    assert counter("stopped") == before + 1
+    # A stop asked before the job starts claims nothing.
+    assert serve_pending(replace(stopping, should_stop=lambda: True)) == []
+    assert retrain_store.get_request(stored, request.request_id).attempts == 0
+
+    [served] = serve_pending(context(stored, registry, tmp_path))
+    assert (served.status, served.attempts, served.model_version) == ("succeeded", 1, "2")
+    [record] = registry.records
+    assert record.result.resumed_from_epoch == 1
+    assert [m.epoch for m in record.result.history] == [1, 2]

@@ -248,7 +248,7 @@ def test_jobs_persist_under_their_ids_and_a_restart_keeps_their_schedule(
     assert changed["performance-refresh"] < first["performance-refresh"]  # the new spec won
 
 
-def test_nightly_reports_write_one_page_per_stream_with_a_reference(
+def test_nightly_reports_write_the_site_drift_page_of_each_stream_with_a_reference(
     pg_engine: Engine, tmp_path: Path
 ) -> None:
     monitor = DriftMonitor(CONFIG)
@@ -258,9 +258,22 @@ def test_nightly_reports_write_one_page_per_stream_with_a_reference(
 
     written = write_drift_reports(pg_engine, CONFIG, tmp_path, date(2026, 11, 29))
 
-    assert written == [tmp_path / "site-02" / "2026-11-29" / "cxr-lesion-1.0.0.html"]
-    assert "Drift report: site-02, cxr-lesion 1.0.0" in written[0].read_text()
+    # The site drift page (what `radsentry report` writes), not the Evidently page (issue 22).
+    folder = tmp_path / "site-02" / "2026-11-29"
+    assert written == [folder / "cxr-lesion-1.0.0.html"]
+    page = written[0].read_text()
+    assert "<h1>Drift at site-02</h1>" in page and "Glossary" in page
+    assert "/sites/site-02/report?" in page  # the appendix: the API's, none written here
     assert not (tmp_path / "site-03").exists()  # still collecting its reference
+
+    # Configured to, it writes the Evidently appendix beside the page, which links to it.
+    again = write_drift_reports(
+        pg_engine, CONFIG, tmp_path, date(2026, 11, 30), evidently_appendix=True
+    )
+    folder = tmp_path / "site-02" / "2026-11-30"
+    assert again == [folder / "cxr-lesion-1.0.0.html", folder / "cxr-lesion-1.0.0.evidently.html"]
+    assert 'href="cxr-lesion-1.0.0.evidently.html"' in again[0].read_text()
+    assert "Drift report: site-02, cxr-lesion 1.0.0" in again[1].read_text()
 
 
 def test_the_standing_jobs_run_on_the_configured_database(

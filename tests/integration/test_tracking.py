@@ -22,8 +22,11 @@ import torch
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from monitor.drift.alerts import StreamKey
+from monitor.service.drift.directions import RegistryDirections
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.dataset import DatasetManifest, LockedTestSet, assemble
+from retrain.embedding import EmbeddingError, direction_set, fit_direction_on_images
 from retrain.model import ModelSpec, TrainedModel, predict
 from retrain.tracking import RegisteredVersion, Registry, RunRecord, TrackingError
 from retrain.tracking_content import run_params
@@ -328,3 +331,34 @@ def test_the_embedded_store_keeps_everything_under_the_given_folders(
     assert len(list(artifacts.rglob("trained_model.pt"))) == 1
     assert len(list(artifacts.rglob("MLmodel"))) == 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db"]
+
+
+def test_known_directions_are_stored_beside_the_projection_and_read_by_the_engine_source(
+    registry: Registry, registered: tuple[RunRecord, RegisteredVersion]
+) -> None:
+    record, version = registered
+    name, number = record.model_name, version.version
+    assert (
+        registry.load_directions(name, number) is None
+    )  # none logged: explanations name components
+    projection = registry.load_projection(name, number)
+    generator = torch.Generator().manual_seed(4)
+    upright = torch.rand(24, 1, 16, 16, generator=generator) * 0.5
+    brighter = upright + 0.4  # a stand-in for a content shift: the model's features move
+    trained_model = registry.load_model(name, number)
+    direction = fit_direction_on_images(
+        trained_model, projection, "brighter", "towards brighter images", upright, brighter
+    )
+    assert len(direction.vector) == projection.dimensions
+    stored = direction_set(projection, [direction])
+    registry.log_directions(name, number, stored)
+    assert registry.load_directions(name, number) == stored
+
+    other = stored.model_copy(update={"projection_fingerprint": "0" * 64})
+    with pytest.raises(EmbeddingError, match="another projection"):
+        registry.log_directions(name, number, other)
+
+    source = RegistryDirections(lambda: registry)
+    key = StreamKey("site-01", name, number)
+    assert source(key, projection.embedding_id(name, number)) == (direction,)
+    assert source(key, f"{name}@{number}/pca4-ffffffffffff") == ()  # another projection's

@@ -7,6 +7,7 @@ count in the runs compared.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,15 @@ from retrain.model import (
     predict,
     register_architecture,
 )
-from retrain.train import EpochMetrics, ResumeError, TrainError, resolve_device, train
+from retrain.train import (
+    CHECKPOINT_NAME,
+    EpochMetrics,
+    ResumeError,
+    TrainError,
+    TrainingStopped,
+    resolve_device,
+    train,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -106,6 +115,49 @@ def test_resume_reaches_the_uninterrupted_weights(
     resumed = train(SPEC, FAST, *easy, checkpoint_dir=tmp_path, progress=False, resume=True)
     assert resumed.resumed_from_epoch == 2
     assert [m.epoch for m in resumed.history] == [1, 2, 3, 4]
+    assert_same_weights(uninterrupted, resumed.model)
+
+
+def test_a_stop_asked_before_training_stops_it_after_one_batch(
+    easy: tuple[Data, Data], tmp_path: Path
+) -> None:
+    asked: list[int] = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True
+
+    with pytest.raises(TrainingStopped, match="after 0 of at most 4 epochs") as stopped:
+        train(SPEC, FAST, *easy, checkpoint_dir=tmp_path, progress=False, should_stop=stop)
+    assert stopped.value.epochs_done == 0 and len(asked) == 1  # one batch, then the stop
+    assert not (tmp_path / CHECKPOINT_NAME).exists()  # nothing finished, nothing to resume
+
+
+def test_a_stop_part_way_through_an_epoch_resumes_to_the_uninterrupted_weights(
+    easy: tuple[Data, Data], uninterrupted: TrainedModel, tmp_path: Path
+) -> None:
+    """Ctrl-C in the demo while a model trains: the epoch in progress is dropped, the last
+    finished one is checkpointed, and the resumed run ends where an unstopped one does."""
+    finished: list[int] = []
+    asked_since = itertools.count()
+
+    def four_batches_into_the_third_epoch() -> bool:
+        # Asked after epoch 2 ends (0: go on), then after each batch of epoch 3.
+        return len(finished) == 2 and next(asked_since) == 4
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train(
+            SPEC,
+            FAST,
+            *easy,
+            checkpoint_dir=tmp_path,
+            progress=False,
+            on_epoch_end=lambda metrics: finished.append(metrics.epoch),
+            should_stop=four_batches_into_the_third_epoch,
+        )
+    assert stopped.value.epochs_done == 2 and finished == [1, 2]
+    resumed = train(SPEC, FAST, *easy, checkpoint_dir=tmp_path, progress=False, resume=True)
+    assert resumed.resumed_from_epoch == 2
     assert_same_weights(uninterrupted, resumed.model)
 
 

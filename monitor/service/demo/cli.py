@@ -16,6 +16,7 @@ from monitor.service.demo.stages import Stage
 from monitor.service.runtime import (
     BrokerNotFound,
     console,
+    exit_process,
     load_settings,
     require_bootstrap,
     terminal_foreground,
@@ -55,6 +56,16 @@ ChangeAtOption = Annotated[
 ChangeFromOption = Annotated[
     datetime | None,
     typer.Option(help="Or: event time (UTC) from which that site uses the new scanner."),
+]
+
+
+ContentShiftOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="A content shift KIND:SITE[:FROM_INDEX[:SHARE]] (kinds: lateral, paediatric, "
+        "harder, positioning, scanner; default from study 0, share 0.3), e.g. "
+        "lateral:site-02:150:0.3; repeatable (docs/simulate.md).",
+    ),
 ]
 
 
@@ -106,8 +117,10 @@ def _simulation_config(
     change_at: int | None,
     start: datetime | None,
     change_from: datetime | None = None,
+    content_shifts: list[str] | None = None,
 ) -> SimulationConfig:
     from monitor.simulate import SimulationConfig  # pydicom: not at `radsentry --help`
+    from monitor.simulate.content import parse_content_shift
 
     if change_at is not None and change_from is not None:
         raise typer.BadParameter("give --change-at or --change-from, not both")
@@ -119,6 +132,8 @@ def _simulation_config(
         "start": _as_utc(start or now),
     }
     try:
+        if content_shifts:
+            schedule["content_shifts"] = tuple(map(parse_content_shift, content_shifts))
         config = SimulationConfig.model_validate(schedule)
         if start is None:
             # Without --start the stream ends now: a "live" simulation is never dated in the
@@ -132,6 +147,8 @@ def _simulation_config(
             config = SimulationConfig.model_validate(schedule | change)
     except ValidationError as exc:
         raise typer.BadParameter(describe_errors(exc)) from None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     return config
 
 
@@ -148,6 +165,7 @@ def simulate(
     change_site: ChangeSiteOption = None,
     change_at: ChangeAtOption = None,
     change_from: ChangeFromOption = None,
+    content_shift: ContentShiftOption = None,
     start: Annotated[
         datetime | None,
         typer.Option(help="Event time of the first studies (default: the stream ends now)."),
@@ -171,7 +189,9 @@ def simulate(
     from monitor.simulate import simulate as simulated_events
 
     settings = load_settings()
-    config = _simulation_config(sites, studies, seed, change_site, change_at, start, change_from)
+    config = _simulation_config(
+        sites, studies, seed, change_site, change_at, start, change_from, content_shift
+    )
     scorer = _scorer(settings, scores, config.model_name)
     embedder = _embedder(settings, config.model_name) if embeddings else None
     console.print(f"simulating {sites} sites x {studies} studies, seed {config.seed}")
@@ -250,4 +270,4 @@ def demo(
         except KeyboardInterrupt:
             console.print("stopped (Ctrl-C)")
             code = 0
-    raise typer.Exit(code)
+    exit_process(code)

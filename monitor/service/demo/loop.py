@@ -22,8 +22,10 @@ running (``demo.run_demo``), :class:`DemoLoop` drives what production spreads ov
 Every stage calls the same functions the scheduler and the API do; the loop only runs them now
 instead of on their schedules, and waits for what the consumer thread does. A stage that does
 not happen within its time raises :class:`StageFailed` with what was seen instead, and what to
-do. A rerun on the same data dir resumes: the stages an earlier run finished (``demo.state``)
-are shown, not done again, and the decision is looked at anew (approved or promoted since?).
+do; a stop (Ctrl-C) raises :class:`StageStopped` instead, within a training batch even while
+a model trains. A rerun on the same data dir resumes: the stages an earlier run finished
+(``demo.state``) are shown, not done again, and the decision is looked at anew (approved or
+promoted since?).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from monitor.service.runtime import pasteable_cli
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig
 from retrain.mlflow_names import CHAMPION
+from retrain.train import TrainingStopped
 
 if TYPE_CHECKING:
     import threading
@@ -80,6 +83,15 @@ stores; performance is refreshed once when the wait starts and then by the sched
 
 class StageFailed(ServiceError, RuntimeError):
     """A stage did not happen; the message says what was seen instead."""
+
+
+class StageStopped(StageFailed):
+    """The loop was asked to stop (Ctrl-C) during ``stage``: nothing failed, and the next run
+    takes the stage up again (a model in training from its last finished epoch)."""
+
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(f"stopped during the {stage} stage; the next run takes it up again")
+        self.stage = stage
 
 
 @dataclass
@@ -143,8 +155,13 @@ class DemoLoop:
                 )
                 continue
             began = time.monotonic()
-            with self.console.status(f"[bold]{stage}[/bold]: working"):
-                summary = steps[stage](stop)
+            try:
+                with self.console.status(f"[bold]{stage}[/bold]: working"):
+                    summary = steps[stage](stop)
+            except (StageFailed, TrainingStopped):
+                if stop.is_set():  # whatever the step saw, it saw because it was stopped
+                    raise StageStopped(stage) from None
+                raise
             self.state.reached.append(stage)
             self.state.seconds[stage] = took = time.monotonic() - began
             self._record(stage, summary)
@@ -196,7 +213,7 @@ class DemoLoop:
 
     # -- stages ------------------------------------------------------------------------------
 
-    def _initial_model(self, _stop: threading.Event) -> str:
+    def _initial_model(self, stop: threading.Event) -> str:
         registry = registry_for(self.settings)
         model = self.simulation.model_name
         if (found := registry.version_by_alias(model, CHAMPION)) is not None:
@@ -205,7 +222,9 @@ class DemoLoop:
             f"  training {model} v1 on a synthetic cohort of {self.initial.sites} academic "
             f"sites (takes a few minutes on a laptop CPU)"
         )
-        registered = register_initial(self.settings, self.initial, progress=False)
+        registered = register_initial(
+            self.settings, self.initial, progress=False, should_stop=stop.is_set
+        )
         record_initial(self.engine, registered)
         test = registered.model.test
         held_out = f", held-out AUROC {test.auroc:.3f}" if test and test.auroc else ""
@@ -300,7 +319,7 @@ class DemoLoop:
             "..._COOLDOWN_HOURS)"
         )
 
-    def _candidate(self, _stop: threading.Event) -> str:
+    def _candidate(self, stop: threading.Event) -> str:
         registry = registry_for(self.settings)
         context = JobContext(
             engine=self.engine,
@@ -309,6 +328,7 @@ class DemoLoop:
             work_dir=(self.settings.data_dir / "retrain").resolve(),
             lease=self._lease(),
             plans_dir=self.settings.plans_dir,
+            should_stop=stop.is_set,
         )
         self.console.print("  training the candidate, warm-started from the champion")
         served = serve_pending(context, limit=1)
@@ -374,9 +394,9 @@ class DemoLoop:
 
     def _lease(self) -> timedelta:
         if Stage.RETRAIN_REQUEST in self.resumed:
-            # The request is an earlier run's: one still "running" was left by a demo that
-            # stopped mid-training (this process serves nothing else), so take it over now
-            # (resuming from its checkpoints) rather than after the lease.
+            # The request is an earlier run's: one still "running" was left by a demo killed
+            # mid-training (a Ctrl-C puts it back to pending; this process serves nothing
+            # else), so take it over now (resuming from its checkpoints), not after the lease.
             return timedelta(0)
         return timedelta(seconds=self.settings.retrain.lease_s)
 
@@ -412,8 +432,8 @@ class DemoLoop:
                 return result
             if time.monotonic() > deadline:
                 raise StageFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(1.0)
-        raise StageFailed("stopped")
+            stop.wait(1.0)
+        raise StageFailed("stopped")  # run() makes it a StageStopped
 
 
 def duration(seconds: float) -> str:

@@ -21,10 +21,16 @@ from monitor.service.api import create_app
 from monitor.service.audit.config import record_config
 from monitor.service.db import make_engine
 from monitor.service.demo import state as demo_state
-from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed
+from monitor.service.demo.loop import DemoLoop, LoopState, StageFailed, StageStopped
 from monitor.service.demo.simulation import ScoresChoice
 from monitor.service.demo.stages import Stage
-from monitor.service.demo.state import FRESH_HINT, CannotResume, DemoRecord
+from monitor.service.demo.state import (
+    DEMO_ACTOR,
+    FRESH_HINT,
+    CannotResume,
+    DemoRecord,
+    NotTheDemosDatabase,
+)
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
@@ -84,6 +90,9 @@ calibration rule is off."""
 
 
 DEMO_STOP_BOUND_S = 45.0
+"""From Ctrl-C to the exit, whatever is still draining then (exit status 1). Every stage stops
+within a second or two, training included (it is asked between batches); the bound is for a
+step that cannot be asked, such as the gate's evaluation or an MLflow call with its retries."""
 
 ROUTINE_LOGGERS: Final = frozenset(
     {
@@ -116,7 +125,8 @@ def run_demo(
     exit, or through every stage and keep serving until Ctrl-C (None). The exit code.
 
     A rerun on the same data dir resumes the previous run (``demo.state``); ``fresh`` deletes
-    what it stored first. A run that cannot resume exits 2 saying what to do."""
+    what it stored first (only the demo's own database: ``demo.state.check_wipeable``). A run
+    that cannot resume, or cannot start over, exits 2 saying what to do."""
     from retrain.initial import InitialConfig
 
     configure_logging(settings.logging, routine=ROUTINE_LOGGERS)
@@ -138,13 +148,14 @@ def run_demo(
     engine = make_engine(database_url(settings))
     try:
         config, record = _begin(settings, engine, config, fresh=fresh)
-    except CannotResume as exc:
-        console.print(f"[red]cannot resume:[/red] {exc}", soft_wrap=True)
+    except (CannotResume, NotTheDemosDatabase) as exc:
+        refusal = "cannot resume" if isinstance(exc, CannotResume) else "will not start over"
+        console.print(f"[red]{refusal}:[/red] {exc}", soft_wrap=True)
         engine.dispose()
         if embedded is not None:
             embedded_pg.close_embedded_database(settings.data_dir)
         return 2
-    record_config(engine, settings, actor="radsentry-demo")
+    record_config(engine, settings, actor=DEMO_ACTOR)
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
     scheduler = start_jobs(engine, settings.performance, settings.retrain)
@@ -183,8 +194,11 @@ def run_demo(
                     name="radsentry-demo-keys",
                     daemon=True,
                 ).start()
+        except StageStopped as exc:  # Ctrl-C: nothing failed, the exit status stays 0
+            console.print(f"[yellow]{exc}[/yellow]", soft_wrap=True)
+            return
         except StageFailed as exc:
-            if stop.is_set():  # Ctrl-C stopped it: nothing failed, the exit status stays 0
+            if stop.is_set():  # as above, from a step that saw the stop its own way
                 return
             console.print(f"[red]stage failed:[/red] {exc}", soft_wrap=True)
             console.print(
@@ -207,8 +221,7 @@ def run_demo(
         console.print(f"  a token for it: {token}", soft_wrap=True, markup=False)
     driver = threading.Thread(target=drive, name="radsentry-demo-loop", daemon=True)
     driver.start()
-    # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py); the bound leaves
-    # the loop's driver its 30 s to finish a stage's step.
+    # Ctrl-C stops the demo as it stops serve (monitor/service/lifecycle.py).
     with GracefulStop("demo", bound_s=DEMO_STOP_BOUND_S) as stopping:
         if broker is not None:
             stopping.on_abandon(broker.stop)
@@ -226,6 +239,8 @@ def run_demo(
             engine.dispose()
             if embedded is not None:
                 embedded_pg.close_embedded_database(settings.data_dir)
+    if stopping.requested.is_set():
+        console.print("stopped (Ctrl-C)")
     return outcome.get("code", 0)
 
 
@@ -234,6 +249,7 @@ def _begin(
 ) -> tuple[SimulationConfig, DemoRecord]:
     """``demo_state.begin``, saying on the console what it chose."""
     if fresh:
+        demo_state.check_wipeable(settings, engine)  # before saying it deletes anything
         console.print(f"starting over in {settings.data_dir}: deleting what earlier runs stored")
     config, record = demo_state.begin(settings, engine, config, fresh=fresh)
     if record.reached:

@@ -11,7 +11,10 @@ with other options, or a data dir holding data no demo recorded, is refused with
 cluster in ``data_dir/pg``, which stays, or a configured one): the schema is taken down to
 Alembic's base and up again (the migrations' own downgrades), and the demo's files under
 ``data_dir`` are deleted. Secrets (token, pseudonymisation and signing keys) and the initial
-model's rendered cohort (a deterministic cache) are kept.
+model's rendered cohort (a deterministic cache) are kept. A configured database is wiped only
+if it is a demo's (:func:`check_wipeable`): its change log begins with the demo's first start,
+or it holds nothing; any other (a production database named by a stray
+``RADSENTRY_DATABASE__URL``) is refused with :class:`NotTheDemosDatabase`, nothing deleted.
 """
 
 from __future__ import annotations
@@ -26,12 +29,17 @@ from typing import Any, Final
 import structlog
 from alembic import command
 from pydantic import AwareDatetime, BaseModel, Field
-from sqlalchemy import Engine, exists, select
+from sqlalchemy import Engine, exists, inspect, select
 
 from monitor.service.db import alembic_config, upgrade
 from monitor.service.demo.stages import Stage
 from monitor.service.errors import ServiceError
-from monitor.service.models import CandidateRow, InferenceEventRow, RetrainRequestRow
+from monitor.service.models import (
+    CandidateRow,
+    ChangeLogRow,
+    InferenceEventRow,
+    RetrainRequestRow,
+)
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig
 
@@ -40,10 +48,17 @@ log = structlog.get_logger(__name__)
 STATE_FILE: Final = "demo-state.json"
 FRESH_HINT: Final = "`make run ARGS=--fresh` (or `radsentry demo --fresh`)"
 """What to run to start over, as every refusal and failure says it."""
+DEMO_ACTOR: Final = "radsentry-demo"
+"""Who the demo is in the change log: its first start's ``config.changed`` entry marks the
+database as the demo's (:func:`check_wipeable`)."""
 
 
 class CannotResume(ServiceError, RuntimeError):
     """The data dir holds a run this one cannot resume; the message says what to do."""
+
+
+class NotTheDemosDatabase(ServiceError, RuntimeError):
+    """``--fresh`` would delete every table of a configured database that is not a demo's."""
 
 
 class DemoRecord(BaseModel):
@@ -96,6 +111,7 @@ def begin(
     resumed, with its stream's start. CannotResume when neither is safe to choose alone.
     The schema is at head when this returns."""
     if fresh:
+        check_wipeable(settings, engine)
         wipe(settings, engine)
     upgrade(engine)
     record = None if fresh else load(settings)
@@ -138,6 +154,27 @@ def wipe(settings: Settings, engine: Engine) -> list[str]:
             continue
         deleted.append(str(path))
     return deleted
+
+
+def check_wipeable(settings: Settings, engine: Engine) -> None:
+    """Whether :func:`wipe` may delete every table of the demo's database: always the embedded
+    server's (its cluster is ``data_dir/pg``, the demo's own); a configured one only if its
+    change log begins with the demo's first start (:data:`DEMO_ACTOR`) or it holds nothing.
+    NotTheDemosDatabase otherwise, saying what to do."""
+    if not settings.database.url or not inspect(engine).has_table(ChangeLogRow.__tablename__):
+        return  # the embedded server's, or none of our tables there: nothing of another's
+    with engine.connect() as connection:
+        first = connection.scalar(select(ChangeLogRow.actor).order_by(ChangeLogRow.seq).limit(1))
+    if first == DEMO_ACTOR or (first is None and not _holds_data(engine)):
+        return
+    url = engine.url.render_as_string(hide_password=True)
+    started = f"began with {first}" if first is not None else "is empty but data is stored"
+    raise NotTheDemosDatabase(
+        f"--fresh deletes every table of {url} (RADSENTRY_DATABASE__URL), which is not a "
+        f"demo's database: its change log {started}, not with the demo's first start. "
+        "Nothing was deleted. Unset RADSENTRY_DATABASE__URL to run the demo on its own "
+        "embedded PostgreSQL, or point it at a database of its own"
+    )
 
 
 def _demo_files(settings: Settings) -> list[Path]:

@@ -63,6 +63,11 @@ class ReferencePublic(BaseModel):
     n_events: int = 0
     first_event_at: datetime | None = None
     last_event_at: datetime | None = None
+    not_run: dict[str, str] = Field(
+        default_factory=dict,
+        description="Detectors this reference cannot feed, with the reason (e.g. embedding_mmd "
+        "when the reference carries no embeddings).",
+    )
 
     @classmethod
     def of(cls, stored: Mapping[str, Any]) -> ReferencePublic:

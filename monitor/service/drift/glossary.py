@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from monitor.drift.features import CATEGORICAL_METADATA, NUMERIC_METADATA, PIXEL_FIELD
+from monitor.drift.features import (
+    CATEGORICAL_METADATA,
+    EMBEDDING_PREFIX,
+    NUMERIC_METADATA,
+    PIXEL_FIELD,
+)
 from monitor.pixel_names import HIST_BINS, PERCENTILES
 
 
@@ -90,6 +95,10 @@ TERMS: Final = {
     "share_unseen": "Share of the window in categories the reference never had.",
     "mmd2": "Squared maximum mean discrepancy: one multivariate distance between the pixel "
     "statistics of the reference and the window; the features named beside it contribute most.",
+    "embedding": "The deployed model's own view of each image: a projection (PCA) of its "
+    "penultimate features to up to 32 numbers, emb_00 the direction of largest variation in "
+    "its training images. The embedding detector (MMD) tests them together; a known direction "
+    "(such as towards lateral views) is named when the window's mean moved along it.",
     "missing_share_difference": "Share of the window missing the field minus that of the "
     "reference.",
     "mahalanobis_normal_score_shift": "The per-event detector's shift of recent images from the "
@@ -113,10 +122,18 @@ def describe(feature: str, findings: tuple[str, ...] = ()) -> str:
         return _METADATA[feature]
     if feature in findings:
         return f"The model's score for the finding {feature!r} (0 to 1)."
+    if feature.startswith(EMBEDDING_PREFIX) and feature[len(EMBEDDING_PREFIX) :].isdigit():
+        rank = int(feature[len(EMBEDDING_PREFIX) :]) + 1
+        return (
+            f"Component {rank} of the model's embedding of the image (the {_ordinal(rank)} "
+            "direction of variation of its penultimate features on its training images): no "
+            "pixel meaning of its own; it moves when what the images show changes."
+        )
     return "A monitored feature."
 
 
-def glossary(findings: tuple[str, ...]) -> list[tuple[str, str]]:
+def glossary(findings: tuple[str, ...], embedding: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Every feature with its meaning, in the detectors' column order, then the terms."""
     names = [*_PIXELS, *NUMERIC_METADATA, *CATEGORICAL_METADATA, PIXEL_FIELD, *findings]
+    names += embedding
     return [(name, describe(name, findings)) for name in names] + list(TERMS.items())

@@ -29,7 +29,8 @@ from sqlalchemy import Engine
 
 from monitor.drift import calibration
 from monitor.drift.alerts import DETECTOR_LABELS
-from monitor.drift.config import ONLINE_DETECTOR, EngineConfig
+from monitor.drift.config import EMBEDDING_DETECTOR, ONLINE_DETECTOR, EngineConfig
+from monitor.drift.directions import DIRECTION_PREFIX
 from monitor.drift.features import PIXEL_FIELD, RowBuffer
 from monitor.drift.severity import Severity
 from monitor.drift.stream import StreamState
@@ -99,7 +100,9 @@ def build_page(
         alerts=tuple(_alert_line(row) for row in alert_rows),
         drifting=tuple(drifting),
         stable=tuple(v for v in views if not v.drifting and v.group != "missing field"),
-        glossary=tuple(glossary.glossary(samples.stream.schema.findings)),
+        glossary=tuple(
+            glossary.glossary(samples.stream.schema.findings, samples.stream.schema.embedding)
+        ),
         appendix_url=f"/sites/{quote(key.site_id)}/report?{urlencode(appendix_query)}",
         alerts_url=f"/alerts?{urlencode({'site_id': key.site_id})}",
         checks=tuple(_check_summary(check) for check in checks.values()),
@@ -206,6 +209,7 @@ def _feature_views(
         (schema.pixels, "pixel statistic", ("mmd", ONLINE_DETECTOR)),
         (schema.metadata, "DICOM metadata", ("ks",)),
         (schema.findings, "model score", ("score_ks",)),
+        (schema.embedding, "embedding component", (EMBEDDING_DETECTOR,)),
     )
     names = schema.numeric
     for features, group, detectors in groups:
@@ -322,7 +326,15 @@ def _check_summary(check: DriftCheckRow) -> tuple[str, str]:
     verdict = "drift" if check.is_drift else "no drift"
     p_value = f", p-value {check.p_value:.2g}" if check.p_value is not None else ""
     severity = f", {check.severity}" if check.severity else ""
-    return label, f"{verdict}{severity}{p_value}; {window}"
+    direction = next(
+        (
+            f"; {a.get('explanation')}"
+            for a in check.attributions
+            if str(a.get("feature", "")).startswith(DIRECTION_PREFIX)
+        ),
+        "",
+    )
+    return label, f"{verdict}{severity}{p_value}{direction}; {window}"
 
 
 def _alert_line(row: AlertRow) -> AlertLine:

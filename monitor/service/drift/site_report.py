@@ -19,7 +19,7 @@ from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DriftEngine
 from monitor.drift.features import FeatureSchema, RowBuffer, Vocabulary
 from monitor.drift.stream import StreamState
-from monitor.events import InferenceEvent
+from monitor.events import InferenceEvent, InferenceEventV2
 from monitor.service.db import as_utc
 from monitor.service.drift.streams import StreamNotFound
 from monitor.service.models import DriftStreamRow, InferenceEventRow
@@ -154,14 +154,16 @@ def _latest(
 def _event(row: RowMapping) -> InferenceEvent:
     """A stored event back as the contract model (only contract fields were stored)."""
     occurred_at = as_utc(row["occurred_at"])
-    return InferenceEvent.model_validate(
-        {
-            **{name: row[name] for name in _COPIED},
-            "occurred_at": occurred_at,
-            "metadata": row["metadata"],
-            "prediction": {"scores": row["scores"], "threshold": row["threshold"]},
-        }
-    )
+    fields = {
+        **{name: row[name] for name in _COPIED},
+        "occurred_at": occurred_at,
+        "metadata": row["metadata"],
+        "prediction": {"scores": row["scores"], "threshold": row["threshold"]},
+    }
+    if row["embedding"] is not None:  # stored from inference-event/v2
+        embedding = {"embedding": row["embedding"], "embedding_id": row["embedding_id"]}
+        return InferenceEventV2.model_validate(fields | embedding)
+    return InferenceEvent.model_validate(fields)
 
 
 _COPIED = (

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, select, tuple_, update
 
 from monitor.drift.alerts import Alert, AlertUpdate, Check, StreamKey
 from monitor.drift.config import EngineConfig
-from monitor.drift.engine import DriftEngine, Outcome
+from monitor.drift.engine import DirectionSource, DriftEngine, Outcome
 from monitor.drift.stream import ReferenceInfo
 from monitor.events import InferenceEvent
 from monitor.service.db import table_of
@@ -71,9 +71,11 @@ class DriftBatch:
 class DriftMonitor:
     """Caches stream states between batches; see the module docstring."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, directions: DirectionSource | None = None) -> None:
+        """``directions``: the known embedding directions for explanations
+        (``monitor.service.drift.directions``); None: explanations name components only."""
         self.config = config
-        self.engine = DriftEngine(config)
+        self.engine = DriftEngine(config, directions)
         self._versions: dict[StreamKey, int] = {}
         self._seen: dict[StreamKey, int] = {}
         self._saved_reference: dict[StreamKey, int] = {}  # reference_revision last saved

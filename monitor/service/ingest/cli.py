@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,11 +43,13 @@ def consume(
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions). On either, the batch in
     hand is stored and committed, then the process exits 0."""
+    from monitor.service.drift.directions import RegistryDirections
     from monitor.service.drift.store import DriftMonitor, limit_torch_threads
     from monitor.service.health import Health, serve_probes
     from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
     from monitor.service.kafka import make_consumer, make_producer
     from monitor.service.lifecycle import GracefulStop
+    from monitor.service.registry import registry_for
 
     settings = load_settings()
     try:
@@ -66,7 +69,8 @@ def consume(
         kafka_consumer = make_consumer(bootstrap, settings.kafka)
         producer = make_producer(bootstrap, settings.kafka)
         try:
-            drift = DriftMonitor(settings.drift)
+            directions = RegistryDirections(partial(registry_for, settings))
+            drift = DriftMonitor(settings.drift, directions)
             ingestor = Ingestor(
                 engine,
                 kafka_consumer,

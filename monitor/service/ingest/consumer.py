@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from math import inf
 
 import orjson
@@ -42,10 +43,12 @@ from monitor.events import (
 )
 from monitor.service import metrics
 from monitor.service.drift.alerts import publish_pending
+from monitor.service.drift.directions import RegistryDirections
 from monitor.service.drift.store import DriftBatch, DriftMonitor, limit_torch_threads
 from monitor.service.health import Health
 from monitor.service.ingest.store import BatchOutcome, latest_inference_times, store_batch
 from monitor.service.kafka import Delivered, Rejected, make_consumer, make_producer
+from monitor.service.registry import registry_for
 from monitor.service.settings import DEFAULT_SUBGROUP_FIELDS, KafkaSettings, Settings
 
 log = structlog.get_logger(__name__)
@@ -438,7 +441,9 @@ class ConsumerThread:
                 consumer,
                 producer,
                 self.settings.kafka,
-                DriftMonitor(self.settings.drift),
+                DriftMonitor(
+                    self.settings.drift, RegistryDirections(partial(registry_for, self.settings))
+                ),
                 subgroup_fields=self.settings.performance.subgroup_fields,
             )
             ingestor.stats = self.stats

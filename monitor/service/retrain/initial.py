@@ -9,7 +9,7 @@ locked test set, its cases are written where the PCCP gate reads them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,9 +46,18 @@ class InitialRegistration:
 
 
 def register_initial(
-    settings: Settings, config: InitialConfig, *, progress: bool = True
+    settings: Settings,
+    config: InitialConfig,
+    *,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> InitialRegistration:
-    """Render the cohort, train v1, log and register it, and make it the champion."""
+    """Render the cohort, train v1, log and register it, and make it the champion.
+
+    ``should_stop`` is asked while the cohort renders and between training batches; when it
+    answers True, ``retrain.train.TrainingStopped`` is raised before anything is registered.
+    Training checkpoints under a folder of this config's own (its fingerprint), so the next
+    call resumes from the last finished epoch."""
     from retrain.initial import render_cohort, train_initial
 
     registry = registry_for(settings)
@@ -58,9 +67,10 @@ def register_initial(
             "only a PCCP promotion may replace it"
         )
     cohort_dir = (settings.data_dir / "initial" / f"seed-{config.seed}").resolve()
-    cases = render_cohort(config, cohort_dir / "studies", "development")
+    studies = cohort_dir / "studies"
+    cases = render_cohort(config, studies, "development", should_stop=should_stop)
     test_cases = (
-        render_cohort(config, cohort_dir / "studies", "test")
+        render_cohort(config, studies, "test", should_stop=should_stop)
         if config.test_studies_per_site
         else []
     )
@@ -68,7 +78,13 @@ def register_initial(
     if governing is not None and test_cases:
         _write_locked_cases(settings, governing.plan, test_cases)
     initial = train_initial(
-        config, cases, cohort_dir / "work", test_cases=test_cases, progress=progress
+        config,
+        cases,
+        cohort_dir / "work" / config.fingerprint()[:16],
+        test_cases=test_cases,
+        progress=progress,
+        resume=True,
+        should_stop=should_stop,
     )
     intended_use = governing.plan.description.fixed.intended_use_id if governing else None
     version = registry.log_and_register(_record(config, initial, intended_use), alias=INITIAL)

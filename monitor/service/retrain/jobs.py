@@ -28,6 +28,13 @@ heartbeat):
 
 Nothing here moves ``champion``: only the PCCP promotion can change which model serves.
 
+A stop (``JobContext.should_stop``, the demo's Ctrl-C) ends training between two batches: the
+request goes back to pending with the attempt not counted and ``progress.stopped`` saying where
+it stopped, nothing is registered, and :class:`~retrain.train.TrainingStopped` reaches the
+caller; the next attempt resumes from the checkpoint of the last finished epoch. A stop that
+comes once training has finished lets the job finish (scoring and registering take seconds),
+so a request is never left with a half-registered version.
+
 Failures: a request that cannot succeed as it stands (no champion, too few cases, locked-test
 overlap, too few positive tuning cases for the plan's threshold rule) fails at once; anything
 else (MLflow down after its retries, an image unreachable) puts the request back to pending for
@@ -90,7 +97,7 @@ from retrain.mlflow_names import (
 )
 from retrain.model import TrainedModel, predict
 from retrain.tracking import RegisteredVersion, RunRecord
-from retrain.train import EpochMetrics, TrainResult, train
+from retrain.train import EpochMetrics, TrainingStopped, TrainResult, train
 
 log = structlog.get_logger(__name__)
 
@@ -126,14 +133,21 @@ class JobContext:
     plans_dir: Path | None = None
     """Where the governing plan (locked test set, threshold policy) is found; None: the gate's
     ``plans_dir`` if there is a gate, else no plan governs."""
+    should_stop: Callable[[], bool] | None = None
+    """Asked between training batches and before each claim: True stops the job, which puts
+    its request back (module docstring) and raises ``TrainingStopped``."""
 
 
 def serve_pending(context: JobContext, limit: int | None = None) -> list[RetrainRequestRow]:
     """Serve requests one at a time until none is claimable (or ``limit`` were served). Each
     request is tried at most once per call: one put back for a retry waits for the next call
-    (the scheduler's ``retrain.jobs_s``), a pause for whatever failed to recover."""
+    (the scheduler's ``retrain.jobs_s``), a pause for whatever failed to recover.
+
+    ``TrainingStopped`` when ``context.should_stop`` stopped a request's training (the request
+    is back to pending, see the module docstring); no request is claimed once it answers True."""
     served: list[RetrainRequestRow] = []
-    while limit is None or len(served) < limit:
+    stopping = context.should_stop or (lambda: False)
+    while (limit is None or len(served) < limit) and not stopping():
         row = retrain_store.claim_next(
             context.engine,
             lease=context.lease,
@@ -157,6 +171,10 @@ def run_request(context: JobContext, row: RetrainRequestRow) -> RetrainRequestRo
     bound.info("retrain job started", attempt=row.attempts)
     try:
         columns = _train_candidate(context, row)
+    except TrainingStopped as stopped:
+        _put_back_stopped(context, row, stopped)
+        RETRAIN_JOBS.labels(outcome="stopped").inc()
+        raise
     except (JobFailed, DatasetError) as exc:
         outcome, result = "failed", _failed(context, row, str(exc))
     except Exception as exc:
@@ -198,6 +216,20 @@ def run_request(context: JobContext, row: RetrainRequestRow) -> RetrainRequestRo
     RETRAIN_JOBS.labels(outcome=outcome).inc()
     RETRAIN_JOB_SECONDS.labels(outcome=outcome).observe(time.perf_counter() - started)
     return result
+
+
+def _put_back_stopped(
+    context: JobContext, row: RetrainRequestRow, stopped: TrainingStopped
+) -> None:
+    """A stopped attempt is no failed one: back to pending, its attempt not counted, and
+    ``progress.stopped`` saying where (the checkpoint it resumes from is in ``work_dir``)."""
+    where = (
+        f"stopped after {stopped.epochs_done} of at most {stopped.max_epochs} epochs "
+        f"({datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}); the next attempt resumes from there"
+    )
+    retrain_store.record_progress(context.engine, row.request_id, stage="stopped", stopped=where)
+    retrain_store.finish(context.engine, row.request_id, "pending", attempts=row.attempts - 1)
+    log.info("retrain job stopped; request back to pending", request_id=str(row.request_id))
 
 
 def _run_gate(gate: GateContext, candidate_id: uuid.UUID) -> None:
@@ -325,6 +357,7 @@ def _train_and_compare(
         init_state=champion.state_dict if config.warm_start else None,
         resume=True,
         on_epoch_end=on_epoch,
+        should_stop=context.should_stop,
     )
     tuning = TuningSplit(
         positive=val_y[:, 0].numpy() > 0.5,
