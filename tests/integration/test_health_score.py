@@ -14,16 +14,19 @@ from sqlalchemy import Engine
 
 from monitor.drift.calibration import LearnedThresholdConfig
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
+from monitor.events import InferenceEvent
 from monitor.performance.health import HealthConfig
 from monitor.service.api import create_app
 from monitor.service.auth import Role
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
+from monitor.service.performance.health import site_health
 from monitor.service.performance.jobs import refresh_health
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
 from tests.auth_helpers import TEST_AUTH, bearer
+from tests.embedding_events import DIMENSIONS, with_embeddings
 
 pytestmark = pytest.mark.integration
 
@@ -56,14 +59,18 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> list[object]:
     return list(simulate(config, Path(tmp_path_factory.mktemp("studies"))))
 
 
+def _ingest(engine: Engine, events: list[object]) -> Engine:
+    monitor = DriftMonitor(DRIFT)
+    for start in range(0, len(events), 200):
+        chunk = events[start : start + 200]
+        delivered = [Delivered(e, "t", 0, start + i) for i, e in enumerate(chunk)]  # type: ignore[arg-type]
+        store_batch(engine, delivered, [], monitor.process)
+    return engine
+
+
 @pytest.fixture
 def ingested(pg_engine: Engine, simulated: list[object]) -> Engine:
-    monitor = DriftMonitor(DRIFT)
-    for start in range(0, len(simulated), 200):
-        chunk = simulated[start : start + 200]
-        delivered = [Delivered(e, "t", 0, start + i) for i, e in enumerate(chunk)]  # type: ignore[arg-type]
-        store_batch(pg_engine, delivered, [], monitor.process)
-    return pg_engine
+    return _ingest(pg_engine, simulated)
 
 
 def _client(engine: Engine, settings: Settings, role: Role = Role.MLOPS) -> TestClient:
@@ -119,3 +126,16 @@ def test_default_weights_without_enough_labelled_windows_and_404_elsewhere(
         weights = {c["weight"] for c in stream["components"] if c["z"] is not None}
         assert len(weights) == 1  # equal
         assert client.get("/sites/site-09/health").status_code == 404
+
+
+def test_a_detector_the_health_code_never_names_takes_part(
+    pg_engine: Engine, simulated: list[object]
+) -> None:
+    """The same studies as inference-event/v2 with embeddings that move at the change: the
+    embedding detector's learned moments put it in the score like any other."""
+    inference = [e for e in simulated if isinstance(e, InferenceEvent)]
+    moved = iter(with_embeddings(inference, 3, change_at=300, shift=[0.8] * DIMENSIONS))
+    _ingest(pg_engine, [next(moved) if isinstance(e, InferenceEvent) else e for e in simulated])
+    [stream] = site_health(pg_engine, SITE, HealthConfig(n_bootstrap=20))
+    [embedding] = [c for c in stream.score.components if c.detector == "embedding_mmd"]
+    assert embedding.z is not None and embedding.z > 3.0 and embedding.weight > 0.0
