@@ -23,6 +23,7 @@ from dashboards.common import (
     STATUS_MAPPINGS,
     alerts_annotation,
     config_value,
+    dashed_thresholds,
     explainer,
     model_variable,
     new_dashboard,
@@ -54,6 +55,11 @@ EXPLANATION = f"""
   alerts*: info alerts do not notify, they are listed in the table below but do not turn the
   light red. Red: open the alert (red markers on the time charts, table below), acknowledge it,
   and follow the runbook.
+* **Health score**: one number per model, 0 to 100: 100 = the detectors look like the
+  reference, lower = worse (12.5 points per reference spread of the weighted detectors); dashed:
+  its 90% band. The weights come from how well each detector predicted drops of realised AUROC
+  at this site (or are equal, "default weights", without enough labels: GET
+  /sites/{{site_id}}/health says which). Red regions are the alert episodes.
 * **Detector value vs threshold**: each detector's p-value (or its statistic, for detectors
   without one) over time, dashed: its threshold. A p-value *below* its threshold, or a statistic
   *above* it, is drift. Red markers are alerts (hover for the explanation).
@@ -91,6 +97,11 @@ EFFECT_SIZE = (
     f"  and on (site_id, model_name, detector) {LEARNED_THRESHOLD}"
 )
 TIME_IN_ALARM = f"radsentry_drift_time_in_alarm{{{SITE_MODEL}}}"
+HEALTH = {
+    "health": f"radsentry_health_score{{{SITE_MODEL}}}",
+    "lower": f"radsentry_health_score_lower{{{SITE_MODEL}}}",
+    "upper": f"radsentry_health_score_upper{{{SITE_MODEL}}}",
+}
 
 # Open before acknowledged, then the most serious; a decision asked for before the rest.
 OPEN_ALERTS_TABLE = f"""
@@ -230,6 +241,37 @@ def _feed_panels() -> list[stat.Panel]:
         .height(6)
     )
     return [last_event, rate, alerts]
+
+
+def _health_panel() -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title("Health score")
+        .description(
+            "Health of each model's latest drift window, 0 to 100: 100 = like the reference, "
+            "lower = worse; dashed: its 90% band. Each detector's effect is standardised by "
+            "the reference's chunk-to-chunk variation and weighted by how well it predicted "
+            "drops of realised AUROC here (equal default weights without enough labels). "
+            "Red regions: alert episodes. Components and weights: GET /sites/{site_id}/health."
+        )
+        .datasource(PROMETHEUS)
+        .min(0)
+        .max(100)
+        .thresholds(thresholds((None, "red"), (50, "orange"), (80, "green")))
+        .thresholds_style(dashed_thresholds())
+        .override_by_regexp("/ (lower|upper)$/", DASHED)
+        .span(24)
+        .height(8)
+    )
+    for ref_id, (kind, expr) in zip("ABC", HEALTH.items(), strict=True):
+        suffix = "" if kind == "health" else f" {kind}"
+        panel.with_target(
+            prom.Dataquery()
+            .expr(expr)
+            .ref_id(ref_id)
+            .legend_format(f"{{{{model_name}}}} v{{{{model_version}}}}{suffix}")
+        )
+    return panel
 
 
 def _detector_panel() -> timeseries.Panel:
@@ -419,6 +461,7 @@ def build() -> builders.Dashboard:
         explainer(EXPLANATION, height=12),
         _status_panel(),
         *_feed_panels(),
+        _health_panel(),
         _detector_panel(),
         _effect_panel(),
         _time_in_alarm_panel(),

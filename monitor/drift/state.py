@@ -118,6 +118,16 @@ def _restore_learned(
     }
 
 
+def stored_learned(blob: bytes) -> dict[str, calibration.DetectorThresholds]:
+    """The learned thresholds a :func:`dump` blob holds (empty when none were learned), without
+    restoring the stream: the health score reads their chunk moments."""
+    meta, _ = _unarchive(blob)
+    return {
+        name: calibration.DetectorThresholds.from_json(document)
+        for name, document in meta.get("learned", {}).items()
+    }
+
+
 def _schema(document: dict[str, Any]) -> FeatureSchema:
     """The stored schema; states written before embeddings have neither field (none)."""
     embedding_id = document.get("embedding_id")

@@ -121,6 +121,26 @@ PERFORMANCE_SUMMARIES_LAST_VERIFIED = Gauge(
     "radsentry_performance_summaries_last_verified_timestamp_seconds",
     "Unix time of the last completed verification of the performance statistics.",
 )
+_HEALTH_LABELS = ["site_id", "model_name", "model_version"]
+HEALTH_SCORE = Gauge(
+    "radsentry_health_score",
+    "Health of the stream's latest drift window, 0 to 100: 100 = like the reference, 12.5 points "
+    "lost per reference spread of the weighted detectors (docs/performance.md, health score); "
+    "NaN when no detector has learned moments.",
+    _HEALTH_LABELS,
+)
+HEALTH_LOWER = Gauge(
+    "radsentry_health_score_lower", "Lower bound of radsentry_health_score's band.", _HEALTH_LABELS
+)
+HEALTH_UPPER = Gauge(
+    "radsentry_health_score_upper", "Upper bound of radsentry_health_score's band.", _HEALTH_LABELS
+)
+HEALTH_WEIGHTS_LEARNED = Gauge(
+    "radsentry_health_weights_learned",
+    "1 when the health score's weights were learned from labelled windows, 0 for default "
+    "(equal) weights.",
+    _HEALTH_LABELS,
+)
 ALERTS_OPENED = Counter(
     "radsentry_alerts_opened", "Drift episodes opened (alerts raised).", _DETECTOR_LABELS
 )

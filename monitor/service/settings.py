@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from monitor.drift.alarms import AlarmConfig
 from monitor.drift.config import EngineConfig
 from monitor.performance.config import EstimateConfig, PerformanceConfig, RulesConfig
+from monitor.performance.health import HealthConfig
 from retrain.config import JobConfig, MlflowConfig
 from retrain.policy import RetrainPolicy
 
@@ -190,6 +191,8 @@ class PerformanceSettings(BaseModel):
     min_new_labels: int = Field(
         100, ge=1, description="New labelled predictions before the window rules check again."
     )
+    health: HealthConfig = HealthConfig()
+    """The per-stream health score (GET /sites/{site_id}/health, radsentry_health_score)."""
 
     @model_validator(mode="after")
     def _delong_only(self) -> PerformanceSettings:

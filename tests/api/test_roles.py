@@ -125,6 +125,7 @@ ROUTES = [
     Case("GET", "/sites/{site_id}/report", SITE_READ),
     Case("GET", "/sites/{site_id}/drift-report", SITE_READ),
     Case("GET", "/sites/{site_id}/performance", SITE_READ),
+    Case("GET", "/sites/{site_id}/health", SITE_READ),
     Case("GET", "/models/{model_name}/performance", LISTED),
     Case("GET", "/alerts", LISTED),
     Case("GET", "/sites/{site_id}/alerts", SITE_READ),

@@ -194,6 +194,8 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path) -> None
     assert result.returncode == 0, result.stderr[-4000:]
     for stage in LOOP:
         assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
+    assert "health score at site-02: " in result.stderr  # the performance-alert stage's line
+    assert "/sites/site-02/health" in result.stderr
     assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
     with embedded_engine(data_dir) as engine:
         assert verify(engine).ok

@@ -201,6 +201,30 @@ def test_the_site_overview_compares_effects_with_their_learned_thresholds() -> N
     assert '"N x its learned threshold"' in panel["description"]
 
 
+def test_the_site_overview_plots_the_health_score_with_its_band_and_alert_episodes() -> None:
+    document = BUILT["radsentry-site-overview"]
+    panel = _panel("radsentry-site-overview", "Health score")
+    assert panel["type"] == "timeseries" and panel["datasource"]["uid"] == "${prometheus}"
+    health, lower, upper = (target["expr"] for target in panel["targets"])
+    assert health.startswith("radsentry_health_score{")
+    assert lower.startswith("radsentry_health_score_lower{")
+    assert upper.startswith("radsentry_health_score_upper{")
+    assert all('site_id="$site"' in e for e in (health, lower, upper)), health
+    assert _overrides(panel)["/ (lower|upper)$/"]["custom.lineStyle"]["fill"] == "dash"
+    defaults = panel["fieldConfig"]["defaults"]
+    assert (defaults["min"], defaults["max"]) == (0, 100)
+    steps = defaults["thresholds"]["steps"]
+    assert [(s["value"], s["color"]) for s in steps] == [
+        (None, "red"),
+        (50, "orange"),
+        (80, "green"),
+    ]
+    # The alert episodes: the dashboard's alert annotation marks them on every time chart.
+    [alerts] = [a for a in document["annotations"]["list"] if a["name"] == "Alerts"]
+    assert alerts["enable"] is True and alerts["datasource"]["uid"] == "${postgres}"
+    assert "Red regions: alert episodes" in panel["description"]
+
+
 def test_time_in_alarm_is_a_share_coloured_green_amber_red() -> None:
     panel = _panel("radsentry-site-overview", "Time in alarm")
     assert panel["type"] == "bargauge"

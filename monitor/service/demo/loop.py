@@ -279,7 +279,26 @@ class DemoLoop:
             timeout=ALERT_WAIT_S,
             what=f"a performance alert at {self.simulation.change_site}",
         )
-        return f"[{alert.detector}] {alert.explanation}"
+        return f"[{alert.detector}] {alert.explanation}; {self._health()}"
+
+    def _health(self) -> str:
+        """The changed site's health score per model version, with the route that explains it."""
+        from monitor.service.performance.health import site_health
+
+        site = self.simulation.change_site
+        found = site_health(self.engine, site, self.settings.performance.health) if site else []
+        scores = [
+            f"{h.model_name} v{h.model_version} {h.score.health:.0f}/100 "
+            f"(90% band {h.score.lower:.0f}-{h.score.upper:.0f}, {h.score.weights.source} weights)"
+            for h in found
+            if h.score.health is not None
+            and h.score.lower is not None
+            and h.score.upper is not None
+        ]
+        return (
+            f"health score at {site}: {'; '.join(scores) or 'not computed yet'}; "
+            f"components: {self.api_url}/sites/{site}/health"
+        )
 
     def _retrain_request(self, _stop: threading.Event) -> str:
         review = retrain_store.review_alerts(self.engine, self.settings.retrain.policy)

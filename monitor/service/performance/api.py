@@ -1,10 +1,11 @@
 """Performance endpoints: the latest snapshots per site, or per model across sites (a site
-manager's sites only)."""
+manager's sites only); each stream's health score."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict
@@ -12,7 +13,7 @@ from sqlalchemy import Engine
 
 from monitor.events import Identifier
 from monitor.service.auth import ReaderDep, check_site
-from monitor.service.deps import EngineDep
+from monitor.service.deps import EngineDep, SettingsDep
 
 
 class SnapshotPublic(BaseModel):
@@ -36,7 +37,101 @@ class SnapshotPublic(BaseModel):
     config_fingerprint: str
 
 
+class ComponentPublic(BaseModel):
+    """One detector in the score: its effect, standardised ``z`` (None: no learned moments,
+    not in the score) and weight."""
+
+    detector: str
+    effect: float
+    z: float | None
+    weight: float
+    note: str | None
+
+
+class WeightsPublic(BaseModel):
+    source: Literal["learned", "default"]
+    """``learned`` from labelled windows, or ``default``: equal weights (``reason`` says why)."""
+    reason: str
+    labelled_windows: int
+    learned_through: datetime | None
+    """End of the latest labelled window the weights were learned from."""
+    auroc_per_spread: dict[str, float]
+
+
+class StreamHealthPublic(BaseModel):
+    model_name: str
+    model_version: str
+    finding: str | None
+    """Whose realised AUROC the weights predict (the finding with most labels)."""
+    window_start: datetime
+    window_end: datetime
+    n_window: int
+    health: float | None
+    """0 to 100: 100 = like the reference, lower = worse (docs/performance.md)."""
+    lower: float | None
+    upper: float | None
+    confidence: float
+    drift_index: float | None
+    """Weighted mean of the detectors' z: reference spreads beyond the reference's level."""
+    expected_auroc_drop: float | None
+    """With learned weights: the AUROC drop the detectors' z predict."""
+    components: list[ComponentPublic]
+    weights: WeightsPublic
+    windows: int
+
+
+class SiteHealthPublic(BaseModel):
+    site_id: str
+    computed_at: datetime
+    streams: list[StreamHealthPublic]
+
+
 router = APIRouter(tags=["performance"])
+
+
+@router.get("/sites/{site_id}/health", responses={404: {}})
+def site_health(
+    site_id: Identifier, engine: EngineDep, settings: SettingsDep, principal: ReaderDep
+) -> SiteHealthPublic:
+    """Per model version at the site, the health score of the latest drift window with its
+    band and components (each detector's z and weight) and where the weights came from."""
+    from monitor.service.drift.streams import site_streams
+    from monitor.service.performance.health import site_health as compute
+
+    check_site(principal, site_id)
+    if not site_streams(engine, site_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no monitored stream at site {site_id!r}")
+    config = settings.performance.health
+    return SiteHealthPublic(
+        site_id=site_id,
+        computed_at=datetime.now(UTC),
+        streams=[
+            StreamHealthPublic(
+                model_name=h.model_name,
+                model_version=h.model_version,
+                finding=h.finding,
+                window_start=h.window.window_start,
+                window_end=h.window.window_end,
+                n_window=h.window.n_window,
+                health=h.score.health,
+                lower=h.score.lower,
+                upper=h.score.upper,
+                confidence=config.confidence,
+                drift_index=h.score.drift_index,
+                expected_auroc_drop=h.score.expected_auroc_drop,
+                components=[ComponentPublic(**asdict(c)) for c in h.score.components],
+                weights=WeightsPublic(
+                    source=h.score.weights.source,
+                    reason=h.score.weights.reason,
+                    labelled_windows=h.score.weights.labelled_windows,
+                    learned_through=h.learned_through,
+                    auroc_per_spread=dict(h.score.weights.auroc_per_spread),
+                ),
+                windows=h.windows,
+            )
+            for h in compute(engine, site_id, config)
+        ],
+    )
 
 
 @router.get("/sites/{site_id}/performance", responses={404: {}})

@@ -33,6 +33,17 @@ def refresh_performance(engine: Engine, settings: PerformanceSettings) -> None:
     cache = _CACHES.setdefault(engine.url.render_as_string(hide_password=True), RefreshCache())
     snapshots = refresh(engine, settings, cache=cache)
     log.info("performance refreshed", snapshots=len(snapshots), labels_expired=expired)
+    refresh_health(engine, settings)
+
+
+@job_boundary("health refresh failed")
+def refresh_health(engine: Engine, settings: PerformanceSettings) -> None:
+    """Every stream's health score into the gauges (after the refresh: the labels it reads)."""
+    from monitor.service.performance.health import all_health, export_gauges
+
+    found = all_health(engine, settings.health)
+    export_gauges(found)
+    log.info("health refreshed", streams=len(found))
 
 
 @job_boundary("performance verification failed")
