@@ -195,6 +195,8 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path) -> None
     for stage in LOOP:
         assert f"✓ {stage} (" in result.stderr, (stage, result.stderr[-3000:])
     assert "health score at site-02: " in result.stderr  # the performance-alert stage's line
+    assert "health score at site-02: not computed yet" not in result.stderr
+    assert "[embedding_mmd] " in result.stderr  # v2 events: the model's embedding drifted too
     assert "/sites/site-02/health" in result.stderr
     assert server_stopped(data_dir), "the embedded PostgreSQL server must be stopped"
     with embedded_engine(data_dir) as engine:

@@ -43,6 +43,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import Engine
 
+from monitor.drift.config import EMBEDDING_DETECTOR
 from monitor.service.demo import state as demo_state
 from monitor.service.demo.simulation import ScoresChoice, publish_simulation
 from monitor.service.demo.stages import STAGES, Stage
@@ -231,19 +232,33 @@ class DemoLoop:
         return f"{model} version {registered.version.version} is the champion{held_out}"
 
     def _stream(self, stop: threading.Event) -> str:
-        from monitor.service.demo.simulation import champion_scorer
+        from monitor.service.demo.simulation import NoChampion, champion_embedder, champion_scorer
 
         config = self.simulation
         choice = "champion" if Stage.INITIAL_MODEL in self.state.reached else self.scores
         if self.record is not None:
             self.record.stream_scores = choice
         scorer = champion_scorer(self.settings, config.model_name, choice)
+        # With the champion's model, its embedding too: inference-event/v2, so the embedding
+        # detector watches what the images show (issue 23).
+        embedder = None
+        if scorer is not None:
+            try:
+                embedder = champion_embedder(self.settings, config.model_name)
+            except NoChampion:  # a champion registered before projections: v1 events
+                embedder = None
         self.console.print(
             f"  {config.sites} sites x {config.studies_per_site} studies; "
             f"{config.change_site} changes scanner at study {config.change_at_index}"
         )
         sent = publish_simulation(
-            self.settings, config, self.bootstrap, rate=self.rate, stop=stop, scorer=scorer
+            self.settings,
+            config,
+            self.bootstrap,
+            rate=self.rate,
+            stop=stop,
+            scorer=scorer,
+            embedder=embedder,
         )
         stats = self.consumer.stats
         self._wait(
@@ -268,7 +283,11 @@ class DemoLoop:
             timeout=ALERT_WAIT_S,
             what=f"a drift alert at {self.simulation.change_site}",
         )
-        return f"[{alert.detector}] {alert.explanation}"
+        found = f"[{alert.detector}] {alert.explanation}"
+        if alert.detector != EMBEDDING_DETECTOR and (content := self._alert(EMBEDDING_DETECTOR)):
+            # What the model's own view of the images says (the stream is stored by now).
+            found += f"; in the model's embedding: [{content.detector}] {content.explanation}"
+        return found
 
     def _performance_alert(self, stop: threading.Event) -> str:
         # Once now, on the whole stream; the scheduler's job refreshes again every refresh_s.
@@ -410,11 +429,16 @@ class DemoLoop:
         """`radsentry` as the printed commands spell it, to work pasted into a new shell."""
         return pasteable_cli(self.settings.data_dir)
 
-    def _alert(self, *, performance: bool) -> AlertRow | None:
+    def _alert(self, detector: str | None = None, *, performance: bool = False) -> AlertRow | None:
+        """The changed site's first alert of ``detector``, or of any drift (performance)
+        detector."""
         for alert in alerts_store.list_alerts(
             self.engine, site_id=self.simulation.change_site, limit=100
         ).items:
-            if alert.detector.startswith("performance.") == performance:
+            if detector is not None:
+                if alert.detector == detector:
+                    return alert
+            elif alert.detector.startswith("performance.") == performance:
                 return alert
         return None
 

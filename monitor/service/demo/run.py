@@ -13,6 +13,7 @@ import structlog
 from rich.console import Console
 
 from monitor.drift.alarms import AlarmConfig
+from monitor.drift.calibration import LearnedThresholdConfig
 from monitor.drift.config import EngineConfig, WindowConfig
 from monitor.performance.config import AurocDrop, ErrorRateCusum
 from monitor.performance.rules import RulesConfig
@@ -63,13 +64,14 @@ DEMO_SEED = 7
 DEMO_DRIFT = EngineConfig(
     reference_size=100,
     window=WindowConfig(size=50, min_size=25),
-    learned=None,
+    learned=LearnedThresholdConfig(chunk_size=20, min_chunks=5),
     alarms=AlarmConfig(cooldown_checks=2),
 )
 """Drift settings scaled to the demo's few hundred studies per site: references of the first
-100 events (too few chunks to learn thresholds from, so the detectors' floors), windows of 50,
-a cooldown of 2 windows; production keeps the defaults (a 13-week reference, learned
-thresholds; docs/drift.md) or sets ``RADSENTRY_DRIFT__*``."""
+100 events, thresholds learned from five chunks of 20 (small chunks vary more than windows of
+50, so these thresholds are conservative; they give the health score its standardisation),
+windows of 50, a cooldown of 2 windows; production keeps the defaults (a 13-week reference,
+learned from chunks the window's size; docs/drift.md) or sets ``RADSENTRY_DRIFT__*``."""
 DEMO_PERFORMANCE = PerformanceSettings(
     rolling_window=150,
     refresh_s=15,
