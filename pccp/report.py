@@ -41,6 +41,24 @@ class GroupRow(_Frozen):
     the difference from the champion)."""
 
 
+class CoverageRow(_Frozen):
+    """One value of one content field at one site (``content_coverage``): its share of the
+    site's recent studies against the locked test set's cases."""
+
+    site_id: str
+    field: str
+    value: str
+    site_studies: int
+    site_share: float
+    locked_cases: int
+    locked_share: float
+    required: bool
+    """The value makes up at least the criterion's ``min_share`` of the site's studies."""
+    covered: bool | None
+    """Required and with enough locked cases; None when not required."""
+    note: str = ""
+
+
 class CriterionResult(_Frozen):
     """The decision on one criterion, with every number it used."""
 
@@ -51,6 +69,8 @@ class CriterionResult(_Frozen):
     numbers: dict[str, Number]
     detail: str
     groups: list[GroupRow] = []
+    coverage: list[CoverageRow] = []
+    """For ``content_coverage``: the site mix against the locked mix, value by value."""
 
 
 class PointMetrics(_Frozen):

@@ -212,7 +212,7 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path) -> None
     assert f"http://127.0.0.1:{port}/candidates/{candidate.candidate_id}/evidence" in (
         result.stderr
     )
-    assert [c["id"] for c in report["criteria"]] == [f"PE-{n}" for n in range(1, 16)]
+    assert [c["id"] for c in report["criteria"]] == [f"PE-{n}" for n in range(1, 17)]
     failed = {c["id"]: c["detail"] for c in report["criteria"] if not c["passed"]}
     # A per-site specificity criterion names site-02: PE-12 (no site more than 0.10 below the
     # champion) and, where the candidate's specificity there also falls under 0.45, PE-14. Which

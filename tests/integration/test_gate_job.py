@@ -132,7 +132,7 @@ def test_the_gate_scores_the_locked_set_and_records_its_evidence(context: GateCo
     assert row.status in ("passed", "failed")  # untrained models: the criteria decide
     report = report_of(row)
     assert report is not None and report.cases == 80
-    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 16)]
+    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 17)]
     assert report.candidate_version == "2" and report.champion_version == "1"
     assert report.scope_violations == []
     assert row.plan_id == "cxr-lesion-pccp" and row.approvals_required == 2
@@ -251,7 +251,7 @@ def test_a_model_no_plan_governs_cannot_be_evaluated(context: GateContext) -> No
 def test_the_cli_checks_plans_and_its_arguments() -> None:
     runner = CliRunner()
     checked = runner.invoke(app, ["pccp", "check"])
-    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.1.0 governs cxr-lesion" in checked.output
+    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.2.0 governs cxr-lesion" in checked.output
     both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
     assert both.exit_code == 2
     assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2

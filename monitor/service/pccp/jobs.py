@@ -10,7 +10,9 @@ For one candidate:
    ``champion`` alias), each at its own input size and operating threshold.
 4. Check the scope guard (the fixed elements, and the candidate's threshold against the plan's
    threshold policy by its recorded provenance, tag ``radsentry.threshold_provenance``) and
-   every criterion (``pccp.gate.build_report``).
+   every criterion (``pccp.gate.build_report``); a ``content_coverage`` criterion compares the
+   candidate's site's recent inference events with the locked cases' metadata
+   (``monitor.service.pccp.content``).
 5. Attach the evidence (report JSON and HTML) to the candidate's MLflow version, tag the version
    with the outcome, and store outcome and report on the candidate with a ``gate.result``
    change-log entry (``candidates_store.record_gate``).
@@ -38,6 +40,7 @@ from monitor.service.errors import ServiceError
 from monitor.service.logging import job_boundary
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import store as candidates_store
+from monitor.service.pccp.content import content_facts
 from monitor.service.settings import Settings
 from pccp.catalog import PlanFile, plan_for
 from pccp.evidence import report_html, report_json
@@ -156,6 +159,7 @@ def evaluate(context: GateContext, candidate_id: Any) -> CandidateRow:
             ),
         ),
         threshold=provenance,
+        content=content_facts(context.engine, plan, cases, row.site_id),
     )
     evidence_uri = context.registry.attach_evidence(
         row.model_name,
