@@ -8,18 +8,22 @@ a real MLflow registry runs in test_retrain_e2e.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml  # type: ignore[import-untyped]
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
 from monitor.service.audit.store import entries
 from monitor.service.cli import app
 from monitor.service.errors import IllegalTransition
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
+from monitor.service.models import InferenceEventRow
 from monitor.service.pccp import store as candidates_store
 from monitor.service.pccp.jobs import (
     GateContext,
@@ -35,7 +39,7 @@ from retrain.initial import InitialConfig, render_cohort
 from retrain.mlflow_names import DATASET_TAG, INTENDED_USE_TAG, THRESHOLD_PROVENANCE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.tracking import RegisteredVersion
-from tests.factories import threshold_provenance
+from tests.factories import T0, inference_event, threshold_provenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -255,3 +259,115 @@ def test_the_cli_checks_plans_and_its_arguments() -> None:
     both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
     assert both.exit_code == 2
     assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2
+
+
+# --- the content-coverage guard (PE-16) against the sites' stored inference events -------------
+
+
+def sent(engine: Engine, site_id: str, views: Mapping[str, int], days_ago: float = 0.0) -> None:
+    """Store accepted inference events of MODEL at ``site_id``, ``views[v]`` of each view."""
+    with engine.connect() as connection:
+        start = connection.scalar(select(func.count()).select_from(InferenceEventRow)) or 0
+    events = []
+    for view, count in views.items():
+        for _ in range(count):
+            n = start + len(events)
+            event = inference_event(n, site_id)
+            events.append(
+                event.model_copy(
+                    update={
+                        "model_name": MODEL,
+                        "occurred_at": T0 + timedelta(minutes=n) - timedelta(days=days_ago),
+                        "metadata": event.metadata.model_copy(update={"ViewPosition": view}),
+                    }
+                )
+            )
+    store_batch(engine, [Delivered(e, "t", 0, e.event_id.int) for e in events], [])
+
+
+@pytest.fixture
+def views_only(context: GateContext, tmp_path: Path) -> GateContext:
+    """The gate plan with PE-16 on ViewPosition only (the 80 locked cases are too few for
+    every age band to hold 20) and 30 locked cases required per view."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    document = yaml.safe_load((context.plans_dir / "gate.yaml").read_text())
+    for criterion in document["protocol"]["performance_evaluation"]:
+        if criterion["id"] == "PE-16":
+            criterion.update(fields=["ViewPosition"], min_cases=30)
+    (plans / "gate.yaml").write_text(yaml.safe_dump(document))
+    (plans / "locked.json").write_bytes((context.plans_dir / "locked.json").read_bytes())
+    return GateContext(context.engine, context.registry, plans, context.locked_cases_dir, 2)
+
+
+def from_site(engine: Engine, site_id: str) -> Any:
+    return candidates_store.propose(
+        engine,
+        model_name=MODEL,
+        model_version="2",
+        proposed_by="retrain-job",
+        site_id=site_id,
+        reason="drift at the site",
+    )
+
+
+def test_a_site_sending_views_the_locked_set_lacks_fails_the_gate_and_says_why(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-02", {"PA": 65, "LL": 35})
+    sent(engine, "site-01", {"PA": 100})
+    row = evaluate(views_only, from_site(engine, "site-02").candidate_id)
+
+    assert row.status == "failed"
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert not guard.passed
+    reason = (
+        "site-02 now sends 35% ViewPosition LL (35 of 100 recent studies); the locked test set "
+        "holds 0 LL cases (needs >= 30): the candidate's evidence does not cover what the site "
+        "sends"
+    )
+    assert guard.detail == reason
+    table = {(r.site_id, r.value): (r.site_studies, r.locked_cases) for r in guard.coverage}
+    assert table == {("site-02", "PA"): (65, 80), ("site-02", "LL"): (35, 0)}  # its site only
+    registry = views_only.registry
+    assert isinstance(registry, FakeRegistry)
+    assert reason.encode() in registry.evidence["2"]["gate-report.json"]
+    assert b"not covered" in registry.evidence["2"]["gate-report.html"]
+    with pytest.raises(IllegalTransition, match="it is failed"):
+        candidates_store.sign(
+            engine, row.candidate_id, signer="alice", decision="approve", reason="x"
+        )
+
+
+def test_a_site_sending_what_the_locked_set_holds_passes_the_guard(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-02", {"LL": 100}, days_ago=60)  # before the 30-day window: not counted
+    sent(engine, "site-02", {"PA": 100})
+    row = evaluate(views_only, from_site(engine, "site-02").candidate_id)
+
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert guard.passed, guard.detail
+    assert [(r.value, r.site_studies, r.covered) for r in guard.coverage] == [("PA", 100, True)]
+    assert guard.numbers["sites_evaluated"] == 1
+
+
+def test_a_candidate_without_a_site_is_checked_against_every_site_of_the_model(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-01", {"PA": 100})
+    sent(engine, "site-03", {"PA": 50, "AP": 50})
+    row = evaluate(views_only, proposed(engine).candidate_id)
+
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert not guard.passed and guard.detail.startswith("site-03 now sends 50% ViewPosition AP")
+    assert {r.site_id for r in guard.coverage} == {"site-01", "site-03"}

@@ -22,6 +22,7 @@ def alert(detector: str, effect: float = 1.0) -> AlertFacts:
         ("performance.auroc_drop", 0.01, True),
         ("performance.error_rate_cusum", 5.0, True),
         ("mmd", 0.02, True),
+        ("embedding_mmd", 0.02, True),  # image content, as the pixel statistics
         ("chi2", 0.9, True),
         ("chi2", 0.2, False),  # a small change of acquisition categories alone
         ("ks", 3.0, False),  # metadata KS does not trigger by default

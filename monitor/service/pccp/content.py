@@ -69,9 +69,9 @@ def recent_mix(
     ).all()
     return SiteMix(
         site_id,
-        content_mix((row.dicom_metadata for row in rows), criterion.fields),
-        first_at=rows[-1].occurred_at,
-        last_at=rows[0].occurred_at,
+        content_mix((metadata for metadata, _ in rows), criterion.fields),
+        first_at=rows[-1][1],
+        last_at=rows[0][1],
     )
 
 
