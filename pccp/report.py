@@ -145,6 +145,23 @@ class FlaggedRegression(_Frozen):
     sentence: str
 
 
+class EmbeddingCoverage(_Frozen):
+    """How much of the sites' recent embeddings lies outside the locked test set's
+    (``pccp.embedding_coverage``); evidence only, it decides nothing."""
+
+    embedding_id: str
+    sites: list[str]
+    site_embeddings: int
+    locked_cases: int
+    radius: float
+    """The 95th percentile of the locked cases' nearest-other-locked-case distances."""
+    outside: int
+    share_outside: float
+    expected_share: float
+    """What a site sending the locked set's own content would show (1 - the quantile)."""
+    sentence: str
+
+
 class GateOutcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
@@ -176,3 +193,6 @@ class GateReport(_Frozen):
     had a threshold policy)."""
     regressions: list[FlaggedRegression] = []
     """Every metric, overall and per group, worse than the champion's beyond its noise."""
+    embedding_coverage: EmbeddingCoverage | None = None
+    """The sites' recent embeddings against the locked set's (None: no projection or no
+    inference-event/v2 embeddings to compare)."""

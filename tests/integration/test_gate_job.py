@@ -18,6 +18,7 @@ import yaml  # type: ignore[import-untyped]
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
+from monitor.events import InferenceEventV2
 from monitor.service.audit.store import entries
 from monitor.service.cli import app
 from monitor.service.errors import IllegalTransition
@@ -35,10 +36,11 @@ from monitor.service.pccp.jobs import (
 from pccp.catalog import SHIPPED_PLANS
 from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
 from retrain.dataset import LockedTestSet, LockedTestSetError
+from retrain.embedding import Projection, fit_projection_on_images
 from retrain.initial import InitialConfig, render_cohort
 from retrain.mlflow_names import DATASET_TAG, INTENDED_USE_TAG, THRESHOLD_PROVENANCE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
-from retrain.tracking import RegisteredVersion
+from retrain.tracking import RegisteredVersion, TrackingError
 from tests.factories import T0, inference_event, threshold_provenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
@@ -75,6 +77,7 @@ class FakeRegistry:
         self.models: dict[str, TrainedModel] = {"1": model(0), "2": model(1)}
         self.tags: dict[str, dict[str, str]] = {v: in_plan() for v in "12"}
         self.evidence: dict[str, dict[str, bytes]] = {}
+        self.projections: dict[str, Projection] = {}
 
     def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
         return self.version(model_name, "1") if alias == "champion" else None
@@ -85,6 +88,11 @@ class FakeRegistry:
 
     def load_model(self, model_name: str, version: str) -> TrainedModel:
         return self.models[version]
+
+    def load_projection(self, model_name: str, version: str) -> Projection:
+        if version not in self.projections:
+            raise TrackingError(f"{model_name} version {version} has no embedding projection")
+        return self.projections[version]
 
     def attach_evidence(
         self, model_name: str, version: str, files: Mapping[str, bytes], tags: Mapping[str, str]
@@ -264,8 +272,15 @@ def test_the_cli_checks_plans_and_its_arguments() -> None:
 # --- the content-coverage guard (PE-16) against the sites' stored inference events -------------
 
 
-def sent(engine: Engine, site_id: str, views: Mapping[str, int], days_ago: float = 0.0) -> None:
-    """Store accepted inference events of MODEL at ``site_id``, ``views[v]`` of each view."""
+def sent(
+    engine: Engine,
+    site_id: str,
+    views: Mapping[str, int],
+    days_ago: float = 0.0,
+    embedding: tuple[list[float], str] | None = None,
+) -> None:
+    """Store accepted inference events of MODEL at ``site_id``, ``views[v]`` of each view (v2
+    events with ``embedding``: the vector and its id)."""
     with engine.connect() as connection:
         start = connection.scalar(select(func.count()).select_from(InferenceEventRow)) or 0
     events = []
@@ -273,15 +288,18 @@ def sent(engine: Engine, site_id: str, views: Mapping[str, int], days_ago: float
         for _ in range(count):
             n = start + len(events)
             event = inference_event(n, site_id)
-            events.append(
-                event.model_copy(
-                    update={
-                        "model_name": MODEL,
-                        "occurred_at": T0 + timedelta(minutes=n) - timedelta(days=days_ago),
-                        "metadata": event.metadata.model_copy(update={"ViewPosition": view}),
-                    }
+            update: dict[str, Any] = {
+                "model_name": MODEL,
+                "occurred_at": T0 + timedelta(minutes=n) - timedelta(days=days_ago),
+                "metadata": event.metadata.model_copy(update={"ViewPosition": view}),
+            }
+            if embedding is not None:
+                event = InferenceEventV2.model_validate(
+                    event.model_dump(by_alias=True)
+                    | {"schema": "inference-event/v2", "embedding": embedding[0]}
+                    | {"embedding_id": embedding[1]}
                 )
-            )
+            events.append(event.model_copy(update=update))
     store_batch(engine, [Delivered(e, "t", 0, e.event_id.int) for e in events], [])
 
 
@@ -371,3 +389,29 @@ def test_a_candidate_without_a_site_is_checked_against_every_site_of_the_model(
     (guard,) = [c for c in report.criteria if c.id == "PE-16"]
     assert not guard.passed and guard.detail.startswith("site-03 now sends 50% ViewPosition AP")
     assert {r.site_id for r in guard.coverage} == {"site-01", "site-03"}
+
+
+def test_the_evidence_reports_embeddings_outside_the_locked_sets(
+    views_only: GateContext,
+) -> None:
+    registry = views_only.registry
+    assert isinstance(registry, FakeRegistry)
+    torch.manual_seed(0)
+    projection = fit_projection_on_images(registry.models["1"], torch.rand(40, 1, 64, 64), 4)
+    registry.projections["1"] = projection
+    far = ([1000.0] * projection.dimensions, projection.embedding_id(MODEL, "1"))
+    sent(views_only.engine, "site-02", {"PA": 60}, embedding=far)
+    sent(views_only.engine, "site-02", {"PA": 20}, embedding=([0.0] * 4, "other@9/pca4-x"))
+    row = evaluate(views_only, from_site(views_only.engine, "site-02").candidate_id)
+
+    report = report_of(row)
+    assert report is not None and report.embedding_coverage is not None
+    coverage = report.embedding_coverage
+    assert (coverage.site_embeddings, coverage.outside, coverage.locked_cases) == (60, 60, 80)
+    assert coverage.sites == ["site-02"] and coverage.embedding_id == far[1]
+    assert b"Embedding coverage" in registry.evidence["2"]["gate-report.html"]
+    del registry.projections["1"]  # without a projection the evidence says nothing of it
+    registry.models["3"], registry.tags["3"] = model(2), in_plan()
+    again = evaluate(views_only, proposed(views_only.engine, "3").candidate_id)
+    without = report_of(again)
+    assert without is not None and without.embedding_coverage is None

@@ -7,6 +7,8 @@ its last ``recent_studies`` accepted inference events for the model (rows of
 The window is anchored at the site's latest event, not the wall clock, so a gate run days after
 a site went quiet, or on replayed history, still sees what the site sent last. Only the
 allowlisted metadata is read (``monitor.events.DicomMetadata``); no study key leaves here.
+:func:`recent_embeddings` reads the same window's ``inference-event/v2`` embeddings of one
+projection, for the evidence's embedding coverage (``pccp.embedding_coverage``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, func, select
 
 from monitor.service.models import InferenceEventRow
@@ -36,10 +40,7 @@ def content_facts(
         return {}
     model_name = plan.description.model_name
     with engine.connect() as connection:
-        if site_id is not None:
-            sites: Sequence[str] = (site_id,)
-        else:
-            sites = plan.description.sites or _sites_of(connection, model_name)
+        sites = sites_for(connection, plan, site_id)
         return {
             criterion.id: ContentFacts(
                 locked=content_mix(
@@ -73,6 +74,47 @@ def recent_mix(
         first_at=rows[-1][1],
         last_at=rows[0][1],
     )
+
+
+def sites_for(connection: Connection, plan: Plan, site_id: str | None) -> Sequence[str]:
+    """The sites a candidate asked for by ``site_id`` is compared at (module docstring)."""
+    if site_id is not None:
+        return (site_id,)
+    return plan.description.sites or _sites_of(connection, plan.description.model_name)
+
+
+def recent_embeddings(
+    engine: Engine,
+    plan: Plan,
+    site_id: str | None,
+    embedding_id: str,
+    criterion: ContentCoverageCriterion,
+) -> tuple[list[str], NDArray[np.float64]]:
+    """The sites with embeddings of ``embedding_id`` in their recent window (``criterion``'s
+    ``recent_studies`` and ``lookback_days``), and those embeddings stacked ``[m, k]``."""
+    model_name = plan.description.model_name
+    found: list[str] = []
+    vectors: list[list[float]] = []
+    with engine.connect() as connection:
+        for site in sorted(sites_for(connection, plan, site_id)):
+            at_site = (
+                _EVENTS.site_id == site,
+                _EVENTS.model_name == model_name,
+                _EVENTS.embedding_id == embedding_id,
+            )
+            latest = connection.scalar(select(func.max(_EVENTS.occurred_at)).where(*at_site))
+            if latest is None:
+                continue
+            since = latest - timedelta(days=criterion.lookback_days)
+            rows = connection.scalars(
+                select(_EVENTS.embedding)
+                .where(*at_site, _EVENTS.occurred_at >= since)
+                .order_by(_EVENTS.occurred_at.desc())
+                .limit(criterion.recent_studies)
+            ).all()
+            found.append(site)
+            vectors.extend(vector for vector in rows if vector is not None)
+    return found, np.asarray(vectors, dtype=np.float64)
 
 
 def _sites_of(connection: Connection, model_name: str) -> list[str]:
