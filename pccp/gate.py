@@ -23,6 +23,9 @@ score is at least the threshold). :func:`evaluate_criteria` then decides each cr
   ``max``. The bins are the reliability diagram's (``monitor.performance``: a score on a bin edge
   falls in the lower bin, as in scikit-learn), so the report's diagram shows what was decided.
 * ``regressions``: see :func:`evaluate_criteria`.
+* ``content_coverage``: the locked test set covers what the sites now send
+  (:func:`pccp.coverage.evaluate_coverage`, on the caller's :class:`pccp.coverage.ContentFacts`
+  for the criterion, keyed by its id).
 
 :func:`scope_violations` is the scope guard: what a candidate changed that the plan fixes, and
 whether its threshold came from the plan's threshold policy (:mod:`pccp.threshold`). A
@@ -49,6 +52,7 @@ from monitor.performance.metrics import (
     PerformanceConfig,
     binary_metrics,
 )
+from pccp.coverage import ContentFacts, evaluate_coverage
 from pccp.criteria import (
     non_inferiority,
     paired_non_inferiority,
@@ -57,6 +61,7 @@ from pccp.criteria import (
 from pccp.plan import (
     BoundCriterion,
     CalibrationCriterion,
+    ContentCoverageCriterion,
     Criterion,
     GroupMinimumCriterion,
     Metric,
@@ -186,10 +191,15 @@ class _Evaluation:
     candidate_metrics: BinaryMetrics
     champion_metrics: BinaryMetrics
     groups: list[GroupMetrics]
+    content: Mapping[str, ContentFacts]
 
 
 def evaluate_criteria(
-    plan: Plan, cases: GateCases, candidate: ModelScores, champion: ModelScores
+    plan: Plan,
+    cases: GateCases,
+    candidate: ModelScores,
+    champion: ModelScores,
+    content: Mapping[str, ContentFacts] | None = None,
 ) -> list[CriterionResult]:
     """Each criterion of the plan, in plan order (semantics in the module docstring).
 
@@ -200,13 +210,19 @@ def evaluate_criteria(
     estimate is too noisy to call a regression (with 30 cases a single AUROC can move by 0.1).
     A group regressed when the candidate's is below the champion's less ``tolerance``; the
     criterion passes when at most ``max_count`` groups did. Raises :class:`GateError` for
-    scores not aligned with the cases, or a group criterion whose ``by`` field the cases lack.
+    scores not aligned with the cases, a group criterion whose ``by`` field the cases lack, or
+    a ``content_coverage`` criterion whose id ``content`` lacks.
     """
-    evaluation = _evaluate(cases, candidate, champion)
+    evaluation = _evaluate(cases, candidate, champion, content)
     return [_decide(criterion, evaluation) for criterion in plan.protocol.performance_evaluation]
 
 
-def _evaluate(cases: GateCases, candidate: ModelScores, champion: ModelScores) -> _Evaluation:
+def _evaluate(
+    cases: GateCases,
+    candidate: ModelScores,
+    champion: ModelScores,
+    content: Mapping[str, ContentFacts] | None,
+) -> _Evaluation:
     for model in (candidate, champion):
         if model.scores.shape != cases.positive.shape:
             raise GateError(f"model {model.version}: {model.scores.size} scores, not one per case")
@@ -221,6 +237,7 @@ def _evaluate(cases: GateCases, candidate: ModelScores, champion: ModelScores) -
             cases.positive, champion.scores, champion.threshold, GATE_METRICS
         ),
         groups=group_metrics(cases, candidate, champion),
+        content=content or {},
     )
 
 
@@ -244,6 +261,14 @@ def _decide(criterion: Criterion, evaluation: _Evaluation) -> CriterionResult:
             return _calibration(criterion, evaluation.candidate_metrics)
         case RegressionsCriterion():
             return _regressions(criterion, evaluation.groups)
+        case ContentCoverageCriterion():
+            facts = evaluation.content.get(criterion.id)
+            if facts is None:
+                raise GateError(
+                    f"criterion {criterion.id} compares the sites' recent content with the "
+                    "locked test set's, and none was given"
+                )
+            return evaluate_coverage(criterion, facts)
 
 
 def _result(
@@ -839,15 +864,17 @@ def build_report(
     locked_test_sha256: str,
     scope_violations: list[str],
     threshold: ThresholdProvenance | None = None,
+    content: Mapping[str, ContentFacts] | None = None,
     evaluated_at: datetime | None = None,
 ) -> GateReport:
     """Evaluate every criterion and assemble the evidence, with the threshold's provenance and
     every regression beyond the noise (:func:`pccp.regressions.flag_regressions`).
+    ``content`` holds the facts of each ``content_coverage`` criterion, by criterion id.
 
     The outcome is ``out_of_scope`` when there is any scope violation (the criteria are still
     evaluated and shown), otherwise ``passed`` exactly when every criterion passed.
     """
-    evaluation = _evaluate(cases, candidate, champion)
+    evaluation = _evaluate(cases, candidate, champion, content)
     criteria = [
         _decide(criterion, evaluation) for criterion in plan.protocol.performance_evaluation
     ]

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, Literal, Self
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from monitor.events import Identifier, LabelSource
+from monitor.events import ALLOWED_METADATA_KEYS, Identifier, LabelSource
 from retrain.config import TrainConfig
 
 PLAN_SCHEMA: Final = "pccp-plan/v1"
@@ -226,13 +226,39 @@ class RegressionsCriterion(_Criterion):
     max_count: int = Field(ge=0)
 
 
+class ContentCoverageCriterion(_Criterion):
+    """The locked test set covers what the sites now send: for each of ``fields``, every value
+    that makes up at least ``min_share`` of a site's recent studies has at least ``min_cases``
+    locked cases (``pccp.coverage``; the FDA guidance asks for a performance evaluation
+    representative of the intended use). A site's recent studies are its last
+    ``recent_studies`` accepted inference events for the model within ``lookback_days`` of its
+    latest one; a site with fewer than ``min_recent_studies`` is listed as not evaluated."""
+
+    kind: Literal["content_coverage"] = "content_coverage"
+    fields: tuple[str, ...] = Field(("ViewPosition", "PatientAgeBand"), min_length=1)
+    min_share: float = Field(0.05, gt=0.0, le=1.0)
+    min_cases: int = Field(30, ge=1)
+    recent_studies: int = Field(500, ge=1)
+    lookback_days: float = Field(30.0, gt=0.0)
+    min_recent_studies: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _metadata_fields(self) -> Self:
+        if unknown := sorted(set(self.fields) - ALLOWED_METADATA_KEYS):
+            raise ValueError(f"not event metadata fields: {', '.join(unknown)}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("each field once")
+        return self
+
+
 Criterion = Annotated[
     BoundCriterion
     | NonInferiorityCriterion
     | PredictiveValueCriterion
     | GroupMinimumCriterion
     | CalibrationCriterion
-    | RegressionsCriterion,
+    | RegressionsCriterion
+    | ContentCoverageCriterion,
     Field(discriminator="kind"),
 ]
 

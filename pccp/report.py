@@ -41,6 +41,24 @@ class GroupRow(_Frozen):
     the difference from the champion)."""
 
 
+class CoverageRow(_Frozen):
+    """One value of one content field at one site (``content_coverage``): its share of the
+    site's recent studies against the locked test set's cases."""
+
+    site_id: str
+    field: str
+    value: str
+    site_studies: int
+    site_share: float
+    locked_cases: int
+    locked_share: float
+    required: bool
+    """The value makes up at least the criterion's ``min_share`` of the site's studies."""
+    covered: bool | None
+    """Required and with enough locked cases; None when not required."""
+    note: str = ""
+
+
 class CriterionResult(_Frozen):
     """The decision on one criterion, with every number it used."""
 
@@ -51,6 +69,8 @@ class CriterionResult(_Frozen):
     numbers: dict[str, Number]
     detail: str
     groups: list[GroupRow] = []
+    coverage: list[CoverageRow] = []
+    """For ``content_coverage``: the site mix against the locked mix, value by value."""
 
 
 class PointMetrics(_Frozen):
@@ -125,6 +145,23 @@ class FlaggedRegression(_Frozen):
     sentence: str
 
 
+class EmbeddingCoverage(_Frozen):
+    """How much of the sites' recent embeddings lies outside the locked test set's
+    (``pccp.embedding_coverage``); evidence only, it decides nothing."""
+
+    embedding_id: str
+    sites: list[str]
+    site_embeddings: int
+    locked_cases: int
+    radius: float
+    """The 95th percentile of the locked cases' nearest-other-locked-case distances."""
+    outside: int
+    share_outside: float
+    expected_share: float
+    """What a site sending the locked set's own content would show (1 - the quantile)."""
+    sentence: str
+
+
 class GateOutcome(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
@@ -156,3 +193,6 @@ class GateReport(_Frozen):
     had a threshold policy)."""
     regressions: list[FlaggedRegression] = []
     """Every metric, overall and per group, worse than the champion's beyond its noise."""
+    embedding_coverage: EmbeddingCoverage | None = None
+    """The sites' recent embeddings against the locked set's (None: no projection or no
+    inference-event/v2 embeddings to compare)."""

@@ -45,8 +45,9 @@ class RetrainPolicy(DetectorConfig):
         Trigger(detector="chi2", min_effect_size=0.3),
         Trigger(detector="score_ks", min_effect_size=0.3),
     )
-    """Default: any performance alert; pixel-statistic drift; a large change of acquisition
-    categories or of the score distribution. Metadata KS and missingness alone do not retrain."""
+    """Default: any performance alert; pixel-statistic or embedding (image-content) drift; a
+    large change of acquisition categories or of the score distribution. Metadata KS and
+    missingness alone do not retrain."""
     min_severity: Severity = Severity.WARNING
     """Alerts below this severity (``info``: small effects, one detector, data quality) are
     kept for dashboards and reports and never start a job."""

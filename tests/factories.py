@@ -111,6 +111,7 @@ def gate_report(model_name: str = "cxr-lesion", seed: int = 0) -> dict[str, Any]
         model_name=model_name,
         locked_test_sha256="a" * 64,
         scope_violations=[],
+        content=no_site_content(load_plan(SHIPPED_PLANS / "cxr-lesion.yaml")),
     )
     return report.model_dump(mode="json")
 
@@ -182,3 +183,16 @@ def record_initial_champion(
             reason="initial model of a model without a champion",
         ),
     )
+
+
+def no_site_content(plan: Any) -> dict[str, Any]:
+    """Facts for each ``content_coverage`` criterion of ``plan`` where no site sent recent
+    studies (what the gate job reads for a model with no inference events yet)."""
+    from pccp.coverage import ContentFacts, content_mix
+    from pccp.plan import ContentCoverageCriterion
+
+    return {
+        c.id: ContentFacts(locked=content_mix((), c.fields))
+        for c in plan.protocol.performance_evaluation
+        if isinstance(c, ContentCoverageCriterion)
+    }

@@ -111,7 +111,7 @@ def test_evidence_exists_only_after_the_gate_and_the_proposer_may_not_approve(
     assert client.post(f"{url}/approve", json={"reason": "r"}, headers=BOB).status_code == 409
     record_gate_outcome(pg_engine, created["candidate_id"])  # type: ignore[arg-type]
     detail = client.get(url, headers=BOB).json()
-    assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 16)]
+    assert [c["id"] for c in detail["criteria"]] == [f"PE-{n}" for n in range(1, 17)]
     page = client.get(detail["evidence_html"], headers=AUDITOR)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert client.get(detail["evidence_json"], headers=AUDITOR).json()["plan_id"] == (

@@ -35,7 +35,7 @@ from tests.api.test_candidates_api import (
     FakeRegistry,
     propose,
 )
-from tests.factories import record_gate_outcome, threshold_provenance
+from tests.factories import no_site_content, record_gate_outcome, threshold_provenance
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +93,7 @@ def failing_report() -> dict[str, object]:
         locked_test_sha256="a" * 64,
         scope_violations=[],
         threshold=provenance,
+        content=no_site_content(load_plan(SHIPPED_PLANS / "cxr-lesion.yaml")),
     )
     return report.model_dump(mode="json")
 

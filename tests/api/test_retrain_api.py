@@ -87,6 +87,18 @@ def test_an_alert_triggers_one_request_however_often_it_is_scanned(
     )
 
 
+def test_an_embedding_alert_requests_a_retrain_like_any_drift_alert(
+    client: TestClient, pg_engine: Engine
+) -> None:
+    with pg_engine.begin() as connection:
+        write_alerts(connection, [drift_alert("embedding_mmd", site_id="site-01")], T0)
+    (created,) = consider_alerts(pg_engine, POLICY)
+    request = client.get(f"/retrain-requests/{created}").json()
+    assert (request["trigger"], request["site_id"]) == ("alert", "site-01")
+    assert request["details"]["detector"] == "embedding_mmd"
+    assert request["reason"].startswith("embedding_mmd alert at site-01")
+
+
 def test_cooldown_after_a_request_and_label_minimum(client: TestClient, pg_engine: Engine) -> None:
     with pg_engine.begin() as connection:
         write_alerts(connection, [drift_alert("mmd")], T0)

@@ -8,18 +8,23 @@ a real MLflow registry runs in test_retrain_e2e.py.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml  # type: ignore[import-untyped]
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
+from monitor.events import InferenceEventV2
 from monitor.service.audit.store import entries
 from monitor.service.cli import app
 from monitor.service.errors import IllegalTransition
+from monitor.service.ingest.store import store_batch
+from monitor.service.kafka import Delivered
+from monitor.service.models import InferenceEventRow
 from monitor.service.pccp import store as candidates_store
 from monitor.service.pccp.jobs import (
     GateContext,
@@ -31,11 +36,12 @@ from monitor.service.pccp.jobs import (
 from pccp.catalog import SHIPPED_PLANS
 from pccp.locked_cases import from_labelled, read_locked_cases, write_locked_cases
 from retrain.dataset import LockedTestSet, LockedTestSetError
+from retrain.embedding import Projection, fit_projection_on_images
 from retrain.initial import InitialConfig, render_cohort
 from retrain.mlflow_names import DATASET_TAG, INTENDED_USE_TAG, THRESHOLD_PROVENANCE_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
-from retrain.tracking import RegisteredVersion
-from tests.factories import threshold_provenance
+from retrain.tracking import RegisteredVersion, TrackingError
+from tests.factories import T0, inference_event, threshold_provenance
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -71,6 +77,7 @@ class FakeRegistry:
         self.models: dict[str, TrainedModel] = {"1": model(0), "2": model(1)}
         self.tags: dict[str, dict[str, str]] = {v: in_plan() for v in "12"}
         self.evidence: dict[str, dict[str, bytes]] = {}
+        self.projections: dict[str, Projection] = {}
 
     def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
         return self.version(model_name, "1") if alias == "champion" else None
@@ -81,6 +88,11 @@ class FakeRegistry:
 
     def load_model(self, model_name: str, version: str) -> TrainedModel:
         return self.models[version]
+
+    def load_projection(self, model_name: str, version: str) -> Projection:
+        if version not in self.projections:
+            raise TrackingError(f"{model_name} version {version} has no embedding projection")
+        return self.projections[version]
 
     def attach_evidence(
         self, model_name: str, version: str, files: Mapping[str, bytes], tags: Mapping[str, str]
@@ -132,7 +144,7 @@ def test_the_gate_scores_the_locked_set_and_records_its_evidence(context: GateCo
     assert row.status in ("passed", "failed")  # untrained models: the criteria decide
     report = report_of(row)
     assert report is not None and report.cases == 80
-    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 16)]
+    assert [c.id for c in report.criteria] == [f"PE-{n}" for n in range(1, 17)]
     assert report.candidate_version == "2" and report.champion_version == "1"
     assert report.scope_violations == []
     assert row.plan_id == "cxr-lesion-pccp" and row.approvals_required == 2
@@ -251,7 +263,155 @@ def test_a_model_no_plan_governs_cannot_be_evaluated(context: GateContext) -> No
 def test_the_cli_checks_plans_and_its_arguments() -> None:
     runner = CliRunner()
     checked = runner.invoke(app, ["pccp", "check"])
-    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.1.0 governs cxr-lesion" in checked.output
+    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.2.0 governs cxr-lesion" in checked.output
     both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
     assert both.exit_code == 2
     assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2
+
+
+# --- the content-coverage guard (PE-16) against the sites' stored inference events -------------
+
+
+def sent(
+    engine: Engine,
+    site_id: str,
+    views: Mapping[str, int],
+    days_ago: float = 0.0,
+    embedding: tuple[list[float], str] | None = None,
+) -> None:
+    """Store accepted inference events of MODEL at ``site_id``, ``views[v]`` of each view (v2
+    events with ``embedding``: the vector and its id)."""
+    with engine.connect() as connection:
+        start = connection.scalar(select(func.count()).select_from(InferenceEventRow)) or 0
+    events = []
+    for view, count in views.items():
+        for _ in range(count):
+            n = start + len(events)
+            event = inference_event(n, site_id)
+            update: dict[str, Any] = {
+                "model_name": MODEL,
+                "occurred_at": T0 + timedelta(minutes=n) - timedelta(days=days_ago),
+                "metadata": event.metadata.model_copy(update={"ViewPosition": view}),
+            }
+            if embedding is not None:
+                event = InferenceEventV2.model_validate(
+                    event.model_dump(by_alias=True)
+                    | {"schema": "inference-event/v2", "embedding": embedding[0]}
+                    | {"embedding_id": embedding[1]}
+                )
+            events.append(event.model_copy(update=update))
+    store_batch(engine, [Delivered(e, "t", 0, e.event_id.int) for e in events], [])
+
+
+@pytest.fixture
+def views_only(context: GateContext, tmp_path: Path) -> GateContext:
+    """The gate plan with PE-16 on ViewPosition only (the 80 locked cases are too few for
+    every age band to hold 20) and 30 locked cases required per view."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    document = yaml.safe_load((context.plans_dir / "gate.yaml").read_text())
+    for criterion in document["protocol"]["performance_evaluation"]:
+        if criterion["id"] == "PE-16":
+            criterion.update(fields=["ViewPosition"], min_cases=30)
+    (plans / "gate.yaml").write_text(yaml.safe_dump(document))
+    (plans / "locked.json").write_bytes((context.plans_dir / "locked.json").read_bytes())
+    return GateContext(context.engine, context.registry, plans, context.locked_cases_dir, 2)
+
+
+def from_site(engine: Engine, site_id: str) -> Any:
+    return candidates_store.propose(
+        engine,
+        model_name=MODEL,
+        model_version="2",
+        proposed_by="retrain-job",
+        site_id=site_id,
+        reason="drift at the site",
+    )
+
+
+def test_a_site_sending_views_the_locked_set_lacks_fails_the_gate_and_says_why(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-02", {"PA": 65, "LL": 35})
+    sent(engine, "site-01", {"PA": 100})
+    row = evaluate(views_only, from_site(engine, "site-02").candidate_id)
+
+    assert row.status == "failed"
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert not guard.passed
+    reason = (
+        "site-02 now sends 35% ViewPosition LL (35 of 100 recent studies); the locked test set "
+        "holds 0 LL cases (needs >= 30): the candidate's evidence does not cover what the site "
+        "sends"
+    )
+    assert guard.detail == reason
+    table = {(r.site_id, r.value): (r.site_studies, r.locked_cases) for r in guard.coverage}
+    assert table == {("site-02", "PA"): (65, 80), ("site-02", "LL"): (35, 0)}  # its site only
+    registry = views_only.registry
+    assert isinstance(registry, FakeRegistry)
+    assert reason.encode() in registry.evidence["2"]["gate-report.json"]
+    assert b"not covered" in registry.evidence["2"]["gate-report.html"]
+    with pytest.raises(IllegalTransition, match="it is failed"):
+        candidates_store.sign(
+            engine, row.candidate_id, signer="alice", decision="approve", reason="x"
+        )
+
+
+def test_a_site_sending_what_the_locked_set_holds_passes_the_guard(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-02", {"LL": 100}, days_ago=60)  # before the 30-day window: not counted
+    sent(engine, "site-02", {"PA": 100})
+    row = evaluate(views_only, from_site(engine, "site-02").candidate_id)
+
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert guard.passed, guard.detail
+    assert [(r.value, r.site_studies, r.covered) for r in guard.coverage] == [("PA", 100, True)]
+    assert guard.numbers["sites_evaluated"] == 1
+
+
+def test_a_candidate_without_a_site_is_checked_against_every_site_of_the_model(
+    views_only: GateContext,
+) -> None:
+    engine = views_only.engine
+    sent(engine, "site-01", {"PA": 100})
+    sent(engine, "site-03", {"PA": 50, "AP": 50})
+    row = evaluate(views_only, proposed(engine).candidate_id)
+
+    report = report_of(row)
+    assert report is not None
+    (guard,) = [c for c in report.criteria if c.id == "PE-16"]
+    assert not guard.passed and guard.detail.startswith("site-03 now sends 50% ViewPosition AP")
+    assert {r.site_id for r in guard.coverage} == {"site-01", "site-03"}
+
+
+def test_the_evidence_reports_embeddings_outside_the_locked_sets(
+    views_only: GateContext,
+) -> None:
+    registry = views_only.registry
+    assert isinstance(registry, FakeRegistry)
+    torch.manual_seed(0)
+    projection = fit_projection_on_images(registry.models["1"], torch.rand(40, 1, 64, 64), 4)
+    registry.projections["1"] = projection
+    far = ([1000.0] * projection.dimensions, projection.embedding_id(MODEL, "1"))
+    sent(views_only.engine, "site-02", {"PA": 60}, embedding=far)
+    sent(views_only.engine, "site-02", {"PA": 20}, embedding=([0.0] * 4, "other@9/pca4-x"))
+    row = evaluate(views_only, from_site(views_only.engine, "site-02").candidate_id)
+
+    report = report_of(row)
+    assert report is not None and report.embedding_coverage is not None
+    coverage = report.embedding_coverage
+    assert (coverage.site_embeddings, coverage.outside, coverage.locked_cases) == (60, 60, 80)
+    assert coverage.sites == ["site-02"] and coverage.embedding_id == far[1]
+    assert b"Embedding coverage" in registry.evidence["2"]["gate-report.html"]
+    del registry.projections["1"]  # without a projection the evidence says nothing of it
+    registry.models["3"], registry.tags["3"] = model(2), in_plan()
+    again = evaluate(views_only, proposed(views_only.engine, "3").candidate_id)
+    without = report_of(again)
+    assert without is not None and without.embedding_coverage is None

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from pccp.evidence import OUT_OF_SCOPE_SENTENCE, TEMPLATE, report_html, report_json
 from pccp.gate import GateCases, GateOutcome, GateReport, ModelScores, build_report
 from pccp.plan import Plan, load_plan
+from tests.factories import no_site_content
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = load_plan(ROOT / "pccp" / "plans" / "cxr-lesion.yaml")
@@ -59,6 +60,7 @@ def report(
         model_name=model_name,
         locked_test_sha256="ab" * 32,
         scope_violations=list(violations),
+        content=no_site_content(plan),
         evaluated_at=datetime(2025, 3, 1, 12, 0, tzinfo=UTC),
     )
 
@@ -77,7 +79,7 @@ def test_the_json_is_canonical_and_round_trips(failing: GateReport) -> None:
     assert encoded.decode() == json.dumps(document, sort_keys=True, indent=2) + "\n"
     assert document["outcome"] == "failed"
     assert document["evaluated_at"] == "2025-03-01T12:00:00Z"
-    assert [c["id"] for c in document["criteria"]] == [f"PE-{i}" for i in range(1, 16)]
+    assert [c["id"] for c in document["criteria"]] == [f"PE-{i}" for i in range(1, 17)]
 
 
 def test_no_study_key_reaches_the_report(failing: GateReport) -> None:

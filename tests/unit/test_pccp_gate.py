@@ -30,12 +30,13 @@ from pccp.gate import (
 )
 from pccp.plan import Plan, load_plan
 from retrain.model import ModelSpec, expected_calibration_error
-from tests.factories import threshold_provenance
+from tests.factories import no_site_content, threshold_provenance
 
 torch.set_num_threads(1)  # retrain.model imports torch; the box has two cores
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN_FILE = ROOT / "pccp" / "plans" / "cxr-lesion.yaml"
+NO_SITES = no_site_content(load_plan(PLAN_FILE))
 Z_975 = float(norm.ppf(0.975))
 
 
@@ -353,8 +354,8 @@ def test_regressions_pass_for_a_candidate_better_everywhere() -> None:
 
 def test_the_shipped_plan_passes_a_good_candidate_on_every_criterion(shipped: Plan) -> None:
     cases, candidate, champion, _ = synthetic(0)
-    results = evaluate_criteria(shipped, cases, candidate, champion)
-    assert [result.id for result in results] == [f"PE-{i}" for i in range(1, 16)]
+    results = evaluate_criteria(shipped, cases, candidate, champion, NO_SITES)
+    assert [result.id for result in results] == [f"PE-{i}" for i in range(1, 17)]
     assert [result.kind for result in results] == [
         "lower_bound",
         "lower_bound",
@@ -371,6 +372,7 @@ def test_the_shipped_plan_passes_a_good_candidate_on_every_criterion(shipped: Pl
         "lower_bound",  # sensitivity, by site
         "lower_bound",  # specificity, by site
         "predictive_value",
+        "content_coverage",  # no site sent studies: nothing to compare
     ]
     assert failed_ids(results) == set()
     assert [row.value for row in results[4].groups] == ["site-a", "site-b", "site-c"]
@@ -383,7 +385,7 @@ def test_the_shipped_plan_fails_a_candidate_that_lost_one_site(shipped: Plan) ->
     site_c = cases.groups["site"] == "site-c"
     scores = candidate.scores.copy()
     scores[site_c] = rng.random(int(site_c.sum()))  # site-c's ranking is lost
-    results = evaluate_criteria(shipped, cases, ModelScores("3", scores, 0.25), champion)
+    results = evaluate_criteria(shipped, cases, ModelScores("3", scores, 0.25), champion, NO_SITES)
     assert {"PE-1", "PE-4", "PE-5", "PE-8"} <= failed_ids(results)
     site_rows = results[4].groups
     assert [row.value for row in site_rows if row.passed is False] == ["site-c"]
@@ -394,7 +396,7 @@ def test_the_shipped_plan_fails_only_sensitivity_at_a_higher_threshold(shipped: 
     cases, candidate, champion, _ = synthetic(0)
     strict = ModelScores("3", candidate.scores, 0.5)
     # The bound (PE-2), paired non-inferiority (PE-9) and per-group margin (PE-11) on sensitivity.
-    assert failed_ids(evaluate_criteria(shipped, cases, strict, champion)) == {
+    assert failed_ids(evaluate_criteria(shipped, cases, strict, champion, NO_SITES)) == {
         "PE-2",
         "PE-9",
         "PE-11",
@@ -405,7 +407,7 @@ def test_the_shipped_plan_fails_only_calibration_for_squeezed_scores(shipped: Pl
     cases, candidate, champion, _ = synthetic(0)
     # A monotone map, threshold mapped alike: same ranking and decisions, worse calibration.
     squeezed = ModelScores("3", 0.5 + (candidate.scores - 0.5) * 0.5, 0.5 + (0.25 - 0.5) * 0.5)
-    assert failed_ids(evaluate_criteria(shipped, cases, squeezed, champion)) == {"PE-7"}
+    assert failed_ids(evaluate_criteria(shipped, cases, squeezed, champion, NO_SITES)) == {"PE-7"}
 
 
 # --- scope and outcome --------------------------------------------------------------------------
@@ -462,7 +464,11 @@ def test_the_order_of_the_findings_is_fixed_too(shipped: Plan) -> None:
 
 def test_out_of_scope_wins_even_when_every_criterion_passes(shipped: Plan) -> None:
     cases, candidate, champion, _ = synthetic(0)
-    common: dict[str, Any] = {"model_name": "cxr-lesion", "locked_test_sha256": "0" * 64}
+    common: dict[str, Any] = {
+        "model_name": "cxr-lesion",
+        "locked_test_sha256": "0" * 64,
+        "content": NO_SITES,
+    }
     inside = build_report(shipped, cases, candidate, champion, scope_violations=[], **common)
     outside = build_report(
         shipped, cases, candidate, champion, scope_violations=["input size 128 px"], **common
@@ -486,6 +492,7 @@ def test_the_report_holds_curves_and_group_tables_for_both_models(shipped: Plan)
         model_name="cxr-lesion",
         locked_test_sha256="0" * 64,
         scope_violations=[],
+        content=NO_SITES,
     )
     assert report.cases == 1500 and report.positives == int(cases.positive.sum())
     assert report.plan_fingerprint == shipped.fingerprint()

@@ -48,6 +48,7 @@ from pccp.threshold import (
     threshold_violations,
 )
 from retrain.model import ModelSpec
+from tests.factories import no_site_content
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN_FILE = ROOT / "pccp" / "plans" / "cxr-lesion.yaml"
@@ -333,6 +334,7 @@ def test_a_candidate_that_halves_specificity_at_a_site_cannot_pass_the_shipped_p
         model_name="cxr-lesion",
         locked_test_sha256="0" * 64,
         scope_violations=[],
+        content=no_site_content(shipped),
     )
     assert report.outcome is GateOutcome.FAILED
     failing: dict[str, CriterionResult] = {c.id: c for c in report.criteria if not c.passed}
@@ -513,6 +515,7 @@ def test_the_report_carries_the_threshold_provenance(shipped: Plan) -> None:
         locked_test_sha256="0" * 64,
         scope_violations=[],
         threshold=held,
+        content=no_site_content(shipped),
     )
     assert report.threshold == held
     assert "hold_champion_sensitivity" in held.sentence() and "tuning split" in held.sentence()

@@ -10,7 +10,11 @@ For one candidate:
    ``champion`` alias), each at its own input size and operating threshold.
 4. Check the scope guard (the fixed elements, and the candidate's threshold against the plan's
    threshold policy by its recorded provenance, tag ``radsentry.threshold_provenance``) and
-   every criterion (``pccp.gate.build_report``).
+   every criterion (``pccp.gate.build_report``); a ``content_coverage`` criterion compares the
+   candidate's site's recent inference events with the locked cases' metadata
+   (``monitor.service.pccp.content``); with it, the evidence reports how many of the site's
+   recent embeddings lie outside the locked set's (``pccp.embedding_coverage``: the locked
+   studies embedded with the champion's projection, the one the site's v2 events carry).
 5. Attach the evidence (report JSON and HTML) to the candidate's MLflow version, tag the version
    with the outcome, and store outcome and report on the candidate with a ``gate.result``
    change-log entry (``candidates_store.record_gate``).
@@ -38,8 +42,10 @@ from monitor.service.errors import ServiceError
 from monitor.service.logging import job_boundary
 from monitor.service.models import CandidateRow
 from monitor.service.pccp import store as candidates_store
+from monitor.service.pccp.content import content_facts, recent_embeddings
 from monitor.service.settings import Settings
 from pccp.catalog import PlanFile, plan_for
+from pccp.embedding_coverage import embedding_coverage
 from pccp.evidence import report_html, report_json
 from pccp.gate import (
     GateCases,
@@ -50,10 +56,12 @@ from pccp.gate import (
     scope_violations,
 )
 from pccp.locked_cases import LockedCase, read_locked_cases
-from pccp.plan import Plan, locked_test_set_path
+from pccp.plan import ContentCoverageCriterion, Plan, locked_test_set_path
+from pccp.report import EmbeddingCoverage
 from pccp.threshold import ThresholdProvenance
 from retrain.data import tensors_for
 from retrain.dataset import LockedTestSet
+from retrain.embedding import EmbeddingError, Projection, embed
 from retrain.mlflow_names import (
     CHAMPION,
     DATASET_TAG,
@@ -63,7 +71,7 @@ from retrain.mlflow_names import (
     THRESHOLD_PROVENANCE_TAG,
 )
 from retrain.model import TrainedModel, predict
-from retrain.tracking import RegisteredVersion
+from retrain.tracking import RegisteredVersion, TrackingError
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +90,8 @@ class GateRegistry(Protocol):
     def version(self, model_name: str, version: str) -> RegisteredVersion: ...
 
     def load_model(self, model_name: str, version: str) -> TrainedModel: ...
+
+    def load_projection(self, model_name: str, version: str) -> Projection: ...
 
     def attach_evidence(
         self, model_name: str, version: str, files: Mapping[str, bytes], tags: Mapping[str, str]
@@ -156,7 +166,12 @@ def evaluate(context: GateContext, candidate_id: Any) -> CandidateRow:
             ),
         ),
         threshold=provenance,
+        content=content_facts(context.engine, plan, cases, row.site_id),
     )
+    coverage = _embedding_coverage(
+        context, plan, row, champion_version.version, champion_model, scores
+    )
+    report = report.model_copy(update={"embedding_coverage": coverage})
     evidence_uri = context.registry.attach_evidence(
         row.model_name,
         row.model_version,
@@ -178,6 +193,45 @@ def evaluate(context: GateContext, candidate_id: Any) -> CandidateRow:
     )
     bound.info("gate evaluated", outcome=result.status)
     return result
+
+
+def _embedding_coverage(
+    context: GateContext,
+    plan: Plan,
+    row: CandidateRow,
+    champion_version: str,
+    champion: TrainedModel,
+    scores: _Scorer,
+) -> EmbeddingCoverage | None:
+    """The sites' recent embeddings against the locked set's, when the plan has a
+    ``content_coverage`` criterion (its window), the champion a projection, and the sites
+    embeddings of it; otherwise None, and the evidence says nothing about embeddings."""
+    criterion = next(
+        (
+            c
+            for c in plan.protocol.performance_evaluation
+            if isinstance(c, ContentCoverageCriterion)
+        ),
+        None,
+    )
+    if criterion is None:
+        return None
+    bound = log.bind(model=row.model_name, version=champion_version)
+    try:
+        projection = context.registry.load_projection(row.model_name, champion_version)
+    except TrackingError as exc:
+        bound.info("no embedding coverage: the champion has no projection", reason=str(exc))
+        return None
+    embedding_id = projection.embedding_id(row.model_name, champion_version)
+    sites, site = recent_embeddings(context.engine, plan, row.site_id, embedding_id, criterion)
+    if not len(site):
+        return None
+    try:
+        locked = embed(champion, projection, scores.images(champion.spec.input_size))
+        return embedding_coverage(locked, site, embedding_id=embedding_id, sites=sites)
+    except (EmbeddingError, ValueError) as exc:
+        bound.warning("no embedding coverage", reason=str(exc))
+        return None
 
 
 def evaluate_pending(context: GateContext, limit: int = 10) -> list[CandidateRow]:
@@ -259,17 +313,20 @@ class _Scorer:
             },
         )
 
-    def of(self, model: TrainedModel, version: str) -> ModelScores:
-        spec = model.spec
-        if self._finding not in spec.findings:
-            raise GateRefused(f"version {version} does not output {self._finding!r}")
-        size = spec.input_size
+    def images(self, size: int) -> Any:
+        """The locked images at ``size`` px, read once."""
         if size not in self._images:
             self._images[size] = tensors_for(
                 self._labelled, (self._finding,), size, workers=self._workers
             ).images
+        return self._images[size]
+
+    def of(self, model: TrainedModel, version: str) -> ModelScores:
+        spec = model.spec
+        if self._finding not in spec.findings:
+            raise GateRefused(f"version {version} does not output {self._finding!r}")
         column = spec.findings.index(self._finding)
-        scores = predict(model, self._images[size])[:, column]
+        scores = predict(model, self.images(spec.input_size))[:, column]
         return ModelScores(
             version=version,
             scores=np.asarray(scores, dtype=np.float64),
