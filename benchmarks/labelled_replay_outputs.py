@@ -1,0 +1,126 @@
+"""What a labelled replay leaves in its database, written out so that two revisions compare.
+
+Runs ``run_backtest_with_labels`` of the checkout on ``PYTHONPATH`` on a fresh database of the
+PostgreSQL server at ``--server`` (not the embedded scratch server, which is gone when the
+replay ends), then writes, one JSON line per row and sorted, every drift check, alert,
+performance snapshot, performance alarm state, statistics row and label in force, leaving out
+the columns that differ between identical runs (wall-clock times, surrogate and random ids).
+Two revisions produced the same results when the files are equal (``cmp``):
+
+    PYTHONPATH=. .venv/bin/python -m benchmarks.labelled_replay_outputs \\
+        --events /tmp/bench-lr/events-40000.jsonl.gz --labels /tmp/bench-lr/labels-40000.jsonl.gz \\
+        --out /tmp/outputs-this.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from monitor.service.backtest import labels as backtest_labels
+
+TABLES = (
+    "drift_checks",
+    "alerts",
+    "performance_snapshots",
+    "performance_alarms",
+    "performance_buckets",
+    "labels_current",
+    "label_changes",
+    "prediction_counts",
+)
+VOLATILE = {
+    "id",
+    "alert_id",
+    "reference_id",
+    "checked_at",
+    "created_at",
+    "updated_at",
+    "recorded_at",
+    "published_at",
+}
+"""Wall-clock times and ids drawn at random: they differ between two runs of one revision."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def dump(url: str, out: Path) -> dict[str, str]:
+    """Write the tables' rows to ``out``; a digest per table."""
+    engine = create_engine(url, poolclass=NullPool)
+    digests = {}
+    try:
+        with engine.connect() as connection, out.open("wb") as sink:
+            for table in TABLES:
+                rows = []
+                for row in connection.execute(text(f'SELECT * FROM "{table}"')).mappings():
+                    kept = {k: _plain(v) for k, v in row.items() if k not in VOLATILE}
+                    rows.append(orjson.dumps({"table": table, **kept}, option=orjson.OPT_SORT_KEYS))
+                rows.sort()
+                digests[table] = f"{len(rows)} rows {hashlib.sha256(b''.join(rows)).hexdigest()[:16]}"
+                sink.writelines(row + b"\n" for row in rows)
+    finally:
+        engine.dispose()
+    return digests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    )
+    args = parser.parse_args()
+    name = f"replay_outputs_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(args.server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    url = make_url(args.server).set(database=name).render_as_string(hide_password=False)
+    digests: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def database(_: Path) -> Iterator[str]:  # in place of the embedded scratch server
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield url
+            digests.update(dump(url, args.out))
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    backtest_labels.scratch_database = database  # type: ignore[assignment]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        summary = backtest_labels.run_backtest_with_labels(
+            args.events, args.labels, Path(work) / "alerts.jsonl"
+        )
+    admin.dispose()
+    print(f"replay {time.perf_counter() - started:.1f} s, {summary.refreshes} refreshes")
+    for table, digest in digests.items():
+        print(f"{table:24} {digest}")
+
+
+if __name__ == "__main__":
+    main()
