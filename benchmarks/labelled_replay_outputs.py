@@ -1,8 +1,7 @@
 """What a labelled replay leaves in its database, written out so that two revisions compare.
 
-Runs ``run_backtest_with_labels`` of the checkout on ``PYTHONPATH`` on a fresh database of the
-PostgreSQL server at ``--server`` (not the embedded scratch server, which is gone when the
-replay ends), then writes, one JSON line per row and sorted, every drift check, alert,
+Runs ``run_backtest_with_labels`` of the checkout on ``PYTHONPATH`` and, before its scratch
+server stops, writes one JSON line per row, sorted: every drift check, alert,
 performance snapshot, performance alarm state, statistics row and label in force, leaving out
 the columns that differ between identical runs (wall-clock times, surrogate and random ids).
 Two revisions produced the same results when the files are equal (``cmp``):
@@ -28,7 +27,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from monitor.service.backtest import labels as backtest_labels
@@ -78,7 +76,9 @@ def dump(url: str, out: Path) -> dict[str, str]:
                     kept = {k: _plain(v) for k, v in row.items() if k not in VOLATILE}
                     rows.append(orjson.dumps({"table": table, **kept}, option=orjson.OPT_SORT_KEYS))
                 rows.sort()
-                digests[table] = f"{len(rows)} rows {hashlib.sha256(b''.join(rows)).hexdigest()[:16]}"
+                digests[table] = (
+                    f"{len(rows)} rows {hashlib.sha256(b''.join(rows)).hexdigest()[:16]}"
+                )
                 sink.writelines(row + b"\n" for row in rows)
     finally:
         engine.dispose()
@@ -90,33 +90,22 @@ def main() -> None:
     parser.add_argument("--events", type=Path, required=True)
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument(
-        "--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
     args = parser.parse_args()
-    name = f"replay_outputs_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(args.server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    url = make_url(args.server).set(database=name).render_as_string(hide_password=False)
     digests: dict[str, str] = {}
+    scratch = backtest_labels.scratch_database
 
     @contextlib.contextmanager
-    def database(_: Path) -> Iterator[str]:  # in place of the embedded scratch server
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
+    def dumped(cluster: Path) -> Iterator[str]:  # the replay's own server, dumped before it stops
+        with scratch(cluster) as url:
             yield url
             digests.update(dump(url, args.out))
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
-    backtest_labels.scratch_database = database  # type: ignore[assignment]
+    backtest_labels.scratch_database = dumped  # type: ignore[assignment]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         summary = backtest_labels.run_backtest_with_labels(
             args.events, args.labels, Path(work) / "alerts.jsonl"
         )
-    admin.dispose()
     print(f"replay {time.perf_counter() - started:.1f} s, {summary.refreshes} refreshes")
     for table, digest in digests.items():
         print(f"{table:24} {digest}")

@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import orjson
-from sqlalchemy import ColumnElement, Engine, Table, and_, bindparam, create_engine, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    create_engine,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -178,6 +188,25 @@ def given_rows(
         element = types.get(column, table.c[column].type)
         arrays.append(bindparam(None, values, type_=ARRAY(element)))
     return func.unnest(*arrays).table_valued(*columns).render_derived(name)
+
+
+def copy_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Bulk load ``rows`` (all with the same keys) with COPY inside the open transaction.
+
+    COPY halves the client CPU per row compared with executemany through SQLAlchemy's bind
+    processing, which is what keeps one consumer above 5,000 events/s (docs/benchmarks.md).
+    """
+    columns = list(rows[0])
+    names = ", ".join(f'"{name}"' for name in columns)
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([_copy_value(row[name]) for name in columns])
+
+
+def _copy_value(value: Any) -> Any:
+    # JSON columns hold objects or (the embedding) arrays; psycopg would send a list as an array.
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
 
 
 def matches(table: Table, given: TableValuedAlias, columns: Sequence[str]) -> ColumnElement[bool]:
