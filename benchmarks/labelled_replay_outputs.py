@@ -17,6 +17,7 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import os
 import tempfile
 import time
 import uuid
@@ -85,6 +86,14 @@ def dump(url: str, out: Path) -> dict[str, str]:
     return digests
 
 
+def _server_cpu_s(cluster: Path) -> float:
+    """CPU seconds of the scratch server so far: the postmaster's own and its exited
+    backends' (``/proc/PID/stat`` utime, stime, cutime, cstime; Linux)."""
+    pid = (cluster / "postmaster.pid").read_text().split()[0]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=Path, required=True)
@@ -94,19 +103,26 @@ def main() -> None:
     digests: dict[str, str] = {}
     scratch = backtest_labels.scratch_database
 
+    server_cpu: list[float] = []
+
     @contextlib.contextmanager
     def dumped(cluster: Path) -> Iterator[str]:  # the replay's own server, dumped before it stops
         with scratch(cluster) as url:
             yield url
+            server_cpu.append(_server_cpu_s(cluster))
             digests.update(dump(url, args.out))
 
     backtest_labels.scratch_database = dumped  # type: ignore[assignment]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         summary = backtest_labels.run_backtest_with_labels(
             args.events, args.labels, Path(work) / "alerts.jsonl"
         )
-    print(f"replay {time.perf_counter() - started:.1f} s, {summary.refreshes} refreshes")
+    print(
+        f"replay {time.perf_counter() - started:.1f} s wall, {summary.refreshes} refreshes; CPU: "
+        f"replay process {time.process_time() - cpu:.1f} s, its PostgreSQL server "
+        f"{server_cpu[0]:.1f} s"
+    )
     for table, digest in digests.items():
         print(f"{table:24} {digest}")
 
