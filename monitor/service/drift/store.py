@@ -32,7 +32,7 @@ from monitor.drift.config import EngineConfig
 from monitor.drift.engine import DirectionSource, DriftEngine, Outcome
 from monitor.drift.stream import ReferenceInfo
 from monitor.events import InferenceEvent
-from monitor.service.db import table_of
+from monitor.service.db import copy_rows, table_of
 from monitor.service.drift.alerts import apply_updates, write_alerts
 from monitor.service.drift.streams import record_references, stream_matches
 from monitor.service.errors import ServiceError
@@ -214,7 +214,7 @@ def write_checks(
     if not checks:
         return
     rows = [_check_row(check, reference_ids[check.key], now) for check in checks]
-    connection.execute(table_of(DriftCheckRow).insert(), rows)
+    copy_rows(connection, table_of(DriftCheckRow), rows)
 
 
 def _check_row(check: Check, reference_id: Any, now: datetime) -> dict[str, Any]:

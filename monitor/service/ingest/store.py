@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.events import InferenceEvent, InferenceEventV2, LabelEvent
-from monitor.service.db import as_utc, table_of
+from monitor.service.db import as_utc, copy_rows, table_of
 from monitor.service.kafka import Delivered, Rejected
 from monitor.service.models import (
     DeadLetter,
@@ -128,26 +127,7 @@ def _write_events(connection: Connection, stored: list[Delivered], now: datetime
     ):
         if not rows:
             continue
-        _copy(connection, table, rows)
-
-
-def _copy(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Bulk load with COPY inside the open transaction.
-
-    COPY halves the client CPU per row compared with executemany through SQLAlchemy's bind
-    processing, which is what keeps one consumer above 5,000 events/s (docs/benchmarks.md).
-    """
-    columns = list(rows[0])
-    names = ", ".join(f'"{name}"' for name in columns)
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    with cursor, cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([_copy_value(row[name]) for name in columns])
-
-
-def _copy_value(value: Any) -> Any:
-    # JSON columns hold objects or (the embedding) arrays; psycopg would send a list as an array.
-    return orjson.dumps(value).decode() if isinstance(value, dict | list) else value
+        copy_rows(connection, table, rows)
 
 
 def _inference_row(event: InferenceEvent, now: datetime) -> dict[str, Any]:

@@ -31,24 +31,22 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
-    bindparam,
     exists,
     func,
     literal,
     select,
-    tuple_,
     update,
 )
 
 from monitor.events import LabelEvent
-from monitor.service.db import as_utc
+from monitor.service.db import as_utc, given_rows, matches
 from monitor.service.models import (
     CurrentLabelRow,
     InferenceEventRow,
     LabelChangeRow,
 )
 
-_KEYS_PER_QUERY = 500  # bound the size of one ``IN`` list
+_KEY = ("site_id", "model_name", "study_key", "finding")
 _UPDATED = ("label", "label_event_id", "source", "labelled_at", "revisions")
 
 
@@ -152,26 +150,21 @@ def apply_labels(
                     "source": event.source.value,
                     "labelled_at": event.occurred_at,
                 }
-    # One statement per kind of write, each with all its rows (executemany).
+    # One statement per kind of write, each with all its rows.
     table = _table(CurrentLabelRow)
     if created:
         connection.execute(table.insert(), list(created.values()))
     updated = [
-        {f"k_{i}": part for i, part in enumerate(key)} | {f"v_{k}": row[k] for k in _UPDATED}
+        (*key, *(row[name] for name in _UPDATED))
         for key, row in current.items()
         if key in incoming and key not in created
     ]
     if updated:
+        given = given_rows(table, (*_KEY, *_UPDATED), updated)
         connection.execute(
             update(table)
-            .where(
-                table.c.site_id == bindparam("k_0"),
-                table.c.model_name == bindparam("k_1"),
-                table.c.study_key == bindparam("k_2"),
-                table.c.finding == bindparam("k_3"),
-            )
-            .values({k: bindparam(f"v_{k}") for k in _UPDATED}),
-            updated,
+            .where(matches(table, given, _KEY))
+            .values({name: given.c[name] for name in _UPDATED})
         )
     if changes:
         connection.execute(_table(LabelChangeRow).insert(), changes)
@@ -195,14 +188,12 @@ def _current(
     connection: Connection, keys: list[tuple[str, str, str, str]]
 ) -> dict[tuple[str, str, str, str], dict[str, Any]]:
     table = _table(CurrentLabelRow)
-    columns = (table.c.site_id, table.c.model_name, table.c.study_key, table.c.finding)
-    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        for row in connection.execute(select(table).where(tuple_(*columns).in_(chunk))):
-            mapping = dict(row._mapping)
-            found[(row.site_id, row.model_name, row.study_key, row.finding)] = mapping
-    return found
+    given = given_rows(table, _KEY, keys)
+    statement = select(table).join(given, matches(table, given, _KEY))
+    return {
+        (row.site_id, row.model_name, row.study_key, row.finding): dict(row._mapping)
+        for row in connection.execute(statement)
+    }
 
 
 def _new_row(key: tuple[str, str, str, str], event: LabelEvent, label: int) -> dict[str, Any]:

@@ -30,18 +30,22 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
+import orjson
 from sqlalchemy import (
     Connection,
     Table,
+    Text,
     and_,
-    bindparam,
+    cast,
     func,
     literal,
+    null,
     select,
     tuple_,
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from monitor.events import InferenceEvent
@@ -53,7 +57,7 @@ from monitor.performance.sufficient import (
     at_threshold,
     merge,
 )
-from monitor.service.db import as_utc, table_of
+from monitor.service.db import as_utc, given_rows, matches, table_of
 from monitor.service.models import (
     CurrentLabelRow,
     InferenceEventRow,
@@ -70,6 +74,7 @@ DEFAULT_THRESHOLD: Final = 0.5
 ALL_CASES: Final = ""
 """``subgroup_field`` of the rows that hold every case."""
 _KEYS_PER_QUERY = 200
+_STUDY: Final = ("site_id", "model_name", "study_key")
 _DAYS_PER_PAGE = 64
 _T = TypeVar("_T")
 
@@ -85,6 +90,9 @@ class BucketKey(NamedTuple):
     subgroup_value: str
     bucket: str
     threshold: float
+
+
+_KEY_COLUMNS: Final = BucketKey._fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +216,9 @@ def _cases_of_new_predictions(
         return []
     labels = table_of(CurrentLabelRow)
     studies = sorted({(e.site_id, e.model_name, e.study_key) for e in predictions})
-    found: dict[tuple[str, str, str], list[Any]] = {}
-    for chunk in _chunks(studies):
-        statement = select(
+    given = given_rows(labels, _STUDY, studies)
+    statement = (
+        select(
             labels.c.site_id,
             labels.c.model_name,
             labels.c.study_key,
@@ -219,10 +227,14 @@ def _cases_of_new_predictions(
             labels.c.labelled_at,
             labels.c.expired_at,
             labels.c.matched,
-        ).where(tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk))
-        statement = statement.with_for_update()
-        for row in connection.execute(statement):
-            found.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
+        )
+        .join(given, matches(labels, given, _STUDY))
+        .order_by(*(labels.c[name] for name in (*_STUDY, "finding")))  # one lock order
+        .with_for_update(of=labels)
+    )
+    found: dict[tuple[str, str, str], list[Any]] = {}
+    for row in connection.execute(statement):
+        found.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
     cases = []
     for event in predictions:
         rows = found.get((event.site_id, event.model_name, event.study_key), [])
@@ -264,22 +276,22 @@ def _cases_of_new_labels(
     events = table_of(InferenceEventRow)
     in_batch = {e.event_id for e in predictions}
     studies = sorted({(t.site_id, t.model_name, t.study_key) for t in transitions})
+    given = given_rows(events, _STUDY, studies)
+    statement = select(
+        events.c.event_id,
+        events.c.site_id,
+        events.c.model_name,
+        events.c.model_version,
+        events.c.study_key,
+        events.c.occurred_at,
+        events.c.scores,
+        events.c.threshold,
+        events.c.metadata,
+    ).join(given, matches(events, given, _STUDY))
     stored: dict[tuple[str, str, str], list[Any]] = {}
-    for chunk in _chunks(studies):
-        statement = select(
-            events.c.event_id,
-            events.c.site_id,
-            events.c.model_name,
-            events.c.model_version,
-            events.c.study_key,
-            events.c.occurred_at,
-            events.c.scores,
-            events.c.threshold,
-            events.c.metadata,
-        ).where(tuple_(events.c.site_id, events.c.model_name, events.c.study_key).in_(chunk))
-        for row in connection.execute(statement):
-            if row.event_id not in in_batch:
-                stored.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
+    for row in connection.execute(statement):
+        if row.event_id not in in_batch:
+            stored.setdefault((row.site_id, row.model_name, row.study_key), []).append(row)
     cases = []
     for change in transitions:
         for row in stored.get((change.site_id, change.model_name, change.study_key), []):
@@ -352,16 +364,13 @@ def _hours(later: datetime, earlier: datetime) -> float:
 
 
 def _mark_matched(connection: Connection, studies: list[tuple[str, str, str]]) -> None:
+    if not studies:
+        return
     labels = table_of(CurrentLabelRow)
-    for chunk in _chunks(studies):
-        connection.execute(
-            update(labels)
-            .where(
-                tuple_(labels.c.site_id, labels.c.model_name, labels.c.study_key).in_(chunk),
-                ~labels.c.matched,
-            )
-            .values(matched=True)
-        )
+    given = given_rows(labels, _STUDY, studies)
+    connection.execute(
+        update(labels).where(matches(labels, given, _STUDY), ~labels.c.matched).values(matched=True)
+    )
 
 
 def count_predictions(connection: Connection, predictions: Sequence[InferenceEvent]) -> None:
@@ -401,7 +410,7 @@ def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None
     if missing:  # created empty (another batch may create them first), then locked as well
         _create_missing(connection, table, missing, now)
         rows |= _locked(connection, table, missing)
-    updates = []
+    updates: list[tuple[Any, ...]] = []
     for key in keys:
         row = rows[key]
         summary = PerformanceSummary.from_bytes(
@@ -412,63 +421,89 @@ def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None
         change.apply(summary, sketch)
         times = [t for t in (row.first_at, row.last_at) if t is not None] + change.times
         updates.append(
-            {
-                **{f"k_{name}": value for name, value in key._asdict().items()},
-                "summary": summary.to_bytes(),
-                "delays": sketch.to_dict(),
-                "n": summary.n,
-                "first_at": min(map(as_utc, times)) if times else None,
-                "last_at": max(map(as_utc, times)) if times else None,
-                "updated_at": now,
-            }
+            (
+                *key,
+                summary.to_bytes(),
+                orjson.dumps(sketch.to_dict()).decode(),
+                summary.n,
+                min(map(as_utc, times)) if times else None,
+                max(map(as_utc, times)) if times else None,
+            )
         )
+    _write_back(connection, table, updates, now)
+
+
+_WRITTEN = ("summary", "delays", "n", "first_at", "last_at")
+
+
+def _write_back(
+    connection: Connection, table: Table, updates: list[tuple[Any, ...]], now: datetime
+) -> None:
+    """One ``UPDATE ... FROM unnest(...)`` for every changed row (``updates``: the key's
+    columns, then the new values of :data:`_WRITTEN`, the delays as JSON text)."""
+    given = given_rows(table, (*_KEY_COLUMNS, *_WRITTEN), updates, types={"delays": Text()})
     statement = (
         update(table)
-        .where(*(table.c[name] == bindparam(f"k_{name}") for name in BucketKey._fields))
+        .where(matches(table, given, _KEY_COLUMNS))
         .values(
-            summary=bindparam("summary"),
-            delays=bindparam("delays"),
-            n=bindparam("n"),
-            first_at=bindparam("first_at"),
-            last_at=bindparam("last_at"),
-            updated_at=bindparam("updated_at"),
+            summary=given.c.summary,
+            delays=cast(given.c.delays, JSONB),
+            n=given.c.n,
+            first_at=given.c.first_at,
+            last_at=given.c.last_at,
+            updated_at=literal(now, type_=table.c.updated_at.type),
         )
     )
-    connection.execute(statement, updates)
+    connection.execute(statement)
 
 
 def _create_missing(
     connection: Connection, table: Table, keys: list[BucketKey], now: datetime
 ) -> None:
+    empty: dict[float, bytes] = {}  # the bytes depend on the layout only
     rows = [
-        {
-            **key._asdict(),
-            "summary": PerformanceSummary(summary_key(key), layout_for(key.threshold)).to_bytes(),
-            "delays": {},
-            "n": 0,
-            "first_at": None,
-            "last_at": None,
-            "updated_at": now,
-        }
+        (
+            *key,
+            empty.get(key.threshold)
+            or empty.setdefault(
+                key.threshold,
+                PerformanceSummary(summary_key(key), layout_for(key.threshold)).to_bytes(),
+            ),
+        )
         for key in keys
     ]
-    statement = pg_insert(table).on_conflict_do_nothing(index_elements=list(BucketKey._fields))
-    connection.execute(statement, rows)
+    given = given_rows(table, (*_KEY_COLUMNS, "summary"), rows)
+    statement = (
+        pg_insert(table)
+        .from_select(
+            [*_KEY_COLUMNS, "summary", "delays", "n", "first_at", "last_at", "updated_at"],
+            select(
+                *(given.c[name] for name in _KEY_COLUMNS),
+                given.c.summary,
+                cast(literal("{}"), JSONB),
+                literal(0),
+                null(),
+                null(),
+                literal(now, type_=table.c.updated_at.type),
+            ),
+        )
+        .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
+    )
+    connection.execute(statement)
 
 
 def _locked(connection: Connection, table: Table, keys: list[BucketKey]) -> dict[BucketKey, Any]:
-    columns = [table.c[name] for name in BucketKey._fields]
-    found: dict[BucketKey, Any] = {}
-    for chunk in _chunks(keys):
-        statement = (
-            select(table)
-            .where(tuple_(*columns).in_([tuple(k) for k in chunk]))
-            .order_by(*columns)
-            .with_for_update()
-        )
-        for row in connection.execute(statement):
-            found[BucketKey(*(getattr(row, name) for name in BucketKey._fields))] = row
-    return found
+    given = given_rows(table, _KEY_COLUMNS, keys)
+    statement = (
+        select(table)
+        .join(given, matches(table, given, _KEY_COLUMNS))
+        .order_by(*(table.c[name] for name in _KEY_COLUMNS))
+        .with_for_update(of=table)
+    )
+    return {
+        BucketKey(*(getattr(row, name) for name in _KEY_COLUMNS)): row
+        for row in connection.execute(statement)
+    }
 
 
 def _chunks(items: Sequence[_T], size: int = _KEYS_PER_QUERY) -> Iterator[list[_T]]:
