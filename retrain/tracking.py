@@ -201,21 +201,13 @@ class Registry:
 
     def load_projection(self, model_name: str, version: str) -> Projection:
         """The embedding projection stored with the version (TrackingError if it has none)."""
-        run_id = self._version(model_name, version).run_id
-        with tempfile.TemporaryDirectory(prefix="radsentry-projection-") as folder:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=PROJECTION_ARTIFACT,
-                    dst_path=folder,
-                    tracking_uri=self._call.uri,
-                )
-            except (MlflowException, OSError):
-                raise TrackingError(
-                    f"{model_name} version {version} has no embedding projection; fit one with "
-                    "retrain.embedding.fit_projection_on_images and Registry.log_projection"
-                ) from None
-            return Projection.from_json(Path(path).read_bytes())
+        stored = self._artifact_bytes(model_name, version, PROJECTION_ARTIFACT)
+        if stored is None:
+            raise TrackingError(
+                f"{model_name} version {version} has no embedding projection; fit one with "
+                "retrain.embedding.fit_projection_on_images and Registry.log_projection"
+            )
+        return Projection.from_json(stored)
 
     def log_directions(self, model_name: str, version: str, directions: DirectionSet) -> None:
         """Store known directions beside the version's projection (replacing any stored).
@@ -237,18 +229,23 @@ class Registry:
     def load_directions(self, model_name: str, version: str) -> DirectionSet | None:
         """The known directions stored with the version; None when it has none (versions
         registered before directions existed, or without examples)."""
+        stored = self._artifact_bytes(model_name, version, DIRECTIONS_ARTIFACT)
+        return None if stored is None else DirectionSet.from_json(stored)
+
+    def _artifact_bytes(self, model_name: str, version: str, artifact: str) -> bytes | None:
+        """One artifact file of the version's run; None when the run has none."""
         run_id = self._version(model_name, version).run_id
-        with tempfile.TemporaryDirectory(prefix="radsentry-directions-") as folder:
+        with tempfile.TemporaryDirectory(prefix="radsentry-artifact-") as folder:
             try:
                 path = mlflow.artifacts.download_artifacts(
                     run_id=run_id,
-                    artifact_path=DIRECTIONS_ARTIFACT,
+                    artifact_path=artifact,
                     dst_path=folder,
                     tracking_uri=self._call.uri,
                 )
             except (MlflowException, OSError):
                 return None
-            return DirectionSet.from_json(Path(path).read_bytes())
+            return Path(path).read_bytes()
 
     def set_initial_champion(self, model_name: str, version: str) -> None:
         """Bootstrap only: make ``version`` the champion of a model that has none yet."""
