@@ -266,6 +266,13 @@ def _threshold_words(limit: float, learned: LearnedThreshold) -> str:
         f"the reference's chunk-to-chunk variation: mean {learned.mean:.3g}, "
         f"sd {learned.sd:.3g} over {learned.chunks} chunks"
     )
+    if limit > learned.threshold and learned.sd == 0.0:
+        # A category that never varied across the reference's chunks: "mean 0, sd 0" says
+        # nothing a reader can use.
+        return (
+            f"the configured floor {limit:.3g} (the reference's {learned.chunks} chunks did not "
+            "vary)"
+        )
     if limit > learned.threshold:
         return (
             f"the configured floor {limit:.3g} (above the threshold learned from {variation}: "

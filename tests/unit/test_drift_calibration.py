@@ -237,6 +237,9 @@ def test_an_explanation_names_the_floor_when_the_floor_is_the_higher_threshold()
             "ViewPosition": calibration.LearnedThreshold(
                 threshold=0.3, mean=0.1, sd=0.05, chunks=20
             ),
+            "PatientSex": calibration.LearnedThreshold(
+                threshold=0.05, mean=0.02, sd=0.0075, chunks=20
+            ),
         },
     )
     result = DriftResult(
@@ -253,9 +256,15 @@ def test_an_explanation_names_the_floor_when_the_floor_is_the_higher_threshold()
         attributions=(
             FeatureAttribution("Modality", 80.0, 0.6, p_value=1e-9, explanation="Modality = DX"),
             FeatureAttribution("ViewPosition", 40.0, 0.45, p_value=1e-6, explanation="AP share"),
+            FeatureAttribution("PatientSex", 20.0, 0.3, p_value=1e-5, explanation="F share"),
         ),
     )
     decided = calibration.apply(result, learned, floor=0.1)
     words = {a.feature: a.explanation or "" for a in decided.attributions}
-    assert "6.0x the configured floor 0.1 (above the threshold learned from" in words["Modality"]
+    # A reference whose chunks never varied has nothing to show but that they did not.
+    assert (
+        "6.0x the configured floor 0.1 (the reference's 20 chunks did not vary)"
+        in (words["Modality"])
+    )
+    assert "3.0x the configured floor 0.1 (above the threshold learned from" in words["PatientSex"]
     assert "1.5x its learned threshold 0.3 (" in words["ViewPosition"]
