@@ -327,10 +327,15 @@ def served_sentence(engine: Engine, row: RetrainRequestRow, api_url: str) -> str
         why = row.error or f"it is {row.status}"
         return f"retrain request {row.request_id}: no candidate ({why})"
     candidate = candidates_store.find(engine, row.model_name, str(row.model_version))
+    url = f"{api_url}/candidates/{candidate.candidate_id}"
+    outcome = {
+        "passed": f"passed the PCCP gate and waits for two approvals (POST {url}/approve)",
+        "failed": "failed the PCCP gate",
+        "candidate": "waits for the PCCP gate",
+    }.get(str(candidate.status), f"is {str(candidate.status).replace('_', ' ')}")
     return (
         f"retrain request {row.request_id}: {row.model_name} version {row.model_version} "
-        f"{candidate.status} the PCCP gate; evidence: "
-        f"{api_url}/candidates/{candidate.candidate_id}/evidence"
+        f"{outcome}; evidence: {url}/evidence"
     )
 
 
