@@ -41,8 +41,8 @@ def in_a_new_shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def pasteable_lines(printed: str, *, until: str | None = None) -> list[str]:
     """The commands of an instructions block that a person pastes (token lines, and each curl
-    call from its ``curl``), in order; with ``until``, only those before the first line containing it. Each curl call is
-    followed by ``echo``, so each answer is a line of its own."""
+    call from its ``curl``), in order; with ``until``, only those before the first line that
+    contains it. Each curl call is followed by ``echo``, so each answer is a line of its own."""
     lines = []
     for line in printed.splitlines():
         if until is not None and until in line:

@@ -188,7 +188,7 @@ def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path, tmp_pat
     The locked test set holds the AP studies that site-02's new portable reader sends (plan
     1.3.0), so the content-coverage guard (PE-16) passes. Whether the candidate passes the
     metric criteria depends on its trained weights, and those on the CPU's arithmetic: its
-    operating point sits within one tuning case of PE-2's bound (docs/pccp.md, "The demo").
+    operating point is one tuning case from passing (docs/pccp.md, "Why these margins").
     A passed candidate is approved and promoted by the pasted lines, and a third run says so;
     a failed one gets the decision's lines instead (each failed criterion named)."""
     port = free_port()
