@@ -80,8 +80,10 @@ def register_initial(
     locked = _locked_keys(governing) if governing is not None else None
     if governing is not None and locked is not None:
         held_out = list(test_cases)
-        if config.portable_test_studies and not locked <= {c.study_key for c in held_out}:
-            # The shipped plan locks the portable reader's AP studies too (plan 1.3.0).
+        test_keys = {case.study_key for case in held_out}
+        if config.portable_test_studies and test_keys < locked:
+            # The plan locks this test part and more: the shipped plan the portable reader's
+            # AP studies too (plan 1.3.0). Another plan's set is not rendered for.
             held_out += render_cohort(
                 config,
                 studies,
