@@ -44,7 +44,8 @@ COHORT_MODEL_VERSION: Final = "0.0.0-cohort"
 """``model_version`` of the (discarded) score-model events of a cohort simulation."""
 
 CohortPart = Literal["development", "test", "degraded"]
-"""development: train + validation; test: held out, same rooms; degraded: the degraded room."""
+"""development: train + validation; test: held out, same rooms; degraded: the degraded room
+(the portable AP reader, ``monitor.simulate.DEGRADED``)."""
 _PARTS: Final[tuple[CohortPart, ...]] = ("development", "test", "degraded")
 
 
@@ -58,6 +59,11 @@ class InitialConfig(DetectorConfig):
     """Development studies per site (train + validation)."""
     test_studies_per_site: int = Field(100, ge=0)
     """Held-out studies per site, never trained or validated on."""
+    portable_test_studies: int = Field(100, ge=0)
+    """Held-out AP studies from the cohort's portable reader (the "degraded" part, at site-01),
+    never trained or validated on. The intended use is "PA or AP", so the shipped plan's locked
+    test set holds them beside the catalogue rooms' PA studies (plan 1.3.0); v1 itself is
+    developed on PA alone, and its held-out evaluation (``test``) is the catalogue rooms'."""
     prevalence: float = Field(0.3, gt=0.0, lt=1.0)
     render_size: int = Field(256, ge=64, le=2048)
     """Rows = columns of the rendered DICOM images (the model sees ``spec.input_size``)."""

@@ -273,3 +273,30 @@ def test_a_resumed_decision_looks_at_the_candidate_as_it_is_now(
     else:
         assert state.instructions is not None and shown in state.instructions
         assert str(row.candidate_id) in state.instructions
+
+
+def test_once_the_loop_is_done_the_demo_serves_the_retrain_a_person_asks_for(
+    pg_engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The decision offers "ask for another retrain"; nothing in the demo served such a
+    request (issue 22). Now the demo's scheduler runs the retraining job once the loop is
+    done, and says on the console what became of each request: here one that cannot succeed
+    (no champion in this registry), which fails at once with the job's reason."""
+    from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+        BackgroundScheduler,
+    )
+
+    from monitor.service.demo.run import serve_requests
+
+    settings = Settings(data_dir=tmp_path / "data")
+    scheduler = BackgroundScheduler(timezone=UTC)  # not started: the test runs the job itself
+    serve_requests(scheduler, settings, pg_engine, "http://127.0.0.1:1", threading.Event())
+    job = scheduler.get_job("demo-retrain-requests")
+    assert job.trigger.interval == timedelta(seconds=settings.retrain.jobs_s)
+    request = retrain_store.request_manual(pg_engine, "cxr-lesion", "alice", "more labels")
+    job.func()
+    served = retrain_store.get_request(pg_engine, request.request_id)
+    assert served.status == "failed" and served.error is not None
+    said = capsys.readouterr().err
+    assert f"retrain request {request.request_id}: no candidate" in said
+    assert "has no 'champion' version" in said

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,11 +29,11 @@ from monitor.service.runtime import pasteable_cli
 from monitor.service.settings import Settings
 from monitor.simulate import SimulationConfig
 from tests.factories import record_gate_outcome
+from tests.integration.demo_fixtures import in_a_new_shell, pasteable_lines
 
 pytestmark = pytest.mark.integration
 
 MODEL = "cxr-lesion"
-NEW_SHELL_PATH = "/usr/local/bin:/usr/bin:/bin"
 SIMULATION = SimulationConfig(
     seed=1,
     sites=3,
@@ -86,18 +84,6 @@ def live_api(pg_engine: Engine, tmp_path: Path) -> Iterator[tuple[str, Settings,
         thread.join(timeout=30)
 
 
-def _in_a_new_shell(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    assert shutil.which("radsentry", path=NEW_SHELL_PATH) is None  # as in a fresh shell
-    return subprocess.run(
-        ["bash", "-c", f"set -eu\n{script}"],
-        cwd=cwd,
-        env={"PATH": NEW_SHELL_PATH, "HOME": str(cwd)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _passed_candidate(engine: Engine) -> CandidateRow:
     row = candidates_store.propose(
         engine, model_name=MODEL, model_version="2", proposed_by="carol", reason="retrained"
@@ -111,19 +97,15 @@ def test_the_printed_approval_commands_approve_promote_and_roll_back(
     url, settings, registry = live_api
     row = _passed_candidate(pg_engine)
     printed = approval_instructions(url, row, SIMULATION, pasteable_cli(settings.data_dir))
-    commands = [
-        line.strip()
-        for line in printed.splitlines()
-        if line.strip().startswith(("ALICE=", "BOB=", "curl "))
-    ]
+    commands = pasteable_lines(printed)
     assert [c.split("=")[0] for c in commands[:2]] == ["ALICE", "BOB"]
     # two tokens, links to the drift page and the evidence, two approvals, promote, roll back
     assert len(commands) == 8
     # Each curl answer on a line of its own, then the tokens' lengths.
-    script = "\n".join(f"{c}; echo" if c.startswith("curl ") else c for c in commands)
+    script = "\n".join(commands)
     elsewhere = tmp_path / "another-directory"
     elsewhere.mkdir()
-    ran = _in_a_new_shell(script + '\necho "${#ALICE} ${#BOB}"', elsewhere)
+    ran = in_a_new_shell(script + '\necho "${#ALICE} ${#BOB}"', elsewhere)
     assert ran.returncode == 0, ran.stderr
     answers = ran.stdout.splitlines()
     assert all(int(length) > 100 for length in answers[-1].split())  # JWTs, not empty
@@ -154,7 +136,7 @@ def test_the_printed_decision_commands_work_too(
     commands = [line[line.index("curl ") :] for line in printed.splitlines() if "curl " in line]
     # No alert: the evidence's link and "ask for another retrain".
     assert len(commands) == 2 and commands[0].endswith("/links")
-    ran = _in_a_new_shell(f"{token.group(1)}\n{commands[0]}; echo\n{commands[1]}", tmp_path)
+    ran = in_a_new_shell(f"{token.group(1)}\n{commands[0]}; echo\n{commands[1]}", tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "bearer token is required" not in ran.stdout
     link = json.loads(ran.stdout.splitlines()[0])

@@ -56,7 +56,7 @@ def test_the_shipped_plan_loads_and_fits_the_initial_model_and_its_locked_test_s
     )
     locked = LockedTestSet.load(locked_test_set_path(plan, PLAN_FILE))
     assert locked.sha256 == plan.protocol.data_management.locked_test_set.sha256
-    assert len(locked.study_keys) == 300
+    assert len(locked.study_keys) == 400  # 300 PA studies and 100 AP (plan 1.3.0)
     assert plan.protocol.update_procedures.approvals_required >= 2  # four eyes
     assert isinstance(plan.criterion("PE-1"), BoundCriterion)
     assert isinstance(plan.criterion("PE-4"), NonInferiorityCriterion)

@@ -593,7 +593,8 @@ def decision_instructions(
         )
     reason = f"more {site} labels after the failed gate"
     lines += [
-        f"  or ask for another retrain: {post} {auth} "
+        f"  or ask for another retrain (the demo trains it within a minute, runs the gate and "
+        f"prints the result): {post} {auth} "
         f'-d \'{{"reason": "{reason}"}}\' {api_url}/models/{row.model_name}/retrain',
         "Ctrl-C stops everything.",
     ]

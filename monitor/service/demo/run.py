@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, TextIO
 
 import structlog
@@ -35,7 +36,7 @@ from monitor.service.demo.state import (
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
-from monitor.service.logging import configure_logging
+from monitor.service.logging import configure_logging, job_boundary
 from monitor.service.runtime import (
     database_url,
     embedded_database,
@@ -47,8 +48,12 @@ from monitor.simulate import SimulationConfig
 from retrain.config import JobConfig, TrainConfig
 
 if TYPE_CHECKING:
+    from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+        BackgroundScheduler,
+    )
     from sqlalchemy import Engine
 
+    from monitor.service.models import RetrainRequestRow
     from retrain.initial import InitialConfig
 
 log = structlog.get_logger(__name__)
@@ -188,6 +193,11 @@ def run_demo(
         try:
             loop.run(until or Stage.DECISION, stop)
             outcome["code"] = 0
+            if until is None:
+                # What the decision's instructions offer ("ask for another retrain") is
+                # trained and gated here, as `serve`'s deployment would; not before the loop
+                # is done, whose own stages serve the request they made.
+                serve_requests(scheduler, settings, engine, api_url, stop)
             if until is None and loop.state.instructions and sys.stdin.isatty():
                 console.print("(press Enter to show these instructions again)")
                 threading.Thread(
@@ -262,6 +272,71 @@ def _begin(
             soft_wrap=True,
         )
     return config, record
+
+
+def serve_requests(
+    scheduler: BackgroundScheduler,
+    settings: Settings,
+    engine: Engine,
+    api_url: str,
+    stop: threading.Event,
+) -> None:
+    """From now on, serve pending retrain requests every ``retrain.jobs_s`` (60 s): train the
+    candidate, run the gate on it, and say on the console where its evidence is."""
+    from monitor.service.pccp import jobs as gate_job
+    from monitor.service.registry import registry_for
+    from monitor.service.retrain.jobs import JobContext, serve_pending
+    from retrain.train import TrainingStopped
+
+    def serve() -> None:
+        registry = registry_for(settings)
+        context = JobContext(
+            engine=engine,
+            registry=registry,
+            config=settings.retrain.job,
+            work_dir=(settings.data_dir / "retrain").resolve(),
+            lease=timedelta(seconds=settings.retrain.lease_s),
+            gate=gate_job.gate_context(engine, settings, registry),
+            plans_dir=settings.plans_dir,
+            should_stop=stop.is_set,
+        )
+        try:
+            served = serve_pending(context)
+        except TrainingStopped:  # Ctrl-C: the request is pending again for the next run
+            return
+        for row in served:
+            console.print(served_sentence(engine, row, api_url), soft_wrap=True)
+
+    scheduler.add_job(
+        job_boundary("demo retrain job failed")(serve),
+        "interval",
+        seconds=settings.retrain.jobs_s,
+        id="demo-retrain-requests",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),
+    )
+
+
+def served_sentence(engine: Engine, row: RetrainRequestRow, api_url: str) -> str:
+    """What became of a retrain request asked for after the loop: its candidate's gate
+    result and evidence, or why there is none."""
+    from monitor.service.pccp import store as candidates_store
+
+    if row.status != "succeeded" or row.model_version is None:
+        why = row.error or f"it is {row.status}"
+        return f"retrain request {row.request_id}: no candidate ({why})"
+    candidate = candidates_store.find(engine, row.model_name, str(row.model_version))
+    url = f"{api_url}/candidates/{candidate.candidate_id}"
+    outcome = {
+        "passed": f"passed the PCCP gate and waits for two approvals (POST {url}/approve)",
+        "failed": "failed the PCCP gate",
+        "candidate": "waits for the PCCP gate",
+    }.get(str(candidate.status), f"is {str(candidate.status).replace('_', ' ')}")
+    return (
+        f"retrain request {row.request_id}: {row.model_name} version {row.model_version} "
+        f"{outcome}; evidence: {url}/evidence"
+    )
 
 
 def reprint_on_enter(state: LoopState, keys: TextIO) -> None:

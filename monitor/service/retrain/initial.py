@@ -26,6 +26,7 @@ from retrain.mlflow_names import CHAMPION, INITIAL, INTENDED_USE_TAG, REQUEST_TA
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from pccp.catalog import PlanFile
     from pccp.plan import Plan
     from retrain.dataset import LabelledCase
     from retrain.initial import InitialConfig, InitialModel
@@ -73,11 +74,24 @@ def register_initial(
     test_cases = (
         render_cohort(config, studies, "test", should_stop=should_stop)
         if config.test_studies_per_site
-        else []
+        else ()
     )
     governing = plan_for(settings.plans_dir, config.model_name)
-    if governing is not None and test_cases:
-        _write_locked_cases(settings, governing.plan, test_cases)
+    locked = _locked_keys(governing) if governing is not None else None
+    if governing is not None and locked is not None:
+        held_out = list(test_cases)
+        test_keys = {case.study_key for case in held_out}
+        if config.portable_test_studies and test_keys < locked:
+            # The plan locks this test part and more: the shipped plan the portable reader's
+            # AP studies too (plan 1.3.0). Another plan's set is not rendered for.
+            held_out += render_cohort(
+                config,
+                studies,
+                "degraded",
+                studies_per_site=config.portable_test_studies,
+                should_stop=should_stop,
+            )
+        _write_locked_cases(settings, governing.plan, locked, held_out)
     initial = train_initial(
         config,
         cases,
@@ -122,22 +136,40 @@ def record_initial(engine: Engine, registered: InitialRegistration) -> None:
     )
 
 
-def _write_locked_cases(settings: Settings, plan: Plan, test_cases: Sequence[LabelledCase]) -> None:
-    """The held-out cohort is the plan's locked test set when their keys hash alike: then
-    write its cases where the gate reads them (images, labels, subgroup metadata)."""
-    from pccp.locked_cases import from_labelled, write_locked_cases
-    from retrain.dataset import LockedTestSet
+def _locked_keys(governing: PlanFile) -> frozenset[str] | None:
+    """The study keys of the plan's locked test set; None (logged) when it is unreadable."""
+    from pccp.plan import locked_test_set_path
+    from retrain.dataset import LockedTestSet, LockedTestSetError
 
-    held_out = LockedTestSet.from_keys(case.study_key for case in test_cases)
-    if held_out.sha256 != plan.protocol.data_management.locked_test_set.sha256:
+    plan = governing.plan
+    try:
+        return LockedTestSet.load(locked_test_set_path(plan, governing.path)).study_keys
+    except LockedTestSetError as exc:
+        log.warning("the plan's locked test set is unreadable", plan_id=plan.plan_id, error=exc)
+        return None
+
+
+def _write_locked_cases(
+    settings: Settings, plan: Plan, locked: frozenset[str], held_out: Sequence[LabelledCase]
+) -> None:
+    """When the held-out cohort holds every study of the plan's locked test set, write those
+    studies' cases where the gate reads them (images, labels, subgroup metadata). The shipped
+    plan locks all of it (the catalogue rooms' PA studies and the portable reader's AP ones);
+    a plan may lock a part (tests lock the PA part alone)."""
+    from pccp.locked_cases import from_labelled, write_locked_cases
+
+    cases = [case for case in held_out if case.study_key in locked]
+    if len(cases) != len(locked):
         log.warning(
             "the held-out cohort is not the plan's locked test set; locked cases not written",
             plan_id=plan.plan_id,
+            found=len(cases),
+            locked=len(locked),
         )
         return
     path = settings.locked_cases_dir / f"{plan.plan_id}.jsonl"
-    write_locked_cases(path, from_labelled(test_cases))
-    log.info("locked test cases written", plan_id=plan.plan_id, cases=len(test_cases))
+    write_locked_cases(path, from_labelled(cases))
+    log.info("locked test cases written", plan_id=plan.plan_id, cases=len(cases))
 
 
 def _record(config: InitialConfig, initial: InitialModel, intended_use: str | None) -> RunRecord:
