@@ -18,6 +18,10 @@ approximation needs expected counts of about five or more; categories absent fro
 keep their own columns (their window count makes the column total positive) so they can be
 named. Missing values (None) are left out here; the missingness detector tests them.
 
+A 2 x 2 table with an expected count below ``min_expected`` (one category against a pooled
+"(other)" that the window expects a fraction of an event in) takes Fisher's exact p-value
+(``exact_2x2``): the chi-square's tail is liberal there.
+
 **Ordered categories** (``ordinal``; by default the age band) are tested as an order, not as
 unrelated labels: a Mann-Whitney test on the categories' ranks (``scipy.stats.mannwhitneyu``,
 two-sided, tie-corrected), with the effect the shift of the mean category index in reference
@@ -67,6 +71,11 @@ class ChiSquareConfig(FeatureTestConfig):
     min_expected: float = Field(default=5.0, gt=0.0)
     """Reference categories whose expected count (reference share x the smaller sample) falls
     below this are pooled into "(other)" so the chi-square approximation holds."""
+    exact_2x2: bool = True
+    """A 2 x 2 table (one category against the rest, e.g. a rare pooled "(other)") with an
+    expected count below ``min_expected`` gets Fisher's exact p-value instead of the
+    chi-square's, which is liberal there (docs/benchmarks.md, "An ordinal test for the age
+    band": OpenI's BodyPartExamined)."""
     ordinal: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {"PatientAgeBand": tuple(AGE_BANDS)}
     )
@@ -179,7 +188,8 @@ class ChiSquareDetector:
                 tests.append(ordinal)
                 continue
             table = _contingency_table(reference_counts, window_counts, self.config.min_expected)
-            tests.append(_chi_square(name, table))
+            exact = self.config.exact_2x2 and _sparse_2x2(table, self.config.min_expected)
+            tests.append(_chi_square(name, table, exact=exact))
         if not tests:
             raise InsufficientDataError(
                 "no feature has enough non-missing values: "
@@ -227,8 +237,18 @@ def _sum(counts: Counter[str], categories: set[str]) -> int:
     return sum(counts[c] for c in categories)
 
 
-def _chi_square(name: str, table: _Table) -> FeatureTest:
-    """Chi-square statistic, p-value and effect size of one feature's table."""
+def _sparse_2x2(table: _Table, min_expected: float) -> bool:
+    """Whether ``table`` is 2 x 2 with an expected count below ``min_expected``."""
+    if table.counts.shape != (2, 2):
+        return False
+    counts = table.counts.astype(np.float64)
+    expected = np.outer(counts.sum(axis=1), counts.sum(axis=0)) / counts.sum()
+    return bool(expected.min() < min_expected)
+
+
+def _chi_square(name: str, table: _Table, exact: bool = False) -> FeatureTest:
+    """Chi-square statistic, p-value and effect size of one feature's table (with ``exact``,
+    Fisher's exact p-value of the 2 x 2 table instead of the chi-square's)."""
     if len(table.labels) < 2:
         # One category on both sides: the shares cannot differ, and scipy's V would divide by 0.
         return FeatureTest(
@@ -243,6 +263,10 @@ def _chi_square(name: str, table: _Table) -> FeatureTest:
 
     result = chi2_contingency(table.counts, correction=False)
     statistic, p_value = float(result.statistic), float(result.pvalue)
+    if exact:
+        from scipy.stats import fisher_exact
+
+        p_value = float(fisher_exact(table.counts).pvalue)
     cramers_v = balanced_cramers_v(table.counts)
     window_row = table.counts[1]
     share_unseen = float(window_row[len(window_row) - table.n_unseen :].sum() / window_row.sum())

@@ -334,3 +334,49 @@ def test_a_value_outside_the_order_is_tested_by_chi_square() -> None:
     shifted = {"PatientAgeBand": ["40-49"] * 50 + ["50-59"] * 50}
     # A reference of one band has no spread to measure a shift in: the chi-square decides.
     assert ChiSquareDetector().fit(single).score(shifted).effect_size_name != "mean_shift_sd"
+
+
+# -- sparse 2 x 2 tables: Fisher's exact p-value -------------------------------------------------
+
+BODY_PART = {"CHEST": 0.996, "NON GRID CHEST": 0.0025, "PORTABLE CHEST": 0.0015}
+
+
+def test_a_rare_pooled_category_keeps_the_level_with_the_exact_test() -> None:
+    """OpenI's BodyPartExamined: two rare categories pooled into "(other)" leave a 2 x 2 table
+    whose window expects a fraction of one event; the chi-square's tail is liberal there, and
+    Fisher's exact p-value is not (tested at the 0.001 of a feature in the engine)."""
+
+    def alarms(config: ChiSquareConfig) -> float:
+        def one(seed: int) -> bool:
+            rng = np.random.default_rng(seed)
+            # Every category in the reference, so that no window category is unseen.
+            reference: dict[str, list[str | None]] = {
+                "BodyPartExamined": ["CHEST"] * 2988
+                + ["NON GRID CHEST"] * 7
+                + ["PORTABLE CHEST"] * 5
+            }
+            detector = ChiSquareDetector(config).fit(reference)
+            window = {"BodyPartExamined": draw(rng, BODY_PART, 100)}
+            return detector.score(window).is_drift
+
+        return sum(one(seed) for seed in range(1000)) / 1000
+
+    level = {"p_value_threshold": 0.001, "min_effect_size": 0.0}
+    exact = alarms(ChiSquareConfig(**level))
+    approximate = alarms(ChiSquareConfig(**level, exact_2x2=False))
+    print(f"rare pooled category, level 0.001: {exact} exact, {approximate} chi-square")
+    assert ChiSquareConfig().exact_2x2
+    assert exact <= 0.003
+    assert approximate > exact
+
+
+def test_a_new_category_is_still_found_with_the_exact_test() -> None:
+    rng = np.random.default_rng(3)
+    reference = {"Modality": draw(rng, {"CR": 1.0}, 3000)}
+    window = {"Modality": ["DX"] * 30 + draw(rng, {"CR": 1.0}, 70)}
+    result = (
+        ChiSquareDetector(ChiSquareConfig(p_value_threshold=0.001)).fit(reference).score(window)
+    )
+    assert result.is_drift
+    assert result.p_value < 1e-20
+    assert (result.attributions[0].explanation or "").startswith("Modality = DX: 30% of the window")
