@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
-from scipy.stats import chi2_contingency
+from scipy.stats import chi2_contingency, mannwhitneyu
 from scipy.stats.contingency import association
 
 from monitor.drift.base import DETECTORS, InsufficientDataError, NotFittedError
 from monitor.drift.categorical import ChiSquareConfig, ChiSquareDetector
+from monitor.events import AGE_BANDS
 
 REPETITIONS = 200
 FALSE_ALARM_CEILING = 0.09
@@ -256,3 +257,126 @@ def test_registered_deterministic_and_fingerprinted() -> None:
     assert first.detector == "chi2"
     assert first.config_fingerprint == config.fingerprint() != ChiSquareConfig().fingerprint()
     assert (first.n_reference, first.n_window) == (1000, 200)
+
+
+# -- ordered categories (the age band) -----------------------------------------------------------
+
+BANDS = tuple(AGE_BANDS)
+AGES = dict(zip(BANDS, np.array([2, 5, 10, 13, 18, 22, 16, 9, 4, 1]) / 100, strict=True))
+OLDER = dict(zip(BANDS, np.array([0, 0, 0, 0, 0, 0, 55, 30, 12, 3]) / 100, strict=True))
+
+
+def ages(rng: np.random.Generator, n: int, older: float = 0.0) -> dict[str, list[str | None]]:
+    """Age bands, ``older`` of them from patients of 60 and over (issue 20's population)."""
+    k = int(rng.binomial(n, older))
+    return {
+        "PatientAgeBand": draw(rng, AGES, n - k) + draw(rng, OLDER, k) if k else draw(rng, AGES, n)
+    }
+
+
+def test_the_age_band_is_tested_as_an_order_by_default() -> None:
+    assert ChiSquareConfig().ordinal == {"PatientAgeBand": BANDS}
+    rng = np.random.default_rng(0)
+    reference, window = ages(rng, 4000), ages(rng, 100, older=0.3)
+    result = ChiSquareDetector().fit(reference).score(window)
+    top = result.attributions[0]
+    ranks = {band: i for i, band in enumerate(BANDS)}
+    ref = np.array([ranks[b] for b in reference["PatientAgeBand"] if b is not None], float)
+    win = np.array([ranks[b] for b in window["PatientAgeBand"] if b is not None], float)
+    assert result.effect_size_name == "mean_shift_sd"
+    assert top.effect_size == pytest.approx(abs(win.mean() - ref.mean()) / ref.std())
+    assert top.p_value_raw == pytest.approx(mannwhitneyu(ref, win, method="asymptotic").pvalue)
+    assert (top.explanation or "").startswith("PatientAgeBand ")
+    assert " or above: " in (top.explanation or "") and "mean shift" in (top.explanation or "")
+    unordered = ChiSquareDetector(ChiSquareConfig(ordinal={})).fit(reference).score(window)
+    assert unordered.effect_size_name == "cramers_v"
+
+
+def test_ordered_bands_keep_the_level_without_a_change() -> None:
+    def alarms(seed: int) -> bool:
+        rng = np.random.default_rng(seed)
+        detector = ChiSquareDetector(ChiSquareConfig(min_effect_size=0.0))
+        return detector.fit(ages(rng, 2000)).score(ages(rng, 100)).is_drift
+
+    false_alarms = share(alarms)
+    print(f"ordinal age band, no change: false alarms {false_alarms}")
+    assert false_alarms <= FALSE_ALARM_CEILING
+
+
+def test_an_older_population_is_found_more_often_as_an_order() -> None:
+    """30 % of the window from patients of 60 and over: one direction, which the rank test sees
+    in more windows of 100 than the chi-square over ten bands does (at the same level)."""
+
+    def detected(config: ChiSquareConfig) -> float:
+        def one(seed: int) -> bool:
+            rng = np.random.default_rng(seed)
+            detector = ChiSquareDetector(config).fit(ages(rng, 4000))
+            return detector.score(ages(rng, 100, older=0.3)).is_drift
+
+        return share(one)
+
+    ordinal = detected(ChiSquareConfig(p_value_threshold=0.01))
+    unordered = detected(ChiSquareConfig(p_value_threshold=0.01, ordinal={}))
+    print(f"older population at 30%: detected {ordinal} as an order, {unordered} as labels")
+    assert ordinal >= 0.8
+    assert ordinal > unordered
+
+
+def test_a_value_outside_the_order_is_tested_by_chi_square() -> None:
+    rng = np.random.default_rng(1)
+    reference = ages(rng, 1000)
+    window = {"PatientAgeBand": ["unknown"] * 40 + ages(rng, 60)["PatientAgeBand"]}
+    result = ChiSquareDetector().fit(reference).score(window)
+    assert result.is_drift
+    assert result.effect_size_name != "mean_shift_sd"
+    assert (result.attributions[0].explanation or "").startswith("PatientAgeBand = unknown: 40%")
+    single = {"PatientAgeBand": ["40-49"] * 500}
+    shifted = {"PatientAgeBand": ["40-49"] * 50 + ["50-59"] * 50}
+    # A reference of one band has no spread to measure a shift in: the chi-square decides.
+    assert ChiSquareDetector().fit(single).score(shifted).effect_size_name != "mean_shift_sd"
+
+
+# -- sparse 2 x 2 tables: Fisher's exact p-value -------------------------------------------------
+
+BODY_PART = {"CHEST": 0.996, "NON GRID CHEST": 0.0025, "PORTABLE CHEST": 0.0015}
+
+
+def test_a_rare_pooled_category_keeps_the_level_with_the_exact_test() -> None:
+    """OpenI's BodyPartExamined: two rare categories pooled into "(other)" leave a 2 x 2 table
+    whose window expects a fraction of one event; the chi-square's tail is liberal there, and
+    Fisher's exact p-value is not (tested at the 0.001 of a feature in the engine)."""
+
+    def alarms(config: ChiSquareConfig) -> float:
+        def one(seed: int) -> bool:
+            rng = np.random.default_rng(seed)
+            # Every category in the reference, so that no window category is unseen.
+            reference: dict[str, list[str | None]] = {
+                "BodyPartExamined": ["CHEST"] * 2988
+                + ["NON GRID CHEST"] * 7
+                + ["PORTABLE CHEST"] * 5
+            }
+            detector = ChiSquareDetector(config).fit(reference)
+            window = {"BodyPartExamined": draw(rng, BODY_PART, 100)}
+            return detector.score(window).is_drift
+
+        return sum(one(seed) for seed in range(1000)) / 1000
+
+    level = {"p_value_threshold": 0.001, "min_effect_size": 0.0}
+    exact = alarms(ChiSquareConfig(**level))
+    approximate = alarms(ChiSquareConfig(**level, exact_2x2=False))
+    print(f"rare pooled category, level 0.001: {exact} exact, {approximate} chi-square")
+    assert ChiSquareConfig().exact_2x2
+    assert exact <= 0.003
+    assert approximate > exact
+
+
+def test_a_new_category_is_still_found_with_the_exact_test() -> None:
+    rng = np.random.default_rng(3)
+    reference = {"Modality": draw(rng, {"CR": 1.0}, 3000)}
+    window = {"Modality": ["DX"] * 30 + draw(rng, {"CR": 1.0}, 70)}
+    result = (
+        ChiSquareDetector(ChiSquareConfig(p_value_threshold=0.001)).fit(reference).score(window)
+    )
+    assert result.is_drift
+    assert result.p_value < 1e-20
+    assert (result.attributions[0].explanation or "").startswith("Modality = DX: 30% of the window")

@@ -93,6 +93,8 @@ TERMS: Final = {
     "cramers_v": "Cramér's V of the chi-square test: how strongly the category shares differ "
     "(0 = same shares, 1 = completely different categories).",
     "share_unseen": "Share of the window in categories the reference never had.",
+    "mean_shift_sd": "For ordered categories (the age band): how far the window's mean band "
+    "moved from the reference's, in reference standard deviations of the band.",
     "mmd2": "Squared maximum mean discrepancy: one multivariate distance between the pixel "
     "statistics of the reference and the window; the features named beside it contribute most.",
     "embedding": "The deployed model's own view of each image: a projection (PCA) of its "

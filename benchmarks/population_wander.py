@@ -1,0 +1,167 @@
+"""Can a population change be told from a stable site's wander at all? (issue 20's open gap)
+
+``benchmarks/population_power.py`` asks what one window shows on exchangeable rows. A site's
+stable months are not exchangeable: the census and the winter move its AP share and age mix
+(``monitor.simulate.realistic``, ``Wander``), and a detector that alerts on a population change
+alerts on the same movement in a stable month. This measures, on the streams of
+``benchmarks/drift_realistic.py`` (same sites, seeds, reference and onsets), how far the age
+mix and the AP share of the ``--window`` studies after an onset move from the reference, against
+how far every window of that size moves in the stable months:
+
+* the stable windows (tumbling, after the reference) give the effect a detector must stay below
+  to raise at most ``--per-year`` alerts per site-year (its ``1 - per_year / windows a year``
+  quantile, pooled over the sites: a threshold no tighter than any rule allows);
+* the changed windows (the ``--window`` studies from each onset; 30 % older AP patients) give
+  the share of changes that one window of that size shows beyond that threshold.
+
+Effects, each of the window against the reference: the mean age band's shift in reference sd
+(the ``chi2`` detector's ordinal effect), the AP share's difference in points, and the larger of
+the two standardised by the stable windows' own sd (both fields at once). No p-value, learned
+threshold or persistence rule: an upper bound on what any rule on these fields can do at that
+false-alarm rate. PadChest is never read (held out).
+
+    .venv/bin/python -m benchmarks.population_wander --window 100 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+from datetime import UTC, datetime
+
+import numpy as np
+from numpy.typing import NDArray
+
+from monitor.drift.config import EngineConfig
+from monitor.simulate.realistic import (
+    Change,
+    ChangeKind,
+    RealisticStream,
+    RealisticStreamConfig,
+    SitePool,
+    SiteTemplate,
+    load_pool,
+)
+
+Effects = NDArray[np.float64]  # rows: windows; columns: age shift (sd), AP share difference
+
+
+def _effects(
+    pool: SitePool, rows: NDArray[np.int64], reference: int, starts: list[int], size: int
+) -> Effects:
+    """Each window's (age shift in reference sd, AP share minus the reference's)."""
+    position = np.searchsorted(pool.stable, rows)
+    age, ap = pool.age_band[position], (pool.view[position] == "AP").astype(np.float64)
+    ref_age = age[:reference][~np.isnan(age[:reference])]
+    mean, sd, ref_ap = ref_age.mean(), ref_age.std(), ap[:reference].mean()
+    out = []
+    for start in starts:
+        window_age = age[start : start + size]
+        window_age = window_age[~np.isnan(window_age)]
+        out.append(
+            (abs(window_age.mean() - mean) / sd, abs(ap[start : start + size].mean() - ref_ap))
+        )
+    return np.asarray(out, dtype=np.float64)
+
+
+def _normal_technique(pool: SitePool) -> SitePool:
+    """``pool`` with each room's technique scores replaced by normal scores of their ranks.
+
+    The pool's scores are within-room z-scores, which are heavy-tailed where a room's technique
+    values are nearly constant (NIH's image sizes: from -27 to 14). A weekly tilt exp(t * z)
+    then gives a handful of outlying rows most of a week (one infant's radiograph 43 times in
+    350 studies) instead of moving the room's mean technique by about t sd. With normal
+    scores it moves the mean by t sd, as ``Wander.technique_sd`` says.
+    """
+    from scipy.stats import norm, rankdata
+
+    technique = pool.technique.copy()
+    for room in range(pool.rooms):
+        rows = pool.room == room
+        if np.ptp(technique[rows]) > 0:
+            technique[rows] = norm.ppf((rankdata(technique[rows]) - 0.5) / rows.sum())
+    return dataclasses.replace(pool, technique=technique)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--templates", nargs="+", default=["nih", "chexpert"])
+    parser.add_argument("--window", type=int, nargs="+", default=[100, 250])
+    parser.add_argument("--sites", type=int, default=4)
+    parser.add_argument("--months", type=float, default=12.0)
+    parser.add_argument("--onsets", type=int, default=4)
+    parser.add_argument("--horizon", type=int, default=1500)
+    parser.add_argument("--share", type=float, default=0.3)
+    parser.add_argument("--per-year", type=float, default=1.0)
+    parser.add_argument(
+        "--normal-technique",
+        action="store_true",
+        help="what if the pool's technique scores were within-room normal scores (see the "
+        "module's note on heavy tails)",
+    )
+    args = parser.parse_args()
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; {args.sites} sites per template, {args.onsets} onsets each, "
+        f"{args.share:.0%} older AP patients, at most {args.per_year:g} alert per site-year\n"
+    )
+    print(
+        "| template | background | window | stable windows | threshold: age shift (sd) "
+        "| AP share (points) | change, median: age shift | AP share "
+        "| changes beyond it: age | AP | either (standardised) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    per_day = 50.0
+    reference = EngineConfig().reference_events(86_400 / per_day)
+    for template in args.templates:
+        pool = load_pool(template)
+        if args.normal_technique:
+            pool = _normal_technique(pool)
+        for background, size in [
+            (b, s) for b in ("wandering", "exchangeable") for s in args.window
+        ]:
+            stable, changed = [], []
+            for site in range(args.sites):
+                config = RealisticStreamConfig(
+                    template=SiteTemplate(template),
+                    site_id=f"{template}-{site + 1:02d}",
+                    seed=site,
+                    studies_per_day=per_day,
+                    pixel_stats=False,
+                    exchangeable=background == "exchangeable",
+                    n_studies=reference + round(args.months * per_day * 365.25 / 12),
+                )
+                rows = RealisticStream(config, pool).plan.rows
+                n = config.n_studies
+                starts = list(range(reference, n - size + 1, size))
+                stable.append(_effects(pool, rows, reference, starts, size))
+                span = n - reference - args.horizon
+                for k in range(args.onsets):
+                    onset = reference + round((k + 0.5) * span / args.onsets)
+                    change = Change(kind=ChangeKind.POPULATION, onset=onset, share=args.share)
+                    changed_config = RealisticStreamConfig.model_validate(
+                        config.model_dump() | {"changes": (change,)}
+                    )
+                    changed_rows = RealisticStream(changed_config, pool).plan.rows
+                    changed.append(_effects(pool, changed_rows, reference, [onset], size))
+            stable_all, changed_all = np.concatenate(stable), np.concatenate(changed)
+            windows_a_year = 365.25 * per_day / size
+            quantile = 1.0 - args.per_year / windows_a_year
+            limits = np.quantile(stable_all, quantile, axis=0)
+            beyond = (changed_all > limits).mean(axis=0)
+            scale = stable_all.std(axis=0)
+            combined_limit = np.quantile((stable_all / scale).max(axis=1), quantile)
+            either = float(((changed_all / scale).max(axis=1) > combined_limit).mean())
+            print(
+                f"| {template} | {background} | {size} | {len(stable_all)} | {limits[0]:.2f} | "
+                f"{100 * limits[1]:.1f} | {np.median(changed_all[:, 0]):.2f} | "
+                f"{100 * np.median(changed_all[:, 1]):.1f} | {beyond[0]:.0%} | {beyond[1]:.0%} | "
+                f"{either:.0%} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
