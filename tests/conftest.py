@@ -81,14 +81,38 @@ APPEND_ONLY = (
 
 
 def empty_tables(engine: Engine) -> None:
-    """Truncate every table (for fixtures that seed a database for more than one test)."""
+    """Empty every table (for fixtures that seed a database for more than one test).
+
+    Only the tables holding a row are truncated: TRUNCATE costs about as much per table as the
+    whole test that wrote to two of them (new files for each, at 20 tables about 0.2 s on an
+    idle 2-core box, three times that loaded), and most tables are empty already."""
+    names = [table.name for table in Base.metadata.sorted_tables]
+    holding = " UNION ALL ".join(f"(SELECT '{name}' FROM \"{name}\" LIMIT 1)" for name in names)
     with engine.begin() as connection:
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        for table, trigger in APPEND_ONLY:
+        full = _with_referencing(set(connection.scalars(text(holding))))
+        if not full:
+            return
+        triggers = [(table, trigger) for table, trigger in APPEND_ONLY if table in full]
+        for table, trigger in triggers:
             connection.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
-        connection.execute(text(f"TRUNCATE {tables}"))
-        for table, trigger in APPEND_ONLY:
+        connection.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in names if n in full)))
+        for table, trigger in triggers:
             connection.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+
+
+def _with_referencing(tables: set[str]) -> set[str]:
+    """``tables`` and every table whose foreign keys point into them, recursively (TRUNCATE
+    refuses a table that an untruncated one references, even an empty one)."""
+    closure, grown = set(tables), True
+    while grown:
+        grown = False
+        for table in Base.metadata.sorted_tables:
+            if table.name not in closure and any(
+                key.column.table.name in closure for key in table.foreign_keys
+            ):
+                closure.add(table.name)
+                grown = True
+    return closure
 
 
 @pytest.fixture(scope="session")

@@ -47,7 +47,62 @@ def pg_admin_url() -> str:
     # stopped the server and deleted the cluster; rmdir leaves the folder to a worker still
     # holding it.
     atexit.register(_remove_if_empty, parent)
-    return start_embedded_postgres(parent / "pg", delete_on_stop=True).url("postgres")
+    url = start_embedded_postgres(parent / "pg", delete_on_stop=True).url("postgres")
+    _non_durable(url)
+    return url
+
+
+NON_DURABLE = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+"""PostgreSQL's "non-durable settings" for a throw-away cluster: nothing waits for the disk, so
+the tests' CREATE DATABASE, TRUNCATE and commits cost what the work costs. A server that is
+killed still recovers (the operating system keeps what was written); only a machine crash would
+lose data, and the cluster is deleted at the end anyway. Never applied to a configured server."""
+
+
+def _non_durable(admin_url: str) -> None:
+    """Apply :data:`NON_DURABLE` to the embedded test cluster (each is reloadable)."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            for name, value in NON_DURABLE.items():
+                connection.execute(text(f"ALTER SYSTEM SET {name} = {value}"))
+            connection.execute(text("SELECT pg_reload_conf()"))
+    finally:
+        admin.dispose()
+
+
+@functools.cache
+def migrated_template(admin_url: str) -> str:
+    """The name of a database on ``admin_url``'s server migrated to head, made once per session
+    (dropped at exit): :func:`migrated_database` copies it (``CREATE DATABASE ... TEMPLATE``, a
+    file copy) instead of running every migration again. The migrations themselves are tested
+    from an empty database in tests/integration/test_migrations.py."""
+    from monitor.service.db import make_engine, upgrade
+
+    name = f"radsentry_template_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    atexit.register(_drop_quietly, admin_url, name)
+    engine = make_engine(make_url(admin_url).set(database=name).render_as_string(False))
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()  # nobody may be connected to a template that is copied
+    return name
+
+
+def _drop_quietly(admin_url: str, name: str) -> None:
+    with contextlib.suppress(Exception):  # the server may be gone already
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def migrated_database(admin_url: str, prefix: str) -> contextlib.AbstractContextManager[str]:
+    """:func:`fresh_database`, already migrated to head (a copy of :func:`migrated_template`)."""
+    return fresh_database(admin_url, prefix, template=migrated_template(admin_url))
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -4,6 +4,7 @@ HTTP from a thread), a configured public key, and local-mode tokens from the API
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 import time
@@ -80,7 +81,9 @@ class JwksServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/certs"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # shutdown() waits up to one poll interval (0.5 s by default), once per test.
+        serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+        threading.Thread(target=serve, daemon=True).start()
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -50,9 +50,9 @@ from tests.faults.harness import (
     unpublished_alerts,
 )
 from tests.integration.helpers import committed_lag, count_rows, read_all, wait_for
-from tests.servers import fresh_database, pg_admin_url
+from tests.servers import fresh_database, migrated_database, pg_admin_url
 
-pytestmark = [pytest.mark.integration, pytest.mark.faults]
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
 SITES = ("site-01", "site-02", "site-03")
 STUDIES_PER_SITE = 600
@@ -322,7 +322,10 @@ def durable_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Durable
 def running(broker: DurableBroker, admin_url: str, workdir: Path) -> Iterator[Run]:
     """A run on a fresh database of ``admin_url``'s server; its consumer is killed at the end
     if it still runs, and the database dropped."""
-    with fresh_database(admin_url, FAULTS_DATABASE) as url:
+    # The tests' server holds a migrated template to copy; a private one migrates in Run.
+    shared = admin_url == pg_admin_url()
+    database = migrated_database if shared else fresh_database
+    with database(admin_url, FAULTS_DATABASE) as url:
         run = Run(broker, url, workdir)
         try:
             yield run

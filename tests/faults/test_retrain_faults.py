@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from monitor.events import Event
 from monitor.service.broker import free_port
-from monitor.service.db import make_engine, upgrade
+from monitor.service.db import make_engine
 from monitor.service.demo.simulation import champion_scorer
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
@@ -49,11 +49,12 @@ from tests.faults.harness import Process, Tally, probe, radsentry_env, tally
 from tests.integration.helpers import wait_for
 from tests.integration.test_retrain_e2e import DRIFT, write_test_plan
 from tests.mlflow_server import MLFLOW_DATABASE, MlflowServer
-from tests.servers import fresh_database, pg_admin_url
+from tests.servers import fresh_database, migrated_database, pg_admin_url
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.faults,
+    pytest.mark.slow,
     pytest.mark.usefixtures("one_torch_thread"),
 ]
 
@@ -118,7 +119,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     write_test_plan(plans, workdir / "scratch", INITIAL)
     with (
         fresh_database(pg_admin_url(), MLFLOW_DATABASE) as store,
-        fresh_database(pg_admin_url(), "radsentry_faults") as template,
+        migrated_database(pg_admin_url(), "radsentry_faults") as template,
     ):
         mlflow = MlflowServer(store, workdir)
         mlflow.start()
@@ -133,7 +134,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             scorer = champion_scorer(settings, MODEL, "champion")
             events = list(simulate(SIMULATION, workdir / "studies", scorer))
             engine = make_engine(template)
-            upgrade(engine)
             store_with_drift(engine, events)
             engine.dispose()
             yield Deployment(template, mlflow, plans, settings.locked_cases_dir)

@@ -41,7 +41,7 @@ from tests.conftest import empty_tables, kafka_topics
 from tests.grafana_seed import govern
 from tests.prometheus_server import metric_names, query, running_prometheus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RADSENTRY = str(Path(sys.executable).with_name("radsentry"))
 CHANGED, MODEL, FINDING = "site-02", "cxr-lesion", "lesion"

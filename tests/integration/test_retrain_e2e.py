@@ -44,7 +44,11 @@ from retrain.policy import RetrainPolicy
 from tests.auth_helpers import TEST_AUTH, bearer
 from tests.integration.helpers import ingest_until, send
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 MODEL = "cxr-lesion-e2e"
 RENDER = 256

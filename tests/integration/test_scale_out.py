@@ -36,7 +36,7 @@ from sqlalchemy import Engine, func, select
 from benchmarks.bench_scale_out import site_id, workload
 from monitor.events import Event
 from monitor.service.broker import free_port
-from monitor.service.db import make_engine, upgrade
+from monitor.service.db import make_engine
 from monitor.service.kafka import all_topics, ensure_topics, make_producer
 from monitor.service.models import (
     AlertRow,
@@ -54,9 +54,9 @@ from monitor.service.settings import KafkaSettings, PerformanceSettings
 from tests.conftest import kafka_topics
 from tests.faults.harness import Process, radsentry_env, tally, unpublished_alerts
 from tests.integration.helpers import committed_lag, read_all, send, table_rows, wait_for
-from tests.servers import fresh_database, pg_admin_url
+from tests.servers import migrated_database, pg_admin_url
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SITES = 100
 PARTITIONS = 12
@@ -156,13 +156,11 @@ def stored(engine: Engine) -> int:
 def databases() -> Iterator[tuple[Engine, Engine]]:
     """Two migrated databases: the consumer group's and the single consumer's."""
     with (
-        fresh_database(pg_admin_url(), "radsentry_scale") as group_url,
-        fresh_database(pg_admin_url(), "radsentry_single") as single_url,
+        migrated_database(pg_admin_url(), "radsentry_scale") as group_url,
+        migrated_database(pg_admin_url(), "radsentry_single") as single_url,
     ):
         engines = make_engine(group_url), make_engine(single_url)
         try:
-            for engine in engines:
-                upgrade(engine)
             yield engines
         finally:
             for engine in engines:
