@@ -289,10 +289,8 @@ def _cases_of_new_labels(
                     old_delay_h=old_delay,
                 )
             )
-    # Labels in force before this batch whose prediction was stored were matched then: only
-    # the labels new in this batch can be waiting.
-    created = {(t.site_id, t.model_name, t.study_key) for t in transitions if t.old_label is None}
-    _mark_matched(connection, sorted(created & stored.keys()))
+    # Labels in force before this batch whose prediction was stored were matched then, and
+    # the labels new in this batch were inserted matched when it was (``apply_labels``).
     return cases
 
 
