@@ -211,18 +211,14 @@ def scratch_database(cluster: Path) -> Iterator[str]:
     """A throw-away embedded server in ``cluster`` (a new folder) for the block: the URL of
     its ``radsentry`` database; the server stops and the folder goes when the block ends.
     Commits do not wait for the disk (``synchronous_commit=off``): a crash loses the database
-    anyway. The planner costs a random page read as a sequential one's 1.1 (it is 4 by
-    default, for spinning disks): a replay's tables are in memory, and at 4 the batch's keyed
-    lookups (``db.given_rows`` joins) scanned whole tables until they held about 100,000
-    rows, a cost that grew with the history replayed (docs/benchmarks.md, "Labelled replay:
-    vectorised statistics"). ``radsentry backtest --labels`` replays history into one."""
+    anyway. ``radsentry backtest --labels`` replays history into one."""
     server = start_embedded_postgres(cluster, delete_on_stop=True)
     try:
         _analyze_often(server.url("postgres"))
         url = make_url(server.ensure_database())
-        yield url.update_query_dict(
-            {"options": "-c synchronous_commit=off -c random_page_cost=1.1"}
-        ).render_as_string(hide_password=False)
+        yield url.update_query_dict({"options": "-c synchronous_commit=off"}).render_as_string(
+            hide_password=False
+        )
     finally:
         server.stop()
 
