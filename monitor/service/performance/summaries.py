@@ -428,32 +428,51 @@ class _Plan:
     @classmethod
     def of(cls, cases: Iterable[Case]) -> _Plan:
         cases = list(cases)
-        keyed = [list(case.bucket_keys()) for case in cases]
-        keys = sorted({key for case_keys in keyed for key in case_keys})
+        # Cases of one stream, threshold, day and subgroup values share their rows: their keys
+        # are made once per such signature, not once per case.
+        signatures: dict[tuple[Any, ...], list[BucketKey]] = {}
+        of_case = []
+        for case in cases:
+            at = as_utc(case.predicted_at)
+            signature = (case.site_id, case.model_name, case.model_version, case.finding,
+                         case.threshold, at.date(), case.groups)  # fmt: skip
+            if signature not in signatures:
+                signatures[signature] = list(case.bucket_keys())
+            of_case.append((signature, at))
+        keys = sorted({key for signature_keys in signatures.values() for key in signature_keys})
         position = {key: index for index, key in enumerate(keys)}
+        rows_of = {
+            signature: (
+                [position[key] for key in signature_keys],
+                [position[key] for key in signature_keys if key.subgroup_field == ALL_CASES],
+            )
+            for signature, signature_keys in signatures.items()
+        }
         plan = cls(keys, cases)
-        for number, (case, case_keys) in enumerate(zip(cases, keyed, strict=True)):
-            new = case.old_label is None
-            moved = not new and case.old_label != case.label
-            at = as_utc(case.predicted_at) if new else None
-            for key in case_keys:
-                row = position[key]
-                if new:
-                    plan.new[0].append(row)
-                    plan.new[1].append(number)
-                    span = plan.times.get(row)
-                    assert at is not None
-                    plan.times[row] = (
-                        (at, at) if span is None else (min(span[0], at), max(span[1], at))
-                    )
-                elif moved:
-                    plan.moved[0].append(row)
-                    plan.moved[1].append(number)
-                if key.subgroup_field == ALL_CASES:
-                    delays_in, delays_out = plan.delays.setdefault(row, ([], []))
-                    delays_in.append(case.delay_h)
-                    if case.old_delay_h is not None:
-                        delays_out.append(case.old_delay_h)
+        spans: dict[tuple[Any, ...], tuple[datetime, datetime]] = {}
+        for number, (case, (signature, at)) in enumerate(zip(cases, of_case, strict=True)):
+            rows, everything = rows_of[signature]
+            if case.old_label is None:
+                plan.new[0].extend(rows)
+                plan.new[1].extend([number] * len(rows))
+                span = spans.get(signature)
+                spans[signature] = (
+                    (at, at) if span is None else (min(span[0], at), max(span[1], at))
+                )
+            elif case.old_label != case.label:
+                plan.moved[0].extend(rows)
+                plan.moved[1].extend([number] * len(rows))
+            for row in everything:
+                delays_in, delays_out = plan.delays.setdefault(row, ([], []))
+                delays_in.append(case.delay_h)
+                if case.old_delay_h is not None:
+                    delays_out.append(case.old_delay_h)
+        for signature, (first, last) in spans.items():
+            for row in rows_of[signature][0]:
+                span = plan.times.get(row)
+                plan.times[row] = (
+                    (first, last) if span is None else (min(span[0], first), max(span[1], last))
+                )
         return plan
 
     def apply(self, stacked: NDArray[np.int64], keys: Sequence[BucketKey]) -> None:
