@@ -51,6 +51,7 @@ from monitor.drift.base import (
     register,
     spread,
 )
+from monitor.drift.two_sample import wasserstein_distance
 
 if TYPE_CHECKING:
     import torch
@@ -105,6 +106,10 @@ class _FittedReference:
     points: torch.Tensor  # the rows the kernel test uses (subsampled past max_reference)
     sigma: float
     rows_dropped: int
+    column_means: tuple[float, ...]
+    """Each ``standardised`` column's mean, for the attributions (once, not per window)."""
+    sorted_columns: tuple[NDArray[np.float64], ...]
+    """Each ``standardised`` column sorted: every window's Wasserstein distances need them."""
 
 
 @register("mmd")
@@ -160,6 +165,8 @@ class MMDDetector:
             points=points,
             sigma=sigma,
             rows_dropped=dropped,
+            column_means=tuple(standardised[:, i].mean() for i in range(standardised.shape[1])),
+            sorted_columns=tuple(np.sort(column) for column in standardised.T),
         )
         return self
 
@@ -239,12 +246,10 @@ def _attributions(
     The Wasserstein distance ranks because it also sees a change of spread or shape, which MMD
     detects but a mean difference misses; it is never smaller than the mean difference.
     """
-    from scipy.stats import wasserstein_distance
-
     attributions = []
     for column, name in enumerate(reference.names):
-        shift = float(window[:, column].mean() - reference.standardised[:, column].mean())
-        distance = float(wasserstein_distance(reference.standardised[:, column], window[:, column]))
+        shift = float(window[:, column].mean() - reference.column_means[column])
+        distance = wasserstein_distance(reference.sorted_columns[column], window[:, column])
         attributions.append(
             FeatureAttribution(
                 feature=name,

@@ -9,6 +9,9 @@ detector imports this module when it first fits or scores.
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -42,10 +45,14 @@ def permutation_test(
 ) -> tuple[float, float]:
     """Observed MMD^2 and its permutation p-value (alibi's definition, see mmd.py's docstring)."""
     window_points = torch.from_numpy(window)
-    kernel = _joint_kernel(points, window_points, sigma)
     n_ref, n_window = len(points), len(window_points)
-    masks = _reference_masks(n_ref, n_window, n_permutations, seed)
-    mmd2 = _batched_mmd2(kernel, masks, n_ref, n_window)
+    kernel = _KERNELS.take(points, sigma, n_window)
+    try:
+        _fill_window(kernel, points, window_points, sigma)
+        masks = _reference_masks(n_ref, n_window, n_permutations, seed)
+        mmd2 = _batched_mmd2(kernel, masks, n_ref, n_window)
+    finally:
+        _KERNELS.give_back(points, sigma, kernel)
     observed, permuted = mmd2[0], mmd2[1:]
     p_value = (permuted >= observed - _TIE_TOLERANCE).double().mean()
     return float(observed), float(p_value)
@@ -67,16 +74,90 @@ def _zero_diagonal(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.fill_diagonal_(0.0)
 
 
-def _joint_kernel(points: torch.Tensor, window: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The (n + m) x (n + m) kernel matrix, reference rows first, diagonal zeroed."""
-    # The reference block is recomputed, not cached: at 500 reference rows it is 2 MB per stream
-    # (the largest part of a stream's memory) and costs about a tenth of the permutation product.
-    within_reference = _zero_diagonal(_gaussian_kernel(squared_distances(points, points), sigma))
+def _reference_block(points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The reference rows' kernel block, diagonal zeroed."""
+    return _zero_diagonal(_gaussian_kernel(squared_distances(points, points), sigma))
+
+
+def _fill_window(
+    kernel: torch.Tensor, points: torch.Tensor, window: torch.Tensor, sigma: float
+) -> None:
+    """Write the window's blocks into the (n + m) x (n + m) kernel matrix whose reference
+    block (rows and columns ``:n``) is filled: the matrix ``torch.cat`` of the four blocks
+    gave, value for value."""
+    n_ref = len(points)
     cross = _gaussian_kernel(squared_distances(points, window), sigma)
-    within = _zero_diagonal(_gaussian_kernel(squared_distances(window, window), sigma))
-    top = torch.cat([within_reference, cross], dim=1)
-    bottom = torch.cat([cross.T, within], dim=1)
-    return torch.cat([top, bottom], dim=0)
+    kernel[:n_ref, n_ref:] = cross
+    kernel[n_ref:, :n_ref] = cross.T
+    kernel[n_ref:, n_ref:] = _zero_diagonal(
+        _gaussian_kernel(squared_distances(window, window), sigma)
+    )
+
+
+class _KernelCache:
+    """Joint kernel matrices kept between windows, at most ``budget`` bytes, least recently
+    used dropped first.
+
+    Every window of a stream is tested against the same reference, whose block of the kernel
+    matrix (n x n of the (n + m) x (n + m)) is the same each time: computing it and copying it
+    into a new matrix cost about a third of a window's test at 1,200 reference rows
+    (docs/benchmarks.md, "Labelled replay: vectorised statistics"). A stream's matrix is kept
+    here with its reference block filled and only the window's blocks are rewritten, so the
+    numbers are those of a matrix built anew. The budget bounds what a consumer of many
+    streams holds (a 2,000-row reference and a 100-row window make 35 MB): past it, the least
+    recently tested reference is computed again when its next window comes, as before the
+    cache. A matrix is taken out while a test uses it, so two threads testing against one
+    reference never share one.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[int, tuple[weakref.ref[torch.Tensor], float, torch.Tensor]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, points: torch.Tensor, sigma: float, n_window: int) -> torch.Tensor:
+        """A kernel matrix for ``points`` and a window of ``n_window`` rows, reference block
+        filled (the window's blocks hold anything)."""
+        n_ref = len(points)
+        with self._lock:
+            entry = self._entries.pop(id(points), None)
+        kernel = torch.empty(n_ref + n_window, n_ref + n_window, dtype=torch.float64)
+        if entry is None or entry[0]() is not points or entry[1] != sigma:
+            kernel[:n_ref, :n_ref] = _reference_block(points, sigma)
+            return kernel
+        kept = entry[2]
+        if kept.shape == kernel.shape:
+            return kept
+        kernel[:n_ref, :n_ref] = kept[:n_ref, :n_ref]  # another window size: the block moves
+        return kernel
+
+    def give_back(self, points: torch.Tensor, sigma: float, kernel: torch.Tensor) -> None:
+        """Keep ``kernel`` (its reference block as :meth:`take` gave it) for the next window."""
+        size = kernel.element_size() * kernel.nelement()
+        if size > self.budget:
+            return
+        key = id(points)
+        with self._lock:
+            for gone in [k for k, entry in self._entries.items() if entry[0]() is None]:
+                del self._entries[gone]  # references no detector holds any more
+            self._entries.pop(key, None)
+            self._entries[key] = (weakref.ref(points), sigma, kernel)
+            held = sum(
+                entry[2].element_size() * entry[2].nelement() for entry in self._entries.values()
+            )
+            while held > self.budget:
+                _, (_, _, dropped) = self._entries.popitem(last=False)
+                held -= dropped.element_size() * dropped.nelement()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_KERNEL_CACHE_BYTES = 128 * 2**20
+"""Three streams of 2,000 reference rows and 100-row windows, or ten of 1,000 rows."""
+_KERNELS = _KernelCache(_KERNEL_CACHE_BYTES)
 
 
 @functools.lru_cache(maxsize=16)

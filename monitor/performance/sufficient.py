@@ -280,6 +280,131 @@ class PerformanceSummary:
         return delta.reshape(3, 2, coarse).transpose(1, 0, 2).copy()
 
 
+# --- many summaries at once: the batch transaction's update ----------------------------------
+#
+# A batch changes a few hundred stored summaries (every day, subgroup value and the totals its
+# cases fall in). Decoding each into a PerformanceSummary, adding its few cases with numpy calls
+# sized for one summary and encoding it again cost about 1 ms a row; the functions below work on
+# all rows of a batch as one int64 matrix, one row per summary in ``to_bytes`` order (histogram,
+# confusion, calibration), and give the same bytes (docs/benchmarks.md, "Labelled replay:
+# vectorised statistics").
+
+
+def flat_size(layout: SummaryLayout) -> int:
+    """Counts of one summary in :meth:`PerformanceSummary.to_bytes` order."""
+    return 2 * layout.score_bins + 4 + 6 * layout.calibration_bins
+
+
+def stacked_from_bytes(layout: SummaryLayout, blobs: Sequence[bytes]) -> Counts:
+    """The counts of :meth:`PerformanceSummary.to_bytes` blobs of ``layout``'s bins, one row
+    each; SummaryError as :meth:`PerformanceSummary.from_bytes` gives it."""
+    size = flat_size(layout)
+    stacked = np.empty((len(blobs), size), dtype=_INT)
+    for index, blob in enumerate(blobs):
+        try:
+            values = np.frombuffer(zlib.decompress(blob), dtype="<i8")
+        except zlib.error as error:
+            raise SummaryError(f"not a stored performance summary: {error}") from error
+        if values.size != size:
+            raise SummaryError(f"a stored summary of {values.size} counts, {size} expected")
+        stacked[index] = values
+    if (stacked < 0).any():
+        raise SummaryError("a stored performance summary holds a negative count")
+    return stacked
+
+
+def stacked_to_bytes(stacked: Counts) -> list[bytes]:
+    """Each row as :meth:`PerformanceSummary.to_bytes` writes the summary of those counts."""
+    little = stacked.astype("<i8", copy=False)
+    return [zlib.compress(row.tobytes(), 1) for row in little]
+
+
+def stacked_counts(stacked: Counts, layout: SummaryLayout) -> Counts:
+    """Cases summarised per row (:attr:`PerformanceSummary.n`)."""
+    start = 2 * layout.score_bins
+    result: Counts = stacked[:, start : start + 4].sum(axis=1)
+    return result
+
+
+def stacked_deltas(
+    layout: SummaryLayout,
+    n_rows: int,
+    rows: ArrayLike,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    thresholds: ArrayLike,
+) -> Counts:
+    """What cases add to the summaries of ``n_rows`` rows: case ``i`` goes to row ``rows[i]``
+    with its label, score and operating threshold (``layout``'s bins; its threshold unused).
+    The same counts, case by case, as :meth:`PerformanceSummary.add`; InvalidInputError for
+    bad labels, scores or thresholds."""
+    threshold = np.asarray(thresholds, dtype=np.float64)
+    row = np.asarray(rows, dtype=np.intp)
+    if threshold.shape != row.shape or not np.isfinite(threshold).all():
+        raise SummaryError("one finite threshold and one row per case")
+    bad = (threshold < 0.0) | (threshold > 1.0)
+    positive, score = validated(labels, scores, float(threshold[bad][0]) if bad.any() else 0.5)
+    if score.shape != row.shape:
+        raise SummaryError(f"{row.size} rows for {score.size} cases")
+    if row.size and (row.min() < 0 or row.max() >= n_rows):
+        raise SummaryError(f"a case's row lies outside the {n_rows} rows")
+    label = positive.astype(_INT)
+    bins, coarse = layout.score_bins, layout.calibration_bins
+    fine = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], score)
+    predicted = (score >= threshold).astype(_INT)
+    slot = np.searchsorted(np.linspace(0.0, 1.0, coarse + 1)[1:-1], score)
+    size = flat_size(layout)
+    start = row.astype(_INT) * size
+    confusion_at, calibration_at = start + 2 * bins, start + 2 * bins + 4 + label * 3 * coarse
+    ones = np.ones_like(label)
+    index = np.concatenate(
+        [
+            start + label * bins + fine,
+            confusion_at + label * 2 + predicted,
+            calibration_at + slot,
+            calibration_at + coarse + slot,
+            calibration_at + 2 * coarse + slot,
+        ]
+    )
+    values = np.concatenate(
+        [
+            ones,
+            ones,
+            ones,
+            np.rint(score * FIXED_POINT).astype(_INT),
+            np.rint(score * score * FIXED_POINT).astype(_INT),
+        ]
+    )
+    stacked = np.zeros(n_rows * size, dtype=_INT)
+    np.add.at(stacked, index, values)  # int64 sums: exact for any number of cases
+    return stacked.reshape(n_rows, size)
+
+
+def stacked_subtract(
+    stacked: Counts, removed: Counts, layout: SummaryLayout, keys: Sequence[object]
+) -> None:
+    """``stacked -= removed`` row by row, as :meth:`PerformanceSummary.subtract` does it:
+    NegativeCountError (nothing changed) when a count would go below zero, naming the first
+    such row's key (``keys[row]``) and array."""
+    short = stacked < removed
+    if short.any():
+        row, column = (int(i) for i in np.argwhere(short)[0])
+        bins = 2 * layout.score_bins
+        name = (
+            "score histogram"
+            if column < bins
+            else "confusion counts"
+            if column < bins + 4
+            else "calibration sums"
+        )
+        cases = int(removed[row, bins : bins + 4].sum())
+        raise NegativeCountError(
+            f"subtracting {cases} cases from {keys[row]}: the {name} would go negative, so "
+            "some of them were never added"
+        )
+    stacked -= removed
+
+
 _KEY_FIELDS: Final = tuple(f.name for f in fields(SummaryKey))
 _LAYOUT_FIELDS: Final = tuple(f.name for f in fields(SummaryLayout))
 

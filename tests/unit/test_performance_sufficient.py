@@ -34,6 +34,11 @@ from monitor.performance.sufficient import (
     auroc_binning_bound,
     histogram_delong,
     merge,
+    stacked_counts,
+    stacked_deltas,
+    stacked_from_bytes,
+    stacked_subtract,
+    stacked_to_bytes,
     summary_metrics,
 )
 
@@ -334,3 +339,71 @@ def test_re_scoring_at_another_threshold_is_exact_on_bin_edges() -> None:
     assert np.array_equal(moved.histogram, direct.histogram)
     with pytest.raises(SummaryError):
         at_threshold(at_half, 1.5)
+
+
+def test_stacked_updates_give_the_bytes_of_summary_by_summary_updates() -> None:
+    """The batch transaction's update of many rows at once (``stacked_*``) against the
+    per-summary path it replaced: decode, add the new cases, relabel the corrected ones,
+    encode. Equal bytes, rows at several thresholds, scores on bin edges and at 0 and 1."""
+    rng = np.random.default_rng(21)
+    thresholds = (0.5, 0.37, 0.25)
+    n_rows = 12
+    row_thresholds = [thresholds[row % 3] for row in range(n_rows)]
+    before = []
+    for row in range(n_rows):  # rows already holding cases, one of them empty
+        summary = PerformanceSummary(KEY, SummaryLayout(threshold=row_thresholds[row]))
+        if row:
+            summary.add(*at_the_edges(rng))
+        before.append(summary)
+    labels, scores = at_the_edges(rng)
+    scores[::7] = rng.choice([*thresholds, 1 / 2048, 0.1], size=scores[::7].size)  # on edges
+    rows = rng.integers(0, n_rows, size=labels.size)
+    new, moved = slice(0, labels.size // 2), slice(labels.size // 2, None)
+    old_labels = labels[moved].copy()  # the corrected cases, first counted with these labels
+    for summary_row, summary in enumerate(before):
+        mine = rows[moved] == summary_row
+        summary.add(old_labels[mine], scores[moved][mine])
+    blobs = [summary.to_bytes() for summary in before]
+    expected = []
+    for row, summary in enumerate(before):
+        summary = PerformanceSummary.from_bytes(KEY, summary.layout, blobs[row])
+        mine_new, mine_moved = rows[new] == row, rows[moved] == row
+        summary.add(labels[new][mine_new], scores[new][mine_new])
+        summary.relabel(scores[moved][mine_moved], old_labels[mine_moved], ~old_labels[mine_moved])
+        expected.append(summary)
+    case_thresholds = np.array([row_thresholds[row] for row in rows])
+    stacked = stacked_from_bytes(LAYOUT, blobs)
+    stacked += stacked_deltas(
+        LAYOUT, n_rows, rows[new], labels[new], scores[new], case_thresholds[new]
+    )
+    removed = stacked_deltas(
+        LAYOUT, n_rows, rows[moved], old_labels, scores[moved], case_thresholds[moved]
+    )
+    stacked_subtract(stacked, removed, LAYOUT, list(range(n_rows)))
+    stacked += stacked_deltas(
+        LAYOUT, n_rows, rows[moved], ~old_labels, scores[moved], case_thresholds[moved]
+    )
+    assert stacked_to_bytes(stacked) == [summary.to_bytes() for summary in expected]
+    assert stacked_counts(stacked, LAYOUT).tolist() == [summary.n for summary in expected]
+
+
+def test_stacked_updates_refuse_what_the_summaries_refuse() -> None:
+    summary = summarise(*cases(seed=22, n=50))
+    stacked = stacked_from_bytes(LAYOUT, [summary.to_bytes()])
+    kept = stacked.copy()
+    never_added = stacked_deltas(LAYOUT, 1, [0], [True], [0.42], [0.5])
+    with pytest.raises(NegativeCountError, match="never added"):
+        stacked_subtract(stacked, never_added, LAYOUT, ["row 0"])
+    assert np.array_equal(stacked, kept)
+    with pytest.raises(InvalidInputError):
+        stacked_deltas(LAYOUT, 1, [0], [2], [0.5], [0.5])
+    with pytest.raises(InvalidInputError):
+        stacked_deltas(LAYOUT, 1, [0], [1], [1.5], [0.5])
+    with pytest.raises(InvalidInputError, match="threshold"):
+        stacked_deltas(LAYOUT, 1, [0], [1], [0.5], [1.5])
+    with pytest.raises(SummaryError, match="outside"):
+        stacked_deltas(LAYOUT, 1, [1], [1], [0.5], [0.5])
+    with pytest.raises(SummaryError, match="expected"):
+        stacked_from_bytes(SummaryLayout(threshold=0.5, score_bins=1024), [summary.to_bytes()])
+    with pytest.raises(SummaryError, match="not a stored"):
+        stacked_from_bytes(LAYOUT, [b"not zlib"])

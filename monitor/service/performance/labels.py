@@ -34,6 +34,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    null,
     select,
     update,
 )
@@ -153,7 +154,7 @@ def apply_labels(
     # One statement per kind of write, each with all its rows.
     table = _table(CurrentLabelRow)
     if created:
-        connection.execute(table.insert(), list(created.values()))
+        _insert_created(connection, table, list(created.values()))
     updated = [
         (*key, *(row[name] for name in _UPDATED))
         for key, row in current.items()
@@ -182,6 +183,41 @@ def apply_labels(
         and (old := before.get(key)) != (row["label"], as_utc(row["labelled_at"]))
     ]
     return LabelOutcome(new, changed, unchanged, transitions)
+
+
+_CREATED = (*_KEY, *_UPDATED, "first_labelled_at")
+
+
+def _insert_created(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert labels seen for the first time, ``matched`` already when a prediction of the
+    study is stored (this batch's predictions are written before its labels are applied).
+
+    Marking them in the same statement spares an ``UPDATE`` of the rows just written, which
+    cost more than the rest of the label join: PostgreSQL's estimate for ``NOT matched`` is
+    one row (nearly every label is matched when the table is analysed), so it joined the
+    batch's studies to every unmatched label by a nested loop (docs/benchmarks.md, "Labelled
+    replay: vectorised statistics")."""
+    given = given_rows(table, _CREATED, [tuple(row[name] for name in _CREATED) for row in rows])
+    events = _table(InferenceEventRow)
+    stored = (
+        exists()
+        .where(
+            events.c.site_id == given.c.site_id,
+            events.c.model_name == given.c.model_name,
+            events.c.study_key == given.c.study_key,
+        )
+        .label("matched")
+    )
+    connection.execute(
+        table.insert().from_select(
+            [*_CREATED, "expired_at", "matched"],
+            select(
+                *(given.c[name] for name in _CREATED),
+                null().label("expired_at"),
+                stored,
+            ),
+        )
+    )
 
 
 def _current(

@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from sqlalchemy import (
     Connection,
     Table,
@@ -56,6 +57,11 @@ from monitor.performance.sufficient import (
     SummaryLayout,
     at_threshold,
     merge,
+    stacked_counts,
+    stacked_deltas,
+    stacked_from_bytes,
+    stacked_subtract,
+    stacked_to_bytes,
 )
 from monitor.service.db import as_utc, given_rows, matches, table_of
 from monitor.service.models import (
@@ -120,43 +126,6 @@ class Case:
             yield BucketKey(*stream, ALL_CASES, "", bucket, self.threshold)
             for name, value in self.groups:
                 yield BucketKey(*stream, name, value, bucket, self.threshold)
-
-
-@dataclass
-class _Changes:
-    """What a batch does to one row, gathered before the row is read."""
-
-    new_labels: list[int] = field(default_factory=list)
-    new_scores: list[float] = field(default_factory=list)
-    moved_scores: list[float] = field(default_factory=list)
-    moved_from: list[int] = field(default_factory=list)
-    moved_to: list[int] = field(default_factory=list)
-    delays_in: list[float] = field(default_factory=list)
-    delays_out: list[float] = field(default_factory=list)
-    times: list[datetime] = field(default_factory=list)
-
-    def take(self, case: Case, delays: bool) -> None:
-        if case.old_label is None:
-            self.new_labels.append(case.label)
-            self.new_scores.append(case.score)
-            self.times.append(as_utc(case.predicted_at))
-        elif case.old_label != case.label:
-            self.moved_scores.append(case.score)
-            self.moved_from.append(case.old_label)
-            self.moved_to.append(case.label)
-        if delays:
-            self.delays_in.append(case.delay_h)
-            if case.old_delay_h is not None:
-                self.delays_out.append(case.old_delay_h)
-
-    def apply(self, summary: PerformanceSummary, sketch: DelaySketch) -> None:
-        if self.new_labels:
-            summary.add(self.new_labels, self.new_scores)
-        if self.moved_scores:
-            summary.relabel(self.moved_scores, self.moved_from, self.moved_to)
-        if self.delays_out:
-            sketch.subtract(self.delays_out)
-        sketch.add(self.delays_in)
 
 
 def summary_key(key: BucketKey) -> SummaryKey:
@@ -320,10 +289,8 @@ def _cases_of_new_labels(
                     old_delay_h=old_delay,
                 )
             )
-    # Labels in force before this batch whose prediction was stored were matched then: only
-    # the labels new in this batch can be waiting.
-    created = {(t.site_id, t.model_name, t.study_key) for t in transitions if t.old_label is None}
-    _mark_matched(connection, sorted(created & stored.keys()))
+    # Labels in force before this batch whose prediction was stored were matched then, and
+    # the labels new in this batch were inserted matched when it was (``apply_labels``).
     return cases
 
 
@@ -396,41 +363,152 @@ def count_predictions(connection: Connection, predictions: Sequence[InferenceEve
 
 
 def record(connection: Connection, cases: Iterable[Case], now: datetime) -> None:
-    """Apply ``cases`` to their rows: created empty if new, locked, changed, written back."""
-    changes: dict[BucketKey, _Changes] = {}
-    for case in cases:
-        for key in case.bucket_keys():
-            changes.setdefault(key, _Changes()).take(case, delays=key.subgroup_field == ALL_CASES)
-    if not changes:
+    """Apply ``cases`` to their rows: created empty if new, locked, changed, written back.
+
+    Every row of the batch at once: the stored summaries decoded into one int64 matrix, the
+    cases' counts added (new cases), moved (corrections: old label out, new one in) with
+    :func:`~monitor.performance.sufficient.stacked_deltas`, encoded again; the same bytes as
+    decoding, changing and encoding each row's :class:`PerformanceSummary` (a unit test
+    compares them)."""
+    plan = _Plan.of(cases)
+    if not plan.keys:
         return
-    keys = sorted(changes)
+    keys = plan.keys
     table = table_of(PerformanceBucketRow)
     rows = _locked(connection, table, keys)
     missing = [key for key in keys if key not in rows]
     if missing:  # created empty (another batch may create them first), then locked as well
         _create_missing(connection, table, missing, now)
         rows |= _locked(connection, table, missing)
+    stored = [rows[key] for key in keys]
+    stacked = stacked_from_bytes(_BINS, [row.summary for row in stored])
+    plan.apply(stacked, keys)
+    n = stacked_counts(stacked, _BINS).tolist()
     updates: list[tuple[Any, ...]] = []
-    for key in keys:
-        row = rows[key]
-        summary = PerformanceSummary.from_bytes(
-            summary_key(key), layout_for(key.threshold), row.summary
-        )
-        sketch = DelaySketch.from_dict(row.delays)
-        change = changes[key]
-        change.apply(summary, sketch)
-        times = [t for t in (row.first_at, row.last_at) if t is not None] + change.times
+    for position, (key, row, blob) in enumerate(
+        zip(keys, stored, stacked_to_bytes(stacked), strict=True)
+    ):
+        first, last = row.first_at, row.last_at
+        span = plan.times.get(position)
+        if span is not None:
+            first = span[0] if first is None else min(as_utc(first), span[0])
+            last = span[1] if last is None else max(as_utc(last), span[1])
         updates.append(
             (
                 *key,
-                summary.to_bytes(),
-                orjson.dumps(sketch.to_dict()).decode(),
-                summary.n,
-                min(map(as_utc, times)) if times else None,
-                max(map(as_utc, times)) if times else None,
+                blob,
+                _delays(row.delays, plan.delays.get(position)),
+                n[position],
+                None if first is None else as_utc(first),
+                None if last is None else as_utc(last),
             )
         )
     _write_back(connection, table, updates, now)
+
+
+_BINS: Final = layout_for(DEFAULT_THRESHOLD)
+"""The bins of every stored summary (:func:`layout_for` changes only the threshold)."""
+
+
+@dataclass
+class _Plan:
+    """What a batch's cases do to its rows (sorted keys; a row is a position among them)."""
+
+    keys: list[BucketKey]
+    cases: Sequence[Case]
+    new: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
+    """(row, case) of every case that forms now, once per row it is counted in."""
+    moved: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
+    """(row, case) of every corrected case whose label changed value."""
+    delays: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """Per row of all cases: the delays in, the delays out (corrections)."""
+    times: dict[int, tuple[datetime, datetime]] = field(default_factory=dict)
+    """Per row: the earliest and latest prediction time of its new cases."""
+
+    @classmethod
+    def of(cls, cases: Iterable[Case]) -> _Plan:
+        cases = list(cases)
+        # Cases of one stream, threshold, day and subgroup values share their rows: their keys
+        # are made once per such signature, not once per case.
+        signatures: dict[tuple[Any, ...], list[BucketKey]] = {}
+        of_case = []
+        for case in cases:
+            at = as_utc(case.predicted_at)
+            signature = (case.site_id, case.model_name, case.model_version, case.finding,
+                         case.threshold, at.date(), case.groups)  # fmt: skip
+            if signature not in signatures:
+                signatures[signature] = list(case.bucket_keys())
+            of_case.append((signature, at))
+        keys = sorted({key for signature_keys in signatures.values() for key in signature_keys})
+        position = {key: index for index, key in enumerate(keys)}
+        rows_of = {
+            signature: (
+                [position[key] for key in signature_keys],
+                [position[key] for key in signature_keys if key.subgroup_field == ALL_CASES],
+            )
+            for signature, signature_keys in signatures.items()
+        }
+        plan = cls(keys, cases)
+        spans: dict[tuple[Any, ...], tuple[datetime, datetime]] = {}
+        for number, (case, (signature, at)) in enumerate(zip(cases, of_case, strict=True)):
+            rows, everything = rows_of[signature]
+            if case.old_label is None:
+                plan.new[0].extend(rows)
+                plan.new[1].extend([number] * len(rows))
+                span = spans.get(signature)
+                spans[signature] = (
+                    (at, at) if span is None else (min(span[0], at), max(span[1], at))
+                )
+            elif case.old_label != case.label:
+                plan.moved[0].extend(rows)
+                plan.moved[1].extend([number] * len(rows))
+            for row in everything:
+                delays_in, delays_out = plan.delays.setdefault(row, ([], []))
+                delays_in.append(case.delay_h)
+                if case.old_delay_h is not None:
+                    delays_out.append(case.old_delay_h)
+        for signature, (first, last) in spans.items():
+            for row in rows_of[signature][0]:
+                span = plan.times.get(row)
+                plan.times[row] = (
+                    (first, last) if span is None else (min(span[0], first), max(span[1], last))
+                )
+        return plan
+
+    def apply(self, stacked: NDArray[np.int64], keys: Sequence[BucketKey]) -> None:
+        """New cases in, then corrections moved (NegativeCountError for a case never added)."""
+        labels = np.array([case.label for case in self.cases], dtype=np.int64)
+        scores = np.array([case.score for case in self.cases], dtype=np.float64)
+        thresholds = np.array(
+            [layout_for(case.threshold).threshold for case in self.cases], dtype=np.float64
+        )
+        n_rows = len(stacked)
+        rows, chosen = (np.asarray(column, dtype=np.intp) for column in self.new)
+        if len(rows):
+            stacked += stacked_deltas(
+                _BINS, n_rows, rows, labels[chosen], scores[chosen], thresholds[chosen]
+            )
+        rows, chosen = (np.asarray(column, dtype=np.intp) for column in self.moved)
+        if len(rows):
+            old = np.array([self.cases[i].old_label for i in chosen], dtype=np.int64)
+            removed = stacked_deltas(_BINS, n_rows, rows, old, scores[chosen], thresholds[chosen])
+            stacked_subtract(stacked, removed, _BINS, keys)
+            stacked += stacked_deltas(
+                _BINS, n_rows, rows, labels[chosen], scores[chosen], thresholds[chosen]
+            )
+
+
+def _delays(stored: Mapping[str, int], change: tuple[list[float], list[float]] | None) -> str:
+    """A row's delay sketch as JSON text after the batch's delays out and in."""
+    if change is None and not stored:
+        return "{}"
+    sketch = DelaySketch.from_dict(stored)
+    if change is not None:
+        delays_in, delays_out = change
+        if delays_out:
+            sketch.subtract(delays_out)
+        sketch.add(delays_in)
+    return orjson.dumps(sketch.to_dict()).decode()
 
 
 _WRITTEN = ("summary", "delays", "n", "first_at", "last_at")
