@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TextIO
 
 import structlog
@@ -285,23 +285,11 @@ def serve_requests(
 ) -> None:
     """From now on, serve pending retrain requests every ``retrain.jobs_s`` (60 s): train the
     candidate, run the gate on it, and say on the console where its evidence is."""
-    from monitor.service.pccp import jobs as gate_job
-    from monitor.service.registry import registry_for
-    from monitor.service.retrain.jobs import JobContext, serve_pending
+    from monitor.service.retrain.jobs import job_context, serve_pending
     from retrain.train import TrainingStopped
 
     def serve() -> None:
-        registry = registry_for(settings)
-        context = JobContext(
-            engine=engine,
-            registry=registry,
-            config=settings.retrain.job,
-            work_dir=(settings.data_dir / "retrain").resolve(),
-            lease=timedelta(seconds=settings.retrain.lease_s),
-            gate=gate_job.gate_context(engine, settings, registry),
-            plans_dir=settings.plans_dir,
-            should_stop=stop.is_set,
-        )
+        context = job_context(engine, settings, should_stop=stop.is_set)
         try:
             served = serve_pending(context)
         except TrainingStopped:  # Ctrl-C: the request is pending again for the next run

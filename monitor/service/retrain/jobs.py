@@ -532,21 +532,33 @@ def consider_retraining(engine: Engine, settings: RetrainSettings) -> None:
         log.info("retrain requests created", count=len(created))
 
 
-def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
-    """Serve pending retrain requests (:func:`serve_pending`) with the configured registry;
-    each request ends succeeded, failed or back to pending, whatever happens."""
+def job_context(
+    engine: Engine,
+    settings: Settings,
+    *,
+    dicomweb: DicomWebSource | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobContext:
+    """The job's context from the settings: the configured registry, work dir, lease, the
+    gate's plans and locked cases (used by the scheduled job and by the demo's)."""
     registry = registry_for(settings)
-    context = JobContext(
+    return JobContext(
         engine=engine,
         registry=registry,
         config=settings.retrain.job,
         work_dir=(settings.data_dir / "retrain").resolve(),
-        dicomweb=DicomWebClientSource(),
+        dicomweb=dicomweb,
         lease=timedelta(seconds=settings.retrain.lease_s),
         gate=gate_job.gate_context(engine, settings, registry),
         plans_dir=settings.plans_dir,
+        should_stop=should_stop,
     )
-    _serve_scheduled(context)
+
+
+def serve_retrain_requests(engine: Engine, settings: Settings) -> None:
+    """Serve pending retrain requests (:func:`serve_pending`) with the configured registry;
+    each request ends succeeded, failed or back to pending, whatever happens."""
+    _serve_scheduled(job_context(engine, settings, dicomweb=DicomWebClientSource()))
 
 
 @job_boundary("retrain job failed to claim requests")
