@@ -177,6 +177,7 @@ LOOP = (
 )
 
 
+@pytest.mark.slow  # about 3 minutes: trains the initial model and a candidate
 def test_demo_runs_the_whole_loop_headless_to_a_decision(data_dir: Path, tmp_path: Path) -> None:
     """`make run`'s loop on a fresh data dir, headless: v1 trained and made champion, the
     stream, both kinds of alert at the changed site, the request, a challenger in the local
