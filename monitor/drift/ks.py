@@ -186,15 +186,15 @@ def _present(values: NDArray[np.float64]) -> Column:
 
 
 def _normalised_wasserstein(
-    reference: Column, window: Column, scale: float, ordered: Column | None = None
+    reference: Column, window: Column, scale: float, ordered: Column
 ) -> float:
-    """Wasserstein distance in reference standard deviations.
+    """Wasserstein distance in reference standard deviations (``ordered``: ``reference``
+    sorted).
 
     A feature constant in the reference has no spread to measure against; the pooled standard
     deviation is used instead, so a move away from the constant still gets a finite, comparable
     size (and a window at the same constant gets 0).
     """
-    ordered = np.sort(reference) if ordered is None else ordered
     distance = two_sample.wasserstein_distance(ordered, window)
     if scale == 0.0:
         scale = float(spread(np.concatenate([reference, window])))
