@@ -118,19 +118,24 @@ def serve(
     configured and none is running. SIGTERM or Ctrl-C: the API finishes its requests, the
     consumer its batch (committed), the jobs their run, the bundled broker stops; exit 0
     (docs/operations.md, "Starting and stopping")."""
-    from monitor.service.api import create_app
-    from monitor.service.audit.config import record_config
-    from monitor.service.ingest.consumer import ConsumerThread
-    from monitor.service.jobs import start_jobs
-    from monitor.service.lifecycle import STOP_BOUND_S, GracefulStop, api_server
-    from monitor.service.limits import server_limits
-    from monitor.service.runtime import open_database, start_broker_if_needed
+    from monitor.service.lifecycle import GracefulStop
+    from monitor.service.runtime import open_database
 
+    # Settings and the database first: a command that cannot start says so in a second,
+    # before the API, the consumer and the drift engine are imported (several seconds).
     settings = load_settings()
     with (
         GracefulStop("serve") as stopping,
         open_database(database_url(settings), migrate=migrate_db) as engine,
     ):
+        from monitor.service.api import create_app
+        from monitor.service.audit.config import record_config
+        from monitor.service.ingest.consumer import ConsumerThread
+        from monitor.service.jobs import start_jobs
+        from monitor.service.lifecycle import STOP_BOUND_S, api_server
+        from monitor.service.limits import server_limits
+        from monitor.service.runtime import start_broker_if_needed
+
         record_config(engine, settings, actor="radsentry-serve")
         bootstrap, broker = start_broker_if_needed(settings)
         if broker is not None:

@@ -264,7 +264,7 @@ def test_mlflow_down_during_a_retrain(
     with copied_run(deployment, tmp_path) as run:
         run.scheduler.start()
         try:
-            wait_for(run.training, 180, "the job training")
+            wait_for(run.training, 300, "the job training")
             deployment.mlflow.stop()
 
             def failed_attempt() -> bool:
@@ -272,7 +272,9 @@ def test_mlflow_down_during_a_retrain(
                 request = run.request()
                 return request is not None and request.status == "pending" and bool(request.error)
 
-            wait_for(failed_attempt, 180, "the attempt failing while MLflow is down")
+            # The attempt fails when its training ends and MLflow is called: a dozen epochs,
+            # which take minutes on a loaded 2-core box.
+            wait_for(failed_attempt, 600, "the attempt failing while MLflow is down")
         finally:
             deployment.mlflow.start()
         result, request = run.finish()
@@ -287,7 +289,7 @@ def test_scheduler_killed_during_a_retrain(
     expected, _ = undisturbed
     with copied_run(deployment, tmp_path) as run:
         run.scheduler.start()
-        wait_for(lambda: run.training(from_epoch=2), 180, "the job two epochs into training")
+        wait_for(lambda: run.training(from_epoch=2), 300, "the job two epochs into training")
         run.scheduler.kill()
         killed = run.request()
         assert killed is not None and killed.status == "running" and killed.attempts == 1

@@ -43,14 +43,10 @@ def consume(
     """Run the ingestion consumer in the foreground until SIGTERM or Ctrl-C (the production
     process; scale out with one process per group of partitions). On either, the batch in
     hand is stored and committed, then the process exits 0."""
-    from monitor.service.drift.directions import RegistryDirections
-    from monitor.service.drift.store import DriftMonitor, limit_torch_threads
-    from monitor.service.health import Health, serve_probes
-    from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
-    from monitor.service.kafka import make_consumer, make_producer
     from monitor.service.lifecycle import GracefulStop
-    from monitor.service.registry import registry_for
 
+    # Settings, the broker and the database first: a command that cannot start says so in a
+    # second, before the drift engine (torch) and the consumer are imported.
     settings = load_settings()
     try:
         bootstrap = require_bootstrap(settings)
@@ -63,6 +59,13 @@ def consume(
         GracefulStop("consume") as stopping,
         open_database(database_url(settings), migrate=False) as engine,
     ):
+        from monitor.service.drift.directions import RegistryDirections
+        from monitor.service.drift.store import DriftMonitor, limit_torch_threads
+        from monitor.service.health import Health, serve_probes
+        from monitor.service.ingest.consumer import PRODUCER_CLOSE_S, Ingestor
+        from monitor.service.kafka import make_consumer, make_producer
+        from monitor.service.registry import registry_for
+
         limit_torch_threads()
         health = Health(settings.health.stale_after_s)
         probes = serve_probes(health, metrics_port, settings.api.host) if metrics_port else None
