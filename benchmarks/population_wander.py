@@ -26,7 +26,6 @@ false-alarm rate. PadChest is never read (held out).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 from datetime import UTC, datetime
@@ -66,25 +65,6 @@ def _effects(
     return np.asarray(out, dtype=np.float64)
 
 
-def _normal_technique(pool: SitePool) -> SitePool:
-    """``pool`` with each room's technique scores replaced by normal scores of their ranks.
-
-    The pool's scores are within-room z-scores, which are heavy-tailed where a room's technique
-    values are nearly constant (NIH's image sizes: from -27 to 14). A weekly tilt exp(t * z)
-    then gives a handful of outlying rows most of a week (one infant's radiograph 43 times in
-    350 studies) instead of moving the room's mean technique by about t sd. With normal
-    scores it moves the mean by t sd, as ``Wander.technique_sd`` says.
-    """
-    from scipy.stats import norm, rankdata
-
-    technique = pool.technique.copy()
-    for room in range(pool.rooms):
-        rows = pool.room == room
-        if np.ptp(technique[rows]) > 0:
-            technique[rows] = norm.ppf((rankdata(technique[rows]) - 0.5) / rows.sum())
-    return dataclasses.replace(pool, technique=technique)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--templates", nargs="+", default=["nih", "chexpert"])
@@ -95,12 +75,6 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=1500)
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--per-year", type=float, default=1.0)
-    parser.add_argument(
-        "--normal-technique",
-        action="store_true",
-        help="what if the pool's technique scores were within-room normal scores (see the "
-        "module's note on heavy tails)",
-    )
     args = parser.parse_args()
     print(
         f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
@@ -117,8 +91,6 @@ def main() -> None:
     reference = EngineConfig().reference_events(86_400 / per_day)
     for template in args.templates:
         pool = load_pool(template)
-        if args.normal_technique:
-            pool = _normal_technique(pool)
         for background, size in [
             (b, s) for b in ("wandering", "exchangeable") for s in args.window
         ]:
