@@ -20,6 +20,9 @@ the two standardised by the stable windows' own sd (both fields at once). No p-v
 threshold or persistence rule: an upper bound on what any rule on these fields can do at that
 false-alarm rate. PadChest is never read (held out).
 
+``--within-room`` scores each study against its own room's reference instead (the ceiling of a
+test stratified by acquisition signature: a room mix that moves shows no effect).
+
     .venv/bin/python -m benchmarks.population_wander --window 100 250
 """
 
@@ -48,13 +51,41 @@ Effects = NDArray[np.float64]  # rows: windows; columns: age shift (sd), AP shar
 
 
 def _effects(
-    pool: SitePool, rows: NDArray[np.int64], reference: int, starts: list[int], size: int
+    pool: SitePool,
+    rows: NDArray[np.int64],
+    reference: int,
+    starts: list[int],
+    size: int,
+    within_room: bool = False,
 ) -> Effects:
-    """Each window's (age shift in reference sd, AP share minus the reference's)."""
+    """Each window's (age shift in reference sd, AP share minus the reference's).
+
+    ``within_room``: each study against its own room's reference mean age band and AP share
+    (the pooled within-room sd for the age), so a window whose room mix moved but whose rooms
+    did not shows no effect: the ceiling of a test stratified by acquisition signature.
+    """
     position = np.searchsorted(pool.stable, rows)
     age, ap = pool.age_band[position], (pool.view[position] == "AP").astype(np.float64)
-    ref_age = age[:reference][~np.isnan(age[:reference])]
-    mean, sd, ref_ap = ref_age.mean(), ref_age.std(), ap[:reference].mean()
+    room = pool.room[position]
+    present = ~np.isnan(age)
+    ref = slice(0, reference)
+    if within_room:
+        expected_age = np.full(pool.rooms, np.nan)
+        expected_ap = np.full(pool.rooms, np.nan)
+        for code in range(pool.rooms):
+            in_room = room[ref] == code
+            if (in_room & present[ref]).any():
+                expected_age[code] = age[ref][in_room & present[ref]].mean()
+            if in_room.any():
+                expected_ap[code] = ap[ref][in_room].mean()
+        overall_age, overall_ap = age[ref][present[ref]].mean(), ap[ref].mean()
+        age = age - np.where(np.isnan(expected_age), overall_age, expected_age)[room]
+        ap = ap - np.where(np.isnan(expected_ap), overall_ap, expected_ap)[room]
+        mean, ref_ap = 0.0, 0.0
+        sd = float(age[ref][present[ref]].std())
+    else:
+        ref_age = age[ref][present[ref]]
+        mean, sd, ref_ap = ref_age.mean(), ref_age.std(), ap[ref].mean()
     out = []
     for start in starts:
         window_age = age[start : start + size]
@@ -75,6 +106,11 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=1500)
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--per-year", type=float, default=1.0)
+    parser.add_argument(
+        "--within-room",
+        action="store_true",
+        help="each study against its own room's reference (a test stratified by room)",
+    )
     args = parser.parse_args()
     print(
         f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
@@ -108,7 +144,7 @@ def main() -> None:
                 rows = RealisticStream(config, pool).plan.rows
                 n = config.n_studies
                 starts = list(range(reference, n - size + 1, size))
-                stable.append(_effects(pool, rows, reference, starts, size))
+                stable.append(_effects(pool, rows, reference, starts, size, args.within_room))
                 span = n - reference - args.horizon
                 for k in range(args.onsets):
                     onset = reference + round((k + 0.5) * span / args.onsets)
@@ -117,7 +153,9 @@ def main() -> None:
                         config.model_dump() | {"changes": (change,)}
                     )
                     changed_rows = RealisticStream(changed_config, pool).plan.rows
-                    changed.append(_effects(pool, changed_rows, reference, [onset], size))
+                    changed.append(
+                        _effects(pool, changed_rows, reference, [onset], size, args.within_room)
+                    )
             stable_all, changed_all = np.concatenate(stable), np.concatenate(changed)
             windows_a_year = 365.25 * per_day / size
             quantile = 1.0 - args.per_year / windows_a_year
