@@ -20,13 +20,15 @@ the two standardised by the stable windows' own sd (both fields at once). No p-v
 threshold or persistence rule: an upper bound on what any rule on these fields can do at that
 false-alarm rate. PadChest is never read (held out).
 
+``--within-room`` scores each study against its own room's reference instead (the ceiling of a
+test stratified by acquisition signature: a room mix that moves shows no effect).
+
     .venv/bin/python -m benchmarks.population_wander --window 100 250
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 from datetime import UTC, datetime
@@ -49,13 +51,41 @@ Effects = NDArray[np.float64]  # rows: windows; columns: age shift (sd), AP shar
 
 
 def _effects(
-    pool: SitePool, rows: NDArray[np.int64], reference: int, starts: list[int], size: int
+    pool: SitePool,
+    rows: NDArray[np.int64],
+    reference: int,
+    starts: list[int],
+    size: int,
+    within_room: bool = False,
 ) -> Effects:
-    """Each window's (age shift in reference sd, AP share minus the reference's)."""
+    """Each window's (age shift in reference sd, AP share minus the reference's).
+
+    ``within_room``: each study against its own room's reference mean age band and AP share
+    (the pooled within-room sd for the age), so a window whose room mix moved but whose rooms
+    did not shows no effect: the ceiling of a test stratified by acquisition signature.
+    """
     position = np.searchsorted(pool.stable, rows)
     age, ap = pool.age_band[position], (pool.view[position] == "AP").astype(np.float64)
-    ref_age = age[:reference][~np.isnan(age[:reference])]
-    mean, sd, ref_ap = ref_age.mean(), ref_age.std(), ap[:reference].mean()
+    room = pool.room[position]
+    present = ~np.isnan(age)
+    ref = slice(0, reference)
+    if within_room:
+        expected_age = np.full(pool.rooms, np.nan)
+        expected_ap = np.full(pool.rooms, np.nan)
+        for code in range(pool.rooms):
+            in_room = room[ref] == code
+            if (in_room & present[ref]).any():
+                expected_age[code] = age[ref][in_room & present[ref]].mean()
+            if in_room.any():
+                expected_ap[code] = ap[ref][in_room].mean()
+        overall_age, overall_ap = age[ref][present[ref]].mean(), ap[ref].mean()
+        age = age - np.where(np.isnan(expected_age), overall_age, expected_age)[room]
+        ap = ap - np.where(np.isnan(expected_ap), overall_ap, expected_ap)[room]
+        mean, ref_ap = 0.0, 0.0
+        sd = float(age[ref][present[ref]].std())
+    else:
+        ref_age = age[ref][present[ref]]
+        mean, sd, ref_ap = ref_age.mean(), ref_age.std(), ap[ref].mean()
     out = []
     for start in starts:
         window_age = age[start : start + size]
@@ -64,25 +94,6 @@ def _effects(
             (abs(window_age.mean() - mean) / sd, abs(ap[start : start + size].mean() - ref_ap))
         )
     return np.asarray(out, dtype=np.float64)
-
-
-def _normal_technique(pool: SitePool) -> SitePool:
-    """``pool`` with each room's technique scores replaced by normal scores of their ranks.
-
-    The pool's scores are within-room z-scores, which are heavy-tailed where a room's technique
-    values are nearly constant (NIH's image sizes: from -27 to 14). A weekly tilt exp(t * z)
-    then gives a handful of outlying rows most of a week (one infant's radiograph 43 times in
-    350 studies) instead of moving the room's mean technique by about t sd. With normal
-    scores it moves the mean by t sd, as ``Wander.technique_sd`` says.
-    """
-    from scipy.stats import norm, rankdata
-
-    technique = pool.technique.copy()
-    for room in range(pool.rooms):
-        rows = pool.room == room
-        if np.ptp(technique[rows]) > 0:
-            technique[rows] = norm.ppf((rankdata(technique[rows]) - 0.5) / rows.sum())
-    return dataclasses.replace(pool, technique=technique)
 
 
 def main() -> None:
@@ -96,10 +107,9 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--per-year", type=float, default=1.0)
     parser.add_argument(
-        "--normal-technique",
+        "--within-room",
         action="store_true",
-        help="what if the pool's technique scores were within-room normal scores (see the "
-        "module's note on heavy tails)",
+        help="each study against its own room's reference (a test stratified by room)",
     )
     args = parser.parse_args()
     print(
@@ -117,8 +127,6 @@ def main() -> None:
     reference = EngineConfig().reference_events(86_400 / per_day)
     for template in args.templates:
         pool = load_pool(template)
-        if args.normal_technique:
-            pool = _normal_technique(pool)
         for background, size in [
             (b, s) for b in ("wandering", "exchangeable") for s in args.window
         ]:
@@ -136,7 +144,7 @@ def main() -> None:
                 rows = RealisticStream(config, pool).plan.rows
                 n = config.n_studies
                 starts = list(range(reference, n - size + 1, size))
-                stable.append(_effects(pool, rows, reference, starts, size))
+                stable.append(_effects(pool, rows, reference, starts, size, args.within_room))
                 span = n - reference - args.horizon
                 for k in range(args.onsets):
                     onset = reference + round((k + 0.5) * span / args.onsets)
@@ -145,7 +153,9 @@ def main() -> None:
                         config.model_dump() | {"changes": (change,)}
                     )
                     changed_rows = RealisticStream(changed_config, pool).plan.rows
-                    changed.append(_effects(pool, changed_rows, reference, [onset], size))
+                    changed.append(
+                        _effects(pool, changed_rows, reference, [onset], size, args.within_room)
+                    )
             stable_all, changed_all = np.concatenate(stable), np.concatenate(changed)
             windows_a_year = 365.25 * per_day / size
             quantile = 1.0 - args.per_year / windows_a_year

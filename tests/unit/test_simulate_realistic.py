@@ -32,6 +32,7 @@ from monitor.simulate.realistic import (
     read_header,
     shift_protocol,
 )
+from monitor.simulate.realistic.pool import MAX_TECHNIQUE_SCORE
 from monitor.simulate.xrv import source
 from monitor.simulate.xrv.datasets import Column, XrvDataset, XrvTable
 from monitor.simulate.xrv.source import DATA_DIR
@@ -176,6 +177,80 @@ def test_room_shares_wander_week_to_week(pool: SitePool, table: XrvTable) -> Non
     weekly = zero_room.reshape(weeks, WEEK).mean(axis=1)
     binomial_sd = np.sqrt(weekly.mean() * (1 - weekly.mean()) / WEEK)
     assert np.std(weekly) > 2 * binomial_sd
+
+
+def _nearly_constant_room(table: XrvTable) -> XrvTable:
+    """``table`` with 1,800 more rows in the zero room (2,000 in all) and that room's image
+    size fixed at 2048 x 2048 but for two small (collimated, paediatric) images: a room whose
+    only technique value is the image size, as NIH's are, where within-room z-scores of the
+    two run to about -30."""
+    zero = {
+        "Modality": "CR",
+        "BodyPartExamined": "CHEST",
+        "BitsStored": 15.0,
+        "ImagerPixelSpacing": [0.15, 0.15],
+        "PhotometricInterpretation": "MONOCHROME1",
+    }
+    more = _rows(np.random.default_rng(7), 1_800, zero)
+    metadata = {
+        name: [*cells, *(row.get(name) for row in more)] for name, cells in table.metadata.items()
+    }
+    zero_room = np.flatnonzero(np.array(metadata["BitsStored"], dtype=float) == 15.0)
+    for name in ("Rows", "Columns"):
+        for number, row in enumerate(zero_room):
+            metadata[name][row] = 512.0 if number < 2 else 2048.0
+    return XrvTable(
+        table.dataset,
+        [*table.modality, *(["CR"] * len(more))],
+        metadata,  # type: ignore[arg-type]
+        [*table.abnormal, *([False] * len(more))],
+    )
+
+
+def weekly_most_drawn(stream: RealisticStream) -> int:
+    """The most times any one table row is drawn in one week of ``stream``."""
+    plan = stream.plan
+    return max(
+        int(np.unique(plan.rows[plan.week == week], return_counts=True)[1].max())
+        for week in np.unique(plan.week)
+    )
+
+
+def test_technique_scores_are_bounded_so_no_row_takes_over_a_week(table: XrvTable) -> None:
+    varied = _nearly_constant_room(table)
+    pool = SitePool.build(SiteTemplate.OPENI, varied)
+    assert np.abs(pool.technique).max() <= MAX_TECHNIQUE_SCORE
+    small = np.isin(pool.stable, np.flatnonzero(column(varied, "Rows") == 512.0))
+    assert small.sum() == 2
+    zero_room = pool.room == pool.room[small][0]
+    assert pool.technique[small].max() < pool.technique[zero_room & ~small].min()  # still lowest
+    # 350 studies a week, about 300 from the zero room's 2,000 rows: a row is drawn 0.15 times
+    # a week without a tilt. A row at the bound outweighs its room's typical row by exp(3 |t|),
+    # t the week's tilt (sd 0.3): a few draws at most. Within-room z-scores (about -30 here)
+    # gave each small image most of some weeks.
+    for seed in range(3):
+        stream = RealisticStream(config(n_studies=52 * WEEK, seed=seed), pool)
+        assert weekly_most_drawn(stream) <= 8, seed
+
+
+def test_the_technique_tilt_moves_a_rooms_mean_technique_week_to_week(pool: SitePool) -> None:
+    weeks = 52
+    index = {int(row): number for number, row in enumerate(pool.stable)}
+    for exchangeable in (False, True):
+        plan = RealisticStream(config(n_studies=weeks * WEEK, exchangeable=exchangeable), pool).plan
+        stable = np.array([index[int(row)] for row in plan.rows])
+        room = pool.room[stable].reshape(weeks, WEEK)
+        score = pool.technique[stable].reshape(weeks, WEEK)
+        busiest = int(np.bincount(pool.room[stable]).argmax())
+        means = [float(s[r == busiest].mean()) for s, r in zip(score, room, strict=True)]
+        sampling_sd = np.sqrt(np.mean([1.0 / (r == busiest).sum() for r in room]))
+        ratio = float(np.std(means) / sampling_sd)
+        # The default tilt (sd 0.3) moves the room's mean score by about 0.3 sd a week against
+        # a sampling sd of about 0.07: about 4 times; without wander, about 1.
+        if exchangeable:
+            assert ratio < 1.6, ratio
+        else:
+            assert ratio > 2.5, ratio
 
 
 def test_stable_draws_do_not_depend_on_the_stream_length(pool: SitePool) -> None:

@@ -98,7 +98,7 @@ class Wander(_Frozen):
     technique_sd: float = Field(0.3, ge=0.0)
     """Tilt towards higher or lower technique within a room (habitus mix, who is on shift, AEC
     and processing settings): a room's mean technique moves by about this many of its sd. At
-    0.3 OpenI's weekly median tube current moves by about 7 % (sampling alone: about 4 %)."""
+    0.3 OpenI's weekly median tube current moves by about 4-8 % (sampling alone: 2-6 %)."""
     view_sd: float = Field(0.3, ge=0.0)
     """Tilt on the log-odds of an AP study (inpatient census)."""
     age_sd: float = Field(0.1, ge=0.0)
