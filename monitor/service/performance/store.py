@@ -52,7 +52,7 @@ from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summa
 from monitor.service import metrics
 from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
 from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
-from monitor.service.performance.labels import (
+from monitor.service.performance.raw import (
     LabelledScores,
     RecentWindow,
     earliest_labelled,
