@@ -51,7 +51,7 @@ from monitor.performance.metrics import (
 from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summaries_metrics
 from monitor.service import metrics
 from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
-from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
+from monitor.service.performance.alerts import WindowFacts, evaluate
 from monitor.service.performance.raw import (
     LabelledScores,
     RecentWindow,
@@ -126,8 +126,8 @@ def refresh(
     only the streams whose statistics or predictions changed since its last use.
 
     The streams to recompute are read on one connection (their statistics in a few queries
-    per 200 streams, then two bounded raw reads each), their metrics computed in one
-    vectorised call, and their rules checked in one transaction.
+    per 200 streams, then the bounded raw reads in one statement each per 200), their metrics
+    computed in one vectorised call, and their rules checked together in one transaction.
     """
     now = now or datetime.now(UTC)
     with engine.connect() as connection:
@@ -207,14 +207,16 @@ def _site_snapshots(
         raw = raws[key]
         estimate = _estimate(settings, rolling.metrics, raw.reference, raw.recent)
         computed[key] = [dataclasses.replace(rolling, estimate=estimate), cumulative]
-    outcomes: list[tuple[StreamKey, RuleOutcome]] = []
+    checked = [
+        (StreamKey(*key[0]), _window_facts(settings, rolling, raws[key].reference, reads[key]))
+        for key, (rolling, _) in computed.items()
+        if rolling.window_start is not None and rolling.window_end is not None
+    ]
     with engine.begin() as connection:
-        for key, (rolling, _) in computed.items():
-            if rolling.window_start is not None and rolling.window_end is not None:
-                outcome = _check_rules(
-                    connection, settings, rolling, raws[key].reference, reads[key].cumulative.n
-                )
-                outcomes.append((StreamKey(*key[0]), outcome))
+        results = evaluate(connection, settings, [facts for _, facts in checked])
+    outcomes = [
+        (stream_key, outcome) for (stream_key, _), outcome in zip(checked, results, strict=True)
+    ]
     for stream_key, outcome in outcomes:
         for alert in outcome.alerts:
             metrics.ALERTS_OPENED.labels(
@@ -296,15 +298,12 @@ def _expired(connection: Connection, sites: list[tuple[str, str]]) -> dict[tuple
     return counts
 
 
-def _check_rules(
-    connection: Connection,
-    settings: PerformanceSettings,
-    rolling: Snapshot,
-    reference: LabelledScores,
-    labelled_total: int,
-) -> RuleOutcome:
-    """The performance alert rules on the rolling window, against the version's reference
-    (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
+def _window_facts(
+    settings: PerformanceSettings, rolling: Snapshot, reference: LabelledScores, read: _Read
+) -> WindowFacts:
+    """What the performance alert rules judge: the rolling window, against the version's
+    reference (its earliest labelled predictions at the site, the same the estimate is
+    calibrated on)."""
     assert rolling.window_start is not None and rolling.window_end is not None
     threshold = rolling.metrics.threshold
 
@@ -313,17 +312,16 @@ def _check_rules(
             return None
         return binary_metrics(reference.labels, reference.scores, threshold, settings.metrics)
 
-    facts = WindowFacts(
+    return WindowFacts(
         key=StreamKey(rolling.site_id, rolling.model_name, rolling.model_version),
         finding=rolling.finding,
         rolling=rolling.metrics,
         reference_metrics=reference_metrics,
         threshold=threshold,
-        labelled=labelled_total,
+        labelled=read.cumulative.n,
         window_start=rolling.window_start,
         window_end=rolling.window_end,
     )
-    return evaluate(connection, settings, facts)
 
 
 @dataclass(frozen=True, slots=True)
