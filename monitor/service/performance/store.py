@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,8 +129,35 @@ def refresh(
     The streams to recompute are read on one connection (their statistics in a few queries
     per 200 streams, then the bounded raw reads in one statement each per 200), their metrics
     computed in one vectorised call, and their rules checked together in one transaction.
+    Python's cyclic garbage collector is paused meanwhile (:func:`_collector_paused`).
     """
-    now = now or datetime.now(UTC)
+    with _collector_paused():
+        return _refresh(engine, settings, now or datetime.now(UTC), cache)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, then on again if it was.
+
+    A full refresh builds some 100,000 container objects (snapshots, their subgroups' metrics)
+    that live until they are stored; that many survivors trigger full collections, each of
+    which walks every object of the imported libraries (about 450,000): a fifth of the
+    refresh's CPU (docs/benchmarks.md, issue 21 item 4). The objects are freed by reference
+    counting when the refresh ends, so pausing the collector leaks nothing; the next automatic
+    collection runs as usual. Process-wide while it lasts (about a second).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _refresh(
+    engine: Engine, settings: PerformanceSettings, now: datetime, cache: RefreshCache | None
+) -> list[Snapshot]:
     with engine.connect() as connection:
         marks = stream_marks(connection)
         kept = {
