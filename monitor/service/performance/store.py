@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import gc
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -158,17 +159,21 @@ def _collector_paused() -> Iterator[None]:
 def _refresh(
     engine: Engine, settings: PerformanceSettings, now: datetime, cache: RefreshCache | None
 ) -> list[Snapshot]:
-    with engine.connect() as connection:
-        marks = stream_marks(connection)
-        kept = {
-            key: entry
-            for key, mark in marks.items()
-            if cache is not None and (entry := cache.streams.get(key)) and entry[0] == mark
-        }
-        stale = sorted(key for key in marks if key not in kept)
-        reads = _read_all(connection, settings, stale)
-        raws = _raw_all(connection, settings, stale)
-    computed = _site_snapshots(engine, settings, reads, raws)
+    """:func:`refresh`. The bounded raw reads, mostly the database's work, run on a second
+    connection in a thread while this one reads and merges the statistics and computes their
+    metrics, mostly Python's: on two cores the two overlap."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        with engine.connect() as connection:
+            marks = stream_marks(connection)
+            kept = {
+                key: entry
+                for key, mark in marks.items()
+                if cache is not None and (entry := cache.streams.get(key)) and entry[0] == mark
+            }
+            stale = sorted(key for key in marks if key not in kept)
+            raws = reader.submit(_raw_all, engine, settings, stale)
+            reads = _read_all(connection, settings, stale)
+        computed = _site_snapshots(engine, settings, reads, raws)
     snapshots = []
     sites: dict[tuple[str, str, str], list[_Read]] = {}
     for key in sorted(marks):
@@ -215,10 +220,11 @@ def _site_snapshots(
     engine: Engine,
     settings: PerformanceSettings,
     reads: dict[StreamFinding, _Read],
-    raws: dict[StreamFinding, _Raw],
+    reading: Future[dict[StreamFinding, _Raw]],
 ) -> dict[StreamFinding, list[Snapshot]]:
     """The rolling and cumulative snapshots of each site's stream; the rules checked (all
-    streams in one transaction)."""
+    streams in one transaction). The raw reads (``reading``) are waited for once the
+    statistics' metrics are computed."""
     keys = list(reads)
     windows = [
         window
@@ -229,6 +235,7 @@ def _site_snapshots(
         )
     ]
     snapshots = _snapshots(settings, windows)
+    raws = reading.result()
     computed: dict[StreamFinding, list[Snapshot]] = {}
     for index, key in enumerate(keys):
         rolling, cumulative = snapshots[2 * index : 2 * index + 2]
@@ -298,11 +305,14 @@ def _read_all(
 
 
 def _raw_all(
-    connection: Connection, settings: PerformanceSettings, keys: list[StreamFinding]
+    engine: Engine, settings: PerformanceSettings, keys: list[StreamFinding]
 ) -> dict[StreamFinding, _Raw]:
     streams = {key: (*key[0], key[1]) for key in keys}
-    references = earliest_labelled(connection, list(streams.values()), settings.estimate_reference)
-    recent = recent_windows(connection, list(streams.values()), settings.rolling_window)
+    with engine.connect() as connection:
+        references = earliest_labelled(
+            connection, list(streams.values()), settings.estimate_reference
+        )
+        recent = recent_windows(connection, list(streams.values()), settings.rolling_window)
     return {key: _Raw(references[stream], recent[stream]) for key, stream in streams.items()}
 
 
