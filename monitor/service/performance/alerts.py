@@ -266,13 +266,12 @@ def _labels_after(
                 labels.c.study_key > given.c.study_key,
             ),
         )
-        .offset(0)  # an optimisation fence: kept a per-stream index range, never a hash join
+        .offset(0)  # a planner fence: each stream stays an index range, never a hash join
         .correlate(given)
         .lateral("after")
     )
     statement = (
-        select(*(given.c[name] for name in _STREAM), after.c.label, after.c.score)
-        .add_columns(after.c.labelled_at, after.c.study_key)
+        select(*(given.c[name] for name in _STREAM), *after.c)
         .select_from(given)
         .join(after, true())
         .order_by(*(given.c[name] for name in _STREAM), after.c.labelled_at, after.c.study_key)
