@@ -1,10 +1,10 @@
 """What a labelled replay leaves in its database, written out so that two revisions compare.
 
-Runs ``run_backtest_with_labels`` of the checkout on ``PYTHONPATH`` (with one torch thread, as
-``radsentry backtest`` runs it) and, before its scratch server stops, writes one JSON line per
-row, sorted: every drift check, alert, performance snapshot, performance alarm state,
-statistics row and label in force, leaving out the columns that differ between identical runs
-(wall-clock times, surrogate and random ids).
+Runs ``run_backtest_with_labels`` of the checkout on ``PYTHONPATH`` (with one torch thread and
+the start-up objects frozen, as ``radsentry backtest`` runs it) and, before its scratch server
+stops, writes one JSON line per row, sorted: every drift check, alert, performance snapshot,
+performance alarm state, statistics row and label in force, leaving out the columns that differ
+between identical runs (wall-clock times, surrogate and random ids).
 Two revisions produced the same results when the files are equal (``cmp``):
 
     PYTHONPATH=. .venv/bin/python -m benchmarks.labelled_replay_outputs \\
@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from monitor.service.backtest import labels as backtest_labels
+from monitor.service.backtest.replay import freeze_start_up_objects
 from monitor.service.drift.store import limit_torch_threads
 
 TABLES = (
@@ -116,6 +117,7 @@ def main() -> None:
 
     backtest_labels.scratch_database = dumped  # type: ignore[assignment]
     limit_torch_threads()  # as `radsentry backtest` does: its CPU time is the CLI's
+    freeze_start_up_objects()  # as it does too
     started, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         summary = backtest_labels.run_backtest_with_labels(

@@ -6,11 +6,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import statsmodels.api as sm  # type: ignore[import-untyped]
 from numpy.typing import NDArray
-from statsmodels.tools.sm_exceptions import (  # type: ignore[import-untyped]
-    PerfectSeparationError,
-)
+
+Floats = NDArray[np.float64]
 
 LOGIT_CLIP = 1e-6
 """Scores are clipped to [1e-6, 1 - 1e-6] before the logit, so 0 and 1 stay finite."""
@@ -73,10 +71,11 @@ def logistic_recalibration(
 ) -> tuple[float, float] | str:
     """Slope and intercept of ``logit P(y = 1) = intercept + slope * logit(score)``, or why not.
 
-    Maximum likelihood with statsmodels' ``Logit`` (Newton). Well-calibrated scores give slope 1
-    and intercept 0; a slope below 1 means scores too extreme (overfitting), above 1 too timid; a
-    negative intercept means scores too high overall. Returns the reason instead when the fit
-    has no finite solution (scores that separate the classes) or the scores are all equal.
+    Maximum likelihood by Newton's method (:func:`_newton_logit`, statsmodels' ``Logit().fit()``
+    step for step). Well-calibrated scores give slope 1 and intercept 0; a slope below 1 means
+    scores too extreme (overfitting), above 1 too timid; a negative intercept means scores too
+    high overall. Returns the reason instead when the fit has no finite solution (scores that
+    separate the classes) or the scores are all equal.
     """
     clipped = np.clip(scores, LOGIT_CLIP, 1.0 - LOGIT_CLIP)
     logits = np.log(clipped / (1.0 - clipped))
@@ -84,13 +83,60 @@ def logistic_recalibration(
         return "all scores are equal, so there is no slope to fit"
     design = np.column_stack([np.ones_like(logits), logits])
     with warnings.catch_warnings():
-        # Separation is detected below from the fit's own convergence flag.
+        # Separation is detected from the fit's convergence (overflows on the way are expected).
         warnings.simplefilter("ignore")
         try:
-            fit = sm.Logit(labels.astype(np.float64), design).fit(disp=0)
-        except (np.linalg.LinAlgError, PerfectSeparationError):
+            fitted = _newton_logit(labels.astype(np.float64), design)
+        except np.linalg.LinAlgError:
             return _SEPARATION
-    if not fit.mle_retvals["converged"]:
+    if fitted is None:
         return _SEPARATION
-    intercept, slope = (float(value) for value in fit.params)
+    intercept, slope = (float(value) for value in fitted)
     return slope, intercept
+
+
+_NEWTON_MAX_ITERATIONS = 35
+_NEWTON_TOLERANCE = 1e-8
+_NEWTON_RIDGE = 1e-10
+
+
+def _newton_logit(outcomes: NDArray[np.float64], design: NDArray[np.float64]) -> Floats | None:
+    """The logistic regression's maximum-likelihood coefficients, None when Newton's method
+    does not converge; LinAlgError for a singular Hessian.
+
+    statsmodels' ``Logit(outcomes, design).fit()`` (0.14-0.15: ``LikelihoodModel.fit`` with
+    ``_fit_newton``) operation for operation, so the numbers are the same to the last bit
+    (``tests/unit/test_performance_calibration.py`` compares them): from zero, steps
+    ``solve(H + ridge, gradient)`` on the mean log-likelihood until no coefficient moves more
+    than the tolerance, at most 35 of them (reaching the 35th counts as not converged), then
+    the inverse of the final Hessian, which fails for a singular one. Its model set-up (data
+    checks, a rank computation, the results object) took 2-4 ms a fit, most of the tracker's
+    label-free estimate (docs/benchmarks.md, issue 21 item 4).
+    """
+    cases = outcomes.shape[0]
+    params = np.zeros(design.shape[1])
+    previous = np.full_like(params, np.inf)
+    iterations = 0
+    while iterations < _NEWTON_MAX_ITERATIONS and np.any(
+        np.abs(params - previous) > _NEWTON_TOLERANCE
+    ):
+        hessian = _mean_hessian(design, params, cases)
+        hessian[np.diag_indices(hessian.shape[0])] += _NEWTON_RIDGE
+        previous = params
+        fitted = _logistic(np.dot(design, previous) + 0.0)
+        gradient = -np.dot(outcomes - fitted, design) / cases
+        params = previous - np.linalg.solve(hessian, gradient)
+        iterations += 1
+    np.linalg.inv(_mean_hessian(design, params, cases))
+    return params if iterations < _NEWTON_MAX_ITERATIONS else None
+
+
+def _mean_hessian(design: Floats, params: Floats, cases: int) -> Floats:
+    """Minus the Hessian of the mean log-likelihood at ``params`` (statsmodels negates it
+    twice: exact, so not here)."""
+    fitted = _logistic(np.dot(design, params) + 0.0)
+    return np.asarray(np.dot(fitted * (1 - fitted) * design.T, design) / cases)
+
+
+def _logistic(linear: Floats) -> Floats:
+    return np.asarray(1 / (1 + np.exp(-linear)))

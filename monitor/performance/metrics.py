@@ -99,30 +99,47 @@ class BinaryMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         """What ``dataclasses.asdict`` gives, built field by field: asdict's generic deep copy
-        was a quarter of a tracker refresh (two dozen windows per site)."""
+        was a quarter of a tracker refresh (two dozen windows per site), and the records' dicts
+        are written out (a refresh makes some 50,000 of them)."""
         plain = {name: getattr(self, name) for name in _METRICS_FIELDS}
-        plain["counts"] = _flat(self.counts)
+        c = self.counts
+        plain["counts"] = {
+            "n": c.n,
+            "positives": c.positives,
+            "negatives": c.negatives,
+            "tp": c.tp,
+            "fp": c.fp,
+            "tn": c.tn,
+            "fn": c.fn,
+        }
         for name in _INTERVAL_FIELDS:
-            interval = plain[name]
-            plain[name] = None if interval is None else _flat(interval)
-        plain["reliability"] = tuple(_flat(one) for one in self.reliability)
+            i = plain[name]
+            plain[name] = (
+                None
+                if i is None
+                else {
+                    "estimate": i.estimate,
+                    "lower": i.lower,
+                    "upper": i.upper,
+                    "method": i.method,
+                }
+            )
+        plain["reliability"] = tuple(
+            {
+                "lower": b.lower,
+                "upper": b.upper,
+                "count": b.count,
+                "mean_score": b.mean_score,
+                "observed_rate": b.observed_rate,
+            }
+            for b in self.reliability
+        )
         plain["unavailable"] = dict(self.unavailable)
         return plain
 
 
 _METRICS_FIELDS: Final = tuple(f.name for f in fields(BinaryMetrics))
 _INTERVAL_FIELDS: Final = ("prevalence", "auroc", "sensitivity", "specificity", "ppv", "npv")
-
-
-def _flat(record: Interval | ConfusionCounts | ReliabilityBin) -> dict[str, Any]:
-    """A dataclass of scalars as a dict (``asdict`` for one level)."""
-    return {name: getattr(record, name) for name in _FIELD_NAMES[type(record)]}
-
-
-_FIELD_NAMES: Final[dict[type[Any], tuple[str, ...]]] = {
-    kind: tuple(f.name for f in fields(kind))
-    for kind in (Interval, ConfusionCounts, ReliabilityBin)
-}
 
 
 def binary_metrics(

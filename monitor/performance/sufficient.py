@@ -466,20 +466,21 @@ def auroc_binning_bound(summary: PerformanceSummary) -> float:
 
 
 def reliability_from_summary(summary: PerformanceSummary) -> tuple[ReliabilityBin, ...]:
-    """The reliability bins ``reliability_bins`` gives on the summarised cases."""
-    counts = summary.calibration[:, 0].sum(axis=0)
-    score_sums = summary.calibration[:, 1].sum(axis=0) / FIXED_POINT
-    positives = summary.calibration[1, 0]
+    """The reliability bins ``reliability_bins`` gives on the summarised cases (the same
+    divisions, in Python floats: a refresh makes some 30,000 bins)."""
+    counts = summary.calibration[:, 0].sum(axis=0).tolist()
+    score_sums = (summary.calibration[:, 1].sum(axis=0) / FIXED_POINT).tolist()
+    positives = summary.calibration[1, 0].tolist()
     bins = summary.layout.calibration_bins
     return tuple(
         ReliabilityBin(
             lower=i / bins,
             upper=(i + 1) / bins,
-            count=int(counts[i]),
-            mean_score=float(score_sums[i] / counts[i]) if counts[i] else None,
-            observed_rate=float(positives[i] / counts[i]) if counts[i] else None,
+            count=count,
+            mean_score=score_sums[i] / count if count else None,
+            observed_rate=positives[i] / count if count else None,
         )
-        for i in range(bins)
+        for i, count in enumerate(counts)
     )
 
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import orjson
 from sqlalchemy import (
@@ -58,6 +58,13 @@ class UnsupportedDatabase(ServiceError, ValueError):
     """The URL names a database other than PostgreSQL."""
 
 
+NO_JIT: Final = "-c jit=off"
+"""Every connection runs without PostgreSQL's JIT compilation. Our statements are keyed reads
+and writes of a few thousand rows at most; a batched one (the tracker's reads of 200 streams)
+is estimated costly enough to be compiled, which took 0.5-0.7 s against its 0.1 s of work
+(docs/benchmarks.md, issue 21 item 4)."""
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """Create the engine for ``url``, a PostgreSQL URL (UnsupportedDatabase otherwise: the
     change log's triggers, the advisory locks and the Grafana views are PostgreSQL's; with no
@@ -68,9 +75,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             f"RadSentry needs PostgreSQL, not {parsed.get_backend_name()}; unset "
             "RADSENTRY_DATABASE__URL to use the embedded PostgreSQL server"
         )
-    connect_args = {}
+    connect_args: dict[str, Any] = {}
     if "connect_timeout" not in parsed.query:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "options" not in parsed.query:
+        connect_args["options"] = NO_JIT
     return create_engine(
         url,
         echo=echo,
@@ -179,13 +188,14 @@ def given_rows(
     grows with the keys (psycopg parses it anew for every batch, and PostgreSQL plans it as an
     OR of row comparisons): the batch transaction's keyed reads and writes use this
     (docs/benchmarks.md, "Labelled replay: set-based batch writes"). ``types``: a column's
-    element type where it is not the table's (JSON sent as text, say).
+    element type where it is not the table's (JSON sent as text, say), or of a column the table
+    lacks.
     """
     types = types or {}
     arrays = []
     for index, column in enumerate(columns):
         values = [row[index] for row in rows]  # psycopg's dialect casts it: ::VARCHAR(64)[]
-        element = types.get(column, table.c[column].type)
+        element = types[column] if column in types else table.c[column].type
         arrays.append(bindparam(None, values, type_=ARRAY(element)))
     return func.unnest(*arrays).table_valued(*columns).render_derived(name)
 

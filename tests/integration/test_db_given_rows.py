@@ -1,16 +1,16 @@
 """``db.given_rows``: the batch transaction's keyed reads and writes through ``unnest`` arrays
 (one statement for any number of keys) find, lock and update exactly the rows a tuple ``IN``
 list does, in a real PostgreSQL, with the column types the stores pass (text, float, bytea,
-timestamps with NULLs)."""
+timestamps with NULLs); the engine's connection options."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, select, tuple_, update
+from sqlalchemy import Engine, select, text, tuple_, update
 
-from monitor.service.db import given_rows, matches, table_of
+from monitor.service.db import given_rows, make_engine, matches, table_of
 from monitor.service.models import PerformanceBucketRow
 
 pytestmark = pytest.mark.integration
@@ -68,3 +68,13 @@ def test_given_rows_find_lock_and_update_the_rows_a_tuple_in_list_finds(pg_engin
     assert sorted((row.site_id, bytes(row.summary), row.first_at) for row in rows) == sorted(
         (key[0], f"new-{key[0]}".encode(), NOW) for key in wanted[:3]
     )
+
+
+def test_engines_run_without_jit_unless_the_url_sets_options(pg_url: str) -> None:
+    """``make_engine`` turns PostgreSQL's JIT off (a batched read of many streams was
+    compiled for longer than it ran); options in the URL are the operator's and win."""
+    for url, expected in ((pg_url, "off"), (f"{pg_url}?options=-c%20jit%3Don", "on")):
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            assert connection.scalar(text("SHOW jit")) == expected
+        engine.dispose()

@@ -1,8 +1,8 @@
 """The tracker's batched reads equal the per-stream reads they replace, in a real PostgreSQL.
 
 ``summaries.read_streams`` (windows and prediction counts of many streams in a few queries)
-against ``read_window`` and ``predicted``; ``labels.earliest_labelled`` and
-``labels.recent_windows`` against ``joined_sample`` and ``recent_predictions``. On the
+against ``read_window`` and ``predicted``; ``raw.earliest_labelled`` and
+``raw.recent_windows`` against ``joined_sample`` and ``recent_predictions``. On the
 shuffled history of ``test_performance_summaries`` (two sites, two versions, one without a
 threshold, a finding missing from a third of the scores, corrections and expiries).
 """
@@ -22,12 +22,8 @@ from monitor.service.db import make_engine, upgrade
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
 from monitor.service.performance import summaries
-from monitor.service.performance.labels import (
-    earliest_labelled,
-    joined_sample,
-    recent_predictions,
-    recent_windows,
-)
+from monitor.service.performance.labels import joined_sample, recent_predictions
+from monitor.service.performance.raw import earliest_labelled, recent_windows
 from monitor.service.performance.summaries import Window, predicted, read_streams, read_window
 from tests.conftest import empty_tables
 from tests.factories import study_key

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 
 from monitor.drift.config import DetectorSet, EngineConfig, WindowConfig
 from monitor.performance.config import AurocCusum
@@ -21,10 +21,14 @@ from monitor.service.drift.alerts import list_alerts
 from monitor.service.drift.store import DriftMonitor
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
+from monitor.service.models import AlertRow, PerformanceAlarmRow
+from monitor.service.performance import store
+from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
 from monitor.service.performance.store import FLEET, latest_snapshots, refresh
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
 from tests.auth_helpers import TEST_AUTH, bearer
+from tests.conftest import empty_tables
 
 pytestmark = pytest.mark.integration
 
@@ -223,6 +227,53 @@ def test_auroc_cusum_alerts_the_degraded_site_once_through_the_tracker(
     assert "Drift at this site in the same period" in explanation
     refresh(pg_engine, settings)  # no new labels: nothing read again, no duplicate
     assert len(_performance_alerts(pg_engine)) == 1
+
+
+def test_the_rules_of_all_streams_checked_together_decide_as_each_stream_alone(
+    pg_engine: Engine, simulated: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alerts.evaluate`` checks every stream of a refresh in a few statements (states read
+    and locked together, the labels after every watermark in one read); the alerts, their
+    updates and the saved states equal those of checking one stream per call. Both CUSUMs on,
+    labels arriving over five refreshes."""
+    settings = PerformanceSettings(
+        rolling_window=300,
+        estimate_reference=300,
+        rules=RulesConfig(
+            calibration_limit=None,
+            auroc_cusum=AurocCusum(reference_cases=200, drop=0.08, reference_confidence=0.9),
+        ),
+    )
+
+    def replay() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        step = len(simulated) // 5
+        for start in range(0, len(simulated), step):
+            ingest(pg_engine, simulated[start : start + step], first_offset=start)
+            refresh(pg_engine, settings, now=datetime(2027, 1, 1, tzinfo=UTC))
+        with pg_engine.connect() as connection:
+            alerts = connection.execute(
+                select(*(c for c in AlertRow.__table__.c if c.name not in ("created_at",)))
+                .where(AlertRow.detector.startswith("performance."))
+                .order_by(AlertRow.alert_id)
+            ).all()
+            states = connection.execute(
+                select(PerformanceAlarmRow.__table__.c).order_by(PerformanceAlarmRow.site_id)
+            ).all()
+        return [tuple(a) for a in alerts], [tuple(s)[:-1] for s in states]  # updated_at off
+
+    together = replay()
+    empty_tables(pg_engine)
+
+    def one_at_a_time(
+        connection: Connection, settings: PerformanceSettings, facts: list[WindowFacts]
+    ) -> list[RuleOutcome]:
+        return [outcome for one in facts for outcome in evaluate(connection, settings, [one])]
+
+    monkeypatch.setattr(store, "evaluate", one_at_a_time)
+    alone = replay()
+    assert together[0], "the degraded site raises alerts"
+    assert len(together[1]) == 3
+    assert together == alone
 
 
 def _performance_alerts(engine: Engine) -> list[object]:

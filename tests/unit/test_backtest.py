@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import heapq
 import random
@@ -349,3 +350,15 @@ def test_a_history_shorter_than_the_default_reference_says_so_instead_of_staying
     assert "--reference" in result.output
     summary = run_backtest(events_file, tmp_path / "again.jsonl", config=FAST)
     assert summary.collecting == []  # references of 400 events: complete
+
+
+def test_the_start_up_objects_are_frozen_out_of_full_collections() -> None:
+    from monitor.service.backtest.replay import freeze_start_up_objects
+
+    gc.unfreeze()  # what an earlier test's backtest command froze
+    try:
+        freeze_start_up_objects()
+        assert gc.get_freeze_count() > 10_000  # the imported modules' objects at least
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()  # this test process runs on

@@ -57,6 +57,7 @@ def backtest(
         return
     from monitor.service.backtest.replay import (
         BacktestError,
+        freeze_start_up_objects,
         load_config,
         print_summary,
         rich_progress,
@@ -65,6 +66,7 @@ def backtest(
     from monitor.service.drift.store import limit_torch_threads
 
     limit_torch_threads()  # as the consumer: small kernels, no thread contention
+    freeze_start_up_objects()
     try:
         engine_config = load_config(config)
         console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)
@@ -90,11 +92,17 @@ def _backtest_with_labels(
     """The replay with labels: a progress bar instead of the service's INFO lines (an alert or
     refresh each), then the performance alerts' table and the totals."""
     from monitor.service.backtest.labels import run_backtest_with_labels, summary_tables
-    from monitor.service.backtest.replay import BacktestError, load_config, rich_progress
+    from monitor.service.backtest.replay import (
+        BacktestError,
+        freeze_start_up_objects,
+        load_config,
+        rich_progress,
+    )
     from monitor.service.drift.store import limit_torch_threads
 
     limit_torch_threads()
     performance = load_settings().performance  # configures logging: before it is quietened
+    freeze_start_up_objects()
     try:
         engine_config = load_config(config)
         console.print(f"config fingerprint {engine_config.fingerprint()}", soft_wrap=True)

@@ -14,6 +14,7 @@ contract's reason, never their content (it may carry PHI); other schemas are cou
 
 from __future__ import annotations
 
+import gc
 import gzip
 import heapq
 import math
@@ -169,6 +170,19 @@ class BacktestSummary:
         for alert in outcome.alerts:
             self.tallies.setdefault((alert.key, alert.detector), DetectorTally()).alerts += 1
             self.alerts += 1
+
+
+def freeze_start_up_objects() -> None:
+    """Put every object alive now, most of them the imported libraries' (about 450,000), in the
+    garbage collector's permanent generation, where its full collections no longer walk them.
+
+    For the one-shot ``radsentry backtest`` process, once its modules are imported: a replay
+    allocates enough to trigger many full collections (each of the labelled replay's 330
+    refreshes and 500 batches), and each one walked every one of those objects
+    (docs/benchmarks.md, issue 21 item 4). Garbage collected first, so none is kept.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def load_config(path: Path | None) -> EngineConfig:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, String, bindparam, or_, select, true, update
 
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey, alert_id_for
@@ -49,10 +49,9 @@ from monitor.performance.rules import (
     start_cusum,
     update_cusum,
 )
-from monitor.service.db import as_utc
+from monitor.service.db import as_utc, given_rows, matches, table_of
 from monitor.service.drift.alerts import apply_updates, write_alerts
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, PerformanceAlarmRow
-from monitor.service.performance.labels import labelled_predictions
 from monitor.service.settings import PerformanceSettings
 
 PERFORMANCE_REFERENCE = uuid.UUID("3b0b1f0e-2d55-4f0c-8d3e-6a1e2f9b7c44")
@@ -104,20 +103,38 @@ class RuleOutcome:
 
 
 def evaluate(
-    connection: Connection, settings: PerformanceSettings, facts: WindowFacts
-) -> RuleOutcome:
-    """Check the rules for one (site, model version, finding); store alerts and state, in the
-    caller's transaction (the state row is locked until it ends)."""
+    connection: Connection, settings: PerformanceSettings, facts: Sequence[WindowFacts]
+) -> list[RuleOutcome]:
+    """Check the rules of every given (site, model version, finding), one outcome each, in
+    the caller's transaction: a few statements for all of them (their states read and locked
+    in one, the labels after their watermarks in one, the changed states written in one or
+    two), not three per stream."""
+    if not facts:
+        return []
     now = datetime.now(UTC)
-    stored, document = _load(connection, facts)
-    outcome = RuleOutcome(results=_window_rules(settings, facts, document))
-    outcome.results += _sequential(connection, settings, facts, document)
-    for result in outcome.results:
-        _alarm(connection, settings, facts, document, result, outcome)
-    write_alerts(connection, outcome.alerts, now)
-    apply_updates(connection, outcome.updates)
-    _save(connection, facts, stored, document, now)
-    return outcome
+    stored = _load(connection, facts)
+    documents = [
+        AlarmDocument() if state is None else AlarmDocument.model_validate(state)
+        for state in stored
+    ]
+    outcomes = [
+        RuleOutcome(results=_window_rules(settings, one, document))
+        for one, document in zip(facts, documents, strict=True)
+    ]
+    for outcome, one, document, rows in zip(
+        outcomes,
+        facts,
+        documents,
+        _sequential_inputs(connection, settings, facts, documents),
+        strict=True,
+    ):
+        outcome.results += _sequential(settings, one, document, rows)
+        for result in outcome.results:
+            _alarm(connection, settings, one, document, result, outcome)
+    write_alerts(connection, [alert for outcome in outcomes for alert in outcome.alerts], now)
+    apply_updates(connection, [update for outcome in outcomes for update in outcome.updates])
+    _save(connection, facts, stored, documents, now)
+    return outcomes
 
 
 def _window_rules(
@@ -130,22 +147,43 @@ def _window_rules(
     return evaluate_rules(facts.rolling, facts.reference, settings.rules, finding=facts.finding)
 
 
-def _sequential(
+@dataclass(frozen=True, slots=True)
+class _LabelledAfter:
+    """The labelled cases of one stream after its watermark, in (label time, study) order."""
+
+    labels: list[int]
+    scores: list[float]
+    last: tuple[datetime, str] | None
+    """(label time, study) of the last of them: the next watermark."""
+
+
+def _sequential_inputs(
     connection: Connection,
+    settings: PerformanceSettings,
+    facts: Sequence[WindowFacts],
+    documents: Sequence[AlarmDocument],
+) -> Sequence[_LabelledAfter | None]:
+    """Per stream, the CUSUMs (re)started as needed and the labels after the watermark they
+    read (None with both CUSUMs off)."""
+    rules = settings.rules
+    if rules.error_rate_cusum is None and rules.auroc_cusum is None:
+        return [None for _ in facts]
+    for one, document in zip(facts, documents, strict=True):
+        _start_sequential(settings, one, document)
+    return _labels_after(connection, facts, [document.watermark for document in documents])
+
+
+def _sequential(
     settings: PerformanceSettings,
     facts: WindowFacts,
     document: AlarmDocument,
+    after: _LabelledAfter | None,
 ) -> list[RuleResult]:
     """The CUSUMs that are on, over the labels after the watermark: one read for both."""
     rules = settings.rules
-    if rules.error_rate_cusum is None and rules.auroc_cusum is None:
+    if after is None or after.last is None:
         return []
-    _start_sequential(settings, facts, document)
-    rows = _labels_after(connection, facts, document.watermark)
-    if not rows:
-        return []
-    labels = [row.label for row in rows]
-    scores = [row.scores[facts.finding] for row in rows]
+    labels, scores = after.labels, after.scores
     results = []
     if rules.error_rate_cusum is not None and document.cusum is not None:
         errors = case_errors(labels, scores, facts.threshold)
@@ -158,7 +196,7 @@ def _sequential(
             document.auroc_cusum, labels, scores, rules.auroc_cusum, finding=facts.finding
         )
         results.append(result)
-    document.watermark = (as_utc(rows[-1].labelled_at), rows[-1].study_key)
+    document.watermark = after.last
     return results
 
 
@@ -182,28 +220,72 @@ def _start_sequential(
         document.auroc_cusum = start_auroc_cusum(auroc, previous=document.auroc_cusum)
 
 
+_BEGINNING: Final = datetime.min.replace(tzinfo=UTC)
+"""The watermark of a stream that has read no label yet: before every label."""
+
+
 def _labels_after(
-    connection: Connection, facts: WindowFacts, watermark: tuple[datetime, str] | None
-) -> list[Any]:
-    events, labels = InferenceEventRow, CurrentLabelRow
-    query = (
-        labelled_predictions(
-            facts.finding, events.scores, labels.label, labels.labelled_at, labels.study_key
+    connection: Connection,
+    facts: Sequence[WindowFacts],
+    watermarks: Sequence[tuple[datetime, str] | None],
+) -> list[_LabelledAfter]:
+    """Per stream, its labelled predictions whose (label time, study) comes after its
+    watermark, those without the finding's score left out: one statement for all streams,
+    each read down ``ix_labels_current_joined`` from its watermark's time."""
+    events, labels = table_of(InferenceEventRow), table_of(CurrentLabelRow)
+    given = given_rows(
+        labels,
+        (*_STREAM, "labelled_at", "study_key"),
+        [
+            (*_stream_of(one), *(watermark or (_BEGINNING, "")))
+            for one, watermark in zip(facts, watermarks, strict=True)
+        ],
+        types={"model_version": String(64)},
+    )
+    after = (
+        select(
+            labels.c.labelled_at,
+            labels.c.study_key,
+            labels.c.label,
+            events.c.scores[given.c.finding].as_float().label("score"),
+        )
+        .select_from(labels)
+        .join(
+            events,
+            (events.c.site_id == labels.c.site_id)
+            & (events.c.model_name == labels.c.model_name)
+            & (events.c.study_key == labels.c.study_key),
         )
         .where(
-            events.site_id == facts.key.site_id,
-            events.model_name == facts.key.model_name,
-            events.model_version == facts.key.model_version,
+            *(labels.c[name] == given.c[name] for name in ("site_id", "model_name", "finding")),
+            events.c.model_version == given.c.model_version,
+            labels.c.expired_at.is_(None),
+            labels.c.labelled_at >= given.c.labelled_at,
+            or_(
+                labels.c.labelled_at > given.c.labelled_at,
+                labels.c.study_key > given.c.study_key,
+            ),
         )
-        .order_by(labels.labelled_at, labels.study_key)
+        .offset(0)  # a planner fence: each stream stays an index range, never a hash join
+        .correlate(given)
+        .lateral("after")
     )
-    if watermark is not None:
-        at, study_key = watermark
-        query = query.where(
-            (labels.labelled_at > at)
-            | ((labels.labelled_at == at) & (labels.study_key > study_key))
-        )
-    return [row for row in connection.execute(query) if facts.finding in row.scores]
+    statement = (
+        select(*(given.c[name] for name in _STREAM), *after.c)
+        .select_from(given)
+        .join(after, true())
+        .order_by(*(given.c[name] for name in _STREAM), after.c.labelled_at, after.c.study_key)
+    )
+    read: dict[tuple[Any, ...], list[Any]] = {}
+    for row in connection.execute(statement):
+        if row.score is not None:
+            read.setdefault(tuple(row[:4]), []).append(row)
+    found = []
+    for one in facts:
+        rows = read.get(_stream_of(one), [])
+        last = (as_utc(rows[-1].labelled_at), rows[-1].study_key) if rows else None
+        found.append(_LabelledAfter([row.label for row in rows], [row.score for row in rows], last))
+    return found
 
 
 def _alarm(
@@ -281,47 +363,61 @@ def _drift_links(connection: Connection, facts: WindowFacts) -> str:
     return f" Drift at this site in the same period: {links}."
 
 
-def _load(connection: Connection, facts: WindowFacts) -> tuple[Any, AlarmDocument]:
-    """The stored state (None if there is none) and the document it holds."""
-    statement = select(PerformanceAlarmRow.state).where(*_match(facts)).with_for_update()
-    state = connection.execute(statement).scalar_one_or_none()
-    return state, AlarmDocument() if state is None else AlarmDocument.model_validate(state)
+_STREAM: Final = ("site_id", "model_name", "model_version", "finding")
+
+
+def _stream_of(facts: WindowFacts) -> tuple[str, str, str, str]:
+    key = facts.key
+    return key.site_id, key.model_name, key.model_version, facts.finding
+
+
+def _load(connection: Connection, facts: Sequence[WindowFacts]) -> list[Any]:
+    """The stored state of each stream (None where there is none), its row locked until the
+    transaction ends (in key order, as every refresh locks them)."""
+    table = table_of(PerformanceAlarmRow)
+    given = given_rows(table, _STREAM, [_stream_of(one) for one in facts])
+    rows = connection.execute(
+        select(*(table.c[name] for name in _STREAM), table.c.state)
+        .join(given, matches(table, given, _STREAM))
+        .order_by(*(table.c[name] for name in _STREAM))
+        .with_for_update(of=table)
+    )
+    stored = {tuple(row[:4]): row.state for row in rows}
+    return [stored.get(_stream_of(one)) for one in facts]
 
 
 def _save(
     connection: Connection,
-    facts: WindowFacts,
-    stored: Any,
-    document: AlarmDocument,
+    facts: Sequence[WindowFacts],
+    stored: Sequence[Any],
+    documents: Sequence[AlarmDocument],
     now: datetime,
 ) -> None:
-    """Write the state back, unless it is what was stored: a refresh without new labels
-    leaves it as it was, and it holds the AUROC CUSUM's reference (tens of KB)."""
-    state = document.model_dump(mode="json")
-    if state == stored:
-        return
-    table = PerformanceAlarmRow.__table__
-    changed = connection.execute(
-        update(table).where(*_match(facts)).values(state=state, updated_at=now)  # type: ignore[arg-type]
-    ).rowcount
-    if changed == 0:
-        connection.execute(
-            table.insert().values(  # type: ignore[attr-defined]
-                site_id=facts.key.site_id,
-                model_name=facts.key.model_name,
-                model_version=facts.key.model_version,
-                finding=facts.finding,
-                state=state,
-                updated_at=now,
-            )
+    """Write back the states that changed: a refresh without new labels leaves them as they
+    were, and each holds the AUROC CUSUM's reference (tens of KB). Rows that existed are
+    updated, the others inserted (a concurrent refresh that inserted one first makes this
+    transaction fail, as it always did)."""
+    table = table_of(PerformanceAlarmRow)
+    updated: list[dict[str, Any]] = []
+    created: list[dict[str, Any]] = []
+    for one, before, document in zip(facts, stored, documents, strict=True):
+        state = document.model_dump(mode="json")
+        if state == before:
+            continue
+        key = dict(zip(_STREAM, _stream_of(one), strict=True))
+        (created if before is None else updated).append({**key, "state": state})
+    if updated:
+        statement = (
+            update(table)
+            .where(*(table.c[name] == bindparam(f"key_{name}") for name in _STREAM))
+            .values(state=bindparam("state"), updated_at=now)
         )
-
-
-def _match(facts: WindowFacts) -> list[Any]:
-    row = PerformanceAlarmRow
-    return [
-        row.site_id == facts.key.site_id,
-        row.model_name == facts.key.model_name,
-        row.model_version == facts.key.model_version,
-        row.finding == facts.finding,
-    ]
+        connection.execute(
+            statement,
+            [
+                {"state": row["state"], **{f"key_{name}": row[name] for name in _STREAM}}
+                for row in updated
+            ],
+        )
+    if created:
+        connection.execute(table.insert(), [{**row, "updated_at": now} for row in created])

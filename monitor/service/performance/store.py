@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,8 +53,8 @@ from monitor.performance.metrics import (
 from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summaries_metrics
 from monitor.service import metrics
 from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
-from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
-from monitor.service.performance.labels import (
+from monitor.service.performance.alerts import WindowFacts, evaluate
+from monitor.service.performance.raw import (
     LabelledScores,
     RecentWindow,
     earliest_labelled,
@@ -126,21 +128,52 @@ def refresh(
     only the streams whose statistics or predictions changed since its last use.
 
     The streams to recompute are read on one connection (their statistics in a few queries
-    per 200 streams, then two bounded raw reads each), their metrics computed in one
-    vectorised call, and their rules checked in one transaction.
+    per 200 streams, then the bounded raw reads in one statement each per 200), their metrics
+    computed in one vectorised call, and their rules checked together in one transaction.
+    Python's cyclic garbage collector is paused meanwhile (:func:`_collector_paused`).
     """
-    now = now or datetime.now(UTC)
-    with engine.connect() as connection:
-        marks = stream_marks(connection)
-        kept = {
-            key: entry
-            for key, mark in marks.items()
-            if cache is not None and (entry := cache.streams.get(key)) and entry[0] == mark
-        }
-        stale = sorted(key for key in marks if key not in kept)
-        reads = _read_all(connection, settings, stale)
-        raws = _raw_all(connection, settings, stale)
-    computed = _site_snapshots(engine, settings, reads, raws)
+    with _collector_paused():
+        return _refresh(engine, settings, now or datetime.now(UTC), cache)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block, then on again if it was.
+
+    A full refresh builds some 100,000 container objects (snapshots, their subgroups' metrics)
+    that live until they are stored; that many survivors trigger full collections, each of
+    which walks every object of the imported libraries (about 450,000): a fifth of the
+    refresh's CPU (docs/benchmarks.md, issue 21 item 4). The objects are freed by reference
+    counting when the refresh ends, so pausing the collector leaks nothing; the next automatic
+    collection runs as usual. Process-wide while it lasts (about a second).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _refresh(
+    engine: Engine, settings: PerformanceSettings, now: datetime, cache: RefreshCache | None
+) -> list[Snapshot]:
+    """:func:`refresh`. The bounded raw reads, mostly the database's work, run on a second
+    connection in a thread while this one reads and merges the statistics and computes their
+    metrics, mostly Python's: on two cores the two overlap."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        with engine.connect() as connection:
+            marks = stream_marks(connection)
+            kept = {
+                key: entry
+                for key, mark in marks.items()
+                if cache is not None and (entry := cache.streams.get(key)) and entry[0] == mark
+            }
+            stale = sorted(key for key in marks if key not in kept)
+            raws = reader.submit(_raw_all, engine, settings, stale)
+            reads = _read_all(connection, settings, stale)
+        computed = _site_snapshots(engine, settings, reads, raws)
     snapshots = []
     sites: dict[tuple[str, str, str], list[_Read]] = {}
     for key in sorted(marks):
@@ -187,10 +220,11 @@ def _site_snapshots(
     engine: Engine,
     settings: PerformanceSettings,
     reads: dict[StreamFinding, _Read],
-    raws: dict[StreamFinding, _Raw],
+    reading: Future[dict[StreamFinding, _Raw]],
 ) -> dict[StreamFinding, list[Snapshot]]:
     """The rolling and cumulative snapshots of each site's stream; the rules checked (all
-    streams in one transaction)."""
+    streams in one transaction). The raw reads (``reading``) are waited for once the
+    statistics' metrics are computed."""
     keys = list(reads)
     windows = [
         window
@@ -201,20 +235,23 @@ def _site_snapshots(
         )
     ]
     snapshots = _snapshots(settings, windows)
+    raws = reading.result()
     computed: dict[StreamFinding, list[Snapshot]] = {}
     for index, key in enumerate(keys):
         rolling, cumulative = snapshots[2 * index : 2 * index + 2]
         raw = raws[key]
         estimate = _estimate(settings, rolling.metrics, raw.reference, raw.recent)
         computed[key] = [dataclasses.replace(rolling, estimate=estimate), cumulative]
-    outcomes: list[tuple[StreamKey, RuleOutcome]] = []
+    checked = [
+        (StreamKey(*key[0]), _window_facts(settings, rolling, raws[key].reference, reads[key]))
+        for key, (rolling, _) in computed.items()
+        if rolling.window_start is not None and rolling.window_end is not None
+    ]
     with engine.begin() as connection:
-        for key, (rolling, _) in computed.items():
-            if rolling.window_start is not None and rolling.window_end is not None:
-                outcome = _check_rules(
-                    connection, settings, rolling, raws[key].reference, reads[key].cumulative.n
-                )
-                outcomes.append((StreamKey(*key[0]), outcome))
+        results = evaluate(connection, settings, [facts for _, facts in checked])
+    outcomes = [
+        (stream_key, outcome) for (stream_key, _), outcome in zip(checked, results, strict=True)
+    ]
     for stream_key, outcome in outcomes:
         for alert in outcome.alerts:
             metrics.ALERTS_OPENED.labels(
@@ -268,11 +305,14 @@ def _read_all(
 
 
 def _raw_all(
-    connection: Connection, settings: PerformanceSettings, keys: list[StreamFinding]
+    engine: Engine, settings: PerformanceSettings, keys: list[StreamFinding]
 ) -> dict[StreamFinding, _Raw]:
     streams = {key: (*key[0], key[1]) for key in keys}
-    references = earliest_labelled(connection, list(streams.values()), settings.estimate_reference)
-    recent = recent_windows(connection, list(streams.values()), settings.rolling_window)
+    with engine.connect() as connection:
+        references = earliest_labelled(
+            connection, list(streams.values()), settings.estimate_reference
+        )
+        recent = recent_windows(connection, list(streams.values()), settings.rolling_window)
     return {key: _Raw(references[stream], recent[stream]) for key, stream in streams.items()}
 
 
@@ -296,15 +336,12 @@ def _expired(connection: Connection, sites: list[tuple[str, str]]) -> dict[tuple
     return counts
 
 
-def _check_rules(
-    connection: Connection,
-    settings: PerformanceSettings,
-    rolling: Snapshot,
-    reference: LabelledScores,
-    labelled_total: int,
-) -> RuleOutcome:
-    """The performance alert rules on the rolling window, against the version's reference
-    (its earliest labelled predictions at the site, the same the estimate is calibrated on)."""
+def _window_facts(
+    settings: PerformanceSettings, rolling: Snapshot, reference: LabelledScores, read: _Read
+) -> WindowFacts:
+    """What the performance alert rules judge: the rolling window, against the version's
+    reference (its earliest labelled predictions at the site, the same the estimate is
+    calibrated on)."""
     assert rolling.window_start is not None and rolling.window_end is not None
     threshold = rolling.metrics.threshold
 
@@ -313,17 +350,16 @@ def _check_rules(
             return None
         return binary_metrics(reference.labels, reference.scores, threshold, settings.metrics)
 
-    facts = WindowFacts(
+    return WindowFacts(
         key=StreamKey(rolling.site_id, rolling.model_name, rolling.model_version),
         finding=rolling.finding,
         rolling=rolling.metrics,
         reference_metrics=reference_metrics,
         threshold=threshold,
-        labelled=labelled_total,
+        labelled=read.cumulative.n,
         window_start=rolling.window_start,
         window_end=rolling.window_end,
     )
-    return evaluate(connection, settings, facts)
 
 
 @dataclass(frozen=True, slots=True)

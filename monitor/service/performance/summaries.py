@@ -42,8 +42,7 @@ from sqlalchemy import (
     literal,
     null,
     select,
-    tuple_,
-    union_all,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -714,38 +713,39 @@ def read_streams(
     return found
 
 
-def _stream_columns(table: Table) -> list[Any]:
-    return [table.c.site_id, table.c.model_name, table.c.model_version, table.c.finding]
+_STREAM_KEY: Final = ("site_id", "model_name", "model_version", "finding")
 
 
 def _latest_days_of(
     connection: Connection, streams: list[Stream], rolling: int
 ) -> dict[Stream, tuple[str, ...]]:
-    """:func:`_latest_days` of each stream: the first page of every stream in one query
-    (a ``UNION ALL`` of the per-stream page reads); a stream whose window goes past its first
-    page (rare: a page is 64 days) is read page by page as before."""
+    """:func:`_latest_days` of each stream: the first page of every stream in one query (a
+    ``LATERAL`` page read per stream, the streams an ``unnest`` of arrays); a stream whose
+    window goes past its first page (rare: a page is 64 days) is read page by page as before."""
     table = table_of(PerformanceBucketRow)
-    pages = [
-        select(literal(index).label("stream"), table.c.bucket.label("bucket"), table.c.n.label("n"))
+    given = given_rows(table, _STREAM_KEY, streams)
+    page = (
+        select(table.c.bucket, table.c.n)
         .where(
-            *_stream_where(table, stream),
+            *(table.c[name] == given.c[name] for name in _STREAM_KEY),
             table.c.subgroup_field == ALL_CASES,
             table.c.subgroup_value == "",
             table.c.bucket < TOTAL,
         )
         .order_by(table.c.bucket.desc())
         .limit(_DAYS_PER_PAGE)
-        .subquery()
-        for index, stream in enumerate(streams)
-    ]
-    read: dict[int, list[tuple[str, int]]] = {}
-    query = union_all(*(select(page) for page in pages))
-    for row in connection.execute(query.order_by(query.selected_columns.stream)):
-        read.setdefault(row.stream, []).append((row.bucket, int(row.n)))
+        .correlate(given)
+        .lateral("page")
+    )
+    read: dict[Stream, list[tuple[str, int]]] = {}
+    statement = select(*given.c, page.c.bucket, page.c.n).select_from(given).join(page, true())
+    for row in connection.execute(statement):
+        stream = (row.site_id, row.model_name, row.model_version, row.finding)
+        read.setdefault(stream, []).append((row.bucket, int(row.n)))
     chosen: dict[Stream, tuple[str, ...]] = {}
-    for index, stream in enumerate(streams):
-        page = sorted(read.get(index, []), key=lambda day: day[0], reverse=True)
-        days = _days_of_first_page(page, rolling)
+    for stream in streams:
+        first_page = sorted(read.get(stream, []), key=lambda day: day[0], reverse=True)
+        days = _days_of_first_page(first_page, rolling)
         if days is None:
             days = _latest_days(connection, table, _stream_where(table, stream), rolling)
         chosen[stream] = days
@@ -790,9 +790,11 @@ def _rows_of(
     """The ``total`` rows and those of ``days`` of the streams, by stream."""
     table = table_of(PerformanceBucketRow)
     rows: dict[Stream, list[Any]] = {}
-    statement = select(table).where(
-        tuple_(*_stream_columns(table)).in_(streams),
-        table.c.bucket.in_(sorted(days | {TOTAL})),
+    given = given_rows(table, _STREAM_KEY, streams)
+    statement = (
+        select(table)
+        .join(given, matches(table, given, _STREAM_KEY))
+        .where(table.c.bucket.in_(sorted(days | {TOTAL})))
     )
     for row in connection.execute(statement).all():
         stream = (row.site_id, row.model_name, row.model_version, row.finding)
@@ -809,11 +811,13 @@ def _counts_of(
     versions = sorted({stream[:3] for stream in streams})
     buckets = sorted({day for chosen in days.values() for day in chosen} | {TOTAL})
     counts: dict[tuple[str, str, str], dict[str, int]] = {}
-    statement = select(
-        table.c.site_id, table.c.model_name, table.c.model_version, table.c.bucket, table.c.n
-    ).where(
-        tuple_(table.c.site_id, table.c.model_name, table.c.model_version).in_(versions),
-        table.c.bucket.in_(buckets),
+    given = given_rows(table, _STREAM_KEY[:3], versions)
+    statement = (
+        select(
+            table.c.site_id, table.c.model_name, table.c.model_version, table.c.bucket, table.c.n
+        )
+        .join(given, matches(table, given, _STREAM_KEY[:3]))
+        .where(table.c.bucket.in_(buckets))
     )
     for row in connection.execute(statement):
         key = (row.site_id, row.model_name, row.model_version)
