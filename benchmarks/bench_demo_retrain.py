@@ -14,6 +14,7 @@ AP) on which each criterion passes, and the band of thresholds at which all pass
     python -m benchmarks.bench_demo_retrain devset
     python -m benchmarks.bench_demo_retrain prepare DATA_DIR
     python -m benchmarks.bench_demo_retrain run DATA_DIR base rehearse rehearse:lr=0.0003
+    python -m benchmarks.bench_demo_retrain challenger DATA_DIR   # the demo's own candidate
 
 Results are appended to ``CACHE/results.jsonl``; docs/benchmarks.md, "Full-loop demo".
 """
@@ -292,6 +293,27 @@ def evaluate(
     }
 
 
+def evaluate_challenger(data_dir: Path) -> dict[str, Any]:
+    """The demo's own candidate (the registry's ``challenger``) on the development set."""
+    from monitor.service.registry import registry_for
+    from monitor.service.settings import Settings
+    from pccp.catalog import plan_for
+
+    settings = Settings(data_dir=data_dir)
+    registry = registry_for(settings)
+    versions = [registry.version_by_alias(MODEL, alias) for alias in ("champion", "challenger")]
+    found = plan_for(settings.plans_dir, MODEL)
+    assert None not in versions and found is not None
+    champion, candidate = (registry.load_model(MODEL, v.version) for v in versions if v)
+    return evaluate(
+        found.plan,
+        champion,
+        float(champion.thresholds[0]),
+        candidate,
+        float(candidate.thresholds[0]),
+    )
+
+
 def _recipe(spec: str) -> Recipe:
     name, *changes = spec.split(":")
     recipe = replace(RECIPES[name], name=spec.replace(":", "_").replace("=", ""))
@@ -306,6 +328,8 @@ def main(argv: list[str]) -> None:
     command, *rest = argv
     if command == "devset":
         devset()
+    elif command == "challenger":
+        print(json.dumps(evaluate_challenger(Path(rest[0])), indent=1))
     elif command == "prepare":
         prepare(Path(rest[0]))
     elif command == "run":
