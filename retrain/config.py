@@ -48,6 +48,11 @@ class JobConfig(DetectorConfig):
     """The PCCP locked test set manifest; None means an empty one (recorded as such)."""
     warm_start: bool = True
     """Start from the champion's weights (True) or from a fresh initialisation."""
+    rehearsal_cases: Path | None = None
+    """Labelled cases trained on beside the new labels (a case file, ``retrain.dataset.
+    write_cases``): the data the champion was developed on, so that a retrain that learns a
+    new scanner does not forget the rooms it already read well (rehearsal). A case also among
+    the new labels is taken once, with its new label. None: the new labels alone."""
     min_cases: int = Field(50, ge=2)
     """Fewer usable labelled cases than this fails the job: nothing worth training on."""
     max_attempts: int = Field(3, ge=1)

@@ -286,6 +286,54 @@ def assemble(
     return Dataset(split, manifest)
 
 
+class CaseRecord(_Frozen):
+    """A :class:`LabelledCase` as one line of a case file (:func:`write_cases`)."""
+
+    study_key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    site_id: str
+    model_name: str
+    labels: dict[str, int]
+    label_source: LabelSource
+    predicted_at: UtcDatetime
+    labelled_at: UtcDatetime
+    dicom_uri: str
+
+    def case(self) -> LabelledCase:
+        """The labelled case this line holds."""
+        return LabelledCase(**self.model_dump())
+
+
+def write_cases(path: Path, cases: Iterable[LabelledCase]) -> None:
+    """Store labelled cases (each with its image's URI) as JSON lines, sorted by study key:
+    a data set that a later retraining can read back (:func:`read_cases`)."""
+    records = [
+        CaseRecord.model_validate(case, from_attributes=True).model_dump_json()
+        for case in sorted(cases, key=lambda c: c.study_key)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(f"{line}\n" for line in records), encoding="utf-8")
+    partial.replace(path)
+
+
+def read_cases(path: Path) -> tuple[LabelledCase, ...]:
+    """The cases :func:`write_cases` stored; :class:`DatasetError` naming the file and line
+    for a missing file or a line that is not a case."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable case file ({type(exc).__name__})") from exc
+    cases = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            cases.append(CaseRecord.model_validate_json(line).case())
+        except ValueError as exc:
+            raise DatasetError(f"{path}:{number}: not a labelled case") from exc
+    return tuple(cases)
+
+
 def check_locked(cases: Iterable[LabelledCase], locked: LockedTestSet) -> None:
     """:class:`LockedTestOverlapError` if any case is in the locked test set."""
     if overlap := {case.study_key for case in cases} & locked.study_keys:

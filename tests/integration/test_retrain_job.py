@@ -18,6 +18,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML ships no type stubs
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine, select, update
 
+from monitor.events import InferenceEvent, LabelEvent
 from monitor.service.audit import store as change_log
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
@@ -32,7 +33,7 @@ from pccp.catalog import SHIPPED_PLANS
 from pccp.plan import ThresholdRule
 from pccp.threshold import ThresholdProvenance
 from retrain.config import JobConfig, TrainConfig
-from retrain.dataset import DatasetManifest, LockedTestSet
+from retrain.dataset import DatasetManifest, LabelledCase, LockedTestSet, write_cases
 from retrain.mlflow_names import THRESHOLD_PROVENANCE_TAG, THRESHOLD_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.policy import RetrainPolicy, Trigger
@@ -179,6 +180,56 @@ def test_a_request_becomes_a_registered_challenger_with_its_lineage(
     assert serve_pending(context(stored, registry, tmp_path)) == []  # nothing left to serve
 
 
+def test_rehearsal_cases_are_trained_on_beside_the_new_labels(
+    stored: Engine, tmp_path: Path
+) -> None:
+    """The champion's development data (a case file) joins the new labels; a study among both
+    is taken once, with its new label."""
+    earlier = SimulationConfig(
+        seed=4,
+        start=datetime(2026, 1, 1, tzinfo=UTC),
+        sites=1,
+        studies_per_site=10,
+        image_size=64,
+        label_rate=1.0,
+    )
+    development = _joined(list(simulate(earlier, tmp_path / "development")))
+    relabelled = load_cases(stored, MODEL, ("lesion",)).cases[0]
+    flipped = replace(relabelled, labels={"lesion": 1 - relabelled.labels["lesion"]})
+    write_cases(tmp_path / "development-cases.jsonl", [*development, flipped])
+    request_manual(stored, MODEL, "ml-ops@example.org", "rehearse")
+
+    registry = FakeRegistry(untrained_champion())
+    rehearsal = tmp_path / "development-cases.jsonl"
+    [served] = serve_pending(context(stored, registry, tmp_path, rehearsal_cases=rehearsal))
+
+    assert served.status == "succeeded", served.error
+    assert served.progress is not None and served.progress["rehearsal_cases"] == 10
+    [record] = registry.records
+    by_key = {case.study_key: case for case in record.manifest.cases}
+    assert len(by_key) == 130
+    assert {case.study_key for case in development} <= by_key.keys()
+    assert by_key[relabelled.study_key].labels == relabelled.labels  # the new label wins
+
+
+def _joined(events: list[object]) -> list[LabelledCase]:
+    inferences = {e.study_key: e for e in events if isinstance(e, InferenceEvent)}
+    return [
+        LabelledCase(
+            study_key=label.study_key,
+            site_id=label.site_id,
+            model_name=label.model_name,
+            labels=dict(label.labels),
+            label_source=label.source,
+            predicted_at=inferences[label.study_key].occurred_at,
+            labelled_at=label.occurred_at,
+            dicom_uri=inferences[label.study_key].dicom_uri,
+        )
+        for label in events
+        if isinstance(label, LabelEvent)
+    ]
+
+
 def test_registry_down_retries_then_fails_visibly_with_an_alert(
     stored: Engine, tmp_path: Path
 ) -> None:
@@ -215,6 +266,11 @@ def test_registry_down_retries_then_fails_visibly_with_an_alert(
     [
         (FakeRegistry(None), {}, "no 'champion' version"),
         (FakeRegistry(untrained_champion()), {"min_cases": 500}, "needs at least 500"),
+        (
+            FakeRegistry(untrained_champion()),
+            {"rehearsal_cases": Path("/nonexistent/development-cases.jsonl")},
+            "rehearsal cases (retrain.job.rehearsal_cases): /nonexistent",
+        ),
     ],
 )
 def test_requests_that_cannot_succeed_fail_at_once(

@@ -65,8 +65,11 @@ def test_the_shipped_plan_loads_and_fits_the_initial_model_and_its_locked_test_s
 
 
 def test_the_job_and_initial_training_configs_are_inside_the_plans_ranges() -> None:
+    from monitor.service.demo.run import DEMO_JOB
+
     practices = load_plan(PLAN_FILE).protocol.retraining
     assert practices.violations(JobConfig().train) == []
+    assert practices.violations(DEMO_JOB.train) == []
     assert practices.violations(InitialConfig().train) == []
     outside = TrainConfig(learning_rate=0.5, max_epochs=500)
     assert practices.violations(outside) == [

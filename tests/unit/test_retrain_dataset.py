@@ -21,6 +21,7 @@ from monitor.dicom.pixels import decode_frames, pixel_statistics, value_histogra
 from monitor.events import InferenceEvent, LabelEvent
 from monitor.simulate import SimulationConfig, simulate
 from retrain.dataset import (
+    DatasetError,
     DatasetManifest,
     LabelledCase,
     LockedTestOverlapError,
@@ -28,7 +29,9 @@ from retrain.dataset import (
     LockedTestSetError,
     Side,
     assemble,
+    read_cases,
     split_cases,
+    write_cases,
 )
 from retrain.images import ImageError, load_image, modality_values, uri_content_sha256
 from tests.factories import fake_content_hash, labelled_cases
@@ -158,6 +161,23 @@ def test_stored_manifest_reads_back_with_the_same_hash(
     assert DatasetManifest.read(path, expected_sha256=digest) == dataset.manifest
     assert {c.site_id for c in dataset.manifest.cases} == {"site-01", "site-02"}
     assert all(len(c.content_sha256) == 64 for c in dataset.manifest.cases)
+
+
+def test_a_case_file_reads_back_the_cases_it_was_written_with(tmp_path: Path) -> None:
+    cases = labelled_cases(5)
+    path = tmp_path / "cases" / "development-cases.jsonl"
+    write_cases(path, reversed(cases))
+    assert read_cases(path) == tuple(cases)  # sorted by study key, every field kept
+
+
+def test_a_missing_or_damaged_case_file_is_refused_naming_the_line(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unreadable case file"):
+        read_cases(tmp_path / "absent.jsonl")
+    path = tmp_path / "cases.jsonl"
+    write_cases(path, labelled_cases(2))
+    path.write_text(path.read_text() + '{"study_key": "not a key"}\n')
+    with pytest.raises(DatasetError, match=r"cases.jsonl:3: not a labelled case"):
+        read_cases(path)
 
 
 def test_simulated_studies_decode_to_unit_range_images(cases: list[LabelledCase]) -> None:

@@ -349,7 +349,11 @@ class DemoLoop:
             plans_dir=self.settings.plans_dir,
             should_stop=stop.is_set,
         )
-        self.console.print("  training the candidate, warm-started from the champion")
+        rehearsal = self.settings.retrain.job.rehearsal_cases
+        self.console.print(
+            "  training the candidate, warm-started from the champion"
+            + (", on the new labels and v1's development cases" if rehearsal else "")
+        )
         served = serve_pending(context, limit=1)
         if not served or served[0].status != "succeeded":
             error = served[0].error if served else "no request to serve"

@@ -37,6 +37,7 @@ from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
 from monitor.service.lifecycle import GracefulStop, api_server
 from monitor.service.logging import configure_logging, job_boundary
+from monitor.service.retrain.initial import DEVELOPMENT_CASES, cohort_folder
 from monitor.service.runtime import (
     database_url,
     embedded_database,
@@ -59,13 +60,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 console = Console(stderr=True)
 
-DEMO_JOB = JobConfig(train=TrainConfig(max_epochs=40, patience=8))
-"""The retraining job's training for the demo: up to 40 epochs, stopping after 8 without a
-better validation loss. With the job's default patience of 3 the seed-7 candidate stopped early
-and failed PE-4 (non-inferiority), PE-7 (ECE) and PE-8 (regressions) of the shipped plan; with
-these settings it passed all eight on seeds 7 and 8 under plan 1.0.0. Plan 1.3.0 asks more
-(sixteen criteria, AP studies in the locked set), and the demo's candidate now lies close to
-its sensitivity bounds (docs/pccp.md, "The demo")."""
+DEMO_JOB = JobConfig(train=TrainConfig(max_epochs=40, patience=40, learning_rate=3e-4))
+"""The retraining job's training for the demo: 40 epochs at a learning rate of 3e-4 (a third
+of the job's default: fine-tuning the champion at 1e-3 made the validation loss jump from epoch
+to epoch), keeping the epoch with the best validation loss. The patience is the whole run: at
+3e-4 the validation loss still jumps now and then, and a patience of 8 stopped some runs at
+epoch 24 with a weaker candidate. ``run_demo`` adds ``rehearsal_cases``: v1's development cases
+are trained on beside the new labels. Trained on the new labels alone, the candidate learnt the
+portable reader and forgot the catalogue rooms (PA AUROC 0.884 against the champion's 0.903 on
+a development set) and no threshold passed the plan's criteria there (docs/benchmarks.md,
+"Full-loop demo")."""
 DEMO_SEED = 7
 """The demo's stream is the same on every machine unless ``--seed`` says otherwise."""
 DEMO_DRIFT = EngineConfig(
@@ -147,8 +151,12 @@ def run_demo(
         settings = settings.model_copy(update={"drift": DEMO_DRIFT})
     if settings.performance == PerformanceSettings():
         settings = settings.model_copy(update={"performance": DEMO_PERFORMANCE})
+    initial = initial or InitialConfig(model_name=config.model_name)
     if settings.retrain.job == JobConfig():
-        retrain = settings.retrain.model_copy(update={"job": DEMO_JOB})
+        # Rehearsal on v1's development cases, which the initial-model stage writes.
+        rehearsal = cohort_folder(settings, initial) / DEVELOPMENT_CASES
+        job = DEMO_JOB.model_copy(update={"rehearsal_cases": rehearsal})
+        retrain = settings.retrain.model_copy(update={"job": job})
         settings = settings.model_copy(update={"retrain": retrain})
     # Unless a database is configured, the demo runs its own PostgreSQL server (cluster in
     # <data_dir>/pg, which --fresh keeps: it empties the database instead) for its whole life
@@ -181,7 +189,7 @@ def run_demo(
         bootstrap=bootstrap,
         simulation=config,
         consumer=ingest,
-        initial=initial or InitialConfig(model_name=config.model_name),
+        initial=initial,
         api_url=api_url,
         console=console,
         rate=rate,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
@@ -21,6 +21,7 @@ from monitor.service.errors import ServiceError
 from monitor.service.registry import registry_for
 from monitor.service.settings import Settings
 from pccp.catalog import plan_for
+from retrain.dataset import write_cases
 from retrain.mlflow_names import CHAMPION, INITIAL, INTENDED_USE_TAG, REQUEST_TAG, TRIGGER_TAG
 
 if TYPE_CHECKING:
@@ -37,6 +38,16 @@ log = structlog.get_logger(__name__)
 
 class ChampionExists(ServiceError, RuntimeError):
     """The model already has a champion: only a PCCP promotion may replace it."""
+
+
+DEVELOPMENT_CASES: Final = "development-cases.jsonl"
+"""v1's development cases (train and validation, with their images' URIs) in the cohort's
+folder: what a retraining job rehearses on (``retrain.job.rehearsal_cases``)."""
+
+
+def cohort_folder(settings: Settings, config: InitialConfig) -> Path:
+    """Where ``register_initial`` renders the cohort and keeps its case file."""
+    return (settings.data_dir / "initial" / f"seed-{config.seed}").resolve()
 
 
 @dataclass(frozen=True)
@@ -68,9 +79,10 @@ def register_initial(
             f"{config.model_name} already has a champion (version {existing.version}); "
             "only a PCCP promotion may replace it"
         )
-    cohort_dir = (settings.data_dir / "initial" / f"seed-{config.seed}").resolve()
+    cohort_dir = cohort_folder(settings, config)
     studies = cohort_dir / "studies"
     cases = render_cohort(config, studies, "development", should_stop=should_stop)
+    write_cases(cohort_dir / DEVELOPMENT_CASES, cases)
     test_cases = (
         render_cohort(config, studies, "test", should_stop=should_stop)
         if config.test_studies_per_site

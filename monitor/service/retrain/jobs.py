@@ -6,7 +6,9 @@ heartbeat):
 1. **claim**: a pending request, or a running one whose lease expired because the job that held
    it died, becomes running (``retrain_store.claim_next``);
 2. **cases** (``cases.load_cases``, beside this module): the labels in force (not expired) joined
-   to the model's inference events, one :class:`~retrain.dataset.LabelledCase` per study;
+   to the model's inference events, one :class:`~retrain.dataset.LabelledCase` per study, and,
+   with ``rehearsal_cases`` configured, the cases of that file that are not among them (the
+   champion's development data, so the candidate does not forget what it read well);
 3. **champion**: the registry's ``champion`` version fixes the model family (the candidate keeps
    its spec; training may change weights and threshold only) and, by default, the start weights;
 4. **dataset**: ``retrain.data.load_dataset`` (shared with ``train-initial``) keeps the PCCP
@@ -80,7 +82,7 @@ from pccp.threshold import ThresholdError, ThresholdProvenance, TuningSplit, sel
 from retrain.compare import Comparison, compare
 from retrain.config import JobConfig
 from retrain.data import TrainingData, load_dataset
-from retrain.dataset import DatasetError, LockedTestSet
+from retrain.dataset import DatasetError, LabelledCase, LockedTestSet, read_cases
 from retrain.images import DicomWebClientSource, DicomWebSource
 from retrain.mlflow_names import (
     ALERT_TAG,
@@ -249,10 +251,16 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
 
     progress(stage="cases", champion_version=champion_version.version)
     found = _usable_cases(context, row.model_name, spec.findings)
-    progress(stage="images", cases=len(found.cases), incomplete_labels=found.incomplete)
+    cases = _with_rehearsal(config, row.model_name, found.cases)
+    progress(
+        stage="images",
+        cases=len(found.cases),
+        rehearsal_cases=len(cases) - len(found.cases),
+        incomplete_labels=found.incomplete,
+    )
 
     data = load_dataset(
-        found.cases,
+        cases,
         _locked_test_set(context, row.model_name),
         spec.findings,
         spec.input_size,
@@ -329,6 +337,26 @@ def _usable_cases(context: JobContext, model_name: str, findings: Sequence[str])
             f"{context.config.min_cases} (retrain.job.min_cases)"
         )
     return found
+
+
+def _with_rehearsal(
+    config: JobConfig, model_name: str, cases: Sequence[LabelledCase]
+) -> list[LabelledCase]:
+    """The new labelled cases and, with ``rehearsal_cases`` configured, the rehearsal cases
+    that are not among them (a study labelled again counts once, with its new label).
+    JobFailed when the rehearsal file is unreadable or holds another model's cases."""
+    if config.rehearsal_cases is None:
+        return list(cases)
+    try:
+        rehearsal = read_cases(config.rehearsal_cases)
+    except DatasetError as exc:
+        raise JobFailed(f"rehearsal cases (retrain.job.rehearsal_cases): {exc}") from exc
+    if others := {case.model_name for case in rehearsal} - {model_name}:
+        raise JobFailed(
+            f"rehearsal cases {config.rehearsal_cases} are for {sorted(others)}, not {model_name}"
+        )
+    new = {case.study_key for case in cases}
+    return [*cases, *(case for case in rehearsal if case.study_key not in new)]
 
 
 def _train_and_compare(
