@@ -332,6 +332,29 @@ class PerformanceBucketRow(Base):
     """
 
     __tablename__ = "performance_buckets"
+    __table_args__ = (
+        # A refresh reads each stream's rows of a few buckets (``total`` and the rolling
+        # window's days) across all its subgroups: the primary key puts the subgroup before the
+        # bucket, so without this index the read scanned every day of the stream's history.
+        Index(
+            "ix_performance_buckets_stream_bucket",
+            "site_id",
+            "model_name",
+            "model_version",
+            "finding",
+            "bucket",
+        ),
+        # ... and every stream's all-cases ``total`` row, to see which streams changed.
+        Index(
+            "ix_performance_buckets_totals",
+            "site_id",
+            "model_name",
+            "model_version",
+            "finding",
+            postgresql_where=text("bucket = 'total' AND subgroup_field = ''"),
+            sqlite_where=text("bucket = 'total' AND subgroup_field = ''"),
+        ),
+    )
 
     site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
