@@ -173,6 +173,18 @@ def table_of(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
 
+KEYS_PER_STATEMENT: Final = 200
+"""How many keys (streams, sites, summary rows) one batched read takes: :func:`chunked`."""
+
+_ItemT = TypeVar("_ItemT")
+
+
+def chunked(items: Sequence[_ItemT], size: int = KEYS_PER_STATEMENT) -> Iterator[list[_ItemT]]:
+    """``items`` in consecutive lists of at most ``size``: one batched statement each."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
 def given_rows(
     table: Table,
     columns: Sequence[str],

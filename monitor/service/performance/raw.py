@@ -10,8 +10,8 @@ finding):
   ones since the oldest of them (``labels.recent_predictions`` and
   ``joined_sample(..., since=oldest)``).
 
-Each is one statement per :data:`_STREAMS_PER_QUERY` streams: the streams as an ``unnest`` of
-arrays, a ``LATERAL`` read of each one's predictions in time order down
+Each is one statement per :data:`~monitor.service.db.KEYS_PER_STATEMENT` streams: the
+streams as an ``unnest`` of arrays, a ``LATERAL`` read of each one's predictions in time order down
 ``ix_inference_events_site_time``, the label in force looked up per prediction by primary key
 (so the earliest read stops after ``limit`` labelled predictions, where a join planned as a
 hash join read every label of the site), and the scores and labels sent back as one array
@@ -32,13 +32,12 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, String, Table, func, select, true
 
-from monitor.service.db import as_utc, given_rows, table_of
+from monitor.service.db import as_utc, chunked, given_rows, table_of
 from monitor.service.models import CurrentLabelRow, InferenceEventRow
 
 Stream = tuple[str, str, str, str]
 """(site, model name, model version, finding)."""
 
-_STREAMS_PER_QUERY: Final = 200
 _STREAM_COLUMNS: Final = ("site_id", "model_name", "model_version", "finding")
 
 
@@ -71,7 +70,7 @@ def earliest_labelled(
     limit=limit, earliest=True)`` returns: the first ``limit`` labelled predictions, those
     without the finding's score then left out."""
     found = {stream: _labelled([], []) for stream in streams}
-    for chunk in _chunks(streams):
+    for chunk in chunked(streams):
         given, events = _given(chunk), table_of(InferenceEventRow)
         label = _label_in_force(events, given)
         picked = (
@@ -105,7 +104,7 @@ def recent_windows(
     after them has the oldest one's time too; only then is ``joined_sample``'s read made."""
     found: dict[Stream, RecentWindow] = {}
     read: dict[Stream, tuple[list[Any], list[Any], list[Any]]] = {}
-    for chunk in _chunks(streams):
+    for chunk in chunked(streams):
         given, events = _given(chunk), table_of(InferenceEventRow)
         label = _label_in_force(events, given)
         latest = (
@@ -205,13 +204,6 @@ def _label_in_force(events: Table, given: Any) -> Any:
         .limit(1)  # one at most (the key): a subquery with a limit is never made a join
         .lateral("label")
     )
-
-
-def _chunks(streams: Sequence[Stream]) -> list[Sequence[Stream]]:
-    return [
-        streams[start : start + _STREAMS_PER_QUERY]
-        for start in range(0, len(streams), _STREAMS_PER_QUERY)
-    ]
 
 
 def _stream(key: list[Any]) -> Stream:

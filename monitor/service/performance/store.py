@@ -52,6 +52,7 @@ from monitor.performance.metrics import (
 )
 from monitor.performance.sufficient import PerformanceSummary, SummaryKey, summaries_metrics
 from monitor.service import metrics
+from monitor.service.db import chunked
 from monitor.service.models import CurrentLabelRow, PerformanceSnapshotRow
 from monitor.service.performance.alerts import WindowFacts, evaluate
 from monitor.service.performance.raw import (
@@ -321,8 +322,7 @@ def _expired(connection: Connection, sites: list[tuple[str, str]]) -> dict[tuple
     expired rows only (``ix_labels_current_expiry``)."""
     labels = CurrentLabelRow
     counts: dict[tuple[str, str], int] = {}
-    for start in range(0, len(sites), 200):
-        chunk = sites[start : start + 200]
+    for chunk in chunked(sites):
         rows = connection.execute(
             select(labels.site_id, labels.model_name, func.count())
             .where(

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import orjson
@@ -62,7 +62,7 @@ from monitor.performance.sufficient import (
     stacked_subtract,
     stacked_to_bytes,
 )
-from monitor.service.db import as_utc, given_rows, matches, table_of
+from monitor.service.db import as_utc, chunked, given_rows, matches, table_of
 from monitor.service.models import (
     CurrentLabelRow,
     InferenceEventRow,
@@ -78,10 +78,8 @@ NO_THRESHOLD: Final = -1.0
 DEFAULT_THRESHOLD: Final = 0.5
 ALL_CASES: Final = ""
 """``subgroup_field`` of the rows that hold every case."""
-_KEYS_PER_QUERY = 200
 _STUDY: Final = ("site_id", "model_name", "study_key")
 _DAYS_PER_PAGE = 64
-_T = TypeVar("_T")
 
 
 class BucketKey(NamedTuple):
@@ -583,11 +581,6 @@ def _locked(connection: Connection, table: Table, keys: list[BucketKey]) -> dict
     }
 
 
-def _chunks(items: Sequence[_T], size: int = _KEYS_PER_QUERY) -> Iterator[list[_T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
-
-
 # --- reading: merges -------------------------------------------------------------------------
 
 
@@ -692,7 +685,7 @@ def read_streams(
     rolling window's days) of many streams at once: a few queries per 200 streams instead of
     six per stream (round trips were most of a fleet refresh). Same results."""
     found: dict[Stream, StreamWindows] = {}
-    for chunk in _chunks(sorted(set(streams))):
+    for chunk in chunked(sorted(set(streams))):
         days = _latest_days_of(connection, chunk, rolling)
         rows = _rows_of(connection, chunk, {day for chosen in days.values() for day in chosen})
         counts = _counts_of(connection, chunk, days)
