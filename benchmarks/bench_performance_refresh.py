@@ -18,7 +18,11 @@ is created and dropped):
 Statistics rows are written directly in the format ``performance.summaries.record`` writes
 (one summary per day and key, plus ``total``), which is what a consumer run would leave
 (``tests/integration/test_performance_summaries.py`` checks that the two agree): writing them
-through the consumer would take hours at this size.
+through the consumer would take hours at this size. With ``--baseline`` they are written in the
+storage format of the code before 2026-12-07 (format 1, zlib; ``_summary_bytes``), which every
+revision reads, the baseline is timed, then every row is rewritten in the current format (what
+the consumer's next batch does to a row it changes) before this checkout is timed; ``fleet``
+times this checkout on the format-1 rows too.
 
     .venv/bin/python -m benchmarks.bench_performance_refresh curve --baseline 45191bd
     .venv/bin/python -m benchmarks.bench_performance_refresh fleet --sites 100 --baseline f7768cb
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -47,7 +52,13 @@ from sqlalchemy import Engine, create_engine, text
 
 from monitor.events import AGE_BANDS
 from monitor.performance.delays import DelaySketch
-from monitor.performance.sufficient import PerformanceSummary, SummaryKey, SummaryLayout
+from monitor.performance.sufficient import (
+    PerformanceSummary,
+    SummaryKey,
+    SummaryLayout,
+    stacked_from_bytes,
+    stacked_to_bytes,
+)
 from monitor.service.db import make_engine, table_of, upgrade
 from monitor.service.models import (
     CurrentLabelRow,
@@ -109,7 +120,7 @@ class Cases:
         }
 
 
-def bucket_rows(cases: Cases, days: range | None) -> list[dict[str, Any]]:
+def bucket_rows(cases: Cases, days: range | None, format_1: bool) -> list[dict[str, Any]]:
     """``performance_buckets`` rows: every case in ``total``, and the day rows of ``days``
     (all days when None)."""
     now = datetime.now(UTC)
@@ -145,11 +156,12 @@ def bucket_rows(cases: Cases, days: range | None) -> list[dict[str, Any]]:
                     hi,
                     chosen,
                     now,
+                    format_1,
                 )
             )
         total = PerformanceSummary(key, layout)
         total.add(cases.labels[members], cases.scores[members])
-        rows.append(_row(cases, field, value, "total", total, 0, cases.n, members, now))
+        rows.append(_row(cases, field, value, "total", total, 0, cases.n, members, now, format_1))
     return rows
 
 
@@ -163,6 +175,7 @@ def _row(
     hi: int,
     chosen: NDArray[np.bool_],
     now: datetime,
+    format_1: bool,
 ) -> dict[str, Any]:
     sketch = DelaySketch()
     if not field:
@@ -177,13 +190,34 @@ def _row(
         "subgroup_value": value,
         "bucket": bucket,
         "threshold": THRESHOLD,
-        "summary": summary.to_bytes(),
+        "summary": _format_1(summary) if format_1 else summary.to_bytes(),
         "delays": sketch.to_dict(),
         "n": summary.n,
         "first_at": cases.at[index[0]],
         "last_at": cases.at[index[-1]],
         "updated_at": now,
     }
+
+
+def _format_1(summary: PerformanceSummary) -> bytes:
+    """The storage bytes of the code before 2026-12-07 (``_summary_bytes``, format 1)."""
+    arrays = (summary.histogram, summary.confusion, summary.calibration)
+    return zlib.compress(np.concatenate([a.ravel() for a in arrays]).astype("<i8").tobytes(), 1)
+
+
+def rewrite_in_current_format(engine: Engine) -> None:
+    """Every statistics row's summary encoded again as ``summaries.record`` writes a row it
+    changes, then the table vacuumed: the state a site reaches as its rows are updated."""
+    layout = SummaryLayout(threshold=THRESHOLD)
+    with engine.begin() as connection:
+        rows = connection.execute(text("SELECT ctid::text, summary FROM performance_buckets")).all()
+        blobs = stacked_to_bytes(stacked_from_bytes(layout, [r.summary for r in rows]), layout)
+        connection.execute(
+            text("UPDATE performance_buckets SET summary = :blob WHERE ctid = CAST(:at AS tid)"),
+            [{"blob": blob, "at": row.ctid} for row, blob in zip(rows, blobs, strict=True)],
+        )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM ANALYZE performance_buckets"))
 
 
 def raw_rows(cases: Cases, indices: range) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -231,8 +265,10 @@ def raw_rows(cases: Cases, indices: range) -> tuple[list[dict[str, Any]], list[d
     return events, labels
 
 
-def load(engine: Engine, cases: Cases, days: range | None, raw: list[range]) -> None:
-    rows = bucket_rows(cases, days)
+def load(
+    engine: Engine, cases: Cases, days: range | None, raw: list[range], format_1: bool
+) -> None:
+    rows = bucket_rows(cases, days, format_1)
     events: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
     for indices in raw:
@@ -347,14 +383,16 @@ def curve(args: argparse.Namespace) -> None:
             engine = make_engine(url)
             upgrade(engine)
             cases = Cases("site-01", n, per_day=100, seed=n)
-            load(engine, cases, None, [range(n)])
+            load(engine, cases, None, [range(n)], format_1=bool(args.baseline))
             analyze(engine)
             with engine.connect() as connection:
                 rows = connection.scalar(text("SELECT count(*) FROM performance_buckets"))
+            theirs = baseline_refresh(url, args.baseline, args.repeat) if args.baseline else 0.0
+            if args.baseline:
+                rewrite_in_current_format(engine)
             ours = timed_refresh(engine, args.repeat)
             line = f"| {n:,} | {rows:,} | {ours * 1000:,.0f} ms |"
             if args.baseline:
-                theirs = baseline_refresh(url, args.baseline, args.repeat)
                 line += f" {theirs * 1000:,.0f} ms | {theirs / ours:,.1f}x |"
             print(line, flush=True)
             engine.dispose()
@@ -374,23 +412,32 @@ def fleet(args: argparse.Namespace) -> None:
                 cases,
                 range(last - 29, last + 1),
                 [range(1000), range(per_site - 1000, per_site)],
+                format_1=bool(args.baseline),
             )
         analyze(engine)
         print(
             f"loaded {args.sites} sites x {per_site:,} labelled cases "
             f"in {time.perf_counter() - started:,.0f} s"
         )
+        theirs = old_rows = None
+        if args.baseline:
+            theirs = baseline_refresh(url, args.baseline, args.repeat)
+            old_rows = timed_refresh(engine, args.repeat)
+            rewrite_in_current_format(engine)
         every = timed_refresh(engine, args.repeat)
         changed = cached_refresh(engine, args.sites, args.changed, args.repeat)
-        theirs = baseline_refresh(url, args.baseline, args.repeat) if args.baseline else None
         print(
             "| sites | labelled cases | every site recomputed | "
             f"{args.changed} sites with new labels (RefreshCache) |"
-            + (f" every site recomputed ({args.baseline}) | ratio |" if theirs else "")
+            + (
+                f" every site recomputed, rows in format 1 | ({args.baseline}) | ratio |"
+                if theirs
+                else ""
+            )
             + "\n|---:|---:|---:|---:|"
-            + ("---:|---:|" if theirs else "")
+            + ("---:|---:|---:|" if theirs else "")
             + f"\n| {args.sites} | {args.sites * per_site:,} | {every:,.2f} s | {changed:,.2f} s |"
-            + (f" {theirs:,.2f} s | {theirs / every:,.1f}x |" if theirs else "")
+            + (f" {old_rows:,.2f} s | {theirs:,.2f} s | {theirs / every:,.1f}x |" if theirs else "")
         )
         engine.dispose()
 
