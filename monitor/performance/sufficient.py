@@ -488,10 +488,58 @@ def auroc_binning_bound(summary: PerformanceSummary) -> float:
 def reliability_from_summary(summary: PerformanceSummary) -> tuple[ReliabilityBin, ...]:
     """The reliability bins ``reliability_bins`` gives on the summarised cases (the same
     divisions, in Python floats: a refresh makes some 30,000 bins)."""
-    counts = summary.calibration[:, 0].sum(axis=0).tolist()
-    score_sums = (summary.calibration[:, 1].sum(axis=0) / FIXED_POINT).tolist()
-    positives = summary.calibration[1, 0].tolist()
-    bins = summary.layout.calibration_bins
+    sums = _CalibrationSums.of([summary])
+    return _reliability_bins(sums.counts[0], sums.score_sums[0], sums.positives[0])
+
+
+def brier_from_summary(summary: PerformanceSummary) -> float:
+    """``mean((s - y)^2) = (sum s^2 - 2 sum_{y=1} s + positives) / n``, to about 1e-9 (the
+    fixed-point rounding of each score and square). NaN for an empty summary."""
+    return _CalibrationSums.of([summary]).brier(0)
+
+
+@dataclass(frozen=True, slots=True)
+class _CalibrationSums:
+    """Per summary, the calibration sums the reliability bins and the Brier score are made of:
+    integer sums over the label classes, taken for many summaries in one array pass (per
+    summary, numpy's per-call cost was most of it). Integer sums are exact, so each value is
+    the one the summary alone gives."""
+
+    counts: list[list[int]]
+    score_sums: list[list[float]]
+    """Per calibration bin, the scores' sum (fixed point divided out)."""
+    positives: list[list[int]]
+    squares: list[int]
+    positive_scores: list[int]
+    positive_cases: list[int]
+
+    @classmethod
+    def of(cls, summaries: Sequence[PerformanceSummary]) -> _CalibrationSums:
+        """The sums of summaries that share their calibration bins."""
+        calibration = np.stack([summary.calibration for summary in summaries])
+        both = calibration.sum(axis=1)  # [summary, quantity, bin]: the two classes together
+        return cls(
+            counts=both[:, 0].tolist(),
+            score_sums=(both[:, 1] / FIXED_POINT).tolist(),
+            positives=calibration[:, 1, 0].tolist(),
+            squares=both[:, 2].sum(axis=1).tolist(),
+            positive_scores=calibration[:, 1, 1].sum(axis=1).tolist(),
+            positive_cases=calibration[:, 1, 0].sum(axis=1).tolist(),
+        )
+
+    def brier(self, index: int) -> float:
+        n = sum(self.counts[index])
+        if n == 0:
+            return float("nan")
+        squares, positive_scores = self.squares[index], self.positive_scores[index]
+        positives = self.positive_cases[index]
+        return (squares - 2 * positive_scores + positives * FIXED_POINT) / FIXED_POINT / n
+
+
+def _reliability_bins(
+    counts: list[int], score_sums: list[float], positives: list[int]
+) -> tuple[ReliabilityBin, ...]:
+    bins = len(counts)
     return tuple(
         ReliabilityBin(
             lower=i / bins,
@@ -502,18 +550,6 @@ def reliability_from_summary(summary: PerformanceSummary) -> tuple[ReliabilityBi
         )
         for i, count in enumerate(counts)
     )
-
-
-def brier_from_summary(summary: PerformanceSummary) -> float:
-    """``mean((s - y)^2) = (sum s^2 - 2 sum_{y=1} s + positives) / n``, to about 1e-9 (the
-    fixed-point rounding of each score and square). NaN for an empty summary."""
-    squares = int(summary.calibration[:, 2].sum())
-    positive_scores = int(summary.calibration[1, 1].sum())
-    positives = int(summary.calibration[1, 0].sum())
-    n = int(summary.calibration[:, 0].sum())
-    if n == 0:
-        return float("nan")
-    return (squares - 2 * positive_scores + positives * FIXED_POINT) / FIXED_POINT / n
 
 
 def summary_counts(summary: PerformanceSummary) -> ConfusionCounts:
@@ -550,11 +586,13 @@ def summaries_metrics(
     unavailable: list[dict[str, str]] = [{} for _ in summaries]
     wilson = wilson_intervals_of(counts, config, unavailable)
     delong = _delong_of(summaries, counts, config)
+    sums = _CalibrationSums.of(summaries) if summaries else None
     fingerprint = config.fingerprint()
     results = []
     for index, summary in enumerate(summaries):
+        assert sums is not None
         window, reasons, intervals = counts[index], unavailable[index], wilson[index]
-        reliability = _summary_reliability(summary, window, config, reasons)
+        reliability = _summary_reliability(sums, index, window, config, reasons)
         reason = "not kept in sufficient statistics (needs each score)"
         reasons["calibration_slope"] = f"calibration slope: {reason}"
         reasons["calibration_intercept"] = f"calibration intercept: {reason}"
@@ -562,7 +600,7 @@ def summaries_metrics(
         if window.n < config.min_cases:
             reasons["brier"] = f"Brier score: {window.n} cases, at least {config.min_cases} needed"
         else:
-            brier = brier_from_summary(summary)
+            brier = sums.brier(index)
         results.append(
             BinaryMetrics(
                 counts=window,
@@ -645,7 +683,8 @@ def _summary_auroc(
 
 
 def _summary_reliability(
-    summary: PerformanceSummary,
+    sums: _CalibrationSums,
+    index: int,
     counts: ConfusionCounts,
     config: PerformanceConfig,
     unavailable: dict[str, str],
@@ -655,7 +694,7 @@ def _summary_reliability(
         unavailable["ece"] = f"ECE: {reason}"
         unavailable["reliability"] = f"reliability diagram: {reason}"
         return ()
-    return reliability_from_summary(summary)
+    return _reliability_bins(sums.counts[index], sums.score_sums[index], sums.positives[index])
 
 
 def at_threshold(summary: PerformanceSummary, threshold: float) -> PerformanceSummary:
