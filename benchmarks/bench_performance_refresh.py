@@ -18,11 +18,12 @@ is created and dropped):
 Statistics rows are written directly in the format ``performance.summaries.record`` writes
 (one summary per day and key, plus ``total``), which is what a consumer run would leave
 (``tests/integration/test_performance_summaries.py`` checks that the two agree): writing them
-through the consumer would take hours at this size. With ``--baseline`` they are written in the
-storage format of the code before 2026-12-07 (format 1, zlib; ``_summary_bytes``), which every
-revision reads, the baseline is timed, then every row is rewritten in the current format (what
-the consumer's next batch does to a row it changes) before this checkout is timed; ``fleet``
-times this checkout on the format-1 rows too.
+through the consumer would take hours at this size. With ``--baseline`` the baseline runs
+on the schema of its own latest migration (a downgrade for the run), and the rows are written
+in the storage format of the code before 2026-12-07 (format 1, zlib; ``_summary_bytes``),
+which every revision reads: the baseline is timed, then every row is rewritten in the current
+format (what the consumer's next batch does to a row it changes) before this checkout is
+timed; ``fleet`` times this checkout on the format-1 rows too.
 
     .venv/bin/python -m benchmarks.bench_performance_refresh curve --baseline 45191bd
     .venv/bin/python -m benchmarks.bench_performance_refresh fleet --sites 100 --baseline f7768cb
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from alembic import command
 from numpy.typing import NDArray
 from sqlalchemy import Engine, create_engine, text
 
@@ -59,7 +61,7 @@ from monitor.performance.sufficient import (
     stacked_from_bytes,
     stacked_to_bytes,
 )
-from monitor.service.db import make_engine, table_of, upgrade
+from monitor.service.db import alembic_config, make_engine, table_of, upgrade
 from monitor.service.models import (
     CurrentLabelRow,
     DriftStreamRow,
@@ -209,13 +211,21 @@ def rewrite_in_current_format(engine: Engine) -> None:
     """Every statistics row's summary encoded again as ``summaries.record`` writes a row it
     changes, then the table vacuumed: the state a site reaches as its rows are updated."""
     layout = SummaryLayout(threshold=THRESHOLD)
-    with engine.begin() as connection:
-        rows = connection.execute(text("SELECT ctid::text, summary FROM performance_buckets")).all()
-        blobs = stacked_to_bytes(stacked_from_bytes(layout, [r.summary for r in rows]), layout)
-        connection.execute(
-            text("UPDATE performance_buckets SET summary = :blob WHERE ctid = CAST(:at AS tid)"),
-            [{"blob": blob, "at": row.ctid} for row, blob in zip(rows, blobs, strict=True)],
+    with engine.connect() as reader, engine.begin() as writer:
+        rows = reader.execution_options(stream_results=True, yield_per=2000).execute(
+            text("SELECT ctid::text AS at, summary FROM performance_buckets")
         )
+        for chunk in rows.partitions():  # 2,000 rows decoded at a time: 66 MB
+            blobs = stacked_from_bytes(layout, [row.summary for row in chunk])
+            writer.execute(
+                text(
+                    "UPDATE performance_buckets SET summary = :blob WHERE ctid = CAST(:at AS tid)"
+                ),
+                [
+                    {"blob": blob, "at": row.at}
+                    for row, blob in zip(chunk, stacked_to_bytes(blobs, layout), strict=True)
+                ],
+            )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(text("VACUUM ANALYZE performance_buckets"))
 
@@ -354,6 +364,9 @@ def timed_refresh(engine: Engine, repeat: int) -> float:
 
 
 def baseline_refresh(url: str, revision: str, repeat: int) -> float:
+    """The median full refresh of ``revision`` (a git worktree, a child process) on the
+    database at ``url``, whose schema is taken back to that revision's own latest migration
+    for the run (and brought to head again after): the baseline runs as deployed."""
     checkout = Path("/tmp") / f"bench-refresh-baseline-{revision}"
     if not checkout.exists():
         subprocess.run(
@@ -361,14 +374,22 @@ def baseline_refresh(url: str, revision: str, repeat: int) -> float:
             check=True,
             capture_output=True,
         )
-    result = subprocess.run(
-        [sys.executable, "-c", BASELINE_REFRESH, url, str(repeat)],
-        cwd=checkout,
-        env={**os.environ, "PYTHONPATH": str(checkout)},
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    versions = checkout / "monitor" / "service" / "migrations" / "versions"
+    their_head = max(path.name.split("_")[0] for path in versions.glob("[0-9]*.py"))
+    engine = make_engine(url)
+    command.downgrade(alembic_config(engine), their_head)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", BASELINE_REFRESH, url, str(repeat)],
+            cwd=checkout,
+            env={**os.environ, "PYTHONPATH": str(checkout)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        upgrade(engine)
+        engine.dispose()
     return float(result.stdout.strip().splitlines()[-1])
 
 
