@@ -580,17 +580,18 @@ def summaries_metrics(
     proportions and one array pass for all DeLong AUROCs (the tracker computes the metrics of
     every subgroup value of a window at once; per summary, the fixed costs dominated)."""
     config = config or PerformanceConfig()
+    if not summaries:
+        return []
     for summary in summaries:
         _check_config(summary, config)
     counts = [summary_counts(summary) for summary in summaries]
     unavailable: list[dict[str, str]] = [{} for _ in summaries]
     wilson = wilson_intervals_of(counts, config, unavailable)
     delong = _delong_of(summaries, counts, config)
-    sums = _CalibrationSums.of(summaries) if summaries else None
+    sums = _CalibrationSums.of(summaries)
     fingerprint = config.fingerprint()
     results = []
     for index, summary in enumerate(summaries):
-        assert sums is not None
         window, reasons, intervals = counts[index], unavailable[index], wilson[index]
         reliability = _summary_reliability(sums, index, window, config, reasons)
         reason = "not kept in sufficient statistics (needs each score)"
