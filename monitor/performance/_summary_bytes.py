@@ -48,6 +48,11 @@ class EncodingError(ValueError):
     """Bytes that are not a summary of the expected size (the caller says what it expected)."""
 
 
+class NegativeCountError(EncodingError):
+    """A summary whose bytes hold a negative count (checked on the stored values, before
+    they are spread over the dense vector)."""
+
+
 def encode(counts: Counts, histogram_size: int) -> bytes:
     """Format 2 of one summary's counts (``counts[:histogram_size]`` the histograms)."""
     histogram = counts[:histogram_size]
@@ -74,7 +79,8 @@ def encode(counts: Counts, histogram_size: int) -> bytes:
 
 def decode_into(blob: bytes, out: Counts, histogram_size: int) -> None:
     """Fill ``out`` (int64, the summary's size) with the counts of a format-1 or format-2
-    blob; EncodingError when the blob is not one or holds another number of counts."""
+    blob; EncodingError when the blob is not one or holds another number of counts,
+    NegativeCountError when it holds a negative count."""
     if blob[:1] != bytes((TAG,)):
         _decode_zlib(blob, out)
         return
@@ -95,15 +101,20 @@ def decode_into(blob: bytes, out: Counts, histogram_size: int) -> None:
     expected = at + pairs + stored * count_type.itemsize + rest_size * _REST.itemsize
     if len(blob) != expected or (kind == _DENSE and stored != size):
         raise EncodingError(f"a stored summary of {len(blob)} bytes, {expected} expected")
+    counts: NDArray[np.integer] = np.frombuffer(blob, count_type, stored, at + pairs)
+    rest = np.frombuffer(blob, _REST, rest_size, expected - rest_size * 8)
+    signed = count_type.kind == "i"  # unsigned counts cannot be negative
+    if (signed and bool((counts < 0).any())) or bool((rest < 0).any()):
+        raise NegativeCountError("a stored performance summary holds a negative count")
     if kind == _DENSE:
-        out[:histogram_size] = np.frombuffer(blob, count_type, stored, at)
+        out[:histogram_size] = counts
     else:
         indices = np.frombuffer(blob, index_type, stored, at)
         if stored and int(indices.max()) >= histogram_size:
             raise EncodingError("a stored summary's bin lies outside its histograms")
         out[:histogram_size] = 0
-        out[indices] = np.frombuffer(blob, count_type, stored, at + pairs)
-    out[histogram_size:] = np.frombuffer(blob, _REST, rest_size, expected - rest_size * 8)
+        out[indices] = counts
+    out[histogram_size:] = rest
 
 
 def _decode_zlib(blob: bytes, out: Counts) -> None:
@@ -113,6 +124,8 @@ def _decode_zlib(blob: bytes, out: Counts) -> None:
         raise EncodingError(str(error)) from error
     if values.size != out.size:
         raise EncodingError(f"a stored summary of {values.size} counts, {out.size} expected")
+    if (values < 0).any():
+        raise NegativeCountError("a stored performance summary holds a negative count")
     out[...] = values
 
 

@@ -300,10 +300,10 @@ def stacked_from_bytes(layout: SummaryLayout, blobs: Sequence[bytes]) -> Counts:
     for index, blob in enumerate(blobs):
         try:
             _summary_bytes.decode_into(blob, stacked[index], 2 * layout.score_bins)
+        except _summary_bytes.NegativeCountError as error:
+            raise SummaryError(str(error)) from error
         except _summary_bytes.EncodingError as error:
             raise SummaryError(f"not a stored performance summary: {error}") from error
-    if (stacked < 0).any():
-        raise SummaryError("a stored performance summary holds a negative count")
     return stacked
 
 
