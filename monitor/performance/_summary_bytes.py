@@ -7,11 +7,11 @@ A summary is one int64 vector: the two score histograms (``histogram_size`` coun
   unsigned type that holds its largest count, either dense or as (index, count) pairs of its
   non-empty bins, whichever is shorter, then the rest as little-endian int64. No compression:
   a refresh of 100 sites decodes 3,400 rows, and inflating the first format's zlib stream
-  (33 KB of output a row) was 45 us of the 60 us a row took; this format decodes in about
-  15 us and encodes in 15 us against 73 us (docs/benchmarks.md, "Full refresh: statistics
-  without zlib"). Rows are 10 % larger on average: a day row with a few hundred cases is
-  sparse (about 1.2 KB), a ``total`` row of 100,000 cases dense in 16-bit counts (8.7 KB
-  against 4 KB zlib-compressed).
+  (33 KB of output a row) took 46-126 us a row on the shared 2-core box against 5-17 us to
+  decode this format, and encoding 113 us against 25 us (docs/benchmarks.md, "Full refresh:
+  statistics without zlib, lz4 snapshots"). Rows are 13 % larger on average: a day row with
+  a few hundred cases is sparse (about 1.3 KB), a ``total`` row of 100,000 cases dense in 8-
+  or 16-bit counts (4.6-8.7 KB against about 4 KB zlib-compressed).
 * **Format 1** (zlib level 1 of the whole vector as little-endian int64; a zlib stream's
   first byte is 0x78): still read, so rows written before stay valid. A row is rewritten in
   format 2 when a batch next changes it (``summaries.record``), so ``total`` rows and the
