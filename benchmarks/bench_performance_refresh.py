@@ -18,7 +18,12 @@ is created and dropped):
 Statistics rows are written directly in the format ``performance.summaries.record`` writes
 (one summary per day and key, plus ``total``), which is what a consumer run would leave
 (``tests/integration/test_performance_summaries.py`` checks that the two agree): writing them
-through the consumer would take hours at this size.
+through the consumer would take hours at this size. With ``--baseline`` the baseline runs
+on the schema of its own latest migration (a downgrade for the run), and the rows are written
+in the storage format of the code before 2026-12-07 (format 1, zlib; ``_summary_bytes``),
+which every revision reads: the baseline is timed, then every row is rewritten in the current
+format (what the consumer's next batch does to a row it changes) before this checkout is
+timed; ``fleet`` times this checkout on the format-1 rows too.
 
     .venv/bin/python -m benchmarks.bench_performance_refresh curve --baseline 45191bd
     .venv/bin/python -m benchmarks.bench_performance_refresh fleet --sites 100 --baseline f7768cb
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -42,13 +48,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from alembic import command
 from numpy.typing import NDArray
 from sqlalchemy import Engine, create_engine, text
 
 from monitor.events import AGE_BANDS
 from monitor.performance.delays import DelaySketch
-from monitor.performance.sufficient import PerformanceSummary, SummaryKey, SummaryLayout
-from monitor.service.db import make_engine, table_of, upgrade
+from monitor.performance.sufficient import (
+    PerformanceSummary,
+    SummaryKey,
+    SummaryLayout,
+    stacked_from_bytes,
+    stacked_to_bytes,
+)
+from monitor.service.db import alembic_config, make_engine, table_of, upgrade
 from monitor.service.models import (
     CurrentLabelRow,
     DriftStreamRow,
@@ -109,7 +122,7 @@ class Cases:
         }
 
 
-def bucket_rows(cases: Cases, days: range | None) -> list[dict[str, Any]]:
+def bucket_rows(cases: Cases, days: range | None, format_1: bool) -> list[dict[str, Any]]:
     """``performance_buckets`` rows: every case in ``total``, and the day rows of ``days``
     (all days when None)."""
     now = datetime.now(UTC)
@@ -145,11 +158,12 @@ def bucket_rows(cases: Cases, days: range | None) -> list[dict[str, Any]]:
                     hi,
                     chosen,
                     now,
+                    format_1,
                 )
             )
         total = PerformanceSummary(key, layout)
         total.add(cases.labels[members], cases.scores[members])
-        rows.append(_row(cases, field, value, "total", total, 0, cases.n, members, now))
+        rows.append(_row(cases, field, value, "total", total, 0, cases.n, members, now, format_1))
     return rows
 
 
@@ -163,6 +177,7 @@ def _row(
     hi: int,
     chosen: NDArray[np.bool_],
     now: datetime,
+    format_1: bool,
 ) -> dict[str, Any]:
     sketch = DelaySketch()
     if not field:
@@ -177,13 +192,44 @@ def _row(
         "subgroup_value": value,
         "bucket": bucket,
         "threshold": THRESHOLD,
-        "summary": summary.to_bytes(),
+        "summary": _format_1(summary) if format_1 else summary.to_bytes(),
         "delays": sketch.to_dict(),
         "n": summary.n,
         "first_at": cases.at[index[0]],
         "last_at": cases.at[index[-1]],
         "updated_at": now,
     }
+
+
+def _format_1(summary: PerformanceSummary) -> bytes:
+    """The storage bytes of the code before 2026-12-07 (``_summary_bytes``, format 1)."""
+    arrays = (summary.histogram, summary.confusion, summary.calibration)
+    return zlib.compress(np.concatenate([a.ravel() for a in arrays]).astype("<i8").tobytes(), 1)
+
+
+def rewrite_in_current_format(engine: Engine) -> None:
+    """Every statistics row's summary encoded again as ``summaries.record`` writes a row it
+    changes, then the table compacted: the state a site reaches as its rows are updated."""
+    layout = SummaryLayout(threshold=THRESHOLD)
+    with engine.connect() as reader, engine.begin() as writer:
+        rows = reader.execution_options(stream_results=True, yield_per=2000).execute(
+            text("SELECT ctid::text AS at, summary FROM performance_buckets")
+        )
+        for chunk in rows.partitions():  # 2,000 rows decoded at a time: 66 MB
+            blobs = stacked_from_bytes(layout, [row.summary for row in chunk])
+            writer.execute(
+                text(
+                    "UPDATE performance_buckets SET summary = :blob WHERE ctid = CAST(:at AS tid)"
+                ),
+                [
+                    {"blob": blob, "at": row.at}
+                    for row, blob in zip(chunk, stacked_to_bytes(blobs, layout), strict=True)
+                ],
+            )
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # FULL: the table and its indexes compact again, as the bulk load left them for the
+        # baseline (a plain vacuum leaves every index twice its size after rewriting each row)
+        connection.execute(text("VACUUM FULL ANALYZE performance_buckets"))
 
 
 def raw_rows(cases: Cases, indices: range) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -231,8 +277,10 @@ def raw_rows(cases: Cases, indices: range) -> tuple[list[dict[str, Any]], list[d
     return events, labels
 
 
-def load(engine: Engine, cases: Cases, days: range | None, raw: list[range]) -> None:
-    rows = bucket_rows(cases, days)
+def load(
+    engine: Engine, cases: Cases, days: range | None, raw: list[range], format_1: bool
+) -> None:
+    rows = bucket_rows(cases, days, format_1)
     events: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
     for indices in raw:
@@ -318,6 +366,9 @@ def timed_refresh(engine: Engine, repeat: int) -> float:
 
 
 def baseline_refresh(url: str, revision: str, repeat: int) -> float:
+    """The median full refresh of ``revision`` (a git worktree, a child process) on the
+    database at ``url``, whose schema is taken back to that revision's own latest migration
+    for the run (and brought to head again after): the baseline runs as deployed."""
     checkout = Path("/tmp") / f"bench-refresh-baseline-{revision}"
     if not checkout.exists():
         subprocess.run(
@@ -325,14 +376,22 @@ def baseline_refresh(url: str, revision: str, repeat: int) -> float:
             check=True,
             capture_output=True,
         )
-    result = subprocess.run(
-        [sys.executable, "-c", BASELINE_REFRESH, url, str(repeat)],
-        cwd=checkout,
-        env={**os.environ, "PYTHONPATH": str(checkout)},
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    versions = checkout / "monitor" / "service" / "migrations" / "versions"
+    their_head = max(path.name.split("_")[0] for path in versions.glob("[0-9]*.py"))
+    engine = make_engine(url)
+    command.downgrade(alembic_config(engine), their_head)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", BASELINE_REFRESH, url, str(repeat)],
+            cwd=checkout,
+            env={**os.environ, "PYTHONPATH": str(checkout)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        upgrade(engine)
+        engine.dispose()
     return float(result.stdout.strip().splitlines()[-1])
 
 
@@ -347,14 +406,16 @@ def curve(args: argparse.Namespace) -> None:
             engine = make_engine(url)
             upgrade(engine)
             cases = Cases("site-01", n, per_day=100, seed=n)
-            load(engine, cases, None, [range(n)])
+            load(engine, cases, None, [range(n)], format_1=bool(args.baseline))
             analyze(engine)
             with engine.connect() as connection:
                 rows = connection.scalar(text("SELECT count(*) FROM performance_buckets"))
+            theirs = baseline_refresh(url, args.baseline, args.repeat) if args.baseline else 0.0
+            if args.baseline:
+                rewrite_in_current_format(engine)
             ours = timed_refresh(engine, args.repeat)
             line = f"| {n:,} | {rows:,} | {ours * 1000:,.0f} ms |"
             if args.baseline:
-                theirs = baseline_refresh(url, args.baseline, args.repeat)
                 line += f" {theirs * 1000:,.0f} ms | {theirs / ours:,.1f}x |"
             print(line, flush=True)
             engine.dispose()
@@ -374,23 +435,32 @@ def fleet(args: argparse.Namespace) -> None:
                 cases,
                 range(last - 29, last + 1),
                 [range(1000), range(per_site - 1000, per_site)],
+                format_1=bool(args.baseline),
             )
         analyze(engine)
         print(
             f"loaded {args.sites} sites x {per_site:,} labelled cases "
             f"in {time.perf_counter() - started:,.0f} s"
         )
+        theirs = old_rows = None
+        if args.baseline:
+            theirs = baseline_refresh(url, args.baseline, args.repeat)
+            old_rows = timed_refresh(engine, args.repeat)
+            rewrite_in_current_format(engine)
         every = timed_refresh(engine, args.repeat)
         changed = cached_refresh(engine, args.sites, args.changed, args.repeat)
-        theirs = baseline_refresh(url, args.baseline, args.repeat) if args.baseline else None
         print(
             "| sites | labelled cases | every site recomputed | "
             f"{args.changed} sites with new labels (RefreshCache) |"
-            + (f" every site recomputed ({args.baseline}) | ratio |" if theirs else "")
+            + (
+                f" every site recomputed, rows in format 1 | ({args.baseline}) | ratio |"
+                if theirs
+                else ""
+            )
             + "\n|---:|---:|---:|---:|"
-            + ("---:|---:|" if theirs else "")
+            + ("---:|---:|---:|" if theirs else "")
             + f"\n| {args.sites} | {args.sites * per_site:,} | {every:,.2f} s | {changed:,.2f} s |"
-            + (f" {theirs:,.2f} s | {theirs / every:,.1f}x |" if theirs else "")
+            + (f" {old_rows:,.2f} s | {theirs:,.2f} s | {theirs / every:,.1f}x |" if theirs else "")
         )
         engine.dispose()
 

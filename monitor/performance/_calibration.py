@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import isotonic_regression as scipy_isotonic
+from sklearn._isotonic import _make_unique  # type: ignore[import-untyped]
 
 Floats = NDArray[np.float64]
 
@@ -140,3 +142,26 @@ def _mean_hessian(design: Floats, params: Floats, cases: int) -> Floats:
 
 def _logistic(linear: Floats) -> Floats:
     return np.asarray(1 / (1 + np.exp(-linear)))
+
+
+def isotonic_knots(scores: Floats, outcomes: Floats) -> tuple[Floats, Floats]:
+    """The knots (``X_thresholds_``, ``y_thresholds_``) of
+    ``IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(scores, outcomes)``.
+
+    scikit-learn's fit (1.9) step for step, without its parameter and input checks and the
+    scipy interpolator it builds and we never call, which were 85 % of a fit on 500 cases
+    (0.4 ms; a full refresh fits one per stream): sort by score then outcome, pool equal
+    scores (scikit-learn's own ``_make_unique``, which treats scores closer than float64's
+    resolution as equal), scipy's pool-adjacent-violators (what scikit-learn calls), clip to
+    [0, 1], and drop the knots inside a flat run. Equal to the last bit:
+    ``tests/unit/test_performance_calibration.py`` compares it with scikit-learn on 1,000 fits
+    with ties and scores at 0. Inputs are the caller's to validate (finite, same length).
+    """
+    order = np.lexsort((outcomes, scores))
+    x, y = scores[order], outcomes[order]
+    knots_x, pooled, weights = _make_unique(x, y, np.ones_like(x))
+    fitted = np.asarray(scipy_isotonic(pooled, weights=weights, increasing=True).x, np.float64)
+    np.clip(fitted, 0.0, 1.0, fitted)
+    keep = np.ones(len(fitted), dtype=bool)
+    keep[1:-1] = np.not_equal(fitted[1:-1], fitted[:-2]) | np.not_equal(fitted[1:-1], fitted[2:])
+    return np.asarray(knots_x[keep], np.float64), fitted[keep]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
+from scipy import special
 
 from monitor.performance._calibration import logistic_recalibration
 
@@ -100,7 +100,7 @@ def check_calibration(
     inflation = 1.0 + n / n_reference
     variance = float((probabilities * (1.0 - probabilities)).sum()) * inflation
     z = (outcomes.sum() - probabilities.sum()) / np.sqrt(variance)
-    large_p = float(2.0 * stats.norm.sf(abs(z)))
+    large_p = float(2.0 * normal_sf(abs(z)))
     slope, slope_p = _slope_test(positive, outcomes, probabilities, inflation)
     drift = min(large_p, 1.0 if slope_p is None else slope_p) < alpha / 2
     explanation = (
@@ -134,7 +134,19 @@ def _slope_test(
     statistic = 2.0 * (
         _log_likelihood(outcomes, refitted) - _log_likelihood(outcomes, probabilities)
     )
-    return slope, float(stats.chi2.sf(max(0.0, statistic) / inflation, df=2))
+    return slope, float(chi2_sf(max(0.0, statistic) / inflation, df=2))
+
+
+def normal_sf(z: float) -> float:
+    """``scipy.stats.norm.sf(z)``: the function scipy's own ``_sf`` calls (``ndtr(-z)``),
+    the same value to the last bit, without the distribution's argument handling (60 us a
+    call, two calls a stream in a refresh)."""
+    return float(special.ndtr(-z))
+
+
+def chi2_sf(x: float, df: int) -> float:
+    """``scipy.stats.chi2.sf(x, df)`` as scipy computes it (``chdtrc(df, x)``)."""
+    return float(special.chdtrc(df, x))
 
 
 def _log_likelihood(outcomes: Floats, probabilities: Floats) -> float:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from sklearn.isotonic import IsotonicRegression  # type: ignore[import-untyped]
 from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
+from monitor.performance._calibration import isotonic_knots
 from monitor.performance._estimate_checks import CalibrationCheck as CalibrationCheck
 from monitor.performance._estimate_checks import SupportCheck as SupportCheck
 from monitor.performance._estimate_checks import check_calibration, check_support, logit, sigmoid
@@ -154,10 +154,8 @@ def fit_calibration(
     _require_reference(scores.size, int(positive.sum()), config)
     knots_x, knots_y, slope, intercept = np.array([0.0, 1.0]), np.array([0.0, 1.0]), 1.0, 0.0
     if config.method == "isotonic":
-        isotonic = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-        isotonic.fit(scores, positive.astype(np.float64))
-        knots_x = np.asarray(isotonic.X_thresholds_, dtype=np.float64)
-        knots_y = np.asarray(isotonic.y_thresholds_, dtype=np.float64)
+        # IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)'s knots, bit for bit
+        knots_x, knots_y = isotonic_knots(scores, positive.astype(np.float64))
     else:
         # C = inf: plain maximum likelihood, as Platt scaling is defined.
         platt = LogisticRegression(C=np.inf).fit(logit(scores).reshape(-1, 1), positive)

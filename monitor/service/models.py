@@ -369,7 +369,8 @@ class PerformanceBucketRow(Base):
     threshold: Mapped[float] = mapped_column(Float, primary_key=True)
     """The events' operating threshold; -1 for events that carried none (scored at 0.5)."""
     summary: Mapped[bytes] = mapped_column(LargeBinary)
-    """``PerformanceSummary.to_bytes()`` (the key and layout are the row's)."""
+    """``PerformanceSummary.to_bytes()`` (the key and layout are the row's; format 2, or format 1
+    in rows not rewritten since 2026-12-07: ``performance/_summary_bytes.py``)."""
     delays: Mapped[dict[str, int]] = mapped_column(JsonDocument)
     """Label delay sketch (``DelaySketch.to_dict()``); empty in subgroup rows."""
     n: Mapped[int] = mapped_column(Integer)

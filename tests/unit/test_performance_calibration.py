@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import statsmodels.api as sm  # type: ignore[import-untyped]
 from numpy.typing import NDArray
+from sklearn.isotonic import IsotonicRegression  # type: ignore[import-untyped]
 
-from monitor.performance._calibration import LOGIT_CLIP, logistic_recalibration
+from monitor.performance._calibration import LOGIT_CLIP, isotonic_knots, logistic_recalibration
 
 SEPARATION = "the logistic fit has no finite solution (the scores separate the classes, or nearly)"
 
@@ -85,3 +86,23 @@ def test_calibrated_scores_fit_slope_one_and_overconfident_ones_less() -> None:
     overconfident = rng.random(scores.size) < 1.0 / (1.0 + np.exp(-0.5 * logits))
     slope, _ = logistic_recalibration(overconfident, scores)  # type: ignore[misc]
     assert slope == pytest.approx(0.5, abs=0.05)
+
+
+def test_isotonic_knots_are_scikit_learns_to_the_last_bit() -> None:
+    """``isotonic_knots`` against ``IsotonicRegression.fit`` itself on 1,000 seeded fits: sizes
+    2-800, prevalence 5-95 %, scores rounded to 1-3 decimals (ties, pooled by scikit-learn)
+    in a third of them and a third of the scores at exactly 0 in every seventh."""
+    rng = np.random.default_rng(17)
+    for trial in range(1_000):
+        n = int(rng.integers(2, 800))
+        outcomes = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(np.float64)
+        scores = 1.0 / (1.0 + np.exp(-rng.normal(rng.uniform(0.0, 3.0) * outcomes - 1.0, 1.0)))
+        if trial % 3 == 0:
+            scores = np.round(scores, int(rng.integers(1, 4)))
+        if trial % 7 == 0:
+            scores[: n // 3] = 0.0
+        fitted = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        fitted.fit(scores, outcomes)
+        knots_x, knots_y = isotonic_knots(scores, outcomes)
+        assert np.array_equal(knots_x, fitted.X_thresholds_)
+        assert np.array_equal(knots_y, fitted.y_thresholds_)

@@ -28,9 +28,11 @@ from itertools import product
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import stats as scipy_stats
 from sklearn.isotonic import IsotonicRegression  # type: ignore[import-untyped]
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
+from monitor.performance._estimate_checks import chi2_sf, normal_sf
 from monitor.performance.estimate import (
     CalibrationMap,
     CalibrationMethod,
@@ -379,3 +381,13 @@ def test_compare_puts_estimate_next_to_realised() -> None:
     assert comparison.auroc.realised is None and comparison.auroc.difference is None
     assert comparison.auroc.estimated == estimate.auroc
     assert comparison.trusted and comparison.config_fingerprint == estimate.config_fingerprint
+
+
+def test_the_checks_tail_probabilities_are_scipys_to_the_last_bit() -> None:
+    """``normal_sf`` and ``chi2_sf`` call the functions scipy's distributions call, without
+    their argument handling: the same p-values, so the same estimates and trust decisions."""
+    rng = np.random.default_rng(31)
+    z = np.concatenate([np.abs(rng.normal(0.0, 3.0, 500)), [0.0, 1e-300, 8.5, 40.0, np.inf]])
+    x = np.concatenate([rng.exponential(5.0, 500), [0.0, 1e-12, 80.0, 500.0]])
+    assert [normal_sf(float(v)) for v in z] == [float(scipy_stats.norm.sf(v)) for v in z]
+    assert [chi2_sf(float(v), df=2) for v in x] == [float(scipy_stats.chi2.sf(v, df=2)) for v in x]

@@ -32,6 +32,7 @@ from monitor.performance.sufficient import (
     SummaryLayout,
     at_threshold,
     auroc_binning_bound,
+    flat_size,
     histogram_delong,
     merge,
     stacked_counts,
@@ -320,9 +321,7 @@ def test_storage_bytes_round_trip_and_refuse_what_does_not_fit() -> None:
         PerformanceSummary.from_bytes(KEY, SummaryLayout(threshold=0.5, score_bins=1024), blob)
     with pytest.raises(SummaryError, match="not a stored"):
         PerformanceSummary.from_bytes(KEY, LAYOUT, b"not zlib")
-    negative = zlib.compress(
-        np.full(len(np.frombuffer(zlib.decompress(blob), "<i8")), -1, "<i8").tobytes()
-    )
+    negative = zlib.compress(np.full(flat_size(LAYOUT), -1, "<i8").tobytes())  # format 1
     with pytest.raises(SummaryError, match="negative"):
         PerformanceSummary.from_bytes(KEY, LAYOUT, negative)
 
@@ -383,7 +382,7 @@ def test_stacked_updates_give_the_bytes_of_summary_by_summary_updates() -> None:
     stacked += stacked_deltas(
         LAYOUT, n_rows, rows[moved], ~old_labels, scores[moved], case_thresholds[moved]
     )
-    assert stacked_to_bytes(stacked) == [summary.to_bytes() for summary in expected]
+    assert stacked_to_bytes(stacked, LAYOUT) == [summary.to_bytes() for summary in expected]
     assert stacked_counts(stacked, LAYOUT).tolist() == [summary.n for summary in expected]
 
 

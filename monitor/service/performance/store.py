@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import gc
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -161,8 +161,9 @@ def _refresh(
     engine: Engine, settings: PerformanceSettings, now: datetime, cache: RefreshCache | None
 ) -> list[Snapshot]:
     """:func:`refresh`. The bounded raw reads, mostly the database's work, run on a second
-    connection in a thread while this one reads and merges the statistics and computes their
-    metrics, mostly Python's: on two cores the two overlap."""
+    connection in a thread while this one reads and merges the statistics and computes the
+    metrics of the sites' and the fleet's windows, mostly Python's: on two cores the two
+    overlap. The estimates and the rules, which need the raw reads, come last."""
     with ThreadPoolExecutor(max_workers=1) as reader:
         with engine.connect() as connection:
             marks = stream_marks(connection)
@@ -174,27 +175,19 @@ def _refresh(
             stale = sorted(key for key in marks if key not in kept)
             raws = reader.submit(_raw_all, engine, settings, stale)
             reads = _read_all(connection, settings, stale)
-        computed = _site_snapshots(engine, settings, reads, raws)
+        site_metrics = _snapshots(settings, _site_windows(reads))
+        every_read = {key: kept[key][1] if key in kept else reads[key] for key in sorted(marks)}
+        fleet = _snapshots(settings, _fleet_windows(every_read))
+        computed = _site_snapshots(engine, settings, reads, site_metrics, raws.result())
     snapshots = []
-    sites: dict[tuple[str, str, str], list[_Read]] = {}
-    for key in sorted(marks):
-        stream, finding = key
+    for key, read in every_read.items():
         if key in kept:
-            read, site_snapshots = kept[key][1], kept[key][2]
+            snapshots += kept[key][2]
         else:
-            read, site_snapshots = reads[key], computed[key]
+            snapshots += computed[key]
             if cache is not None:
-                cache.streams[key] = (marks[key], read, site_snapshots)
-        sites.setdefault((stream[1], stream[2], finding), []).append(read)
-        snapshots += site_snapshots
-    snapshots += _snapshots(
-        settings,
-        [
-            window
-            for (model_name, version, finding), site_reads in sorted(sites.items())
-            for window in _fleet_windows((FLEET, model_name, version), finding, site_reads)
-        ],
-    )
+                cache.streams[key] = (marks[key], read, computed[key])
+    snapshots += fleet
     _store(engine, snapshots, settings, now)
     for snapshot in snapshots:
         _export(snapshot)
@@ -205,29 +198,31 @@ StreamFinding = tuple[tuple[str, str, str], str]
 """((site, model, version), finding): how the tracker keys a stream."""
 
 
-def _fleet_windows(stream: tuple[str, str, str], finding: str, reads: list[_Read]) -> list[_Window]:
-    expired = sum(r.expired for r in reads)
-    rolling = pooled([r.rolling for r in reads])
-    cumulative = pooled([r.cumulative for r in reads])
+def _fleet_windows(reads: dict[StreamFinding, _Read]) -> list[_Window]:
+    """Per model version and finding, the rolling and cumulative windows of all its sites
+    pooled (``site_id`` :data:`FLEET`), in (model, version, finding) order."""
+    sites: dict[tuple[str, str, str], list[_Read]] = {}
+    for ((_, model_name, version), finding), read in reads.items():
+        sites.setdefault((model_name, version, finding), []).append(read)
+    windows = []
+    for (model_name, version, finding), site_reads in sorted(sites.items()):
+        stream = (FLEET, model_name, version)
+        expired = sum(r.expired for r in site_reads)
+        rolling = pooled([r.rolling for r in site_reads])
+        cumulative = pooled([r.cumulative for r in site_reads])
+        predicted = sum(r.predicted for r in site_reads)
+        windows += [
+            _Window(
+                stream, finding, "rolling", rolling, sum(r.recent for r in site_reads), expired
+            ),
+            _Window(stream, finding, "cumulative", cumulative, predicted, expired),
+        ]
+    return windows
+
+
+def _site_windows(reads: dict[StreamFinding, _Read]) -> list[_Window]:
+    """The rolling and cumulative window of each site's stream, in ``reads``' order."""
     return [
-        _Window(stream, finding, "rolling", rolling, sum(r.recent for r in reads), expired),
-        _Window(
-            stream, finding, "cumulative", cumulative, sum(r.predicted for r in reads), expired
-        ),
-    ]
-
-
-def _site_snapshots(
-    engine: Engine,
-    settings: PerformanceSettings,
-    reads: dict[StreamFinding, _Read],
-    reading: Future[dict[StreamFinding, _Raw]],
-) -> dict[StreamFinding, list[Snapshot]]:
-    """The rolling and cumulative snapshots of each site's stream; the rules checked (all
-    streams in one transaction). The raw reads (``reading``) are waited for once the
-    statistics' metrics are computed."""
-    keys = list(reads)
-    windows = [
         window
         for (stream, finding), read in reads.items()
         for window in (
@@ -235,8 +230,19 @@ def _site_snapshots(
             _Window(stream, finding, "cumulative", read.cumulative, read.predicted, read.expired),
         )
     ]
-    snapshots = _snapshots(settings, windows)
-    raws = reading.result()
+
+
+def _site_snapshots(
+    engine: Engine,
+    settings: PerformanceSettings,
+    reads: dict[StreamFinding, _Read],
+    snapshots: list[Snapshot],
+    raws: dict[StreamFinding, _Raw],
+) -> dict[StreamFinding, list[Snapshot]]:
+    """The rolling and cumulative snapshots of each site's stream (``snapshots``, from
+    :func:`_site_windows`) with the rolling one's estimate; the rules checked (all streams in
+    one transaction)."""
+    keys = list(reads)
     computed: dict[StreamFinding, list[Snapshot]] = {}
     for index, key in enumerate(keys):
         rolling, cumulative = snapshots[2 * index : 2 * index + 2]
