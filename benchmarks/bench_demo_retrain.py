@@ -76,7 +76,8 @@ RECIPES = {
     "rehearse": Recipe("rehearse", rehearsal=True),
     "demo": Recipe("demo", rehearsal=True, lr=3e-4, patience=40),
 }
-"""``demo`` is ``monitor.service.demo.run.DEMO_JOB`` before the averaging (2026-12-07)."""
+"""``demo`` is ``monitor.service.demo.run.DEMO_JOB``'s recipe; with ``threads=1`` it trains
+the demo's own candidate (the demo's process runs torch on one thread)."""
 
 
 def devset(per_site: int = 300, portable: int = 300) -> None:
