@@ -22,6 +22,7 @@ Results are appended to ``CACHE/results.jsonl``; docs/benchmarks.md, "Full-loop 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -63,9 +64,20 @@ class Recipe:
     validation_share: float = 0.2
     warm_start: bool = True
     seed: int = 0
+    average_from: int = 0
+    """Stochastic weight averaging from this epoch on (``TrainConfig.average_from_epoch``);
+    0: the best epoch's weights."""
+    threads: int = 0
+    """torch's intra-op threads while training; 0: torch's default (one per core)."""
 
 
-RECIPES = {"base": Recipe("base"), "rehearse": Recipe("rehearse", rehearsal=True)}
+RECIPES = {
+    "base": Recipe("base"),
+    "rehearse": Recipe("rehearse", rehearsal=True),
+    "demo": Recipe("demo", rehearsal=True, lr=3e-4, patience=40),
+}
+"""``demo`` is ``monitor.service.demo.run.DEMO_JOB``'s recipe; with ``threads=1`` it trains
+the demo's own candidate (the demo's process runs torch on one thread)."""
 
 
 def devset(per_site: int = 300, portable: int = 300) -> None:
@@ -208,19 +220,25 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         max_epochs=recipe.max_epochs,
         patience=recipe.patience,
         learning_rate=recipe.lr,
+        average_from_epoch=recipe.average_from or None,
     )
     folder = CACHE / "work" / f"{data_dir.name}-{recipe.name}"
     shutil.rmtree(folder, ignore_errors=True)
     val_x, val_y = data.validation_side()
-    result = train(
-        champion.spec,
-        config,
-        data.train_side(),
-        (val_x, val_y),
-        checkpoint_dir=folder,
-        progress=False,
-        init_state=champion.state_dict if recipe.warm_start else None,
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads or threads)
+    try:
+        result = train(
+            champion.spec,
+            config,
+            data.train_side(),
+            (val_x, val_y),
+            checkpoint_dir=folder,
+            progress=False,
+            init_state=champion.state_dict if recipe.warm_start else None,
+        )
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     result.model.save(folder / "model.pt")
     tuning = TuningSplit(
@@ -239,8 +257,11 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
     )
     summary = evaluate(found.plan, champion, champion_threshold, result.model, threshold.threshold)
     return {
+        "data_dir": data_dir.name,
         "recipe": recipe.__dict__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "train_seconds": round(seconds, 1),
+        "val_loss": [round(m.val_loss, 4) for m in result.history],
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "train_cases": len(data.dataset.split.train),
@@ -320,7 +341,8 @@ def _recipe(spec: str) -> Recipe:
     for change in changes:
         key, value = change.split("=")
         kind = type(getattr(recipe, key))
-        recipe = replace(recipe, **{key: value == "1" if kind is bool else kind(value)})
+        parsed: Any = value == "1" if kind is bool else kind(value)
+        recipe = replace(recipe, **{key: parsed})
     return recipe
 
 

@@ -29,6 +29,12 @@ class TrainConfig(DetectorConfig):
     patience: int = 3
     """Epochs without a validation-loss improvement (by more than ``min_delta``) before stopping."""
     min_delta: float = 0.0
+    average_from_epoch: int | None = Field(None, ge=1)
+    """Stochastic weight averaging: from this epoch on, the weights at each epoch's end are
+    averaged (``torch.optim.swa_utils``), and training returns the average, its batch-norm
+    statistics recomputed on the training images, instead of the best epoch's weights. An
+    average is less sensitive to the last epochs' arithmetic than a single epoch picked by a
+    validation loss that jumps. None: the best epoch's weights."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: int = 1
     """Write the checkpoint after every this many epochs (and always when training ends)."""

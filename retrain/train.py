@@ -1,14 +1,15 @@
 """Seeded, resumable training of a model family member, with calibration and a threshold.
 
 ``train`` fits the weights (AdamW, binary cross-entropy per finding), stops early on the
-validation loss and restores the best epoch's weights, fits one temperature per finding on the
-validation logits, and picks each finding's operating threshold on the calibrated validation
-probabilities. A checkpoint (weights, optimizer, early-stopping state, history, RNG states) is
-written atomically after every ``checkpoint_every`` epochs, and ``resume=True`` continues from it
-to the same weights an uninterrupted run reaches (on the same device). ``should_stop`` (asked
-between batches) ends training early with :class:`TrainingStopped`; a stopped run resumes from
-its checkpoint like a killed one. The calibration and threshold fits
-live beside the bundle in :mod:`retrain.model`.
+validation loss and restores the best epoch's weights (or, with ``average_from_epoch``, returns
+the average of the weights from that epoch on: stochastic weight averaging), fits one
+temperature per finding on the validation logits, and picks each finding's operating threshold
+on the calibrated validation probabilities. A checkpoint (weights, optimizer, early-stopping
+state, weight average, history, RNG states) is written atomically after every
+``checkpoint_every`` epochs, and ``resume=True`` continues from it to the same weights an
+uninterrupted run reaches (on the same device). ``should_stop`` (asked between batches) ends
+training early with :class:`TrainingStopped`; a stopped run resumes from its checkpoint like a
+killed one. The calibration and threshold fits live beside the bundle in :mod:`retrain.model`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 from rich.progress import Progress
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from retrain.config import TrainConfig
@@ -111,6 +113,8 @@ class _State:
     best_state: dict[str, Tensor] = field(default_factory=dict)
     stale_epochs: int = 0
     stopped_early: bool = False
+    averaged: dict[str, Tensor] = field(default_factory=dict)
+    """The running weight average's state (``AveragedModel``), once averaging has begun."""
     history: list[EpochMetrics] = field(default_factory=list)
 
 
@@ -168,7 +172,10 @@ def train(
         val_loader = _loader(val_data, config, shuffle_epoch=None)
         hooks = _Hooks(on_epoch_end, should_stop or _never)
         _run_epochs(run, state, train_data, val_loader, progress, hooks)
-        run.model.load_state_dict(state.best_state or run.model.state_dict())
+        if state.averaged:
+            run.model.load_state_dict(_averaged_weights(run, state, train_data))
+        else:
+            run.model.load_state_dict(state.best_state or run.model.state_dict())
         logits, labels = _predict_logits(run.model, val_loader, run.device)
     temperature, report = calibrate(logits, labels)
     calibrated = torch.sigmoid(logits / torch.tensor(temperature)).numpy()
@@ -276,8 +283,15 @@ def _run_epochs(
 
 
 def _record(state: _State, metrics: EpochMetrics, model: nn.Module, config: TrainConfig) -> None:
-    """Append the epoch and update the early-stopping bookkeeping."""
+    """Append the epoch and update the early-stopping bookkeeping and the weight average."""
     state.epoch = metrics.epoch
+    start = config.average_from_epoch
+    if start is not None and metrics.epoch >= start:
+        averaged = AveragedModel(model)
+        if state.averaged:
+            averaged.load_state_dict(state.averaged)
+        averaged.update_parameters(model)
+        state.averaged = {k: v.detach().cpu().clone() for k, v in averaged.state_dict().items()}
     state.history.append(metrics)
     if metrics.val_loss < state.best_val_loss - config.min_delta:
         state.best_val_loss = metrics.val_loss
@@ -287,6 +301,16 @@ def _record(state: _State, metrics: EpochMetrics, model: nn.Module, config: Trai
     else:
         state.stale_epochs += 1
         state.stopped_early = state.stale_epochs >= config.patience
+
+
+def _averaged_weights(run: _Run, state: _State, train_data: TrainData) -> dict[str, Tensor]:
+    """The weight average, with batch-norm statistics recomputed on the training images (the
+    averaged weights never ran with the last epoch's running statistics)."""
+    averaged = AveragedModel(run.model)
+    averaged.load_state_dict(state.averaged)
+    loader = _loader(train_data, run.config, shuffle_epoch=None)
+    update_bn(loader, averaged, run.device)
+    return dict(averaged.module.state_dict())
 
 
 def _train_epoch(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from torch import Tensor
 
 from benchmarks.bench_train import synthetic_radiographs
@@ -205,6 +206,59 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path: Path) -> Non
     logits = result.model.module()(images[80:]).detach()
     restored = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[80:])
     assert float(restored) == pytest.approx(losses[result.best_epoch - 1], abs=1e-5)
+
+
+AVERAGED = FAST.model_copy(update={"average_from_epoch": 3})
+
+
+def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights(
+    easy: tuple[Data, Data], tmp_path: Path
+) -> None:
+    # The epoch-3 and epoch-4 weights, from the checkpoints of plain runs (same seed, same
+    # trajectory: averaging only reads the weights).
+    epoch_weights = []
+    for epochs in (3, 4):
+        config = FAST.model_copy(update={"max_epochs": epochs})
+        folder = tmp_path / f"plain-{epochs}"
+        train(SPEC, config, *easy, checkpoint_dir=folder, progress=False)
+        epoch_weights.append(torch.load(folder / CHECKPOINT_NAME, weights_only=True)["model"])
+    result = train(SPEC, AVERAGED, *easy, checkpoint_dir=tmp_path / "avg", progress=False)
+    averaged = result.model.state_dict
+    parameters = dict(build_model(SPEC).named_parameters())
+    for name in parameters:
+        mean = (epoch_weights[0][name] + epoch_weights[1][name]) / 2
+        torch.testing.assert_close(averaged[name], mean)
+    # Batch-norm statistics are recomputed for the averaged weights, not kept from an epoch.
+    running = [name for name in averaged if name.endswith("running_mean")]
+    assert running
+    for name in running:
+        assert not torch.equal(averaged[name], epoch_weights[1][name])
+    auroc = roc_auc_score(easy[1][1][:, 0].numpy(), predict(result.model, easy[1][0])[:, 0])
+    assert auroc > 0.8
+
+
+def test_resume_with_weight_averaging_reaches_the_uninterrupted_weights(
+    easy: tuple[Data, Data], tmp_path: Path
+) -> None:
+    uninterrupted = train(SPEC, AVERAGED, *easy, checkpoint_dir=tmp_path / "a", progress=False)
+
+    def die_after_three(metrics: EpochMetrics) -> None:
+        if metrics.epoch == 3:
+            raise Died
+
+    folder = tmp_path / "b"
+    with pytest.raises(Died):
+        train(
+            SPEC,
+            AVERAGED,
+            *easy,
+            checkpoint_dir=folder,
+            progress=False,
+            on_epoch_end=die_after_three,
+        )
+    resumed = train(SPEC, AVERAGED, *easy, checkpoint_dir=folder, progress=False, resume=True)
+    assert resumed.resumed_from_epoch == 3
+    assert_same_weights(uninterrupted.model, resumed.model)
 
 
 def test_temperature_scaling_fixes_overconfidence() -> None:
