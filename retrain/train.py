@@ -27,6 +27,7 @@ from typing import Final, Literal, cast
 import numpy as np
 import numpy.typing as npt
 import torch
+from pydantic import ValidationError
 from rich.progress import Progress
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 from torch import Tensor, nn
@@ -403,6 +404,20 @@ def _resumable_config(config: TrainConfig) -> dict[str, object]:
     return config.model_dump(mode="json", exclude={"max_epochs"})
 
 
+def _same_training(saved: dict[str, object], config: TrainConfig) -> bool:
+    """Whether a checkpoint's configuration is ``config`` but for ``max_epochs``.
+
+    Compared as configurations, not as stored dicts, so a checkpoint written before a field was
+    added (``average_from_epoch``) resumes when the field is at
+    its default: it trained the same way.
+    """
+    try:
+        restored = TrainConfig.model_validate({**saved, "max_epochs": config.max_epochs})
+    except ValidationError:
+        return False
+    return restored == config
+
+
 def _save_checkpoint(run: _Run, state: _State) -> None:
     """Write the checkpoint to a temporary file, fsync it, then rename it into place."""
     numpy_state = cast(tuple[str, npt.NDArray[np.uint32], int, int, float], np.random.get_state())
@@ -437,7 +452,7 @@ def _load_checkpoint(run: _Run) -> _State:
     payload = torch.load(path, map_location=run.device, weights_only=True)
     if payload["spec"] != run.spec_fingerprint:
         raise ResumeError(f"{path} was written for another model spec")
-    if payload["config"] != _resumable_config(run.config):
+    if not _same_training(payload["config"], run.config):
         raise ResumeError(f"{path} was written with another training configuration")
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])

@@ -184,6 +184,23 @@ def test_resume_refuses_another_configuration_or_spec(
         train(other_spec, one, *easy, checkpoint_dir=tmp_path, progress=False, resume=True)
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_field_was_added(
+    easy: tuple[Data, Data], tmp_path: Path
+) -> None:
+    # A checkpoint from before average_from_epoch existed: its stored config lacks the key.
+    one = FAST.model_copy(update={"max_epochs": 1})
+    train(SPEC, one, *easy, checkpoint_dir=tmp_path, progress=False)
+    checkpoint = next(tmp_path.rglob("*.pt"))
+    payload = torch.load(checkpoint, weights_only=True)
+    del payload["config"]["average_from_epoch"]
+    torch.save(payload, checkpoint)
+    resumed = train(SPEC, FAST, *easy, checkpoint_dir=tmp_path, progress=False, resume=True)
+    assert resumed.resumed_from_epoch == 1
+    averaged = FAST.model_copy(update={"average_from_epoch": 1})
+    with pytest.raises(ResumeError, match="configuration"):
+        train(SPEC, averaged, *easy, checkpoint_dir=tmp_path, progress=False, resume=True)
+
+
 def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path: Path) -> None:
     # Labels are noise: the validation loss soon rises, and the best epoch is an early one.
     generator = torch.Generator().manual_seed(0)
