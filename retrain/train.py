@@ -407,9 +407,9 @@ def _resumable_config(config: TrainConfig) -> dict[str, object]:
 def _same_training(saved: dict[str, object], config: TrainConfig) -> bool:
     """Whether a checkpoint's configuration is ``config`` but for ``max_epochs``.
 
-    Compared as configurations, not as stored dicts, so a checkpoint written before a field was
-    added (``average_from_epoch``) resumes when the field is at
-    its default: it trained the same way.
+    Compared as configurations, not as stored dicts, so a checkpoint written before a field
+    was added (``average_from_epoch``) resumes when the field is at its default: it trained
+    the same way.
     """
     try:
         restored = TrainConfig.model_validate({**saved, "max_epochs": config.max_epochs})
