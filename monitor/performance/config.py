@@ -120,6 +120,25 @@ class AurocCusum(DetectorConfig):
     """Grid units for the largest log-likelihood-ratio step of any placement."""
     hold_multiple: float = Field(default=2.0, ge=1.0)
     """The statistic is held at most this multiple of h, so an episode can end after recovery."""
+    by_fields: tuple[str, ...] = ()
+    """Metadata fields (e.g. ``ManufacturerModelName``) each of whose values gets a CUSUM of its
+    own, on that value's cases against the same reference: a new unit whose cases rank worse is
+    seen at its full drop from its first case, not diluted by the rest of the site's studies.
+    The ``arl0`` then holds for the whole family (:attr:`cusum_arl0`)."""
+    max_values: int = Field(default=16, ge=1, le=256)
+    """Values tracked per field, the first seen after the reference; the cases of later values
+    still count in the pooled CUSUM and are counted as untracked (the state stays bounded)."""
+
+    @property
+    def cusum_arl0(self) -> float:
+        """The in-control ARL each CUSUM is designed for, in its own monitored cases, so that the
+        family (pooled, plus one per value of each of ``by_fields``) signals falsely once per
+        ``arl0`` monitored cases. Each CUSUM's false signals come at a rate of about one per
+        ``cusum_arl0`` of its own cases; a value with share ``p`` of the cases has ``p`` of them,
+        and the shares of one field's values add up to at most 1. So the family's rate per
+        monitored case is at most ``(1 + len(by_fields)) / cusum_arl0 = 1 / arl0`` (checked by
+        simulation in benchmarks/seq_performance.py, docs/benchmarks.md)."""
+        return float(self.arl0 * (1 + len(self.by_fields)))
 
 
 class SensitivityFloor(DetectorConfig):
