@@ -43,6 +43,7 @@ Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -50,7 +51,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -78,8 +79,8 @@ from monitor.performance.rules import (
     update_cusum,
 )
 from monitor.service.settings import PerformanceSettings
-from monitor.simulate.profiles import DEGRADED, default_profile
-from monitor.simulate.scores import THRESHOLD, lesion_scores, separation
+from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile
+from monitor.simulate.scores import DEFAULT_MODEL, THRESHOLD, lesion_scores, separation
 
 PREVALENCE = 0.2
 PER_DAY = 44
@@ -149,10 +150,14 @@ class Streams:
 
 
 def draw(
-    rng: np.random.Generator, new_share: Floats, healthy_share: Floats
+    rng: np.random.Generator,
+    new_share: Floats,
+    healthy_share: Floats,
+    unit_c: ScannerProfile = SITE,
 ) -> tuple[Bools, Floats, NDArray[np.int8]]:
     """Labelled cases, each from the degraded new unit with probability ``new_share``, else
-    from the healthy new unit with ``healthy_share``, else from an existing one."""
+    from the healthy new unit with ``healthy_share``, else from an existing one (unit C
+    scoring like ``unit_c``)."""
     labels = rng.random(new_share.size) < PREVALENCE
     new_unit = rng.random(new_share.size) < new_share
     healthy = rng.random(new_share.size) < healthy_share
@@ -161,7 +166,17 @@ def draw(
     scores = np.where(
         new_unit, lesion_scores(DEGRADED, labels, rng), lesion_scores(SITE, labels, rng)
     )
+    if unit_c is not SITE:  # drawn last: the default streams stay what they were
+        scores = np.where(units == 2, lesion_scores(unit_c, labels, rng), scores)
     return labels, scores, units.astype(np.int8)
+
+
+def scoring_like(auroc: float) -> ScannerProfile:
+    """A catalogue unit whose lesion contrast gives the score model this AUROC."""
+    wanted = float(np.sqrt(2.0) * norm.ppf(auroc))
+    model = DEFAULT_MODEL
+    cnr = model.reference_cnr * wanted / model.base_separation
+    return dataclasses.replace(SITE, lesion_contrast=cnr * SITE.noise_sd)
 
 
 def healthy_shares(start: int, stop: int) -> Floats:
@@ -170,7 +185,7 @@ def healthy_shares(start: int, stop: int) -> Floats:
     return HEALTHY_SHARE * np.clip((position - HEALTHY_FROM) / HEALTHY_RAMP, 0.0, 1.0)
 
 
-def make_streams(seeds: int) -> Streams:
+def make_streams(seeds: int, unit_c: ScannerProfile = SITE) -> Streams:
     labels = np.zeros((seeds, 1 + len(SCENARIOS), LENGTH), dtype=bool)
     scores = np.zeros(labels.shape)
     units = np.zeros(labels.shape, dtype=np.int8)
@@ -178,12 +193,12 @@ def make_streams(seeds: int) -> Streams:
     for seed in range(seeds):
         rng = np.random.default_rng([21, 3, seed])
         onsets[seed] = onset = ONSET_FROM + int(rng.integers(0, 1000))
-        stable = draw(rng, np.zeros(LENGTH), healthy_shares(0, LENGTH))
+        stable = draw(rng, np.zeros(LENGTH), healthy_shares(0, LENGTH), unit_c)
         labels[seed, :], scores[seed, :], units[seed, :] = stable
         after = np.arange(LENGTH - onset, dtype=np.float64)
         for k, scenario in enumerate(SCENARIOS, start=1):
             share = scenario.final * np.minimum(1.0, after / scenario.ramp)
-            drawn = draw(rng, share, healthy_shares(onset, LENGTH))
+            drawn = draw(rng, share, healthy_shares(onset, LENGTH), unit_c)
             labels[seed, k, onset:], scores[seed, k, onset:], units[seed, k, onset:] = drawn
     return Streams(labels, scores, units, onsets)
 
@@ -361,26 +376,29 @@ def window_rule(streams: Streams) -> Outcome:
     return outcome
 
 
-def nannyml(streams: Streams) -> dict[int, Outcome]:
-    """NannyML's chunks per chunk size, from the worker in its own virtualenv."""
+def run_nannyml(**arrays: Any) -> dict[str, NDArray[Any]]:
+    """The worker, in its own virtualenv, on these arrays (its docstring says which)."""
     if not NANNYML_PYTHON.exists():
         raise SystemExit(f"{NANNYML_PYTHON} missing: run `make .venv-nannyml/.installed` first")
-    seeds, kinds, _ = streams.labels.shape
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "streams.npz", Path(folder) / "chunks.npz"
-        np.savez(
-            source,
-            labels=streams.labels.reshape(seeds * kinds, -1),
-            scores=streams.scores.reshape(seeds * kinds, -1),
-            chunk_sizes=np.array(CHUNK_SIZES),
-        )
+        np.savez(source, chunk_sizes=np.array(CHUNK_SIZES), **arrays)
         worker = Path(__file__).with_name("seq_performance_nannyml.py")
         subprocess.run(  # NannyML's usage statistics off: nothing leaves the machine
             [str(NANNYML_PYTHON), str(worker), str(source), str(target)],
             check=True,
             env={**os.environ, "NML_DISABLE_USAGE_LOGGING": "1"},
         )
-        chunks = dict(np.load(target))
+        return dict(np.load(target))
+
+
+def nannyml(streams: Streams) -> dict[int, Outcome]:
+    """NannyML's chunks per chunk size."""
+    seeds, kinds, _ = streams.labels.shape
+    chunks = run_nannyml(
+        labels=streams.labels.reshape(seeds * kinds, -1),
+        scores=streams.scores.reshape(seeds * kinds, -1),
+    )
     outcomes = {}
     for size in CHUNK_SIZES:
         ends = chunks[f"end_{size}"].reshape(seeds, kinds, -1)
@@ -400,6 +418,52 @@ def nannyml(streams: Streams) -> dict[int, Outcome]:
                 outcome.delays[k].append(delay if delay is not None and delay <= HORIZON else None)
         outcomes[size] = outcome
     return outcomes
+
+
+def nannyml_by_unit(streams: Streams) -> dict[int, Outcome]:
+    """NannyML's chunks on one unit's cases alone, against the stream's whole reference: unit
+    E's in the degraded streams (the delays), each of A-D's in the stable ones (false alarms,
+    per year of the stable stream's analysed cases)."""
+    seeds, kinds, _ = streams.labels.shape
+    pairs = [(seed, 0, unit) for seed in range(seeds) for unit in range(DEGRADED_UNIT)]
+    pairs += [(seed, k, DEGRADED_UNIT) for seed in range(seeds) for k in range(1, kinds)]
+    chunks = run_nannyml(
+        labels=np.stack([streams.labels[seed, k] for seed, k, _ in pairs]),
+        scores=np.stack([streams.scores[seed, k] for seed, k, _ in pairs]),
+        units=np.stack([streams.units[seed, k] for seed, k, _ in pairs]),
+        unit_of=np.array([unit for _, _, unit in pairs]),
+    )
+    outcomes = {}
+    for size in CHUNK_SIZES:
+        ends, which = chunks[f"end_{size}"], chunks[f"stream_{size}"]
+        low = chunks[f"auroc_{size}"] < chunks[f"lower_{size}"]
+        outcome = Outcome([[] for _ in SCENARIOS], 0, (LENGTH - 10 * size) * seeds)
+        for index, (seed, k, _) in enumerate(pairs):
+            mine = which == index
+            if k == 0:
+                outcome.false_alarms += runs_of(low[mine])
+                outcome.alerts += alerts_of(low[mine])
+                continue
+            onset = int(streams.onsets[seed])
+            hits = ends[mine][low[mine] & (ends[mine] >= onset)]
+            delay = int(hits[0]) - onset + 1 if hits.size else None
+            outcome.delays[k - 1].append(delay if delay is not None and delay <= HORIZON else None)
+        outcomes[size] = outcome
+    return outcomes
+
+
+def either(first: Outcome, second: Outcome) -> Outcome:
+    """Both methods together: the earlier alarm, the false alarms of both."""
+    delays = [
+        [min((d for d in pair if d is not None), default=None) for pair in zip(a, b, strict=True)]
+        for a, b in zip(first.delays, second.delays, strict=True)
+    ]
+    return Outcome(
+        delays,
+        first.false_alarms + second.false_alarms,
+        first.stable_cases,
+        first.alerts + second.alerts,
+    )
 
 
 def true_arl0(state: AurocCusumState, grid: int = 20_000) -> float:
@@ -523,14 +587,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--explore", action="store_true", help="also the exploration variants")
     parser.add_argument("--no-nannyml", action="store_true")
+    parser.add_argument(
+        "--nannyml-by-unit", action="store_true", help="also NannyML on each unit's cases alone"
+    )
     parser.add_argument("--common-shift", action="store_true", help="only the common-shift check")
     parser.add_argument("--family-check", action="store_true", help="only the family ARL0 check")
+    parser.add_argument(
+        "--unit-c-auroc",
+        type=float,
+        help="existing unit C (20%% of the older units' studies) scores with this AUROC, "
+        "every stream (default: like the others, 0.90)",
+    )
     args = parser.parse_args()
     if args.common_shift:
         print("\n".join(common_shift()))
         return
     started = time.perf_counter()
-    streams = make_streams(args.seeds)
+    unit_c = SITE if args.unit_c_auroc is None else scoring_like(args.unit_c_auroc)
+    streams = make_streams(args.seeds, unit_c)
     if args.family_check:
         design, nominal, mean, se = family_check(streams)
         print(
@@ -559,6 +633,11 @@ def main() -> None:
     nanny = {} if args.no_nannyml else nannyml(streams)
     for size, outcome in nanny.items():
         rows[f"NannyML chunks of {size}"] = outcome
+    if args.nannyml_by_unit:
+        for size, outcome in nannyml_by_unit(streams).items():
+            rows[f"NannyML per unit, chunks of {size} of one unit's cases"] = outcome
+            if size in nanny:
+                rows[f"NannyML pooled + per unit, chunks of {size}"] = either(nanny[size], outcome)
     print(f"{args.seeds} seeds, {LENGTH:,} labelled cases per stream, {PER_DAY}/day\n")
     header = " | ".join(s.name for s in SCENARIOS)
     print(f"| method | {header} | per stable year: breach runs / alerts / signals |")
