@@ -126,6 +126,9 @@ VARIANTS = {
     "auroc_cusum (defaults)": AurocCusum(),
     "auroc_cusum by unit (defaults, by_fields unit)": AurocCusum(by_fields=BY_UNIT),
     "by unit, drop 0.08": AurocCusum(by_fields=BY_UNIT, drop=0.08),
+    "by unit, drop 0.08, new values only": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08, new_values_only=True
+    ),
 }
 EXPLORE = {
     "ARL0 50,000": AurocCusum(arl0=50_000),

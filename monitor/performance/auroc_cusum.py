@@ -67,6 +67,8 @@ class AurocCusumState(BaseModel):
     """Per field of ``by_fields``, the CUSUM of each value seen (at most ``max_values``)."""
     untracked: dict[str, int] = {}
     """Per field, monitored cases of values beyond ``max_values`` (in the pooled CUSUM only)."""
+    reference_values: dict[str, list[str]] = {}
+    """Per field, the values of the reference's cases (at most ``max_values``)."""
 
     @property
     def statistic(self) -> float:
@@ -126,6 +128,8 @@ def update_auroc_cusums(
     taken = 0 if state.design is not None else _reference_need(state, positive, config)
     if taken:
         state = _designed(_with_reference(state, positive[:taken], score[:taken]), config)
+        if groups and config.by_fields:
+            state = _with_reference_values(state, groups, taken, config)
     subject = subject_of("AUROC CUSUM", finding)
     design = state.design
     if design is None:
@@ -161,7 +165,13 @@ def update_auroc_cusums(
     if not config.by_fields:
         return state, results
     batch = value_steps(
-        (state.by_value, state.untracked), before, steps, _tail(groups, taken), design, config
+        (state.by_value, state.untracked),
+        before,
+        steps,
+        _tail(groups, taken),
+        design,
+        config,
+        known=state.reference_values if config.new_values_only else {},
     )
     state = state.model_copy(update={"by_value": batch.by_value, "untracked": batch.untracked})
     for run in batch.runs:
@@ -177,6 +187,19 @@ def update_auroc_cusums(
         )
         results.append(dataclasses.replace(result, subgroup=(run.field, run.value)))
     return state, results
+
+
+def _with_reference_values(
+    state: AurocCusumState, groups: Groups, taken: int, config: AurocCusum
+) -> AurocCusumState:
+    """The state with the values of the batch's ``taken`` reference cases added."""
+    known = {field: list(values) for field, values in state.reference_values.items()}
+    for field in config.by_fields:
+        seen = known.setdefault(field, [])
+        for value in groups.get(field, [])[:taken]:
+            if value is not None and value not in seen and len(seen) < config.max_values:
+                seen.append(value)
+    return state.model_copy(update={"reference_values": known})
 
 
 def _tail(groups: Groups | None, taken: int) -> dict[str, Sequence[str | None]]:

@@ -11,7 +11,7 @@ difference the reference already held: such a unit signals too (docs/performance
 
 Values are tracked in the order they are first seen after the reference, at most
 ``max_values`` per field; the cases of later values count in the pooled CUSUM only, and in
-``untracked``.
+``untracked``. With ``new_values_only`` the values of the reference's cases get none.
 """
 
 from __future__ import annotations
@@ -73,10 +73,12 @@ def value_steps(
     groups: Groups,
     design: AurocCusumDesign,
     config: AurocCusum,
+    known: Mapping[str, Sequence[str]],
 ) -> ValueBatch:
     """Run each value's CUSUM over its cases' ``steps`` (the batch's, in order), from the
     counters ``before`` (per field, per value; untracked cases per field). ``monitored_before``:
-    pooled monitored cases before the batch."""
+    pooled monitored cases before the batch; ``known``: per field, values that get no CUSUM
+    (those of the reference, with ``new_values_only``)."""
     by_value = {field: dict(values) for field, values in before[0].items()}
     untracked, runs = dict(before[1]), []
     for field in config.by_fields:
@@ -87,6 +89,8 @@ def value_steps(
             raise ValueError(f"{field}: {len(values)} values for {steps.size} cases")
         cusums = by_value.setdefault(field, {})
         for value, cases in _positions(values).items():
+            if value in known.get(field, ()):
+                continue
             if value not in cusums and len(cusums) >= config.max_values:
                 untracked[field] = untracked.get(field, 0) + cases.size
                 continue

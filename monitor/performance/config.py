@@ -128,6 +128,12 @@ class AurocCusum(DetectorConfig):
     max_values: int = Field(default=16, ge=1, le=256)
     """Values tracked per field, the first seen after the reference; the cases of later values
     still count in the pooled CUSUM and are counted as untracked (the state stays bounded)."""
+    new_values_only: bool = False
+    """Only values absent from the reference (the first ``max_values`` of each field seen
+    there) get a CUSUM: a unit that was part of the reference is the pooled CUSUM's alone. A
+    unit that ranked worse than the pool from the start would otherwise signal on its own
+    cases (docs/performance.md); a reference collected before ``by_fields`` was set knows no
+    values, so all count as new."""
 
     @property
     def cusum_arl0(self) -> float:
@@ -179,5 +185,7 @@ class RulesConfig(DetectorConfig):
     """Off by default (ADR 0011): it also signals when every score moves up with the AUROC
     unchanged (a recalibration), needs 2,000 labelled cases before it runs, and its state (the
     reference's scores) is read and written at every refresh; in benchmarks/seq_performance.py
-    it halves NannyML's delay on an abrupt change but not on ramps. Switch it on with
-    ``RADSENTRY_PERFORMANCE__RULES__AUROC_CUSUM__DROP=0.03`` (or any of its fields)."""
+    it halves NannyML's delay on an abrupt change but not on ramps, which its CUSUMs per
+    scanner model (``by_fields``) do when the change comes with a new unit. Switch it on with
+    ``RADSENTRY_PERFORMANCE__RULES__AUROC_CUSUM__DROP=0.03`` (or any of its fields;
+    ``..._BY_FIELDS='["ManufacturerModelName"]'`` for the CUSUMs per value)."""

@@ -197,3 +197,27 @@ def test_state_with_values_survives_a_json_round_trip() -> None:
     assert restored == half
     continued, _ = feed(restored, config, (labels[250:], scores[250:], units[250:]))
     assert continued == whole
+
+
+def test_new_values_only_leaves_the_reference_units_to_the_pooled_cusum() -> None:
+    """Unit C scores like the degraded reader from the start, reference included: with a
+    CUSUM per unit it signals on its own cases; with ``new_values_only`` it gets none (it is
+    part of the reference), and the new unit E still does."""
+    worse_c = AurocCusum(reference_cases=1000, drop=0.05, by_fields=(FIELD,))
+    only_new = worse_c.model_copy(update={"new_values_only": True})
+    found = {}
+    for config in (worse_c, only_new):
+        rng = np.random.default_rng(19)
+        state = start_auroc_cusum(config)
+        for _ in range(8):  # 1,000 reference cases, then 3,000 monitored
+            labels, scores, units = cases(rng, 500)
+            worse = np.array(units) == "C"
+            scores = np.where(worse, lesion_scores(DEGRADED, labels, rng), scores)
+            state, _ = feed(state, config, (labels, scores, units))
+        _, results = feed(state, config, cases(rng, 2000, new_unit_share=0.2))
+        found[config.new_values_only] = (state, {r.subgroup for r in results[1:]})
+    state, subgroups = found[False]
+    assert state.by_value[FIELD]["C"].signals > 0 and (FIELD, "C") in subgroups
+    state, subgroups = found[True]
+    assert sorted(state.reference_values[FIELD]) == ["A", "B", "C"]
+    assert state.by_value.get(FIELD, {}) == {} and subgroups == {(FIELD, "E")}
