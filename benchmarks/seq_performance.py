@@ -124,10 +124,14 @@ HEALTHY_FROM, HEALTHY_RAMP, HEALTHY_SHARE = 5000, 2000, 0.2
 BY_UNIT = ("unit",)
 VARIANTS = {
     "auroc_cusum (defaults)": AurocCusum(),
-    "auroc_cusum by unit (defaults, by_fields unit)": AurocCusum(by_fields=BY_UNIT),
-    "by unit, drop 0.08": AurocCusum(by_fields=BY_UNIT, drop=0.08),
-    "by unit, drop 0.08, new values only": AurocCusum(
-        by_fields=BY_UNIT, drop=0.08, new_values_only=True
+    "by unit, every value (by_fields unit, new_values_only off)": AurocCusum(
+        by_fields=BY_UNIT, new_values_only=False
+    ),
+    "by unit, every value, drop 0.08": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08, new_values_only=False
+    ),
+    "by unit, new values only (by_fields unit), drop 0.08": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08
     ),
 }
 EXPLORE = {
@@ -136,9 +140,15 @@ EXPLORE = {
     "drop 0.05, ARL0 50,000": AurocCusum(drop=0.05, arl0=50_000),
     "allowance 0.9": AurocCusum(reference_confidence=0.9),
     "reference 500, drop 0.05": AurocCusum(reference_cases=500, drop=0.05),
-    "by unit, ARL0 50,000": AurocCusum(by_fields=BY_UNIT, arl0=50_000),
-    "by unit, drop 0.05": AurocCusum(by_fields=BY_UNIT, drop=0.05),
-    "by unit, drop 0.08, ARL0 50,000": AurocCusum(by_fields=BY_UNIT, drop=0.08, arl0=50_000),
+    "by unit, every value, ARL0 50,000": AurocCusum(
+        by_fields=BY_UNIT, arl0=50_000, new_values_only=False
+    ),
+    "by unit, every value, drop 0.05": AurocCusum(
+        by_fields=BY_UNIT, drop=0.05, new_values_only=False
+    ),
+    "by unit, every value, drop 0.08, ARL0 50,000": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08, arl0=50_000, new_values_only=False
+    ),
 }
 
 

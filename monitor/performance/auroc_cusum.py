@@ -67,8 +67,8 @@ class AurocCusumState(BaseModel):
     """Per field of ``by_fields``, the CUSUM of each value seen (at most ``max_values``)."""
     untracked: dict[str, int] = {}
     """Per field, monitored cases of values beyond ``max_values`` (in the pooled CUSUM only)."""
-    reference_values: dict[str, list[str]] = {}
-    """Per field, the values of the reference's cases (at most ``max_values``)."""
+    reference_values: dict[str, dict[str, int]] = {}
+    """Per field, the reference's cases of each value (at most ``max_values`` values)."""
 
     @property
     def statistic(self) -> float:
@@ -171,7 +171,7 @@ def update_auroc_cusums(
         _tail(groups, taken),
         design,
         config,
-        known=state.reference_values if config.new_values_only else {},
+        known=_known_values(state, config),
     )
     state = state.model_copy(update={"by_value": batch.by_value, "untracked": batch.untracked})
     for run in batch.runs:
@@ -193,13 +193,25 @@ def _with_reference_values(
     state: AurocCusumState, groups: Groups, taken: int, config: AurocCusum
 ) -> AurocCusumState:
     """The state with the values of the batch's ``taken`` reference cases added."""
-    known = {field: list(values) for field, values in state.reference_values.items()}
+    known = {field: dict(values) for field, values in state.reference_values.items()}
     for field in config.by_fields:
-        seen = known.setdefault(field, [])
+        seen = known.setdefault(field, {})
         for value in groups.get(field, [])[:taken]:
-            if value is not None and value not in seen and len(seen) < config.max_values:
-                seen.append(value)
+            if value is not None and (value in seen or len(seen) < config.max_values):
+                seen[value] = seen.get(value, 0) + 1
     return state.model_copy(update={"reference_values": known})
+
+
+def _known_values(state: AurocCusumState, config: AurocCusum) -> dict[str, set[str]]:
+    """Per field, the values that get no CUSUM: with ``new_values_only``, those with at least
+    ``known_share`` of the reference's cases."""
+    if not config.new_values_only:
+        return {}
+    least = config.known_share * (len(state.reference_positive) + len(state.reference_negative))
+    return {
+        field: {value for value, count in counts.items() if count >= least}
+        for field, counts in state.reference_values.items()
+    }
 
 
 def _tail(groups: Groups | None, taken: int) -> dict[str, Sequence[str | None]]:

@@ -16,7 +16,7 @@ Values are tracked in the order they are first seen after the reference, at most
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +73,7 @@ def value_steps(
     groups: Groups,
     design: AurocCusumDesign,
     config: AurocCusum,
-    known: Mapping[str, Sequence[str]],
+    known: Mapping[str, Collection[str]],
 ) -> ValueBatch:
     """Run each value's CUSUM over its cases' ``steps`` (the batch's, in order), from the
     counters ``before`` (per field, per value; untracked cases per field). ``monitored_before``:

@@ -234,13 +234,16 @@ def test_auroc_cusum_by_scanner_model_alerts_the_new_unit_by_name(
 ) -> None:
     """With ``by_fields``, site-02's new reader (a new ManufacturerModelName after its change)
     gets a CUSUM of its own, against the site's reference, and an alert of its own that names
-    it; the healthy sites' scanners, each with its own CUSUM too, raise none."""
+    it; the other scanners, each with its own CUSUM too, raise none. Every value gets one
+    (``new_values_only`` off): labels lag their studies, so 26 of the 300 reference cases of
+    site-02 are already the new reader's, over ``known_share``."""
     auroc_cusum = AurocCusum(
         reference_cases=300,
         drop=0.08,
         reference_confidence=0.9,
         arl0=20_000,
         by_fields=("ManufacturerModelName",),
+        new_values_only=False,
     )
     settings = PerformanceSettings(
         rolling_window=300,
@@ -273,6 +276,8 @@ def test_auroc_cusum_by_scanner_model_alerts_the_new_unit_by_name(
     assert "auroc_cusum[ManufacturerModelName=REGIUS MODEL 110]" in states["site-02"]["rules"]
     for site, state in states.items():  # every site's scanner got a CUSUM
         assert state["auroc_cusum"]["by_value"]["ManufacturerModelName"], site
+    counts = states["site-02"]["auroc_cusum"]["reference_values"]["ManufacturerModelName"]
+    assert counts == {"Definium 8000": 274, "REGIUS MODEL 110": 26}
     refresh(pg_engine, settings)  # no new labels: nothing read again, no duplicate
     assert len(_performance_alerts(pg_engine)) == len(alerts)
 

@@ -203,7 +203,7 @@ def test_new_values_only_leaves_the_reference_units_to_the_pooled_cusum() -> Non
     """Unit C scores like the degraded reader from the start, reference included: with a
     CUSUM per unit it signals on its own cases; with ``new_values_only`` it gets none (it is
     part of the reference), and the new unit E still does."""
-    worse_c = AurocCusum(reference_cases=1000, drop=0.05, by_fields=(FIELD,))
+    worse_c = AurocCusum(reference_cases=1000, drop=0.05, by_fields=(FIELD,), new_values_only=False)
     only_new = worse_c.model_copy(update={"new_values_only": True})
     found = {}
     for config in (worse_c, only_new):
@@ -220,4 +220,5 @@ def test_new_values_only_leaves_the_reference_units_to_the_pooled_cusum() -> Non
     assert state.by_value[FIELD]["C"].signals > 0 and (FIELD, "C") in subgroups
     state, subgroups = found[True]
     assert sorted(state.reference_values[FIELD]) == ["A", "B", "C"]
+    assert sum(state.reference_values[FIELD].values()) == 1000
     assert state.by_value.get(FIELD, {}) == {} and subgroups == {(FIELD, "E")}
