@@ -80,13 +80,15 @@ def start_auroc_cusum(
     config: AurocCusum, previous: AurocCusumState | None = None
 ) -> AurocCusumState:
     """A fresh CUSUM for ``config``. The reference scores of ``previous`` (a state under another
-    config) are kept: a reference is data, and it is designed anew when it is large enough."""
+    config) are kept, with the values of its cases: a reference is data, and it is designed
+    anew when it is large enough."""
     state = AurocCusumState(config_fingerprint=config.fingerprint())
     if previous is not None:
         state = state.model_copy(
             update={
                 "reference_positive": previous.reference_positive,
                 "reference_negative": previous.reference_negative,
+                "reference_values": previous.reference_values,
             }
         )
     return _designed(state, config)

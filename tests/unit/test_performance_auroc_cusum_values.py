@@ -219,6 +219,7 @@ def test_new_values_only_leaves_the_reference_units_to_the_pooled_cusum() -> Non
     state, subgroups = found[False]
     assert state.by_value[FIELD]["C"].signals > 0 and (FIELD, "C") in subgroups
     state, subgroups = found[True]
+    assert start_auroc_cusum(worse_c, previous=state).reference_values == state.reference_values
     assert sorted(state.reference_values[FIELD]) == ["A", "B", "C"]
     assert sum(state.reference_values[FIELD].values()) == 1000
     assert state.by_value.get(FIELD, {}) == {} and subgroups == {(FIELD, "E")}
