@@ -35,7 +35,9 @@ is exact) and (b) the exact ARL under the true score distributions given each re
 
     make bench-seq-performance    # builds .venv-nannyml, then runs this with --explore
     PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance [--seeds 100] [--explore]
-    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --no-nannyml --family-check
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --nannyml-by-unit
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --no-nannyml --unit-c-auroc 0.87
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --family-check
 
 Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
 """
