@@ -37,10 +37,12 @@ $(ALIBI_STAMP): pyproject.toml
 	$(ALIBI_BIN)/pip install --quiet --no-deps -e .
 	touch $(ALIBI_STAMP)
 
+# statsmodels: nannyml 0.13.1 imports it without declaring it (category-encoders, which brought
+# it in, dropped it in 2.8), so a fresh venv fails at `import nannyml` without it.
 $(NANNYML_STAMP):
 	$(PYTHON) -m venv $(NANNYML_VENV)
 	$(NANNYML_VENV)/bin/pip install --quiet --upgrade pip
-	$(NANNYML_VENV)/bin/pip install --quiet 'nannyml==0.13.1'
+	$(NANNYML_VENV)/bin/pip install --quiet 'nannyml==0.13.1' statsmodels
 	touch $(NANNYML_STAMP)
 
 ## bench-seq-performance: the AUROC CUSUM against NannyML's chunks (docs/benchmarks.md)

@@ -6,12 +6,18 @@ year: the ten-year hospital of issue 21 had about 160,000). Each seed draws one 
 of 28,000 labelled cases. A *degradation* starts at a random case ``onset`` in 11,000-11,999:
 a new unit whose images score like the simulator's degraded scanner (separation 0.74, AUROC
 0.70) takes a share of the studies that grows linearly from 0 at ``onset`` to ``final`` over
-``ramp`` cases and then stays; before the onset the degraded stream is the stable one.
+``ramp`` cases and then stays; before the onset the degraded stream is the stable one. Every
+case has a unit: three existing units (A, B, C: half, 30% and 20% of the other studies), a
+healthy new unit D that takes 20% of the studies over cases 5,000-7,000 (it scores like the
+others: a new value that must not alarm), and the degraded new unit E.
 
 Methods, all reading the same streams:
 
-* ``auroc_cusum`` (ours; ``monitor.performance.auroc_cusum``): reference = the first 500
+* ``auroc_cusum`` (ours; ``monitor.performance.auroc_cusum``): reference = the first 2,000
   labelled cases, every later case monitored; an alarm is a signal (the statistic rising to h);
+* ``auroc_cusum by unit``: the same with ``by_fields=("unit",)``, a CUSUM per unit besides the
+  pooled one, the family's ARL0 kept (``AurocCusum.cusum_arl0``); each CUSUM has its own
+  ``AlarmState`` as in the service, and an alarm is the first signal of any of them;
 * ``error_rate_cusum`` (the existing rule, defaults, reference = the first 500 cases);
 * NannyML 0.13.1 ``PerformanceCalculator(metrics=["roc_auc"], chunk_size=c)`` with its default
   thresholds (reference chunks' mean -/+ 3 standard deviations), reference = the first 10
@@ -29,6 +35,9 @@ is exact) and (b) the exact ARL under the true score distributions given each re
 
     make bench-seq-performance    # builds .venv-nannyml, then runs this with --explore
     PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance [--seeds 100] [--explore]
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --nannyml-by-unit
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --no-nannyml --unit-c-auroc 0.87
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --family-check
 
 Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
 """
@@ -36,6 +45,7 @@ Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import tempfile
@@ -43,7 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,6 +66,7 @@ from monitor.performance.auroc_cusum import (
     AurocCusumState,
     start_auroc_cusum,
     update_auroc_cusum,
+    update_auroc_cusums,
 )
 from monitor.performance.config import AurocCusum, ErrorRateCusum, PerformanceConfig
 from monitor.performance.metrics import BinaryMetrics, binary_metrics
@@ -70,8 +81,8 @@ from monitor.performance.rules import (
     update_cusum,
 )
 from monitor.service.settings import PerformanceSettings
-from monitor.simulate.profiles import DEGRADED, default_profile
-from monitor.simulate.scores import THRESHOLD, lesion_scores, separation
+from monitor.simulate.profiles import DEGRADED, ScannerProfile, default_profile
+from monitor.simulate.scores import DEFAULT_MODEL, THRESHOLD, lesion_scores, separation
 
 PREVALENCE = 0.2
 PER_DAY = 44
@@ -106,13 +117,40 @@ SCENARIOS = (
     Scenario("new unit to 50% over 1,000 cases", 0.5, 1000),
     Scenario("new unit to 30% over 8,000 cases", 0.3, 8000),
 )
-VARIANTS = {"auroc_cusum (defaults)": AurocCusum()}
+UNIT_NAMES = np.array(["A", "B", "C", "D", "E"])
+EXISTING_SHARES = (0.5, 0.3, 0.2)
+"""Units A, B, C's shares of the studies that are not from a new unit."""
+HEALTHY, DEGRADED_UNIT = 3, 4
+HEALTHY_FROM, HEALTHY_RAMP, HEALTHY_SHARE = 5000, 2000, 0.2
+"""Unit D, healthy and new: from case 5,000 its share grows to 20% over 2,000 cases."""
+BY_UNIT = ("unit",)
+VARIANTS = {
+    "auroc_cusum (defaults)": AurocCusum(),
+    "by unit, every value (by_fields unit, new_values_only off)": AurocCusum(
+        by_fields=BY_UNIT, new_values_only=False
+    ),
+    "by unit, every value, drop 0.08": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08, new_values_only=False
+    ),
+    "by unit, new values only (by_fields unit), drop 0.08": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08
+    ),
+}
 EXPLORE = {
     "ARL0 50,000": AurocCusum(arl0=50_000),
     "drop 0.05": AurocCusum(drop=0.05),
     "drop 0.05, ARL0 50,000": AurocCusum(drop=0.05, arl0=50_000),
     "allowance 0.9": AurocCusum(reference_confidence=0.9),
     "reference 500, drop 0.05": AurocCusum(reference_cases=500, drop=0.05),
+    "by unit, every value, ARL0 50,000": AurocCusum(
+        by_fields=BY_UNIT, arl0=50_000, new_values_only=False
+    ),
+    "by unit, every value, drop 0.05": AurocCusum(
+        by_fields=BY_UNIT, drop=0.05, new_values_only=False
+    ),
+    "by unit, every value, drop 0.08, ARL0 50,000": AurocCusum(
+        by_fields=BY_UNIT, drop=0.08, arl0=50_000, new_values_only=False
+    ),
 }
 
 
@@ -121,32 +159,63 @@ class Streams:
     labels: Bools
     """seeds x (1 stable + scenarios) x LENGTH."""
     scores: Floats
+    units: NDArray[np.int8]
+    """Index into UNIT_NAMES of each case's unit."""
     onsets: NDArray[np.int64]
 
 
-def draw(rng: np.random.Generator, new_share: Floats) -> tuple[Bools, Floats]:
-    """Labelled cases, each from the new unit with probability ``new_share``."""
+def draw(
+    rng: np.random.Generator,
+    new_share: Floats,
+    healthy_share: Floats,
+    unit_c: ScannerProfile = SITE,
+) -> tuple[Bools, Floats, NDArray[np.int8]]:
+    """Labelled cases, each from the degraded new unit with probability ``new_share``, else
+    from the healthy new unit with ``healthy_share``, else from an existing one (unit C
+    scoring like ``unit_c``)."""
     labels = rng.random(new_share.size) < PREVALENCE
     new_unit = rng.random(new_share.size) < new_share
+    healthy = rng.random(new_share.size) < healthy_share
+    existing = rng.choice(len(EXISTING_SHARES), new_share.size, p=EXISTING_SHARES)
+    units = np.where(new_unit, DEGRADED_UNIT, np.where(healthy, HEALTHY, existing))
     scores = np.where(
         new_unit, lesion_scores(DEGRADED, labels, rng), lesion_scores(SITE, labels, rng)
     )
-    return labels, scores
+    if unit_c is not SITE:  # drawn last: the default streams stay what they were
+        scores = np.where(units == 2, lesion_scores(unit_c, labels, rng), scores)
+    return labels, scores, units.astype(np.int8)
 
 
-def make_streams(seeds: int) -> Streams:
+def scoring_like(auroc: float) -> ScannerProfile:
+    """A catalogue unit whose lesion contrast gives the score model this AUROC."""
+    wanted = float(np.sqrt(2.0) * norm.ppf(auroc))
+    model = DEFAULT_MODEL
+    cnr = model.reference_cnr * wanted / model.base_separation
+    return dataclasses.replace(SITE, lesion_contrast=cnr * SITE.noise_sd)
+
+
+def healthy_shares(start: int, stop: int) -> Floats:
+    """Unit D's share of the studies at cases ``start`` to ``stop``."""
+    position = np.arange(start, stop, dtype=np.float64)
+    return HEALTHY_SHARE * np.clip((position - HEALTHY_FROM) / HEALTHY_RAMP, 0.0, 1.0)
+
+
+def make_streams(seeds: int, unit_c: ScannerProfile = SITE) -> Streams:
     labels = np.zeros((seeds, 1 + len(SCENARIOS), LENGTH), dtype=bool)
     scores = np.zeros(labels.shape)
+    units = np.zeros(labels.shape, dtype=np.int8)
     onsets = np.zeros(seeds, dtype=np.int64)
     for seed in range(seeds):
         rng = np.random.default_rng([21, 3, seed])
         onsets[seed] = onset = ONSET_FROM + int(rng.integers(0, 1000))
-        labels[seed, :], scores[seed, :] = draw(rng, np.zeros(LENGTH))
+        stable = draw(rng, np.zeros(LENGTH), healthy_shares(0, LENGTH), unit_c)
+        labels[seed, :], scores[seed, :], units[seed, :] = stable
         after = np.arange(LENGTH - onset, dtype=np.float64)
         for k, scenario in enumerate(SCENARIOS, start=1):
             share = scenario.final * np.minimum(1.0, after / scenario.ramp)
-            labels[seed, k, onset:], scores[seed, k, onset:] = draw(rng, share)
-    return Streams(labels, scores, onsets)
+            drawn = draw(rng, share, healthy_shares(onset, LENGTH), unit_c)
+            labels[seed, k, onset:], scores[seed, k, onset:], units[seed, k, onset:] = drawn
+    return Streams(labels, scores, units, onsets)
 
 
 @dataclass
@@ -155,37 +224,44 @@ class Outcome:
     """Per scenario, per seed: labelled cases from the onset to the alarm (None: none)."""
     false_alarms: int
     """Stable streams: runs of breaching checks (every REFRESH labels for the CUSUMs and the
-    window rule, every chunk for NannyML)."""
+    window rule, every chunk for NannyML), per CUSUM of a family."""
     stable_cases: int
     alerts: int = 0
-    """Stable streams: alert episodes the service's AlarmState opens on those checks."""
+    """Stable streams: alert episodes the service's AlarmState opens on those checks (one
+    AlarmState per CUSUM of a family, as the service keeps them)."""
     signals: int | None = None
     """CUSUMs only: rises of the statistic to h (several can fall in one breaching check)."""
+    first_by: list[dict[str, int]] | None = None
+    """Families only, per scenario: which CUSUM signalled first ("pooled" or the unit)."""
 
 
 State = TypeVar("State")
-Update = Callable[[State, Bools, Floats], tuple[State, RuleResult]]
+Update = Callable[[State, Bools, Floats, NDArray[np.int8]], tuple[State, list[RuleResult]]]
+Key = tuple[str, str] | None
 
 
 def refreshes(
     update: Update[State],
     state: State,
-    labels: Bools,
-    scores: Floats,
-    alarm: AlarmState,
-    last: bool,
-) -> tuple[State, int, int, bool]:
-    """Feed ``labels``/``scores`` REFRESH at a time, each result to ``alarm`` as the tracker
-    does: the state, alerts opened, runs of breaching checks begun, whether the last breached."""
+    cases: tuple[Bools, Floats, NDArray[np.int8]],
+    alarms: dict[Key, AlarmState],
+    last: dict[Key, bool],
+) -> tuple[State, int, int]:
+    """Feed ``cases`` REFRESH at a time, each result to its CUSUM's alarm as the tracker
+    does: the state, alerts opened, runs of breaching checks begun (``last``: whether each
+    CUSUM's latest check breached, updated)."""
+    labels, scores, units = cases
     opened, quiet_then_breach = 0, 0
     for start in range(0, labels.size, REFRESH):
         stop = start + REFRESH
-        state, result = update(state, labels[start:stop], scores[start:stop])
-        transition = observe_rule(alarm, result, float(start), ALARMS)
-        opened += transition == Transition.OPENED
-        quiet_then_breach += bool(result.breached) and not last
-        last = bool(result.breached)
-    return state, opened, quiet_then_breach, last
+        state, results = update(state, labels[start:stop], scores[start:stop], units[start:stop])
+        for result in results:
+            alarm = alarms.setdefault(result.subgroup, AlarmState())
+            transition = observe_rule(alarm, result, float(start), ALARMS)
+            opened += transition == Transition.OPENED
+            quiet_then_breach += bool(result.breached) and not last.get(result.subgroup, False)
+            last[result.subgroup] = bool(result.breached)
+    return state, opened, quiet_then_breach
 
 
 def sequential(
@@ -194,22 +270,25 @@ def sequential(
     update: Update[State],
     signals: Callable[[State], tuple[int, int]],
 ) -> tuple[Outcome, list[State]]:
-    """A CUSUM (``signals``: its signals and monitored cases so far) over every seed: the
-    stable stream refresh by refresh, each scenario from the onset in one batch."""
+    """A CUSUM or a family of them (``signals``: their signals and the monitored cases so far)
+    over every seed: the stable stream refresh by refresh, each scenario from the onset in one
+    batch (the family's alarm: its earliest signal)."""
     outcome, states = Outcome([[] for _ in SCENARIOS], 0, 0, 0, 0), []
+    outcome.first_by = [{} for _ in SCENARIOS]
     for seed, onset in enumerate(streams.onsets.tolist()):
-        labels, scores = streams.labels[seed], streams.scores[seed]
-        alarm = AlarmState()
+        labels, scores, units = streams.labels[seed], streams.scores[seed], streams.units[seed]
+        alarms: dict[Key, AlarmState] = {}
+        last: dict[Key, bool] = {}
         state = start(labels[0], scores[0])
-        stable_labels, stable_scores = labels[0], scores[0]
-        before, opened, runs, last = refreshes(
-            update, state, stable_labels[:onset], stable_scores[:onset], alarm, False
+        stable = (labels[0], scores[0], units[0])
+        before, opened, runs = refreshes(
+            update, state, tuple(column[:onset] for column in stable), alarms, last
         )
         states.append(before)
-        stable, more_opened, more_runs, _ = refreshes(
-            update, before, stable_labels[onset:], stable_scores[onset:], alarm, last
+        after, more_opened, more_runs = refreshes(
+            update, before, tuple(column[onset:] for column in stable), alarms, last
         )
-        count, cases = signals(stable)
+        count, cases = signals(after)
         outcome.signals = (outcome.signals or 0) + count
         outcome.false_alarms += runs + more_runs
         outcome.stable_cases += cases
@@ -217,19 +296,36 @@ def sequential(
         _, cases_before = signals(before)
         for k in range(len(SCENARIOS)):
             window = slice(onset, onset + HORIZON)
-            _, result = update(before, labels[k + 1, window], scores[k + 1, window])
-            first = result.numbers.get("first_signal_at")
-            outcome.delays[k].append(None if first is None else int(first) - cases_before)
+            _, results = update(
+                before, labels[k + 1, window], scores[k + 1, window], units[k + 1, window]
+            )
+            firsts = [
+                (int(r.numbers["first_signal_at"]), r.subgroup)
+                for r in results
+                if "first_signal_at" in r.numbers
+            ]
+            if not firsts:
+                outcome.delays[k].append(None)
+                continue
+            first, subgroup = min(firsts, key=lambda found: found[0])
+            outcome.delays[k].append(first - cases_before)
+            by = "pooled" if subgroup is None else subgroup[1]
+            outcome.first_by[k][by] = outcome.first_by[k].get(by, 0) + 1
     return outcome, states
 
 
 def our_cusum(streams: Streams, config: AurocCusum) -> tuple[Outcome, list[AurocCusumState]]:
-    return sequential(
-        streams,
-        lambda labels, scores: start_auroc_cusum(config),
-        lambda state, labels, scores: update_auroc_cusum(state, labels, scores, config),
-        lambda state: (state.signals, state.cases),
-    )
+    def update(
+        state: AurocCusumState, labels: Bools, scores: Floats, units: NDArray[np.int8]
+    ) -> tuple[AurocCusumState, list[RuleResult]]:
+        groups = {"unit": UNIT_NAMES[units].tolist()} if config.by_fields else None
+        return update_auroc_cusums(state, labels, scores, config, groups=groups)
+
+    def signals(state: AurocCusumState) -> tuple[int, int]:
+        per_value = sum(c.signals for values in state.by_value.values() for c in values.values())
+        return state.signals + per_value, state.cases
+
+    return sequential(streams, lambda labels, scores: start_auroc_cusum(config), update, signals)
 
 
 def error_rate_cusum(streams: Streams) -> Outcome:
@@ -239,10 +335,15 @@ def error_rate_cusum(streams: Streams) -> Outcome:
         cases = slice(0, REFERENCE_CASES)
         return start_cusum(binary_metrics(labels[cases], scores[cases], THRESHOLD), config)
 
-    def update(state: CusumState, labels: Bools, scores: Floats) -> tuple[CusumState, RuleResult]:
-        return update_cusum(state, case_errors(labels, scores, THRESHOLD), config)
+    def update(
+        state: CusumState, labels: Bools, scores: Floats, units: NDArray[np.int8]
+    ) -> tuple[CusumState, list[RuleResult]]:
+        state, result = update_cusum(state, case_errors(labels, scores, THRESHOLD), config)
+        return state, [result]
 
-    return sequential(streams, start, update, lambda state: (state.signals, state.cases))[0]
+    outcome = sequential(streams, start, update, lambda state: (state.signals, state.cases))[0]
+    outcome.first_by = None
+    return outcome
 
 
 def alerts_of(breaches: Bools) -> int:
@@ -290,26 +391,29 @@ def window_rule(streams: Streams) -> Outcome:
     return outcome
 
 
-def nannyml(streams: Streams) -> dict[int, Outcome]:
-    """NannyML's chunks per chunk size, from the worker in its own virtualenv."""
+def run_nannyml(**arrays: Any) -> dict[str, NDArray[Any]]:
+    """The worker, in its own virtualenv, on these arrays (its docstring says which)."""
     if not NANNYML_PYTHON.exists():
         raise SystemExit(f"{NANNYML_PYTHON} missing: run `make .venv-nannyml/.installed` first")
-    seeds, kinds, _ = streams.labels.shape
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "streams.npz", Path(folder) / "chunks.npz"
-        np.savez(
-            source,
-            labels=streams.labels.reshape(seeds * kinds, -1),
-            scores=streams.scores.reshape(seeds * kinds, -1),
-            chunk_sizes=np.array(CHUNK_SIZES),
-        )
+        np.savez(source, chunk_sizes=np.array(CHUNK_SIZES), **arrays)
         worker = Path(__file__).with_name("seq_performance_nannyml.py")
         subprocess.run(  # NannyML's usage statistics off: nothing leaves the machine
             [str(NANNYML_PYTHON), str(worker), str(source), str(target)],
             check=True,
             env={**os.environ, "NML_DISABLE_USAGE_LOGGING": "1"},
         )
-        chunks = dict(np.load(target))
+        return dict(np.load(target))
+
+
+def nannyml(streams: Streams) -> dict[int, Outcome]:
+    """NannyML's chunks per chunk size."""
+    seeds, kinds, _ = streams.labels.shape
+    chunks = run_nannyml(
+        labels=streams.labels.reshape(seeds * kinds, -1),
+        scores=streams.scores.reshape(seeds * kinds, -1),
+    )
     outcomes = {}
     for size in CHUNK_SIZES:
         ends = chunks[f"end_{size}"].reshape(seeds, kinds, -1)
@@ -329,6 +433,52 @@ def nannyml(streams: Streams) -> dict[int, Outcome]:
                 outcome.delays[k].append(delay if delay is not None and delay <= HORIZON else None)
         outcomes[size] = outcome
     return outcomes
+
+
+def nannyml_by_unit(streams: Streams) -> dict[int, Outcome]:
+    """NannyML's chunks on one unit's cases alone, against the stream's whole reference: unit
+    E's in the degraded streams (the delays), each of A-D's in the stable ones (false alarms,
+    per year of the stable stream's analysed cases)."""
+    seeds, kinds, _ = streams.labels.shape
+    pairs = [(seed, 0, unit) for seed in range(seeds) for unit in range(DEGRADED_UNIT)]
+    pairs += [(seed, k, DEGRADED_UNIT) for seed in range(seeds) for k in range(1, kinds)]
+    chunks = run_nannyml(
+        labels=np.stack([streams.labels[seed, k] for seed, k, _ in pairs]),
+        scores=np.stack([streams.scores[seed, k] for seed, k, _ in pairs]),
+        units=np.stack([streams.units[seed, k] for seed, k, _ in pairs]),
+        unit_of=np.array([unit for _, _, unit in pairs]),
+    )
+    outcomes = {}
+    for size in CHUNK_SIZES:
+        ends, which = chunks[f"end_{size}"], chunks[f"stream_{size}"]
+        low = chunks[f"auroc_{size}"] < chunks[f"lower_{size}"]
+        outcome = Outcome([[] for _ in SCENARIOS], 0, (LENGTH - 10 * size) * seeds)
+        for index, (seed, k, _) in enumerate(pairs):
+            mine = which == index
+            if k == 0:
+                outcome.false_alarms += runs_of(low[mine])
+                outcome.alerts += alerts_of(low[mine])
+                continue
+            onset = int(streams.onsets[seed])
+            hits = ends[mine][low[mine] & (ends[mine] >= onset)]
+            delay = int(hits[0]) - onset + 1 if hits.size else None
+            outcome.delays[k - 1].append(delay if delay is not None and delay <= HORIZON else None)
+        outcomes[size] = outcome
+    return outcomes
+
+
+def either(first: Outcome, second: Outcome) -> Outcome:
+    """Both methods together: the earlier alarm, the false alarms of both."""
+    delays = [
+        [min((d for d in pair if d is not None), default=None) for pair in zip(a, b, strict=True)]
+        for a, b in zip(first.delays, second.delays, strict=True)
+    ]
+    return Outcome(
+        delays,
+        first.false_alarms + second.false_alarms,
+        first.stable_cases,
+        first.alerts + second.alerts,
+    )
 
 
 def true_arl0(state: AurocCusumState, grid: int = 20_000) -> float:
@@ -375,6 +525,36 @@ def exactness_check(streams: Streams, runs: int = 300) -> tuple[float, float, fl
     return start.design.arl0_reference, mean, se
 
 
+def family_check(streams: Streams, runs: int = 300) -> tuple[float, float, float, float]:
+    """The family's false-alarm rate where the computation is exact: new cases drawn from a
+    500-case reference itself, each given unit A, B or C at their shares, ARL0 2,000, no
+    allowance, a CUSUM per unit and the pooled one. Returns the design's per-CUSUM ARL0 (in
+    its own cases), the family's nominal ARL0 and the mean (SE) monitored cases to the
+    family's first signal."""
+    config = AurocCusum(arl0=2000, reference_confidence=0.5, reference_cases=500, by_fields=BY_UNIT)
+    labels, scores = streams.labels[0, 0, :500], streams.scores[0, 0, :500]
+    start, _ = update_auroc_cusum(start_auroc_cusum(config), labels, scores, config)
+    assert start.design is not None
+    rng = np.random.default_rng(2104)
+    lengths = []
+    for _ in range(runs):
+        state = start
+        while True:
+            pick = rng.integers(0, 500, 1000)
+            units = UNIT_NAMES[rng.choice(3, 1000, p=EXISTING_SHARES)].tolist()
+            state, results = update_auroc_cusums(
+                state, labels[pick], scores[pick], config, groups={"unit": units}
+            )
+            firsts = [
+                r.numbers["first_signal_at"] for r in results if "first_signal_at" in r.numbers
+            ]
+            if firsts:
+                lengths.append(int(min(firsts)))
+                break
+    mean, se = float(np.mean(lengths)), float(np.std(lengths) / np.sqrt(runs))
+    return start.design.arl0, float(config.arl0), mean, se
+
+
 def common_shift(seeds: int = 10) -> list[str]:
     """A monotone shift of every new score (logit + shift: AUROC unchanged, e.g. a recalibrated
     model): monitored cases to the first signal of the default rule, per seed (None: none in
@@ -385,9 +565,9 @@ def common_shift(seeds: int = 10) -> list[str]:
         for seed in range(seeds):
             rng = np.random.default_rng([21, 4, seed])
             start, _ = update_auroc_cusum(
-                start_auroc_cusum(config), *draw(rng, np.zeros(2000)), config
+                start_auroc_cusum(config), *draw(rng, np.zeros(2000), np.zeros(2000))[:2], config
             )
-            labels, scores = draw(rng, np.zeros(HORIZON))
+            labels, scores, _ = draw(rng, np.zeros(HORIZON), np.zeros(HORIZON))
             logits = np.log(scores / (1.0 - scores)) + shift
             shifted = 0.5 * (1.0 + np.tanh(0.5 * logits))
             _, result = update_auroc_cusum(start, labels, shifted, config)
@@ -422,13 +602,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--explore", action="store_true", help="also the exploration variants")
     parser.add_argument("--no-nannyml", action="store_true")
+    parser.add_argument(
+        "--nannyml-by-unit", action="store_true", help="also NannyML on each unit's cases alone"
+    )
     parser.add_argument("--common-shift", action="store_true", help="only the common-shift check")
+    parser.add_argument("--family-check", action="store_true", help="only the family ARL0 check")
+    parser.add_argument(
+        "--unit-c-auroc",
+        type=float,
+        help="existing unit C (20%% of the older units' studies) scores with this AUROC, "
+        "every stream (default: like the others, 0.90)",
+    )
     args = parser.parse_args()
     if args.common_shift:
         print("\n".join(common_shift()))
         return
     started = time.perf_counter()
-    streams = make_streams(args.seeds)
+    unit_c = SITE if args.unit_c_auroc is None else scoring_like(args.unit_c_auroc)
+    streams = make_streams(args.seeds, unit_c)
+    if args.family_check:
+        design, nominal, mean, se = family_check(streams)
+        print(
+            f"family: each CUSUM's ARL0 {design:,.0f} in its own cases; family ARL0 nominal "
+            f"{nominal:,.0f}, simulated {mean:,.0f} (SE {se:.0f}, 300 runs)"
+        )
+        return
     rows: dict[str, Outcome] = {}
     variants = VARIANTS | (EXPLORE if args.explore else {})
     arl_lines = []
@@ -450,6 +648,11 @@ def main() -> None:
     nanny = {} if args.no_nannyml else nannyml(streams)
     for size, outcome in nanny.items():
         rows[f"NannyML chunks of {size}"] = outcome
+    if args.nannyml_by_unit:
+        for size, outcome in nannyml_by_unit(streams).items():
+            rows[f"NannyML per unit, chunks of {size} of one unit's cases"] = outcome
+            if size in nanny:
+                rows[f"NannyML pooled + per unit, chunks of {size}"] = either(nanny[size], outcome)
     print(f"{args.seeds} seeds, {LENGTH:,} labelled cases per stream, {PER_DAY}/day\n")
     header = " | ".join(s.name for s in SCENARIOS)
     print(f"| method | {header} | per stable year: breach runs / alerts / signals |")
@@ -457,13 +660,16 @@ def main() -> None:
     for name, outcome in rows.items():
         cells = " | ".join(summary(d) for d in outcome.delays)
         print(f"| {name} | {cells} | {per_year(outcome)} |")
-    ours = rows["auroc_cusum (defaults)"]
-    for size, outcome in nanny.items():
-        ratios = [a / b for a, b in zip(medians(ours), medians(outcome), strict=True)]
-        print(
-            f"\nmedian delay, ours / NannyML chunks of {size}: "
-            + ", ".join(f"{r:.2f}" for r in ratios)
-        )
+    for name, outcome in rows.items():
+        if outcome.first_by and any(len(by) > 1 or "pooled" not in by for by in outcome.first_by):
+            print(f"\nfirst signal by, {name}: " + "; ".join(str(by) for by in outcome.first_by))
+    for name in VARIANTS:
+        for size, outcome in nanny.items():
+            ratios = [a / b for a, b in zip(medians(rows[name]), medians(outcome), strict=True)]
+            print(
+                f"\nmedian delay, {name} / NannyML chunks of {size}: "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+            )
     print(
         "\n| variant | median h | ARL0 design | ARL0 at the reference | true ARL0 (median) "
         "| true ARL0 (10th pct) | true >= nominal | ARL1 at the drop | time |"

@@ -13,12 +13,18 @@ chunks of the stream (its reference period) and calculates the rest, cut to whol
 ``OUT.npz`` holds, per chunk size, ``end_<c>`` (the stream position of each analysis chunk's
 last case), ``auroc_<c>``, ``lower_<c>`` (its lower threshold) and ``alert_<c>`` (NannyML's
 own alert flag, which is also set above the upper threshold), each streams x chunks.
+
+With ``units`` (streams x cases) and ``unit_of`` (per stream, the unit to follow, or -1) in
+``STREAMS.npz``, each stream's analysis is instead that unit's cases alone, against the same
+reference (the stream's first 10 chunks, every unit): NannyML's chunks per segment, by hand.
+The chunks then differ in number per stream: ``OUT.npz`` holds them flat, with ``stream_<c>``.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
 import nannyml as nml
 import numpy as np
@@ -33,9 +39,14 @@ def _frame(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     )
 
 
-def chunks(labels: np.ndarray, scores: np.ndarray, chunk_size: int) -> pd.DataFrame:
-    """The analysis chunks of one stream (reference: its first REFERENCE_CHUNKS chunks)."""
+def chunks(
+    labels: np.ndarray, scores: np.ndarray, chunk_size: int, chosen: np.ndarray | None = None
+) -> pd.DataFrame:
+    """The analysis chunks of one stream (reference: its first REFERENCE_CHUNKS chunks), or of
+    its ``chosen`` cases after the reference."""
     start = REFERENCE_CHUNKS * chunk_size
+    if chosen is not None:
+        return _chosen_chunks(labels, scores, chunk_size, chosen, start)
     stop = start + (labels.size - start) // chunk_size * chunk_size
     calculator = nml.PerformanceCalculator(
         y_pred_proba="score",
@@ -58,10 +69,55 @@ def chunks(labels: np.ndarray, scores: np.ndarray, chunk_size: int) -> pd.DataFr
     )
 
 
+def _chosen_chunks(
+    labels: np.ndarray, scores: np.ndarray, chunk_size: int, chosen: np.ndarray, start: int
+) -> pd.DataFrame:
+    positions = np.flatnonzero(chosen[start:]) + start
+    positions = positions[: positions.size // chunk_size * chunk_size]
+    calculator = nml.PerformanceCalculator(
+        y_pred_proba="score",
+        y_pred="pred",
+        y_true="label",
+        problem_type="classification_binary",
+        metrics=["roc_auc"],
+        chunk_size=chunk_size,
+    )
+    calculator.fit(_frame(labels[:start], scores[:start]))
+    if positions.size == 0:
+        return pd.DataFrame({"end": [], "auroc": [], "lower": [], "alert": []})
+    result = calculator.calculate(_frame(labels[positions], scores[positions]))
+    frame = result.filter(period="analysis").to_df()
+    return pd.DataFrame(
+        {
+            "end": positions[frame[("chunk", "end_index")].to_numpy()],
+            "auroc": frame[("roc_auc", "value")].to_numpy(),
+            "lower": frame[("roc_auc", "lower_threshold")].to_numpy(),
+            "alert": frame[("roc_auc", "alert")].to_numpy(dtype=bool),
+        }
+    )
+
+
+def by_unit(data: np.lib.npyio.NpzFile, out_path: str) -> None:
+    labels, scores, units = data["labels"], data["scores"], data["units"]
+    out: dict[str, Any] = {}
+    for chunk_size in data["chunk_sizes"].tolist():
+        tables = []
+        for i, unit in enumerate(data["unit_of"].tolist()):
+            table = chunks(labels[i], scores[i], chunk_size, units[i] == unit)
+            tables.append(table.assign(stream=i))
+        flat = pd.concat(tables)
+        for column in ("end", "auroc", "lower", "alert", "stream"):
+            out[f"{column}_{chunk_size}"] = flat[column].to_numpy()
+    np.savez(out_path, **out)
+
+
 def main(streams_path: str, out_path: str) -> None:
     data = np.load(streams_path)
+    if "unit_of" in data:
+        by_unit(data, out_path)
+        return
     labels, scores = data["labels"], data["scores"]
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for chunk_size in data["chunk_sizes"].tolist():
         tables = [chunks(labels[i], scores[i], chunk_size) for i in range(labels.shape[0])]
         for column in ("end", "auroc", "lower", "alert"):

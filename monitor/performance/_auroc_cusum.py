@@ -78,7 +78,8 @@ class AurocCusumDesign(BaseModel):
     """Decision interval ``h`` in units: signal at or above it."""
     hold: int
     arl0: float
-    """Exact in-control ARL (monitored cases) at the least favourable reference means."""
+    """Exact in-control ARL (monitored cases) at the least favourable reference means: of each
+    CUSUM of the family (``AurocCusum.cusum_arl0``), in its own cases."""
     arl0_reference: float
     """Exact in-control ARL if new cases place exactly as the reference's own did."""
     arl1: float
@@ -231,7 +232,7 @@ def design_auroc_cusum(
             f"(at {config.reference_confidence:.0%} confidence): a larger reference or drop is "
             "needed"
         )
-    limit = smallest_limit(lambda h: run_length(steps, pessimistic, h), config.arl0, 1)
+    limit = smallest_limit(lambda h: run_length(steps, pessimistic, h), config.cusum_arl0, 1)
     return AurocCusumDesign(
         reference_auroc=float(placed.by_class[0].mean()),
         positives=reference_positive.size,

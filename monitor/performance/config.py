@@ -120,6 +120,37 @@ class AurocCusum(DetectorConfig):
     """Grid units for the largest log-likelihood-ratio step of any placement."""
     hold_multiple: float = Field(default=2.0, ge=1.0)
     """The statistic is held at most this multiple of h, so an episode can end after recovery."""
+    by_fields: tuple[str, ...] = ()
+    """Metadata fields (e.g. ``ManufacturerModelName``) each of whose values gets a CUSUM of its
+    own, on that value's cases against the same reference: a new unit whose cases rank worse is
+    seen at its full drop from its first case, not diluted by the rest of the site's studies.
+    The ``arl0`` then holds for the whole family (:attr:`cusum_arl0`)."""
+    max_values: int = Field(default=16, ge=1, le=256)
+    """Values tracked per field, the first seen after the reference; the cases of later values
+    still count in the pooled CUSUM and are counted as untracked (the state stays bounded)."""
+    new_values_only: bool = True
+    """Only values new to the reference (under ``known_share`` of its cases) get a CUSUM: a
+    unit that was part of the reference is the pooled CUSUM's alone. A
+    unit that ranked worse than the pool from the start would otherwise signal on its own
+    cases: in benchmarks/seq_performance.py, with one older unit at AUROC 0.87 among 0.90s,
+    0.54 false alerts a year with every value against 0.14 with new values only, at the same
+    delays (docs/performance.md). A reference collected before ``by_fields`` was set knows no
+    values, so all count as new."""
+    known_share: float = Field(default=0.05, gt=0.0, le=1.0)
+    """With ``new_values_only``, a value is part of the reference from this share of its cases
+    on: a new unit whose first few studies were labelled early, among the reference's, is
+    still new."""
+
+    @property
+    def cusum_arl0(self) -> float:
+        """The in-control ARL each CUSUM is designed for, in its own monitored cases, so that the
+        family (pooled, plus one per value of each of ``by_fields``) signals falsely once per
+        ``arl0`` monitored cases. Each CUSUM's false signals come at a rate of about one per
+        ``cusum_arl0`` of its own cases; a value with share ``p`` of the cases has ``p`` of them,
+        and the shares of one field's values add up to at most 1. So the family's rate per
+        monitored case is at most ``(1 + len(by_fields)) / cusum_arl0 = 1 / arl0`` (checked by
+        simulation in benchmarks/seq_performance.py, docs/benchmarks.md)."""
+        return float(self.arl0 * (1 + len(self.by_fields)))
 
 
 class SensitivityFloor(DetectorConfig):
@@ -160,5 +191,7 @@ class RulesConfig(DetectorConfig):
     """Off by default (ADR 0011): it also signals when every score moves up with the AUROC
     unchanged (a recalibration), needs 2,000 labelled cases before it runs, and its state (the
     reference's scores) is read and written at every refresh; in benchmarks/seq_performance.py
-    it halves NannyML's delay on an abrupt change but not on ramps. Switch it on with
-    ``RADSENTRY_PERFORMANCE__RULES__AUROC_CUSUM__DROP=0.03`` (or any of its fields)."""
+    it halves NannyML's delay on an abrupt change but not on ramps, which its CUSUMs per
+    scanner model (``by_fields``) do when the change comes with a new unit. Switch it on with
+    ``RADSENTRY_PERFORMANCE__RULES__AUROC_CUSUM__DROP=0.03`` (or any of its fields;
+    ``..._BY_FIELDS='["ManufacturerModelName"]'`` for the CUSUMs per value)."""

@@ -81,6 +81,9 @@ class RuleResult:
     """The numbers behind the verdict, by name (empty when not evaluated)."""
     config_fingerprint: str
     """Fingerprint of the rule's own config (its sub-config of :class:`RulesConfig`)."""
+    subgroup: tuple[str, str] | None = None
+    """(metadata field, value) of a verdict on that value's cases alone (the AUROC CUSUM's
+    ``by_fields``); None for the stream's cases."""
 
 
 def observe_rule(

@@ -229,6 +229,59 @@ def test_auroc_cusum_alerts_the_degraded_site_once_through_the_tracker(
     assert len(_performance_alerts(pg_engine)) == 1
 
 
+def test_auroc_cusum_by_scanner_model_alerts_the_new_unit_by_name(
+    pg_engine: Engine, simulated: list[object]
+) -> None:
+    """With ``by_fields``, site-02's new reader (a new ManufacturerModelName after its change)
+    gets a CUSUM of its own, against the site's reference, and an alert of its own that names
+    it; the other scanners, each with its own CUSUM too, raise none. Every value gets one
+    (``new_values_only`` off): labels lag their studies, so 26 of the 300 reference cases of
+    site-02 are already the new reader's, over ``known_share``."""
+    auroc_cusum = AurocCusum(
+        reference_cases=300,
+        drop=0.08,
+        reference_confidence=0.9,
+        arl0=20_000,
+        by_fields=("ManufacturerModelName",),
+        new_values_only=False,
+    )
+    settings = PerformanceSettings(
+        rolling_window=300,
+        estimate_reference=300,
+        rules=RulesConfig(
+            sensitivity_floor=None,
+            auroc_drop=None,
+            calibration_limit=None,
+            error_rate_cusum=None,
+            auroc_cusum=auroc_cusum,
+        ),
+    )
+    ingest(pg_engine, simulated)
+    refresh(pg_engine, settings)
+    alerts = _performance_alerts(pg_engine)
+    assert {(a.site_id, a.detector) for a in alerts} == {("site-02", "performance.auroc_cusum")}
+    by_unit = [a for a in alerts if "on cases with" in a.explanation]
+    assert len(by_unit) == 1 and len({a.alert_id for a in alerts}) == len(alerts)
+    assert by_unit[0].explanation.startswith(
+        "AUROC CUSUM for lesion on cases with ManufacturerModelName 'REGIUS MODEL 110': "
+        "evidence of a drop"
+    ), by_unit[0].explanation
+    with pg_engine.connect() as connection:
+        states = {
+            row.site_id: row.state
+            for row in connection.execute(
+                select(PerformanceAlarmRow.site_id, PerformanceAlarmRow.state)
+            )
+        }
+    assert "auroc_cusum[ManufacturerModelName=REGIUS MODEL 110]" in states["site-02"]["rules"]
+    for site, state in states.items():  # every site's scanner got a CUSUM
+        assert state["auroc_cusum"]["by_value"]["ManufacturerModelName"], site
+    counts = states["site-02"]["auroc_cusum"]["reference_values"]["ManufacturerModelName"]
+    assert counts == {"Definium 8000": 274, "REGIUS MODEL 110": 26}
+    refresh(pg_engine, settings)  # no new labels: nothing read again, no duplicate
+    assert len(_performance_alerts(pg_engine)) == len(alerts)
+
+
 def test_the_rules_of_all_streams_checked_together_decide_as_each_stream_alone(
     pg_engine: Engine, simulated: list[object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,7 +294,12 @@ def test_the_rules_of_all_streams_checked_together_decide_as_each_stream_alone(
         estimate_reference=300,
         rules=RulesConfig(
             calibration_limit=None,
-            auroc_cusum=AurocCusum(reference_cases=200, drop=0.08, reference_confidence=0.9),
+            auroc_cusum=AurocCusum(
+                reference_cases=200,
+                drop=0.08,
+                reference_confidence=0.9,
+                by_fields=("ManufacturerModelName",),
+            ),
         ),
     )
 

@@ -10,8 +10,11 @@ Per (site, model version, finding), at each refresh:
   one read per refresh of the rows after a saved watermark, in (label time, study) order, fed
   to both; a label corrected after it was counted is not counted again. The AUROC CUSUM's
   reference is the first labelled cases it reads (``AurocCusum.reference_cases``), frozen in
-  its state;
-* every result goes to an ``AlarmState`` per rule (``AlarmState.observe``, as for drift), and
+  its state. With ``AurocCusum.by_fields`` it also runs one CUSUM per value of those metadata
+  fields (a scanner model, say), each alarming on its own: the read then also takes those
+  fields of each case's event;
+* every result goes to an ``AlarmState`` per rule, and per (field, value) for the AUROC
+  CUSUM's values (``AlarmState.observe``, as for drift), and
   transitions become alerts (detector ``performance.<rule>``, deterministic ids) and alert
   updates, published like drift alerts. A new alert names the site's drift alerts that were
   active in the same period.
@@ -38,7 +41,7 @@ from monitor.performance._cusum import CusumState
 from monitor.performance.auroc_cusum import (
     AurocCusumState,
     start_auroc_cusum,
-    update_auroc_cusum,
+    update_auroc_cusums,
 )
 from monitor.performance.metrics import BinaryMetrics
 from monitor.performance.rules import (
@@ -52,6 +55,7 @@ from monitor.performance.rules import (
 from monitor.service.db import as_utc, given_rows, matches, table_of
 from monitor.service.drift.alerts import apply_updates, write_alerts
 from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, PerformanceAlarmRow
+from monitor.service.performance.summaries import subgroup_value
 from monitor.service.settings import PerformanceSettings
 
 PERFORMANCE_REFERENCE = uuid.UUID("3b0b1f0e-2d55-4f0c-8d3e-6a1e2f9b7c44")
@@ -63,11 +67,13 @@ class AlarmDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rules: dict[str, AlarmState] = {}
+    """Per rule (``auroc_cusum[field=value]`` for a value's AUROC CUSUM: :func:`_alarm_name`)."""
     open_alerts: dict[str, uuid.UUID] = {}
     labelled_at_last_check: int | None = None
     cusum: CusumState | None = None
     auroc_cusum: AurocCusumState | None = None
-    """With its frozen reference (sorted scores per class: about 40 KB of JSON at 2,000)."""
+    """With its frozen reference (sorted scores per class: about 40 KB of JSON at 2,000) and
+    the counters of each value's CUSUM (``max_values`` per field at most)."""
     watermark: tuple[datetime, str] | None = None
 
 
@@ -153,6 +159,8 @@ class _LabelledAfter:
 
     labels: list[int]
     scores: list[float]
+    groups: dict[str, list[str | None]]
+    """Per field of ``AurocCusum.by_fields``, each case's value (None: the event has none)."""
     last: tuple[datetime, str] | None
     """(label time, study) of the last of them: the next watermark."""
 
@@ -170,7 +178,8 @@ def _sequential_inputs(
         return [None for _ in facts]
     for one, document in zip(facts, documents, strict=True):
         _start_sequential(settings, one, document)
-    return _labels_after(connection, facts, [document.watermark for document in documents])
+    fields = rules.auroc_cusum.by_fields if rules.auroc_cusum is not None else ()
+    return _labels_after(connection, facts, [document.watermark for document in documents], fields)
 
 
 def _sequential(
@@ -192,10 +201,15 @@ def _sequential(
         )
         results.append(result)
     if rules.auroc_cusum is not None and document.auroc_cusum is not None:
-        document.auroc_cusum, result = update_auroc_cusum(
-            document.auroc_cusum, labels, scores, rules.auroc_cusum, finding=facts.finding
+        document.auroc_cusum, auroc_results = update_auroc_cusums(
+            document.auroc_cusum,
+            labels,
+            scores,
+            rules.auroc_cusum,
+            finding=facts.finding,
+            groups=after.groups,
         )
-        results.append(result)
+        results += auroc_results
     document.watermark = after.last
     return results
 
@@ -228,10 +242,12 @@ def _labels_after(
     connection: Connection,
     facts: Sequence[WindowFacts],
     watermarks: Sequence[tuple[datetime, str] | None],
+    fields: Sequence[str] = (),
 ) -> list[_LabelledAfter]:
     """Per stream, its labelled predictions whose (label time, study) comes after its
-    watermark, those without the finding's score left out: one statement for all streams,
-    each read down ``ix_labels_current_joined`` from its watermark's time."""
+    watermark, those without the finding's score left out, with the metadata ``fields`` of
+    each: one statement for all streams, each read down ``ix_labels_current_joined`` from its
+    watermark's time."""
     events, labels = table_of(InferenceEventRow), table_of(CurrentLabelRow)
     given = given_rows(
         labels,
@@ -248,6 +264,7 @@ def _labels_after(
             labels.c.study_key,
             labels.c.label,
             events.c.scores[given.c.finding].as_float().label("score"),
+            *(events.c.metadata[name].label(f"field_{i}") for i, name in enumerate(fields)),
         )
         .select_from(labels)
         .join(
@@ -284,8 +301,27 @@ def _labels_after(
     for one in facts:
         rows = read.get(_stream_of(one), [])
         last = (as_utc(rows[-1].labelled_at), rows[-1].study_key) if rows else None
-        found.append(_LabelledAfter([row.label for row in rows], [row.score for row in rows], last))
+        groups = {
+            name: [_value_of(row._mapping[f"field_{i}"], name) for row in rows]
+            for i, name in enumerate(fields)
+        }
+        labels_of = [row.label for row in rows]
+        found.append(_LabelledAfter(labels_of, [row.score for row in rows], groups, last))
     return found
+
+
+def _value_of(stored: Any, name: str) -> str | None:
+    """A metadata field's value as the subgroup statistics key it; None when missing."""
+    return subgroup_value({name: stored}, name) or None
+
+
+def _alarm_name(result: RuleResult) -> str:
+    """The key of a result's alarm state and open alert: the rule, with the (field, value) of a
+    value's AUROC CUSUM."""
+    if result.subgroup is None:
+        return result.rule
+    field_name, value = result.subgroup
+    return f"{result.rule}[{field_name}={value}]"
 
 
 def _alarm(
@@ -296,15 +332,16 @@ def _alarm(
     result: RuleResult,
     outcome: RuleOutcome,
 ) -> None:
-    alarm = document.rules.setdefault(result.rule, AlarmState())
+    name = _alarm_name(result)
+    alarm = document.rules.setdefault(name, AlarmState())
     transition = observe_rule(alarm, result, facts.window_start.timestamp(), settings.alarms)
     detector = f"performance.{result.rule}"
     if transition == "opened":
         alert = _alert(connection, facts, result, alarm, detector)
-        document.open_alerts[result.rule] = alert.alert_id
+        document.open_alerts[name] = alert.alert_id
         outcome.alerts.append(alert)
-    elif transition in ("continued", "ended") and result.rule in document.open_alerts:
-        alert_id = document.open_alerts[result.rule]
+    elif transition in ("continued", "ended") and name in document.open_alerts:
+        alert_id = document.open_alerts[name]
         ended = transition == "ended"
         outcome.updates.append(
             AlertUpdate(
@@ -316,7 +353,7 @@ def _alarm(
             )
         )
         if ended:
-            del document.open_alerts[result.rule]
+            del document.open_alerts[name]
 
 
 def _alert(
@@ -324,8 +361,11 @@ def _alert(
 ) -> Alert:
     since = datetime.fromtimestamp(alarm.streak_started_at or facts.window_start.timestamp(), UTC)
     explanation = result.explanation.rstrip(".") + "." + _drift_links(connection, facts)
+    subject = f"{detector}:{facts.finding}"
+    if result.subgroup is not None:  # a value's CUSUM: alerts of its own
+        subject += f":{result.subgroup[0]}={result.subgroup[1]}"
     return Alert(
-        alert_id=alert_id_for(facts.key, f"{detector}:{facts.finding}", alarm.episodes),
+        alert_id=alert_id_for(facts.key, subject, alarm.episodes),
         key=facts.key,
         detector=detector,
         features=(facts.finding,),
