@@ -22,11 +22,16 @@ The chunks then differ in number per stream: ``OUT.npz`` holds them flat, with `
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any
 
-import nannyml as nml
+# NannyML sends usage statistics to segment.io unless told not to: a benchmark run by a
+# hospital's team sends nothing (and this machine has no route out, so each try only waits).
+os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
+
+import nannyml as nml  # after the switch above
 import numpy as np
 import pandas as pd
 
@@ -43,48 +48,24 @@ def chunks(
     labels: np.ndarray, scores: np.ndarray, chunk_size: int, chosen: np.ndarray | None = None
 ) -> pd.DataFrame:
     """The analysis chunks of one stream (reference: its first REFERENCE_CHUNKS chunks), or of
-    its ``chosen`` cases after the reference."""
+    its ``chosen`` cases after the reference; ``end`` is each chunk's last case in the stream."""
     start = REFERENCE_CHUNKS * chunk_size
-    if chosen is not None:
-        return _chosen_chunks(labels, scores, chunk_size, chosen, start)
-    stop = start + (labels.size - start) // chunk_size * chunk_size
-    calculator = nml.PerformanceCalculator(
-        y_pred_proba="score",
-        y_pred="pred",
-        y_true="label",
-        problem_type="classification_binary",
-        metrics=["roc_auc"],
-        chunk_size=chunk_size,
-    )
-    calculator.fit(_frame(labels[:start], scores[:start]))
-    result = calculator.calculate(_frame(labels[start:stop], scores[start:stop]))
-    frame = result.filter(period="analysis").to_df()
-    return pd.DataFrame(
-        {
-            "end": frame[("chunk", "end_index")].to_numpy() + start,
-            "auroc": frame[("roc_auc", "value")].to_numpy(),
-            "lower": frame[("roc_auc", "lower_threshold")].to_numpy(),
-            "alert": frame[("roc_auc", "alert")].to_numpy(dtype=bool),
-        }
-    )
-
-
-def _chosen_chunks(
-    labels: np.ndarray, scores: np.ndarray, chunk_size: int, chosen: np.ndarray, start: int
-) -> pd.DataFrame:
-    positions = np.flatnonzero(chosen[start:]) + start
+    if chosen is None:
+        positions = np.arange(start, labels.size)
+    else:
+        positions = np.flatnonzero(chosen[start:]) + start
     positions = positions[: positions.size // chunk_size * chunk_size]
-    calculator = nml.PerformanceCalculator(
-        y_pred_proba="score",
-        y_pred="pred",
-        y_true="label",
-        problem_type="classification_binary",
-        metrics=["roc_auc"],
-        chunk_size=chunk_size,
-    )
-    calculator.fit(_frame(labels[:start], scores[:start]))
     if positions.size == 0:
         return pd.DataFrame({"end": [], "auroc": [], "lower": [], "alert": []})
+    calculator = nml.PerformanceCalculator(
+        y_pred_proba="score",
+        y_pred="pred",
+        y_true="label",
+        problem_type="classification_binary",
+        metrics=["roc_auc"],
+        chunk_size=chunk_size,
+    )
+    calculator.fit(_frame(labels[:start], scores[:start]))
     result = calculator.calculate(_frame(labels[positions], scores[positions]))
     frame = result.filter(period="analysis").to_df()
     return pd.DataFrame(
