@@ -195,18 +195,8 @@ def test_auroc_cusum_alerts_the_degraded_site_once_through_the_tracker(
 ) -> None:
     """The AUROC CUSUM alone: its reference is the first 300 labels it reads at each site (all
     from before site-02's change, labels lag their studies), then each label once."""
-    settings = PerformanceSettings(
-        rolling_window=300,
-        estimate_reference=300,
-        rules=RulesConfig(
-            sensitivity_floor=None,
-            auroc_drop=None,
-            calibration_limit=None,
-            error_rate_cusum=None,
-            auroc_cusum=AurocCusum(
-                reference_cases=300, drop=0.08, reference_confidence=0.9, arl0=20_000
-            ),
-        ),
+    settings = _auroc_cusum_only(
+        AurocCusum(reference_cases=300, drop=0.08, reference_confidence=0.9, arl0=20_000)
     )
     half = len(simulated) * 2 // 5
     ingest(pg_engine, simulated[:half])
@@ -245,17 +235,7 @@ def test_auroc_cusum_by_scanner_model_alerts_the_new_unit_by_name(
         by_fields=("ManufacturerModelName",),
         new_values_only=False,
     )
-    settings = PerformanceSettings(
-        rolling_window=300,
-        estimate_reference=300,
-        rules=RulesConfig(
-            sensitivity_floor=None,
-            auroc_drop=None,
-            calibration_limit=None,
-            error_rate_cusum=None,
-            auroc_cusum=auroc_cusum,
-        ),
-    )
+    settings = _auroc_cusum_only(auroc_cusum)
     ingest(pg_engine, simulated)
     refresh(pg_engine, settings)
     alerts = _performance_alerts(pg_engine)
@@ -335,6 +315,21 @@ def test_the_rules_of_all_streams_checked_together_decide_as_each_stream_alone(
     assert together[0], "the degraded site raises alerts"
     assert len(together[1]) == 3
     assert together == alone, _first_difference(together, alone)
+
+
+def _auroc_cusum_only(auroc_cusum: AurocCusum) -> PerformanceSettings:
+    """The tracker with the AUROC CUSUM as its only rule (windows of 300 cases)."""
+    return PerformanceSettings(
+        rolling_window=300,
+        estimate_reference=300,
+        rules=RulesConfig(
+            sensitivity_floor=None,
+            auroc_drop=None,
+            calibration_limit=None,
+            error_rate_cusum=None,
+            auroc_cusum=auroc_cusum,
+        ),
+    )
 
 
 def _first_difference(
