@@ -128,8 +128,9 @@ def test_streams_without_rows_read_as_empty(stored: Engine) -> None:
 
 def test_recent_window_with_predictions_tied_at_its_oldest_time(stored: Engine) -> None:
     """Predictions sharing the oldest time of the latest ``limit``: the labelled ones beyond
-    the limit are read too, as ``joined_sample(since=oldest)`` reads them. (A site of its
-    own next to the shared history.)"""
+    the limit are read too, as ``joined_sample(since=oldest)`` reads them, and every read
+    breaks ties the same way (by event id), so a reference or a window holds the same cases
+    on every replica and every run. (A site of its own next to the shared history.)"""
     at = datetime(2026, 5, 1, tzinfo=UTC)
     events: list[InferenceEvent | LabelEvent] = []
     for n in range(8):
@@ -158,6 +159,16 @@ def test_recent_window_with_predictions_tied_at_its_oldest_time(stored: Engine) 
         stored, "site-ties", "cxr-lesion", "lesion", model_version="1.0.0", since=oldest
     )
     assert oldest == at and recent.oldest == at
-    assert sorted(recent.scores.tolist()) == sorted(scores.tolist())
+    # Ties are broken by event id, the same way in every read: the latest four are the two
+    # later predictions, then the tied ones with the highest ids (5 and 4), newest first.
+    assert recent.scores.tolist() == scores.tolist() == [0.7, 0.6, 0.5, 0.4]
     assert len(labelled) == 8 and len(recent.labelled) == 8
-    assert sorted(recent.labelled.scores.tolist()) == sorted(labelled.scores.tolist())
+    assert recent.labelled.scores.tolist() == labelled.scores.tolist()
+    assert labelled.scores.tolist() == [n / 10 for n in range(8)]
+    # The earliest three of the six tied predictions: the lowest ids, in both reads.
+    with stored.connect() as connection:
+        earliest = earliest_labelled(connection, [stream], 3)[stream]
+    first = joined_sample(
+        stored, "site-ties", "cxr-lesion", "lesion", model_version="1.0.0", limit=3, earliest=True
+    )
+    assert earliest.scores.tolist() == first.scores.tolist() == [0.0, 0.1, 0.2]

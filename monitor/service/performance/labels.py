@@ -357,7 +357,13 @@ def joined_sample(
             labels.labelled_at,
         )
         .where(*_window(site_id, model_name, model_version, since, until))
-        .order_by(events.occurred_at if earliest else events.occurred_at.desc())
+        .order_by(
+            *(
+                (events.occurred_at, events.event_id)
+                if earliest
+                else (events.occurred_at.desc(), events.event_id.desc())
+            )
+        )
     )
     if limit is not None:
         query = query.limit(limit)
@@ -397,7 +403,7 @@ def recent_predictions(
     query = (
         select(events.occurred_at, events.scores)
         .where(*_window(site_id, model_name, model_version, None, None))
-        .order_by(events.occurred_at.desc())
+        .order_by(events.occurred_at.desc(), events.event_id.desc())
         .limit(limit)
     )
     with engine.connect() as connection:

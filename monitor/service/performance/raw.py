@@ -78,7 +78,7 @@ def earliest_labelled(
             .select_from(events)
             .join(label, true())
             .where(*_of_stream(events, given))
-            .order_by(events.c.occurred_at)
+            .order_by(events.c.occurred_at, events.c.event_id)  # ties: one order
             .limit(limit)
             .correlate(given)
             .lateral("picked")
@@ -112,7 +112,7 @@ def recent_windows(
             .select_from(events)
             .outerjoin(label, true())
             .where(*_of_stream(events, given))
-            .order_by(events.c.occurred_at.desc())
+            .order_by(events.c.occurred_at.desc(), events.c.event_id.desc())
             .limit(limit + 1)
             .correlate(given)
             .lateral("latest")
@@ -166,7 +166,7 @@ def _labelled_since(connection: Connection, stream: Stream, since: datetime) -> 
         .join(events, true())
         .join(label, true())
         .where(*_of_stream(events, given), events.c.occurred_at >= since)
-        .order_by(events.c.occurred_at.desc())
+        .order_by(events.c.occurred_at.desc(), events.c.event_id.desc())
     ).all()[::-1]
     kept = [row for row in rows if row.score is not None]
     return _labelled([row.score for row in kept], [row.label for row in kept])
