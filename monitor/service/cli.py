@@ -24,6 +24,7 @@ from monitor.service.drift import cli as drift_cli
 from monitor.service.grafana import cli as grafana_cli
 from monitor.service.ingest import cli as ingest_cli
 from monitor.service.pccp import cli as pccp_cli
+from monitor.service.performance import cli as performance_cli
 from monitor.service.retrain import cli as retrain_cli
 from monitor.service.runtime import console, database_url, load_settings, run_options
 from monitor.service.settings import Settings
@@ -304,6 +305,7 @@ for domain_app in (ingest_cli.app, demo_cli.app, backtest_cli.app, drift_cli.app
     app.add_typer(domain_app)
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(pccp_cli.app, name="pccp")
+app.add_typer(performance_cli.app, name="performance")
 app.add_typer(grafana_cli.app, name="dashboards")
 
 if __name__ == "__main__":  # `python -m monitor.service.cli`, which pasteable_cli may print

@@ -175,7 +175,8 @@ class PerformanceSettings(BaseModel):
     subgroup_fields: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SUBGROUP_FIELDS),
         description="Metadata fields whose values get their own metrics. Counted as labels "
-        "join: a field added later has statistics from then on.",
+        "join: a field added later has statistics from then on (`radsentry performance "
+        "rebuild` counts past cases too).",
     )
     metrics: PerformanceConfig = PerformanceConfig()
     estimate_reference: int = Field(

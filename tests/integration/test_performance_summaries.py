@@ -9,7 +9,10 @@ must give the same table.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,8 +37,8 @@ from monitor.service.models import (
 from monitor.service.performance.jobs import verify_performance
 from monitor.service.performance.labels import expire_unmatched, joined_sample
 from monitor.service.performance.store import FLEET, RefreshCache, refresh
-from monitor.service.performance.summaries import read_window, rebuild, tracked
-from monitor.service.settings import DEFAULT_SUBGROUP_FIELDS, PerformanceSettings
+from monitor.service.performance.summaries import read_window, tracked
+from monitor.service.settings import PerformanceSettings
 from tests.factories import study_key
 
 pytestmark = pytest.mark.integration
@@ -188,7 +191,14 @@ def _sketch(delays: np.ndarray) -> dict[int, int]:
     return dict(sketch.counts)
 
 
-def test_a_rebuild_from_the_raw_rows_gives_the_same_table(stored: Engine) -> None:
+def test_a_lost_statistics_row_is_found_and_a_rebuild_restores_the_same_table(
+    stored: Engine,
+) -> None:
+    """As an operator meets it: a statistics row goes missing (a restore from an older backup,
+    a bug); the daily job and `radsentry performance verify` (a real process) name the window,
+    `radsentry performance rebuild --yes` counts every case again from the raw rows, and the
+    table equals the one the batches built incrementally, row for row."""
+
     def rows() -> dict[tuple[Any, ...], tuple[Any, ...]]:
         with stored.connect() as connection:
             buckets = connection.execute(select(PerformanceBucketRow.__table__)).all()
@@ -197,15 +207,45 @@ def test_a_rebuild_from_the_raw_rows_gives_the_same_table(stored: Engine) -> Non
             tuple(r[:8]): (r.summary, r.delays, r.n, r.first_at, r.last_at) for r in buckets
         } | {("count", *r[:4]): (r.n,) for r in counts}
 
+    def radsentry(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RADSENTRY_")}
+        env["RADSENTRY_DATABASE__URL"] = stored.url.render_as_string(hide_password=False)
+        return subprocess.run(
+            [sys.executable, "-m", "monitor.service.cli", "performance", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     incremental = rows()
+    table = PerformanceBucketRow.__table__
+    lost = (
+        (table.c.site_id == "site-02")
+        & (table.c.model_version == "1.0.0")
+        & (table.c.finding == "lesion")
+        & (table.c.subgroup_field == "")
+        & (table.c.bucket == "total")
+    )
     with stored.begin() as connection:
-        connection.execute(delete(PerformanceBucketRow.__table__))
-        connection.execute(delete(PredictionCountRow.__table__))
-        rebuild(connection, DEFAULT_SUBGROUP_FIELDS, datetime.now(UTC))
-    rebuilt = rows()
+        assert connection.execute(delete(table).where(lost)).rowcount == 1
+    assert verify_performance(stored, PerformanceSettings()) == 1
+    found = radsentry("verify")
+    assert found.returncode == 1, found.stderr
+    # The command's messages go to stderr (as every radsentry command's).
+    assert "site-02 cxr-lesion 1.0.0 lesion: 0 labelled cases summarised" in found.stderr
+    assert "radsentry performance rebuild" in found.stderr
+
+    rebuilt = radsentry("rebuild", "--yes")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "labelled cases counted" in rebuilt.stderr
     # A bucket emptied by nothing is never written: equal key sets, equal contents.
-    assert rebuilt.keys() == incremental.keys()
-    assert rebuilt == incremental
+    assert rows().keys() == incremental.keys()
+    assert rows() == incremental
+    checked = radsentry("verify")
+    assert checked.returncode == 0, checked.stderr
+    assert "8 windows equal the raw rows" in checked.stderr
+    assert verify_performance(stored, PerformanceSettings()) == 0
 
 
 def test_snapshot_metrics_from_the_statistics_match_the_exact_ones(stored: Engine) -> None:

@@ -49,37 +49,30 @@ def refresh_health(engine: Engine, settings: PerformanceSettings) -> None:
 @job_boundary("performance verification failed")
 def verify_performance(engine: Engine, settings: PerformanceSettings) -> int:
     """Recompute every cumulative window from the raw rows (the exact path) and compare it
-    with its sufficient statistics; log each mismatch, export how many; returns that number.
+    with its sufficient statistics; log each mismatch, export how many windows differ;
+    returns that number. ``radsentry performance verify`` runs the same comparison and
+    ``radsentry performance rebuild`` mends what it finds.
 
     Reads every labelled prediction once a day: the price of checking the incremental path.
     """
     import time
 
     from monitor.service import metrics
-    from monitor.service.performance.labels import joined_sample
-    from monitor.service.performance.summaries import tracked, verify
+    from monitor.service.performance.maintenance import mismatches
 
-    with engine.connect() as connection:
-        pairs = tracked(connection)
-    mismatched = 0
-    for stream, finding in pairs:
-        site_id, model_name, version = stream
-        raw = joined_sample(
-            engine, site_id, model_name, finding, model_version=version, with_metadata=False
+    found = mismatches(engine)
+    for problem in found.problems:
+        site_id, model_name, version = problem.stream
+        log.warning(
+            "performance statistics differ from the raw rows",
+            site_id=site_id,
+            model_name=model_name,
+            model_version=version,
+            finding=problem.finding,
+            problem=problem.what,
+            remedy="radsentry performance rebuild",
         )
-        with engine.connect() as connection:
-            problems = verify(connection, stream, finding, raw)
-        for problem in problems:
-            log.warning(
-                "performance statistics differ from the raw rows",
-                site_id=site_id,
-                model_name=model_name,
-                model_version=version,
-                finding=finding,
-                problem=problem.what,
-            )
-        mismatched += bool(problems)
-    metrics.PERFORMANCE_SUMMARIES_MISMATCHED.set(mismatched)
+    metrics.PERFORMANCE_SUMMARIES_MISMATCHED.set(found.mismatched)
     metrics.PERFORMANCE_SUMMARIES_LAST_VERIFIED.set(time.time())
-    log.info("performance statistics verified", windows=len(pairs), mismatched=mismatched)
-    return mismatched
+    log.info("performance statistics verified", windows=found.windows, mismatched=found.mismatched)
+    return found.mismatched

@@ -1022,7 +1022,7 @@ def stream_marks(
 
 def rebuild(connection: Connection, subgroup_fields: Sequence[str], now: datetime) -> int:
     """Count every labelled case and prediction from the raw rows into empty tables (the
-    migration that adds them, and tests); returns the cases counted."""
+    migration that adds them, ``maintenance.rebuild_all``, tests); returns the cases counted."""
     events, labels = table_of(InferenceEventRow), table_of(CurrentLabelRow)
     count_rows = connection.execute(
         select(
@@ -1068,6 +1068,8 @@ def rebuild(connection: Connection, subgroup_fields: Sequence[str], now: datetim
             ),
         )
         .where(labels.c.expired_at.is_(None))
+        # A server-side cursor: a history of millions of cases is never held in memory.
+        .execution_options(stream_results=True, max_row_buffer=5000)
     )
     total = 0
     while batch := joined.fetchmany(5000):
