@@ -38,6 +38,10 @@ is exact) and (b) the exact ARL under the true score distributions given each re
     PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --nannyml-by-unit
     PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --no-nannyml --unit-c-auroc 0.87
     PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --family-check
+    PYTHONPATH=. .venv/bin/python -m benchmarks.seq_performance --no-nannyml --arl0 3000 5000
+
+``--arl0`` adds the per-unit default (new values only, drop 0.08) at each ARL0 given, to set
+its false alarms per stable year beside NannyML's chunk sizes (delays at matched false alarms).
 
 Results: docs/benchmarks.md ("Sequential AUROC alarm vs NannyML").
 """
@@ -613,6 +617,13 @@ def main() -> None:
         help="existing unit C (20%% of the older units' studies) scores with this AUROC, "
         "every stream (default: like the others, 0.90)",
     )
+    parser.add_argument(
+        "--arl0",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also the per-unit CUSUM (new values only, drop 0.08) at each of these ARL0s",
+    )
     args = parser.parse_args()
     if args.common_shift:
         print("\n".join(common_shift()))
@@ -629,6 +640,10 @@ def main() -> None:
         return
     rows: dict[str, Outcome] = {}
     variants = VARIANTS | (EXPLORE if args.explore else {})
+    for arl0 in args.arl0:
+        variants[f"by unit, new values only, drop 0.08, ARL0 {arl0:,}"] = AurocCusum(
+            by_fields=BY_UNIT, drop=0.08, arl0=arl0
+        )
     arl_lines = []
     for name, config in variants.items():
         t = time.perf_counter()
@@ -663,7 +678,7 @@ def main() -> None:
     for name, outcome in rows.items():
         if outcome.first_by and any(len(by) > 1 or "pooled" not in by for by in outcome.first_by):
             print(f"\nfirst signal by, {name}: " + "; ".join(str(by) for by in outcome.first_by))
-    for name in VARIANTS:
+    for name in variants:
         for size, outcome in nanny.items():
             ratios = [a / b for a, b in zip(medians(rows[name]), medians(outcome), strict=True)]
             print(
