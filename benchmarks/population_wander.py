@@ -22,6 +22,14 @@ false-alarm rate. PadChest is never read (held out).
 
 ``--within-room`` scores each study against its own room's reference instead (the ceiling of a
 test stratified by acquisition signature: a room mix that moves shows no effect).
+``--within-view weighted`` measures the age shift within each view (``ViewPosition``; a missing
+view is a stratum of its own): per view the window's mean age band minus the reference's, in that
+view's reference sd, averaged with the window's counts per view as weights (the effect a
+stratified rank test such as van Elteren's would carry); ``--within-view largest`` takes the
+largest of the per-view shifts instead (views with at least 20 window ages), which a change
+confined to one view dilutes less. The AP share stays the marginal one either way.
+``--age-wander 0`` (a diagnostic, not the evaluation) turns the simulator's direct age tilt
+off, to show how much of the stable windows' age shift it makes.
 
     .venv/bin/python -m benchmarks.population_wander --window 100 250
 """
@@ -44,6 +52,7 @@ from monitor.simulate.realistic import (
     RealisticStreamConfig,
     SitePool,
     SiteTemplate,
+    Wander,
     load_pool,
 )
 
@@ -57,6 +66,7 @@ def _effects(
     starts: list[int],
     size: int,
     within_room: bool = False,
+    within_view: str | None = None,
 ) -> Effects:
     """Each window's (age shift in reference sd, AP share minus the reference's).
 
@@ -69,6 +79,9 @@ def _effects(
     room = pool.room[position]
     present = ~np.isnan(age)
     ref = slice(0, reference)
+    if within_view is not None:
+        largest = within_view == "largest"
+        return _within_view(pool.view[position], age, ap, reference, starts, size, largest)
     if within_room:
         expected_age = np.full(pool.rooms, np.nan)
         expected_ap = np.full(pool.rooms, np.nan)
@@ -96,6 +109,55 @@ def _effects(
     return np.asarray(out, dtype=np.float64)
 
 
+def _within_view(
+    view: NDArray[np.str_],
+    age: NDArray[np.float64],
+    ap: NDArray[np.float64],
+    reference: int,
+    starts: list[int],
+    size: int,
+    largest: bool = False,
+    min_reference: int = 30,
+    min_window: int = 20,
+) -> Effects:
+    """Each window's (|weighted mean of the per-view age shifts in that view's reference sd|,
+    AP share minus the reference's); views with fewer than ``min_reference`` reference ages, or
+    one age band only, are left out. ``largest``: the largest |per-view shift| of the views with
+    at least ``min_window`` window ages instead of the weighted mean."""
+    present = ~np.isnan(age)
+    reference_stats: dict[str, tuple[float, float]] = {}
+    for value in np.unique(view[:reference]):
+        ages = age[:reference][(view[:reference] == value) & present[:reference]]
+        if len(ages) >= min_reference and ages.std() > 0:
+            reference_stats[str(value)] = (float(ages.mean()), float(ages.std()))
+    ref_ap = ap[:reference].mean()
+    out = []
+    for start in starts:
+        window = slice(start, start + size)
+        shifts, weights = [], []
+        for value, (mean, sd) in reference_stats.items():
+            ages = age[window][(view[window] == value) & present[window]]
+            if len(ages) >= (min_window if largest else 1):
+                shifts.append((ages.mean() - mean) / sd)
+                weights.append(len(ages))
+        if not weights:
+            shift = 0.0
+        elif largest:
+            shift = float(np.abs(shifts).max())
+        else:
+            shift = abs(float(np.average(shifts, weights=weights)))
+        out.append((shift, abs(ap[window].mean() - ref_ap)))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _mode(within_room: bool, within_view: str | None) -> str:
+    if within_room:
+        return "within each room"
+    if within_view is not None:
+        return f"within each view ({within_view})"
+    return "pooled"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--templates", nargs="+", default=["nih", "chexpert"])
@@ -111,11 +173,27 @@ def main() -> None:
         action="store_true",
         help="each study against its own room's reference (a test stratified by room)",
     )
+    parser.add_argument(
+        "--within-view",
+        choices=("weighted", "largest"),
+        help="the age shift within each view, their weighted mean or the largest",
+    )
+    parser.add_argument(
+        "--age-wander",
+        type=float,
+        default=1.0,
+        help="a diagnostic, not the evaluation: scale the simulator's age tilt (age_sd, "
+        "seasonal_age) by this, to see how much of the stable windows' age shift it makes",
+    )
     args = parser.parse_args()
+    if args.within_room and args.within_view is not None:
+        parser.error("--within-room and --within-view are separate runs")
     print(
         f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs; {args.sites} sites per template, {args.onsets} onsets each, "
-        f"{args.share:.0%} older AP patients, at most {args.per_year:g} alert per site-year\n"
+        f"{args.share:.0%} older AP patients, at most {args.per_year:g} alert per site-year; "
+        f"age shift {_mode(args.within_room, args.within_view)}; "
+        f"age tilt x {args.age_wander:g}\n"
     )
     print(
         "| template | background | window | stable windows | threshold: age shift (sd) "
@@ -140,11 +218,16 @@ def main() -> None:
                     pixel_stats=False,
                     exchangeable=background == "exchangeable",
                     n_studies=reference + round(args.months * per_day * 365.25 / 12),
+                    wander=Wander(
+                        age_sd=Wander().age_sd * args.age_wander,
+                        seasonal_age=Wander().seasonal_age * args.age_wander,
+                    ),
                 )
                 rows = RealisticStream(config, pool).plan.rows
                 n = config.n_studies
                 starts = list(range(reference, n - size + 1, size))
-                stable.append(_effects(pool, rows, reference, starts, size, args.within_room))
+                strata = (args.within_room, args.within_view)
+                stable.append(_effects(pool, rows, reference, starts, size, *strata))
                 span = n - reference - args.horizon
                 for k in range(args.onsets):
                     onset = reference + round((k + 0.5) * span / args.onsets)
@@ -153,9 +236,7 @@ def main() -> None:
                         config.model_dump() | {"changes": (change,)}
                     )
                     changed_rows = RealisticStream(changed_config, pool).plan.rows
-                    changed.append(
-                        _effects(pool, changed_rows, reference, [onset], size, args.within_room)
-                    )
+                    changed.append(_effects(pool, changed_rows, reference, [onset], size, *strata))
             stable_all, changed_all = np.concatenate(stable), np.concatenate(changed)
             windows_a_year = 365.25 * per_day / size
             quantile = 1.0 - args.per_year / windows_a_year
