@@ -66,17 +66,12 @@ def migrate() -> None:
     their components need (docs/deploy.md, "Database roles")."""
     from monitor.service.db import upgrade
     from monitor.service.roles import RoleSetupError, grant_roles, take_ownership
-    from monitor.service.runtime import open_database
+    from monitor.service.runtime import open_owner_database
     from monitor.service.scheduler import create_job_store
 
     settings = load_settings()
     runtime_role, consumer_role = settings.database.runtime_role, settings.database.consumer_role
-    owner_setting = "MIGRATION_URL" if settings.database.migration_url else "URL"
-    with open_database(
-        settings.database.migration_url or database_url(settings),
-        migrate=False,
-        setting=f"RADSENTRY_DATABASE__{owner_setting}",
-    ) as engine:
+    with open_owner_database(settings) as engine:
         granting = bool(runtime_role or consumer_role)
         try:
             # Ownership first, so that the upgrade runs as the owner of everything.

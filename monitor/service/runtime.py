@@ -17,7 +17,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -238,6 +238,18 @@ def open_database(
             except SchemaNotCurrent as exc:
                 fail(exc, [str(exc)], EXIT_SETTINGS)
         yield engine
+
+
+def open_owner_database(settings: Settings) -> AbstractContextManager[Engine]:
+    """:func:`open_database` connected as the schema's owner, not upgraded: the connection of
+    commands that change the schema or rewrite whole tables (`migrate`, `performance
+    rebuild`): RADSENTRY_DATABASE__MIGRATION_URL when set, else RADSENTRY_DATABASE__URL."""
+    owner_setting = "MIGRATION_URL" if settings.database.migration_url else "URL"
+    return open_database(
+        settings.database.migration_url or database_url(settings),
+        migrate=False,
+        setting=f"RADSENTRY_DATABASE__{owner_setting}",
+    )
 
 
 def configured_bootstrap(settings: Settings) -> list[str] | None:

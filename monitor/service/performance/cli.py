@@ -11,11 +11,10 @@ import typer
 
 from monitor.service.runtime import (
     console,
-    database_url,
     existing_database_url,
     load_settings,
-    open_database,
     open_existing_database,
+    open_owner_database,
 )
 
 app = typer.Typer(
@@ -76,12 +75,7 @@ def performance_rebuild(
             f"(subgroup fields: {', '.join(fields) or 'none'})?",
             abort=True,
         )
-    owner_setting = "MIGRATION_URL" if settings.database.migration_url else "URL"
-    with open_database(
-        settings.database.migration_url or database_url(settings),
-        migrate=False,
-        setting=f"RADSENTRY_DATABASE__{owner_setting}",
-    ) as engine:
+    with open_owner_database(settings) as engine:
         cases = rebuild_all(engine, fields, datetime.now(UTC))
     console.print(
         f"performance statistics rebuilt from the raw rows: {cases} labelled cases counted "
