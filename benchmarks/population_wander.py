@@ -31,7 +31,19 @@ confined to one view dilutes less. The AP share stays the marginal one either wa
 ``--age-wander 0`` (a diagnostic, not the evaluation) turns the simulator's direct age tilt
 off, to show how much of the stable windows' age shift it makes.
 
+``--baseline recent --recent-weeks 2 4 8 --gap 0 1`` (pooled fields only) compares each window
+with the ``--recent-weeks`` weeks of studies that end ``--gap`` windows before it, instead of the
+fixed reference: a ceiling for a detector whose baseline moves with the site, so a slow wander
+cancels between adjacent weeks while a step is a step. The fixed reference's rows come from the
+same run, and the two rules are also combined, each at half the alert budget, so the pair
+stays within ``--per-year``. In every mode a change is also scored on each window of that size,
+aligned to its onset, that ends within ``--within`` studies of it (the issue's criterion; a
+later window's recent baseline may hold the change's first studies, as a real detector's
+would), next to the share of stable runs as long with a window beyond (chance). ``--ramp``
+grows the change's share over that many studies instead of a step.
+
     .venv/bin/python -m benchmarks.population_wander --window 100 250
+    .venv/bin/python -m benchmarks.population_wander --window 100 250 --baseline recent
 """
 
 from __future__ import annotations
@@ -150,12 +162,94 @@ def _within_view(
     return np.asarray(out, dtype=np.float64)
 
 
+def _recent_effects(
+    pool: SitePool, rows: NDArray[np.int64], starts: list[int], size: int, length: int, gap: int
+) -> Effects:
+    """Each window's (age shift in the baseline's sd, AP share minus the baseline's), the
+    baseline being the ``length`` studies that end ``gap`` studies before the window starts."""
+    position = np.searchsorted(pool.stable, rows)
+    age, ap = pool.age_band[position], (pool.view[position] == "AP").astype(np.float64)
+    present = ~np.isnan(age)
+    known = np.where(present, age, 0.0)
+    sums = {
+        name: np.concatenate(([0.0], np.cumsum(values)))
+        for name, values in (("n", present), ("age", known), ("age2", known**2), ("ap", ap))
+    }
+
+    def mean(name: str, lo: int, hi: int) -> float:
+        count = sums["n"][hi] - sums["n"][lo] if name.startswith("age") else hi - lo
+        return float((sums[name][hi] - sums[name][lo]) / count)
+
+    out = []
+    for start in starts:
+        lo, hi = start - gap - length, start - gap
+        if lo < 0:
+            raise ValueError(
+                f"the recent baseline of the window at {start} starts before the stream"
+            )
+        base_mean = mean("age", lo, hi)
+        base_sd = np.sqrt(max(mean("age2", lo, hi) - base_mean**2, 0.0))
+        shift = abs(mean("age", start, start + size) - base_mean) / base_sd
+        out.append((shift, abs(mean("ap", start, start + size) - mean("ap", lo, hi))))
+    return np.asarray(out, dtype=np.float64)
+
+
+def _baseline_effects(
+    pool: SitePool,
+    rows: NDArray[np.int64],
+    reference: int,
+    starts: list[int],
+    size: int,
+    recent: int,
+    gap: int,
+    strata: tuple[bool, str | None],
+) -> Effects:
+    """Against the fixed reference (``recent`` 0) or the ``recent`` studies that end ``gap``
+    windows before each window."""
+    if not recent:
+        return _effects(pool, rows, reference, starts, size, *strata)
+    return _recent_effects(pool, rows, starts, size, recent, gap * size)
+
+
+def _chance(alarm: NDArray[np.bool_], runs: int) -> float:
+    """The share of runs of ``runs`` consecutive stable windows with a window beyond the
+    threshold: what "found within" scores on a stream without a change (the sites' windows
+    are concatenated, so a few runs straddle two sites)."""
+    if len(alarm) < runs:
+        return float("nan")
+    counts = np.convolve(alarm.astype(np.float64), np.ones(runs), mode="valid")
+    return float((counts > 0).mean())
+
+
 def _mode(within_room: bool, within_view: str | None) -> str:
     if within_room:
         return "within each room"
     if within_view is not None:
         return f"within each view ({within_view})"
     return "pooled"
+
+
+def _summary(
+    stable: Effects, changed: NDArray[np.float64], quantile: float
+) -> tuple[list[float], list[float], NDArray[np.bool_], NDArray[np.bool_]]:
+    """The stable threshold per field, the changes' median effects in their first window,
+    and which change windows lie beyond (rows: changes; columns: windows; last axis: age, AP,
+    either field standardised by the stable windows' sd)."""
+    limits = np.quantile(stable, quantile, axis=0)
+    scale = stable.std(axis=0)
+    either_limit = np.quantile((stable / scale).max(axis=1), quantile)
+    beyond = np.concatenate(
+        [changed > limits, ((changed / scale).max(axis=2) > either_limit)[..., None]], axis=2
+    )
+    stable_beyond = (stable / scale).max(axis=1) > np.quantile(
+        (stable / scale).max(axis=1), quantile
+    )
+    return (
+        [float(limits[0]), float(limits[1])],
+        [float(np.median(changed[:, 0, 0])), float(np.median(changed[:, 0, 1]))],
+        beyond,
+        stable_beyond,
+    )
 
 
 def main() -> None:
@@ -168,6 +262,9 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=1500)
     parser.add_argument("--share", type=float, default=0.3)
     parser.add_argument("--per-year", type=float, default=1.0)
+    parser.add_argument(
+        "--ramp", type=int, default=0, help="studies over which the share grows (0: a step)"
+    )
     parser.add_argument(
         "--within-room",
         action="store_true",
@@ -185,30 +282,58 @@ def main() -> None:
         help="a diagnostic, not the evaluation: scale the simulator's age tilt (age_sd, "
         "seasonal_age) by this, to see how much of the stable windows' age shift it makes",
     )
+    parser.add_argument(
+        "--baseline",
+        choices=("fixed", "recent"),
+        default="fixed",
+        help="recent: also each window against the weeks before it (pooled fields only)",
+    )
+    parser.add_argument("--recent-weeks", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument(
+        "--gap", type=int, nargs="+", default=[0, 1], help="windows between baseline and window"
+    )
+    parser.add_argument(
+        "--within", type=int, default=250, help="a change counts as found within this many studies"
+    )
     args = parser.parse_args()
     if args.within_room and args.within_view is not None:
         parser.error("--within-room and --within-view are separate runs")
+    if args.baseline == "recent" and (args.within_room or args.within_view is not None):
+        parser.error("--baseline recent compares the pooled fields only")
     print(
         f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs; {args.sites} sites per template, {args.onsets} onsets each, "
-        f"{args.share:.0%} older AP patients, at most {args.per_year:g} alert per site-year; "
+        f"{args.share:.0%} older AP patients (ramp {args.ramp}), "
+        f"at most {args.per_year:g} alert per site-year; "
         f"age shift {_mode(args.within_room, args.within_view)}; "
-        f"age tilt x {args.age_wander:g}\n"
+        f"age tilt x {args.age_wander:g}; a change found within {args.within} studies: any "
+        "window of that size that ends by then, aligned to the onset\n"
     )
     print(
-        "| template | background | window | stable windows | threshold: age shift (sd) "
-        "| AP share (points) | change, median: age shift | AP share "
-        "| changes beyond it: age | AP | either (standardised) |"
+        "| template | background | window | baseline | stable windows "
+        "| threshold: age shift (sd) | AP share (points) | change, median: age shift | AP share "
+        f"| first window beyond: age | AP | either (standardised) | within {args.within}: age "
+        "| AP | either | stable runs as long: either |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     per_day = 50.0
     reference = EngineConfig().reference_events(86_400 / per_day)
+    strata = (args.within_room, args.within_view)
+    baselines: list[tuple[str, int, int]] = [("fixed reference (13 weeks)", 0, 0)]
+    if args.baseline == "recent":
+        baselines += [
+            (f"recent {weeks} weeks, gap {gap}", weeks, gap)
+            for weeks in args.recent_weeks
+            for gap in args.gap
+        ]
     for template in args.templates:
         pool = load_pool(template)
         for background, size in [
             (b, s) for b in ("wandering", "exchangeable") for s in args.window
         ]:
-            stable, changed = [], []
+            stable: dict[str, list[Effects]] = {name: [] for name, _, _ in baselines}
+            changed: dict[str, list[Effects]] = {name: [] for name, _, _ in baselines}
+            per_week = 0
             for site in range(args.sites):
                 config = RealisticStreamConfig(
                     template=SiteTemplate(template),
@@ -223,35 +348,74 @@ def main() -> None:
                         seasonal_age=Wander().seasonal_age * args.age_wander,
                     ),
                 )
+                per_week = config.studies_per_week
+
                 rows = RealisticStream(config, pool).plan.rows
                 n = config.n_studies
                 starts = list(range(reference, n - size + 1, size))
-                strata = (args.within_room, args.within_view)
-                stable.append(_effects(pool, rows, reference, starts, size, *strata))
+                for name, weeks, gap in baselines:
+                    stable[name].append(
+                        _baseline_effects(
+                            pool, rows, reference, starts, size, weeks * per_week, gap, strata
+                        )
+                    )
                 span = n - reference - args.horizon
                 for k in range(args.onsets):
                     onset = reference + round((k + 0.5) * span / args.onsets)
-                    change = Change(kind=ChangeKind.POPULATION, onset=onset, share=args.share)
+                    change = Change(
+                        kind=ChangeKind.POPULATION, onset=onset, share=args.share, ramp=args.ramp
+                    )
                     changed_config = RealisticStreamConfig.model_validate(
                         config.model_dump() | {"changes": (change,)}
                     )
                     changed_rows = RealisticStream(changed_config, pool).plan.rows
-                    changed.append(_effects(pool, changed_rows, reference, [onset], size, *strata))
-            stable_all, changed_all = np.concatenate(stable), np.concatenate(changed)
+                    after = [onset + j * size for j in range(max(1, args.within // size))]
+                    for name, weeks, gap in baselines:
+                        changed[name].append(
+                            _baseline_effects(
+                                pool,
+                                changed_rows,
+                                reference,
+                                after,
+                                size,
+                                weeks * per_week,
+                                gap,
+                                strata,
+                            )
+                        )
             windows_a_year = 365.25 * per_day / size
             quantile = 1.0 - args.per_year / windows_a_year
-            limits = np.quantile(stable_all, quantile, axis=0)
-            beyond = (changed_all > limits).mean(axis=0)
-            scale = stable_all.std(axis=0)
-            combined_limit = np.quantile((stable_all / scale).max(axis=1), quantile)
-            either = float(((changed_all / scale).max(axis=1) > combined_limit).mean())
-            print(
-                f"| {template} | {background} | {size} | {len(stable_all)} | {limits[0]:.2f} | "
-                f"{100 * limits[1]:.1f} | {np.median(changed_all[:, 0]):.2f} | "
-                f"{100 * np.median(changed_all[:, 1]):.1f} | {beyond[0]:.0%} | {beyond[1]:.0%} | "
-                f"{either:.0%} |",
-                flush=True,
-            )
+            half = 1.0 - args.per_year / 2 / windows_a_year
+            fixed_name = baselines[0][0]
+            for name, _, _ in baselines:
+                stable_all, changed_all = np.concatenate(stable[name]), np.stack(changed[name])
+                limits, medians, beyond, alarm = _summary(stable_all, changed_all, quantile)
+                first, within = beyond[:, 0, :].mean(axis=0), beyond.any(axis=1).mean(axis=0)
+                runs = changed_all.shape[1]
+                print(
+                    f"| {template} | {background} | {size} | {name} | {len(stable_all)} "
+                    f"| {limits[0]:.2f} | {100 * limits[1]:.1f} | {medians[0]:.2f} "
+                    f"| {100 * medians[1]:.1f} | {first[0]:.0%} | {first[1]:.0%} | {first[2]:.0%} "
+                    f"| {within[0]:.0%} | {within[1]:.0%} | {within[2]:.0%} "
+                    f"| {_chance(alarm, runs):.0%} |",
+                    flush=True,
+                )
+                if name == fixed_name:
+                    continue
+                # The fixed and the recent rule together, each at half the alert budget.
+                fixed_stable = np.concatenate(stable[fixed_name])
+                fixed_changed = np.stack(changed[fixed_name])
+                *_, fixed_beyond, fixed_alarm = _summary(fixed_stable, fixed_changed, half)
+                *_, recent_beyond, recent_alarm = _summary(stable_all, changed_all, half)
+                found = (fixed_beyond[..., 2] | recent_beyond[..., 2]).any(axis=1).mean()
+                alarms = (fixed_alarm | recent_alarm).mean() * windows_a_year
+                print(
+                    f"| {template} | {background} | {size} | fixed + {name}, each at half "
+                    f"({alarms:.2f} alerts per stable site-year) | | | | | | | | "
+                    f"{(fixed_beyond[:, 0, 2] | recent_beyond[:, 0, 2]).mean():.0%} | | | "
+                    f"{found:.0%} | {_chance(fixed_alarm | recent_alarm, runs):.0%} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
