@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, String, bindparam, or_, select, true, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from monitor.drift.alarms import AlarmState
 from monitor.drift.alerts import Alert, AlertUpdate, StreamKey, alert_id_for
@@ -54,8 +54,8 @@ from monitor.performance.rules import (
 )
 from monitor.service.db import as_utc, given_rows, matches, table_of
 from monitor.service.drift.alerts import apply_updates, write_alerts
-from monitor.service.models import AlertRow, CurrentLabelRow, InferenceEventRow, PerformanceAlarmRow
-from monitor.service.performance.summaries import subgroup_value
+from monitor.service.models import AlertRow, PerformanceAlarmRow
+from monitor.service.performance.labels_after import LabelledAfter, labels_after
 from monitor.service.settings import PerformanceSettings
 
 PERFORMANCE_REFERENCE = uuid.UUID("3b0b1f0e-2d55-4f0c-8d3e-6a1e2f9b7c44")
@@ -153,24 +153,12 @@ def _window_rules(
     return evaluate_rules(facts.rolling, facts.reference, settings.rules, finding=facts.finding)
 
 
-@dataclass(frozen=True, slots=True)
-class _LabelledAfter:
-    """The labelled cases of one stream after its watermark, in (label time, study) order."""
-
-    labels: list[int]
-    scores: list[float]
-    groups: dict[str, list[str | None]]
-    """Per field of ``AurocCusum.by_fields``, each case's value (None: the event has none)."""
-    last: tuple[datetime, str] | None
-    """(label time, study) of the last of them: the next watermark."""
-
-
 def _sequential_inputs(
     connection: Connection,
     settings: PerformanceSettings,
     facts: Sequence[WindowFacts],
     documents: Sequence[AlarmDocument],
-) -> Sequence[_LabelledAfter | None]:
+) -> Sequence[LabelledAfter | None]:
     """Per stream, the CUSUMs (re)started as needed and the labels after the watermark they
     read (None with both CUSUMs off)."""
     rules = settings.rules
@@ -179,14 +167,19 @@ def _sequential_inputs(
     for one, document in zip(facts, documents, strict=True):
         _start_sequential(settings, one, document)
     fields = rules.auroc_cusum.by_fields if rules.auroc_cusum is not None else ()
-    return _labels_after(connection, facts, [document.watermark for document in documents], fields)
+    return labels_after(
+        connection,
+        [_stream_of(one) for one in facts],
+        [document.watermark for document in documents],
+        fields,
+    )
 
 
 def _sequential(
     settings: PerformanceSettings,
     facts: WindowFacts,
     document: AlarmDocument,
-    after: _LabelledAfter | None,
+    after: LabelledAfter | None,
 ) -> list[RuleResult]:
     """The CUSUMs that are on, over the labels after the watermark: one read for both."""
     rules = settings.rules
@@ -232,87 +225,6 @@ def _start_sequential(
         or document.auroc_cusum.config_fingerprint != auroc.fingerprint()
     ):
         document.auroc_cusum = start_auroc_cusum(auroc, previous=document.auroc_cusum)
-
-
-_BEGINNING: Final = datetime.min.replace(tzinfo=UTC)
-"""The watermark of a stream that has read no label yet: before every label."""
-
-
-def _labels_after(
-    connection: Connection,
-    facts: Sequence[WindowFacts],
-    watermarks: Sequence[tuple[datetime, str] | None],
-    fields: Sequence[str] = (),
-) -> list[_LabelledAfter]:
-    """Per stream, its labelled predictions whose (label time, study) comes after its
-    watermark, those without the finding's score left out, with the metadata ``fields`` of
-    each: one statement for all streams, each read down ``ix_labels_current_joined`` from its
-    watermark's time."""
-    events, labels = table_of(InferenceEventRow), table_of(CurrentLabelRow)
-    given = given_rows(
-        labels,
-        (*_STREAM, "labelled_at", "study_key"),
-        [
-            (*_stream_of(one), *(watermark or (_BEGINNING, "")))
-            for one, watermark in zip(facts, watermarks, strict=True)
-        ],
-        types={"model_version": String(64)},
-    )
-    after = (
-        select(
-            labels.c.labelled_at,
-            labels.c.study_key,
-            labels.c.label,
-            events.c.scores[given.c.finding].as_float().label("score"),
-            *(events.c.metadata[name].label(f"field_{i}") for i, name in enumerate(fields)),
-        )
-        .select_from(labels)
-        .join(
-            events,
-            (events.c.site_id == labels.c.site_id)
-            & (events.c.model_name == labels.c.model_name)
-            & (events.c.study_key == labels.c.study_key),
-        )
-        .where(
-            *(labels.c[name] == given.c[name] for name in ("site_id", "model_name", "finding")),
-            events.c.model_version == given.c.model_version,
-            labels.c.expired_at.is_(None),
-            labels.c.labelled_at >= given.c.labelled_at,
-            or_(
-                labels.c.labelled_at > given.c.labelled_at,
-                labels.c.study_key > given.c.study_key,
-            ),
-        )
-        .offset(0)  # a planner fence: each stream stays an index range, never a hash join
-        .correlate(given)
-        .lateral("after")
-    )
-    statement = (
-        select(*(given.c[name] for name in _STREAM), *after.c)
-        .select_from(given)
-        .join(after, true())
-        .order_by(*(given.c[name] for name in _STREAM), after.c.labelled_at, after.c.study_key)
-    )
-    read: dict[tuple[Any, ...], list[Any]] = {}
-    for row in connection.execute(statement):
-        if row.score is not None:
-            read.setdefault(tuple(row[:4]), []).append(row)
-    found = []
-    for one in facts:
-        rows = read.get(_stream_of(one), [])
-        last = (as_utc(rows[-1].labelled_at), rows[-1].study_key) if rows else None
-        groups = {
-            name: [_value_of(row._mapping[f"field_{i}"], name) for row in rows]
-            for i, name in enumerate(fields)
-        }
-        labels_of = [row.label for row in rows]
-        found.append(_LabelledAfter(labels_of, [row.score for row in rows], groups, last))
-    return found
-
-
-def _value_of(stored: Any, name: str) -> str | None:
-    """A metadata field's value as the subgroup statistics key it; None when missing."""
-    return subgroup_value({name: stored}, name) or None
 
 
 def _alarm_name(result: RuleResult) -> str:
