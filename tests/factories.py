@@ -143,9 +143,10 @@ def record_gate_outcome(
 
 
 def threshold_provenance(**change: Any) -> ThresholdProvenance:
-    """A threshold the shipped plan's rule (``hold_champion_sensitivity``) set on a training
-    manifest's tuning split; ``change`` overrides any field."""
-    from pccp.plan import ThresholdRule
+    """A threshold the shipped plan's rule (``hold_champion_sensitivity``, the target measured
+    on the 100 tuning cases the champion never saw) set on a training manifest's tuning split;
+    ``change`` overrides any field."""
+    from pccp.plan import TargetCases, ThresholdRule
     from pccp.threshold import ThresholdProvenance
 
     values: dict[str, Any] = {
@@ -162,6 +163,12 @@ def threshold_provenance(**change: Any) -> ThresholdProvenance:
         "tuning_positives": 60,
         "tuning_sensitivity": 0.9,
         "tuning_specificity": 0.7,
+        "target_cases": TargetCases.UNSEEN_BY_CHAMPION,
+        "target_case_count": 100,
+        "target_positives": 40,
+        "excluded_cases": 60,
+        "excluded_positives": 20,
+        "champion_manifests": ("c" * 64,),
     }
     return ThresholdProvenance(**(values | change))
 
