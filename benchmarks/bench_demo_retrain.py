@@ -200,9 +200,12 @@ def _point(positive: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], cut: fl
     ]
 
 
-POLICIES = ("plan-1.3.0", "plan-1.4.0", "unseen-only")
-"""``plan-1.3.0``: the target on the whole tuning split; ``plan-1.4.0``: on the tuning cases
-the champion never saw, the threshold selected on all; ``unseen-only``: both on those cases."""
+POLICIES = ("plan-1.3.0", "plan-1.4.0", "select-all", "unseen-only")
+"""``plan-1.3.0``: the target on the whole tuning split, the threshold selected there too;
+``plan-1.4.0``: the target on the tuning cases the champion's lineage never saw, the threshold
+selected on those it never trained on; for comparison, that target with the threshold
+selected on every tuning case (``select-all``) or on the unseen cases alone
+(``unseen-only``)."""
 
 
 def _job_inputs(data_dir: Path, recipe: Recipe) -> tuple[Any, ...]:
@@ -309,6 +312,7 @@ def score_policies(
         champion_scores=predict(champion, val_x)[:, 0].astype(float),
         training_manifest_sha256="",
         champion_seen=seen_by_champion(tuning_cases, lineage),
+        champion_trained=seen_by_champion(tuning_cases, lineage, frozenset({Side.TRAIN})),
         champion_manifests=tuple(m.sha256() for m in lineage),
     )
     champion_threshold = float(champion.thresholds[0])
@@ -333,10 +337,15 @@ def score_policies(
             "excluded_cases": provenance.excluded_cases,
             "excluded_positives": provenance.excluded_positives,
             "threshold": provenance.threshold,
+            "selection_cases": provenance.selection_cases,
+            "selection_positives": provenance.selection_positives,
         }
     assert tuning.champion_seen is not None
     unseen_positive = tuning.positive & ~tuning.champion_seen
     target = selected["plan-1.4.0"]["target_sensitivity"]
+    selected["select-all"] = selected["plan-1.4.0"] | {
+        "threshold": threshold_for_sensitivity(tuning.positive, tuning.candidate_scores, target)
+    }
     selected["unseen-only"] = selected["plan-1.4.0"] | {
         "threshold": threshold_for_sensitivity(unseen_positive, tuning.candidate_scores, target)
     }

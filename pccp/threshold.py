@@ -22,9 +22,12 @@ Rules (``pccp.plan.ThresholdRule``):
   (``unseen_by_champion``): those on neither side of the training manifest of the champion or
   of a version it was retrained from (:func:`seen_by_champion`). A champion measured on the
   cases it was trained on or whose threshold was selected on them scores optimistically
-  there, which set the candidate's target too high. The candidate's threshold is selected
-  on every tuning case either way: none of them is its training data, and the more positives
-  the less the selected threshold moves with the sample.
+  there. The candidate's threshold is then selected on the tuning cases the champion's
+  lineage never *trained* on: a candidate warm-started from the champion inherits its fit
+  to those, so it too scores optimistically there, while the cases the champion only
+  validated on are as fresh to the candidate as the unseen ones, and the more positives the
+  less the selected threshold moves with the sample. With ``tuning_split`` the threshold is
+  selected on every tuning case.
 * ``target_sensitivity``: the same with the plan's stated target.
 """
 
@@ -41,7 +44,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pccp.plan import Plan, TargetCases, ThresholdPolicy, ThresholdRule
-from retrain.dataset import DatasetManifest, ManifestCase
+from retrain.dataset import DatasetManifest, ManifestCase, Side
 
 TOLERANCE: Final = 1e-9
 """Two thresholds closer than this are the same (they travel as JSON floats)."""
@@ -81,13 +84,18 @@ class ThresholdProvenance(BaseModel):
     champion_manifests: tuple[str, ...] | None = None
     """``unseen_by_champion``: the training manifests (SHA-256) of the champion and of the
     versions it was retrained from, the champion's first: what was left out."""
+    selection_cases: int | None = Field(None, ge=0)
+    """``unseen_by_champion``: the tuning cases the threshold was selected on (those no
+    version of the champion's lineage trained on); None: every tuning case."""
+    selection_positives: int | None = Field(None, ge=0)
     training_manifest_sha256: str | None
     """The training data's manifest (``radsentry.dataset_sha256``): the tuning split is its
     validation part."""
     tuning_cases: int = Field(ge=0)
     tuning_positives: int = Field(ge=0)
     tuning_sensitivity: float | None
-    """The candidate's sensitivity on the tuning split at the selected threshold."""
+    """The candidate's sensitivity at the selected threshold on the tuning cases it was
+    selected on (``selection_cases``; the whole tuning split when None)."""
     tuning_specificity: float | None
 
     def to_tag(self) -> str:
@@ -122,7 +130,9 @@ class ThresholdProvenance(BaseModel):
             measured = (
                 f" (the champion's on the {self.target_case_count} tuning cases, "
                 f"{self.target_positives} positive, it never trained or selected on; "
-                f"{self.excluded_cases} of its own left out)"
+                f"{self.excluded_cases} of its own left out; the threshold selected on the "
+                f"{self.selection_cases}, {self.selection_positives} positive, it never "
+                "trained on)"
             )
         return (
             f"threshold {self.threshold:.4g} selected by rule {self.rule.value} for sensitivity "
@@ -170,17 +180,24 @@ class TuningSplit:
     """Per tuning case, whether the champion (or a version it was retrained from) trained or
     selected on it (:func:`seen_by_champion`); None: not looked up. Needed by
     ``target_cases: unseen_by_champion``."""
+    champion_trained: NDArray[np.bool_] | None = None
+    """Per tuning case, whether it is on the train side of one of those manifests (a subset of
+    ``champion_seen``); None: not looked up."""
     champion_manifests: tuple[str, ...] = ()
     """The training manifests (SHA-256) ``champion_seen`` was read from, the champion's first."""
 
 
 def seen_by_champion(
-    tuning_cases: Sequence[ManifestCase], champion_manifests: Sequence[DatasetManifest]
+    tuning_cases: Sequence[ManifestCase],
+    champion_manifests: Sequence[DatasetManifest],
+    sides: frozenset[Side] = frozenset(Side),
 ) -> NDArray[np.bool_]:
-    """Per tuning case, True when it is on either side of one of ``champion_manifests``: the
-    same study, or the same image under another study key (its content hash)."""
-    keys = {case.study_key for m in champion_manifests for case in m.cases}
-    images = {case.content_sha256 for m in champion_manifests for case in m.cases}
+    """Per tuning case, True when it is on one of ``sides`` (default: either) of one of
+    ``champion_manifests``: the same study, or the same image under another study key (its
+    content hash)."""
+    known = [case for m in champion_manifests for case in m.cases if case.side in sides]
+    keys = {case.study_key for case in known}
+    images = {case.content_sha256 for case in known}
     return np.array(
         [case.study_key in keys or case.content_sha256 in images for case in tuning_cases],
         dtype=bool,
@@ -194,6 +211,15 @@ class _Target:
     positives: int
     excluded_cases: int | None = None
     excluded_positives: int | None = None
+
+
+def _trained(tuning: TuningSplit, champion_version: str) -> NDArray[np.bool_]:
+    if tuning.champion_trained is None:
+        raise ThresholdError(
+            f"which tuning cases champion version {champion_version}'s lineage trained on is "
+            "not known (TuningSplit.champion_trained): the threshold is selected on the others"
+        )
+    return np.asarray(tuning.champion_trained, dtype=bool)
 
 
 def _champion_target(
@@ -250,6 +276,7 @@ def select_threshold(
     positives = int(np.count_nonzero(positive))
     target: float | None
     measured: _Target | None = None
+    selected = np.ones_like(positive)
     if policy.rule is ThresholdRule.KEEP_CHAMPION:
         threshold, source, target = champion_threshold, "champion", None
     else:
@@ -261,12 +288,17 @@ def select_threshold(
         if policy.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY:
             measured = _champion_target(policy, tuning, champion_version, champion_threshold)
             target = measured.value
+            if policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION:
+                selected = ~_trained(tuning, champion_version)
         else:
             target = policy.target_sensitivity
         assert target is not None  # the plan's validator requires it for this rule
-        threshold = threshold_for_sensitivity(positive, tuning.candidate_scores, target)
+        threshold = threshold_for_sensitivity(positive & selected, tuning.candidate_scores, target)
         source = "tuning_split"
-    has_both = 0 < positives < positive.size
+    unseen = measured is not None and policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION
+    on = positive[selected]
+    scores = tuning.candidate_scores[selected]
+    has_both = 0 < int(np.count_nonzero(on)) < on.size
     return ThresholdProvenance(
         rule=policy.rule,
         threshold=threshold,
@@ -281,18 +313,14 @@ def select_threshold(
         target_positives=None if measured is None else measured.positives,
         excluded_cases=None if measured is None else measured.excluded_cases,
         excluded_positives=None if measured is None else measured.excluded_positives,
-        champion_manifests=tuning.champion_manifests
-        if measured is not None and policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION
-        else None,
+        champion_manifests=tuning.champion_manifests if unseen else None,
+        selection_cases=int(on.size) if unseen else None,
+        selection_positives=int(np.count_nonzero(on)) if unseen else None,
         training_manifest_sha256=tuning.training_manifest_sha256,
         tuning_cases=int(positive.size),
         tuning_positives=positives,
-        tuning_sensitivity=_sensitivity(positive, tuning.candidate_scores, threshold)
-        if has_both
-        else None,
-        tuning_specificity=_specificity(positive, tuning.candidate_scores, threshold)
-        if has_both
-        else None,
+        tuning_sensitivity=_sensitivity(on, scores, threshold) if has_both else None,
+        tuning_specificity=_specificity(on, scores, threshold) if has_both else None,
     )
 
 
@@ -382,6 +410,17 @@ def _unseen_target_violations(
         return ["the threshold's provenance does not record which tuning cases its target left out"]
     cases, positives, excluded, excluded_positives = (int(c or 0) for c in counts)
     found = []
+    selection = (provenance.selection_cases, provenance.selection_positives)
+    if None in selection:
+        found.append("the threshold's provenance does not record the cases it was selected on")
+    elif not (
+        cases <= int(selection[0] or 0) <= provenance.tuning_cases
+        and positives <= int(selection[1] or 0) <= provenance.tuning_positives
+    ):
+        found.append(
+            f"the threshold's provenance does not add up: selected on {selection[0]} cases "
+            f"({selection[1]} positive), fewer than its target's or more than the tuning split's"
+        )
     if cases + excluded != provenance.tuning_cases or (
         positives + excluded_positives != provenance.tuning_positives
     ):

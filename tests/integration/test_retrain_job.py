@@ -455,7 +455,9 @@ def test_the_target_leaves_out_the_cases_of_the_champions_lineage(
     assert provenance.target_case_count == len(tuning) - len(excluded)
     assert provenance.excluded_positives == sum(c.labels["lesion"] for c in excluded)
     assert provenance.champion_manifests == tuple(m.sha256() for m in reversed(lineage))
-    assert provenance.tuning_cases == len(tuning)  # the threshold: on every tuning case
+    # Both manifests list their cases on the train side: the threshold is selected without them.
+    assert provenance.tuning_cases == len(tuning)
+    assert provenance.selection_cases == len(tuning) - len(excluded)
 
     # A champion that logged no manifest: which cases it saw is not known.
     request_manual(stored, MODEL, "ml-ops@example.org", "again, without the manifest")

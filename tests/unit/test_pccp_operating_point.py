@@ -400,13 +400,14 @@ def test_the_selected_threshold_is_the_highest_reaching_the_sensitivity() -> Non
 
 
 def tuning(seed: int = 1, positives: float = 0.3) -> TuningSplit:
-    """300 tuning cases, the first 100 in the champion's training manifest (``"c" * 64``)."""
+    """300 tuning cases, the first 100 in the champion's training manifest (``"c" * 64``),
+    the first 50 of them on its train side."""
     rng = np.random.default_rng(seed)
     positive = rng.random(300) < positives
     champion = np.clip(rng.normal(np.where(positive, 0.6, 0.4), 0.15), 0, 1)
     candidate = np.clip(rng.normal(np.where(positive, 0.7, 0.3), 0.15), 0, 1)
-    seen = np.arange(300) < 100
-    return TuningSplit(positive, candidate, champion, "b" * 64, seen, ("c" * 64,))
+    seen, trained = np.arange(300) < 100, np.arange(300) < 50
+    return TuningSplit(positive, candidate, champion, "b" * 64, seen, trained, ("c" * 64,))
 
 
 def test_hold_champion_sensitivity_reaches_the_champions_tuning_sensitivity(

@@ -451,6 +451,9 @@ def _select_threshold(
                 tuning = replace(
                     tuning,
                     champion_seen=seen_by_champion(tuning_cases, manifests),
+                    champion_trained=seen_by_champion(
+                        tuning_cases, manifests, frozenset({Side.TRAIN})
+                    ),
                     champion_manifests=tuple(m.sha256() for m in manifests),
                 )
     else:
