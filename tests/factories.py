@@ -174,6 +174,8 @@ def threshold_provenance(**change: Any) -> ThresholdProvenance:
         "target_case_count": cases - cases // 3,
         "target_positives": target_positives,
         "excluded_positives": positives - target_positives,
+        "selection_cases": cases - cases // 6,  # half the champion's cases were trained on
+        "selection_positives": positives - (positives - target_positives) // 2,
     }
     return ThresholdProvenance(**(counts | values))
 
