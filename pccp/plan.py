@@ -300,8 +300,8 @@ class TargetCases(StrEnum):
     UNSEEN_BY_CHAMPION = "unseen_by_champion"
     """Only the tuning cases on neither side of the training manifest of the champion, nor of
     any version it was retrained from: cases it never trained, early-stopped, calibrated or
-    selected its threshold on. The candidate's threshold is still selected on every tuning
-    case (docs/pccp.md, "The threshold policy")."""
+    selected its threshold on. The candidate's threshold is then selected on the tuning cases
+    none of those versions trained on (docs/pccp.md, "The threshold policy")."""
 
 
 class ThresholdPolicy(_Frozen):
@@ -325,8 +325,9 @@ class ThresholdPolicy(_Frozen):
         TargetCases.TUNING_SPLIT,
         description="hold_champion_sensitivity only: the tuning cases the champion's sensitivity "
         "(the target) is measured on. unseen_by_champion leaves out every case in the training "
-        "manifest of the champion or of a version it was retrained from; with fewer than "
-        "min_tuning_positives positive cases left, the retraining job fails.",
+        "manifest of the champion or of a version it was retrained from (with fewer than "
+        "min_tuning_positives positive cases left, the retraining job fails), and selects the "
+        "candidate's threshold on the tuning cases none of those versions trained on.",
     )
     description: str = ""
 
