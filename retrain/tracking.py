@@ -196,11 +196,22 @@ class Registry:
     def training_manifest(self, model_name: str, version: str) -> DatasetManifest | None:
         """The data set manifest the version's run logged (``dataset/manifest.json``): which
         studies it trained and validated on. None when the run logged none; TrackingError when
-        the stored manifest does not match the version's ``radsentry.dataset_sha256``."""
+        it is listed but cannot be read (MLflow down after the retries: the job tries again
+        later, instead of failing as if there were none) or does not match the version's
+        ``radsentry.dataset_sha256``."""
         registered = self._version(model_name, version)
+        folder = str(Path(MANIFEST_ARTIFACT).parent)
+        listed = self._call(
+            "list artifacts", self._client.list_artifacts, registered.run_id, folder
+        )
+        if not any(item.path == MANIFEST_ARTIFACT for item in listed):
+            return None
         stored = self._artifact_bytes(model_name, version, MANIFEST_ARTIFACT)
         if stored is None:
-            return None
+            raise TrackingError(
+                f"{model_name} version {version}: its training manifest is listed but could "
+                "not be downloaded"
+            )
         manifest = DatasetManifest.model_validate_json(stored)
         recorded = registered.tags.get(DATASET_TAG)
         if recorded is None or manifest.sha256() != recorded:

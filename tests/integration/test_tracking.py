@@ -210,6 +210,32 @@ def test_the_training_manifest_reads_back_and_an_altered_one_is_refused(
         registry.training_manifest(model_name, version.version)
 
 
+def test_a_missing_manifest_reads_as_none_and_an_unreadable_one_is_an_error(
+    registry: Registry,
+    client: MlflowClient,
+    trained: TrainResult,
+    manifest: DatasetManifest,
+    model_name: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A run that logged no manifest reads as None (the job then fails: plan 1.4.0 needs it);
+    one the store lists but cannot serve is a TrackingError, which the retraining job retries
+    instead of failing the request as if there were none. Both made on the real server's
+    artifact store on disk."""
+    version = registry.log_and_register(make_record(trained, manifest, model_name, "missing"))
+    stored = next(
+        tmp_path_factory.getbasetemp().glob(
+            f"mlflow*/**/{version.run_id}/artifacts/dataset/manifest.json"
+        )
+    )
+    stored.unlink()
+    stored.mkdir()  # listed under its name, but a folder: no file to download
+    with pytest.raises(TrackingError, match="listed but could not be downloaded"):
+        registry.training_manifest(model_name, version.version)
+    stored.rmdir()
+    assert registry.training_manifest(model_name, version.version) is None
+
+
 def test_the_mlflow_model_serves_calibrated_probabilities(
     registered: tuple[RunRecord, RegisteredVersion],
     mlflow_server: str,
