@@ -15,6 +15,13 @@ AP) on which each criterion passes, and the band of thresholds at which all pass
     python -m benchmarks.bench_demo_retrain prepare DATA_DIR
     python -m benchmarks.bench_demo_retrain run DATA_DIR base rehearse rehearse:lr=0.0003
     python -m benchmarks.bench_demo_retrain challenger DATA_DIR   # the demo's own candidate
+    python -m benchmarks.bench_demo_retrain rescore DATA_DIR demo:threads=1  # a trained one
+
+Each trained candidate is scored at the threshold of each threshold policy in ``POLICIES`` (the
+same candidate, so the policies are compared in the same run): plan 1.3.0's target on the
+whole tuning split, plan 1.4.0's target on the tuning cases the champion never saw, and, for
+comparison only, that target with the candidate's threshold also selected on those cases alone.
+``rescore`` scores a candidate ``run`` saved again, without training it.
 
 Results are appended to ``CACHE/results.jsonl``; docs/benchmarks.md, "Full-loop demo".
 """
@@ -37,11 +44,16 @@ from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
 from pccp.gate import GateCases, ModelScores, evaluate_criteria
 from pccp.locked_cases import LockedCase, from_labelled
-from pccp.plan import ContentCoverageCriterion, Plan
-from pccp.threshold import TuningSplit, select_threshold
+from pccp.plan import ContentCoverageCriterion, Plan, TargetCases, ThresholdPolicy
+from pccp.threshold import (
+    TuningSplit,
+    seen_by_champion,
+    select_threshold,
+    threshold_for_sensitivity,
+)
 from retrain.config import TrainConfig
 from retrain.data import load_dataset, tensors_for
-from retrain.dataset import read_cases, write_cases
+from retrain.dataset import Side, read_cases, write_cases
 from retrain.initial import InitialConfig, render_cohort
 from retrain.model import TrainedModel, predict
 from retrain.train import train
@@ -188,9 +200,20 @@ def _point(positive: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], cut: fl
     ]
 
 
-def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
+POLICIES = ("plan-1.3.0", "plan-1.4.0", "select-all", "unseen-only")
+"""``plan-1.3.0``: the target on the whole tuning split, the threshold selected there too;
+``plan-1.4.0``: the target on the tuning cases the champion's lineage never saw, the threshold
+selected on those it never trained on; for comparison, that target with the threshold
+selected on every tuning case (``select-all``) or on the unseen cases alone
+(``unseen-only``)."""
+
+
+def _job_inputs(data_dir: Path, recipe: Recipe) -> tuple[Any, ...]:
+    """The champion, its version and lineage manifests, the plan and the data set, as the job
+    reads them."""
     from monitor.service.pccp import jobs as gate_job
     from monitor.service.registry import registry_for
+    from monitor.service.retrain.jobs import champion_lineage_manifests
     from monitor.service.settings import Settings
     from pccp.catalog import plan_for
 
@@ -199,6 +222,8 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
     version = registry.version_by_alias(MODEL, "champion")
     assert version is not None
     champion = registry.load_model(MODEL, version.version)
+    lineage = champion_lineage_manifests(registry, MODEL, version)
+    assert lineage is not None, "the champion has no training manifest"
     found = plan_for(settings.plans_dir, MODEL)
     assert found is not None
     cases = list(read_cases(CACHE / data_dir.name / "deployment.jsonl"))
@@ -206,7 +231,6 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         new = {case.study_key for case in cases}
         development = read_cases(CACHE / data_dir.name / "development.jsonl")
         cases += [case for case in development if case.study_key not in new]
-    started = time.perf_counter()
     data = load_dataset(
         cases,
         gate_job.locked_test_set(found),  # checked for overlap only, never read
@@ -215,6 +239,12 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         seed=0,
         validation_share=recipe.validation_share,
     )
+    return version, champion, lineage, found.plan, data
+
+
+def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    version, champion, lineage, plan, data = _job_inputs(data_dir, recipe)
+    started = time.perf_counter()
     config = TrainConfig(
         seed=recipe.seed,
         max_epochs=recipe.max_epochs,
@@ -224,7 +254,6 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
     )
     folder = CACHE / "work" / f"{data_dir.name}-{recipe.name}"
     shutil.rmtree(folder, ignore_errors=True)
-    val_x, val_y = data.validation_side()
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads or threads)
     try:
@@ -232,7 +261,7 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
             champion.spec,
             config,
             data.train_side(),
-            (val_x, val_y),
+            data.validation_side(),
             checkpoint_dir=folder,
             progress=False,
             init_state=champion.state_dict if recipe.warm_start else None,
@@ -241,21 +270,6 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     result.model.save(folder / "model.pt")
-    tuning = TuningSplit(
-        positive=val_y[:, 0].numpy() > 0.5,
-        candidate_scores=predict(result.model, val_x)[:, 0].astype(float),
-        champion_scores=predict(champion, val_x)[:, 0].astype(float),
-        training_manifest_sha256="",
-    )
-    champion_threshold = float(champion.thresholds[0])
-    threshold = select_threshold(
-        found.plan.protocol.threshold_policy,
-        tuning,
-        champion_version=version.version,
-        champion_threshold=champion_threshold,
-        plan=found.plan,
-    )
-    summary = evaluate(found.plan, champion, champion_threshold, result.model, threshold.threshold)
     return {
         "data_dir": data_dir.name,
         "recipe": recipe.__dict__,
@@ -264,17 +278,102 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         "val_loss": [round(m.val_loss, 4) for m in result.history],
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
-        "train_cases": len(data.dataset.split.train),
-        "tuning_cases": threshold.tuning_cases,
-        "tuning_positives": threshold.tuning_positives,
-        "target_sensitivity": threshold.target_sensitivity,
-        **summary,
+        **score_policies(version.version, champion, lineage, plan, data, result.model),
     }
 
 
-def evaluate(
-    plan: Plan, champion: TrainedModel, champion_threshold: float, model: TrainedModel, cut: float
+def rescore(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    """The candidate ``run`` saved for ``recipe``, scored again under every policy."""
+    version, champion, lineage, plan, data = _job_inputs(data_dir, recipe)
+    model = TrainedModel.load(CACHE / "work" / f"{data_dir.name}-{recipe.name}" / "model.pt")
+    return {
+        "data_dir": data_dir.name,
+        "recipe": recipe.__dict__,
+        "rescored": True,
+        **score_policies(version.version, champion, lineage, plan, data, model),
+    }
+
+
+def score_policies(
+    champion_version: str,
+    champion: TrainedModel,
+    lineage: list[Any],
+    plan: Plan,
+    data: Any,
+    model: TrainedModel,
 ) -> dict[str, Any]:
+    """The candidate's threshold under each of ``POLICIES``, each scored on the development
+    set; the band of passing thresholds once (it is the candidate's, whatever the policy)."""
+    val_x, val_y = data.validation_side()
+    tuning_cases = [c for c in data.dataset.manifest.cases if c.side is Side.VALIDATION]
+    tuning = TuningSplit(
+        positive=val_y[:, 0].numpy() > 0.5,
+        candidate_scores=predict(model, val_x)[:, 0].astype(float),
+        champion_scores=predict(champion, val_x)[:, 0].astype(float),
+        training_manifest_sha256="",
+        champion_seen=seen_by_champion(tuning_cases, lineage),
+        champion_trained=seen_by_champion(tuning_cases, lineage, frozenset({Side.TRAIN})),
+        champion_manifests=tuple(m.sha256() for m in lineage),
+    )
+    champion_threshold = float(champion.thresholds[0])
+    shipped = plan.protocol.threshold_policy
+    policies = {
+        "plan-1.3.0": shipped.model_copy(update={"target_cases": TargetCases.TUNING_SPLIT}),
+        "plan-1.4.0": shipped.model_copy(update={"target_cases": TargetCases.UNSEEN_BY_CHAMPION}),
+    }
+    selected: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        provenance = select_threshold(
+            ThresholdPolicy.model_validate(policy.model_dump()),
+            tuning,
+            champion_version=champion_version,
+            champion_threshold=champion_threshold,
+            plan=plan,
+        )
+        selected[name] = {
+            "target_sensitivity": provenance.target_sensitivity,
+            "target_cases": provenance.target_case_count,
+            "target_positives": provenance.target_positives,
+            "excluded_cases": provenance.excluded_cases,
+            "excluded_positives": provenance.excluded_positives,
+            "threshold": provenance.threshold,
+            "selection_cases": provenance.selection_cases,
+            "selection_positives": provenance.selection_positives,
+        }
+    assert tuning.champion_seen is not None
+    unseen_positive = tuning.positive & ~tuning.champion_seen
+    target = selected["plan-1.4.0"]["target_sensitivity"]
+    selected["select-all"] = selected["plan-1.4.0"] | {
+        "threshold": threshold_for_sensitivity(tuning.positive, tuning.candidate_scores, target)
+    }
+    selected["unseen-only"] = selected["plan-1.4.0"] | {
+        "threshold": threshold_for_sensitivity(unseen_positive, tuning.candidate_scores, target)
+    }
+    summary: dict[str, Any] = {
+        "train_cases": len(data.dataset.split.train),
+        "tuning_cases": int(tuning.positive.size),
+        "tuning_positives": int(np.count_nonzero(tuning.positive)),
+        "champion_manifests": [m.sha256()[:12] for m in lineage],
+    }
+    band: list[float] | None = None
+    for name, chosen in selected.items():
+        scored = evaluate(plan, champion, champion_threshold, model, chosen["threshold"], band=band)
+        band = scored["passing_band"] if band is None else band
+        summary[name] = chosen | scored
+    summary["passing_band"] = band
+    return summary
+
+
+def evaluate(
+    plan: Plan,
+    champion: TrainedModel,
+    champion_threshold: float,
+    model: TrainedModel,
+    cut: float,
+    band: list[float] | None = None,
+) -> dict[str, Any]:
+    """The candidate at threshold ``cut`` on the development set; ``band``: the passing band
+    already computed for this candidate (else computed here)."""
     cases, images = _development_set()
     positive = np.array([c.labels["lesion"] == 1 for c in cases])
     ap = np.array([c.subgroup("ViewPosition") == "AP" for c in cases])
@@ -283,16 +382,18 @@ def evaluate(
     whole, rates, every = score_criteria(
         plan, cases, (reference, champion_threshold), (candidate, cut)
     )
-    band = [
-        float(t)
-        for t in np.round(np.arange(0.03, 0.5, 0.01), 2)
-        if all(
-            p
-            for p, _ in score_criteria(
-                plan, cases, (reference, champion_threshold), (candidate, float(t)), 0
-            )[0].values()
-        )
-    ]
+    if band is None:
+        passing = [
+            float(t)
+            for t in np.round(np.arange(0.03, 0.5, 0.01), 2)
+            if all(
+                p
+                for p, _ in score_criteria(
+                    plan, cases, (reference, champion_threshold), (candidate, float(t)), 0
+                )[0].values()
+            )
+        ]
+        band = [min(passing), max(passing)] if passing else []
     return {
         "threshold": cut,
         "auroc": {
@@ -310,7 +411,12 @@ def evaluate(
         "failed_on_development_set": {k: d for k, (p, d) in whole.items() if not p},
         "pass_rate_locked_sized": {k: v for k, v in rates.items() if v < 1},
         "all_pass_rate_locked_sized": every,
-        "passing_band": [min(band), max(band)] if band else None,
+        "passing_band": band,
+        "champion_sensitivity": {
+            "pa": _point(positive[~ap], reference[~ap], champion_threshold)[0],
+            "ap": _point(positive[ap], reference[ap], champion_threshold)[0],
+            "all": _point(positive, reference, champion_threshold)[0],
+        },
     }
 
 
@@ -354,9 +460,10 @@ def main(argv: list[str]) -> None:
         print(json.dumps(evaluate_challenger(Path(rest[0])), indent=1))
     elif command == "prepare":
         prepare(Path(rest[0]))
-    elif command == "run":
+    elif command in ("run", "rescore"):
+        act = run if command == "run" else rescore
         for spec in rest[1:]:
-            outcome = run(Path(rest[0]), _recipe(spec))
+            outcome = act(Path(rest[0]), _recipe(spec))
             with (CACHE / "results.jsonl").open("a") as handle:
                 handle.write(json.dumps(outcome) + "\n")
             print(json.dumps(outcome, indent=1))

@@ -290,6 +290,20 @@ class ThresholdRule(StrEnum):
     ``target_sensitivity``."""
 
 
+class TargetCases(StrEnum):
+    """Which tuning cases ``hold_champion_sensitivity`` measures the champion's sensitivity on."""
+
+    TUNING_SPLIT = "tuning_split"
+    """Every case of the tuning split (plans up to 1.3.0). Where the tuning split holds cases
+    the champion trained or selected its threshold on (rehearsal on its development cases),
+    the target is the champion's optimistic sensitivity on its own selection data."""
+    UNSEEN_BY_CHAMPION = "unseen_by_champion"
+    """Only the tuning cases on neither side of the training manifest of the champion, nor of
+    any version it was retrained from: cases it never trained, early-stopped, calibrated or
+    selected its threshold on. The candidate's threshold is then selected on the tuning cases
+    none of those versions trained on (docs/pccp.md, "The threshold policy")."""
+
+
 class ThresholdPolicy(_Frozen):
     """Part of the protocol: where a candidate's operating threshold comes from.
 
@@ -307,6 +321,14 @@ class ThresholdPolicy(_Frozen):
         description="A re-selecting rule needs at least this many positive cases in the tuning "
         "split; with fewer the retraining job fails rather than pick a threshold from noise.",
     )
+    target_cases: TargetCases = Field(
+        TargetCases.TUNING_SPLIT,
+        description="hold_champion_sensitivity only: the tuning cases the champion's sensitivity "
+        "(the target) is measured on. unseen_by_champion leaves out every case in the training "
+        "manifest of the champion or of a version it was retrained from (with fewer than "
+        "min_tuning_positives positive cases left, the retraining job fails), and selects the "
+        "candidate's threshold on the tuning cases none of those versions trained on.",
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -314,6 +336,11 @@ class ThresholdPolicy(_Frozen):
         wants_target = self.rule is ThresholdRule.TARGET_SENSITIVITY
         if wants_target != (self.target_sensitivity is not None):
             raise ValueError("target_sensitivity is required by, and only by, target_sensitivity")
+        if (
+            self.target_cases is not TargetCases.TUNING_SPLIT
+            and self.rule is not ThresholdRule.HOLD_CHAMPION_SENSITIVITY
+        ):
+            raise ValueError("target_cases applies to the hold_champion_sensitivity rule only")
         return self
 
 

@@ -13,10 +13,21 @@ split, is outside the plan.
 Rules (``pccp.plan.ThresholdRule``):
 
 * ``keep_champion``: the champion's threshold.
-* ``hold_champion_sensitivity``: the champion's sensitivity on the tuning split (at its own
-  threshold) is the target; the selected threshold is the highest at which the candidate's
-  tuning-split sensitivity reaches it: the ``ceil(target * P)``-th highest score of the ``P``
-  positive tuning cases. Highest, so specificity is as good as that sensitivity allows.
+* ``hold_champion_sensitivity``: the champion's sensitivity (at its own threshold) is the
+  target; the selected threshold is the highest at which the candidate's tuning-split
+  sensitivity reaches it: the ``ceil(target * P)``-th highest score of the ``P`` positive
+  tuning cases. Highest, so specificity is as good as that sensitivity allows. The policy's
+  ``target_cases`` says where the target is measured: on the whole tuning split
+  (``tuning_split``, plans up to 1.3.0), or only on the tuning cases the champion never saw
+  (``unseen_by_champion``): those on neither side of the training manifest of the champion or
+  of a version it was retrained from (:func:`seen_by_champion`). A champion measured on the
+  cases it was trained on or whose threshold was selected on them scores optimistically
+  there. The candidate's threshold is then selected on the tuning cases the champion's
+  lineage never *trained* on: a candidate warm-started from the champion inherits its fit
+  to those, so it too scores optimistically there, while the cases the champion only
+  validated on are as fresh to the candidate as the unseen ones, and the more positives the
+  less the selected threshold moves with the sample. With ``tuning_split`` the threshold is
+  selected on every tuning case.
 * ``target_sensitivity``: the same with the plan's stated target.
 """
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -31,7 +43,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pccp.plan import Plan, ThresholdPolicy, ThresholdRule
+from pccp.plan import Plan, TargetCases, ThresholdPolicy, ThresholdRule
+from retrain.dataset import DatasetManifest, ManifestCase, Side
 
 TOLERANCE: Final = 1e-9
 """Two thresholds closer than this are the same (they travel as JSON floats)."""
@@ -57,13 +70,32 @@ class ThresholdProvenance(BaseModel):
     champion_threshold: float
     target_sensitivity: float | None
     """The sensitivity the rule aimed for (the champion's on the tuning split, or the plan's)."""
+    target_cases: TargetCases | None = None
+    """``hold_champion_sensitivity``: which tuning cases the champion's sensitivity was
+    measured on (None in provenance recorded before plan 1.4.0: the whole tuning split)."""
+    target_case_count: int | None = Field(None, ge=0)
+    """How many tuning cases the target was measured on."""
+    target_positives: int | None = Field(None, ge=0)
+    """How many of them were positive."""
+    excluded_cases: int | None = Field(None, ge=0)
+    """``unseen_by_champion``: tuning cases left out of the target because they are in the
+    champion's training manifests."""
+    excluded_positives: int | None = Field(None, ge=0)
+    champion_manifests: tuple[str, ...] | None = None
+    """``unseen_by_champion``: the training manifests (SHA-256) of the champion and of the
+    versions it was retrained from, the champion's first: what was left out."""
+    selection_cases: int | None = Field(None, ge=0)
+    """``unseen_by_champion``: the tuning cases the threshold was selected on (those no
+    version of the champion's lineage trained on); None: every tuning case."""
+    selection_positives: int | None = Field(None, ge=0)
     training_manifest_sha256: str | None
     """The training data's manifest (``radsentry.dataset_sha256``): the tuning split is its
     validation part."""
     tuning_cases: int = Field(ge=0)
     tuning_positives: int = Field(ge=0)
     tuning_sensitivity: float | None
-    """The candidate's sensitivity on the tuning split at the selected threshold."""
+    """The candidate's sensitivity at the selected threshold on the tuning cases it was
+    selected on (``selection_cases``; the whole tuning split when None)."""
     tuning_specificity: float | None
 
     def to_tag(self) -> str:
@@ -93,9 +125,19 @@ class ThresholdProvenance(BaseModel):
             if self.tuning_sensitivity is not None and self.tuning_specificity is not None
             else ""
         )
+        measured = ""
+        if self.target_cases is TargetCases.UNSEEN_BY_CHAMPION:
+            measured = (
+                f" (the champion's on the {self.target_case_count} tuning cases, "
+                f"{self.target_positives} positive, it never trained or selected on; "
+                f"{self.excluded_cases} of its own left out; the threshold selected on the "
+                f"{self.selection_cases}, {self.selection_positives} positive, it never "
+                "trained on)"
+            )
         return (
             f"threshold {self.threshold:.4g} selected by rule {self.rule.value} for sensitivity "
-            f"{self.target_sensitivity:.3f} on the tuning split ({self.tuning_cases} cases, "
+            f"{self.target_sensitivity:.3f}{measured} on the tuning split "
+            f"({self.tuning_cases} cases, "
             f"{self.tuning_positives} positive) of training manifest "
             f"{(self.training_manifest_sha256 or '?')[:12]}{tuned} (champion version "
             f"{self.champion_version} threshold {self.champion_threshold:.4g})"
@@ -134,6 +176,88 @@ class TuningSplit:
     candidate_scores: NDArray[np.float64]
     champion_scores: NDArray[np.float64]
     training_manifest_sha256: str
+    champion_seen: NDArray[np.bool_] | None = None
+    """Per tuning case, whether the champion (or a version it was retrained from) trained or
+    selected on it (:func:`seen_by_champion`); None: not looked up. Needed by
+    ``target_cases: unseen_by_champion``."""
+    champion_trained: NDArray[np.bool_] | None = None
+    """Per tuning case, whether it is on the train side of one of those manifests (a subset of
+    ``champion_seen``); None: not looked up."""
+    champion_manifests: tuple[str, ...] = ()
+    """The training manifests (SHA-256) ``champion_seen`` was read from, the champion's first."""
+
+
+def seen_by_champion(
+    tuning_cases: Sequence[ManifestCase],
+    champion_manifests: Sequence[DatasetManifest],
+    sides: frozenset[Side] = frozenset(Side),
+) -> NDArray[np.bool_]:
+    """Per tuning case, True when it is on one of ``sides`` (default: either) of one of
+    ``champion_manifests``: the same study, or the same image under another study key (its
+    content hash)."""
+    known = [case for m in champion_manifests for case in m.cases if case.side in sides]
+    keys = {case.study_key for case in known}
+    images = {case.content_sha256 for case in known}
+    return np.array(
+        [case.study_key in keys or case.content_sha256 in images for case in tuning_cases],
+        dtype=bool,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    value: float
+    cases: int
+    positives: int
+    excluded_cases: int | None = None
+    excluded_positives: int | None = None
+
+
+def _trained(tuning: TuningSplit, champion_version: str) -> NDArray[np.bool_]:
+    if tuning.champion_trained is None:
+        raise ThresholdError(
+            f"which tuning cases champion version {champion_version}'s lineage trained on is "
+            "not known (TuningSplit.champion_trained): the threshold is selected on the others"
+        )
+    return np.asarray(tuning.champion_trained, dtype=bool)
+
+
+def _champion_target(
+    policy: ThresholdPolicy, tuning: TuningSplit, champion_version: str, champion_threshold: float
+) -> _Target:
+    """The champion's sensitivity on the tuning cases ``policy.target_cases`` names."""
+    positive = np.asarray(tuning.positive, dtype=bool)
+    if policy.target_cases is TargetCases.TUNING_SPLIT:
+        value = _sensitivity(positive, tuning.champion_scores, champion_threshold)
+        return _Target(value, int(positive.size), int(np.count_nonzero(positive)))
+    if tuning.champion_seen is None:
+        raise ThresholdError(
+            f"the plan measures the champion's sensitivity on tuning cases it never trained or "
+            f"selected on, and which cases champion version {champion_version} saw is not "
+            "known: its training manifest (MLflow artifact dataset/manifest.json, tag "
+            "radsentry.dataset_sha256) is missing; register the champion with its manifest "
+            "(`radsentry train-initial` and the retraining job log it)"
+        )
+    seen = np.asarray(tuning.champion_seen, dtype=bool)
+    unseen_positive = positive & ~seen
+    positives = int(np.count_nonzero(unseen_positive))
+    excluded_positives = int(np.count_nonzero(positive & seen))
+    if positives < policy.min_tuning_positives:
+        raise ThresholdError(
+            f"{positives} positive tuning cases are unseen by champion version "
+            f"{champion_version} ({excluded_positives} more are in its training manifests and "
+            f"cannot measure its sensitivity); the plan's rule {policy.rule.value} needs at "
+            f"least {policy.min_tuning_positives}: label more of the sites' recent studies (the "
+            "cases the champion never saw) and retrain"
+        )
+    value = float(np.count_nonzero(tuning.champion_scores[unseen_positive] >= champion_threshold))
+    return _Target(
+        value / positives,
+        int(np.count_nonzero(~seen)),
+        positives,
+        excluded_cases=int(np.count_nonzero(seen)),
+        excluded_positives=excluded_positives,
+    )
 
 
 def select_threshold(
@@ -145,10 +269,14 @@ def select_threshold(
     plan: Plan | None,
 ) -> ThresholdProvenance:
     """Apply ``policy`` (see the module docstring); :class:`ThresholdError` when a re-selecting
-    rule has fewer than ``policy.min_tuning_positives`` positive tuning cases."""
+    rule has fewer than ``policy.min_tuning_positives`` positive tuning cases, or, measuring
+    the target on the cases the champion never saw, fewer such positives or no record of
+    which cases it saw."""
     positive = np.asarray(tuning.positive, dtype=bool)
     positives = int(np.count_nonzero(positive))
     target: float | None
+    measured: _Target | None = None
+    selected = np.ones_like(positive)
     if policy.rule is ThresholdRule.KEEP_CHAMPION:
         threshold, source, target = champion_threshold, "champion", None
     else:
@@ -158,13 +286,19 @@ def select_threshold(
                 f"{policy.rule.value} needs at least {policy.min_tuning_positives}"
             )
         if policy.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY:
-            target = _sensitivity(positive, tuning.champion_scores, champion_threshold)
+            measured = _champion_target(policy, tuning, champion_version, champion_threshold)
+            target = measured.value
+            if policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION:
+                selected = ~_trained(tuning, champion_version)
         else:
             target = policy.target_sensitivity
         assert target is not None  # the plan's validator requires it for this rule
-        threshold = threshold_for_sensitivity(positive, tuning.candidate_scores, target)
+        threshold = threshold_for_sensitivity(positive & selected, tuning.candidate_scores, target)
         source = "tuning_split"
-    has_both = 0 < positives < positive.size
+    unseen = measured is not None and policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION
+    on = positive[selected]
+    scores = tuning.candidate_scores[selected]
+    has_both = 0 < int(np.count_nonzero(on)) < on.size
     return ThresholdProvenance(
         rule=policy.rule,
         threshold=threshold,
@@ -174,15 +308,19 @@ def select_threshold(
         champion_version=champion_version,
         champion_threshold=champion_threshold,
         target_sensitivity=target,
+        target_cases=None if measured is None else policy.target_cases,
+        target_case_count=None if measured is None else measured.cases,
+        target_positives=None if measured is None else measured.positives,
+        excluded_cases=None if measured is None else measured.excluded_cases,
+        excluded_positives=None if measured is None else measured.excluded_positives,
+        champion_manifests=tuning.champion_manifests if unseen else None,
+        selection_cases=int(on.size) if unseen else None,
+        selection_positives=int(np.count_nonzero(on)) if unseen else None,
         training_manifest_sha256=tuning.training_manifest_sha256,
         tuning_cases=int(positive.size),
         tuning_positives=positives,
-        tuning_sensitivity=_sensitivity(positive, tuning.candidate_scores, threshold)
-        if has_both
-        else None,
-        tuning_specificity=_specificity(positive, tuning.candidate_scores, threshold)
-        if has_both
-        else None,
+        tuning_sensitivity=_sensitivity(on, scores, threshold) if has_both else None,
+        tuning_specificity=_specificity(on, scores, threshold) if has_both else None,
     )
 
 
@@ -233,6 +371,11 @@ def threshold_violations(policy: ThresholdPolicy, facts: ThresholdFacts) -> list
                 "training data (its provenance names other data)"
             )
         if (
+            policy.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY
+            and policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION
+        ):
+            found.extend(_unseen_target_violations(policy, provenance))
+        if (
             policy.rule is ThresholdRule.TARGET_SENSITIVITY
             and provenance.target_sensitivity is not None
             and policy.target_sensitivity is not None
@@ -242,4 +385,53 @@ def threshold_violations(policy: ThresholdPolicy, facts: ThresholdFacts) -> list
                 f"the threshold aimed for sensitivity {provenance.target_sensitivity:.3f}, not "
                 f"the plan's {policy.target_sensitivity:.3f}"
             )
+    return found
+
+
+def _unseen_target_violations(
+    policy: ThresholdPolicy, provenance: ThresholdProvenance
+) -> list[str]:
+    """The plan measures the target on the tuning cases the champion never saw: the
+    provenance must say so, with counts that add up and enough positives."""
+    if provenance.target_cases is not TargetCases.UNSEEN_BY_CHAMPION:
+        recorded = provenance.target_cases or TargetCases.TUNING_SPLIT
+        return [
+            "the threshold's target sensitivity was not measured on the tuning cases the "
+            "champion never trained or selected on, as the plan's threshold policy requires "
+            f"(its provenance: {recorded.value})"
+        ]
+    counts = (
+        provenance.target_case_count,
+        provenance.target_positives,
+        provenance.excluded_cases,
+        provenance.excluded_positives,
+    )
+    if None in counts or not provenance.champion_manifests:
+        return ["the threshold's provenance does not record which tuning cases its target left out"]
+    cases, positives, excluded, excluded_positives = (int(c or 0) for c in counts)
+    found = []
+    selection = (provenance.selection_cases, provenance.selection_positives)
+    if None in selection:
+        found.append("the threshold's provenance does not record the cases it was selected on")
+    elif not (
+        cases <= int(selection[0] or 0) <= provenance.tuning_cases
+        and positives <= int(selection[1] or 0) <= provenance.tuning_positives
+    ):
+        found.append(
+            f"the threshold's provenance does not add up: selected on {selection[0]} cases "
+            f"({selection[1]} positive), fewer than its target's or more than the tuning split's"
+        )
+    if cases + excluded != provenance.tuning_cases or (
+        positives + excluded_positives != provenance.tuning_positives
+    ):
+        found.append(
+            f"the threshold's provenance does not add up: {cases} target cases and {excluded} "
+            f"left out against {provenance.tuning_cases} tuning cases ({positives} and "
+            f"{excluded_positives} positives against {provenance.tuning_positives})"
+        )
+    if positives < policy.min_tuning_positives:
+        found.append(
+            f"the target sensitivity was measured on {positives} positive cases; the plan "
+            f"needs at least {policy.min_tuning_positives}"
+        )
     return found

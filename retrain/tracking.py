@@ -35,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from monitor.drift.directions import DirectionSet
 from retrain import tracking_content as content
 from retrain.config import MlflowConfig
+from retrain.dataset import DatasetManifest
 from retrain.embedding import EmbeddingError, Projection
 from retrain.mlflow_calls import MlflowCalls, TrackingError
 from retrain.mlflow_names import (
@@ -191,6 +192,34 @@ class Registry:
                 tracking_uri=self._call.uri,
             )
             return TrainedModel.load(Path(path))
+
+    def training_manifest(self, model_name: str, version: str) -> DatasetManifest | None:
+        """The data set manifest the version's run logged (``dataset/manifest.json``): which
+        studies it trained and validated on. None when the run logged none; TrackingError when
+        it is listed but cannot be read (MLflow down after the retries: the job tries again
+        later, instead of failing as if there were none) or does not match the version's
+        ``radsentry.dataset_sha256``."""
+        registered = self._version(model_name, version)
+        folder = str(Path(MANIFEST_ARTIFACT).parent)
+        listed = self._call(
+            "list artifacts", self._client.list_artifacts, registered.run_id, folder
+        )
+        if not any(item.path == MANIFEST_ARTIFACT for item in listed):
+            return None
+        stored = self._artifact_bytes(model_name, version, MANIFEST_ARTIFACT)
+        if stored is None:
+            raise TrackingError(
+                f"{model_name} version {version}: its training manifest is listed but could "
+                "not be downloaded"
+            )
+        manifest = DatasetManifest.model_validate_json(stored)
+        recorded = registered.tags.get(DATASET_TAG)
+        if recorded is None or manifest.sha256() != recorded:
+            raise TrackingError(
+                f"{model_name} version {version}: the stored training manifest does not match "
+                f"its {DATASET_TAG} tag ({(recorded or 'missing')[:12]}): it has been altered"
+            )
+        return manifest
 
     def log_projection(self, model_name: str, version: str, projection: Projection) -> None:
         """Store ``projection`` with a registered version (for versions trained before

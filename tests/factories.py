@@ -143,9 +143,10 @@ def record_gate_outcome(
 
 
 def threshold_provenance(**change: Any) -> ThresholdProvenance:
-    """A threshold the shipped plan's rule (``hold_champion_sensitivity``) set on a training
-    manifest's tuning split; ``change`` overrides any field."""
-    from pccp.plan import ThresholdRule
+    """A threshold the shipped plan's rule (``hold_champion_sensitivity``, the target measured
+    on the tuning cases the champion never saw: two thirds of them, at least 20 positives) set
+    on a training manifest's tuning split; ``change`` overrides any field."""
+    from pccp.plan import TargetCases, ThresholdRule
     from pccp.threshold import ThresholdProvenance
 
     values: dict[str, Any] = {
@@ -162,8 +163,21 @@ def threshold_provenance(**change: Any) -> ThresholdProvenance:
         "tuning_positives": 60,
         "tuning_sensitivity": 0.9,
         "tuning_specificity": 0.7,
+        "target_cases": TargetCases.UNSEEN_BY_CHAMPION,
+        "champion_manifests": ("c" * 64,),
     }
-    return ThresholdProvenance(**(values | change))
+    values |= change
+    cases, positives = values["tuning_cases"], values["tuning_positives"]
+    target_positives = min(positives, max(20, positives // 2))
+    counts = {
+        "excluded_cases": cases // 3,
+        "target_case_count": cases - cases // 3,
+        "target_positives": target_positives,
+        "excluded_positives": positives - target_positives,
+        "selection_cases": cases - cases // 6,  # half the champion's cases were trained on
+        "selection_positives": positives - (positives - target_positives) // 2,
+    }
+    return ThresholdProvenance(**(counts | values))
 
 
 def record_initial_champion(

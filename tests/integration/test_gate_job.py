@@ -263,7 +263,7 @@ def test_a_model_no_plan_governs_cannot_be_evaluated(context: GateContext) -> No
 def test_the_cli_checks_plans_and_its_arguments() -> None:
     runner = CliRunner()
     checked = runner.invoke(app, ["pccp", "check"])
-    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.3.0 governs cxr-lesion" in checked.output
+    assert checked.exit_code == 0 and "cxr-lesion-pccp 1.4.0 governs cxr-lesion" in checked.output
     both = runner.invoke(app, ["pccp", "evaluate", "--pending", "--model", "m", "--version", "1"])
     assert both.exit_code == 2
     assert runner.invoke(app, ["pccp", "evaluate", "--model", "m"]).exit_code == 2

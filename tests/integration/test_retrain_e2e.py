@@ -295,6 +295,6 @@ def governed(
     assert [action for action in trail if action in expected] == expected[1:], trail
     by_action = {entry["action"]: entry for entry in audit["items"]}
     assert by_action["promotion"]["details"]["approvers"] == ["alice", "bob"]
-    assert by_action["gate.result"]["plan_version"] == "1.3.0"
+    assert by_action["gate.result"]["plan_version"] == "1.4.0"
     assert by_action["rollback"]["details"]["restored_champion"] == champion_version
     assert verify(engine).ok

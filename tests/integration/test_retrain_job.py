@@ -33,12 +33,20 @@ from pccp.catalog import SHIPPED_PLANS
 from pccp.plan import ThresholdRule
 from pccp.threshold import ThresholdProvenance
 from retrain.config import JobConfig, TrainConfig
-from retrain.dataset import DatasetManifest, LabelledCase, LockedTestSet, write_cases
-from retrain.mlflow_names import THRESHOLD_PROVENANCE_TAG, THRESHOLD_TAG
+from retrain.dataset import (
+    DatasetManifest,
+    LabelledCase,
+    LockedTestSet,
+    ManifestCase,
+    Side,
+    write_cases,
+)
+from retrain.mlflow_names import CHAMPION_VERSION_TAG, THRESHOLD_PROVENANCE_TAG, THRESHOLD_TAG
 from retrain.model import ModelSpec, TrainedModel, build_model
 from retrain.policy import RetrainPolicy, Trigger
 from retrain.tracking import RegisteredVersion, RunRecord, TrackingError
 from retrain.train import TrainingStopped
+from tests.factories import fake_content_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -49,19 +57,32 @@ FAST = JobConfig(train=TrainConfig(max_epochs=2, batch_size=16, device="cpu"), m
 
 @dataclass
 class FakeRegistry:
-    """Holds a champion; ``log_and_register`` fails ``failures`` times, then registers v2."""
+    """Holds a champion (version 1, or the last of ``lineage``); ``log_and_register`` fails
+    ``failures`` times, then registers v2.
+
+    ``lineage``: the champion's training manifests, oldest first: version ``i + 1`` logged the
+    ``i``-th and was retrained from version ``i`` (tag ``radsentry.champion_version``)."""
 
     champion: TrainedModel | None
     failures: int = 0
     records: list[RunRecord] = field(default_factory=list)
+    lineage: list[DatasetManifest] = field(default_factory=list)
 
     def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None:
         if alias != "champion" or self.champion is None:
             return None
-        return RegisteredVersion(model_name, "1", "run-1", ("champion",), {})
+        return replace(self.version(model_name, str(max(len(self.lineage), 1))), aliases=(alias,))
+
+    def version(self, model_name: str, version: str) -> RegisteredVersion:
+        tags = {CHAMPION_VERSION_TAG: str(int(version) - 1)} if int(version) > 1 else {}
+        return RegisteredVersion(model_name, version, f"run-{version}", (), tags)
+
+    def training_manifest(self, model_name: str, version: str) -> DatasetManifest | None:
+        index = int(version) - 1
+        return self.lineage[index] if index < len(self.lineage) else None
 
     def load_model(self, model_name: str, version: str) -> TrainedModel:
-        assert self.champion is not None and version == "1"
+        assert self.champion is not None and version == str(max(len(self.lineage), 1))
         return self.champion
 
     def log_and_register(
@@ -377,6 +398,73 @@ def test_a_rule_with_too_few_positive_tuning_cases_fails_the_job(
     assert served.status == "failed" and served.attempts == 1  # retrying cannot help
     assert served.error is not None and "needs at least 500" in served.error
     assert registry.records == []  # nothing registered
+
+
+def champion_manifest(cases: list[LabelledCase]) -> DatasetManifest:
+    """A training manifest of ``cases`` (all on the train side; the images' hashes made up)."""
+    return DatasetManifest(
+        model_name=MODEL,
+        seed=5,
+        validation_share=0.2,
+        locked_test_sha256="0" * 64,
+        dropped_without_uri=0,
+        cases=tuple(
+            ManifestCase(
+                study_key=case.study_key,
+                site_id=case.site_id,
+                side=Side.TRAIN,
+                labels=dict(case.labels),
+                label_source=case.label_source,
+                predicted_at=case.predicted_at,
+                labelled_at=case.labelled_at,
+                content_sha256=fake_content_hash(case.study_key),
+            )
+            for case in cases
+        ),
+    )
+
+
+def test_the_target_leaves_out_the_cases_of_the_champions_lineage(
+    stored: Engine, tmp_path: Path
+) -> None:
+    """Plan 1.4.0's rule: the champion (version 2, retrained from version 1) trained on the
+    first 30 studies and its parent on the next 30: every tuning case among those 60 is left
+    out of the target, and the provenance counts them."""
+    cases = sorted(load_cases(stored, MODEL, ("lesion",)).cases, key=lambda c: c.predicted_at)
+    lineage = [champion_manifest(cases[30:60]), champion_manifest(cases[:30])]
+    registry = FakeRegistry(untrained_champion(), lineage=lineage)
+    request_manual(stored, MODEL, "ml-ops@example.org", "hold the champion's sensitivity")
+    policy = {
+        "rule": "hold_champion_sensitivity",
+        "target_cases": "unseen_by_champion",
+        "min_tuning_positives": 1,
+    }
+    plans = plan_governing(tmp_path / "plans", policy)
+
+    [served] = serve_pending(context(stored, registry, tmp_path, plans_dir=plans))
+
+    assert served.status == "succeeded", served.error
+    [record] = registry.records
+    tuning = [case for case in record.manifest.cases if case.side is Side.VALIDATION]
+    champions = {case.study_key for case in cases[:60]}
+    excluded = [case for case in tuning if case.study_key in champions]
+    provenance = ThresholdProvenance.from_tag(record.tags[THRESHOLD_PROVENANCE_TAG])
+    assert provenance is not None and provenance.target_cases == "unseen_by_champion"
+    assert 0 < len(excluded) < len(tuning)
+    assert provenance.excluded_cases == len(excluded)
+    assert provenance.target_case_count == len(tuning) - len(excluded)
+    assert provenance.excluded_positives == sum(c.labels["lesion"] for c in excluded)
+    assert provenance.champion_manifests == tuple(m.sha256() for m in reversed(lineage))
+    # Both manifests list their cases on the train side: the threshold is selected without them.
+    assert provenance.tuning_cases == len(tuning)
+    assert provenance.selection_cases == len(tuning) - len(excluded)
+
+    # A champion that logged no manifest: which cases it saw is not known.
+    request_manual(stored, MODEL, "ml-ops@example.org", "again, without the manifest")
+    registry.lineage = []
+    [failed] = serve_pending(context(stored, registry, tmp_path, plans_dir=plans))
+    assert failed.status == "failed" and failed.error is not None
+    assert "training manifest" in failed.error and "is missing" in failed.error
 
 
 def test_a_stopped_job_registers_nothing_and_its_next_attempt_resumes(

@@ -27,6 +27,7 @@ from monitor.service.drift.directions import RegistryDirections
 from retrain.config import MlflowConfig, TrainConfig
 from retrain.dataset import DatasetManifest, LockedTestSet, assemble
 from retrain.embedding import EmbeddingError, direction_set, fit_direction_on_images
+from retrain.mlflow_names import DATASET_TAG
 from retrain.model import ModelSpec, TrainedModel, predict
 from retrain.tracking import RegisteredVersion, Registry, RunRecord, TrackingError
 from retrain.tracking_content import run_params
@@ -191,6 +192,48 @@ def test_load_model_reads_back_the_trained_bundle(
     assert registry.version_by_alias("no-such-model", "challenger") is None
     assert registry.champion_version(record.model_name) is None
     assert registry.champion_version("no-such-model") is None
+
+
+def test_the_training_manifest_reads_back_and_an_altered_one_is_refused(
+    registry: Registry,
+    client: MlflowClient,
+    trained: TrainResult,
+    manifest: DatasetManifest,
+    model_name: str,
+) -> None:
+    """What the threshold policy's target leaves out (plan 1.4.0): the studies a version
+    trained and validated on, as its run logged them, checked against its dataset tag."""
+    version = registry.log_and_register(make_record(trained, manifest, model_name, "manifest"))
+    assert registry.training_manifest(model_name, version.version) == manifest
+    client.set_model_version_tag(model_name, version.version, DATASET_TAG, "0" * 64)
+    with pytest.raises(TrackingError, match="has been altered"):
+        registry.training_manifest(model_name, version.version)
+
+
+def test_a_missing_manifest_reads_as_none_and_an_unreadable_one_is_an_error(
+    registry: Registry,
+    client: MlflowClient,
+    trained: TrainResult,
+    manifest: DatasetManifest,
+    model_name: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A run that logged no manifest reads as None (the job then fails: plan 1.4.0 needs it);
+    one the store lists but cannot serve is a TrackingError, which the retraining job retries
+    instead of failing the request as if there were none. Both made on the real server's
+    artifact store on disk."""
+    version = registry.log_and_register(make_record(trained, manifest, model_name, "missing"))
+    stored = next(
+        tmp_path_factory.getbasetemp().glob(
+            f"mlflow*/**/{version.run_id}/artifacts/dataset/manifest.json"
+        )
+    )
+    stored.unlink()
+    stored.mkdir()  # listed under its name, but a folder: no file to download
+    with pytest.raises(TrackingError, match="listed but could not be downloaded"):
+        registry.training_manifest(model_name, version.version)
+    stored.rmdir()
+    assert registry.training_manifest(model_name, version.version) is None
 
 
 def test_the_mlflow_model_serves_calibrated_probabilities(

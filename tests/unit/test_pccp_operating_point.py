@@ -400,11 +400,14 @@ def test_the_selected_threshold_is_the_highest_reaching_the_sensitivity() -> Non
 
 
 def tuning(seed: int = 1, positives: float = 0.3) -> TuningSplit:
+    """300 tuning cases, the first 100 in the champion's training manifest (``"c" * 64``),
+    the first 50 of them on its train side."""
     rng = np.random.default_rng(seed)
     positive = rng.random(300) < positives
     champion = np.clip(rng.normal(np.where(positive, 0.6, 0.4), 0.15), 0, 1)
     candidate = np.clip(rng.normal(np.where(positive, 0.7, 0.3), 0.15), 0, 1)
-    return TuningSplit(positive, candidate, champion, "b" * 64)
+    seen, trained = np.arange(300) < 100, np.arange(300) < 50
+    return TuningSplit(positive, candidate, champion, "b" * 64, seen, trained, ("c" * 64,))
 
 
 def test_hold_champion_sensitivity_reaches_the_champions_tuning_sensitivity(
@@ -418,12 +421,15 @@ def test_hold_champion_sensitivity_reaches_the_champions_tuning_sensitivity(
         champion_threshold=0.45,
         plan=shipped,
     )
-    champion_sensitivity = np.mean(split.champion_scores[split.positive] >= 0.45)
+    assert split.champion_seen is not None  # the shipped plan measures it on unseen cases
+    unseen = split.positive & ~split.champion_seen
+    champion_sensitivity = np.mean(split.champion_scores[unseen] >= 0.45)
     assert provenance.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY
     assert provenance.source == "tuning_split"
     assert provenance.target_sensitivity == pytest.approx(champion_sensitivity)
     assert provenance.tuning_sensitivity is not None
-    assert provenance.tuning_sensitivity >= champion_sensitivity
+    assert provenance.tuning_sensitivity >= champion_sensitivity  # on every tuning case
+    assert provenance.target_positives == np.count_nonzero(unseen)
     assert provenance.plan_version == shipped.plan_version
     assert ThresholdProvenance.from_tag(provenance.to_tag()) == provenance
 

@@ -22,9 +22,12 @@ heartbeat):
    and per site;
 7. **threshold**: the governing PCCP plan's threshold policy (``pccp.threshold``) sets the
    candidate's operating threshold from the validation side (the tuning split; never the locked
-   test set), or keeps the champion's; with no plan, the trainer's own choice stands. The
-   threshold's provenance is recorded on the version (``radsentry.threshold_provenance``) for
-   the gate's scope guard and the evidence;
+   test set), or keeps the champion's; with no plan, the trainer's own choice stands. A plan
+   that measures the champion's sensitivity on the cases it never saw (``target_cases:
+   unseen_by_champion``) gets the training manifests of the champion and of the versions it
+   was retrained from (:func:`champion_lineage_manifests`). The threshold's provenance is
+   recorded on the version (``radsentry.threshold_provenance``) for the gate's scope guard
+   and the evidence;
 8. **registration**: one MLflow run and one model version with alias ``challenger``, tagged with
    the request and alert (idempotent per request: a retried job never registers twice).
 
@@ -38,7 +41,8 @@ comes once training has finished lets the job finish (scoring and registering ta
 so a request is never left with a half-registered version.
 
 Failures: a request that cannot succeed as it stands (no champion, too few cases, locked-test
-overlap, too few positive tuning cases for the plan's threshold rule) fails at once; anything
+overlap, too few positive tuning cases for the plan's threshold rule, a champion without its
+training manifest where the rule needs it) fails at once; anything
 else (MLflow down after its retries, an image unreachable) puts the request back to pending for
 another attempt, up to ``max_attempts``. A failed request raises an alert (detector
 ``retrain.failed``) through the alerts outbox, is logged at error level and counted in
@@ -77,12 +81,26 @@ from monitor.service.retrain import store as retrain_store
 from monitor.service.retrain.cases import Cases, load_cases
 from monitor.service.settings import RetrainSettings, Settings
 from pccp.catalog import PlanFile, plan_for
-from pccp.plan import ThresholdPolicy, ThresholdRule
-from pccp.threshold import ThresholdError, ThresholdProvenance, TuningSplit, select_threshold
+from pccp.plan import TargetCases, ThresholdPolicy, ThresholdRule
+from pccp.threshold import (
+    ThresholdError,
+    ThresholdProvenance,
+    TuningSplit,
+    seen_by_champion,
+    select_threshold,
+)
 from retrain.compare import Comparison, compare
 from retrain.config import JobConfig
 from retrain.data import TrainingData, load_dataset
-from retrain.dataset import DatasetError, LabelledCase, LockedTestSet, read_cases
+from retrain.dataset import (
+    DatasetError,
+    DatasetManifest,
+    LabelledCase,
+    LockedTestSet,
+    ManifestCase,
+    Side,
+    read_cases,
+)
 from retrain.images import DicomWebClientSource, DicomWebSource
 from retrain.mlflow_names import (
     ALERT_TAG,
@@ -110,6 +128,10 @@ class ModelRegistry(Protocol):
     def version_by_alias(self, model_name: str, alias: str) -> RegisteredVersion | None: ...
 
     def load_model(self, model_name: str, version: str) -> TrainedModel: ...
+
+    def version(self, model_name: str, version: str) -> RegisteredVersion: ...
+
+    def training_manifest(self, model_name: str, version: str) -> DatasetManifest | None: ...
 
     def log_and_register(self, record: RunRecord, *, alias: str = ...) -> RegisteredVersion: ...
 
@@ -288,12 +310,16 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
         tuning.candidate_scores,
         [case.site_id for case in data.dataset.split.validation],
     )
+    tuning_cases = [
+        case for case in data.dataset.manifest.cases if case.side is Side.VALIDATION
+    ]  # sorted by study key, as the validation side's rows
     threshold = _select_threshold(
         context,
         row.model_name,
         champion_version,
         champion,
         replace(tuning, training_manifest_sha256=manifest_sha256),
+        tuning_cases,
     )
     first, *others = result.model.thresholds
     result = replace(result, model=replace(result.model, thresholds=(threshold.threshold, *others)))
@@ -407,12 +433,29 @@ def _select_threshold(
     champion_version: RegisteredVersion,
     champion: TrainedModel,
     tuning: TuningSplit,
+    tuning_cases: Sequence[ManifestCase],
 ) -> ThresholdProvenance:
     """The governing plan's threshold policy on the tuning split; with no plan, the trainer's
-    (``retrain.train``'s sensitivity or Youden rule, recorded as such)."""
+    (``retrain.train``'s sensitivity or Youden rule, recorded as such). A policy that measures
+    the champion's sensitivity on the cases it never saw gets the champion's lineage's
+    training manifests (:func:`champion_lineage_manifests`)."""
     found = _governing_plan(context, model_name)
     if found is not None:
         policy = found.plan.protocol.threshold_policy
+        if (
+            policy.rule is ThresholdRule.HOLD_CHAMPION_SENSITIVITY
+            and policy.target_cases is TargetCases.UNSEEN_BY_CHAMPION
+        ):
+            manifests = champion_lineage_manifests(context.registry, model_name, champion_version)
+            if manifests is not None:
+                tuning = replace(
+                    tuning,
+                    champion_seen=seen_by_champion(tuning_cases, manifests),
+                    champion_trained=seen_by_champion(
+                        tuning_cases, manifests, frozenset({Side.TRAIN})
+                    ),
+                    champion_manifests=tuple(m.sha256() for m in manifests),
+                )
     else:
         policy = ThresholdPolicy(
             rule=ThresholdRule.TARGET_SENSITIVITY,
@@ -430,6 +473,31 @@ def _select_threshold(
         )
     except ThresholdError as exc:
         raise JobFailed(str(exc)) from exc
+
+
+def champion_lineage_manifests(
+    registry: ModelRegistry, model_name: str, champion: RegisteredVersion
+) -> list[DatasetManifest] | None:
+    """The training manifests of the champion and of every version it was retrained from
+    (its ``radsentry.champion_version`` tags, followed back): a warm-started model carries
+    what its ancestors were trained on. None when one of them logged no manifest."""
+    manifests: list[DatasetManifest] = []
+    version: RegisteredVersion | None = champion
+    seen: set[str] = set()
+    while version is not None and version.version not in seen:
+        seen.add(version.version)
+        manifest = registry.training_manifest(model_name, version.version)
+        if manifest is None:
+            log.warning(
+                "a version of the champion's lineage has no training manifest",
+                model_name=model_name,
+                version=version.version,
+            )
+            return None
+        manifests.append(manifest)
+        parent = version.tags.get(CHAMPION_VERSION_TAG)
+        version = None if parent is None else registry.version(model_name, parent)
+    return manifests
 
 
 def _record(
