@@ -612,3 +612,26 @@ def test_a_runtime_role_behind_the_schema_is_told_to_migrate(deployment: Deploym
             RADSENTRY_DATABASE__URL=as_role(url, deployment.runtime),
         )
         assert result.exit_code == 2 and "this release needs" in result.output
+
+
+def test_the_runtime_role_may_not_rebuild_the_performance_statistics(
+    deployment: Deployment,
+) -> None:
+    """`radsentry performance rebuild` rewrites whole tables: the service's runtime role (which
+    an operator might have in RADSENTRY_DATABASE__URL) is refused by PostgreSQL and the command
+    says what to do; the owner may."""
+    as_runtime = run_command(
+        ["performance", "rebuild", "--yes"],
+        RADSENTRY_DATABASE__URL=deployment.urls[deployment.runtime],
+    )
+    assert as_runtime.exit_code == 2, as_runtime.output
+    assert f"{deployment.runtime} may not rewrite the performance statistics" in as_runtime.output
+    assert "nothing was changed" in as_runtime.output
+    assert "RADSENTRY_DATABASE__MIGRATION_URL" in as_runtime.output
+    as_owner = run_command(
+        ["performance", "rebuild", "--yes"],
+        RADSENTRY_DATABASE__MIGRATION_URL=deployment.urls[deployment.owner],
+        RADSENTRY_DATABASE__URL=deployment.urls[deployment.runtime],
+    )
+    assert as_owner.exit_code == 0, as_owner.output
+    assert "0 labelled cases counted" in as_owner.output

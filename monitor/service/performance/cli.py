@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 
 from monitor.service.runtime import (
+    EXIT_SETTINGS,
     console,
     existing_database_url,
+    fail,
     load_settings,
     open_existing_database,
     open_owner_database,
@@ -65,6 +67,9 @@ def performance_rebuild(
     RADSENTRY_DATABASE__URL). The next refresh recomputes the snapshots."""
     from datetime import UTC, datetime
 
+    from sqlalchemy.exc import DBAPIError
+
+    from monitor.service.db import INSUFFICIENT_PRIVILEGE
     from monitor.service.performance.maintenance import rebuild_all
 
     settings = load_settings()
@@ -76,7 +81,20 @@ def performance_rebuild(
             abort=True,
         )
     with open_owner_database(settings) as engine:
-        cases = rebuild_all(engine, fields, datetime.now(UTC))
+        try:
+            cases = rebuild_all(engine, fields, datetime.now(UTC))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                raise
+            fail(
+                exc,
+                [
+                    f"{engine.url.username} may not rewrite the performance statistics "
+                    f"({str(exc.orig).splitlines()[0]}): nothing was changed; run the rebuild "
+                    "as the schema's owner (RADSENTRY_DATABASE__MIGRATION_URL)"
+                ],
+                EXIT_SETTINGS,
+            )
     console.print(
         f"performance statistics rebuilt from the raw rows: {cases} labelled cases counted "
         f"(subgroup fields: {', '.join(fields) or 'none'})",
