@@ -34,6 +34,7 @@ from monitor.service.models import (
     PerformanceBucketRow,
     PredictionCountRow,
 )
+from monitor.service.performance import maintenance
 from monitor.service.performance.jobs import verify_performance
 from monitor.service.performance.labels import expire_unmatched, joined_sample
 from monitor.service.performance.store import FLEET, RefreshCache, refresh
@@ -246,6 +247,49 @@ def test_a_lost_statistics_row_is_found_and_a_rebuild_restores_the_same_table(
     assert checked.returncode == 0, checked.stderr
     assert "8 windows equal the raw rows" in checked.stderr
     assert verify_performance(stored, PerformanceSettings()) == 0
+
+
+def test_a_batch_committed_during_the_verification_is_not_a_difference(
+    stored: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer keeps writing while the daily verification runs. A batch that commits
+    between the raw read and the statistics read of a window must not show as a difference:
+    both are read in one snapshot. The batch is stored, for real, at that very moment."""
+    at = START + timedelta(days=30)
+    batch = [
+        InferenceEvent(
+            event_id=uuid.UUID(int=7 * 10**8 + n),
+            site_id="site-01",
+            model_name="cxr-lesion",
+            model_version="1.0.0",
+            occurred_at=at + timedelta(minutes=n),
+            study_key=study_key(10_000 + n),
+            modality="DX",
+            metadata=DicomMetadata(Modality="DX"),
+            prediction=Prediction(scores={"lesion": n / 10}, threshold=0.5),
+        )
+        for n in range(5)
+    ] + [_label(7 * 10**6 + n, "site-01", 10_000 + n, at, {"lesion": n % 2}) for n in range(5)]
+    real_verify = maintenance.verify
+    racing = {"stream": (("site-01", "cxr-lesion", "1.0.0"), "lesion"), "stored": False}
+
+    def verify_after_a_commit(connection: Any, stream: Any, finding: str, raw: Any) -> Any:
+        if (stream, finding) == racing["stream"] and not racing["stored"]:
+            store_batch(stored, [Delivered(e, "t", 0, 10**7 + i) for i, e in enumerate(batch)], [])
+            racing["stored"] = True
+        return real_verify(connection, stream, finding, raw)
+
+    monkeypatch.setattr(maintenance, "verify", verify_after_a_commit)
+    found = maintenance.mismatches(stored)
+    assert racing["stored"], "the batch was stored during the verification"
+    assert found.problems == (), found.problems
+    # The next verification sees the batch on both sides.
+    monkeypatch.setattr(maintenance, "verify", real_verify)
+    assert maintenance.mismatches(stored).problems == ()
+    with stored.connect() as connection:
+        window = read_window(connection, "cxr-lesion", "1.0.0", "lesion", site_id="site-01")
+    raw = joined_sample(stored, "site-01", "cxr-lesion", "lesion", model_version="1.0.0")
+    assert window.n == len(raw)
 
 
 def test_snapshot_metrics_from_the_statistics_match_the_exact_ones(stored: Engine) -> None:

@@ -19,6 +19,7 @@ between prediction and label with ``label_completeness``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -323,8 +324,13 @@ def labelled_predictions(finding: str, *columns: Any) -> Select[Any]:
     )
 
 
+def _connected(bind: Engine | Connection) -> AbstractContextManager[Connection]:
+    """A connection of ``bind``: the given one (left open), or a new one of the engine."""
+    return nullcontext(bind) if isinstance(bind, Connection) else bind.connect()
+
+
 def joined_sample(
-    engine: Engine,
+    engine: Engine | Connection,
     site_id: str,
     model_name: str,
     finding: str,
@@ -342,7 +348,9 @@ def joined_sample(
 
     The exact path: the tracker reads windows from sufficient statistics instead
     (``summaries``); this serves bounded reads, verification and the tests. Without
-    ``with_metadata`` the DICOM metadata is not read (``metadata`` holds empty dicts).
+    ``with_metadata`` the DICOM metadata is not read (``metadata`` holds empty dicts). Given a
+    connection, it reads in that connection's transaction (the verification compares in one
+    snapshot).
     """
     events, labels = InferenceEventRow, CurrentLabelRow
     metadata_column = events.dicom_metadata if with_metadata else literal(None)
@@ -367,7 +375,7 @@ def joined_sample(
     )
     if limit is not None:
         query = query.limit(limit)
-    with engine.connect() as connection:
+    with _connected(engine) as connection:
         rows = [row for row in connection.execute(query) if finding in row.scores]
     if not earliest:
         rows.reverse()
