@@ -117,6 +117,31 @@ def decode_into(blob: bytes, out: Counts, histogram_size: int) -> None:
     out[histogram_size:] = rest
 
 
+def encode_format_1(counts: Counts) -> bytes:
+    """Format 1 of one summary's counts: what the code before format 2 wrote and reads."""
+    return zlib.compress(counts.astype(_REST, copy=False).tobytes(), 1)
+
+
+def as_format_1(blob: bytes) -> bytes:
+    """The counts of a stored summary in format 1, for a rollback past format 2 (migration
+    0020's downgrade); a format-1 blob is returned as it is. Needs no layout: a format-2
+    header holds the histograms' size, and the rest is whatever int64s follow them."""
+    if blob[:1] != bytes((TAG,)):
+        return blob
+    if len(blob) < _HEADER.size:
+        raise EncodingError("a truncated summary header")
+    _, kind, code, size, stored = _HEADER.unpack_from(blob)
+    if kind not in (_SPARSE, _DENSE) or code >= len(_COUNT_TYPES):
+        raise EncodingError(f"an unknown summary layout {kind}/{code}")
+    index_bytes = _index_type(size).itemsize if kind == _SPARSE else 0
+    rest = len(blob) - _HEADER.size - stored * (index_bytes + _COUNT_TYPES[code].itemsize)
+    if rest < 0 or rest % _REST.itemsize:
+        raise EncodingError(f"a stored summary of {len(blob)} bytes does not hold whole counts")
+    counts = np.empty(size + rest // _REST.itemsize, dtype=np.int64)
+    decode_into(blob, counts, size)
+    return encode_format_1(counts)
+
+
 def _decode_zlib(blob: bytes, out: Counts) -> None:
     try:
         values = np.frombuffer(zlib.decompress(blob), dtype=_REST)

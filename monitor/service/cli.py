@@ -96,6 +96,42 @@ def migrate() -> None:
 
 
 @app.command()
+def downgrade(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="The revision to take the schema back to: the older release's head."
+        ),
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Downgrade without asking (scripts, Kubernetes jobs).")
+    ] = False,
+) -> None:
+    """Take the database schema back to revision TO before rolling the service back to an older
+    release, connected as the schema's owner. Run it with this (the newer) release: only it
+    knows how to undo its own revisions. Each revision's downgrade runs, newest first; 0020's
+    writes the performance statistics back in the format the code before it reads, and older
+    ones drop what they added, data included (docs/operations.md, "Rolling back a release")."""
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    from monitor.service.db import alembic_config, schema_revisions
+    from monitor.service.runtime import open_owner_database
+
+    settings = load_settings()
+    with open_owner_database(settings) as engine:
+        current, _head = schema_revisions(engine)
+        if not yes:
+            typer.confirm(f"Downgrade the database schema from {current} to {to}?", abort=True)
+        try:
+            command.downgrade(alembic_config(engine), to)
+        except CommandError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+    console.print(f"database at revision {to} (was {current}); roll the service back to it now")
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,

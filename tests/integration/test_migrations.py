@@ -11,9 +11,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
+from typer.testing import CliRunner
 
+from monitor.performance._summary_bytes import TAG
+from monitor.service.cli import app
 from monitor.service.db import UnsupportedDatabase, alembic_config, make_engine, upgrade
 from monitor.service.models import JOB_STORE_TABLE, Base
+from monitor.service.performance.summaries import read_window, tracked
+from tests.integration.test_performance_summaries import _store_history
 
 lz4_migration = importlib.import_module(
     "monitor.service.migrations.versions.0020_performance_snapshots_lz4"
@@ -78,3 +83,44 @@ def test_snapshot_json_is_compressed_with_lz4_where_the_server_has_it(pg_engine:
     assert methods() == dict.fromkeys(columns, "")
     upgrade(pg_engine)
     assert methods() == dict.fromkeys(columns, "l")
+
+
+def test_a_downgrade_past_0020_writes_the_statistics_back_in_format_1(pg_engine: Engine) -> None:
+    """The code before 0020 reads statistics in format 1 only: `radsentry downgrade --to 0019`
+    (an unknown revision refused first, changing nothing) rewrites every format-2 row, and the
+    windows read afterwards (by this code, which reads both) are the ones read before, bit for
+    bit."""
+    _store_history(pg_engine)
+
+    def windows() -> list[tuple[object, ...]]:
+        with pg_engine.connect() as connection:
+            read = [
+                read_window(connection, model, version, finding, site_id=site)
+                for (site, model, version), finding in tracked(connection)
+            ]
+        return [
+            (w.summary, w.subgroups, w.delays.to_dict(), w.first_at, w.last_at, w.threshold_source)
+            for w in read
+        ]
+
+    def first_bytes() -> set[int]:
+        with pg_engine.connect() as connection:
+            return set(
+                connection.execute(
+                    text("SELECT DISTINCT get_byte(summary, 0) FROM performance_buckets")
+                ).scalars()
+            )
+
+    before = windows()
+    assert len(before) == 8 and all(summary is not None for summary, *_ in before)
+    assert first_bytes() == {TAG}
+    owner = {"RADSENTRY_DATABASE__MIGRATION_URL": pg_engine.url.render_as_string(False)}
+    refused = CliRunner().invoke(app, ["downgrade", "--to", "0013x", "--yes"], env=owner)
+    assert refused.exit_code == 2 and "0013x" in refused.output, refused.output
+    assert first_bytes() == {TAG}
+    ran = CliRunner().invoke(app, ["downgrade", "--to", "0019", "--yes"], env=owner)
+    assert ran.exit_code == 0, ran.output
+    assert "database at revision 0019 (was 0020)" in " ".join(ran.output.split())
+    assert first_bytes() == {0x78}  # a zlib stream: format 1
+    upgrade(pg_engine)
+    assert windows() == before

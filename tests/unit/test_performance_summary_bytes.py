@@ -72,6 +72,22 @@ def test_both_formats_read_back_as_the_same_summary(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", list(SUMMARIES))
+def test_a_rollback_writes_back_exactly_the_bytes_the_code_before_wrote(name: str) -> None:
+    """``as_format_1`` (migration 0020's downgrade) needs no layout and gives, byte for byte,
+    what the code before format 2 wrote for the same summary; format 1 passes through."""
+    summary = SUMMARIES[name]
+    assert _summary_bytes.as_format_1(summary.to_bytes()) == format_1(summary)
+    assert _summary_bytes.as_format_1(format_1(summary)) == format_1(summary)
+
+
+def test_a_rollback_refuses_bytes_that_are_not_a_summary() -> None:
+    blob = SUMMARIES["a day"].to_bytes()
+    for broken in (blob[:5], blob[:-3]):
+        with pytest.raises(_summary_bytes.EncodingError):
+            _summary_bytes.as_format_1(broken)
+
+
+@pytest.mark.parametrize("name", list(SUMMARIES))
 def test_the_histogram_is_stored_sparse_or_dense_whichever_is_shorter(name: str) -> None:
     summary = SUMMARIES[name]
     peak = int(summary.histogram.max())

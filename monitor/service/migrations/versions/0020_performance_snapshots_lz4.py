@@ -12,6 +12,11 @@ nothing on a server without it. A ``pg_dump`` of a database upgraded here names 
 columns, so its restore into a server without lz4 reports those statements as errors (the data
 itself restores; ``pg_dump --no-toast-compression`` leaves them out).
 
+The code that came with this revision also writes the performance statistics in storage format
+2 (``monitor/performance/_summary_bytes.py``), which the code before it cannot read. Rows move
+to it as batches rewrite them, so the upgrade changes none; the downgrade writes every format-2
+row back in format 1, so that a rollback to the release before (head 0019) reads its statistics.
+
 Revision ID: 0020
 Revises: 0019
 Create Date: 2026-12-07
@@ -54,5 +59,50 @@ def upgrade() -> None:
     _set_compression("lz4")
 
 
+BUCKET_KEY = (
+    "site_id",
+    "model_name",
+    "model_version",
+    "finding",
+    "subgroup_field",
+    "subgroup_value",
+    "bucket",
+    "threshold",
+)
+
+
+def _statistics_in_format_1(bind: sa.Connection, batch: int = 1000) -> None:
+    """Every ``performance_buckets`` summary in format 2 rewritten in format 1 (zlib), read
+    through a server-side cursor and written back ``batch`` rows at a time."""
+    # Imported here: only a downgrade past this revision needs the code.
+    from monitor.performance._summary_bytes import TAG, as_format_1
+
+    buckets = sa.table(
+        "performance_buckets",
+        *(sa.column(name) for name in BUCKET_KEY),
+        sa.column("summary", sa.LargeBinary),
+    )
+    found = bind.execute(
+        sa.select(buckets)
+        .where(sa.func.get_byte(buckets.c.summary, 0) == TAG)
+        .execution_options(stream_results=True, max_row_buffer=batch)
+    )
+    statement = (
+        sa.update(buckets)
+        .where(*(buckets.c[name] == sa.bindparam(f"key_{name}") for name in BUCKET_KEY))
+        .values(summary=sa.bindparam("rewritten"))
+    )
+    while rows := found.fetchmany(batch):
+        bind.execute(
+            statement,
+            [
+                {"rewritten": as_format_1(row.summary)}
+                | {f"key_{name}": row._mapping[name] for name in BUCKET_KEY}
+                for row in rows
+            ],
+        )
+
+
 def downgrade() -> None:
+    _statistics_in_format_1(op.get_bind())
     _set_compression("default")
