@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +25,7 @@ from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
 from monitor.service.models import AlertRow, PerformanceAlarmRow
 from monitor.service.performance import store
-from monitor.service.performance.alerts import RuleOutcome, WindowFacts, evaluate
+from monitor.service.performance.alerts import RuleOutcome, WindowFacts, _drift_links, evaluate
 from monitor.service.performance.store import FLEET, latest_snapshots, refresh
 from monitor.service.settings import PerformanceSettings, Settings
 from monitor.simulate import SimulationConfig, simulate
@@ -315,6 +317,65 @@ def test_the_rules_of_all_streams_checked_together_decide_as_each_stream_alone(
     assert together[0], "the degraded site raises alerts"
     assert len(together[1]) == 3
     assert together == alone, _first_difference(together, alone)
+
+
+def test_a_performance_alert_links_the_sites_drift_alerts_oldest_first(
+    pg_engine: Engine,
+) -> None:
+    """The drift alerts a performance alert names come in one order (oldest first), whatever
+    order the rows lie in: the together-versus-alone test above once failed on the same links
+    listed in two orders, after an alert's update had moved its row."""
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    rows = [
+        _drift_alert(detector, start + timedelta(days=day))
+        for detector, day in (("score_ks", 3), ("ks", 1), ("mmd", 1), ("chi2", 2))
+    ]
+    with pg_engine.begin() as connection:
+        connection.execute(AlertRow.__table__.insert(), rows)
+        connection.execute(  # an update moves the oldest row to the heap's end
+            AlertRow.__table__.update()
+            .where(AlertRow.detector == "ks")
+            .values(drifting_checks=AlertRow.drifting_checks + 1)
+        )
+        facts = SimpleNamespace(
+            key=SimpleNamespace(site_id="site-02", model_name="cxr-lesion"),
+            window_start=start,
+            window_end=start + timedelta(days=10),
+        )
+        links = _drift_links(connection, facts)  # type: ignore[arg-type]
+    named = re.findall(r"(\w+) since", links)
+    assert named == ["ks", "mmd", "chi2", "score_ks"], links
+
+
+def _drift_alert(detector: str, since: datetime) -> dict[str, object]:
+    return {
+        "alert_id": uuid.uuid5(uuid.NAMESPACE_URL, detector),
+        "site_id": "site-02",
+        "model_name": "cxr-lesion",
+        "model_version": "1.0.0",
+        "detector": detector,
+        "features": ["x"],
+        # Raised (or last updated) in the reverse order of their episodes' starts, so that
+        # neither the rows' nor an index's order is the one asked for.
+        "occurred_at": datetime(2026, 3, 20, tzinfo=UTC)
+        - (since - datetime(2026, 3, 1, tzinfo=UTC)),
+        "since": since,
+        "window_start": since,
+        "window_end": since,
+        "statistic": 1.0,
+        "p_value": 0.001,
+        "effect_size": 0.5,
+        "effect_size_name": "d",
+        "explanation": "machine-written",
+        "config_fingerprint": "f" * 16,
+        "reference_id": uuid.uuid4(),
+        "status": "open",
+        "severity": "warning",
+        "drift_active": True,
+        "drifting_checks": 1,
+        "last_drift_at": since,
+        "created_at": since,
+    }
 
 
 def _auroc_cusum_only(auroc_cusum: AurocCusum) -> PerformanceSettings:

@@ -296,15 +296,18 @@ def _alert(
 
 
 def _drift_links(connection: Connection, facts: WindowFacts) -> str:
-    """The site's drift alerts active during the window, as a sentence (or nothing)."""
+    """The site's drift alerts active during the window, as a sentence (or nothing), oldest
+    first: one order on every replica and run (the rows' own order moves as alerts update)."""
     rows = connection.execute(
-        select(AlertRow.detector, AlertRow.since, AlertRow.alert_id).where(
+        select(AlertRow.detector, AlertRow.since, AlertRow.alert_id)
+        .where(
             AlertRow.site_id == facts.key.site_id,
             AlertRow.model_name == facts.key.model_name,
             ~AlertRow.detector.startswith("performance."),
             AlertRow.since <= facts.window_end,
             (AlertRow.ended_at.is_(None)) | (AlertRow.ended_at >= facts.window_start),
         )
+        .order_by(AlertRow.since, AlertRow.detector, AlertRow.alert_id)
     ).all()
     if not rows:
         return ""
