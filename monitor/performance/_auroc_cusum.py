@@ -50,7 +50,7 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from monitor.performance._grid_cusum import run_length, smallest_limit
+from monitor.performance._grid_cusum import run_length, signal_before_zero, smallest_limit
 from monitor.performance.config import AurocCusum
 
 FloatArray = NDArray[np.float64]
@@ -84,6 +84,15 @@ class AurocCusumDesign(BaseModel):
     """Exact in-control ARL if new cases place exactly as the reference's own did."""
     arl1: float
     """Exact ARL from 0 when every new case follows the alternative (a drop of ``drop``)."""
+    head_start: int = 0
+    """Grid units a new value's CUSUM starts at (from ``AurocCusum.new_value_false_alarm``; 0
+    without ``by_fields``)."""
+    head_start_false_alarm: float = 0.0
+    """Probability that a new value's CUSUM, in control at the least favourable reference
+    means, signals from its head start before it first falls to 0: at most this many false
+    signals per new value, beyond the family's rate."""
+    arl1_head_start: float = 0.0
+    """Exact ARL from the head start when every case of the value follows the alternative."""
 
     @property
     def decision_interval(self) -> float:
@@ -233,6 +242,8 @@ def design_auroc_cusum(
             "needed"
         )
     limit = smallest_limit(lambda h: run_length(steps, pessimistic, h), config.cusum_arl0, 1)
+    alternative = placed.mixture(tilts)
+    head, head_false_alarm = _head_start(steps, pessimistic, limit, config)
     return AurocCusumDesign(
         reference_auroc=float(placed.by_class[0].mean()),
         positives=reference_positive.size,
@@ -247,8 +258,24 @@ def design_auroc_cusum(
         hold=max(limit, round(limit * config.hold_multiple)),
         arl0=run_length(steps, pessimistic, limit),
         arl0_reference=run_length(steps, placed.mixture([0.0, 0.0]), limit),
-        arl1=run_length(steps, placed.mixture(tilts), limit),
+        arl1=run_length(steps, alternative, limit),
+        head_start=head,
+        head_start_false_alarm=head_false_alarm,
+        arl1_head_start=run_length(steps, alternative, limit, start=head),
     )
+
+
+def _head_start(
+    steps: NDArray[np.int64], in_control: FloatArray, limit: int, config: AurocCusum
+) -> tuple[int, float]:
+    """The largest head start, up to half of ``limit`` (Lucas and Crosier's), whose false
+    signal probability in control is at most ``config.new_value_false_alarm``, with that
+    probability; 0 without ``by_fields``."""
+    if not config.by_fields or config.new_value_false_alarm <= 0.0:
+        return 0, 0.0
+    chances = signal_before_zero(steps, in_control, limit)[: limit // 2 + 1]
+    head = int(np.flatnonzero(chances <= config.new_value_false_alarm)[-1])
+    return head, float(chances[head])
 
 
 def case_steps(

@@ -205,10 +205,8 @@ def _with_reference_values(
 
 
 def _known_values(state: AurocCusumState, config: AurocCusum) -> dict[str, set[str]]:
-    """Per field, the values that get no CUSUM: with ``new_values_only``, those with at least
-    ``known_share`` of the reference's cases."""
-    if not config.new_values_only:
-        return {}
+    """Per field, the values of the reference: those with at least ``known_share`` of its
+    cases (with ``new_values_only`` they get no CUSUM; otherwise one with no head start)."""
     least = config.known_share * (len(state.reference_positive) + len(state.reference_negative))
     return {
         field: {value for value, count in counts.items() if count >= least}
@@ -336,4 +334,10 @@ def _false_alarms(design: AurocCusumDesign, config: AurocCusum) -> str:
     if not config.by_fields:
         return f"{design.arl0:,.0f} or more"
     fields = ", ".join(config.by_fields)
-    return f"{config.arl0:,} or more over this CUSUM and those per value of {fields} together"
+    text = f"{config.arl0:,} or more over this CUSUM and those per value of {fields} together"
+    if design.head_start:
+        text += (
+            f", and a chance of {design.head_start_false_alarm:.1%} or less of one for each new "
+            "value (its CUSUM starts part of the way to the alarm level)"
+        )
+    return text

@@ -6,8 +6,11 @@ share grows, from nothing; a CUSUM on the unit's own cases, placed against the s
 sees the unit's whole drop from its first case, and signals once enough of them are labelled.
 Every value gets one: it shares the pooled CUSUM's design (its reference, tilt and ``h``,
 designed for :attr:`AurocCusum.cusum_arl0` so that the family keeps ``arl0``) and keeps only
-its own counters. A value that ranked worse than the pool from the start (an older unit) is a
-difference the reference already held: such a unit signals too (docs/performance.md).
+its own counters. A value new to the reference starts with a head start (the design's
+``head_start``, :attr:`AurocCusum.new_value_false_alarm`): its first cases are where a change
+is most likely.
+A value that ranked worse than the pool from the start (an older unit) is a difference the
+reference already held: such a unit signals too (docs/performance.md).
 
 Values are tracked in the order they are first seen after the reference, at most
 ``max_values`` per field; the cases of later values count in the pooled CUSUM only, and in
@@ -77,8 +80,9 @@ def value_steps(
 ) -> ValueBatch:
     """Run each value's CUSUM over its cases' ``steps`` (the batch's, in order), from the
     counters ``before`` (per field, per value; untracked cases per field). ``monitored_before``:
-    pooled monitored cases before the batch; ``known``: per field, values that get no CUSUM
-    (those of the reference, with ``new_values_only``)."""
+    pooled monitored cases before the batch; ``known``: per field, the reference's values
+    (with ``new_values_only`` they get no CUSUM; otherwise one that starts at 0). A new value's
+    CUSUM starts at the design's ``head_start``."""
     by_value = {field: dict(values) for field, values in before[0].items()}
     untracked, runs = dict(before[1]), []
     for field in config.by_fields:
@@ -89,12 +93,14 @@ def value_steps(
             raise ValueError(f"{field}: {len(values)} values for {steps.size} cases")
         cusums = by_value.setdefault(field, {})
         for value, cases in _positions(values).items():
-            if value in known.get(field, ()):
+            old = value in known.get(field, ())
+            if old and config.new_values_only:
                 continue
             if value not in cusums and len(cusums) >= config.max_values:
                 untracked[field] = untracked.get(field, 0) + cases.size
                 continue
-            cusums[value], moved = _run(cusums.get(value, ValueCusum()), cases, steps, design)
+            fresh = ValueCusum(units=0 if old else design.head_start)
+            cusums[value], moved = _run(cusums.get(value, fresh), cases, steps, design)
             first = moved.crossings[0] if moved.crossings else None
             pooled = None if first is None else monitored_before + int(cases[first - 1]) + 1
             runs.append(ValueRun(field, value, cases, cusums[value], moved, pooled))

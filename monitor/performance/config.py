@@ -136,6 +136,15 @@ class AurocCusum(DetectorConfig):
     0.54 false alerts a year with every value against 0.14 with new values only, at the same
     delays (docs/performance.md). A reference collected before ``by_fields`` was set knows no
     values, so all count as new."""
+    new_value_false_alarm: float = Field(default=0.01, ge=0.0, lt=1.0)
+    """A new value's CUSUM starts with a head start, not at 0 (Lucas and Crosier's fast
+    initial response, 1982): a new unit is either as good as the others from its first case or
+    not, so its first cases are where a change is most likely, and from a head start a drop is
+    found in fewer of them. Once the statistic falls to 0 the CUSUM is an ordinary one, so the
+    head start adds at most one false signal per new value; the head start is the largest, up
+    to half of ``h``, that keeps the probability of that signal at or below this (computed
+    exactly at the least favourable reference means: the design's ``head_start_false_alarm``).
+    Values of the reference (``known_share``) start at 0. 0: no head start."""
     known_share: float = Field(default=0.05, gt=0.0, le=1.0)
     """With ``new_values_only``, a value is part of the reference from this share of its cases
     on: a new unit whose first few studies were labelled early, among the reference's, is

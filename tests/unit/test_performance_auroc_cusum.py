@@ -20,7 +20,7 @@ from monitor.performance._auroc_cusum import (
     tilt_to_mean,
     tilted_weights,
 )
-from monitor.performance._grid_cusum import run_length
+from monitor.performance._grid_cusum import run_length, signal_before_zero
 from monitor.performance.auroc_cusum import (
     AurocCusumState,
     start_auroc_cusum,
@@ -263,6 +263,28 @@ def test_grid_run_length_of_two_steps_is_the_error_rate_chain() -> None:
             n += 1
         lengths.append(n)
     assert abs(np.mean(lengths) - exact) < 4 * np.std(lengths) / np.sqrt(2000)
+
+
+def test_grid_signal_before_zero_is_the_gamblers_ruin() -> None:
+    """Steps of +1 and -1: from ``s``, the chance of reaching ``N`` before 0 is the gambler's
+    ruin's ``(1 - r^s) / (1 - r^N)``, ``r = q / p``."""
+    up, limit = 0.4, 12
+    chances = signal_before_zero([1, -1], [up, 1 - up], limit)
+    ratio = (1 - up) / up
+    exact = [(1 - ratio**s) / (1 - ratio**limit) for s in range(limit)]
+    assert chances == pytest.approx(exact, abs=1e-12)
+    assert np.all(np.diff(chances) > 0)
+
+
+def test_grid_run_length_from_a_head_start() -> None:
+    """With steps of at most +1 the statistic passes every level on its way up, so the run
+    length from 0 is the time to reach ``s`` plus the run length from ``s``."""
+    steps, probabilities, limit = [1, -1, -3], [0.45, 0.45, 0.1], 25
+    whole = run_length(steps, probabilities, limit)
+    for start in (0, 5, 12, 24):
+        to_start = run_length(steps, probabilities, start) if start else 0.0
+        from_start = run_length(steps, probabilities, limit, start=start)
+        assert from_start == pytest.approx(whole - to_start, rel=1e-9)
 
 
 def test_design_is_deterministic_and_reports_both_arls() -> None:

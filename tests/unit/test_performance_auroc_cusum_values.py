@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from monitor.performance._auroc_cusum import _placed, case_steps, placements
 from monitor.performance.auroc_cusum import (
     AurocCusumState,
     start_auroc_cusum,
@@ -138,8 +139,9 @@ def test_a_degraded_new_unit_at_a_small_share_signals_on_its_own_cases_first() -
         delays.append(found[0])
         _, result = update_auroc_cusum(alone, batch[0], batch[1], pooled)
         pooled_delays.append(result.numbers.get("first_signal_at", 6000))
-    # Measured medians: 1,117 cases (65-171 of them from unit E) against 3,402 for the pooled
-    # CUSUM alone (none within 6,000 cases for 3 of the 10 seeds, counted as 6,000).
+    # Measured medians: 931 cases with the head start (1,117 without it; 62-166 of them from
+    # unit E; at drop 0.03 the 1 % budget allows a head start of only 0.13 h) against 3,402 for
+    # the pooled CUSUM alone (none within 6,000 cases for 3 of the 10 seeds, counted as 6,000).
     assert np.median(delays) < 1500 < np.median(pooled_delays)
 
 
@@ -158,6 +160,7 @@ def test_result_names_the_field_and_value_and_counts_in_pooled_cases() -> None:
         "AUROC CUSUM on cases with ManufacturerModelName 'E': evidence of a drop"
     )
     assert "together" in worst.explanation  # the false-alarm rate is the family's
+    assert "for each new value" in worst.explanation  # and the head start's chance
     assert worst.n_cases == state.by_value[FIELD]["E"].cases < 1200
     assert worst.numbers["batch_auroc"] < worst.numbers["reference_auroc"] - 0.05
     assert sum(r.n_cases for r in results[1:]) == results[0].n_cases == 1200
@@ -223,3 +226,89 @@ def test_new_values_only_leaves_the_reference_units_to_the_pooled_cusum() -> Non
     assert sorted(state.reference_values[FIELD]) == ["A", "B", "C"]
     assert sum(state.reference_values[FIELD].values()) == 1000
     assert state.by_value.get(FIELD, {}) == {} and subgroups == {(FIELD, "E")}
+
+
+def test_a_new_value_starts_at_its_head_start_and_a_reference_value_at_zero() -> None:
+    config = AurocCusum(reference_cases=1000, drop=0.08, by_fields=(FIELD,), new_values_only=False)
+    rng = np.random.default_rng(21)
+    labels, scores, units = cases(rng, 1000)
+    state, _ = update_auroc_cusums(
+        start_auroc_cusum(config), labels, scores, config, groups={FIELD: units}
+    )
+    design = state.design
+    assert design is not None
+    assert 0 < design.head_start <= design.limit // 2
+    assert 0 < design.head_start_false_alarm <= config.new_value_false_alarm
+    assert design.arl1_head_start < design.arl1
+    labels, scores, _ = cases(rng, 2)
+    state, _ = feed(state, config, (labels, scores, ["A", "Z"]))
+    steps = case_steps(
+        design,
+        labels,
+        placements(
+            labels,
+            scores,
+            np.asarray(state.reference_positive),
+            np.asarray(state.reference_negative),
+        ),
+    )
+    assert state.by_value[FIELD]["A"].units == max(0, int(steps[0]))
+    assert state.by_value[FIELD]["Z"].units == max(0, design.head_start + int(steps[1]))
+    for update in ({"new_value_false_alarm": 0.0}, {"by_fields": ()}):
+        quiet = config.model_copy(update=update)
+        calm = start_auroc_cusum(quiet, previous=state).design
+        assert calm is not None and calm.head_start == 0 and calm.head_start_false_alarm == 0.0
+
+
+def test_a_healthy_new_value_signals_from_its_head_start_at_its_computed_chance() -> None:
+    """Where the computation is exact (new cases drawn from the reference itself, no allowance
+    for its error): of 20,000 healthy new values, the share whose CUSUM reaches h from its
+    head start before it first falls to 0 is the design's ``head_start_false_alarm``, at most
+    ``new_value_false_alarm``. Each value's CUSUM run on the design's own grid steps."""
+    config = AurocCusum(
+        reference_cases=1000, drop=0.08, reference_confidence=0.5, by_fields=(FIELD,)
+    )
+    state = started(config, seed=22)
+    design = state.design
+    assert design is not None
+    placed = _placed(np.asarray(state.reference_positive), np.asarray(state.reference_negative))
+    labels = np.repeat([True, False], [p.size for p in placed.by_class])
+    steps = case_steps(design, labels, np.concatenate(placed.by_class))
+    runs, rng = 20_000, np.random.default_rng(23)
+    units = np.full(runs, design.head_start)
+    signalled = np.zeros(runs, dtype=bool)
+    open_ = np.ones(runs, dtype=bool)
+    while open_.any():
+        units[open_] = np.maximum(0, units[open_] + rng.choice(steps, int(open_.sum())))
+        signalled |= open_ & (units >= design.limit)
+        open_ &= (units > 0) & (units < design.limit)
+    share, chance = float(signalled.mean()), design.head_start_false_alarm
+    # Measured: 0.0092 against the computed 0.0100 (budget 0.01; head start 0.39 h).
+    assert chance <= config.new_value_false_alarm
+    assert abs(share - chance) < 4 * np.sqrt(chance * (1 - chance) / runs)
+
+
+def test_the_head_start_finds_a_degraded_new_unit_sooner_and_healthy_streams_stay_quiet() -> None:
+    """Both ways on the same streams, with and without the head start: unit E at 10 % of the
+    studies is found after fewer of its own cases; on streams with a healthy new unit D at
+    20 % instead, D's CUSUM (head start included) stays quiet."""
+    with_head = AurocCusum(arl0=10_000, drop=0.08, by_fields=(FIELD,))
+    without = with_head.model_copy(update={"new_value_false_alarm": 0.0})
+    own_cases: dict[AurocCusum, list[int]] = {with_head: [], without: []}
+    for seed in range(10):
+        batch = cases(np.random.default_rng(500 + seed), 4000, new_unit_share=0.1)
+        for config, found in own_cases.items():
+            _, results = feed(started(config, seed=600 + seed), config, batch)
+            first = {r.subgroup: r.numbers.get("first_signal_at") for r in results}
+            at = first[(FIELD, "E")]
+            assert at is not None
+            found.append(batch[2][: int(at)].count("E"))
+    # Measured medians of unit E's own cases to its first signal: 32 with the head start,
+    # 58 without.
+    assert np.median(own_cases[with_head]) < 0.8 * np.median(own_cases[without])
+    for seed in range(10):
+        rng = np.random.default_rng(700 + seed)
+        labels, scores, units = cases(rng, 4000)
+        units = ["D" if rng.random() < 0.2 else unit for unit in units]
+        state, _ = feed(started(with_head, seed=800 + seed), with_head, (labels, scores, units))
+        assert state.by_value[FIELD]["D"].signals == 0
