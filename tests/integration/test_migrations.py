@@ -17,7 +17,7 @@ from monitor.performance._summary_bytes import TAG
 from monitor.service.cli import app
 from monitor.service.db import UnsupportedDatabase, alembic_config, make_engine, upgrade
 from monitor.service.models import JOB_STORE_TABLE, Base
-from monitor.service.performance.summaries import read_window, tracked
+from monitor.service.performance.windows import read_window, tracked
 from tests.integration.test_performance_summaries import _store_history
 
 lz4_migration = importlib.import_module(

@@ -1,6 +1,6 @@
 """The tracker's batched reads equal the per-stream reads they replace, in a real PostgreSQL.
 
-``summaries.read_streams`` (windows and prediction counts of many streams in a few queries)
+``windows.read_streams`` (windows and prediction counts of many streams in a few queries)
 against ``read_window`` and ``predicted``; ``raw.earliest_labelled`` and
 ``raw.recent_windows`` against ``joined_sample`` and ``recent_predictions``. On the
 shuffled history of ``test_performance_summaries`` (two sites, two versions, one without a
@@ -21,10 +21,10 @@ from monitor.events import DicomMetadata, InferenceEvent, LabelEvent, Prediction
 from monitor.service.db import make_engine, upgrade
 from monitor.service.ingest.store import store_batch
 from monitor.service.kafka import Delivered
-from monitor.service.performance import summaries
+from monitor.service.performance import windows
 from monitor.service.performance.labels import joined_sample, recent_predictions
 from monitor.service.performance.raw import earliest_labelled, recent_windows
-from monitor.service.performance.summaries import Window, predicted, read_streams, read_window
+from monitor.service.performance.windows import Window, predicted, read_streams, read_window
 from tests.conftest import empty_tables
 from tests.factories import study_key
 from tests.integration.test_performance_summaries import _label, _store_history
@@ -45,7 +45,7 @@ def stored(pg_url: str) -> Iterator[Engine]:
 
 def _streams(engine: Engine) -> list[tuple[str, str, str, str]]:
     with engine.connect() as connection:
-        return [(*stream, finding) for stream, finding in summaries.tracked(connection)]
+        return [(*stream, finding) for stream, finding in windows.tracked(connection)]
 
 
 def _same_window(batched: Window, single: Window) -> None:
@@ -63,7 +63,7 @@ def test_read_streams_equals_the_reads_per_stream(
     stored: Engine, monkeypatch: pytest.MonkeyPatch, page: int, rolling: int
 ) -> None:
     # Small pages make most rolling windows span several: the per-stream fallback runs.
-    monkeypatch.setattr(summaries, "_DAYS_PER_PAGE", page)
+    monkeypatch.setattr(windows, "_DAYS_PER_PAGE", page)
     streams = _streams(stored)
     assert len(streams) >= 6
     with stored.connect() as connection:

@@ -38,7 +38,7 @@ from monitor.service.performance import maintenance
 from monitor.service.performance.jobs import verify_performance
 from monitor.service.performance.labels import expire_unmatched, joined_sample
 from monitor.service.performance.store import FLEET, RefreshCache, refresh
-from monitor.service.performance.summaries import read_window, tracked
+from monitor.service.performance.windows import read_window, tracked
 from monitor.service.settings import PerformanceSettings
 from tests.factories import study_key
 

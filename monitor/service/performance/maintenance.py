@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 from sqlalchemy import Connection, Engine, and_, delete, select, text
 
+from monitor.performance.sufficient import PerformanceSummary
 from monitor.service.db import table_of
 from monitor.service.models import (
     CurrentLabelRow,
@@ -23,8 +25,18 @@ from monitor.service.models import (
     PerformanceBucketRow,
     PredictionCountRow,
 )
-from monitor.service.performance.labels import joined_sample
-from monitor.service.performance.summaries import Mismatch, rebuild, tracked, verify
+from monitor.service.performance.labels import JoinedSample, joined_sample
+from monitor.service.performance.summaries import rebuild
+from monitor.service.performance.windows import read_window, tracked
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A window whose statistics differ from the raw rows' (:func:`verify`)."""
+
+    stream: tuple[str, str, str]
+    finding: str
+    what: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +114,26 @@ def rebuild_all(engine: Engine, subgroup_fields: Sequence[str], now: datetime) -
         connection.execute(delete(buckets))
         connection.execute(delete(counts))
         return rebuild(connection, subgroup_fields, now)
+
+
+def verify(
+    connection: Connection, stream: tuple[str, str, str], finding: str, raw: JoinedSample
+) -> list[Mismatch]:
+    """Compare the cumulative window's statistics with ``raw`` (its ``joined_sample``): the
+    counts and confusion matrix must be equal, the summary of the raw cases bit for bit."""
+    site_id, model_name, version = stream
+    window = read_window(connection, model_name, version, finding, site_id=site_id)
+    problems = []
+    if window.n != len(raw):
+        problems.append(f"{window.n} labelled cases summarised, {len(raw)} in the raw rows")
+    elif window.summary is not None:
+        expected = PerformanceSummary(window.summary.key, window.summary.layout)
+        expected.add(raw.labels, raw.scores)
+        if not np.array_equal(expected.histogram, window.summary.histogram):
+            problems.append("the score histograms differ from the raw rows'")
+        if not np.array_equal(expected.confusion, window.summary.confusion):
+            problems.append(
+                f"confusion counts {window.summary.confusion.tolist()} summarised, "
+                f"{expected.confusion.tolist()} in the raw rows"
+            )
+    return [Mismatch(stream, finding, what) for what in problems]

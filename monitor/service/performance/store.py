@@ -20,7 +20,7 @@ scored at 0.5, and the snapshot says so.
 
 The label-free estimate and the rules' reference read raw rows, a bounded number of them: the
 version's earliest ``estimate_reference`` labelled predictions and its latest
-``rolling_window`` predictions. ``summaries.verify`` compares the statistics with the raw rows.
+``rolling_window`` predictions. ``maintenance.verify`` compares the statistics with the raw rows.
 """
 
 from __future__ import annotations
@@ -61,14 +61,9 @@ from monitor.service.performance.raw import (
     earliest_labelled,
     recent_windows,
 )
-from monitor.service.performance.summaries import (
-    NO_THRESHOLD,
-    layout_for,
-    pooled,
-    read_streams,
-    stream_marks,
-)
-from monitor.service.performance.summaries import Window as SummaryWindow
+from monitor.service.performance.summaries import NO_THRESHOLD, layout_for
+from monitor.service.performance.windows import Window as SummaryWindow
+from monitor.service.performance.windows import pooled, read_streams, stream_marks
 from monitor.service.settings import PerformanceSettings
 
 log = structlog.get_logger(__name__)
@@ -106,7 +101,7 @@ class Snapshot:
 class RefreshCache:
     """What one process's refreshes keep between runs (the scheduler's job holds one): each
     stream's windows and snapshots with the marks they were computed at
-    (``summaries.stream_marks``). A refresh recomputes a stream only when its marks changed
+    (``windows.stream_marks``). A refresh recomputes a stream only when its marks changed
     (new or corrected labels, new predictions), so its cost follows what arrived, not the
     number of sites; streams seen unchanged are stored and exported again as they were (their
     count of expired labels too: it is read again when the stream next changes)."""
