@@ -206,7 +206,7 @@ class Registry:
         )
         if not any(item.path == MANIFEST_ARTIFACT for item in listed):
             return None
-        stored = self._artifact_bytes(model_name, version, MANIFEST_ARTIFACT)
+        stored = self._artifact_bytes(registered.run_id, MANIFEST_ARTIFACT)
         if stored is None:
             raise TrackingError(
                 f"{model_name} version {version}: its training manifest is listed but could "
@@ -230,7 +230,9 @@ class Registry:
 
     def load_projection(self, model_name: str, version: str) -> Projection:
         """The embedding projection stored with the version (TrackingError if it has none)."""
-        stored = self._artifact_bytes(model_name, version, PROJECTION_ARTIFACT)
+        stored = self._artifact_bytes(
+            self._version(model_name, version).run_id, PROJECTION_ARTIFACT
+        )
         if stored is None:
             raise TrackingError(
                 f"{model_name} version {version} has no embedding projection; fit one with "
@@ -258,12 +260,13 @@ class Registry:
     def load_directions(self, model_name: str, version: str) -> DirectionSet | None:
         """The known directions stored with the version; None when it has none (versions
         registered before directions existed, or without examples)."""
-        stored = self._artifact_bytes(model_name, version, DIRECTIONS_ARTIFACT)
+        stored = self._artifact_bytes(
+            self._version(model_name, version).run_id, DIRECTIONS_ARTIFACT
+        )
         return None if stored is None else DirectionSet.from_json(stored)
 
-    def _artifact_bytes(self, model_name: str, version: str, artifact: str) -> bytes | None:
-        """One artifact file of the version's run; None when the run has none."""
-        run_id = self._version(model_name, version).run_id
+    def _artifact_bytes(self, run_id: str, artifact: str) -> bytes | None:
+        """One artifact file of a version's run; None when the run has none."""
         with tempfile.TemporaryDirectory(prefix="radsentry-artifact-") as folder:
             try:
                 path = mlflow.artifacts.download_artifacts(
