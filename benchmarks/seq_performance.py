@@ -204,13 +204,13 @@ def healthy_shares(start: int, stop: int) -> Floats:
     return HEALTHY_SHARE * np.clip((position - HEALTHY_FROM) / HEALTHY_RAMP, 0.0, 1.0)
 
 
-def make_streams(seeds: int, unit_c: ScannerProfile = SITE) -> Streams:
+def make_streams(seeds: int, unit_c: ScannerProfile = SITE, first_seed: int = 0) -> Streams:
     labels = np.zeros((seeds, 1 + len(SCENARIOS), LENGTH), dtype=bool)
     scores = np.zeros(labels.shape)
     units = np.zeros(labels.shape, dtype=np.int8)
     onsets = np.zeros(seeds, dtype=np.int64)
     for seed in range(seeds):
-        rng = np.random.default_rng([21, 3, seed])
+        rng = np.random.default_rng([21, 3, first_seed + seed])
         onsets[seed] = onset = ONSET_FROM + int(rng.integers(0, 1000))
         stable = draw(rng, np.zeros(LENGTH), healthy_shares(0, LENGTH), unit_c)
         labels[seed, :], scores[seed, :], units[seed, :] = stable
@@ -604,6 +604,12 @@ def medians(outcome: Outcome) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="streams from seed N on (e.g. 100: a hundred streams no setting was chosen on)",
+    )
     parser.add_argument("--explore", action="store_true", help="also the exploration variants")
     parser.add_argument("--no-nannyml", action="store_true")
     parser.add_argument(
@@ -636,7 +642,7 @@ def main() -> None:
         return
     started = time.perf_counter()
     unit_c = SITE if args.unit_c_auroc is None else scoring_like(args.unit_c_auroc)
-    streams = make_streams(args.seeds, unit_c)
+    streams = make_streams(args.seeds, unit_c, args.first_seed)
     if args.family_check:
         design, nominal, mean, se = family_check(streams)
         print(

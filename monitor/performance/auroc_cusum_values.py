@@ -8,9 +8,8 @@ Every value gets one: it shares the pooled CUSUM's design (its reference, tilt a
 designed for :attr:`AurocCusum.cusum_arl0` so that the family keeps ``arl0``) and keeps only
 its own counters. A value new to the reference starts with a head start (the design's
 ``head_start``, :attr:`AurocCusum.new_value_false_alarm`): its first cases are where a change
-is most likely.
-A value that ranked worse than the pool from the start (an older unit) is a difference the
-reference already held: such a unit signals too (docs/performance.md).
+is most likely. A value that ranked worse than the pool from the start (an older unit) is a
+difference the reference already held: such a unit signals too (docs/performance.md).
 
 Values are tracked in the order they are first seen after the reference, at most
 ``max_values`` per field; the cases of later values count in the pooled CUSUM only, and in
