@@ -17,6 +17,7 @@ AP) on which each criterion passes, and the band of thresholds at which all pass
     python -m benchmarks.bench_demo_retrain run DATA_DIR base rehearse rehearse:lr=0.0003
     python -m benchmarks.bench_demo_retrain challenger DATA_DIR   # the demo's own candidate
     python -m benchmarks.bench_demo_retrain rescore DATA_DIR demo:threads=1  # a trained one
+    python -m benchmarks.bench_demo_retrain summary plan-1.4.0   # per cohort, from results
 
 Each trained candidate is scored at the threshold of each threshold policy in ``POLICIES`` (the
 same candidate, so the policies are compared in the same run): plan 1.3.0's target on the
@@ -36,6 +37,7 @@ Results are appended to ``CACHE/results.jsonl``; docs/benchmarks.md, "Full-loop 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -228,7 +230,8 @@ def site_specificity(
     """Per site: the candidate's and the champion's specificity on the whole set and its
     negatives, and the share of the locked-sized draws (the same draws as
     :func:`score_criteria`'s) on which the candidate's is more than ``tolerance`` below the
-    champion's (PE-12's regression, at that site alone)."""
+    champion's (PE-12's regression, at that site alone). The negatives only one of the two
+    clears (discordant pairs) say how much a smaller sample's difference varies."""
     negative = np.array([c.labels["lesion"] != 1 for c in cases])
     sites = np.array([c.site_id for c in cases])
     cleared = (candidate[0] < candidate[1], champion[0] < champion[1])
@@ -251,10 +254,13 @@ def site_specificity(
             regressed[site] += candidate_spec - champion_spec < -tolerance
     for site, count in regressed.items():
         candidate_spec, champion_spec, negatives = specificities(everything, site)
+        at_site = negative & (sites == site)
         out[site] = {
             "candidate": round(candidate_spec, 3),
             "champion": round(champion_spec, 3),
             "negatives": negatives,
+            "cleared_by_candidate_only": int(np.count_nonzero(at_site & cleared[0] & ~cleared[1])),
+            "cleared_by_champion_only": int(np.count_nonzero(at_site & ~cleared[0] & cleared[1])),
             "regressed_share_locked_sized": count / max(draws, 1),
         }
     return out
@@ -519,6 +525,56 @@ def evaluate_challenger(data_dir: Path, cohort: int = DEV_SEED) -> dict[str, Any
     )
 
 
+def summary(policy: str = "plan-1.4.0") -> None:
+    """One Markdown row per candidate and cohort (the latest result of each) under ``policy``:
+    the share of draws on which all criteria pass, the criteria that fail on some, and site-02's
+    specificity (candidate / champion on the cohort's negatives, the share of draws with PE-12's
+    regression there); then site-02's specificity pooled over the cohorts, per candidate, and
+    the chance (normal approximation, from the pooled discordant pairs) that a fresh sample of
+    70 site-02 negatives (100 studies at the prevalence of 0.3) shows PE-12's regression."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in (CACHE / "results.jsonl").read_text().splitlines():
+        outcome = json.loads(line)
+        if "cohort" in outcome:
+            latest[(outcome["recipe"]["name"], outcome["cohort"])] = outcome
+    print(
+        "| candidate | cohort | threshold | all pass | criteria failing on draws "
+        "| site-02 spec. cand. / champion (negatives) | PE-12 at site-02 on draws |"
+    )
+    print("|---|---:|---:|---:|---|---|---:|")
+    pooled: dict[str, list[float]] = {}
+    for (name, cohort), outcome in sorted(latest.items()):
+        scored = outcome[policy]
+        site = scored["specificity_by_site"]["site-02"]
+        failing = ", ".join(
+            f"{k} {100 * (1 - v):g} %" for k, v in sorted(scored["pass_rate_locked_sized"].items())
+        )
+        print(
+            f"| {name} | {cohort} | {scored['threshold']:.4f} "
+            f"| {100 * scored['all_pass_rate_locked_sized']:g} % | {failing or 'none'} "
+            f"| {site['candidate']:.3f} / {site['champion']:.3f} ({site['negatives']}) "
+            f"| {100 * site['regressed_share_locked_sized']:g} % |"
+        )
+        total = pooled.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
+        total[0] += site["candidate"] * site["negatives"]
+        total[1] += site["champion"] * site["negatives"]
+        total[2] += site["negatives"]
+        total[3] += site["cleared_by_candidate_only"]
+        total[4] += site["cleared_by_champion_only"]
+    print()
+    for name, (candidate, champion, negatives, better, worse) in sorted(pooled.items()):
+        gained, lost = better / negatives, worse / negatives
+        mean = gained - lost
+        spread = math.sqrt(max(gained + lost - mean**2, 1e-12) / 70)
+        chance = 0.5 * math.erfc((mean + 0.10) / spread / math.sqrt(2))
+        print(
+            f"{name}: site-02 specificity pooled over the cohorts {candidate / negatives:.3f} "
+            f"against the champion's {champion / negatives:.3f} ({negatives:g} negatives; "
+            f"cleared by one alone: candidate {better:g}, champion {worse:g}); "
+            f"PE-12 regression on 70 fresh negatives: {100 * chance:.1f} %"
+        )
+
+
 def _recipe(spec: str) -> Recipe:
     name, *changes = spec.split(":")
     recipe = replace(RECIPES[name], name=spec.replace(":", "_").replace("=", ""))
@@ -540,6 +596,8 @@ def main(argv: list[str]) -> None:
         devset(cohort=cohort)
     elif command == "challenger":
         print(json.dumps(evaluate_challenger(Path(rest[0]), cohort), indent=1))
+    elif command == "summary":
+        summary(*rest)
     elif command == "prepare":
         prepare(Path(rest[0]))
     elif command in ("run", "rescore"):

@@ -59,6 +59,8 @@ def test_site_specificity_counts_the_regressions_of_each_site() -> None:
         "candidate": 0.8,
         "champion": 1.0,
         "negatives": 70,
+        "cleared_by_candidate_only": 0,
+        "cleared_by_champion_only": 14,
         "regressed_share_locked_sized": 1.0,  # each draw holds the whole 100-study stratum
     }
     assert found["site-01"]["negatives"] == 140
