@@ -543,6 +543,7 @@ def summary(policy: str = "plan-1.4.0") -> None:
     )
     print("|---|---:|---:|---:|---|---|---:|")
     pooled: dict[str, list[float]] = {}
+    passing: dict[str, list[float]] = {}
     for (name, cohort), outcome in sorted(latest.items()):
         scored = outcome[policy]
         site = scored["specificity_by_site"]["site-02"]
@@ -555,6 +556,7 @@ def summary(policy: str = "plan-1.4.0") -> None:
             f"| {site['candidate']:.3f} / {site['champion']:.3f} ({site['negatives']}) "
             f"| {100 * site['regressed_share_locked_sized']:g} % |"
         )
+        passing.setdefault(name, []).append(scored["all_pass_rate_locked_sized"])
         total = pooled.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
         total[0] += site["candidate"] * site["negatives"]
         total[1] += site["champion"] * site["negatives"]
@@ -567,8 +569,11 @@ def summary(policy: str = "plan-1.4.0") -> None:
         mean = gained - lost
         spread = math.sqrt(max(gained + lost - mean**2, 1e-12) / 70)
         chance = 0.5 * math.erfc((mean + 0.10) / spread / math.sqrt(2))
+        rates = passing[name]
         print(
-            f"{name}: site-02 specificity pooled over the cohorts {candidate / negatives:.3f} "
+            f"{name}: all pass on {100 * min(rates):g} to {100 * max(rates):g} % of the draws "
+            f"(mean {100 * sum(rates) / len(rates):.1f} %) over {len(rates)} cohorts; "
+            f"site-02 specificity pooled over the cohorts {candidate / negatives:.3f} "
             f"against the champion's {champion / negatives:.3f} ({negatives:g} negatives; "
             f"cleared by one alone: candidate {better:g}, champion {worse:g}); "
             f"PE-12 regression on 70 fresh negatives: {100 * chance:.1f} %"

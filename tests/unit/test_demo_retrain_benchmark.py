@@ -4,6 +4,9 @@ specificity it reports counts PE-12's regressions on the locked-sized draws."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -66,3 +69,41 @@ def test_site_specificity_counts_the_regressions_of_each_site() -> None:
     assert found["site-01"]["negatives"] == 140
     assert found["site-01"]["regressed_share_locked_sized"] == 0.0
     assert found["site-03"]["candidate"] == found["site-03"]["champion"] == 1.0
+
+
+def _outcome(cohort: int, all_pass: float, candidate: float) -> dict[str, object]:
+    site = {
+        "candidate": candidate,
+        "champion": 0.9,
+        "negatives": 200,
+        "cleared_by_candidate_only": 10,
+        "cleared_by_champion_only": 10 + round((0.9 - candidate) * 200),
+        "regressed_share_locked_sized": 0.1,
+    }
+    return {
+        "recipe": {"name": "demo_seed0"},
+        "cohort": cohort,
+        "plan-1.4.0": {
+            "threshold": 0.08,
+            "all_pass_rate_locked_sized": all_pass,
+            "pass_rate_locked_sized": {"PE-12": 0.9},
+            "specificity_by_site": {"site-02": site},
+        },
+    }
+
+
+def test_summary_rows_per_cohort_and_site_02_pooled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench, "CACHE", tmp_path)
+    lines = [{"recipe": {"name": "old"}}, _outcome(2, 0.5, 0.8), _outcome(2, 0.75, 0.85)]
+    lines.append(_outcome(3, 0.95, 0.85))
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+    bench.summary()
+
+    out = capsys.readouterr().out
+    assert "| demo_seed0 | 2 | 0.0800 | 75 % | PE-12 10 % | 0.850 / 0.900 (200) | 10 % |" in out
+    assert "| demo_seed0 | 3 |" in out and "| old |" not in out  # the latest, new results
+    assert "all pass on 75 to 95 % of the draws (mean 85.0 %) over 2 cohorts" in out
+    assert "0.850 against the champion's 0.900 (400 negatives;" in out
