@@ -12,10 +12,12 @@ whole development set, the share of 200 locked-sized draws from it (100 PA per s
 AP) on which each criterion passes, and the band of thresholds at which all pass.
 
     python -m benchmarks.bench_demo_retrain devset
+    python -m benchmarks.bench_demo_retrain --cohort 2 devset   # another development set
     python -m benchmarks.bench_demo_retrain prepare DATA_DIR
     python -m benchmarks.bench_demo_retrain run DATA_DIR base rehearse rehearse:lr=0.0003
     python -m benchmarks.bench_demo_retrain challenger DATA_DIR   # the demo's own candidate
     python -m benchmarks.bench_demo_retrain rescore DATA_DIR demo:threads=1  # a trained one
+    python -m benchmarks.bench_demo_retrain summary plan-1.4.0   # per cohort, from results
 
 Each trained candidate is scored at the threshold of each threshold policy in ``POLICIES`` (the
 same candidate, so the policies are compared in the same run): plan 1.3.0's target on the
@@ -23,12 +25,19 @@ whole tuning split, plan 1.4.0's target on the tuning cases the champion never s
 comparison only, that target with the candidate's threshold also selected on those cases alone.
 ``rescore`` scores a candidate ``run`` saved again, without training it.
 
+``--cohort SEED`` (before the command) renders and scores on the development set of another
+cohort seed: the same simulator process as cohort seed 1's (and as the locked set's), with an
+independent seed, so the development sets are independent draws of the same strata. Seed 1 (the
+default) is the development set of the earlier subsections, cached under ``CACHE/devset``; any
+other under ``CACHE/devset-SEED``. The locked set's cohort seed is refused.
+
 Results are appended to ``CACHE/results.jsonl``; docs/benchmarks.md, "Full-loop demo".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -61,6 +70,9 @@ from retrain.train import train
 CACHE = Path("/tmp/radsentry-bench-demo-retrain")
 DEV_SEED = 1
 """The locked test set is cohort seed 0's held-out parts; the development set is seed 1's."""
+LOCKED_SEED = InitialConfig().seed
+"""The cohort seed whose held-out parts are the locked test set (the demo's v1 is this seed's);
+never a development set's."""
 MODEL = "cxr-lesion"
 DRAWS = 200
 
@@ -92,14 +104,27 @@ RECIPES = {
 the demo's own candidate (the demo's process runs torch on one thread)."""
 
 
-def devset(per_site: int = 300, portable: int = 300) -> None:
-    out = CACHE / "devset"
-    config = InitialConfig(seed=DEV_SEED)
+def devset_folder(cohort: int = DEV_SEED) -> Path:
+    """Where the development set of cohort seed ``cohort`` is cached (seed 1's where it was)."""
+    if cohort == LOCKED_SEED:
+        raise ValueError(f"cohort seed {cohort} is the locked test set's; choose another")
+    if cohort < 0:
+        raise ValueError("a cohort seed is not negative")
+    return CACHE / ("devset" if cohort == DEV_SEED else f"devset-{cohort}")
+
+
+def devset(per_site: int = 300, portable: int = 300, cohort: int = DEV_SEED) -> None:
+    """The held-out parts ("test": the catalogue rooms' PA studies; "degraded": the portable
+    reader's AP studies, at site-01) of cohort seed ``cohort``, rendered as the locked set's are
+    (``monitor.service.retrain.initial.register_initial``) but ``per_site`` and ``portable``
+    studies instead of 100 each."""
+    out = devset_folder(cohort)
+    config = InitialConfig(seed=cohort)
     pa = render_cohort(config, out / "studies", "test", studies_per_site=per_site)
     ap = render_cohort(config, out / "studies", "degraded", studies_per_site=portable)
     lines = [case.model_dump_json() for case in from_labelled([*pa, *ap])]
     (out / "cases.jsonl").write_text("\n".join(lines) + "\n")
-    print(f"development set: {len(pa)} PA and {len(ap)} AP studies")
+    print(f"development set (cohort seed {cohort}): {len(pa)} PA and {len(ap)} AP studies")
 
 
 def prepare(data_dir: Path) -> None:
@@ -127,8 +152,10 @@ def prepare(data_dir: Path) -> None:
     print(f"{len(found.cases)} deployment cases, {len(development)} development cases")
 
 
-def _development_set() -> tuple[list[LockedCase], torch.Tensor]:
-    folder = CACHE / "devset"
+def _development_set(cohort: int = DEV_SEED) -> tuple[list[LockedCase], torch.Tensor]:
+    folder = devset_folder(cohort)
+    if not (folder / "cases.jsonl").exists():
+        raise FileNotFoundError(f"no development set for cohort seed {cohort}: run devset first")
     lines = (folder / "cases.jsonl").read_text().splitlines()
     cases = [LockedCase.model_validate_json(line) for line in lines if line.strip()]
     images_path = folder / "images64.pt"
@@ -193,6 +220,52 @@ def score_criteria(
     return whole, {k: v / draws for k, v in passes.items()}, every / draws
 
 
+def site_specificity(
+    cases: list[LockedCase],
+    champion: tuple[np.ndarray[Any, Any], float],
+    candidate: tuple[np.ndarray[Any, Any], float],
+    tolerance: float = 0.10,
+    draws: int = DRAWS,
+) -> dict[str, dict[str, float]]:
+    """Per site: the candidate's and the champion's specificity on the whole set and its
+    negatives, and the share of the locked-sized draws (the same draws as
+    :func:`score_criteria`'s) on which the candidate's is more than ``tolerance`` below the
+    champion's (PE-12's regression, at that site alone). The negatives only one of the two
+    clears (discordant pairs) say how much a smaller sample's difference varies."""
+    negative = np.array([c.labels["lesion"] != 1 for c in cases])
+    sites = np.array([c.site_id for c in cases])
+    cleared = (candidate[0] < candidate[1], champion[0] < champion[1])
+
+    def specificities(rows: np.ndarray[Any, Any], site: str) -> tuple[float, float, int]:
+        mask = np.zeros(len(cases), dtype=bool)
+        mask[rows] = True
+        mask &= negative & (sites == site)
+        count = int(np.count_nonzero(mask))
+        return float(cleared[0][mask].mean()), float(cleared[1][mask].mean()), count
+
+    everything = np.arange(len(cases))
+    out: dict[str, dict[str, float]] = {}
+    regressed = dict.fromkeys(sorted(set(sites.tolist())), 0)
+    rng = np.random.default_rng(2026)
+    for _ in range(draws):
+        rows = _locked_sized(cases, rng)
+        for site in regressed:
+            candidate_spec, champion_spec, _ = specificities(rows, site)
+            regressed[site] += candidate_spec - champion_spec < -tolerance
+    for site, count in regressed.items():
+        candidate_spec, champion_spec, negatives = specificities(everything, site)
+        at_site = negative & (sites == site)
+        out[site] = {
+            "candidate": round(candidate_spec, 3),
+            "champion": round(champion_spec, 3),
+            "negatives": negatives,
+            "cleared_by_candidate_only": int(np.count_nonzero(at_site & cleared[0] & ~cleared[1])),
+            "cleared_by_champion_only": int(np.count_nonzero(at_site & ~cleared[0] & cleared[1])),
+            "regressed_share_locked_sized": count / max(draws, 1),
+        }
+    return out
+
+
 def _point(positive: np.ndarray[Any, Any], scores: np.ndarray[Any, Any], cut: float) -> list[float]:
     return [
         round(float((scores[positive] >= cut).mean()), 3),
@@ -242,7 +315,7 @@ def _job_inputs(data_dir: Path, recipe: Recipe) -> tuple[Any, ...]:
     return version, champion, lineage, found.plan, data
 
 
-def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
+def run(data_dir: Path, recipe: Recipe, cohort: int = DEV_SEED) -> dict[str, Any]:
     version, champion, lineage, plan, data = _job_inputs(data_dir, recipe)
     started = time.perf_counter()
     config = TrainConfig(
@@ -278,11 +351,12 @@ def run(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         "val_loss": [round(m.val_loss, 4) for m in result.history],
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
-        **score_policies(version.version, champion, lineage, plan, data, result.model),
+        "cohort": cohort,
+        **score_policies(version.version, champion, lineage, plan, data, result.model, cohort),
     }
 
 
-def rescore(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
+def rescore(data_dir: Path, recipe: Recipe, cohort: int = DEV_SEED) -> dict[str, Any]:
     """The candidate ``run`` saved for ``recipe``, scored again under every policy."""
     version, champion, lineage, plan, data = _job_inputs(data_dir, recipe)
     model = TrainedModel.load(CACHE / "work" / f"{data_dir.name}-{recipe.name}" / "model.pt")
@@ -290,7 +364,8 @@ def rescore(data_dir: Path, recipe: Recipe) -> dict[str, Any]:
         "data_dir": data_dir.name,
         "recipe": recipe.__dict__,
         "rescored": True,
-        **score_policies(version.version, champion, lineage, plan, data, model),
+        "cohort": cohort,
+        **score_policies(version.version, champion, lineage, plan, data, model, cohort),
     }
 
 
@@ -301,9 +376,11 @@ def score_policies(
     plan: Plan,
     data: Any,
     model: TrainedModel,
+    cohort: int = DEV_SEED,
 ) -> dict[str, Any]:
     """The candidate's threshold under each of ``POLICIES``, each scored on the development
-    set; the band of passing thresholds once (it is the candidate's, whatever the policy)."""
+    set of cohort seed ``cohort``; the band of passing thresholds once (it is the candidate's,
+    whatever the policy)."""
     val_x, val_y = data.validation_side()
     tuning_cases = [c for c in data.dataset.manifest.cases if c.side is Side.VALIDATION]
     tuning = TuningSplit(
@@ -357,7 +434,9 @@ def score_policies(
     }
     band: list[float] | None = None
     for name, chosen in selected.items():
-        scored = evaluate(plan, champion, champion_threshold, model, chosen["threshold"], band=band)
+        scored = evaluate(
+            plan, champion, champion_threshold, model, chosen["threshold"], band, cohort
+        )
         band = scored["passing_band"] if band is None else band
         summary[name] = chosen | scored
     summary["passing_band"] = band
@@ -371,10 +450,11 @@ def evaluate(
     model: TrainedModel,
     cut: float,
     band: list[float] | None = None,
+    cohort: int = DEV_SEED,
 ) -> dict[str, Any]:
-    """The candidate at threshold ``cut`` on the development set; ``band``: the passing band
-    already computed for this candidate (else computed here)."""
-    cases, images = _development_set()
+    """The candidate at threshold ``cut`` on the development set of cohort seed ``cohort``;
+    ``band``: the passing band already computed for this candidate (else computed here)."""
+    cases, images = _development_set(cohort)
     positive = np.array([c.labels["lesion"] == 1 for c in cases])
     ap = np.array([c.subgroup("ViewPosition") == "AP" for c in cases])
     candidate = predict(model, images)[:, 0].astype(float)
@@ -411,6 +491,9 @@ def evaluate(
         "failed_on_development_set": {k: d for k, (p, d) in whole.items() if not p},
         "pass_rate_locked_sized": {k: v for k, v in rates.items() if v < 1},
         "all_pass_rate_locked_sized": every,
+        "specificity_by_site": site_specificity(
+            cases, (reference, champion_threshold), (candidate, cut)
+        ),
         "passing_band": band,
         "champion_sensitivity": {
             "pa": _point(positive[~ap], reference[~ap], champion_threshold)[0],
@@ -420,7 +503,7 @@ def evaluate(
     }
 
 
-def evaluate_challenger(data_dir: Path) -> dict[str, Any]:
+def evaluate_challenger(data_dir: Path, cohort: int = DEV_SEED) -> dict[str, Any]:
     """The demo's own candidate (the registry's ``challenger``) on the development set."""
     from monitor.service.registry import registry_for
     from monitor.service.settings import Settings
@@ -438,7 +521,63 @@ def evaluate_challenger(data_dir: Path) -> dict[str, Any]:
         float(champion.thresholds[0]),
         candidate,
         float(candidate.thresholds[0]),
+        cohort=cohort,
     )
+
+
+def summary(policy: str = "plan-1.4.0") -> None:
+    """One Markdown row per candidate and cohort (the latest result of each) under ``policy``:
+    the share of draws on which all criteria pass, the criteria that fail on some, and site-02's
+    specificity (candidate / champion on the cohort's negatives, the share of draws with PE-12's
+    regression there); then site-02's specificity pooled over the cohorts, per candidate, and
+    the chance (normal approximation, from the pooled discordant pairs) that a fresh sample of
+    70 site-02 negatives (100 studies at the prevalence of 0.3) shows PE-12's regression."""
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in (CACHE / "results.jsonl").read_text().splitlines():
+        outcome = json.loads(line)
+        if "cohort" in outcome:
+            latest[(outcome["recipe"]["name"], outcome["cohort"])] = outcome
+    print(
+        "| candidate | cohort | threshold | all pass | criteria failing on draws "
+        "| site-02 spec. cand. / champion (negatives) | PE-12 at site-02 on draws |"
+    )
+    print("|---|---:|---:|---:|---|---|---:|")
+    pooled: dict[str, list[float]] = {}
+    passing: dict[str, list[float]] = {}
+    for (name, cohort), outcome in sorted(latest.items()):
+        scored = outcome[policy]
+        site = scored["specificity_by_site"]["site-02"]
+        failing = ", ".join(
+            f"{k} {100 * (1 - v):g} %" for k, v in sorted(scored["pass_rate_locked_sized"].items())
+        )
+        print(
+            f"| {name} | {cohort} | {scored['threshold']:.4f} "
+            f"| {100 * scored['all_pass_rate_locked_sized']:g} % | {failing or 'none'} "
+            f"| {site['candidate']:.3f} / {site['champion']:.3f} ({site['negatives']}) "
+            f"| {100 * site['regressed_share_locked_sized']:g} % |"
+        )
+        passing.setdefault(name, []).append(scored["all_pass_rate_locked_sized"])
+        total = pooled.setdefault(name, [0.0, 0.0, 0.0, 0.0, 0.0])
+        total[0] += site["candidate"] * site["negatives"]
+        total[1] += site["champion"] * site["negatives"]
+        total[2] += site["negatives"]
+        total[3] += site["cleared_by_candidate_only"]
+        total[4] += site["cleared_by_champion_only"]
+    print()
+    for name, (candidate, champion, negatives, better, worse) in sorted(pooled.items()):
+        gained, lost = better / negatives, worse / negatives
+        mean = gained - lost
+        spread = math.sqrt(max(gained + lost - mean**2, 1e-12) / 70)
+        chance = 0.5 * math.erfc((mean + 0.10) / spread / math.sqrt(2))
+        rates = passing[name]
+        print(
+            f"{name}: all pass on {100 * min(rates):g} to {100 * max(rates):g} % of the draws "
+            f"(mean {100 * sum(rates) / len(rates):.1f} %) over {len(rates)} cohorts; "
+            f"site-02 specificity pooled over the cohorts {candidate / negatives:.3f} "
+            f"against the champion's {champion / negatives:.3f} ({negatives:g} negatives; "
+            f"cleared by one alone: candidate {better:g}, champion {worse:g}); "
+            f"PE-12 regression on 70 fresh negatives: {100 * chance:.1f} %"
+        )
 
 
 def _recipe(spec: str) -> Recipe:
@@ -453,17 +592,23 @@ def _recipe(spec: str) -> Recipe:
 
 
 def main(argv: list[str]) -> None:
+    cohort = DEV_SEED
+    if argv[:1] == ["--cohort"]:
+        cohort, argv = int(argv[1]), argv[2:]
+        devset_folder(cohort)  # refuses the locked set's seed before any work
     command, *rest = argv
     if command == "devset":
-        devset()
+        devset(cohort=cohort)
     elif command == "challenger":
-        print(json.dumps(evaluate_challenger(Path(rest[0])), indent=1))
+        print(json.dumps(evaluate_challenger(Path(rest[0]), cohort), indent=1))
+    elif command == "summary":
+        summary(*rest)
     elif command == "prepare":
         prepare(Path(rest[0]))
     elif command in ("run", "rescore"):
         act = run if command == "run" else rescore
         for spec in rest[1:]:
-            outcome = act(Path(rest[0]), _recipe(spec))
+            outcome = act(Path(rest[0]), _recipe(spec), cohort)
             with (CACHE / "results.jsonl").open("a") as handle:
                 handle.write(json.dumps(outcome) + "\n")
             print(json.dumps(outcome, indent=1))
