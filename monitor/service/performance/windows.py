@@ -225,14 +225,22 @@ def _days_of_first_page(page: list[tuple[str, int]], rolling: int) -> tuple[str,
     if full:
         del days[list(days)[-1]]
     chosen: list[str] = []
-    held = 0
+    _, reached = _take_days(days, chosen, 0, rolling)
+    return tuple(chosen) if reached or not full else None
+
+
+def _take_days(
+    days: Mapping[str, int], chosen: list[str], held: int, rolling: int
+) -> tuple[int, bool]:
+    """Append the ``days`` with cases, latest first, to ``chosen`` until ``rolling`` cases are
+    held: the cases held then, and whether ``rolling`` was reached."""
     for bucket, n in days.items():
         if n:
             chosen.append(bucket)
             held += n
         if held >= rolling:
-            return tuple(chosen)
-    return None if full else tuple(chosen)
+            return held, True
+    return held, False
 
 
 def _stream_where(table: Table, stream: Stream) -> list[Any]:
@@ -353,13 +361,8 @@ def _latest_days(
             del days[upper]
         elif full:  # one day filled the page (a key with a page of thresholds): go past it
             upper, inclusive = page[-1][0], False
-        for bucket, n in days.items():
-            if n:
-                chosen.append(bucket)
-                held += n
-            if held >= rolling:
-                return tuple(chosen)
-        if not full:
+        held, reached = _take_days(days, chosen, held, rolling)
+        if reached or not full:
             return tuple(chosen)
 
 
