@@ -29,6 +29,12 @@ class TrainConfig(DetectorConfig):
     patience: int = 3
     """Epochs without a validation-loss improvement (by more than ``min_delta``) before stopping."""
     min_delta: float = 0.0
+    monitor_from_epoch: int = Field(1, ge=1)
+    """The first epoch early stopping watches (Keras' ``start_from_epoch``): before it an epoch
+    can neither be the best nor count towards ``patience``. A model that needs some epochs to
+    find the finding at all can show an early minimum of a noisy validation loss; watched from
+    epoch 1, that minimum ends training with the half-learnt weights (docs/retraining.md). When
+    training ends before this epoch, the last epoch's weights are returned."""
     average_from_epoch: int | None = Field(None, ge=1)
     """Stochastic weight averaging: from this epoch on, the weights at each epoch's end are
     averaged (``torch.optim.swa_utils``), and training returns the average, its batch-norm

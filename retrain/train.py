@@ -177,6 +177,7 @@ def train(
             run.model.load_state_dict(_averaged_weights(run, state, train_data))
         else:
             run.model.load_state_dict(state.best_state or run.model.state_dict())
+            state.best_epoch = state.best_epoch or state.epoch
         logits, labels = _predict_logits(run.model, val_loader, run.device)
     temperature, report = calibrate(logits, labels)
     calibrated = torch.sigmoid(logits / torch.tensor(temperature)).numpy()
@@ -294,6 +295,8 @@ def _record(state: _State, metrics: EpochMetrics, model: nn.Module, config: Trai
         averaged.update_parameters(model)
         state.averaged = {k: v.detach().cpu().clone() for k, v in averaged.state_dict().items()}
     state.history.append(metrics)
+    if metrics.epoch < config.monitor_from_epoch:
+        return
     if metrics.val_loss < state.best_val_loss - config.min_delta:
         state.best_val_loss = metrics.val_loss
         state.best_epoch = metrics.epoch

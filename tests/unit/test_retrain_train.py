@@ -225,6 +225,36 @@ def test_early_stopping_stops_and_restores_the_best_epoch(tmp_path: Path) -> Non
     assert float(restored) == pytest.approx(losses[result.best_epoch - 1], abs=1e-5)
 
 
+def test_early_stopping_watches_from_monitor_from_epoch(tmp_path: Path) -> None:
+    """The noise task of the test above: watched from epoch 1 it stops soon after an early
+    minimum. Watched from the epoch after that minimum, the same epochs run (the same
+    trajectory) and on: the best epoch is the loss minimum from there, and training stops
+    ``patience`` epochs after it. Watched from beyond ``max_epochs``, nothing stops it and the
+    last epoch's weights are returned."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(160, 1, 32, 32, generator=generator)
+    labels = (torch.rand(160, 1, generator=generator) < 0.5).float()
+    spec = ModelSpec(input_size=32, channels=(8, 16))
+    data = {"train_data": (images[:80], labels[:80]), "val_data": (images[80:], labels[80:])}
+    plain = TrainConfig(max_epochs=30, patience=2, learning_rate=1e-2, batch_size=16, device="cpu")
+    early = train(spec, plain, **data, checkpoint_dir=tmp_path / "plain", progress=False)
+    watched = plain.model_copy(update={"monitor_from_epoch": early.best_epoch + 1})
+    later = train(spec, watched, **data, checkpoint_dir=tmp_path / "watched", progress=False)
+    same = zip(early.history, later.history, strict=False)
+    assert all((a.train_loss, a.val_loss) == (b.train_loss, b.val_loss) for a, b in same)
+    losses = [m.val_loss for m in later.history]
+    start = watched.monitor_from_epoch
+    assert later.best_epoch == start + int(np.argmin(losses[start - 1 :]))
+    assert later.best_epoch > early.best_epoch
+    assert len(losses) == later.best_epoch + plain.patience or len(losses) == plain.max_epochs
+    never = plain.model_copy(update={"max_epochs": 3, "monitor_from_epoch": 5})
+    last = train(spec, never, **data, checkpoint_dir=tmp_path / "never", progress=False)
+    assert not last.stopped_early and len(last.history) == 3 and last.best_epoch == 3
+    logits = last.model.module()(images[80:]).detach()
+    restored = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels[80:])
+    assert float(restored) == pytest.approx(last.history[-1].val_loss, abs=1e-5)
+
+
 AVERAGED = FAST.model_copy(update={"average_from_epoch": 3})
 
 
