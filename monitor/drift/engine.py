@@ -116,17 +116,19 @@ class DriftEngine:
         seen when no events are given.
         """
         uploaded = list(events) if events is not None else None
-        stream = self.streams.get(key)
-        if stream is None:
-            if not uploaded:
-                raise KeyError(f"no events seen for {key}; upload a reference to start it")
-            stream = self.streams[key] = StreamState.new(key, uploaded[0], self.config)
-        source: ReferenceSource = "uploaded" if uploaded is not None else "next_events"
+        # Checked before the stream is looked up: an empty upload for a new stream is too
+        # small, not a stream never seen (it was a KeyError, an HTTP 500).
         if uploaded is not None and len(uploaded) < MIN_UPLOADED_REFERENCE:
             raise InsufficientDataError(
                 f"an uploaded reference needs at least {MIN_UPLOADED_REFERENCE} events, "
                 f"got {len(uploaded)}"
             )
+        stream = self.streams.get(key)
+        if stream is None:
+            if uploaded is None:
+                raise KeyError(f"no events seen for {key}; upload a reference to start it")
+            stream = self.streams[key] = StreamState.new(key, uploaded[0], self.config)
+        source: ReferenceSource = "uploaded" if uploaded is not None else "next_events"
         outcome = Outcome(updates=stream.end_episodes(requested_at, f"re-baselined: {reason}"))
         stream.restart_reference(source, requested_by, reason, requested_at)
         if uploaded is not None:

@@ -188,6 +188,11 @@ def test_uploaded_reference_must_be_large_enough_and_from_the_site(client: TestC
     uploaded = client.post(f"/sites/{SITE}/reference", json={**body, "events": events})
     assert uploaded.status_code == 202
     assert (uploaded.json()["source"], uploaded.json()["n_events"]) == ("uploaded", 60)
+    # An empty upload for a stream never seen: too small (422), not a server error (the
+    # fuzzer's find: the engine took it for a stream without events and raised a KeyError).
+    unseen = {"model_name": "never-seen", "model_version": "1", "reason": "r", "events": []}
+    empty = client.post(f"/sites/{SITE}/reference", json=unseen)
+    assert empty.status_code == 422 and "at least 50" in empty.json()["detail"]
 
 
 def test_report_is_an_html_page_and_metrics_carry_detector_statistics(client: TestClient) -> None:

@@ -128,6 +128,10 @@ def test_opened_through_a_signed_link_the_page_links_its_appendix_with_a_link_of
     # The appendix's link opens the appendix only, not the page it came from.
     token = html.unescape(appendix.group(1)).split("link=")[1]
     assert browser.get(page_path, params={"link": token}).status_code == 401
+    # A link too long to be one is refused as a link (401), never answered with a validation
+    # error first (the fuzzer's find: no token must get 401).
+    refused = browser.get(page_path, params={"link": "-" * 5000})
+    assert refused.status_code == 401 and "not valid" in refused.json()["detail"]
 
 
 def test_the_glossary_explains_the_pixel_statistics_and_the_page_is_small_and_offline(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import jwt
 import structlog
@@ -82,12 +82,18 @@ def issue_link(
     return jwt.encode(claims, key, algorithm=LINK_ALGORITHM), expires
 
 
+MAX_LINK_LENGTH: Final = 4096
+"""Longest link :func:`verify_link` decodes."""
+
+
 class LinkRefused(Exception):
     """A link that does not open this page; the message says why, never its claims."""
 
 
 def verify_link(key: bytes, token: str, path: str, leeway_s: float = 0) -> Principal:
     """The caller a link stands for, if it is intact, unexpired and for ``path``."""
+    if len(token) > MAX_LINK_LENGTH:  # never decoded; a real link is a few hundred characters
+        raise LinkRefused("this link is not valid: ask the API for one (POST /links)")
     try:
         claims = jwt.decode(
             token,
@@ -132,8 +138,10 @@ def page_reader(
         str | None,
         Query(
             alias=LINK_PARAMETER,
-            max_length=4096,
-            description="A signed link from POST /links, for a browser (no bearer header).",
+            description="A signed link from POST /links, for a browser (no bearer header). "
+            "One longer than 4,096 characters is refused like any invalid link (401): the "
+            "length is checked with the link, after the caller is known to have no token, so "
+            "an unauthenticated request never gets a validation answer first.",
         ),
     ] = None,
 ) -> Principal:
