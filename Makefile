@@ -58,9 +58,12 @@ run: $(STAMP)
 
 ## test: lint, type check, then the whole suite, then the alibi-detect cross-checks in their own
 ## venv. Nothing to start by hand: the tests start an embedded PostgreSQL server (or use the one
-## RADSENTRY_TEST_PG_URL names) and the bundled broker themselves.
+## RADSENTRY_TEST_PG_URL names) and the bundled broker themselves. The suite runs on
+## TEST_WORKERS pytest-xdist workers (default 2), a module at a time each, the longest first
+## (tests/conftest.py); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: test-tools lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 	$(MAKE) test-alibi
 
 ## test-alibi: our detectors against alibi-detect (tests/alibi, never collected by the main run);

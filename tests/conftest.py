@@ -29,6 +29,14 @@ from monitor.service.models import Base
 from monitor.service.settings import KafkaSettings
 from tests.servers import PG_URL_VARIABLE, fresh_database, pg_admin_url
 
+# pytest-xdist's workers inherit COLUMNS and LINES from the controller's terminal (80 x 24 when
+# it has none). Rich fixes a console's width from COLUMNS once, when the console is made, and the
+# CLI's console is made at import: a test that widens it with CliRunner(env={"COLUMNS": ...})
+# would then get 80 columns and wrapped tables. Removed here, before the test modules import
+# the CLI (this file's imports do not): each worker sees the environment of a plain `pytest`.
+for _inherited in ("COLUMNS", "LINES"):
+    os.environ.pop(_inherited, None)
+
 # tests/alibi needs alibi-detect, which only .venv-alibi has: `make test-alibi` runs it (ADR 0006).
 collect_ignore = ["alibi"]
 
@@ -40,6 +48,29 @@ atexit.register(shutil.rmtree, _AUDIT_KEY_DIR, True)
 os.environ["RADSENTRY_AUDIT__SIGNING_KEY_FILE"] = str(Path(_AUDIT_KEY_DIR) / "signing.key")
 SESSION_AUDIT_KEY = load_or_create_key(Path(_AUDIT_KEY_DIR) / "signing.key", create=True)
 sign_entries_with_key(SESSION_AUDIT_KEY)  # for fixtures of any scope that write the log
+
+
+LONGEST_FIRST = (
+    "tests/integration/test_embedded_defaults.py",
+    "tests/faults/test_retrain_faults.py",
+    "tests/integration/test_retrain_e2e.py",
+    "tests/faults/test_ingestion_faults.py",
+    "tests/api/test_fuzz.py",
+    "tests/integration/test_lifecycle.py",
+    "tests/integration/test_performance_tracking.py",
+    "tests/integration/test_scale_out.py",
+)
+"""The modules that take longest, longest first (a serial run's ``--durations=0`` on the 2-core
+box, 2026-12-07: 11 min down to 1.3 min; docs/benchmarks.md). ``make test`` runs the suite on
+two pytest-xdist workers, one module at a time each (``--dist loadscope``), in collection order:
+started first, the long modules run beside the many short ones instead of after them."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect the :data:`LONGEST_FIRST` modules first, in that order; the rest keep theirs."""
+    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+    last = len(rank)
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], last))
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +94,14 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def pg_engine(pg_url: str) -> Iterator[Engine]:
-    """A migrated PostgreSQL engine; every table is emptied after the test (the append-only
-    triggers of the change log and its checkpoints are lifted for that, as only the database
-    owner can)."""
+    """A migrated PostgreSQL engine whose tables are empty; every table is emptied after the
+    test too (the append-only triggers of the change log and its checkpoints are lifted for
+    that, as only the database owner can). Emptied before as well: a module's server process on
+    the session's database (``serve`` records its configuration when it starts) must not leave
+    rows for whichever test a worker runs next."""
     engine = make_engine(pg_url)
     upgrade(engine)
+    empty_tables(engine)
     yield engine
     empty_tables(engine)
     engine.dispose()
