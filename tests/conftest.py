@@ -66,7 +66,7 @@ two pytest-xdist workers, one module at a time each (``--dist loadscope``), in c
 started first, the long modules run beside the many short ones instead of after them."""
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Collect the :data:`LONGEST_FIRST` modules first, in that order; the rest keep theirs."""
     rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
     last = len(rank)

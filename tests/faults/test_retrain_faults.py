@@ -79,9 +79,9 @@ SIMULATION = SimulationConfig(
     change_at_index=50,
 )
 EPOCHS = 6
-"""Every epoch runs (patience as long), so the kill lands with epochs still to go. Six: the
-module trains this many epochs three times over and more (about a third of the suite's
-longest-running module; docs/benchmarks.md), and the kill comes after epoch 2."""
+"""Every epoch runs (patience as long), so the kill lands with epochs still to go (it comes
+after epoch 2). Six, not 12: the module retrains three times and resumes once, and at 12 it was
+the suite's second-longest module (docs/benchmarks.md)."""
 SCHEDULER = {
     "RETRAIN__SCAN_S": "1",
     "RETRAIN__JOBS_S": "5",
