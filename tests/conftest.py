@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
+from threadpoolctl import threadpool_limits
 
 from monitor.service.audit.keys import load_or_create_key, sign_entries_with_key
 from monitor.service.broker import EmbeddedBroker
@@ -36,6 +37,16 @@ from tests.servers import PG_URL_VARIABLE, fresh_database, pg_admin_url
 # the CLI (this file's imports do not): each worker sees the environment of a plain `pytest`.
 for _inherited in ("COLUMNS", "LINES"):
     os.environ.pop(_inherited, None)
+
+# One thread per OpenMP and BLAS pool, in the test processes and in every process they start
+# (which inherit the environment; torch, which no import above loads, reads it when a test
+# module imports it). `make test` runs two workers on two cores: beside a busy worker, a torch
+# pool of two threads trained 4x slower and scored 7x slower than one thread
+# (docs/benchmarks.md, "Test suite time"). One thread everywhere also keeps the suite's
+# arithmetic the same on any number of cores.
+for _pool in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+threadpool_limits(limits=1)  # numpy's BLAS, loaded by the imports above
 
 # tests/alibi needs alibi-detect, which only .venv-alibi has: `make test-alibi` runs it (ADR 0006).
 collect_ignore = ["alibi"]
