@@ -5,7 +5,9 @@ PostgreSQL; the whole demo, twice, in real processes in test_embedded_defaults.p
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -300,3 +302,53 @@ def test_once_the_loop_is_done_the_demo_serves_the_retrain_a_person_asks_for(
     said = capsys.readouterr().err
     assert f"retrain request {request.request_id}: no candidate" in said
     assert "has no 'champion' version" in said
+
+
+def test_a_retrain_that_outlasts_the_interval_is_not_served_twice_nor_warned_about(
+    pg_engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A training takes minutes, the job looks every `retrain.jobs_s`. With
+    ``max_instances=1`` APScheduler printed "skipped: maximum number of running instances
+    reached" on the demo's console every minute of a retrain (seen on a real demo); now a run
+    that finds one going returns at once, silently."""
+    from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+        BackgroundScheduler,
+    )
+
+    from monitor.service.demo.run import serve_requests
+    from monitor.service.retrain import jobs as retrain_jobs
+
+    calls: list[float] = []
+    release = threading.Event()
+
+    def slow_serve(context: object, limit: int | None = None) -> list[object]:
+        calls.append(datetime.now(UTC).timestamp())
+        release.wait(timeout=10)
+        return []
+
+    monkeypatch.setattr(retrain_jobs, "serve_pending", slow_serve)
+    settings = Settings(data_dir=tmp_path / "data", retrain=RetrainSettings(jobs_s=0.2))
+    scheduler = BackgroundScheduler(timezone=UTC)
+    serve_requests(scheduler, settings, pg_engine, "http://127.0.0.1:1", threading.Event())
+    caplog.set_level("WARNING", logger="apscheduler")
+    scheduler.start()
+    try:
+        _wait_for(lambda: len(calls) == 1, 60)  # the job's context opens the MLflow store first
+        threading.Event().wait(1.5)  # about seven intervals while the first run trains
+        assert len(calls) == 1
+        release.set()
+        _wait_for(lambda: len(calls) >= 2, 60)  # once it is done, the next interval serves again
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    assert not [r for r in caplog.records if "running instances" in r.getMessage()]
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

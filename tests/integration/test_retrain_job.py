@@ -201,6 +201,41 @@ def test_a_request_becomes_a_registered_challenger_with_its_lineage(
     assert serve_pending(context(stored, registry, tmp_path)) == []  # nothing left to serve
 
 
+def test_a_request_that_would_train_the_same_model_again_trains_nothing(
+    stored: Engine, tmp_path: Path
+) -> None:
+    """After a failed gate the demo offers "ask for another retrain". On the same labels,
+    champion, settings and plan, seeded training gave the very same candidate again (seen on
+    a real demo: version 3's gate report equal to version 2's, three minutes later), under a
+    new number and in front of the locked test set a second time. Now the job says so and
+    trains nothing; other settings (or new labels) train as before."""
+    registry = FakeRegistry(untrained_champion())
+    first = request_manual(stored, MODEL, "ml-ops@example.org", "new scanner at site-02")
+    [trained] = serve_pending(context(stored, registry, tmp_path))
+    assert trained.status == "succeeded" and trained.progress is not None
+    key = trained.progress["training_key"]
+    failed_before = counter("failed")
+
+    again = request_manual(stored, MODEL, "alice", "more site-02 labels after the failed gate")
+    [refused] = serve_pending(context(stored, registry, tmp_path))
+
+    assert (refused.request_id, refused.status) == (again.request_id, "failed")
+    assert refused.error is not None and refused.error.startswith("nothing to train: the 120")
+    assert f"request {first.request_id} trained {MODEL} version 2" in refused.error
+    assert "(its gate status: candidate)" in refused.error
+    assert "Retrain once new labels have arrived" in refused.error
+    assert len(registry.records) == 1  # nothing registered, nothing trained
+    assert refused.progress is not None and "epoch" not in refused.progress
+    assert counter("failed") == failed_before + 1
+    assert list(change_log.entries(stored))[-1].action == "retrain.failed"
+
+    other_seed = FAST.train.model_copy(update={"seed": 1})
+    request_manual(stored, MODEL, "alice", "another seed")
+    [retrained] = serve_pending(context(stored, registry, tmp_path, train=other_seed))
+    assert retrained.status == "succeeded" and len(registry.records) == 2
+    assert retrained.progress is not None and retrained.progress["training_key"] != key
+
+
 def test_rehearsal_cases_are_trained_on_beside_the_new_labels(
     stored: Engine, tmp_path: Path
 ) -> None:

@@ -597,8 +597,9 @@ def decision_instructions(
         )
     reason = f"more {site} labels after the failed gate"
     lines += [
-        f"  or ask for another retrain (the demo trains it within a minute, runs the gate and "
-        f"prints the result): {post} {auth} "
+        f"  or ask for another retrain once new labels have arrived (on the labels this "
+        f"candidate trained on, the job trains nothing: seeded training would give the same "
+        f"model; the demo prints what the job did): {post} {auth} "
         f'-d \'{{"reason": "{reason}"}}\' {api_url}/models/{row.model_name}/retrain',
         "Ctrl-C stops everything.",
     ]

@@ -296,21 +296,30 @@ def serve_requests(
     from monitor.service.retrain.jobs import job_context, serve_pending
     from retrain.train import TrainingStopped
 
+    serving = threading.Lock()
+
     def serve() -> None:
-        context = job_context(engine, settings, should_stop=stop.is_set)
-        try:
-            served = serve_pending(context)
-        except TrainingStopped:  # Ctrl-C: the request is pending again for the next run
+        # A training outlasts the interval. A run that finds one going returns at once: with
+        # max_instances=1 APScheduler would print a warning for each skipped run instead.
+        if not serving.acquire(blocking=False):
             return
-        for row in served:
-            console.print(served_sentence(engine, row, api_url), soft_wrap=True)
+        try:
+            context = job_context(engine, settings, should_stop=stop.is_set)
+            try:
+                served = serve_pending(context)
+            except TrainingStopped:  # Ctrl-C: the request is pending again for the next run
+                return
+            for row in served:
+                console.print(served_sentence(engine, row, api_url), soft_wrap=True)
+        finally:
+            serving.release()
 
     scheduler.add_job(
         job_boundary("demo retrain job failed")(serve),
         "interval",
         seconds=settings.retrain.jobs_s,
         id="demo-retrain-requests",
-        max_instances=1,
+        max_instances=2,
         coalesce=True,
         next_run_time=datetime.now(UTC),
     )

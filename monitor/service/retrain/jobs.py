@@ -15,7 +15,10 @@ heartbeat):
    locked test set out (an overlap fails the job before any image is read), reads each image
    once, on ``image_workers`` threads, through the edge's pixel pipeline, for both its content
    hash and its training tensor, and splits by study; the manifest is written beside the
-   checkpoints and its hash recorded;
+   checkpoints and its hash recorded. A request whose data set, champion, training settings
+   and plan are those an earlier request already trained a version on (:func:`training_key`)
+   fails here: seeded training would give the same model again, under a new version number,
+   and show the locked test set the same candidate a second time;
 5. **training**: seeded, early-stopped, calibrated; checkpoints under ``work_dir/<request>/``, so
    a job that dies resumes where it stopped on its next attempt;
 6. **evaluation** (``retrain.compare``): champion and candidate on the validation side, overall
@@ -41,8 +44,9 @@ comes once training has finished lets the job finish (scoring and registering ta
 so a request is never left with a half-registered version.
 
 Failures: a request that cannot succeed as it stands (no champion, too few cases, locked-test
-overlap, too few positive tuning cases for the plan's threshold rule, a champion without its
-training manifest where the rule needs it) fails at once; anything
+overlap, the training an earlier request already did, too few positive tuning cases for the
+plan's threshold rule, a champion without its training manifest where the rule needs it)
+fails at once; anything
 else (MLflow down after its retries, an image unreachable) puts the request back to pending for
 another attempt, up to ``max_attempts``. A failed request raises an alert (detector
 ``retrain.failed``) through the alerts outbox, is logged at error level and counted in
@@ -54,11 +58,14 @@ boundaries: a failure is logged and the next run tries again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -294,8 +301,13 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
     folder = context.work_dir / str(row.request_id)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_sha256 = data.dataset.manifest.write(folder / "manifest.json")
+    key = training_key(
+        config, manifest_sha256, champion_version.version, _governing_plan(context, row.model_name)
+    )
+    _refuse_repeat(context, row, key, manifest_sha256, len(data.dataset.manifest.cases))
     progress(
         stage="training",
+        training_key=key,
         manifest_sha256=manifest_sha256,
         train_cases=len(data.dataset.split.train),
         validation_cases=len(data.dataset.split.validation),
@@ -340,6 +352,53 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
         "mlflow_run_id": version.run_id,
         "model_version": version.version,
     }
+
+
+def training_key(
+    config: JobConfig, manifest_sha256: str, champion_version: str, plan: PlanFile | None
+) -> str:
+    """SHA-256 of what decides the candidate a training produces: the data set (its manifest
+    holds the cases, their labels, the split's seed and the locked set's hash), the champion it
+    starts from and is compared with, the training settings, the governing plan's version
+    (its threshold policy) and this release. Training is seeded, so two trainings with one key
+    give the same candidate (on one machine's arithmetic)."""
+    facts = {
+        "manifest_sha256": manifest_sha256,
+        "champion_version": champion_version,
+        "train": config.train.model_dump(mode="json"),
+        "warm_start": config.warm_start,
+        "plan": None if plan is None else [plan.plan.plan_id, plan.plan.plan_version],
+        "release": package_version("radsentry"),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _refuse_repeat(
+    context: JobContext, row: RetrainRequestRow, key: str, manifest_sha256: str, cases: int
+) -> None:
+    """Fail the request (before any training) when an earlier request already trained a
+    version with the same :func:`training_key`: training again would register the same model
+    under a new number and show the PCCP gate's locked test set the same candidate again."""
+    for earlier in retrain_store.trained_on(context.engine, row.model_name, manifest_sha256):
+        if (
+            earlier.request_id == row.request_id
+            or (earlier.progress or {}).get("training_key") != key
+        ):
+            continue
+        try:
+            gate = candidates_store.find(
+                context.engine, row.model_name, str(earlier.model_version)
+            ).status
+        except candidates_store.CandidateNotFound:
+            gate = "not proposed"
+        raise JobFailed(
+            f"nothing to train: the {cases} labelled cases (training manifest "
+            f"{manifest_sha256[:12]}), the champion and the training settings are those "
+            f"request {earlier.request_id} trained {row.model_name} version "
+            f"{earlier.model_version} on (its gate status: {gate}); training is seeded, so it "
+            "would give the same model again. Retrain once new labels have arrived, or after "
+            "the training settings or the plan have changed"
+        )
 
 
 def _champion(context: JobContext, model_name: str) -> tuple[RegisteredVersion, TrainedModel]:

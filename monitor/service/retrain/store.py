@@ -164,6 +164,22 @@ def list_requests(
     return page_of(engine, RetrainRequestRow, conditions, order, limit, offset)
 
 
+def trained_on(engine: Engine, model_name: str, manifest_sha256: str) -> list[RetrainRequestRow]:
+    """The requests that registered a version of ``model_name`` trained on the data set whose
+    manifest hash is ``manifest_sha256``, oldest first."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(RetrainRequestRow)
+            .where(
+                RetrainRequestRow.model_name == model_name,
+                RetrainRequestRow.status == "succeeded",
+                RetrainRequestRow.manifest_sha256 == manifest_sha256,
+            )
+            .order_by(RetrainRequestRow.created_at, RetrainRequestRow.request_id)
+        )
+        return [RetrainRequestRow(**row._mapping) for row in rows]
+
+
 def get_request(engine: Engine, request_id: uuid.UUID) -> RetrainRequestRow:
     with engine.connect() as connection:
         row = connection.execute(
