@@ -150,12 +150,20 @@ def serve(
     configured and none is running. SIGTERM or Ctrl-C: the API finishes its requests, the
     consumer its batch (committed), the jobs their run, the bundled broker stops; exit 0
     (docs/operations.md, "Starting and stopping")."""
-    from monitor.service.lifecycle import GracefulStop
-    from monitor.service.runtime import open_database
+    from monitor.service.lifecycle import GracefulStop, PortTaken, port_taken
+    from monitor.service.runtime import EXIT_SETTINGS, fail, open_database
 
     # Settings and the database first: a command that cannot start says so in a second,
     # before the API, the consumer and the drift engine are imported (several seconds).
     settings = load_settings()
+    host, port = host or settings.api.host, port or settings.api.port
+    if port_taken(host, port):
+        taken = f"{host}:{port} is in use (another `radsentry serve` or demo still running?)"
+        fail(
+            PortTaken(taken),
+            [f"{taken}: stop it, or serve on another port (--port, RADSENTRY_API__PORT)"],
+            EXIT_SETTINGS,
+        )
     with (
         GracefulStop("serve") as stopping,
         open_database(database_url(settings), migrate=migrate_db) as engine,
@@ -177,7 +185,6 @@ def serve(
             stopping.on_stop(ingest.stop_event.set)
         scheduler = start_jobs(engine, settings.performance, settings.retrain) if jobs else None
         api = create_app(settings, engine=engine, bootstrap=lambda: bootstrap)
-        host, port = host or settings.api.host, port or settings.api.port
         server = api_server(api, host, port, server_limits(settings.api.max_header_bytes))
         stopping.on_stop(server.request_exit)
         console.print(

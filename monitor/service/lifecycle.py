@@ -20,8 +20,10 @@ broker running under PID 1; :class:`ApiServer` leaves the signals to :class:`Gra
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from types import FrameType, TracebackType
@@ -125,6 +127,26 @@ class ApiServer(uvicorn.Server):
 
     def request_exit(self) -> None:
         self.should_exit = True
+
+
+class PortTaken(OSError):
+    """The API's address is in use by another process."""
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens on ``host:port`` (bound as uvicorn binds, with
+    ``SO_REUSEADDR``, so a port in TIME_WAIT after a previous run counts as free). Asked
+    before anything starts: uvicorn would find out only after the database, the broker and
+    the consumer are up, and its one error line is lost among theirs."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
 
 
 def api_server(

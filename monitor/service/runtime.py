@@ -58,7 +58,8 @@ console = Console(stderr=True)
 EDGE_KEY_FILE = "edge-hmac.key"
 
 EXIT_SETTINGS = 2
-"""A setting is unknown or invalid, or the database schema is not this release's."""
+"""A setting is unknown or invalid, the database schema is not this release's, or the API's
+port is taken."""
 EXIT_UNREACHABLE = 3
 """The database does not answer (down, wrong host, refused login)."""
 

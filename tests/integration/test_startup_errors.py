@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,34 @@ def test_an_unreachable_database_is_one_line_naming_its_host(tmp_path: Path) -> 
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "DatabaseUnreachable" in debug.stderr
     assert PASSWORD not in debug.stderr
+
+
+def test_a_taken_api_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """Seen on a real `make run`: with a previous demo still on port 8000, the new one started
+    its database, broker and consumer, printed uvicorn's "address already in use" among their
+    lines, then "stopped during the initial-model stage; the next run takes it up again",
+    which no rerun could make true. Now `serve` and `demo` say which address is taken and
+    what to do, and start nothing."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        results = _run_all(
+            {
+                "serve": (["serve", "--port", str(port)], {}),
+                "demo": (["demo", "--port", str(port), "--until", "stream"], {}),
+            },
+            tmp_path,
+        )
+    serve, demo = results["serve"], results["demo"]
+    assert serve.returncode == EXIT_SETTINGS, serve.stderr[-2000:]
+    assert serve.stderr.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is in use (another `radsentry serve` or demo still running?): "
+        "stop it, or serve on another port (--port, RADSENTRY_API__PORT)"
+    ]
+    assert demo.returncode == 2, demo.stderr[-2000:]
+    said = " ".join((demo.stdout + demo.stderr).split())
+    assert f"cannot start: 127.0.0.1:{port} is in use" in said, said
+    assert f"make run ARGS='--port {port + 1}'" in said
+    assert "Traceback" not in demo.stderr + demo.stdout
+    assert not (tmp_path / "pg").exists() and not (tmp_path / "broker.json").exists()

@@ -35,7 +35,7 @@ from monitor.service.demo.state import (
 )
 from monitor.service.ingest.consumer import ConsumerThread
 from monitor.service.jobs import start_jobs
-from monitor.service.lifecycle import GracefulStop, api_server
+from monitor.service.lifecycle import GracefulStop, api_server, port_taken
 from monitor.service.logging import configure_logging, job_boundary
 from monitor.service.retrain.initial import DEVELOPMENT_CASES, cohort_folder
 from monitor.service.runtime import (
@@ -143,6 +143,15 @@ def run_demo(
     from retrain.initial import InitialConfig
 
     configure_logging(settings.logging, routine=ROUTINE_LOGGERS)
+    api_port = port or settings.api.port
+    if port_taken(settings.api.host, api_port):
+        console.print(
+            f"[red]cannot start:[/red] {settings.api.host}:{api_port} is in use (another "
+            f"`radsentry demo` or `serve` still running?): stop it, or give the demo another "
+            f"port: make run ARGS='--port {api_port + 1}'",
+            soft_wrap=True,
+        )
+        return 2
     # MLflow's download progress bars would scroll the instructions away as the log lines do.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -176,7 +185,6 @@ def run_demo(
     bootstrap, broker = start_broker_if_needed(settings)
     ingest = ConsumerThread(settings, engine, bootstrap).start()
     scheduler = start_jobs(engine, settings.performance, settings.retrain)
-    api_port = port or settings.api.port
     api_url = f"http://{settings.api.host}:{api_port}"
     server = api_server(
         create_app(settings, engine=engine, bootstrap=lambda: bootstrap),
