@@ -68,3 +68,21 @@ def test_the_demo_logs_its_routine_jobs_at_debug(capsys: pytest.CaptureFixture[s
     configure_logging(LoggingSettings(level="INFO"))  # outside the demo: INFO as before
     job_log.info("performance refreshed", snapshots=3)
     assert "performance refreshed" in capsys.readouterr().err
+
+
+def test_a_metadata_refresh_cancelled_by_close_is_not_logged_as_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Seen at a clean Ctrl-C of `make run` in a terminal: "ERROR:kafka.cluster:Metadata
+    refresh: failed Cancelled", kafka-python's own close() cancelling its refresh. Dropped;
+    a refresh that really failed still shows."""
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    configure_logging(LoggingSettings(level="INFO"))
+    cluster = logging.getLogger("kafka.cluster")
+    with caplog.at_level(logging.ERROR, logger="kafka.cluster"):
+        cluster.error("Metadata refresh: failed %s", Cancelled())
+        cluster.error("Metadata refresh: failed %s", KafkaConnectionError("broker down"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "Metadata refresh: failed KafkaConnectionError: broker down"
+    ]
