@@ -281,13 +281,88 @@ POLICIES = (
     "select-all",
     "unseen-only",
     *(f"plan-1.4.0+{margin}" for margin in MARGINS),
+    "gate-slack",
 )
 """``plan-1.3.0``: the target on the whole tuning split, the threshold selected there too;
 ``plan-1.4.0``: the target on the tuning cases the champion's lineage never saw, the threshold
 selected on those it never trained on; for comparison, that target with the threshold
 selected on every tuning case (``select-all``) or on the unseen cases alone
 (``unseen-only``), and plan 1.4.0 with its target raised by a margin M (``plan-1.4.0+M``,
-capped at 1; the threshold selected on the same cases as plan 1.4.0's)."""
+capped at 1; the threshold selected on the same cases as plan 1.4.0's); ``gate-slack``
+(:func:`gate_slack_threshold`): the threshold at which the plan's operating-point criteria,
+emulated on the tuning cases the champion never saw, have the most room. The margins and
+``gate-slack`` were tried and rejected (docs/benchmarks.md, "Full-loop demo")."""
+
+
+def _operating_point_rules(plan: Plan) -> list[tuple[str, str, str | None, float]]:
+    """The plan's criteria at the operating point as (kind, metric, by, limit): ``bound``, the
+    metric at least ``limit``; ``difference``, the candidate's metric less the champion's at
+    least ``limit`` (minus a margin or tolerance). Point estimates stand in for the gate's
+    interval bounds: the tuning split is not the locked set's size."""
+    rules: list[tuple[str, str, str | None, float]] = []
+    for c in plan.protocol.performance_evaluation:
+        metric = getattr(c, "metric", None)
+        if metric not in ("sensitivity", "specificity"):
+            continue
+        if c.kind == "lower_bound":
+            rules.append(("bound", metric, c.by, c.min))
+        elif c.kind == "non_inferiority":
+            rules.append(("difference", metric, c.by, -c.margin))
+        elif c.kind == "regressions":
+            rules.append(("difference", metric, "site", -c.tolerance))
+    return rules
+
+
+def gate_slack_threshold(
+    plan: Plan,
+    positive: np.ndarray[Any, Any],
+    candidate: np.ndarray[Any, Any],
+    champion: np.ndarray[Any, Any],
+    champion_threshold: float,
+    sites: np.ndarray[Any, Any],
+    min_class_cases: int = 20,
+) -> tuple[float, float]:
+    """The candidate threshold (one of its scores) at which the smallest room left by the
+    plan's operating-point criteria (:func:`_operating_point_rules`), overall and in every site
+    with ``min_class_cases`` cases of the metric's class (overall: whatever the count), is
+    largest; ties go to the higher
+    threshold. Returns (threshold, that room)."""
+    rules = _operating_point_rules(plan)
+    flagged_by_champion = champion >= champion_threshold
+
+    def rates(flags: np.ndarray[Any, Any], rows: np.ndarray[Any, Any]) -> dict[str, float]:
+        pos, neg = rows & positive, rows & ~positive
+        return {
+            "sensitivity": float(flags[pos].mean()) if pos.any() else math.nan,
+            "specificity": float((~flags[neg]).mean()) if neg.any() else math.nan,
+        }
+
+    groups = {"all": np.ones_like(positive)} | {
+        site: sites == site for site in sorted(set(sites.tolist()))
+    }
+    counted = {
+        name: {
+            "sensitivity": name == "all" or int((rows & positive).sum()) >= min_class_cases,
+            "specificity": name == "all" or int((rows & ~positive).sum()) >= min_class_cases,
+        }
+        for name, rows in groups.items()
+    }
+    reference = {name: rates(flagged_by_champion, rows) for name, rows in groups.items()}
+    best = (-math.inf, 0.0)
+    for cut in np.unique(candidate):
+        flags = candidate >= cut
+        room = math.inf
+        for kind, metric, by, limit in rules:
+            for name, rows in groups.items():
+                if (by is None) != (name == "all") or not counted[name][metric]:
+                    continue
+                value = rates(flags, rows)[metric]
+                if kind == "difference":
+                    value -= reference[name][metric]
+                room = min(room, value - limit)
+        if room >= best[0]:
+            best = (room, float(cut))
+    return best[1], best[0]
 
 
 def _job_inputs(data_dir: Path, recipe: Recipe) -> tuple[Any, ...]:
@@ -445,6 +520,17 @@ def score_policies(
                 untrained_positive, tuning.candidate_scores, raised
             ),
         }
+    unseen = ~tuning.champion_seen
+    sites = np.array([case.site_id for case in tuning_cases])
+    cut, room = gate_slack_threshold(
+        plan,
+        tuning.positive[unseen],
+        tuning.candidate_scores[unseen],
+        tuning.champion_scores[unseen],
+        champion_threshold,
+        sites[unseen],
+    )
+    selected["gate-slack"] = selected["plan-1.4.0"] | {"threshold": cut, "room": round(room, 4)}
     summary: dict[str, Any] = {
         "train_cases": len(data.dataset.split.train),
         "tuning_cases": int(tuning.positive.size),

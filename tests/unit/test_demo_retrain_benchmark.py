@@ -107,3 +107,26 @@ def test_summary_rows_per_cohort_and_site_02_pooled(
     assert "| demo_seed0 | 3 |" in out and "| old |" not in out  # the latest, new results
     assert "all pass on 75 to 95 % of the draws (mean 85.0 %) over 2 cohorts" in out
     assert "0.850 against the champion's 0.900 (400 negatives;" in out
+
+
+def test_gate_slack_takes_the_threshold_with_the_most_room_under_the_plans_criteria() -> None:
+    """The benchmark's ``gate-slack`` policy on ten positives and ten negatives at one site
+    (too few for the per-site criteria): the champion detects 9 of 10 and clears 7 of 10.
+    At the candidate's scores 0.9 / 0.6 / 0.55 / 0.2 / 0.1 the smallest room under PE-2,
+    PE-3, PE-9 and PE-10 is 0 / 0.1 / 0.1 / 0.2 / -0.5: it takes 0.2 (all lesions, 9 of 10
+    cleared), where plan 1.4.0's rule (the champion's 0.9 sensitivity at the highest
+    threshold) takes 0.6."""
+    from pccp.catalog import SHIPPED_PLANS, plan_for
+
+    found = plan_for(SHIPPED_PLANS, "cxr-lesion")
+    assert found is not None
+    positive = np.array([True] * 10 + [False] * 10)
+    champion = np.array([0.9] * 9 + [0.1] + [0.9] * 3 + [0.1] * 7)
+    candidate = np.array([0.9] * 8 + [0.6, 0.2] + [0.55] + [0.1] * 9)
+    sites = np.array(["site-01"] * 20)
+
+    cut, room = bench.gate_slack_threshold(found.plan, positive, candidate, champion, 0.5, sites)
+
+    assert cut == 0.2 and room == pytest.approx(0.2)
+    target = bench.threshold_for_sensitivity(positive, candidate, 0.9)
+    assert target == 0.6
