@@ -18,6 +18,7 @@ and a retry of this one must not move it back.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,6 +50,11 @@ from retrain.mlflow_names import (
 )
 from retrain.model import TrainedModel
 from retrain.tracking_content import RunRecord
+
+# MLflow draws a progress bar for every artifact download: in a service's log, a job's log and
+# the CLI's output that is noise (the demo's instructions scrolled away under them). Off
+# unless the operator sets the variable.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __all__ = ["RegisteredVersion", "Registry", "RunRecord", "TrackingError"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -405,3 +406,24 @@ def test_known_directions_are_stored_beside_the_projection_and_read_by_the_engin
     key = StreamKey("site-01", name, number)
     assert source(key, projection.embedding_id(name, number)) == (direction,)
     assert source(key, f"{name}@{number}/pca4-ffffffffffff") == ()  # another projection's
+
+
+def test_artifact_progress_bars_are_off_unless_the_operator_turns_them_on() -> None:
+    """`radsentry simulate` (and every job that loads a model) printed MLflow's "Downloading
+    artifacts" bars into its output; the demo alone had turned them off. The tracking module
+    now does it for every process that can download, leaving an explicit setting alone."""
+    probe = [
+        sys.executable,
+        "-c",
+        "import os, retrain.tracking; print(os.environ['MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR'])",
+    ]
+    base = {k: v for k, v in os.environ.items() if k != "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
+    unset = subprocess.run(probe, env=base, capture_output=True, text=True, timeout=120)
+    chosen = subprocess.run(
+        probe,
+        env=base | {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (unset.stdout.strip(), chosen.stdout.strip()) == ("false", "true"), unset.stderr

@@ -4,7 +4,6 @@ candidate, gate, a person's decision."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from datetime import UTC, datetime
@@ -152,8 +151,6 @@ def run_demo(
             soft_wrap=True,
         )
         return 2
-    # MLflow's download progress bars would scroll the instructions away as the log lines do.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     if settings.drift == EngineConfig():
         # A few hundred studies per site would never fill the service's 1,000-event references.
