@@ -351,12 +351,13 @@ def gate_slack_threshold(
     best = (-math.inf, 0.0)
     for cut in np.unique(candidate):
         flags = candidate >= cut
+        now = {name: rates(flags, rows) for name, rows in groups.items()}
         room = math.inf
         for kind, metric, by, limit in rules:
-            for name, rows in groups.items():
+            for name in groups:
                 if (by is None) != (name == "all") or not counted[name][metric]:
                     continue
-                value = rates(flags, rows)[metric]
+                value = now[name][metric]
                 if kind == "difference":
                     value -= reference[name][metric]
                 room = min(room, value - limit)

@@ -5,9 +5,7 @@ PostgreSQL; the whole demo, twice, in real processes in test_embedded_defaults.p
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from monitor.simulate import SimulationConfig
 from retrain.initial import InitialConfig
 from retrain.policy import RetrainPolicy
 from tests.factories import inference_event, label_event
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -336,19 +335,12 @@ def test_a_retrain_that_outlasts_the_interval_is_not_served_twice_nor_warned_abo
     caplog.set_level("WARNING", logger="apscheduler")
     scheduler.start()
     try:
-        _wait_for(lambda: len(calls) == 1, 60)  # the job's context opens the MLflow store first
+        wait_for(lambda: len(calls) == 1, 60, "the first run")  # it opens the MLflow store first
         threading.Event().wait(1.5)  # about seven intervals while the first run trains
         assert len(calls) == 1
         release.set()
-        _wait_for(lambda: len(calls) >= 2, 60)  # once it is done, the next interval serves again
+        wait_for(lambda: len(calls) >= 2, 60, "the next run")  # once it is done, one serves again
     finally:
         release.set()
         scheduler.shutdown(wait=True)
     assert not [r for r in caplog.records if "running instances" in r.getMessage()]
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

@@ -277,6 +277,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
     progress = _progress(context.engine, row.request_id)
     champion_version, champion = _champion(context, row.model_name)
     spec = champion.spec
+    plan = _governing_plan(context, row.model_name)  # read once: every stage applies the same
 
     progress(stage="cases", champion_version=champion_version.version)
     found = _usable_cases(context, row.model_name, spec.findings)
@@ -290,7 +291,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
 
     data = load_dataset(
         cases,
-        _locked_test_set(context, row.model_name),
+        _locked_test_set(context, plan),
         spec.findings,
         spec.input_size,
         seed=config.split_seed,
@@ -301,9 +302,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
     folder = context.work_dir / str(row.request_id)
     folder.mkdir(parents=True, exist_ok=True)
     manifest_sha256 = data.dataset.manifest.write(folder / "manifest.json")
-    key = training_key(
-        config, manifest_sha256, champion_version.version, _governing_plan(context, row.model_name)
-    )
+    key = training_key(config, manifest_sha256, champion_version.version, plan)
     _refuse_repeat(context, row, key, manifest_sha256, len(data.dataset.manifest.cases))
     progress(
         stage="training",
@@ -328,6 +327,7 @@ def _train_candidate(context: JobContext, row: RetrainRequestRow) -> dict[str, A
     threshold = _select_threshold(
         context,
         row.model_name,
+        plan,
         champion_version,
         champion,
         replace(tuning, training_manifest_sha256=manifest_sha256),
@@ -365,7 +365,7 @@ def training_key(
     facts = {
         "manifest_sha256": manifest_sha256,
         "champion_version": champion_version,
-        "train": config.train.model_dump(mode="json"),
+        "train": config.train.fingerprint(),
         "warm_start": config.warm_start,
         "plan": None if plan is None else [plan.plan.plan_id, plan.plan.plan_version],
         "release": package_version("radsentry"),
@@ -489,6 +489,7 @@ def _governing_plan(context: JobContext, model_name: str) -> PlanFile | None:
 def _select_threshold(
     context: JobContext,
     model_name: str,
+    found: PlanFile | None,
     champion_version: RegisteredVersion,
     champion: TrainedModel,
     tuning: TuningSplit,
@@ -498,7 +499,6 @@ def _select_threshold(
     (``retrain.train``'s sensitivity or Youden rule, recorded as such). A policy that measures
     the champion's sensitivity on the cases it never saw gets the champion's lineage's
     training manifests (:func:`champion_lineage_manifests`)."""
-    found = _governing_plan(context, model_name)
     if found is not None:
         policy = found.plan.protocol.threshold_policy
         if (
@@ -608,9 +608,9 @@ def _comparison_metrics(comparison: Comparison) -> dict[str, float]:
     return metrics
 
 
-def _locked_test_set(context: JobContext, model_name: str) -> LockedTestSet:
+def _locked_test_set(context: JobContext, found: PlanFile | None) -> LockedTestSet:
     """The governing plan's locked test set, else the configured one, else an empty one."""
-    if (found := _governing_plan(context, model_name)) is not None:
+    if found is not None:
         return gate_job.locked_test_set(found)
     config = context.config
     if config.locked_test_set is None:
