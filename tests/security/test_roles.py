@@ -441,7 +441,10 @@ def _acls(url: str) -> list[tuple[str, str | None]]:
                 "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
                 "WHERE n.nspname IN ('public', 'grafana') AND c.relkind IN ('r', 'v', 'S') "
                 "UNION ALL SELECT nspname, nspacl::text FROM pg_namespace "
-                "UNION ALL SELECT datname, datacl::text FROM pg_database ORDER BY 1"
+                # This deployment's database only: other tests (another xdist worker) create
+                # and drop databases on the same server while this one reads.
+                "UNION ALL SELECT datname, datacl::text FROM pg_database "
+                "WHERE datname = current_database() ORDER BY 1"
             )
         ).all()
     engine.dispose()
